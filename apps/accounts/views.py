@@ -1,0 +1,93 @@
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+
+class LoginFailureThrottle(SimpleRateThrottle):
+    """Counts failed logins per client address; only failures are recorded, by the view."""
+
+    scope = "login_failures"
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def allow_request(self, request, view) -> bool:
+        self.key = self.get_cache_key(request, view)
+        self.history = self.cache.get(self.key) or []
+        self.now = self.timer()
+        while self.history and self.history[-1] <= self.now - self.duration:
+            self.history.pop()
+        return len(self.history) < self.num_requests
+
+    def record_failure(self) -> None:
+        self.history.insert(0, self.now)
+        self.cache.set(self.key, self.history, self.duration)
+
+
+class LoginSerializer(TokenObtainPairSerializer):
+    def validate(self, attrs):
+        attrs[self.username_field] = attrs[self.username_field].strip().lower()
+        data = super().validate(attrs)
+        lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
+        return {
+            "access": data["access"],
+            "refresh": data["refresh"],
+            "token_type": "Bearer",
+            "expires_in": int(lifetime.total_seconds()),
+        }
+
+
+class LoginResponseSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    token_type = serializers.CharField()
+    expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
+
+
+class LoginView(TokenObtainPairView):
+    serializer_class = LoginSerializer
+    throttle_classes = [LoginFailureThrottle]
+
+    @extend_schema(
+        tags=["auth"],
+        summary="Log in with email and password",
+        responses={
+            200: LoginResponseSerializer,
+            400: OpenApiResponse(description="Malformed body."),
+            401: OpenApiResponse(description="Wrong email or password (same answer for both)."),
+            429: OpenApiResponse(description="Too many failed attempts from this client."),
+        },
+    )
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            for throttle in self.get_throttles():
+                if isinstance(throttle, LoginFailureThrottle) and hasattr(throttle, "key"):
+                    throttle.record_failure()
+            raise
+
+    def get_throttles(self):
+        # One instance per request, so the failure is recorded on the one that looked.
+        if not hasattr(self, "_throttles"):
+            self._throttles = super().get_throttles()
+        return self._throttles
+
+
+class RefreshView(TokenRefreshView):
+    @extend_schema(
+        tags=["auth"],
+        summary="Exchange a refresh token for new tokens",
+        description="The refresh token is rotated: the one sent is refused afterwards.",
+        responses={
+            200: LoginResponseSerializer,
+            400: OpenApiResponse(),
+            401: OpenApiResponse(description="Expired, invalid or already used."),
+        },
+    )
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)

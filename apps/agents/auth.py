@@ -1,0 +1,82 @@
+"""Agent-token authentication for the agent endpoints."""
+
+import hmac
+import threading
+import time
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions
+
+from apps.agents.models import Agent
+from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
+
+# A process remembers each token's agent for AGENT_AUTH_CACHE_SECONDS, so a busy poller costs
+# no query per request while a revocation still takes effect within that time everywhere.
+_known: dict[str, tuple[float, Agent | None]] = {}
+_last_seen_written: dict[str, float] = {}
+_lock = threading.Lock()
+_KNOWN_LIMIT = 50_000
+
+
+def find_agent(token: str) -> Agent | None:
+    """The active agent holding `token`, or None."""
+    if not token.startswith(AGENT_PREFIX):
+        return None
+    digest = hash_token(token)
+    now = time.monotonic()
+    cached = _known.get(digest)
+    if cached is not None and cached[0] > now:
+        agent = cached[1]
+    else:
+        agent = Agent.objects.filter(token_hash=digest).first()
+        with _lock:
+            if len(_known) >= _KNOWN_LIMIT:
+                _known.clear()
+            _known[digest] = (now + settings.AGENT_AUTH_CACHE_SECONDS, agent)
+    if agent is None or not agent.is_active:
+        return None
+    if not hmac.compare_digest(agent.token_hash, digest):
+        return None
+    return agent
+
+
+def forget_agent(agent: Agent) -> None:
+    """Drop this process's memory of the agent's token (used on revocation)."""
+    with _lock:
+        _known.pop(agent.token_hash, None)
+
+
+def touch_last_seen(agent: Agent) -> None:
+    """Record contact, writing to the database at most every AGENT_LAST_SEEN_WRITE_SECONDS."""
+    key = str(agent.pk)
+    now = time.monotonic()
+    last = _last_seen_written.get(key)
+    if last is not None and now - last < settings.AGENT_LAST_SEEN_WRITE_SECONDS:
+        return
+    _last_seen_written[key] = now
+    Agent.objects.filter(pk=agent.pk).update(last_seen=timezone.now())
+
+
+class AgentTokenAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <agent token>`; anything else is 401."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
+        if token is None:
+            return None
+        agent = find_agent(token)
+        if agent is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked agent token.")
+        touch_last_seen(agent)
+        return agent, token
+
+    def authenticate_header(self, request) -> str:
+        return f'{self.keyword} realm="agent"'
+
+
+class IsAgent(permissions.BasePermission):
+    def has_permission(self, request, view) -> bool:
+        return isinstance(request.user, Agent)

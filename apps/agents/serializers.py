@@ -1,0 +1,60 @@
+from rest_framework import serializers
+
+from apps.agents.models import Agent
+from apps.agents.services import STATUSES
+
+
+class RegistrationTokenSerializer(serializers.Serializer):
+    registration_token = serializers.CharField(help_text="Shown once; store it now.")
+    expires_at = serializers.DateTimeField()
+
+
+class TokenQuerySerializer(serializers.Serializer):
+    ttl = serializers.IntegerField(
+        required=False, min_value=60, max_value=7 * 24 * 3600, help_text="Lifetime in seconds."
+    )
+
+
+class RegisterSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    hostname = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+
+
+class RegisteredSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    agent_token = serializers.CharField(help_text="Shown once; the agent keeps it.")
+    version_url = serializers.URLField()
+    poll_url = serializers.URLField()
+    pooling_interval = serializers.IntegerField(allow_null=True)
+
+
+class WorkerStateSerializer(serializers.Serializer):
+    url = serializers.URLField(max_length=2048)
+    ok = serializers.BooleanField()
+    version = serializers.IntegerField(allow_null=True, min_value=0)
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    applied_version = serializers.IntegerField(allow_null=True, min_value=0)
+    workers = WorkerStateSerializer(many=True, max_length=100)
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    is_active = serializers.BooleanField(read_only=True)
+    status = serializers.ChoiceField(choices=STATUSES, read_only=True)
+    workers = WorkerStateSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "name",
+            "hostname",
+            "created_at",
+            "last_seen",
+            "applied_version",
+            "workers",
+            "is_active",
+            "revoked_at",
+            "status",
+        ]

@@ -1,0 +1,136 @@
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import NotAuthenticated
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.agents import services
+from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.agents.models import Agent
+from apps.agents.serializers import (
+    AgentSerializer,
+    HeartbeatSerializer,
+    RegisteredSerializer,
+    RegisterSerializer,
+    RegistrationTokenSerializer,
+    TokenQuerySerializer,
+)
+from apps.agents.tokens import bearer_token
+from apps.configs.services import get_current_state
+
+UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
+
+
+class RegistrationTokenView(APIView):
+    @extend_schema(
+        tags=["agents"],
+        summary="Issue a one-time registration token",
+        parameters=[TokenQuerySerializer],
+        responses={200: RegistrationTokenSerializer, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+    )
+    def get(self, request):
+        query = TokenQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        token, record = services.issue_registration_token(
+            actor=request.user, ttl=query.validated_data.get("ttl")
+        )
+        return Response({"registration_token": token, "expires_at": record.expires_at})
+
+
+class RegisterAgentView(APIView):
+    # The registration token is checked by the service, which consumes it atomically.
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["agents"],
+        summary="Register an agent with a registration token",
+        description="Send `Authorization: Bearer <registration token>`. The token is used up.",
+        request=RegisterSerializer,
+        responses={201: RegisteredSerializer, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        auth=[{"registrationToken": []}],
+    )
+    def post(self, request):
+        token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
+        if token is None:
+            raise NotAuthenticated("Send the registration token as 'Authorization: Bearer ...'.")
+        body = RegisterSerializer(data=request.data if request.body else {})
+        body.is_valid(raise_exception=True)
+        agent, agent_token = services.register_agent(token=token, **body.validated_data)
+        return Response(
+            {
+                "agent_id": agent.pk,
+                "agent_token": agent_token,
+                "version_url": request.build_absolute_uri("/config/version"),
+                "poll_url": request.build_absolute_uri("/config/agent"),
+                "pooling_interval": get_current_state()["pooling_interval"],
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+    def get_authenticate_header(self, request) -> str:
+        return 'Bearer realm="registration"'
+
+
+class HeartbeatView(APIView):
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        tags=["agent"],
+        summary="Report what the agent applied",
+        request=HeartbeatSerializer,
+        responses={204: None, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+    )
+    def post(self, request):
+        body = HeartbeatSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.record_heartbeat(request.user, **body.validated_data)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AgentListView(generics.ListAPIView):
+    serializer_class = AgentSerializer
+    queryset = Agent.objects.order_by("created_at")
+
+    @extend_schema(
+        tags=["agents"],
+        summary="Agents and what they run",
+        parameters=[
+            OpenApiParameter("status", enum=list(services.STATUSES), required=False),
+        ],
+        responses={200: AgentSerializer(many=True), 400: OpenApiResponse(), 401: UNAUTHORIZED},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def list(self, request, *args, **kwargs):
+        wanted = request.query_params.get("status")
+        if wanted is not None and wanted not in services.STATUSES:
+            raise serializers.ValidationError({"status": [f"Must be one of {services.STATUSES}."]})
+        state, now = get_current_state(), timezone.now()
+        agents = list(self.get_queryset())
+        for agent in agents:
+            agent.status = services.agent_status(agent, state, now)
+        if wanted is not None:
+            agents = [agent for agent in agents if agent.status == wanted]
+        page = self.paginate_queryset(agents)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+
+class AgentRevokeView(APIView):
+    @extend_schema(
+        tags=["agents"],
+        summary="Revoke an agent's token",
+        request=None,
+        responses={200: AgentSerializer, 404: OpenApiResponse(), 401: UNAUTHORIZED},
+    )
+    def post(self, request, agent_id):
+        agent = get_object_or_404(Agent, pk=agent_id)
+        services.revoke_agent(agent)
+        agent.refresh_from_db()
+        agent.status = "revoked"
+        return Response(AgentSerializer(agent).data)

@@ -1,0 +1,52 @@
+"""Named errors raised by the services, and the one place that turns them into HTTP answers."""
+
+import logging
+
+from django.db import DatabaseError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from apps.configs.rules import InvalidConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `status_code` is the HTTP answer."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(ServiceError):
+    status_code = status.HTTP_404_NOT_FOUND
+
+
+class NoConfigYet(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__("No configuration has been created yet.")
+
+
+class UnknownVersion(NotFoundError):
+    def __init__(self, version: int) -> None:
+        super().__init__(f"Configuration version {version} does not exist.")
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response({"detail": exc.detail}, status=exc.status_code)
+    if isinstance(exc, InvalidConfig):
+        return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DatabaseError):
+        view = context.get("view")
+        logger.error("database error in %s: %s", type(view).__name__, exc)
+        return Response(
+            {"detail": "The database is unavailable; try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,96 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from apps.configs.models import ConfigVersion
+from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
+
+
+class RuleField(serializers.Field):
+    """A field checked by one of the shared rules, with no coercion of the raw JSON value."""
+
+    def __init__(self, check, **kwargs) -> None:
+        self.check = check
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return self.check(data)
+        except InvalidConfig as exc:
+            raise serializers.ValidationError(exc.message) from None
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field({"type": "string", "format": "uri", "maxLength": 2048})
+class ConfigUrlField(RuleField):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(check_config_url, **kwargs)
+
+
+@extend_schema_field({"type": "integer", "minimum": 30, "maximum": 86400})
+class PoolingIntervalField(RuleField):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(check_pooling_interval, **kwargs)
+
+
+class ConfigWriteSerializer(serializers.Serializer):
+    config_url = ConfigUrlField(help_text="Absolute http or https URL, at most 2048 characters.")
+    pooling_interval = PoolingIntervalField(
+        help_text="The agents' polling period in whole seconds, 30 to 86400."
+    )
+
+
+class ConfigSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConfigVersion
+        fields = ["uuid", "version", "config_url", "pooling_interval", "created_at"]
+
+
+class AdminConfigSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
+
+    class Meta:
+        model = ConfigVersion
+        fields = ["uuid", "version", "config_url", "pooling_interval", "created_at", "created_by"]
+
+
+class HistoryEntrySerializer(AdminConfigSerializer):
+    changed = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="Fields that differ from the previous version.",
+    )
+    rolled_back_from = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta(AdminConfigSerializer.Meta):
+        fields = [*AdminConfigSerializer.Meta.fields, "changed", "rolled_back_from"]
+
+
+class RollbackSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+
+    def to_internal_value(self, data):
+        # Refuse "3", 3.0 and true: a version number is a JSON integer.
+        if isinstance(data, dict):
+            value = data.get("version")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise serializers.ValidationError({"version": ["Must be a whole number."]})
+        return super().to_internal_value(data)
+
+
+class VersionStateSerializer(serializers.Serializer):
+    version = serializers.IntegerField(help_text="0 while no configuration exists.")
+    pooling_interval = serializers.IntegerField(allow_null=True)
+
+
+class VersionQuerySerializer(serializers.Serializer):
+    version = serializers.IntegerField(
+        required=False, min_value=0, help_text="The version the caller already has."
+    )
+    wait = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=60,
+        help_text="Hold the request up to this many seconds until the version differs.",
+    )

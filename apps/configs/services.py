@@ -1,0 +1,128 @@
+"""Changing and reading the configuration: every writer (API, admin, shell) goes through here."""
+
+import logging
+from functools import partial
+
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+
+from apps.configs.errors import NoConfigYet, UnknownVersion
+from apps.configs.models import ConfigVersion
+from apps.configs.rules import check_config_url, check_pooling_interval
+
+logger = logging.getLogger(__name__)
+
+CURRENT_STATE_KEY = "config:current"
+# A safety net only: announce_config refreshes the key on every change. The timeout bounds how
+# long a value written while Redis was flapping could outlive a change whose refresh was lost.
+CURRENT_STATE_TIMEOUT = 60
+# Concurrent first creations race on the unique version; the loser retries once the winner
+# committed. Later writers queue on a row lock and do not need the retry.
+PUBLISH_ATTEMPTS = 5
+
+
+def get_current_config() -> ConfigVersion | None:
+    return ConfigVersion.objects.select_related("created_by").order_by("-version").first()
+
+
+def state_of(config: ConfigVersion | None) -> dict:
+    if config is None:
+        return {"version": 0, "pooling_interval": None}
+    return {"version": config.version, "pooling_interval": config.pooling_interval}
+
+
+def get_current_state() -> dict:
+    """The current version and interval, from the cache when warm, else from the database."""
+    state = cache.get(CURRENT_STATE_KEY)
+    if state is not None:
+        return state
+    state = state_of(get_current_config())
+    # add, not set: a change committed since our read has already stored a newer state.
+    cache.add(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
+    return state
+
+
+def announce_config(config: ConfigVersion) -> None:
+    """Runs after the commit: refresh the cached state and wake everyone watching."""
+    from apps.configs import notifications
+
+    state = state_of(config)
+    cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
+    notifications.publish(state)
+    logger.info(
+        "config version %s published: %s every %ss",
+        config.version,
+        config.config_url,
+        config.pooling_interval,
+    )
+
+
+def _lock_newest() -> ConfigVersion | None:
+    # Every writer locks the oldest version, which is never changed, so writers queue on one
+    # row; the newest is then read afresh and sees whatever the previous writer committed.
+    if ConfigVersion.objects.select_for_update().order_by("version").first() is None:
+        return None
+    return ConfigVersion.objects.order_by("-version").first()
+
+
+def publish_config(
+    *, config_url: str, pooling_interval: int, actor=None, rolled_back_from: int | None = None
+) -> tuple[ConfigVersion, bool]:
+    """Make the given content current. Returns (config, created); identical content is a no-op."""
+    config_url = check_config_url(config_url)
+    pooling_interval = check_pooling_interval(pooling_interval)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                newest = _lock_newest()
+                if newest is not None and newest.same_content(config_url, pooling_interval):
+                    return newest, False
+                config = ConfigVersion.objects.create(
+                    version=(newest.version if newest else 0) + 1,
+                    config_url=config_url,
+                    pooling_interval=pooling_interval,
+                    created_by=actor,
+                    rolled_back_from=rolled_back_from,
+                )
+                transaction.on_commit(partial(announce_config, config))
+                return config, True
+        except IntegrityError:
+            if attempt == PUBLISH_ATTEMPTS:
+                raise
+            logger.info("version race on attempt %s, retrying", attempt)
+    raise AssertionError("unreachable")
+
+
+def update_config(*, actor=None, **changes) -> tuple[ConfigVersion, bool]:
+    """Change some fields of the current config; a field left out keeps its value."""
+    current = get_current_config()
+    if current is None:
+        raise NoConfigYet()
+    return publish_config(
+        config_url=changes.get("config_url", current.config_url),
+        pooling_interval=changes.get("pooling_interval", current.pooling_interval),
+        actor=actor,
+    )
+
+
+def rollback_config(*, version: int, actor=None) -> tuple[ConfigVersion, bool]:
+    """Make a new version whose content is that of `version`."""
+    target = ConfigVersion.objects.filter(version=version).first()
+    if target is None:
+        raise UnknownVersion(version)
+    return publish_config(
+        config_url=target.config_url,
+        pooling_interval=target.pooling_interval,
+        actor=actor,
+        rolled_back_from=version,
+    )
+
+
+def changed_fields(config: ConfigVersion, previous: ConfigVersion | None) -> list[str]:
+    if previous is None:
+        return ["config_url", "pooling_interval"]
+    return [
+        field
+        for field in ("config_url", "pooling_interval")
+        if getattr(config, field) != getattr(previous, field)
+    ]

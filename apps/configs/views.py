@@ -1,0 +1,181 @@
+from django.db.models import Q
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.configs import services
+from apps.configs.errors import NoConfigYet
+from apps.configs.models import ConfigVersion
+from apps.configs.serializers import (
+    AdminConfigSerializer,
+    ConfigSerializer,
+    ConfigWriteSerializer,
+    HistoryEntrySerializer,
+    RollbackSerializer,
+    VersionQuerySerializer,
+    VersionStateSerializer,
+)
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input; nothing was stored."),
+    401: OpenApiResponse(description="Missing or invalid admin JWT."),
+}
+
+
+def _written(config: ConfigVersion, created: bool) -> Response:
+    return Response(
+        AdminConfigSerializer(config).data,
+        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+    )
+
+
+class ConfigAdminView(APIView):
+    """The current configuration, for admins."""
+
+    @extend_schema(
+        tags=["config"],
+        summary="Current configuration",
+        responses={200: AdminConfigSerializer, 401: ERRORS[401], 404: OpenApiResponse()},
+    )
+    def get(self, request):
+        config = services.get_current_config()
+        if config is None:
+            raise NoConfigYet()
+        return Response(AdminConfigSerializer(config).data)
+
+    @extend_schema(
+        tags=["config"],
+        summary="Create a configuration version",
+        description="Both fields required. 201 with a new version; 200 with the current config "
+        "when the content equals it.",
+        request=ConfigWriteSerializer,
+        responses={201: AdminConfigSerializer, 200: AdminConfigSerializer, **ERRORS},
+    )
+    def post(self, request):
+        serializer = ConfigWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _written(*services.publish_config(actor=request.user, **serializer.validated_data))
+
+    @extend_schema(
+        tags=["config"],
+        summary="Change the configuration",
+        description="Any subset of the fields. A new version only when something changed.",
+        request=ConfigWriteSerializer(partial=True),
+        responses={200: AdminConfigSerializer, 404: OpenApiResponse(), **ERRORS},
+    )
+    def put(self, request):
+        serializer = ConfigWriteSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        config, _ = services.update_config(actor=request.user, **serializer.validated_data)
+        return Response(AdminConfigSerializer(config).data)
+
+
+class ConfigHistoryView(generics.ListAPIView):
+    """Every version, newest first, with the fields each one changed."""
+
+    serializer_class = HistoryEntrySerializer
+    queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
+
+    @extend_schema(tags=["config"], summary="Version history")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        if page:
+            wanted = {entry.version - 1 for entry in page}
+            previous = {
+                c.version: c
+                for c in ConfigVersion.objects.filter(Q(version__in=wanted)).only(
+                    "version", "config_url", "pooling_interval"
+                )
+            }
+            for entry in page:
+                entry.changed = services.changed_fields(entry, previous.get(entry.version - 1))
+        return page
+
+
+class ConfigRollbackView(APIView):
+    @extend_schema(
+        tags=["config"],
+        summary="Roll back to a version",
+        description="Makes a new version whose content is version N's (201), or answers 200 "
+        "when N's content is already current.",
+        request=RollbackSerializer,
+        responses={
+            201: AdminConfigSerializer,
+            200: AdminConfigSerializer,
+            404: OpenApiResponse(description="Unknown version."),
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _written(
+            *services.rollback_config(
+                version=serializer.validated_data["version"], actor=request.user
+            )
+        )
+
+
+class AgentEndpoint(APIView):
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]
+
+
+class ConfigVersionView(AgentEndpoint):
+    @extend_schema(
+        tags=["agent"],
+        summary="Current version and polling interval",
+        parameters=[VersionQuerySerializer],
+        responses={
+            200: VersionStateSerializer,
+            400: OpenApiResponse(description="Bad version or wait."),
+            401: OpenApiResponse(description="Not an active agent's token."),
+        },
+    )
+    def get(self, request):
+        query = VersionQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(services.get_current_state())
+
+
+class ConfigAgentView(AgentEndpoint):
+    @extend_schema(
+        tags=["agent"],
+        summary="Current configuration, for agents",
+        parameters=[
+            OpenApiParameter(
+                "If-None-Match",
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description='The ETag the agent holds, for example "7".',
+            )
+        ],
+        responses={
+            200: ConfigSerializer,
+            304: OpenApiResponse(description="Unchanged since the given ETag."),
+            401: OpenApiResponse(description="Not an active agent's token."),
+            404: OpenApiResponse(description="No configuration yet."),
+        },
+    )
+    def get(self, request):
+        state = services.get_current_state()
+        if state["version"] == 0:
+            raise NoConfigYet()
+        etag = f'"{state["version"]}"'
+        if _etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        config = services.get_current_config()
+        etag = f'"{config.version}"'
+        return Response(ConfigSerializer(config).data, headers={"ETag": etag})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
+    return etag in candidates or "*" in candidates

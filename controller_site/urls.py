@@ -1,0 +1,41 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from apps.accounts.views import LoginView, RefreshView
+from apps.agents.views import (
+    AgentListView,
+    AgentRevokeView,
+    HeartbeatView,
+    RegisterAgentView,
+    RegistrationTokenView,
+)
+from apps.configs.views import (
+    ConfigAdminView,
+    ConfigAgentView,
+    ConfigHistoryView,
+    ConfigRollbackView,
+    ConfigVersionView,
+)
+from apps.ops.views import healthz, readyz
+
+urlpatterns = [
+    path("login", LoginView.as_view(), name="login"),
+    path("login/refresh", RefreshView.as_view(), name="login-refresh"),
+    path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
+    path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
+    path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
+    path("config/version", ConfigVersionView.as_view(), name="config-version"),
+    path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
+    path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),
+    path("agent/register", RegisterAgentView.as_view(), name="agent-register"),
+    path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agents", AgentListView.as_view(), name="agents"),
+    path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,84 @@
+import os
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from rest_framework.test import APIClient
+
+from apps.agents import auth as agent_auth
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "Correct-Horse-9!"
+
+
+def unavailable(reason: str) -> None:
+    """Skip for a missing service, or fail when REQUIRE_SERVICES=1 says it must be there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_available() -> bool:
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        return False
+    try:
+        cache.client.get_client().ping()
+    except Exception:  # noqa: BLE001 - any failure means unavailable
+        return False
+    return True
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        unavailable("this test needs PostgreSQL (set DATABASE_URL)")
+    if item.get_closest_marker("redis") and not redis_available():
+        unavailable("this test needs Redis (set REDIS_URL)")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    cache.clear()
+    agent_auth._known.clear()
+    agent_auth._last_seen_written.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser(email=ADMIN_EMAIL, password=ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    client = APIClient()
+    response = client.post(
+        "/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['access']}")
+    return client
+
+
+@pytest.fixture
+def registered_agent(db):
+    from apps.agents.services import issue_registration_token, register_agent
+
+    token, _ = issue_registration_token()
+    agent, agent_token = register_agent(token=token, name="test-agent", hostname="host-1")
+    return agent, agent_token
+
+
+@pytest.fixture
+def agent_api(registered_agent):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {registered_agent[1]}")
+    return client
