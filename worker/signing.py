@@ -1,0 +1,49 @@
+"""Signed pushes from agent to worker: `X-Signature: t=<unix seconds>,v1=<hex>`.
+
+v1 is HMAC-SHA256 over "<t>.<raw body>" with the shared INTERNAL_KEY. The timestamp inside the
+signed text bounds a replay to the tolerance window, and the worker's version check refuses an
+older config even inside that window.
+"""
+
+import hashlib
+import hmac
+import time
+
+SIGNATURE_HEADER = "X-Signature"
+TOLERANCE_SECONDS = 300
+
+
+class BadSignature(Exception):
+    """The signature header is missing, malformed, stale or does not match the body."""
+
+
+def _digest(key: str, timestamp: int, body: bytes) -> str:
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(body: bytes, key: str, now: float | None = None) -> str:
+    """The X-Signature header value for `body`."""
+    timestamp = int(time.time() if now is None else now)
+    return f"t={timestamp},v1={_digest(key, timestamp, body)}"
+
+
+def verify(header: str | None, body: bytes, key: str, now: float | None = None) -> None:
+    """Raise BadSignature unless `header` signs `body` with `key` within the tolerance."""
+    if not header:
+        raise BadSignature("missing X-Signature")
+    fields: dict[str, str] = {}
+    for part in header.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or name in fields:
+            raise BadSignature("malformed X-Signature")
+        fields[name] = value
+    timestamp_text, given = fields.get("t", ""), fields.get("v1", "")
+    if not timestamp_text.isdigit() or len(timestamp_text) > 12 or not given:
+        raise BadSignature("malformed X-Signature")
+    timestamp = int(timestamp_text)
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > TOLERANCE_SECONDS:
+        raise BadSignature("X-Signature timestamp is more than 300 s from the worker's clock")
+    if not hmac.compare_digest(_digest(key, timestamp, body), given):
+        raise BadSignature("X-Signature does not match the body")
