@@ -205,10 +205,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
+        # Hashed, compressed names once `collectstatic` has run (the Docker image does at
+        # build); before that, whitenoise serves the files straight from the installed apps.
         "BACKEND": (
-            "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if (STATIC_ROOT / "staticfiles.json").exists()
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
 }

@@ -82,3 +82,15 @@ def agent_api(registered_agent):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {registered_agent[1]}")
     return client
+
+
+@pytest.fixture
+def publish(db, django_capture_on_commit_callbacks):
+    """publish_config with its after-commit announcements run, as they are outside a test."""
+    from apps.configs.services import publish_config
+
+    def _publish(config_url: str = "http://upstream.example/task", pooling_interval: int = 30):
+        with django_capture_on_commit_callbacks(execute=True):
+            return publish_config(config_url=config_url, pooling_interval=pooling_interval)[0]
+
+    return _publish

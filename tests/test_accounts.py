@@ -1,0 +1,112 @@
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from apps.accounts.models import User
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def login(client, email=ADMIN_EMAIL, password=ADMIN_PASSWORD, **extra):
+    return client.post("/login", {"email": email, "password": password}, format="json", **extra)
+
+
+def test_login_returns_tokens_with_type_and_lifetime(api, admin_user):
+    response = login(api)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"access", "refresh", "token_type", "expires_in"}
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 15 * 60
+
+
+def test_login_email_is_case_insensitive(api, admin_user):
+    assert login(api, email=ADMIN_EMAIL.upper()).status_code == 200
+
+
+def test_wrong_password_is_401_like_unknown_email(api, admin_user):
+    wrong = login(api, password="not-the-password")
+    unknown = login(api, email="nobody@example.com")
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"email": ADMIN_EMAIL}, {"password": "x"}, {"email": ADMIN_EMAIL, "password": ["x"]}],
+)
+def test_malformed_login_is_400(api, admin_user, body):
+    assert api.post("/login", body, format="json").status_code == 400
+
+
+def test_login_with_non_json_body_is_400(api, admin_user):
+    response = api.post("/login", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert "detail" in response.json()
+
+
+def test_passwords_are_stored_with_bcrypt(admin_user):
+    assert User.objects.get(email=ADMIN_EMAIL).password.startswith("bcrypt_sha256$")
+
+
+def test_repeated_failures_are_throttled_and_forged_forwarded_for_does_not_help(
+    api, admin_user, settings
+):
+    for _ in range(10):
+        assert login(api, password="wrong").status_code == 401
+    assert login(api, password="wrong").status_code == 429
+    forged = login(api, password="wrong", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert forged.status_code == 429
+    # Even the right password waits until the window passes: a guesser learns nothing.
+    assert login(api).status_code == 429
+    other_client = login(APIClient(), REMOTE_ADDR="10.1.1.1")
+    assert other_client.status_code == 200
+
+
+def test_successful_logins_are_not_throttled(api, admin_user):
+    for _ in range(15):
+        assert login(api).status_code == 200
+
+
+def test_refresh_rotates_and_the_old_refresh_token_is_refused(api, admin_user):
+    first = login(api).json()["refresh"]
+    response = api.post("/login/refresh", {"refresh": first}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["access"] and body["refresh"] and body["refresh"] != first
+    replay = api.post("/login/refresh", {"refresh": first}, format="json")
+    assert replay.status_code == 401
+    assert (
+        api.post("/login/refresh", {"refresh": body["refresh"]}, format="json").status_code == 200
+    )
+
+
+def test_refresh_with_garbage_is_401(api):
+    assert api.post("/login/refresh", {"refresh": "garbage"}, format="json").status_code == 401
+
+
+def test_seed_admin_is_idempotent_and_warns_about_defaults(capsys):
+    call_command("seed_admin")
+    first = capsys.readouterr()
+    assert "Created admin admin@distributed-system.com" in first.out
+    assert "WARNING" in first.err
+    call_command("seed_admin")
+    assert "already exists; nothing changed" in capsys.readouterr().out
+    admin = User.objects.get()
+    assert admin.is_staff and admin.is_superuser
+    assert admin.check_password("Admin123!@#")
+
+
+def test_seed_admin_takes_email_and_password_flags(capsys):
+    call_command("seed_admin", email="Ops@Example.com", password="S3cure-pass-phrase")
+    user = User.objects.get()
+    assert user.email == "ops@example.com"
+    assert user.check_password("S3cure-pass-phrase")
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_seeded_admin_can_log_in(api):
+    call_command("seed_admin")
+    response = login(api, email="admin@distributed-system.com", password="Admin123!@#")
+    assert response.status_code == 200
