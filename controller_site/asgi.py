@@ -4,4 +4,11 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+# Imported after Django is set up: the watch endpoint uses models and settings.
+from apps.configs.watch import WatchEndpoint  # noqa: E402
+
+# GET /config/version is served in front of Django (see apps/configs/watch.py); the rest of the
+# API, the admin and the docs are Django's.
+application = WatchEndpoint(django_application)

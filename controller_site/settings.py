@@ -8,6 +8,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -177,9 +178,16 @@ if REDIS_URL:
         }
     }
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+    # Pub/sub channels are shared by all Redis databases: name the database in the channel so
+    # that two deployments on one Redis do not wake each other's agents.
+    _redis_db = urlsplit(REDIS_URL).path.strip("/") or "0"
+    NOTIFY_CHANNEL = env_str(
+        "NOTIFY_CHANNEL", f"{CACHES['default']['KEY_PREFIX']}:{_redis_db}:config-changes"
+    )
     DJANGO_REDIS_LOGGER = "apps.cache"
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
 PASSWORD_HASHERS = [
@@ -288,6 +296,16 @@ REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)
+
+# run_controller: gunicorn with uvicorn workers. Without Redis, each extra process finds changes
+# made by another only through its once-a-second database re-check, so one is the default there.
+CONTROLLER_BIND = env_str("CONTROLLER_BIND", "127.0.0.1:8080")
+CONTROLLER_WORKERS = env_int("CONTROLLER_WORKERS", 2 if REDIS_URL else 1, minimum=1)
+CONTROLLER_TIMEOUT = env_int("CONTROLLER_TIMEOUT", 30, minimum=1)
+CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum=1)
+CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
+CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
+FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # seed_admin defaults: the seed design's admin.
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")

@@ -2,6 +2,7 @@
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -12,6 +13,7 @@ from apps.agents.auth import forget_agent
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.configs.errors import ServiceError
+from apps.configs.notifications import publish_revocation
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def revoke_agent(agent: Agent) -> bool:
     forget_agent(agent)
     if revoked:
         logger.info("agent %s revoked", agent.pk)
+        # Cut the watch it may be holding, in every controller process.
+        transaction.on_commit(partial(publish_revocation, agent.pk))
     return bool(revoked)
 
 

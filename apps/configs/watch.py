@@ -1,0 +1,345 @@
+"""The version watch: `GET /config/version?version=KNOWN&wait=SECONDS` as a bare ASGI endpoint.
+
+Thousands of agents hold this request open, and a change must answer them all at once. Django's
+request path costs about a millisecond per woken request, so this one endpoint is served here,
+in front of Django: it shares the authentication, the cached state and the query rules with the
+rest of the API and skips only the per-request middleware and view machinery.
+
+Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
+waiting request from it; when Redis is absent or down it re-reads the database once a second
+while anyone is waiting, so no change is missed either way.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.http import QueryDict
+
+from apps.agents.auth import find_agent, touch_last_seen
+from apps.agents.models import Agent
+from apps.agents.tokens import bearer_token
+from apps.configs import notifications
+from apps.configs.serializers import VersionQuerySerializer
+from apps.configs.services import get_current_config, get_current_state, state_of
+
+logger = logging.getLogger(__name__)
+
+WATCH_PATH = "/config/version"
+DB_RECHECK_SECONDS = 1.0
+REDIS_RETRY_MAX_SECONDS = 5.0
+
+
+class Waiter:
+    """One held request: woken with the new state, or with None when its agent is revoked."""
+
+    __slots__ = ("known", "agent_id", "future")
+
+    def __init__(self, known: int, future: asyncio.Future) -> None:
+        self.known = known
+        self.agent_id: str | None = None
+        self.future = future
+
+
+class Hub:
+    """Wakes this process's held watches when the version moves past what they know."""
+
+    def __init__(self) -> None:
+        self.waiters: set[Waiter] = set()
+        self.latest = {"version": 0, "pooling_interval": None}
+        self.redis_healthy = False
+        self.notifications_seen = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # Life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        notifications.set_local_listener(self.deliver_threadsafe)
+        if settings.REDIS_URL:
+            self._tasks.append(asyncio.create_task(self._listen_redis()))
+        self._tasks.append(asyncio.create_task(self._recheck_database()))
+
+    async def stop(self) -> None:
+        notifications.set_local_listener(None)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.release_all()
+
+    def release_all(self) -> None:
+        """Answer every held watch now, with the state it had (the process is stopping)."""
+        for waiter in list(self.waiters):
+            if not waiter.future.done():
+                waiter.future.set_result(("shutdown", None))
+
+    # Delivery ---------------------------------------------------------------------------
+
+    def deliver_threadsafe(self, message: dict) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.deliver, message)
+
+    def deliver(self, message: dict) -> None:
+        self.notifications_seen += 1
+        if message.get("type") == "config":
+            state = {
+                "version": message.get("version"),
+                "pooling_interval": message.get("pooling_interval"),
+            }
+            if isinstance(state["version"], int):
+                self.advance(state)
+        elif message.get("type") == "revoked":
+            self.cut(message.get("agent_id"))
+
+    def advance(self, state: dict) -> None:
+        """Wake every waiter that knows an older version. Versions only rise: a late, older
+        notification (two processes publishing at once) wakes nobody."""
+        if state["version"] <= self.latest["version"]:
+            return
+        self.latest = state
+        for waiter in self.waiters:
+            if waiter.known != state["version"] and not waiter.future.done():
+                waiter.future.set_result(("changed", state))
+
+    def cut(self, agent_id: str | None) -> None:
+        for waiter in self.waiters:
+            if waiter.agent_id == agent_id and not waiter.future.done():
+                waiter.future.set_result(("revoked", None))
+
+    # Sources of news ----------------------------------------------------------------------
+
+    async def _listen_redis(self) -> None:
+        import redis.asyncio as aioredis
+
+        delay = 0.2
+        while True:
+            client = aioredis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=1.0, health_check_interval=10
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(settings.NOTIFY_CHANNEL)
+                if not self.redis_healthy:
+                    logger.info("watch hub subscribed to %s", settings.NOTIFY_CHANNEL)
+                self.redis_healthy = True
+                delay = 0.2
+                # A change may have been published while we were not subscribed.
+                await self._read_database_once()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver_raw(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: recheck the DB, retry
+                if self.redis_healthy:
+                    logger.warning(
+                        "watch hub lost Redis (%s); re-reading the database every %.0f s until "
+                        "it is back",
+                        exc,
+                        DB_RECHECK_SECONDS,
+                    )
+                self.redis_healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
+            finally:
+                await _quietly(pubsub.aclose())
+                await _quietly(client.aclose())
+
+    def _deliver_raw(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.warning("ignoring a malformed notification: %r", data[:200])
+            return
+        if isinstance(message, dict):
+            self.deliver(message)
+
+    async def _recheck_database(self) -> None:
+        """While Redis cannot be trusted and someone is waiting, poll the database each second."""
+        while True:
+            await asyncio.sleep(DB_RECHECK_SECONDS)
+            if self.redis_healthy or not self.waiters:
+                continue
+            try:
+                await self._read_database_once()
+                await self._cut_revoked_waiters()
+            except DatabaseError as exc:
+                logger.warning("watch hub could not read the database: %s", exc)
+
+    async def _read_database_once(self) -> None:
+        state = await sync_to_async(_state_from_database, thread_sensitive=False)()
+        self.advance(state)
+
+    async def _cut_revoked_waiters(self) -> None:
+        held = {w.agent_id for w in self.waiters if w.agent_id}
+        if held:
+            revoked = await sync_to_async(_revoked_among, thread_sensitive=False)(held)
+            for agent_id in revoked:
+                self.cut(agent_id)
+
+
+def _state_from_database() -> dict:
+    close_old_connections()
+    return state_of(get_current_config())
+
+
+def _revoked_among(agent_ids: set[str]) -> list[str]:
+    close_old_connections()
+    return [
+        str(pk)
+        for pk in Agent.objects.filter(pk__in=agent_ids, revoked_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    ]
+
+
+async def _quietly(awaitable) -> None:
+    # Closing a connection that already broke may fail too; there is nothing left to do.
+    with contextlib.suppress(Exception):
+        await awaitable
+
+
+def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None]:
+    """In a worker thread: the agent for `token` and the current state (one hop for both)."""
+    close_old_connections()
+    agent = find_agent(token) if token else None
+    if agent is None:
+        return None, None
+    touch_last_seen(agent)
+    return agent, get_current_state()
+
+
+class WatchEndpoint:
+    """ASGI app for GET /config/version; everything else goes to `fallback` (Django)."""
+
+    def __init__(self, fallback) -> None:
+        self.fallback = fallback
+        self.hub = Hub()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http" and scope["path"] == WATCH_PATH and scope["method"] == "GET":
+            await self._watch(scope, receive, send)
+        else:
+            await self.fallback(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.hub.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.hub.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _ensure_started(self) -> None:
+        # Servers without lifespan support (or tests calling the app directly) start it here.
+        if self.hub.loop is None:
+            await self.hub.start()
+
+    async def _watch(self, scope, receive, send) -> None:
+        await self._ensure_started()
+        query = QueryDict(scope.get("query_string", b"").decode("latin-1"))
+        checked = VersionQuerySerializer(data=query)
+        valid = checked.is_valid()
+        known = checked.validated_data.get("version") if valid else None
+        wait = checked.validated_data.get("wait", 0) if valid else 0
+        token = bearer_token(_header(scope, b"authorization"))
+
+        # Subscribe before reading, so a change committed in between still wakes us.
+        waiter = Waiter(-1 if known is None else known, asyncio.get_running_loop().create_future())
+        self.hub.waiters.add(waiter)
+        try:
+            try:
+                agent, state = await sync_to_async(_authenticate_and_read, thread_sensitive=False)(
+                    token
+                )
+            except DatabaseError as exc:
+                logger.error("watch: database unavailable: %s", exc)
+                await _respond(
+                    send, 503, {"detail": "The database is unavailable; try again shortly."}
+                )
+                return
+            if agent is None:
+                await _respond(
+                    send,
+                    401,
+                    {"detail": "Invalid or revoked agent token."},
+                    [(b"www-authenticate", b'Bearer realm="agent"')],
+                )
+                return
+            if not valid:
+                await _respond(send, 400, checked.errors)
+                return
+            waiter.agent_id = str(agent.pk)
+            self.hub.advance(state)
+            # A notification may have outrun the cache refresh: trust the newer of the two.
+            if self.hub.latest["version"] > state["version"]:
+                state = self.hub.latest
+            if known is None or wait == 0 or state["version"] != known:
+                await _respond(send, 200, state)
+                return
+            if waiter.future.done():
+                outcome, news = waiter.future.result()
+            else:
+                outcome, news = await self._hold(waiter, wait, receive)
+            if outcome == "revoked":
+                await _respond(send, 401, {"detail": "This agent has been revoked."})
+            elif outcome == "disconnected":
+                return
+            else:
+                await _respond(send, 200, news if outcome == "changed" else state)
+        finally:
+            self.hub.waiters.discard(waiter)
+
+    async def _hold(self, waiter: Waiter, wait: int, receive) -> tuple[str, dict | None]:
+        # Up to wait/16 of jitter, so that many watches started together do not all come back
+        # at the same instant.
+        timeout = wait + random.uniform(0, wait / 16)
+        disconnect = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait(
+                {waiter.future, disconnect}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            disconnect.cancel()
+        if waiter.future in done:
+            return waiter.future.result()
+        if disconnect in done:
+            return "disconnected", None
+        return "timeout", None
+
+
+async def _until_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _respond(send, status: int, body, extra_headers=None) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"cache-control", b"no-store"),
+        *(extra_headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,45 @@
+"""Running an application under gunicorn from a management command."""
+
+import resource
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+
+class GunicornApplication(BaseApplication):
+    """gunicorn driven from Python: `options` are gunicorn settings, `load` returns the app."""
+
+    def __init__(self, load, options: dict) -> None:
+        self._load = load
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        return self._load()
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every held watch is a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """Split HOST:PORT, raising ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--bind must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def exit_with(message: str, code: int = 2) -> None:
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.exit(code)

@@ -1,0 +1,299 @@
+"""The version watch: held requests answered at once on a change, and never a missed change."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.configs import notifications, watch
+from apps.configs.services import publish_config
+from tests.processes import restart_redis, start_controller, start_redis, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+URL = "http://upstream.example/task"
+
+
+@pytest.fixture
+def agent_token():
+    token, _ = issue_registration_token()
+    return register_agent(token=token)[1]
+
+
+async def call(app, token: str | None, query: str) -> tuple[int, dict, float]:
+    """One GET /config/version through the ASGI app, as a server would make it."""
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/config/version",
+        "query_string": query.encode(),
+        "headers": headers,
+    }
+    sent = []
+    never = asyncio.Event()
+
+    async def receive():
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    started = time.monotonic()
+    await app(scope, receive, send)
+    elapsed = time.monotonic() - started
+    return sent[0]["status"], json.loads(sent[1]["body"]), elapsed
+
+
+def run_watch(query: str, token: str | None, during=None):
+    """Run one watch on a fresh endpoint; `during(app)` runs in a thread while it is held."""
+
+    async def scenario():
+        app = watch.WatchEndpoint(fallback=None)
+        await app.hub.start()
+        try:
+            task = asyncio.ensure_future(call(app, token, query))
+            if during is not None:
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(during, app)
+            return await task
+        finally:
+            await app.hub.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_without_wait_it_answers_the_current_state_at_once(agent_token):
+    publish_config(config_url=URL, pooling_interval=45)
+    status, body, elapsed = run_watch("", agent_token)
+    assert status == 200
+    assert body == {"version": 1, "pooling_interval": 45}
+
+
+def test_a_stale_watch_is_answered_at_once(agent_token):
+    publish_config(config_url=URL, pooling_interval=30)
+    publish_config(config_url=URL, pooling_interval=40)
+    status, body, elapsed = run_watch("version=1&wait=30", agent_token)
+    assert status == 200
+    assert body == {"version": 2, "pooling_interval": 40}
+    assert elapsed < 1
+
+
+def test_a_held_watch_returns_soon_after_a_change(agent_token):
+    publish_config(config_url=URL, pooling_interval=30)
+    status, body, elapsed = run_watch(
+        "version=1&wait=30",
+        agent_token,
+        during=lambda app: publish_config(config_url=URL, pooling_interval=60),
+    )
+    assert status == 200
+    assert body == {"version": 2, "pooling_interval": 60}
+    assert elapsed < 2
+
+
+def test_a_held_watch_returns_at_wait_when_nothing_changed(agent_token):
+    publish_config(config_url=URL, pooling_interval=30)
+    status, body, elapsed = run_watch("version=1&wait=1", agent_token)
+    assert status == 200
+    assert body == {"version": 1, "pooling_interval": 30}
+    assert 1 <= elapsed < 1.5
+
+
+def test_a_change_between_the_read_and_the_hold_is_not_missed(agent_token, monkeypatch):
+    publish_config(config_url=URL, pooling_interval=30)
+    real = watch._authenticate_and_read
+
+    def read_then_change(token):
+        agent, state = real(token)
+        # The read saw version 1; the change lands before the request starts to wait.
+        publish_config(config_url=URL, pooling_interval=90)
+        time.sleep(0.2)
+        return agent, state
+
+    monkeypatch.setattr(watch, "_authenticate_and_read", read_then_change)
+    status, body, elapsed = run_watch("version=1&wait=20", agent_token)
+    assert status == 200
+    assert body == {"version": 2, "pooling_interval": 90}
+    assert elapsed < 2
+
+
+@pytest.mark.parametrize(
+    "query", ["version=x&wait=5", "version=1&wait=61", "version=-1&wait=5", "version=1&wait=-2"]
+)
+def test_bad_wait_or_version_is_400(agent_token, query):
+    status, body, _ = run_watch(query, agent_token)
+    assert status == 400
+    assert set(body) <= {"version", "wait"}
+
+
+@pytest.mark.parametrize("token", [None, "garbage", "agt_unknown"])
+def test_a_watch_without_an_agent_token_is_401(token):
+    status, body, _ = run_watch("version=0&wait=5", token)
+    assert status == 401
+    assert "detail" in body
+
+
+def test_revoking_an_agent_cuts_the_watch_it_holds():
+    token, _ = issue_registration_token()
+    agent, agent_token = register_agent(token=token)
+    publish_config(config_url=URL, pooling_interval=30)
+    status, body, elapsed = run_watch(
+        "version=1&wait=30", agent_token, during=lambda app: revoke_agent(agent)
+    )
+    assert status == 401
+    assert elapsed < 2
+
+
+def test_without_notifications_a_change_arrives_through_the_database_recheck(
+    agent_token, settings, monkeypatch
+):
+    # As when Redis is absent and the change was made by another process: nobody tells us.
+    settings.REDIS_URL = None
+    monkeypatch.setattr(notifications, "_send", lambda message: None)
+    publish_config(config_url=URL, pooling_interval=30)
+    status, body, elapsed = run_watch(
+        "version=1&wait=30",
+        agent_token,
+        during=lambda app: publish_config(config_url=URL, pooling_interval=31),
+    )
+    assert status == 200
+    assert body["version"] == 2
+    assert elapsed < 3
+
+
+def test_an_older_notification_never_moves_a_watch_backwards():
+    hub = watch.Hub()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        hub.advance({"version": 5, "pooling_interval": 30})
+        waiter = watch.Waiter(5, loop.create_future())
+        hub.waiters.add(waiter)
+        hub.deliver({"type": "config", "version": 4, "pooling_interval": 30})
+        assert not waiter.future.done()
+        hub.deliver({"type": "config", "version": 6, "pooling_interval": 30})
+        assert waiter.future.result() == ("changed", {"version": 6, "pooling_interval": 30})
+
+    asyncio.run(scenario())
+
+
+# Real processes -------------------------------------------------------------------------------
+
+
+def hold(url: str, token: str, version: int, wait: int, results: list) -> threading.Thread:
+    def run():
+        started = time.monotonic()
+        response = requests.get(
+            f"{url}/config/version",
+            params={"version": version, "wait": wait},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=wait + 15,
+        )
+        results.append((response.status_code, response.json(), time.monotonic() - started))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def admin_headers(url: str, admin_user) -> dict:
+    from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    response = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access']}"}
+
+
+@pytest.mark.postgres
+def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_token, admin_user):
+    redis, redis_url, _ = start_redis()
+    first = second = None
+    try:
+        first, url_a = start_controller(redis_url=redis_url)
+        second, url_b = start_controller(redis_url=redis_url)
+        headers = admin_headers(url_b, admin_user)
+        assert (
+            requests.post(
+                f"{url_b}/config/admin",
+                json={"config_url": URL, "pooling_interval": 30},
+                headers=headers,
+                timeout=5,
+            ).status_code
+            == 201
+        )
+        results = []
+        thread = hold(url_a, agent_token, 1, 30, results)
+        time.sleep(0.5)
+        changed = requests.put(
+            f"{url_b}/config/admin", json={"pooling_interval": 77}, headers=headers, timeout=5
+        )
+        assert changed.status_code == 200
+        thread.join(20)
+        assert results and results[0][0] == 200
+        assert results[0][1] == {"version": 2, "pooling_interval": 77}
+        assert results[0][2] < 1.5
+    finally:
+        for process in (first, second, redis):
+            if process is not None:
+                process.stop()
+
+
+@pytest.mark.postgres
+def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
+    agent_token, admin_user
+):
+    redis, redis_url, redis_port = start_redis()
+    first = second = None
+    try:
+        first, url_a = start_controller(redis_url=redis_url)
+        second, url_b = start_controller(redis_url=redis_url)
+        headers = admin_headers(url_b, admin_user)
+        requests.post(
+            f"{url_b}/config/admin",
+            json={"config_url": URL, "pooling_interval": 30},
+            headers=headers,
+            timeout=5,
+        )
+        results = []
+        thread = hold(url_a, agent_token, 1, 30, results)
+        time.sleep(0.5)
+        redis.stop()
+        time.sleep(0.5)
+        changed = requests.put(
+            f"{url_b}/config/admin", json={"pooling_interval": 61}, headers=headers, timeout=5
+        )
+        assert changed.status_code == 200
+        assert changed.json()["version"] == 2
+        thread.join(20)
+        assert results and results[0][:2] == (200, {"version": 2, "pooling_interval": 61})
+        assert results[0][2] < 5
+
+        # Redis comes back: the subscription returns by itself and changes flow again.
+        redis = restart_redis(redis_port)
+        wait_until(
+            lambda: "subscribed" in first.output().split("lost Redis")[-1],
+            timeout=15,
+            message="controller re-subscribed",
+        )
+        results = []
+        thread = hold(url_a, agent_token, 2, 30, results)
+        time.sleep(0.5)
+        requests.put(
+            f"{url_b}/config/admin", json={"pooling_interval": 62}, headers=headers, timeout=5
+        )
+        thread.join(20)
+        assert results and results[0][:2] == (200, {"version": 3, "pooling_interval": 62})
+        assert results[0][2] < 1.5
+        for process in (first, second):
+            assert " 500 " not in process.output()
+    finally:
+        for process in (first, second, redis):
+            if process is not None:
+                process.stop()
