@@ -12,6 +12,7 @@ while anyone is waiting, so no change is missed either way.
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -104,9 +105,13 @@ class Hub:
         if state["version"] <= self.latest["version"]:
             return
         self.latest = state
+        woken = 0
         for waiter in self.waiters:
             if waiter.known != state["version"] and not waiter.future.done():
                 waiter.future.set_result(("changed", state))
+                woken += 1
+        if woken:
+            logger.info("version %s: woke %s held watches", state["version"], woken)
 
     def cut(self, agent_id: str | None) -> None:
         for waiter in self.waiters:
@@ -293,37 +298,29 @@ class WatchEndpoint:
             if waiter.future.done():
                 outcome, news = waiter.future.result()
             else:
-                outcome, news = await self._hold(waiter, wait, receive)
+                outcome, news = await self._hold(waiter, wait)
             if outcome == "revoked":
                 await _respond(send, 401, {"detail": "This agent has been revoked."})
-            elif outcome == "disconnected":
-                return
             else:
                 await _respond(send, 200, news if outcome == "changed" else state)
         finally:
             self.hub.waiters.discard(waiter)
 
-    async def _hold(self, waiter: Waiter, wait: int, receive) -> tuple[str, dict | None]:
+    async def _hold(self, waiter: Waiter, wait: int) -> tuple[str, dict | None]:
         # Up to wait/16 of jitter, so that many watches started together do not all come back
-        # at the same instant.
+        # at the same instant. A timer rather than a task per request keeps a wake-up cheap; a
+        # client that hangs up is noticed when its answer is written.
         timeout = wait + random.uniform(0, wait / 16)
-        disconnect = asyncio.ensure_future(_until_disconnect(receive))
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter.future)
         try:
-            done, _ = await asyncio.wait(
-                {waiter.future, disconnect}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            return await waiter.future
         finally:
-            disconnect.cancel()
-        if waiter.future in done:
-            return waiter.future.result()
-        if disconnect in done:
-            return "disconnected", None
-        return "timeout", None
+            timer.cancel()
 
 
-async def _until_disconnect(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(("timeout", None))
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -333,13 +330,27 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send, status: int, body, extra_headers=None) -> None:
-    payload = json.dumps(body).encode()
-    headers = [
+async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
+    if status == 200:
+        payload, headers = _state_response(body["version"], body["pooling_interval"])
+    else:
+        payload, headers = _response(json.dumps(body))
+    if extra_headers:
+        headers = [*headers, *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+@functools.lru_cache(maxsize=16)
+def _state_response(version: int, pooling_interval: int | None) -> tuple[bytes, list]:
+    # Thousands of watches woken by one change answer the same bytes: encode them once.
+    return _response(json.dumps({"version": version, "pooling_interval": pooling_interval}))
+
+
+def _response(text: str) -> tuple[bytes, list]:
+    payload = text.encode()
+    return payload, [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
         (b"cache-control", b"no-store"),
-        *(extra_headers or []),
     ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,109 @@
+"""Shared pieces of the benchmarks: a bench database, agents, a controller, a tiny HTTP client."""
+
+import asyncio
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BENCH_DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench"
+)
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+def setup_django() -> None:
+    """Point this process at the bench database and Redis, create the database, migrate."""
+    import psycopg
+
+    os.environ["DATABASE_URL"] = BENCH_DATABASE_URL
+    os.environ["REDIS_URL"] = BENCH_REDIS_URL
+    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret-key-0123456789abcdefghijklmnop")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
+    name = BENCH_DATABASE_URL.rsplit("/", 1)[1]
+    with psycopg.connect(BENCH_DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as db:
+        if not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            db.execute(f'CREATE DATABASE "{name}"')
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def reset_state() -> None:
+    from django.core.cache import cache
+
+    from apps.accounts.models import User
+    from apps.agents.models import Agent, RegistrationToken
+    from apps.configs.models import ConfigVersion
+
+    RegistrationToken.objects.all().delete()
+    Agent.objects.all().delete()
+    ConfigVersion.objects.all().delete()
+    User.objects.all().delete()
+    User.objects.create_superuser(email="bench@example.com", password="Bench-pass-123")
+    cache.clear()
+
+
+def make_agents(count: int) -> list[str]:
+    """Create `count` agents directly (registration is measured elsewhere); returns tokens."""
+    from apps.agents.models import Agent
+    from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
+
+    tokens = [new_token(AGENT_PREFIX) for _ in range(count)]
+    Agent.objects.bulk_create(
+        [Agent(name=f"bench-{i}", token_hash=hash_token(t)) for i, t in enumerate(tokens)],
+        batch_size=2000,
+    )
+    return tokens
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (
+        f"min {min(ms):.1f} ms, p50 {statistics.median(ms):.1f} ms, "
+        f"p99 {percentile(ms, 0.99):.1f} ms, "
+        f"max {max(ms):.1f} ms (n={len(ms)})"
+    )
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children, in KiB."""
+    total = 0
+    pids = [pid]
+    children_path = Path(f"/proc/{pid}/task/{pid}/children")
+    if children_path.exists():
+        pids += [int(p) for p in children_path.read_text().split()]
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+async def http_get(
+    host: str, port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One GET on a fresh connection: small and cheap enough to hold thousands at once."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

@@ -1,0 +1,164 @@
+"""Fan-out: N agents hold a watch on one controller host; one change; how soon has each one heard?
+
+    python bench/watch_fanout.py --agents 1000 10000 [--workers 2]
+
+Starts `run_controller` (PostgreSQL, Redis) on a free port, creates N agents, opens N watches
+with real agent tokens from one asyncio client, makes one change through PUT /config/admin and
+measures, for every watcher, the time from the PUT being sent until its answer arrived. Also
+reports the controller's memory per held watch.
+"""
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+
+import requests
+
+from bench.common import (
+    BENCH_DATABASE_URL,
+    BENCH_REDIS_URL,
+    http_get,
+    make_agents,
+    reset_state,
+    rss_kib,
+    setup_django,
+    summary,
+)
+
+
+async def watch_all(port: int, tokens: list[str], version: int, url: str, headers: dict) -> dict:
+    arrived: list[float] = []
+    errors: list[str] = []
+    semaphore = asyncio.Semaphore(500)  # connection ramp: not all SYNs at once
+
+    async def one(token: str) -> None:
+        async with semaphore:
+            task = asyncio.ensure_future(
+                http_get(
+                    "127.0.0.1",
+                    port,
+                    f"/config/version?version={version}&wait=60",
+                    {"Authorization": f"Bearer {token}"},
+                )
+            )
+            await asyncio.sleep(0.002)
+        try:
+            status, body = await task
+        except OSError as exc:
+            errors.append(repr(exc))
+            return
+        if status != 200 or json.loads(body)["version"] != version + 1:
+            errors.append(f"{status} {body[:80]!r}")
+            return
+        arrived.append(time.monotonic())
+
+    tasks = [asyncio.ensure_future(one(t)) for t in tokens]
+    # Every watch must be held before the change: an agent's last_seen is written when its
+    # watch is authenticated, just before the request starts to wait.
+    from apps.agents.models import Agent
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        held = await asyncio.to_thread(
+            lambda: Agent.objects.filter(last_seen__isnull=False).count()
+        )
+        if held >= len(tokens):
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+    rss_held = rss_kib(CONTROLLER.popen.pid)
+    sent = time.monotonic()
+    response = await asyncio.to_thread(
+        requests.put,
+        f"{url}/config/admin",
+        json={"pooling_interval": 31},
+        headers=headers,
+        timeout=30,
+    )
+    put_seconds = time.monotonic() - sent
+    assert response.status_code == 200, response.text
+    await asyncio.gather(*tasks)
+    return {
+        "latencies": [t - sent for t in arrived],
+        "errors": errors,
+        "rss_held": rss_held,
+        "put": put_seconds,
+    }
+
+
+def run(count: int, workers: int) -> None:
+    global CONTROLLER
+    from tests.processes import Process, base_env, free_port, manage, wait_until
+
+    reset_state()
+    tokens = make_agents(count)
+    from apps.configs.services import publish_config
+
+    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
+    port = free_port()
+    CONTROLLER = Process(
+        manage("run_controller", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
+        base_env(
+            DATABASE_URL=BENCH_DATABASE_URL,
+            REDIS_URL=BENCH_REDIS_URL,
+            CONTROLLER_ACCESS_LOG="0",
+            LOG_LEVEL="INFO",
+        ),
+        "bench-controller",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30)
+        headers = {
+            "Authorization": "Bearer "
+            + requests.post(
+                f"{url}/login",
+                json={"email": "bench@example.com", "password": "Bench-pass-123"},
+                timeout=10,
+            ).json()["access"]
+        }
+        # Warm the PUT path (a no-op change: same content, no new version) so that the
+        # measured change does not pay for first-request imports and connections.
+        for _ in range(3):
+            requests.put(
+                f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
+            )
+        time.sleep(1)
+        rss_idle = rss_kib(CONTROLLER.popen.pid)
+        result = asyncio.run(watch_all(port, tokens, 1, url, headers))
+        per_watch = (result["rss_held"] - rss_idle) / count
+        print(
+            f"N={count} workers={workers}: notified {len(result['latencies'])}/{count}, "
+            f"errors {len(result['errors'])}; {summary(result['latencies'])}; "
+            f"controller RSS idle {rss_idle / 1024:.0f} MiB, "
+            f"holding {result['rss_held'] / 1024:.0f} MiB, {per_watch:.1f} KiB per held watch; "
+            f"the PUT took {result['put'] * 1000:.0f} ms"
+        )
+        if result["errors"]:
+            print("  first errors:", result["errors"][:5])
+    finally:
+        CONTROLLER.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    setup_django()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    for count in args.agents:
+        run(count, args.workers)
+
+
+if __name__ == "__main__":
+    main()
