@@ -13,59 +13,81 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from controller_site import config_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 
 
-def env_str(name: str, default: str | None = None) -> str | None:
+# Where each setting came from, for `manage.py show_settings`: name -> (source, value).
+SETTING_SOURCES: dict[str, tuple[str, object]] = {}
+CONFIG_FILE = config_file.current()
+
+
+def _lookup(name: str, kind: str, default):
+    """The raw value of a setting: environment, then the settings file, then the default."""
     value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip()
+    if value is not None and value.strip() != "":
+        return "env", value.strip()
+    if name in CONFIG_FILE.values:
+        return "file", config_file.convert(CONFIG_FILE, name, kind)
+    return "default", default
+
+
+def _record(name: str, source: str, value):
+    SETTING_SOURCES[name] = (source, value)
+    return value
+
+
+def env_str(name: str, default: str | None = None, kind: str = "str") -> str | None:
+    source, value = _lookup(name, kind, default)
+    return _record(name, source, value)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
-    value = env_str(name)
-    if value is None:
-        return default
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ImproperlyConfigured(
-        f"{name} must be a boolean (1/0, true/false, yes/no, on/off): {value!r}"
-    )
+    source, value = _lookup(name, "bool", default)
+    if source == "env":
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            value = True
+        elif lowered in ("0", "false", "no", "off"):
+            value = False
+        else:
+            raise ImproperlyConfigured(
+                f"{name} must be a boolean (1/0, true/false, on/off): {value!r}"
+            )
+    return _record(name, source, value)
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    value = env_str(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number: {value!r}") from None
-    if minimum is not None and number < minimum:
+    source, value = _lookup(name, "int", default)
+    if source == "env":
+        try:
+            value = int(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a whole number: {value!r}") from None
+    if minimum is not None and value < minimum:
+        if source == "file":
+            raise CONFIG_FILE.error(name, f"must be at least {minimum}, got {value}")
         raise ImproperlyConfigured(f"{name} must be at least {minimum}: {value!r}")
-    return number
+    return _record(name, source, value)
 
 
 def env_float(name: str, default: float) -> float:
-    value = env_str(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number: {value!r}") from None
+    source, value = _lookup(name, "float", default)
+    if source == "env":
+        try:
+            value = float(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a number: {value!r}") from None
+    return _record(name, source, value)
 
 
-def env_list(name: str, default: list[str]) -> list[str]:
-    value = env_str(name)
-    if value is None:
-        return default
-    return [item.strip() for item in value.split(",") if item.strip()]
+def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
+    source, value = _lookup(name, kind, default)
+    if source == "env":
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    return _record(name, source, value)
 
 
 def _development_secret_key() -> str:
@@ -142,7 +164,7 @@ TEMPLATES = [
 ]
 
 # Database: PostgreSQL (psycopg 3) from DATABASE_URL, SQLite under var/ otherwise.
-DATABASE_URL = env_str("DATABASE_URL")
+DATABASE_URL = env_str("DATABASE_URL", kind="url")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -162,7 +184,7 @@ else:
 
 # Cache: Redis when REDIS_URL is set. A Redis outage turns cache calls into misses (logged), so
 # every reader falls back to the database instead of failing the request.
-REDIS_URL = env_str("REDIS_URL")
+REDIS_URL = env_str("REDIS_URL", kind="url")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -327,3 +349,7 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     },
 }
+
+
+# Last: a settings-file key that no setting above read is a mistake, not something to ignore.
+CONFIG_FILE.check_unknown(set(SETTING_SOURCES))

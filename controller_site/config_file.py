@@ -1,0 +1,162 @@
+"""The optional YAML settings file (`--config FILE` or CONFIG_FILE), read by settings.py.
+
+A file's keys are the settings' environment names in lower case (`database_url`, `internal_key`),
+plus a few short names that depend on which process reads it (`bind`, `state_dir`,
+`worker_urls`). Precedence is flag, then environment, then file, then default. Every problem is
+reported with the file and the key, and stops the process before anything starts.
+"""
+
+import difflib
+import os
+import stat
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+# The process that reads the file, from the management command being run.
+ROLES = {"run_agent": "agent", "run_worker": "worker"}
+ALIASES = {
+    "controller": {"bind": "CONTROLLER_BIND", "workers": "CONTROLLER_WORKERS"},
+    "worker": {"bind": "WORKER_BIND", "threads": "WORKER_THREADS"},
+    "agent": {"state_dir": "AGENT_STATE_DIR", "worker_urls": "WORKER_URL"},
+}
+SECRET_ENDINGS = ("SECRET_KEY", "PASSWORD", "INTERNAL_KEY", "TOKEN")
+
+
+class ConfigFileError(Exception):
+    """A settings file that cannot be used; the message names the file and the key."""
+
+
+def is_secret(name: str) -> bool:
+    return name.endswith(SECRET_ENDINGS)
+
+
+def role_from_argv(argv: list[str]) -> str:
+    command = argv[1] if len(argv) > 1 else ""
+    return ROLES.get(command, "controller")
+
+
+def take_config_file(argv: list[str]) -> str | None:
+    """Remove `--config FILE` or `--config=FILE` from the command line and return FILE.
+
+    Settings are read before any command parses its flags, so manage.py takes the flag out
+    for every command, Django's own included.
+    """
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            path = argv[index + 1]
+            del argv[index : index + 2]
+            return path
+        if arg.startswith("--config="):
+            del argv[index]
+            return arg.split("=", 1)[1]
+    return None
+
+
+class ConfigFile:
+    """The parsed file: values by environment name, and where each came from."""
+
+    def __init__(self, path: str | None, role: str) -> None:
+        self.path = path
+        self.role = role
+        self.values: dict[str, object] = {}
+        self.keys: dict[str, str] = {}
+        if path:
+            self._load(Path(path))
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigFileError(f"{path}: cannot read the file: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigFileError(f"{path}: invalid YAML{where}: {exc.problem}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigFileError(f"{path}: invalid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"{path}: the file must hold a mapping of keys to values")
+        aliases = ALIASES.get(self.role, {})
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise ConfigFileError(f"{path}: key {key!r} is not a name")
+            name = aliases.get(key, key.upper())
+            self.values[name] = value
+            self.keys[name] = key
+        if any(is_secret(name) for name in self.values) and _readable_by_others(path):
+            sys.stderr.write(
+                f"WARNING: {path} holds secrets but is readable by group or others; "
+                f"run: chmod 600 {path}\n"
+            )
+
+    def error(self, name: str, message: str) -> ConfigFileError:
+        return ConfigFileError(f"{self.path}: key '{self.keys.get(name, name.lower())}': {message}")
+
+    def check_unknown(self, known: set[str]) -> None:
+        """Refuse keys no setting reads, suggesting the closest known key."""
+        aliases = ALIASES.get(self.role, {})
+        inverse = {name: alias for alias, name in aliases.items()}
+        names = {inverse.get(name, name.lower()) for name in known}
+        for name, key in self.keys.items():
+            if name not in known:
+                close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigFileError(f"{self.path}: unknown key '{key}'{hint}")
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except OSError:
+        return False
+
+
+def convert(file: ConfigFile, name: str, kind: str):
+    """The file's value for `name` as `kind` (str, int, float, bool, list, url, urls)."""
+    value = file.values[name]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise file.error(name, f"must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise file.error(name, f"must be a whole number, got {value!r}")
+    if kind == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise file.error(name, f"must be a number, got {value!r}")
+    if kind in ("list", "urls"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise file.error(name, f"must be a list of strings, got {value!r}")
+        items = [item.strip() for item in items if item.strip()]
+        if kind == "urls":
+            for item in items:
+                _check_url(file, name, item)
+        return items
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise file.error(name, f"must be a string, got {value!r}")
+    value = str(value)
+    if kind == "url":
+        _check_url(file, name, value)
+    return value
+
+
+def _check_url(file: ConfigFile, name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if not parts.scheme or not (parts.netloc or parts.path):
+        raise file.error(name, f"must be a URL such as http://host:port, got {value!r}")
+
+
+def current() -> ConfigFile:
+    """The settings file of this process, named by CONFIG_FILE (manage.py sets it from --config)."""
+    role = os.environ.get("CONFIG_ROLE") or "controller"
+    return ConfigFile(os.environ.get("CONFIG_FILE") or None, role)
