@@ -165,11 +165,18 @@ TEMPLATES = [
 
 # Database: PostgreSQL (psycopg 3) from DATABASE_URL, SQLite under var/ otherwise.
 DATABASE_URL = env_str("DATABASE_URL", kind="url")
+DB_POOL_SIZE = env_int("DB_POOL_SIZE", 10, minimum=0)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        DATABASES["default"].setdefault("OPTIONS", {})
-        DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+        options = DATABASES["default"].setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", 5)
+        # Under ASGI every request may run on a different thread, and persistent per-thread
+        # connections pile up until PostgreSQL refuses more; a pool per process bounds them.
+        if DB_POOL_SIZE:
+            options["pool"] = {"min_size": 1, "max_size": DB_POOL_SIZE, "timeout": 5}
+        else:
+            DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

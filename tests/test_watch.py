@@ -7,6 +7,7 @@ import time
 
 import pytest
 import requests
+from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import notifications, watch
@@ -50,6 +51,18 @@ async def call(app, token: str | None, query: str) -> tuple[int, dict, float]:
     return sent[0]["status"], json.loads(sent[1]["body"]), elapsed
 
 
+def closing_connection(function):
+    """Threads of the test give their database connection back, as request threads do."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return wrapper
+
+
 def run_watch(query: str, token: str | None, during=None):
     """Run one watch on a fresh endpoint; `during(app)` runs in a thread while it is held."""
 
@@ -60,7 +73,7 @@ def run_watch(query: str, token: str | None, during=None):
             task = asyncio.ensure_future(call(app, token, query))
             if during is not None:
                 await asyncio.sleep(0.3)
-                await asyncio.to_thread(during, app)
+                await asyncio.to_thread(closing_connection(during), app)
             return await task
         finally:
             await app.hub.stop()
@@ -108,11 +121,13 @@ def test_a_change_between_the_read_and_the_hold_is_not_missed(agent_token, monke
     publish_config(config_url=URL, pooling_interval=30)
     real = watch._authenticate_and_read
 
-    def read_then_change(token):
-        agent, state = real(token)
+    async def read_then_change(token):
+        agent, state = await real(token)
         # The read saw version 1; the change lands before the request starts to wait.
-        publish_config(config_url=URL, pooling_interval=90)
-        time.sleep(0.2)
+        await asyncio.to_thread(
+            closing_connection(publish_config), config_url=URL, pooling_interval=90
+        )
+        await asyncio.sleep(0.2)
         return agent, state
 
     monkeypatch.setattr(watch, "_authenticate_and_read", read_then_change)

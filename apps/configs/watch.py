@@ -19,7 +19,7 @@ import random
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from django.http import QueryDict
 
 from apps.agents.auth import find_agent, touch_last_seen
@@ -71,7 +71,9 @@ class Hub:
         notifications.set_local_listener(None)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a Redis client cancelled mid-read may never finish closing.
+            await asyncio.wait(self._tasks, timeout=2)
         self._tasks.clear()
         self.release_all()
 
@@ -180,24 +182,39 @@ class Hub:
                 logger.warning("watch hub could not read the database: %s", exc)
 
     async def _read_database_once(self) -> None:
-        state = await sync_to_async(_state_from_database, thread_sensitive=False)()
+        state = await _state_from_database()
         self.advance(state)
 
     async def _cut_revoked_waiters(self) -> None:
         held = {w.agent_id for w in self.waiters if w.agent_id}
         if held:
-            revoked = await sync_to_async(_revoked_among, thread_sensitive=False)(held)
+            revoked = await _revoked_among(held)
             for agent_id in revoked:
                 self.cut(agent_id)
 
 
+def _with_database(function):
+    """Run `function` in a worker thread with a database connection that goes back to the
+    pool (or is closed) when it returns: these threads outlive any one request."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        close_old_connections()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(wrapper, thread_sensitive=False)
+
+
+@_with_database
 def _state_from_database() -> dict:
-    close_old_connections()
     return state_of(get_current_config())
 
 
+@_with_database
 def _revoked_among(agent_ids: set[str]) -> list[str]:
-    close_old_connections()
     return [
         str(pk)
         for pk in Agent.objects.filter(pk__in=agent_ids, revoked_at__isnull=False).values_list(
@@ -207,14 +224,14 @@ def _revoked_among(agent_ids: set[str]) -> list[str]:
 
 
 async def _quietly(awaitable) -> None:
-    # Closing a connection that already broke may fail too; there is nothing left to do.
+    # Closing a connection that already broke may fail or hang; there is nothing left to do.
     with contextlib.suppress(Exception):
-        await awaitable
+        await asyncio.wait_for(awaitable, timeout=1)
 
 
+@_with_database
 def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None]:
-    """In a worker thread: the agent for `token` and the current state (one hop for both)."""
-    close_old_connections()
+    """The agent for `token` and the current state, in one hop to a worker thread."""
     agent = find_agent(token) if token else None
     if agent is None:
         return None, None
@@ -267,9 +284,7 @@ class WatchEndpoint:
         self.hub.waiters.add(waiter)
         try:
             try:
-                agent, state = await sync_to_async(_authenticate_and_read, thread_sensitive=False)(
-                    token
-                )
+                agent, state = await _authenticate_and_read(token)
             except DatabaseError as exc:
                 logger.error("watch: database unavailable: %s", exc)
                 await _respond(
