@@ -327,3 +327,20 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     },
 }
+
+# Worker ----------------------------------------------------------------------------------------
+# Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).
+# INTERNAL_KEY is the secret the agent proves it holds when it pushes a configuration.
+INTERNAL_KEY = env_str("INTERNAL_KEY")
+# When on, pushes must carry X-Signature; the seed's plain X-Internal-Key header is refused.
+WORKER_REQUIRE_SIGNATURE = env_bool("WORKER_REQUIRE_SIGNATURE", False)
+WORKER_BIND = env_str("WORKER_BIND", "127.0.0.1:8082")
+WORKER_THREADS = env_int("WORKER_THREADS", 16, minimum=1)
+# GET /hit: seconds to connect to the configured URL, and to wait for each read of its answer.
+WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
+WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)
+# GET /hit answers 502 rather than buffer an upstream body larger than this.
+WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1)
+# When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
+# addresses (502), so a pushed URL cannot reach into the worker's own network.
+WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
