@@ -344,3 +344,18 @@ WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minim
 # When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
 # addresses (502), so a pushed URL cannot reach into the worker's own network.
 WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
+
+# Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
+# only; these are its defaults, and each has a command-line flag that wins over it.
+CONTROLLER_URL = env_str("CONTROLLER_URL")
+WORKER_URLS = env_list("WORKER_URL", [])
+REGISTRATION_TOKEN = env_str("REGISTRATION_TOKEN")
+AGENT_STATE_DIR = env_str("AGENT_STATE_DIR", str(VAR_DIR / "agent"))
+# Check period before the controller has a config (afterwards its pooling_interval rules).
+AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
+# Upper bound of the retry delay for an unreachable controller or worker.
+AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
+AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
+AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
+# Shared secret that signs the agent's pushes to its workers.
+INTERNAL_KEY = env_str("INTERNAL_KEY")
