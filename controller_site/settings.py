@@ -112,6 +112,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it times and counts every answer, redirects and static files included.
+    "apps.ops.metrics.request_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -209,7 +211,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -311,22 +313,79 @@ FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD", "Admin123!@#")
 
+# Logging ---------------------------------------------------------------------------------------
+# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. gunicorn's
+# and uvicorn's loggers get the same handler (GUNICORN_LOGGING), so access lines follow suit.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOG_FORMAT = env_str("LOG_FORMAT", "text")
+LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json: {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {
+            "()": "apps.ops.logs.LineFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
+        "json": {"()": "apps.ops.logs.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "text"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "stream": "ext://sys.stdout",
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Python warnings (Django routes them to logging) are events like any other.
+        "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+GUNICORN_LOGGING = {
+    **LOGGING,
+    "loggers": {
+        **LOGGING["loggers"],
+        "gunicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
+
+# Production security ---------------------------------------------------------------------------
+# All off by default (a laptop speaks plain HTTP); turn them on behind TLS. `manage.py check
+# --deploy` is clean with the values that README "Production settings" lists.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes and Prometheus talk plain HTTP to the container itself, never through the TLS proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Opt-in: trust X-Forwarded-Proto only when a proxy that always sets it stands in front.
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+# Outbound calls must give up before gunicorn gives up on the request: a query may run at most
+# DATABASE_STATEMENT_TIMEOUT seconds, and connecting to PostgreSQL or Redis takes even less.
+DATABASE_STATEMENT_TIMEOUT = env_int("DATABASE_STATEMENT_TIMEOUT", 10, minimum=1)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "options", f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT * 1000}"
+    )
+if DATABASE_STATEMENT_TIMEOUT >= CONTROLLER_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"DATABASE_STATEMENT_TIMEOUT ({DATABASE_STATEMENT_TIMEOUT} s) must be below "
+        f"CONTROLLER_TIMEOUT ({CONTROLLER_TIMEOUT} s)."
+    )
+
+# Metrics ---------------------------------------------------------------------------------------
+# GET /metrics on the controller. run_controller points prometheus_client's multiprocess mode at
+# a fresh directory of its own, so every gunicorn worker process counts into one exposition.
+# An agent is counted as stale when it has not been heard from for this many seconds.
+METRICS_AGENT_STALE_SECONDS = env_int("METRICS_AGENT_STALE_SECONDS", 300, minimum=1)
 
 # Worker ----------------------------------------------------------------------------------------
 # Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).
