@@ -386,6 +386,8 @@ if DATABASE_STATEMENT_TIMEOUT >= CONTROLLER_TIMEOUT:
 # a fresh directory of its own, so every gunicorn worker process counts into one exposition.
 # An agent is counted as stale when it has not been heard from for this many seconds.
 METRICS_AGENT_STALE_SECONDS = env_int("METRICS_AGENT_STALE_SECONDS", 300, minimum=1)
+# run_agent --metrics-bind: off by default, as the seed's agent has no public endpoint.
+AGENT_METRICS_BIND = env_str("AGENT_METRICS_BIND")
 
 # Worker ----------------------------------------------------------------------------------------
 # Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).

@@ -3,8 +3,11 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from prometheus_client import CollectorRegistry
 
 from agent.daemon import Agent
+from agent.metrics import MeasuredAgent, serve_metrics
+from apps.ops.serving import parse_bind
 
 
 class Command(BaseCommand):
@@ -36,6 +39,11 @@ class Command(BaseCommand):
             help="Poll the version each period instead of holding a watch request.",
         )
         parser.add_argument("--once", action="store_true", help="Run one cycle and exit.")
+        parser.add_argument(
+            "--metrics-bind",
+            default=settings.AGENT_METRICS_BIND,
+            help="HOST:PORT to serve Prometheus metrics on; off unless given (AGENT_METRICS_BIND).",
+        )
 
     def handle(self, *args, **options):
         if not settings.INTERNAL_KEY:
@@ -51,7 +59,19 @@ class Command(BaseCommand):
             raise CommandError(
                 "AGENT_DEFAULT_INTERVAL and AGENT_BACKOFF_CAP must be positive.", returncode=2
             )
-        agent = Agent(
+        metrics_address = None
+        if options["metrics_bind"]:
+            try:
+                metrics_address = parse_bind(options["metrics_bind"])
+            except ValueError as exc:
+                raise CommandError(
+                    str(exc).replace("--bind", "--metrics-bind"), returncode=2
+                ) from None
+        agent_class, extra = Agent, {}
+        if metrics_address:
+            registry = CollectorRegistry()
+            agent_class, extra = MeasuredAgent, {"registry": registry}
+        agent = agent_class(
             controller_url=controller_url,
             worker_urls=worker_urls,
             internal_key=settings.INTERNAL_KEY,
@@ -62,7 +82,16 @@ class Command(BaseCommand):
             backoff_cap=settings.AGENT_BACKOFF_CAP,
             connect_timeout=settings.AGENT_CONNECT_TIMEOUT,
             read_timeout=settings.AGENT_READ_TIMEOUT,
+            **extra,
         )
+        if metrics_address:
+            try:
+                serve_metrics(*metrics_address, registry=registry)
+            except OSError as exc:
+                raise CommandError(
+                    f"cannot serve metrics on {options['metrics_bind']}: {exc.strerror}",
+                    returncode=2,
+                ) from None
         if options["once"]:
             agent.run_once()
             return
