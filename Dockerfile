@@ -21,6 +21,7 @@ COPY . .
 
 # Static files (the admin, Swagger UI, Redoc) are collected at build and served by whitenoise.
 # The key below exists only for this build step; it signs nothing.
+ENV STATICFILES_MANIFEST=1
 RUN SECRET_KEY=collectstatic-only-not-a-secret VAR_DIR=/tmp/build-var \
         python manage.py collectstatic --noinput \
     && mkdir -p /app/var/agent \

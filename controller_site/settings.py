@@ -212,14 +212,15 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# Hashed, compressed names once `collectstatic` has run (the Docker image runs it at build with
+# STATICFILES_MANIFEST=1); before that, whitenoise serves the files straight from the apps.
+STATICFILES_MANIFEST = env_bool("STATICFILES_MANIFEST", (STATIC_ROOT / "staticfiles.json").exists())
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        # Hashed, compressed names once `collectstatic` has run (the Docker image does at
-        # build); before that, whitenoise serves the files straight from the installed apps.
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
-            if (STATIC_ROOT / "staticfiles.json").exists()
+            if STATICFILES_MANIFEST
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
