@@ -308,6 +308,23 @@ LOGGING = {
     },
 }
 
+# Worker ----------------------------------------------------------------------------------------
+# Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).
+# INTERNAL_KEY is the secret the agent proves it holds when it pushes a configuration.
+INTERNAL_KEY = env_str("INTERNAL_KEY")
+# When on, pushes must carry X-Signature; the seed's plain X-Internal-Key header is refused.
+WORKER_REQUIRE_SIGNATURE = env_bool("WORKER_REQUIRE_SIGNATURE", False)
+WORKER_BIND = env_str("WORKER_BIND", "127.0.0.1:8082")
+WORKER_THREADS = env_int("WORKER_THREADS", 16, minimum=1)
+# GET /hit: seconds to connect to the configured URL, and to wait for each read of its answer.
+WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
+WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)
+# GET /hit answers 502 rather than buffer an upstream body larger than this.
+WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1)
+# When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
+# addresses (502), so a pushed URL cannot reach into the worker's own network.
+WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
+
 # Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
 # only; these are its defaults, and each has a command-line flag that wins over it.
 CONTROLLER_URL = env_str("CONTROLLER_URL")
@@ -320,5 +337,4 @@ AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
 AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
 AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
-# Shared secret that signs the agent's pushes to its workers.
-INTERNAL_KEY = env_str("INTERNAL_KEY")
+# Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).

@@ -1,0 +1,159 @@
+"""The configuration a worker holds: the checks on a push and the store that keeps the newest one.
+
+The field rules are the controller's own (apps/configs/rules.py), so a push the controller would
+refuse is refused here too.
+"""
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
+
+# The largest version the controller's 64-bit column can hold.
+MAX_VERSION = 2**63 - 1
+
+
+class MalformedPush(ValueError):
+    """The push body is not a JSON object."""
+
+
+class InvalidPush(ValueError):
+    """One or more fields of the push break a rule; `errors` maps each field to its messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(", ".join(sorted(errors)))
+        self.errors = errors
+
+
+class StaleVersion(Exception):
+    """A push older than the configuration already held: applying it would roll the worker back."""
+
+    def __init__(self, held: int, offered: int) -> None:
+        super().__init__(f"holds version {held}, refused older version {offered}")
+        self.held = held
+        self.offered = offered
+
+
+@dataclass(frozen=True)
+class PushedConfig:
+    """A validated push: the four fields the agent sends."""
+
+    config_url: str
+    pooling_interval: int
+    version: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class HeldConfig:
+    """The configuration in force, with the time it arrived."""
+
+    config_url: str
+    pooling_interval: int
+    version: int
+    uuid: str
+    received_at: datetime
+
+    def as_dict(self) -> dict:
+        return {
+            "config_url": self.config_url,
+            "pooling_interval": self.pooling_interval,
+            "version": self.version,
+            "uuid": self.uuid,
+            "received_at": self.received_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+def check_version(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidConfig("version", "Must be a whole number.")
+    if not 1 <= value <= MAX_VERSION:
+        raise InvalidConfig("version", f"Must be between 1 and {MAX_VERSION}.")
+    return value
+
+
+def check_uuid(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidConfig("uuid", "Must be a string holding a UUID.")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidConfig("uuid", "Must be a valid UUID.") from None
+
+
+_FIELD_CHECKS = (
+    ("config_url", check_config_url),
+    ("pooling_interval", check_pooling_interval),
+    ("version", check_version),
+    ("uuid", check_uuid),
+)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_push(body: bytes) -> PushedConfig:
+    """Decode and check a push body; raise MalformedPush or InvalidPush."""
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and integers too long to convert;
+        # RecursionError a deeply nested document.
+        raise MalformedPush("Body must be valid JSON.") from None
+    if not isinstance(data, dict):
+        raise MalformedPush("Body must be a JSON object.")
+    values: dict[str, object] = {}
+    errors: dict[str, list[str]] = {}
+    for field, check in _FIELD_CHECKS:
+        if field not in data:
+            errors[field] = ["This field is required."]
+            continue
+        try:
+            values[field] = check(data[field])
+        except InvalidConfig as exc:
+            errors.setdefault(exc.field, []).append(exc.message)
+    if errors:
+        raise InvalidPush(errors)
+    return PushedConfig(**values)
+
+
+class ConfigStore:
+    """The one configuration in force, replaced only by a newer version.
+
+    Writers compare and replace under a lock so two concurrent pushes cannot both win; readers take
+    the current reference without the lock, which is safe because HeldConfig is immutable and a
+    reference read is atomic.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: HeldConfig | None = None
+
+    @property
+    def current(self) -> HeldConfig | None:
+        return self._held
+
+    def apply(self, pushed: PushedConfig) -> tuple[bool, HeldConfig, HeldConfig | None]:
+        """Apply `pushed` if it is newer: (applied, config now held, config held before).
+
+        The version already held is a no-op; an older one raises StaleVersion.
+        """
+        with self._lock:
+            before = self._held
+            if before is not None:
+                if pushed.version < before.version:
+                    raise StaleVersion(before.version, pushed.version)
+                if pushed.version == before.version:
+                    return False, before, before
+            self._held = HeldConfig(
+                config_url=pushed.config_url,
+                pooling_interval=pushed.pooling_interval,
+                version=pushed.version,
+                uuid=pushed.uuid,
+                received_at=datetime.now(UTC),
+            )
+            return True, self._held, before
