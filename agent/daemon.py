@@ -318,7 +318,14 @@ class Agent:
                 break
             if delay > 0:
                 stop.wait(delay)
+        self.close()
         logger.info("agent stopped")
+
+    def close(self) -> None:
+        """Close the HTTP connections the agent keeps open."""
+        self.controller.session.close()
+        for worker in self.workers:
+            worker.client.session.close()
 
     # -- helpers -----------------------------------------------------------------------------
 

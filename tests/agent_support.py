@@ -6,6 +6,7 @@ threaded server that implements the worker's HTTP contract. Both count the pushe
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -238,7 +239,8 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.process is not None:
             self._pushes_before += self._metric_pushes()
-            self.process.terminate()
+            # SIGINT is gunicorn's quick shutdown: a worker going down need not be graceful.
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -34,8 +34,10 @@ def new_token(transactional_db):
 
 @pytest.fixture
 def make_agent(tmp_path, clock, live_server):
+    made: list[Agent] = []
+
     def make(workers, *, state="state", token=None, controller=None, **options):
-        return Agent(
+        agent = Agent(
             controller_url=controller or live_server.url,
             worker_urls=[worker.url for worker in workers],
             internal_key=INTERNAL_KEY,
@@ -47,8 +49,13 @@ def make_agent(tmp_path, clock, live_server):
             read_timeout=5,
             **options,
         )
+        made.append(agent)
+        return agent
 
-    return make
+    yield make
+    # Open keep-alive connections would hold the live server's database connections.
+    for agent in made:
+        agent.close()
 
 
 @pytest.fixture

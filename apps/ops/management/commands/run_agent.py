@@ -65,6 +65,7 @@ class Command(BaseCommand):
         )
         if options["once"]:
             agent.run_once()
+            agent.close()
             return
 
         stop = threading.Event()
