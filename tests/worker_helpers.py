@@ -54,6 +54,9 @@ def signed_headers(body: bytes, key: str = KEY, now: float | None = None) -> dic
 
 class _UpstreamHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffer each answer into one write: headers and body sent apart would meet Nagle's
+    # algorithm and the client's delayed ACK, and every response would take 40 ms.
+    wbufsize = 256 * 1024
 
     def setup(self):
         super().setup()
@@ -131,7 +134,9 @@ class UpstreamServer:
         self.release = threading.Event()
         self.requests = 0
         self.connections = 0
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -156,13 +161,19 @@ class UpstreamServer:
 class WorkerProcess:
     """`manage.py run_worker` in a subprocess on a free port; always stopped on exit."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, bind: bool = True):
-        self.port = free_port()
+    def __init__(
+        self,
+        tmp_path: Path,
+        env: dict[str, str | None] | None = None,
+        port: int | None = None,
+        bind_flag: bool = True,
+    ) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"worker-{self.port}.log"
         self.env = worker_env(tmp_path, env)
         self.args = [sys.executable, "manage.py", "run_worker"]
-        if bind:
+        if bind_flag:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
         self.process: subprocess.Popen | None = None
         self._log = None
@@ -219,7 +230,7 @@ class WorkerProcess:
         self.stop()
 
 
-def worker_env(tmp_path: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+def worker_env(tmp_path: Path, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()

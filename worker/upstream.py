@@ -169,15 +169,29 @@ class UpstreamClient:
             self._local.session = session
         return session
 
+    def _prepared(self, session: requests.Session, url: str) -> requests.PreparedRequest:
+        # Session.get() merges the session's settings into a new request on every call, which
+        # costs about a fifth of a millisecond; the URL changes only with a push, so the
+        # prepared request is kept per thread and copied for each hit.
+        cached = getattr(self._local, "prepared", None)
+        if cached is None or cached[0] != url:
+            cached = (url, session.prepare_request(requests.Request("GET", url)))
+            self._local.prepared = cached
+        return cached[1].copy()
+
     def fetch(self, url: str) -> UpstreamResponse:
         """GET `url`; raise an UpstreamError subclass when no usable answer comes back."""
         shown = _without_query(url)
         # The read timeout bounds each wait for data; the deadline bounds an upstream that keeps
         # trickling bytes, so one slow upstream cannot hold a server thread indefinitely.
         deadline = time.monotonic() + self.connect_timeout + self.read_timeout
+        session = self._session()
         try:
-            with self._session().get(
-                url, timeout=(self.connect_timeout, self.read_timeout), stream=True
+            with session.send(
+                self._prepared(session, url),
+                timeout=(self.connect_timeout, self.read_timeout),
+                stream=True,
+                allow_redirects=True,
             ) as response:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > self.max_body_bytes:

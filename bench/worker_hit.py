@@ -1,0 +1,265 @@
+"""How much latency the worker adds to GET /hit, and how fast it answers GET /health.
+
+Run by hand (not part of the test suite), from the repository root:
+
+    .venv/bin/python bench/worker_hit.py [--requests 2000] [--seconds 5]
+
+It starts a local upstream and the real worker (`manage.py run_worker`), pushes a configuration
+pointing at the upstream, then measures GET /hit against a direct GET of the same upstream,
+interleaved in one run so both see the same machine load, with 1 and with 16 concurrent clients.
+Each client keeps one persistent connection to each server, as a real client would.
+"""
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from worker import signing  # noqa: E402
+
+KEY = "bench-internal-key"
+UPSTREAM_BODY = b"203.0.113.7\n"
+
+
+class Upstream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024  # headers and body leave in one write
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(UPSTREAM_BODY)))
+        self.end_headers()
+        self.wfile.write(UPSTREAM_BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_upstream(port: int) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", port), Upstream)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Client:
+    """One persistent HTTP/1.1 connection."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.conn.connect()
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get(self, path: str) -> float:
+        started = time.perf_counter()
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        body = response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200 or not body:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+        return elapsed
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure_hit(worker_port: int, upstream_port: int, clients: int, per_client: int) -> dict:
+    direct: list[float] = []
+    via_worker: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def run() -> None:
+        to_upstream, to_worker = Client(upstream_port), Client(worker_port)
+        for _ in range(20):  # warm up connections and the worker's pool
+            to_upstream.get("/ip")
+            to_worker.get("/hit")
+        mine_direct, mine_worker = [], []
+        start.wait()
+        for _ in range(per_client):
+            mine_direct.append(to_upstream.get("/ip"))
+            mine_worker.append(to_worker.get("/hit"))
+        with lock:
+            direct.extend(mine_direct)
+            via_worker.extend(mine_worker)
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ms = 1000
+    return {
+        "clients": clients,
+        "requests": len(via_worker),
+        # Each client waits for the direct GET and the hit in turn: the hits' own rate is the
+        # number of hits over the time spent in them, per client, times the clients.
+        "hits_per_second": len(via_worker) / sum(via_worker) * clients,
+        "direct_p50_ms": statistics.median(direct) * ms,
+        "direct_p99_ms": percentile(direct, 0.99) * ms,
+        "hit_p50_ms": statistics.median(via_worker) * ms,
+        "hit_p99_ms": percentile(via_worker, 0.99) * ms,
+        "added_p50_ms": (statistics.median(via_worker) - statistics.median(direct)) * ms,
+        "added_p99_ms": (percentile(via_worker, 0.99) - percentile(direct, 0.99)) * ms,
+    }
+
+
+def measure_health_latency(worker_port: int, count: int) -> dict:
+    client = Client(worker_port)
+    for _ in range(50):
+        client.get("/health")
+    latencies = [client.get("/health") for _ in range(count)]
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+def measure_health(worker_port: int, clients: int, seconds: float) -> dict:
+    counts = [0] * clients
+    stop = threading.Event()
+
+    def run(index: int) -> None:
+        client = Client(worker_port)
+        while not stop.is_set():
+            client.get("/health")
+            counts[index] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {"clients": clients, "seconds": seconds, "requests_per_second": sum(counts) / seconds}
+
+
+def wait_ready(port: int, process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        exited = process.poll() if isinstance(process, subprocess.Popen) else process.exitcode
+        if exited is not None:
+            raise RuntimeError(f"{port}: process exited with {exited}")
+        try:
+            Client(port).get("/health")
+            return
+        except (OSError, http.client.HTTPException, RuntimeError):
+            time.sleep(0.05)
+    raise RuntimeError("worker not ready")
+
+
+def push_config(worker_port: int, url: str) -> None:
+    body = json.dumps(
+        {
+            "config_url": url,
+            "pooling_interval": 60,
+            "version": 1,
+            "uuid": "00000000-0000-4000-8000-000000000001",
+        }
+    ).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", worker_port, timeout=10)
+    conn.request("POST", "/config", body, {"X-Signature": signing.sign(body, KEY)})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"push failed: {response.status} {response.read()!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="GET /hit with one client")
+    parser.add_argument("--seconds", type=float, default=5.0, help="GET /health duration")
+    parser.add_argument("--threads", type=int, default=16, help="worker threads")
+    args = parser.parse_args()
+
+    # The upstream runs in a process of its own, so neither the worker nor the clients share a
+    # GIL with it.
+    upstream_port = free_port()
+    upstream = multiprocessing.get_context("fork").Process(
+        target=serve_upstream, args=(upstream_port,), daemon=True
+    )
+    upstream.start()
+
+    worker_port = free_port()
+    env = {
+        **os.environ,
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-secret"),
+        "INTERNAL_KEY": KEY,
+        "WORKER_THREADS": str(args.threads),
+        "VAR_DIR": tempfile.mkdtemp(prefix="worker-bench-"),
+        "LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{worker_port}"],
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    try:
+        wait_ready(upstream_port, upstream)
+        wait_ready(worker_port, worker)
+        push_config(worker_port, f"http://127.0.0.1:{upstream_port}/ip")
+        print(
+            f"Python {platform.python_version()}, {os.cpu_count()} CPUs, worker threads "
+            f"{args.threads}"
+        )
+        floor = measure_health_latency(worker_port, args.requests)
+        print(
+            "GET /health, 1 client, {n} requests: p50 {p50_ms:.2f} ms p99 {p99_ms:.2f} ms".format(
+                n=args.requests, **floor
+            )
+        )
+        for clients, per_client in ((1, args.requests), (16, max(50, args.requests // 16))):
+            result = measure_hit(worker_port, upstream_port, clients, per_client)
+            print(
+                "GET /hit vs direct, {clients:>2} client(s), {requests} requests: "
+                "direct p50 {direct_p50_ms:.2f} ms p99 {direct_p99_ms:.2f} ms | "
+                "hit p50 {hit_p50_ms:.2f} ms p99 {hit_p99_ms:.2f} ms | "
+                "added p50 {added_p50_ms:.2f} ms p99 {added_p99_ms:.2f} ms | "
+                "{hits_per_second:.0f} hits/s".format(**result)
+            )
+        health = measure_health(worker_port, 16, args.seconds)
+        print(
+            "GET /health, {clients} clients, {seconds:g} s: "
+            "{requests_per_second:.0f} requests/s".format(**health)
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        upstream.terminate()
+        upstream.join(5)
+
+
+if __name__ == "__main__":
+    main()

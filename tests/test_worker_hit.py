@@ -1,0 +1,295 @@
+"""GET /hit and the read-only endpoints of the worker's WSGI app, in process, against a local
+upstream server."""
+
+import socket
+
+import pytest
+
+from tests.worker_helpers import KEY, UpstreamServer, call, config_body, free_port, push
+from worker import upstream as upstream_module
+from worker.app import create_app
+from worker.upstream import is_private_address, refuse_private_host
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with UpstreamServer() as server:
+        yield server
+
+
+def configured(url: str, **options):
+    app = create_app(internal_key=KEY, **options)
+    assert push(app, config_body(7, url=url)).status_code == 200
+    return app
+
+
+def test_hit_is_503_before_any_config():
+    app = create_app(internal_key=KEY)
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 503
+    assert "No configuration" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body", "content_type"),
+    [
+        ("/text", 200, b"203.0.113.7\n", "text/plain; charset=utf-8"),
+        ("/json", 200, b'{"ok": true}', "application/json"),
+        ("/missing", 404, b"no such thing", "text/plain"),
+        ("/broken", 500, b"upstream failed", "text/html"),
+    ],
+)
+def test_hit_passes_the_upstream_answer_through(upstream, path, status, body, content_type):
+    app = configured(upstream.url(path))
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == status
+    assert response.body == body
+    assert response.headers["content-type"] == content_type
+    assert response.headers["x-config-version"] == "7"
+
+
+def test_hit_without_upstream_content_type_sends_none(upstream):
+    response = call(configured(upstream.url("/no-type")), "GET", "/hit")
+
+    assert response.status_code == 200
+    assert response.body == b"raw"
+    assert "content-type" not in response.headers
+
+
+def test_hit_passes_204_through_without_a_body(upstream):
+    response = call(configured(upstream.url("/empty")), "GET", "/hit")
+
+    assert response.status_code == 204
+    assert response.body == b""
+    assert "content-length" not in response.headers
+
+
+def test_hit_follows_up_to_three_redirects(upstream):
+    response = call(configured(upstream.url("/redirect/3")), "GET", "/hit")
+
+    assert response.status_code == 200
+    assert response.body == b"203.0.113.7\n"
+
+
+def test_hit_refuses_a_fourth_redirect_with_502(upstream):
+    response = call(configured(upstream.url("/redirect/4")), "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "redirected more than 3 times" in response.json()["detail"]
+
+
+def test_hit_is_502_when_the_upstream_is_unreachable():
+    response = call(configured(f"http://127.0.0.1:{free_port()}/"), "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "unreachable" in response.json()["detail"]
+    assert response.headers["x-config-version"] == "7"
+
+
+def test_hit_is_504_when_the_upstream_is_too_slow(upstream):
+    app = configured(upstream.url("/slow"), read_timeout=0.2)
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 504
+    assert "did not answer within 0.2 s" in response.json()["detail"]
+
+
+def test_hit_is_502_when_the_body_passes_the_cap(upstream):
+    app = configured(upstream.url("/big?300000"), max_body_bytes=100_000)
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "100000 byte cap" in response.json()["detail"]
+
+
+def test_hit_is_502_when_the_declared_length_passes_the_cap(upstream):
+    app = configured(upstream.url("/json"), max_body_bytes=5)
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "byte cap" in response.json()["detail"]
+
+
+def test_a_body_up_to_the_cap_is_passed_through(upstream):
+    app = configured(upstream.url("/big?100000"), max_body_bytes=100_000)
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 200
+    assert response.body == b"x" * 100_000
+
+
+def test_hits_reuse_one_upstream_connection(upstream):
+    app = configured(upstream.url("/text"))
+    before = upstream.connections
+
+    for _ in range(5):
+        assert call(app, "GET", "/hit").status_code == 200
+
+    assert upstream.connections - before == 1
+
+
+def test_hit_follows_a_newer_config(upstream):
+    app = configured(upstream.url("/text"))
+    push(app, config_body(8, url=upstream.url("/missing")))
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 404
+    assert response.headers["x-config-version"] == "8"
+
+
+# Private upstreams
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_private_upstreams_are_refused_when_blocked(upstream, host):
+    url = upstream.url("/text").replace("127.0.0.1", host)
+    app = configured(url, block_private_upstreams=True)
+    before = upstream.requests
+
+    response = call(app, "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "WORKER_BLOCK_PRIVATE_UPSTREAMS" in response.json()["detail"]
+    assert upstream.requests == before
+
+
+def test_private_upstreams_are_allowed_by_default(upstream):
+    response = call(configured(upstream.url("/text")), "GET", "/hit")
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "private"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("0.0.0.0", True),
+        ("240.0.0.1", True),
+        ("224.0.0.1", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fc00::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("93.184.215.14", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_is_private_address(address, private):
+    assert is_private_address(address) is private
+
+
+def _resolving_to(monkeypatch, *addresses):
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses
+        ]
+
+    monkeypatch.setattr(upstream_module.socket, "getaddrinfo", fake_getaddrinfo)
+
+
+def test_a_host_with_any_private_address_is_refused(monkeypatch):
+    _resolving_to(monkeypatch, "93.184.215.14", "10.0.0.5")
+
+    with pytest.raises(upstream_module.UpstreamBlocked, match="10.0.0.5"):
+        refuse_private_host("mixed.example", 80)
+
+
+def test_a_host_with_only_public_addresses_passes(monkeypatch):
+    _resolving_to(monkeypatch, "93.184.215.14", "1.1.1.1")
+
+    refuse_private_host("public.example", 80)
+
+
+# The other endpoints
+
+
+def test_health_answers_before_any_config():
+    response = call(create_app(internal_key=KEY), "GET", "/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["config_version"] is None
+    assert body["uptime_s"] >= 0
+
+
+def test_metrics_count_hits_by_upstream_status(upstream):
+    app = configured(upstream.url("/text"))
+    call(app, "GET", "/hit")
+    call(app, "GET", "/hit")
+    push(app, config_body(9, url=upstream.url("/missing")))
+    call(app, "GET", "/hit")
+
+    response = call(app, "GET", "/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.body.decode()
+    assert 'worker_hits_total{upstream_status="200"} 2.0' in text
+    assert 'worker_hits_total{upstream_status="404"} 1.0' in text
+    assert "worker_upstream_latency_seconds_count 3.0" in text
+    assert "worker_config_version 9.0" in text
+
+
+def test_metrics_come_from_the_app_own_registry(upstream):
+    first = configured(upstream.url("/text"))
+    second = create_app(internal_key=KEY)
+    call(first, "GET", "/hit")
+
+    text = call(second, "GET", "/metrics").body.decode()
+
+    assert 'upstream_status="200"' not in text
+    assert "worker_config_version 0.0" in text
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/hit/", "/config/admin"])
+def test_unknown_paths_are_404_json(path):
+    response = call(create_app(internal_key=KEY), "GET", path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/hit", "GET"),
+        ("DELETE", "/config", "GET, POST"),
+        ("PUT", "/health", "GET"),
+        ("HEAD", "/metrics", "GET"),
+    ],
+)
+def test_wrong_methods_are_405_json(method, path, allowed):
+    response = call(create_app(internal_key=KEY), method, path)
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"internal_key": ""},
+        {"internal_key": KEY, "read_timeout": 0},
+        {"internal_key": KEY, "connect_timeout": -1},
+        {"internal_key": KEY, "max_body_bytes": 0},
+    ],
+)
+def test_create_app_refuses_unusable_settings(options):
+    with pytest.raises(ValueError):
+        create_app(**options)
