@@ -202,6 +202,9 @@ class Agent:
                 logger.debug("controller still at v%s", state["version"])
         except Unauthorized:
             self._token_refused()
+            if self.registration_token:
+                # Bounded: the registration token is used up whatever the controller answers.
+                return self.check_controller(stop)
             self.controller_due = self.clock()
             return False
         except WatchNotSupported as exc:
@@ -239,6 +242,9 @@ class Agent:
                 wanted = self.config["version"]
                 if worker.version is None or worker.version < wanted:
                     self._push(worker)
+                elif worker.version == wanted:
+                    # Another agent of the same worker may have pushed it first.
+                    self._mark_applied(self.config)
                 elif worker.version > wanted and not worker.ahead_logged:
                     logger.warning(
                         "worker %s runs v%s, newer than the agent's v%s; left as it is",
@@ -312,7 +318,14 @@ class Agent:
                 break
             if delay > 0:
                 stop.wait(delay)
+        self.close()
         logger.info("agent stopped")
+
+    def close(self) -> None:
+        """Close the HTTP connections the agent keeps open."""
+        self.controller.session.close()
+        for worker in self.workers:
+            worker.client.session.close()
 
     # -- helpers -----------------------------------------------------------------------------
 

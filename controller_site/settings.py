@@ -419,5 +419,4 @@ AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
 AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
 AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
-# Shared secret that signs the agent's pushes to its workers.
-INTERNAL_KEY = env_str("INTERNAL_KEY")
+# Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).

@@ -94,6 +94,7 @@ class Command(BaseCommand):
                 ) from None
         if options["once"]:
             agent.run_once()
+            agent.close()
             return
 
         stop = threading.Event()
