@@ -2,11 +2,19 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VAR_DIR ?= var
+COMPOSE ?= docker compose
 # Tests run with DEBUG off, as in production; this key signs nothing outside the test run.
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-not-secret-key-0123456789abcdefghijklmnop}
+# Local development: DEBUG on (a secret key is made once under var/) unless the caller says.
+DEV_ENV := DEBUG=$${DEBUG:-1} VAR_DIR=$(VAR_DIR)
+# The worker and the agent share INTERNAL_KEY; locally it is made once and kept under var/.
+KEY_ENV := INTERNAL_KEY=$${INTERNAL_KEY:-$$(cat $(VAR_DIR)/internal_key)}
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format migrate-up seed-admin setup run-controller
+.PHONY: help install run test lint format migrate-up seed-admin setup run-controller run-worker \
+	run-agent build-static build-schema build-all docker-build docker-up docker-down docker-logs \
+	docker-seed docker-scale docs-serve docs-view docs-redoc clean
 
 help: ## Show the available commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -19,6 +27,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed ## Create .venv and install the pinned requirements
 
+# Quickstart ---------------------------------------------------------------------------------
+run: install ## Migrate, seed and run controller (8080), worker (8082) and an agent; Ctrl-C stops
+	$(DEV_ENV) $(PY) manage.py run_stack
+
+test: install lint ## Install, lint, validate the OpenAPI schema and run the whole test suite
+	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -27,19 +43,75 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install lint ## Install, lint, validate the OpenAPI schema and run the whole test suite
-	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
-
+# Database -----------------------------------------------------------------------------------
 migrate-up: install ## Apply database migrations
-	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
+	$(DEV_ENV) $(PY) manage.py migrate --noinput
 
-seed-admin: install ## Create the default admin
-	DEBUG=$${DEBUG:-1} $(PY) manage.py seed_admin
+seed-admin: install ## Create the default admin (ADMIN_EMAIL, ADMIN_PASSWORD)
+	$(DEV_ENV) $(PY) manage.py seed_admin
 
 setup: migrate-up seed-admin ## Migrate and seed
 
-run-controller: setup ## Run the controller on 127.0.0.1:8080
-	DEBUG=$${DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:8080
+# Run each process on its own (separate terminals) ------------------------------------------
+$(VAR_DIR)/internal_key: | install
+	@mkdir -p $(VAR_DIR)
+	@umask 077 && $(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 
-run: run-controller ## Set up and start the stack on the embedded defaults
+run-controller: setup ## Run the controller on CONTROLLER_BIND (127.0.0.1:8080)
+	$(DEV_ENV) $(PY) manage.py run_controller
+
+run-worker: install $(VAR_DIR)/internal_key ## Run the worker on WORKER_BIND (127.0.0.1:8082)
+	$(DEV_ENV) $(KEY_ENV) $(PY) manage.py run_worker
+
+run-agent: install $(VAR_DIR)/internal_key ## Run an agent against the local controller and worker
+	@token="$${REGISTRATION_TOKEN:-}"; \
+	if [ -z "$$token" ] && [ ! -f "$${AGENT_STATE_DIR:-$(VAR_DIR)/agent}/credentials.json" ]; then \
+		token=$$($(DEV_ENV) $(PY) manage.py create_registration_token); fi; \
+	$(DEV_ENV) $(KEY_ENV) REGISTRATION_TOKEN="$$token" \
+		CONTROLLER_URL=$${CONTROLLER_URL:-http://127.0.0.1:8080} \
+		WORKER_URL=$${WORKER_URL:-http://127.0.0.1:8082} $(PY) manage.py run_agent
+
+# Build --------------------------------------------------------------------------------------
+build-static: install ## Collect static files (admin, API docs) into STATIC_ROOT for whitenoise
+	$(TEST_ENV) $(PY) manage.py collectstatic --noinput
+
+build-schema: install ## Write the OpenAPI schema to docs/openapi.yaml
+	@mkdir -p docs
+	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
+
+build-all: build-static build-schema docker-build ## Static files, schema and the Docker image
+
+# Docker (the seed's Option 1) ---------------------------------------------------------------
+.env:
+	cp .env.example .env
+	@echo "Wrote .env from .env.example: change its secrets before going beyond a laptop."
+
+docker-build: .env ## Build the one image every role runs
+	$(COMPOSE) build
+
+docker-up: .env ## Start PostgreSQL, Redis, controller, worker and agent
+	$(COMPOSE) up -d
+
+docker-down: ## Stop and remove the containers (volumes are kept)
+	$(COMPOSE) down
+
+docker-logs: ## Follow the logs of every service
+	$(COMPOSE) logs -f
+
+docker-seed: ## Create the default admin in the compose database
+	$(COMPOSE) run --rm admin-seeder
+
+docker-scale: .env ## Also start a second controller behind the same Redis (port 8083)
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.scale.yml up -d
+
+# Documentation ------------------------------------------------------------------------------
+docs-serve: run-controller ## Serve the API docs: Swagger UI at /api/docs/, Redoc at /api/redoc/
+
+docs-view: install ## Open Swagger UI (the controller must be running)
+	$(PY) -m webbrowser http://127.0.0.1:8080/api/docs/
+
+docs-redoc: install ## Open Redoc (the controller must be running)
+	$(PY) -m webbrowser http://127.0.0.1:8080/api/redoc/
+
+clean: ## Remove the local database, keys and agent state under var/, and collected static files
+	rm -rf $(VAR_DIR) staticfiles

@@ -134,6 +134,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it times and counts every answer, redirects and static files included.
+    "apps.ops.metrics.request_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -238,15 +240,16 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# Hashed, compressed names once `collectstatic` has run (the Docker image runs it at build with
+# STATICFILES_MANIFEST=1); before that, whitenoise serves the files straight from the apps.
+STATICFILES_MANIFEST = env_bool("STATICFILES_MANIFEST", (STATIC_ROOT / "staticfiles.json").exists())
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        # Hashed, compressed names once `collectstatic` has run (the Docker image does at
-        # build); before that, whitenoise serves the files straight from the installed apps.
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
-            if (STATIC_ROOT / "staticfiles.json").exists()
+            if STATICFILES_MANIFEST
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
@@ -340,22 +343,81 @@ FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD", "Admin123!@#")
 
+# Logging ---------------------------------------------------------------------------------------
+# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. gunicorn's
+# and uvicorn's loggers get the same handler (GUNICORN_LOGGING), so access lines follow suit.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOG_FORMAT = env_str("LOG_FORMAT", "text")
+LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json: {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {
+            "()": "apps.ops.logs.LineFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
+        "json": {"()": "apps.ops.logs.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "text"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "stream": "ext://sys.stdout",
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Python warnings (Django routes them to logging) are events like any other.
+        "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+GUNICORN_LOGGING = {
+    **LOGGING,
+    "loggers": {
+        **LOGGING["loggers"],
+        "gunicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
+
+# Production security ---------------------------------------------------------------------------
+# All off by default (a laptop speaks plain HTTP); turn them on behind TLS. `manage.py check
+# --deploy` is clean with the values that README "Production settings" lists.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes and Prometheus talk plain HTTP to the container itself, never through the TLS proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Opt-in: trust X-Forwarded-Proto only when a proxy that always sets it stands in front.
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+# Outbound calls must give up before gunicorn gives up on the request: a query may run at most
+# DATABASE_STATEMENT_TIMEOUT seconds, and connecting to PostgreSQL or Redis takes even less.
+DATABASE_STATEMENT_TIMEOUT = env_int("DATABASE_STATEMENT_TIMEOUT", 10, minimum=1)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "options", f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT * 1000}"
+    )
+if DATABASE_STATEMENT_TIMEOUT >= CONTROLLER_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"DATABASE_STATEMENT_TIMEOUT ({DATABASE_STATEMENT_TIMEOUT} s) must be below "
+        f"CONTROLLER_TIMEOUT ({CONTROLLER_TIMEOUT} s)."
+    )
+
+# Metrics ---------------------------------------------------------------------------------------
+# GET /metrics on the controller. run_controller points prometheus_client's multiprocess mode at
+# a fresh directory of its own, so every gunicorn worker process counts into one exposition.
+# An agent is counted as stale when it has not been heard from for this many seconds.
+METRICS_AGENT_STALE_SECONDS = env_int("METRICS_AGENT_STALE_SECONDS", 300, minimum=1)
+# run_agent --metrics-bind: off by default, as the seed's agent has no public endpoint.
+AGENT_METRICS_BIND = env_str("AGENT_METRICS_BIND")
 
 # Worker ----------------------------------------------------------------------------------------
 # Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).
@@ -373,6 +435,20 @@ WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minim
 # When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
 # addresses (502), so a pushed URL cannot reach into the worker's own network.
 WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
+
+# Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
+# only; these are its defaults, and each has a command-line flag that wins over it.
+CONTROLLER_URL = env_str("CONTROLLER_URL")
+WORKER_URLS = env_list("WORKER_URL", [])
+REGISTRATION_TOKEN = env_str("REGISTRATION_TOKEN")
+AGENT_STATE_DIR = env_str("AGENT_STATE_DIR", str(VAR_DIR / "agent"))
+# Check period before the controller has a config (afterwards its pooling_interval rules).
+AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
+# Upper bound of the retry delay for an unreachable controller or worker.
+AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
+AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
+AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
+# Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).
 
 # Last: a settings-file key that no setting above read is a mistake, not something to ignore.
 CONFIG_FILE.check_unknown(set(SETTING_SOURCES))

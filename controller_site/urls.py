@@ -17,7 +17,7 @@ from apps.configs.views import (
     ConfigRollbackView,
     ConfigVersionView,
 )
-from apps.ops.views import healthz, readyz
+from apps.ops.views import healthz, metrics, readyz
 
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
@@ -34,6 +34,7 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

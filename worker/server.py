@@ -15,7 +15,9 @@ KEEPALIVE_SECONDS = 5
 class WorkerServer(BaseApplication):
     """gunicorn driven from code: no command line or config file of its own is read."""
 
-    def __init__(self, app, *, bind: str, threads: int, loglevel: str = "info") -> None:
+    def __init__(
+        self, app, *, bind: str, threads: int, loglevel: str = "info", logconfig: dict | None = None
+    ) -> None:
         self.application = app
         self.options = {
             "bind": [bind],
@@ -34,6 +36,9 @@ class WorkerServer(BaseApplication):
             # would fight over it, and nothing here uses it.
             "control_socket_disable": True,
         }
+        if logconfig is not None:
+            # The project's logging (one line per event, text or JSON) instead of gunicorn's.
+            self.options["logconfig_dict"] = logconfig
         super().__init__()
 
     def load_config(self) -> None:
@@ -44,6 +49,8 @@ class WorkerServer(BaseApplication):
         return self.application
 
 
-def serve(app, *, bind: str, threads: int, loglevel: str = "info") -> None:
+def serve(
+    app, *, bind: str, threads: int, loglevel: str = "info", logconfig: dict | None = None
+) -> None:
     """Serve `app` on `bind` until SIGTERM or SIGINT."""
-    WorkerServer(app, bind=bind, threads=threads, loglevel=loglevel).run()
+    WorkerServer(app, bind=bind, threads=threads, loglevel=loglevel, logconfig=logconfig).run()

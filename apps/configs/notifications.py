@@ -33,6 +33,9 @@ def _deliver_locally(message: dict) -> None:
 
 
 def _send(message: dict) -> None:
+    from apps.ops.metrics import instruments
+
+    instruments().notifications_sent.labels(message["type"]).inc()
     if settings.REDIS_URL:
         try:
             cache.client.get_client(write=True).publish(

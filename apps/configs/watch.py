@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import random
+import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -28,6 +29,7 @@ from apps.agents.tokens import bearer_token
 from apps.configs import notifications
 from apps.configs.serializers import VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
+from apps.ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Hub:
 
     def deliver(self, message: dict) -> None:
         self.notifications_seen += 1
+        metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
             state = {
                 "version": message.get("version"),
@@ -250,7 +253,7 @@ class WatchEndpoint:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http" and scope["path"] == WATCH_PATH and scope["method"] == "GET":
-            await self._watch(scope, receive, send)
+            await self._measured_watch(scope, receive, send)
         else:
             await self.fallback(scope, receive, send)
 
@@ -269,6 +272,22 @@ class WatchEndpoint:
         # Servers without lifespan support (or tests calling the app directly) start it here.
         if self.hub.loop is None:
             await self.hub.start()
+
+    async def _measured_watch(self, scope, receive, send) -> None:
+        # Django's metrics middleware never sees this endpoint, so it is counted here.
+        started = time.perf_counter()
+        status = "disconnected"
+
+        async def counted_send(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._watch(scope, receive, counted_send)
+        finally:
+            metrics.observe_request(WATCH_PATH, "GET", status, time.perf_counter() - started)
 
     async def _watch(self, scope, receive, send) -> None:
         await self._ensure_started()
@@ -313,7 +332,12 @@ class WatchEndpoint:
             if waiter.future.done():
                 outcome, news = waiter.future.result()
             else:
-                outcome, news = await self._hold(waiter, wait)
+                held = metrics.instruments().watches
+                held.inc()
+                try:
+                    outcome, news = await self._hold(waiter, wait)
+                finally:
+                    held.dec()
             if outcome == "revoked":
                 await _respond(send, 401, {"detail": "This agent has been revoked."})
             else:

@@ -43,3 +43,28 @@ def parse_bind(value: str) -> tuple[str, int]:
 def exit_with(message: str, code: int = 2) -> None:
     sys.stderr.write(message.rstrip() + "\n")
     sys.exit(code)
+
+
+def enable_multiprocess_metrics() -> str:
+    """Point prometheus_client at a fresh directory, before any worker process starts.
+
+    Every process that forks from here writes its counters there, and GET /metrics in any of
+    them adds them up. A fresh directory per start keeps a previous run's counts out.
+    """
+    import os
+    import tempfile
+
+    from prometheus_client import values
+
+    path = tempfile.mkdtemp(prefix="dcs-controller-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # prometheus_client picks its value store when first imported; pick again now.
+    values.ValueClass = values.get_value_class()
+    return path
+
+
+def mark_metrics_process_dead(server, worker) -> None:
+    """gunicorn child_exit hook: a dead worker's live gauges (held watches) stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

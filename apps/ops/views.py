@@ -3,7 +3,7 @@ import logging
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 logger = logging.getLogger(__name__)
@@ -37,3 +37,11 @@ def readyz(request):
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503
     )
+
+
+@require_GET
+def metrics(request):
+    """Prometheus text exposition; protect it at the network level, like the seed's ports."""
+    from apps.ops import metrics as controller_metrics
+
+    return HttpResponse(controller_metrics.render(), content_type=controller_metrics.CONTENT_TYPE)

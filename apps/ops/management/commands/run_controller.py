@@ -1,7 +1,20 @@
+import copy
+import logging
+import shutil
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from apps.ops.serving import GunicornApplication, exit_with, parse_bind, raise_open_file_limit
+from apps.ops.serving import (
+    GunicornApplication,
+    enable_multiprocess_metrics,
+    exit_with,
+    mark_metrics_process_dead,
+    parse_bind,
+    raise_open_file_limit,
+)
+
+logger = logging.getLogger("apps.ops")
 
 
 class Command(BaseCommand):
@@ -26,11 +39,17 @@ class Command(BaseCommand):
         if workers < 1:
             exit_with("--workers must be at least 1")
         open_files = raise_open_file_limit()
-        self.stderr.write(
-            f"controller listening on http://{bind} with {workers} worker(s), "
-            f"{open_files} open files allowed"
+        logger.info(
+            "controller listening on http://%s with %s worker(s), %s open files allowed",
+            bind,
+            workers,
+            open_files,
         )
-        GunicornApplication(
+        logging_config = copy.deepcopy(settings.GUNICORN_LOGGING)
+        if not settings.CONTROLLER_ACCESS_LOG:
+            logging_config["loggers"]["gunicorn.access"] = {"handlers": [], "propagate": False}
+        metrics_dir = enable_multiprocess_metrics()
+        application = GunicornApplication(
             lambda: __import__("controller_site.asgi", fromlist=["application"]).application,
             {
                 "bind": bind,
@@ -44,8 +63,16 @@ class Command(BaseCommand):
                 "accesslog": "-" if settings.CONTROLLER_ACCESS_LOG else None,
                 "errorlog": "-",
                 "loglevel": settings.LOG_LEVEL.lower(),
+                # One line per event on stdout, as text or JSON (LOG_FORMAT), like Django's.
+                "logconfig_dict": logging_config,
+                # gunicorn's control socket sits at one path per user; nothing here uses it.
                 "control_socket_disable": True,
                 "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
                 "proc_name": "dcs-controller",
+                "child_exit": mark_metrics_process_dead,
             },
-        ).run()
+        )
+        try:
+            application.run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

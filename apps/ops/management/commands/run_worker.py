@@ -54,4 +54,10 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(f"Invalid worker settings: {exc}.", returncode=2) from None
-        serve(app, bind=bind, threads=threads, loglevel=settings.LOG_LEVEL.lower())
+        serve(
+            app,
+            bind=bind,
+            threads=threads,
+            loglevel=settings.LOG_LEVEL.lower(),
+            logconfig=settings.GUNICORN_LOGGING,
+        )

@@ -1,0 +1,432 @@
+"""The agent: keeps its workers on the controller's current config.
+
+The loop follows the shape of a sendalerts-style daemon: `run(stop)` repeats `run_once()`, whose
+steps each do one thing (ask the controller, bring the workers in step, report), and sleeps with
+`stop.wait()` so that SIGTERM is honoured at once. Every target (the controller and each worker)
+has its own backoff and its own due time; the loop sleeps until the earliest one.
+"""
+
+import hashlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.backoff import Backoff
+from agent.client import (
+    MAX_WATCH_WAIT,
+    ControllerClient,
+    ControllerUnavailable,
+    NoConfigYet,
+    PushRefused,
+    Unauthorized,
+    WatchNotSupported,
+    WorkerClient,
+    WorkerUnavailable,
+)
+from agent.state import CONFIG_FIELDS, StateDir, valid_config
+
+logger = logging.getLogger("agent")
+
+# How often a held watch request looks at the stop flag.
+STOP_POLL_SECONDS = 0.1
+
+
+class Stopped(Exception):
+    """The stop flag was set while the agent waited for the controller."""
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class WorkerState:
+    """What the agent knows of one worker."""
+
+    client: WorkerClient
+    backoff: Backoff
+    due: float = 0.0  # 0: checked on every cycle; otherwise the time of the next retry
+    ok: bool = False
+    version: int | None = None
+    ahead_logged: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+
+class Agent:
+    """One agent: a controller, its workers and a state dir. No Django, only HTTP."""
+
+    def __init__(
+        self,
+        *,
+        controller_url: str,
+        worker_urls: list[str],
+        internal_key: str,
+        state_dir: str,
+        registration_token: str | None = None,
+        watch: bool = True,
+        default_interval: float = 10.0,
+        backoff_cap: float = 60.0,
+        backoff_base: float = 1.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not internal_key:
+            raise ValueError("internal_key is required to sign pushes")
+        if not worker_urls:
+            raise ValueError("at least one worker URL is required")
+        self.clock = clock
+        self.state = StateDir(state_dir)
+        self.controller = ControllerClient(
+            controller_url, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+        self.controller_backoff = Backoff(base=backoff_base, cap=backoff_cap, rand=rand)
+        self.workers = [
+            WorkerState(
+                client=WorkerClient(
+                    url,
+                    internal_key,
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
+                ),
+                backoff=Backoff(base=backoff_base, cap=backoff_cap, rand=rand),
+            )
+            for url in dict.fromkeys(worker_urls)
+        ]
+        self.registration_token = registration_token or None
+        self.watch = watch
+        self.default_interval = default_interval
+        self.hostname = socket.gethostname()
+        self.name = name or self.hostname
+
+        self.credentials: dict | None = None
+        self.config: dict | None = None  # the newest config the agent holds
+        self.applied: dict | None = None  # the last config a worker accepted (config.json)
+        self.period = float(default_interval)
+        self.controller_due = 0.0
+        self.controller_enabled = True
+        self.no_config_logged = False
+        self.started = False
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the state dir and bring the workers up from the cache, before any contact with
+        the controller, so that a controller outage does not leave an empty worker empty."""
+        self.state.ensure()
+        self.credentials = self.state.load_credentials()
+        if self.credentials is not None:
+            self.controller.agent_token = self.credentials["agent_token"]
+            if self.registration_token and self.credentials.get(
+                "registration_token_sha256"
+            ) == _fingerprint(self.registration_token):
+                # This token registered us already; the controller would refuse it again.
+                self.registration_token = None
+            logger.info("using stored credentials of agent %s", self.credentials["agent_id"])
+        cached = self.state.load_config()
+        if cached is not None:
+            self.config = self.applied = cached
+            self.period = float(cached["pooling_interval"])
+            logger.info(
+                "loaded cached config v%s from %s", cached["version"], self.state.config_path
+            )
+        self.started = True
+        self.sync_workers()
+
+    def ensure_registered(self) -> bool:
+        """Register once, with the registration token; True when the agent has credentials."""
+        if self.credentials is not None:
+            return True
+        if not self.registration_token:
+            self._need_operator(
+                "the agent has no valid credentials and no usable registration token"
+            )
+            return False
+        try:
+            answer = self.controller.register(
+                self.registration_token, name=self.name, hostname=self.hostname
+            )
+        except Unauthorized:
+            self.registration_token = None
+            self._need_operator(
+                "the controller refused the registration token (unknown, used or expired)"
+            )
+            return False
+        credentials = {
+            "agent_id": answer["agent_id"],
+            "agent_token": answer["agent_token"],
+            "controller_url": self.controller.base_url,
+            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "registration_token_sha256": _fingerprint(self.registration_token),
+        }
+        self.state.save_credentials(credentials)
+        self.credentials = credentials
+        self.controller.agent_token = credentials["agent_token"]
+        self.registration_token = None
+        logger.info(
+            "registered as agent %s; credentials kept in %s",
+            credentials["agent_id"],
+            self.state.credentials_path,
+        )
+        interval = answer.get("pooling_interval")
+        if self.config is None and isinstance(interval, int) and interval > 0:
+            self.period = float(interval)
+        return True
+
+    def check_controller(self, stop: threading.Event) -> bool:
+        """Ask the controller for its version and fetch the config when it differs from the one
+        the agent holds. True when the controller answered."""
+        started = self.clock()
+        try:
+            if not self.ensure_registered():
+                self.controller_due = started + self.period
+                return False
+            state = self._ask_version(stop)
+            self._follow_interval(state["pooling_interval"])
+            if state["version"] == 0:
+                if not self.no_config_logged:
+                    logger.info("the controller has no configuration yet")
+                    self.no_config_logged = True
+            elif self.config is None or state["version"] != self.config["version"]:
+                self._fetch(state["version"])
+            else:
+                logger.debug("controller still at v%s", state["version"])
+        except Unauthorized:
+            self._token_refused()
+            if self.registration_token:
+                # Bounded: the registration token is used up whatever the controller answers.
+                return self.check_controller(stop)
+            self.controller_due = self.clock()
+            return False
+        except WatchNotSupported as exc:
+            logger.warning("the controller does not take watch requests (%s); polling instead", exc)
+            self.watch = False
+            self.controller_due = self.clock()
+            return False
+        except ControllerUnavailable as exc:
+            delay = self.controller_backoff.next_delay()
+            self.controller_due = self.clock() + delay
+            logger.warning(
+                "controller unreachable (%s); serving v%s, next try in %.1f s",
+                exc,
+                self.applied["version"] if self.applied else "-",
+                delay,
+            )
+            return False
+        if self.controller_backoff.failures:
+            logger.info("controller reachable again")
+            self.controller_backoff.reset()
+        self.controller_due = started + self.period
+        return True
+
+    def sync_workers(self) -> None:
+        """Check every worker that is due and push to those that are empty or behind."""
+        for worker in self.workers:
+            if worker.due <= self.clock():
+                self.sync_worker(worker)
+
+    def sync_worker(self, worker: WorkerState) -> None:
+        try:
+            worker.version = worker.client.health()
+            worker.ok = True
+            if self.config is not None:
+                wanted = self.config["version"]
+                if worker.version is None or worker.version < wanted:
+                    self._push(worker)
+                elif worker.version == wanted:
+                    # Another agent of the same worker may have pushed it first.
+                    self._mark_applied(self.config)
+                elif worker.version > wanted and not worker.ahead_logged:
+                    logger.warning(
+                        "worker %s runs v%s, newer than the agent's v%s; left as it is",
+                        worker.url,
+                        worker.version,
+                        wanted,
+                    )
+                    worker.ahead_logged = True
+        except (WorkerUnavailable, PushRefused) as exc:
+            worker.ok = False
+            delay = worker.backoff.next_delay()
+            worker.due = self.clock() + delay
+            log = logger.error if isinstance(exc, PushRefused) else logger.warning
+            log("worker %s: %s; next try in %.1f s", worker.url, exc, delay)
+            return
+        if worker.backoff.failures:
+            logger.info("worker %s reachable again", worker.url)
+            worker.backoff.reset()
+        worker.due = 0.0
+
+    def send_heartbeat(self) -> None:
+        """Tell the controller what the agent applied and what each worker runs."""
+        try:
+            self.controller.heartbeat(
+                applied_version=self.applied["version"] if self.applied else None,
+                workers=[
+                    {"url": worker.url, "ok": worker.ok, "version": worker.version}
+                    for worker in self.workers
+                ],
+            )
+        except Unauthorized:
+            self._token_refused()
+        except ControllerUnavailable as exc:
+            logger.warning("heartbeat not delivered: %s", exc)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None) -> float:
+        """One cycle; returns how long to wait before the next one."""
+        stop = stop or threading.Event()
+        if not self.started:
+            self.start()
+        answered = False
+        if not stop.is_set() and self.controller_due <= self.clock():
+            if self.controller_enabled:
+                answered = self.check_controller(stop)
+            else:
+                self.controller_due = self.clock() + self.period
+        if not stop.is_set():
+            self.sync_workers()
+        if answered and not stop.is_set():
+            self.send_heartbeat()
+        return self.next_delay()
+
+    def next_delay(self) -> float:
+        dues = [self.controller_due] + [w.due for w in self.workers if w.due > 0]
+        return max(0.0, min(dues) - self.clock())
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycle until `stop` is set; a push in flight finishes first."""
+        logger.info(
+            "agent started: controller %s, workers %s, %s",
+            self.controller.base_url,
+            ", ".join(w.url for w in self.workers),
+            "watching" if self.watch else "polling",
+        )
+        while not stop.is_set():
+            try:
+                delay = self.run_once(stop)
+            except Stopped:
+                break
+            if delay > 0:
+                stop.wait(delay)
+        self.close()
+        logger.info("agent stopped")
+
+    def close(self) -> None:
+        """Close the HTTP connections the agent keeps open."""
+        self.controller.session.close()
+        for worker in self.workers:
+            worker.client.session.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _ask_version(self, stop: threading.Event) -> dict:
+        if not self.watch:
+            return self._abandonable(stop, self.controller.version)
+        wait = min(self.period, MAX_WATCH_WAIT)
+        retries = [w.due for w in self.workers if w.due > 0]
+        if retries:
+            # Come back in time to retry a worker that is down.
+            wait = min(wait, max(0.0, min(retries) - self.clock()))
+        known = self.config["version"] if self.config else 0
+        return self._abandonable(stop, lambda: self.controller.version(known=known, wait=int(wait)))
+
+    def _abandonable(self, stop: threading.Event, call: Callable[[], dict]) -> dict:
+        # The request runs in a daemon thread so that a stop need not wait for a held watch:
+        # the answer of an abandoned request is simply never read.
+        outcome: dict = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                outcome["value"] = call()
+            except Exception as exc:  # noqa: BLE001 - handed over to the caller below
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="agent-controller-request", daemon=True).start()
+        while not done.wait(STOP_POLL_SECONDS):
+            if stop.is_set():
+                raise Stopped()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def _follow_interval(self, interval: int | None) -> None:
+        period = float(interval) if interval else float(self.default_interval)
+        if period != self.period:
+            logger.info("check period now %g s (was %g s)", period, self.period)
+            self.period = period
+
+    def _fetch(self, version: int) -> None:
+        held = self.config["version"] if self.config else None
+        logger.info("controller has v%s, agent holds v%s: fetching", version, held or "-")
+        try:
+            fetched = self.controller.config(etag_version=held)
+        except NoConfigYet:
+            logger.warning("the controller announced v%s but has no config to give", version)
+            return
+        if fetched is None:
+            return
+        if not valid_config(fetched):
+            raise ControllerUnavailable("GET /config/agent: the answer is not a valid config")
+        self.config = {name: fetched[name] for name in CONFIG_FIELDS}
+        self._follow_interval(self.config["pooling_interval"])
+
+    def _push(self, worker: WorkerState) -> None:
+        config = self.config
+        if worker.version is None:
+            logger.info("worker %s has no config", worker.url)
+        else:
+            logger.info(
+                "worker %s behind (v%s < v%s)", worker.url, worker.version, config["version"]
+            )
+        if worker.client.push(config):
+            worker.version = config["version"]
+            logger.info("pushed v%s to worker %s", config["version"], worker.url)
+        else:
+            logger.warning(
+                "worker %s refused v%s as older than what it holds", worker.url, config["version"]
+            )
+        worker.ahead_logged = False
+        self._mark_applied(config)
+
+    def _mark_applied(self, config: dict) -> None:
+        if self.applied is not None and all(
+            self.applied[name] == config[name] for name in CONFIG_FIELDS
+        ):
+            return
+        try:
+            self.state.save_config(config)
+        except OSError as exc:
+            logger.error("could not write %s: %s", self.state.config_path, exc)
+        self.applied = config
+
+    def _token_refused(self) -> None:
+        agent_id = self.credentials["agent_id"] if self.credentials else "-"
+        logger.error("the controller refused the token of agent %s (revoked or unknown)", agent_id)
+        self.credentials = None
+        self.controller.agent_token = None
+        if self.registration_token:
+            logger.info("registering again with the registration token")
+
+    def _need_operator(self, reason: str) -> None:
+        self.controller_enabled = False
+        serving = f"v{self.applied['version']}" if self.applied else "nothing (no cached config)"
+        logger.error(
+            "%s; the workers keep %s. To reconnect: issue a registration token "
+            "(GET /agent/admin or `manage.py create_registration_token`) and restart the agent "
+            "with --registration-token or REGISTRATION_TOKEN.",
+            reason,
+            serving,
+        )

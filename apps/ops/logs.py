@@ -1,0 +1,34 @@
+"""Log formatters: every event is exactly one line on stdout, as text or as a JSON object.
+
+Collectors (Docker, journald, Loki) split a stream on newlines, so a traceback spread over many
+lines turns into many unrelated events. Both formatters keep an event on one line.
+"""
+
+import json
+import logging
+from datetime import UTC, datetime
+
+
+class LineFormatter(logging.Formatter):
+    """The usual text format, with newlines inside the event (tracebacks) escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per event: time, level, logger, message, and the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)

@@ -1,0 +1,152 @@
+import signal
+import sys
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from agent.state import CorruptStateFile, StateDir
+from apps.accounts.management.commands.seed_admin import SEED_PASSWORD
+from apps.agents.models import Agent
+from apps.agents.services import issue_registration_token
+from apps.ops.serving import parse_bind
+from apps.ops.stack import Child, ChildDied, PortInUse, Stack, check_port_free, internal_key_from
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole stack in the foreground: controller, worker and one agent, on the "
+        "embedded defaults. Ctrl-C stops all three; if one dies, the others are stopped too."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--controller-bind",
+            default=settings.CONTROLLER_BIND,
+            help="HOST:PORT of the controller (CONTROLLER_BIND).",
+        )
+        parser.add_argument(
+            "--worker-bind",
+            default=settings.WORKER_BIND,
+            help="HOST:PORT of the worker (WORKER_BIND).",
+        )
+        parser.add_argument(
+            "--state-dir",
+            default=settings.AGENT_STATE_DIR,
+            help="The agent's state dir (AGENT_STATE_DIR).",
+        )
+
+    def handle(self, *args, controller_bind: str, worker_bind: str, state_dir: str, **options):
+        try:
+            controller_host, controller_port = parse_bind(controller_bind)
+            worker_host, worker_port = parse_bind(worker_bind)
+            check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
+            check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
+        except (ValueError, PortInUse) as exc:
+            raise CommandError(str(exc), returncode=2) from None
+
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("seed_admin")
+        internal_key = settings.INTERNAL_KEY or internal_key_from(settings.VAR_DIR)
+        registration_token = self._registration_token_if_needed(state_dir)
+
+        controller_url = f"http://{_url_host(controller_host)}:{controller_port}"
+        worker_url = f"http://{_url_host(worker_host)}:{worker_port}"
+        env = {"INTERNAL_KEY": internal_key}
+        agent_env = dict(env)
+        if registration_token:
+            # Through the environment, not the command line: `ps` shows arguments to everyone.
+            agent_env["REGISTRATION_TOKEN"] = registration_token
+        out = sys.stdout.buffer
+        stack = Stack(
+            [
+                Child("controller", ["run_controller", "--bind", controller_bind], env),
+                Child("worker", ["run_worker", "--bind", worker_bind], env),
+                Child(
+                    "agent",
+                    [
+                        "run_agent",
+                        "--controller-url",
+                        controller_url,
+                        "--worker-url",
+                        worker_url,
+                        "--state-dir",
+                        state_dir,
+                    ],
+                    agent_env,
+                ),
+            ],
+            out,
+            prefix=settings.LOG_FORMAT != "json",
+        )
+
+        def on_signal(signum, frame):
+            stack.stop_requested.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        controller, worker, agent = stack.children
+        try:
+            stack.start(controller, f"{controller_url}/healthz")
+            stack.start(worker, f"{worker_url}/health")
+            stack.start(agent, None)
+            if not stack.stop_requested.is_set():
+                stack.say(_banner(controller_url, worker_url))
+            stack.supervise()
+        except ChildDied as exc:
+            stack.say(f"run_stack: {exc}; stopping the stack.")
+            stack.stop_all()
+            raise CommandError(f"{exc}. See its output above.", returncode=1) from None
+        stack.say("run_stack: stopping (agent, worker, controller)...")
+        stack.stop_all()
+
+    def _registration_token_if_needed(self, state_dir: str) -> str | None:
+        """A fresh token when the agent has no credentials this database knows."""
+        try:
+            credentials = StateDir(state_dir).load_credentials()
+        except CorruptStateFile:
+            credentials = None
+        if (
+            credentials is not None
+            and Agent.objects.filter(
+                pk=credentials.get("agent_id"), revoked_at__isnull=True
+            ).exists()
+        ):
+            return None
+        token, _ = issue_registration_token()
+        self.stdout.write("Issued a registration token for the local agent.")
+        return token
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - listening everywhere: reach it locally
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _banner(controller_url: str, worker_url: str) -> str:
+    email = settings.ADMIN_EMAIL
+    if settings.ADMIN_PASSWORD == SEED_PASSWORD:
+        password = SEED_PASSWORD
+        login = f'{{"email":"{email}","password":"{password}"}}'
+    else:
+        password = "(the ADMIN_PASSWORD you set)"  # noqa: S105 - a hint, not a password
+        login = f'{{"email":"{email}","password":"$ADMIN_PASSWORD"}}'
+    return f"""
+==============================================================================
+ The stack is up.
+   Admin site   {controller_url}/admin/
+   Credentials  {email} / {password}
+   API docs     {controller_url}/api/docs/
+   Worker       {worker_url}/health   {worker_url}/hit
+   Metrics      {controller_url}/metrics   {worker_url}/metrics
+ Try it:
+   TOKEN=$(curl -s -X POST {controller_url}/login -H 'Content-Type: application/json' \\
+     -d '{login}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access"])')
+   curl -s -X POST {controller_url}/config/admin -H "Authorization: Bearer $TOKEN" \\
+     -H 'Content-Type: application/json' \\
+     -d '{{"config_url":"https://api.ipify.org","pooling_interval":30}}'
+   curl -s {worker_url}/hit
+ Ctrl-C stops all three.
+==============================================================================
+"""

@@ -1,0 +1,374 @@
+"""Helpers for the agent tests: a controllable clock, workers and small HTTP servers.
+
+Workers are real processes (`manage.py run_worker`) when the worker command exists, otherwise a
+threaded server that implements the worker's HTTP contract. Both count the pushes they receive.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from worker.signing import BadSignature, verify
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERNAL_KEY = "agent-tests-internal-key"
+REAL_WORKER = (ROOT / "apps" / "ops" / "management" / "commands" / "run_worker.py").exists() or any(
+    ROOT.glob("apps/*/management/commands/run_worker.py")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingStop(threading.Event):
+    """A stop flag whose wait() advances the fake clock instead of sleeping, records every
+    timeout, and sets itself after `limit` waits, so that Agent.run() ends on its own."""
+
+    def __init__(self, clock: FakeClock, limit: int) -> None:
+        super().__init__()
+        self.clock = clock
+        self.limit = limit
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        self.waits.append(timeout)
+        self.clock.advance(timeout or 0)
+        if len(self.waits) >= self.limit:
+            self.set()
+        return self.is_set()
+
+
+class _Server:
+    """A ThreadingHTTPServer on a fixed port that can be stopped and started again."""
+
+    handler_class: type[BaseHTTPRequestHandler]
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        owner = self
+
+        class Handler(self.handler_class):
+            server_owner = owner
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    # One request per connection: a stopped server must look down to clients at once.
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+    def send_json(self, status: int, data) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class UpstreamHandler(_QuietHandler):
+    def do_GET(self):
+        body = b"203.0.113.7"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Upstream(_Server):
+    """What a config_url points at: answers with an address as plain text."""
+
+    handler_class = UpstreamHandler
+
+
+class StubWorkerHandler(_QuietHandler):
+    def do_GET(self):
+        worker = self.server_owner
+        if self.path == "/health":
+            version = worker.config["version"] if worker.config else None
+            self.send_json(200, {"status": "ok", "config_version": version, "uptime_s": 0})
+        elif self.path == "/config":
+            if worker.config is None:
+                self.send_json(404, {"detail": "no config yet"})
+            else:
+                self.send_json(200, worker.config)
+        elif self.path == "/hit":
+            if worker.config is None:
+                self.send_json(503, {"detail": "no config yet"})
+                return
+            upstream = requests.get(worker.config["config_url"], timeout=5)
+            self.send_response(upstream.status_code)
+            self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/plain"))
+            self.send_header("Content-Length", str(len(upstream.content)))
+            self.send_header("X-Config-Version", str(worker.config["version"]))
+            self.end_headers()
+            self.wfile.write(upstream.content)
+        else:
+            self.send_json(404, {"detail": "not found"})
+
+    def do_POST(self):
+        worker = self.server_owner
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path != "/config":
+            self.send_json(404, {"detail": "not found"})
+            return
+        with worker.lock:
+            worker.pushes += 1
+            try:
+                verify(self.headers.get("X-Signature"), body, worker.key)
+            except BadSignature as exc:
+                self.send_json(401, {"detail": str(exc)})
+                return
+            data = json.loads(body)
+            current = worker.config["version"] if worker.config else 0
+            if data["version"] < current:
+                self.send_json(409, {"detail": "older", "version": current})
+            elif data["version"] == current:
+                self.send_json(200, {"applied": False, "version": current})
+            else:
+                worker.config = data
+                self.send_json(200, {"applied": True, "version": data["version"]})
+
+
+class StubWorker(_Server):
+    """The worker's HTTP contract in a thread; `pushes` counts POST /config."""
+
+    handler_class = StubWorkerHandler
+
+    def __init__(self, key: str = INTERNAL_KEY, port: int | None = None) -> None:
+        super().__init__(port)
+        self.key = key
+        self.lock = threading.Lock()
+        self.pushes = 0
+        self.config: dict | None = None
+
+    def start(self) -> None:
+        self.config = None  # a (re)started worker is empty
+        super().start()
+
+    def version(self) -> int | None:
+        return requests.get(self.url + "/health", timeout=5).json()["config_version"]
+
+    def hit(self) -> requests.Response:
+        return requests.get(self.url + "/hit", timeout=10)
+
+
+class WorkerProcess:
+    """A real `manage.py run_worker` process; pushes are counted from its /metrics."""
+
+    def __init__(self, tmp_path: Path, key: str = INTERNAL_KEY, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = key
+        self.tmp_path = tmp_path
+        self.process: subprocess.Popen | None = None
+        self._pushes_before = 0
+
+    def start(self) -> None:
+        env = subprocess_env(self.tmp_path, INTERNAL_KEY=self.key)
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{self.port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def healthy() -> bool:
+            try:
+                return requests.get(self.url + "/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(healthy, timeout=20)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self._pushes_before += self._metric_pushes()
+            # SIGINT is gunicorn's quick shutdown: a worker going down need not be graceful.
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def _metric_pushes(self) -> int:
+        try:
+            text = requests.get(self.url + "/metrics", timeout=5).text
+        except requests.RequestException:
+            return 0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(PUSH_METRIC) and not line.startswith(PUSH_METRIC + "_created"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    @property
+    def pushes(self) -> int:
+        return self._pushes_before + self._metric_pushes()
+
+    def version(self) -> int | None:
+        return requests.get(self.url + "/health", timeout=5).json()["config_version"]
+
+    def hit(self) -> requests.Response:
+        return requests.get(self.url + "/hit", timeout=10)
+
+
+# The worker's counter of POST /config requests (every outcome).
+PUSH_METRIC = "worker_config_pushes_total"
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict:
+    """Environment for a manage.py subprocess: settings it needs, nothing from the shell's
+    agent or worker variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"CONTROLLER_URL", "WORKER_URL", "REGISTRATION_TOKEN", "AGENT_STATE_DIR"}
+    }
+    env.update(
+        {
+            "SECRET_KEY": env.get("SECRET_KEY", "test-only-not-secret"),
+            "VAR_DIR": str(tmp_path / "var"),
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    env.pop("DATABASE_URL", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    """Start workers; each is stopped at the end of the test."""
+    started: list = []
+
+    def make(key: str = INTERNAL_KEY):
+        worker = WorkerProcess(tmp_path, key) if REAL_WORKER else StubWorker(key)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+class StubControllerHandler(_QuietHandler):
+    def do_GET(self):
+        controller = self.server_owner
+        path, _, query = self.path.partition("?")
+        controller.requests.append((path, query))
+        controller.received.set()
+        if path == "/config/version":
+            params = dict(item.split("=", 1) for item in query.split("&") if "=" in item)
+            if "wait" in params and controller.hold:
+                time.sleep(min(int(params["wait"]), controller.hold))
+            self.send_json(200, {"version": 0, "pooling_interval": None})
+        else:
+            self.send_json(404, {"detail": "not found"})
+
+    def do_POST(self):
+        controller = self.server_owner
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        controller.requests.append((self.path, ""))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class StubController(_Server):
+    """A controller without any config that holds a watch for up to `hold` seconds."""
+
+    handler_class = StubControllerHandler
+
+    def __init__(self, hold: float = 0.0) -> None:
+        super().__init__()
+        self.hold = hold
+        self.requests: list[tuple[str, str]] = []
+        self.received = threading.Event()
+
+
+def write_credentials(state_dir: Path, agent_id: str = "00000000-0000-0000-0000-000000000001"):
+    """State of an agent that registered earlier (for controllers that are stubs or down)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "credentials.json"
+    path.write_text(json.dumps({"agent_id": agent_id, "agent_token": "agt_test"}))
+    path.chmod(0o600)
+
+
+def write_cached_config(state_dir: Path, config_url: str, version: int = 3) -> dict:
+    config = {
+        "config_url": config_url,
+        "pooling_interval": 30,
+        "version": version,
+        "uuid": "6f1c1c4e-7a55-4d8b-9d8e-0c1b7b2a9e11",
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "config.json").write_text(json.dumps(config))
+    return config

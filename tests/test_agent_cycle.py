@@ -1,0 +1,371 @@
+"""The agent one cycle at a time, against the real controller (live_server) and real workers,
+with the clock in the test's hands."""
+
+import json
+import stat
+
+import pytest
+
+from agent.daemon import Agent
+from apps.agents.models import Agent as AgentRecord
+from apps.agents.services import issue_registration_token, revoke_agent
+from apps.configs.services import publish_config, update_config
+from tests.agent_support import (
+    INTERNAL_KEY,
+    FakeClock,
+    RecordingStop,
+    free_port,
+    make_worker,  # noqa: F401 - fixture
+    upstream,  # noqa: F401 - fixture
+    write_cached_config,
+    write_credentials,
+)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def new_token(transactional_db):
+    return lambda: issue_registration_token()[0]
+
+
+@pytest.fixture
+def make_agent(tmp_path, clock, live_server):
+    made: list[Agent] = []
+
+    def make(workers, *, state="state", token=None, controller=None, **options):
+        agent = Agent(
+            controller_url=controller or live_server.url,
+            worker_urls=[worker.url for worker in workers],
+            internal_key=INTERNAL_KEY,
+            state_dir=str(tmp_path / state),
+            registration_token=token,
+            clock=clock,
+            rand=lambda: 1.0,
+            connect_timeout=2,
+            read_timeout=5,
+            **options,
+        )
+        made.append(agent)
+        return agent
+
+    yield make
+    # Open keep-alive connections would hold the live server's database connections.
+    for agent in made:
+        agent.close()
+
+
+@pytest.fixture
+def publish(upstream):  # noqa: F811 - fixture
+    def publish(path="/ip", interval=30):
+        config, _ = publish_config(config_url=upstream.url + path, pooling_interval=interval)
+        return config
+
+    return publish
+
+
+def cached(tmp_path, state="state") -> dict:
+    return json.loads((tmp_path / state / "config.json").read_text())
+
+
+def test_first_start_registers_and_a_restart_reuses_the_stored_credentials(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    tmp_path,
+):
+    worker = make_worker()
+    token = new_token()
+    make_agent([worker], token=token).run_once()
+
+    credentials_path = tmp_path / "state" / "credentials.json"
+    assert stat.S_IMODE(credentials_path.stat().st_mode) == 0o600
+    credentials = json.loads(credentials_path.read_text())
+    record = AgentRecord.objects.get()
+    assert credentials["agent_id"] == str(record.pk)
+    assert token not in credentials_path.read_text()
+
+    # Restarted with the used token still in its environment, and then with none at all.
+    for again in (token, None):
+        restarted = make_agent([worker], token=again)
+        restarted.run_once()
+        assert restarted.controller_enabled
+        assert restarted.credentials["agent_id"] == str(record.pk)
+    assert AgentRecord.objects.count() == 1
+
+
+def test_each_cycle_reports_the_applied_version_and_the_workers(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+):
+    worker = make_worker()
+    publish()
+    make_agent([worker], token=new_token()).run_once()
+
+    record = AgentRecord.objects.get()
+    assert record.applied_version == 1
+    assert record.workers == [{"url": worker.url, "ok": True, "version": 1}]
+    assert record.last_seen is not None
+
+
+def test_no_push_while_the_version_is_unchanged(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+    assert worker.version() == 1
+    assert worker.pushes == 1
+
+    for _ in range(3):
+        clock.advance(agent.next_delay())
+        agent.run_once()
+    assert worker.pushes == 1
+
+
+def test_a_change_is_pushed_within_one_period(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+    tmp_path,
+):
+    worker = make_worker()
+    publish(interval=30)
+    agent = make_agent([worker], token=new_token())
+    # The controller answers a watch at once today: the agent then sleeps the whole period.
+    assert agent.run_once() == 30
+
+    publish(path="/v2", interval=30)
+    clock.advance(30)
+    agent.run_once()
+    assert worker.version() == 2
+    assert cached(tmp_path)["version"] == 2
+    assert cached(tmp_path)["config_url"].endswith("/v2")
+
+
+def test_a_new_pooling_interval_is_followed_without_restart(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish(interval=30)
+    agent = make_agent([worker], token=new_token())
+    assert agent.run_once() == 30
+
+    update_config(pooling_interval=45)
+    clock.advance(30)
+    assert agent.run_once() == 45
+    assert worker.version() == 2
+    clock.advance(20)
+    assert agent.next_delay() == 25
+
+
+def test_the_first_period_is_the_default_until_a_config_exists(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+):
+    agent = make_agent([make_worker()], token=new_token(), default_interval=7)
+    assert agent.run_once() == 7
+
+
+def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+    tmp_path,
+):
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+
+    worker.stop()
+    publish(path="/v2")
+    clock.advance(30)
+    # The retry of the worker comes first, after its own backoff delay.
+    assert agent.run_once() == 1.0
+    assert agent.config["version"] == 2
+    # Nothing accepted v2 yet, so the agent's applied record still says v1.
+    assert cached(tmp_path)["version"] == 1
+
+    worker.start()
+    clock.advance(1.0)
+    agent.run_once()
+    assert worker.version() == 2
+    assert cached(tmp_path)["version"] == 2
+    assert AgentRecord.objects.get().applied_version == 1  # reported on the next check
+    clock.advance(agent.next_delay())
+    agent.run_once()
+    assert AgentRecord.objects.get().applied_version == 2
+
+
+def test_a_worker_restarted_empty_is_repopulated_within_one_cycle(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+
+    worker.stop()
+    worker.start()
+    assert worker.version() is None
+    clock.advance(agent.next_delay())
+    agent.run_once()
+    assert worker.version() == 1
+
+
+def test_controller_down_workers_keep_serving_and_retries_back_off_to_the_cap(
+    make_agent,
+    make_worker,  # noqa: F811
+    upstream,  # noqa: F811
+    clock,
+    tmp_path,
+):
+    worker = make_worker()
+    write_credentials(tmp_path / "state")
+    write_cached_config(tmp_path / "state", upstream.url + "/ip", version=3)
+    agent = make_agent([worker], controller=f"http://127.0.0.1:{free_port()}", backoff_cap=8)
+    stop = RecordingStop(clock, limit=7)
+    agent.run(stop)
+
+    assert stop.waits == [1, 2, 4, 8, 8, 8, 8]
+    assert worker.version() == 3
+    hit = worker.hit()
+    assert hit.status_code == 200
+    assert hit.text == "203.0.113.7"
+    assert worker.pushes == 1
+
+
+def test_an_agent_restarted_while_the_controller_is_down_brings_up_an_empty_worker(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    caplog,
+):
+    publish()
+    make_agent([make_worker()], token=new_token()).run_once()
+
+    empty = make_worker()
+    restarted = make_agent([empty], controller=f"http://127.0.0.1:{free_port()}")
+    restarted.run_once()
+    assert empty.version() == 1
+    assert empty.hit().text == "203.0.113.7"
+    assert "controller unreachable" in caplog.text
+
+
+def test_a_corrupt_config_cache_is_ignored_and_replaced(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    tmp_path,
+    caplog,
+):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "config.json").write_text('{"version": 9, "config_url": ')
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+    assert "ignoring cached config" in caplog.text
+    assert worker.version() == 1
+    assert cached(tmp_path)["version"] == 1
+
+
+def test_a_revoked_agent_keeps_serving_its_cache_and_says_what_to_do(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+    caplog,
+):
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+    agent_token = agent.credentials["agent_token"]
+
+    revoke_agent(AgentRecord.objects.get())
+    publish(path="/v2")
+    clock.advance(30)
+    agent.run_once()
+    agent.run_once()
+    assert "refused the token of agent" in caplog.text
+    assert "issue a registration token" in caplog.text
+    assert not agent.controller_enabled
+    assert worker.version() == 1
+
+    # The worker restarting empty is still brought up from the cache.
+    worker.stop()
+    worker.start()
+    clock.advance(agent.next_delay())
+    agent.run_once()
+    assert worker.version() == 1
+    assert agent_token not in caplog.text
+
+
+def test_a_revoked_agent_with_a_fresh_registration_token_registers_again(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+):
+    worker = make_worker()
+    publish()
+    make_agent([worker], token=new_token()).run_once()
+    old = AgentRecord.objects.get()
+    revoke_agent(old)
+
+    publish(path="/v2")
+    restarted = make_agent([worker], token=new_token())
+    restarted.run_once()
+    assert restarted.controller_enabled
+    assert restarted.credentials["agent_id"] != str(old.pk)
+    assert worker.version() == 2
+    assert AgentRecord.objects.exclude(pk=old.pk).get().applied_version == 2
+
+
+def test_two_agents_with_two_workers_converge_on_the_same_version(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+):
+    workers = [make_worker(), make_worker()]
+    agents = [make_agent(workers, state=name, token=new_token()) for name in ("a", "b")]
+    publish()
+    for agent in agents:
+        agent.run_once()
+    publish(path="/v2")
+    clock.advance(30)
+    for agent in agents:
+        agent.run_once()
+
+    assert [worker.version() for worker in workers] == [2, 2]
+    assert sorted(AgentRecord.objects.values_list("applied_version", flat=True)) == [2, 2]

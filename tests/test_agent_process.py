@@ -1,0 +1,155 @@
+"""The agent as a real `manage.py run_agent` process, and its timing against held watches."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.daemon import Agent
+from apps.agents.services import issue_registration_token
+from apps.configs.services import publish_config
+from tests.agent_support import (
+    INTERNAL_KEY,
+    ROOT,
+    StubController,
+    make_worker,  # noqa: F401 - fixture
+    subprocess_env,
+    upstream,  # noqa: F401 - fixture
+    wait_until,
+    write_credentials,
+)
+
+
+def run_agent(tmp_path, controller_url: str, worker_url: str, *args: str, **env: str):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "run_agent",
+            "--controller-url",
+            controller_url,
+            "--worker-url",
+            worker_url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            *args,
+        ],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path, INTERNAL_KEY=INTERNAL_KEY, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_and_time(process: subprocess.Popen) -> tuple[int, float, str]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"run_agent did not stop on SIGTERM:\n{output}")
+    return process.returncode, time.monotonic() - started, output
+
+
+@pytest.fixture
+def stub_controller():
+    controller = StubController(hold=30)
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
+    live_server,
+    make_worker,  # noqa: F811
+    upstream,  # noqa: F811
+    tmp_path,
+):
+    worker = make_worker()
+    publish_config(config_url=upstream.url + "/ip", pooling_interval=30)
+    token, _ = issue_registration_token()
+    process = run_agent(tmp_path, live_server.url, worker.url, REGISTRATION_TOKEN=token)
+    try:
+        wait_until(lambda: (tmp_path / "state" / "config.json").exists(), timeout=20)
+        time.sleep(0.3)
+    except AssertionError:
+        pytest.fail(f"no config.json: {stop_and_time(process)[2]}")
+    returncode, elapsed, output = stop_and_time(process)
+    assert worker.version() == 1, output
+
+    assert returncode == 0, output
+    assert elapsed < 2, output
+    cached = json.loads((tmp_path / "state" / "config.json").read_text())
+    assert cached["version"] == 1
+    assert "registered as agent" in output
+    assert "pushed v1 to worker" in output
+    assert token not in output
+    assert INTERNAL_KEY not in output
+
+
+def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path):  # noqa: F811
+    worker = make_worker()
+    write_credentials(tmp_path / "state")
+    process = run_agent(tmp_path, stub_controller.url, worker.url)
+    try:
+        assert stub_controller.received.wait(20)
+        time.sleep(0.3)  # the watch is now held by the controller
+    finally:
+        returncode, elapsed, output = stop_and_time(process)
+
+    assert returncode == 0, output
+    assert elapsed < 2, output
+    path, query = stub_controller.requests[0]
+    assert path == "/config/version"
+    assert query == "version=0&wait=10"
+    assert "agt_test" not in output
+
+
+def test_once_runs_a_single_cycle_and_no_watch_polls_plainly(
+    stub_controller,
+    make_worker,  # noqa: F811
+    tmp_path,
+):
+    worker = make_worker()
+    write_credentials(tmp_path / "state")
+    process = run_agent(tmp_path, stub_controller.url, worker.url, "--once", "--no-watch")
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert stub_controller.requests == [("/config/version", ""), ("/agent/heartbeat", "")]
+
+
+def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_period(
+    make_worker,  # noqa: F811
+    tmp_path,
+):
+    # The stub holds a watch for its whole wait, as the long poll will: the agent then checks
+    # again without sleeping. Answered at once (plain poll), it sleeps the whole period.
+    worker = make_worker()
+    controller = StubController(hold=2)
+    controller.start()
+    write_credentials(tmp_path / "state")
+    try:
+        for watch, expected in ((True, 0.0), (False, 2.0)):
+            agent = Agent(
+                controller_url=controller.url,
+                worker_urls=[worker.url],
+                internal_key=INTERNAL_KEY,
+                state_dir=str(tmp_path / "state"),
+                watch=watch,
+                default_interval=2,
+            )
+            delay = agent.run_once()
+            agent.close()
+            assert abs(delay - expected) < 0.3, (watch, delay)
+    finally:
+        controller.stop()
+    assert [query for path, query in controller.requests if path == "/config/version"] == [
+        "version=0&wait=2",
+        "",
+    ]

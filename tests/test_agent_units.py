@@ -1,0 +1,84 @@
+"""The agent's small parts: backoff, the state dir, the command's arguments."""
+
+import json
+import stat
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from agent.backoff import Backoff
+from agent.state import StateDir
+
+
+def test_backoff_delays_double_up_to_the_cap_and_reset_on_success():
+    backoff = Backoff(base=1, cap=10, rand=lambda: 1.0)
+    assert [backoff.next_delay() for _ in range(6)] == [1, 2, 4, 8, 10, 10]
+    backoff.reset()
+    assert backoff.next_delay() == 1
+
+
+def test_backoff_uses_full_jitter_between_zero_and_the_ceiling():
+    draws = iter([0.0, 0.5, 0.25])
+    backoff = Backoff(base=2, cap=60, rand=lambda: next(draws))
+    assert [backoff.next_delay() for _ in range(3)] == [0.0, 2.0, 2.0]
+
+
+def test_backoff_survives_a_very_long_outage():
+    backoff = Backoff(base=1, cap=60, rand=lambda: 1.0)
+    backoff.failures = 10_000
+    assert backoff.next_delay() == 60
+
+
+def test_state_files_are_written_atomically_with_mode_0600(tmp_path):
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    config = {"config_url": "http://a.example/", "pooling_interval": 30, "version": 2, "uuid": "u"}
+    state.save_config({**config, "created_at": "ignored"})
+    state.save_credentials({"agent_id": "a", "agent_token": "t"})
+    for path in (state.config_path, state.credentials_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(state.config_path.read_text()) == config
+    assert state.load_config() == config
+    assert list(state.path.glob("*.tmp")) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"version": 3}',
+        '{"config_url": "http://a/", "pooling_interval": 30, "version": "3", "uuid": "u"}',
+        "",
+    ],
+)
+def test_a_damaged_config_cache_is_reported_and_ignored(tmp_path, caplog, content):
+    state = StateDir(tmp_path)
+    state.config_path.write_text(content)
+    assert state.load_config() is None
+    assert "ignoring cached config" in caplog.text
+
+
+def test_damaged_credentials_are_reported_and_ignored(tmp_path, caplog):
+    state = StateDir(tmp_path)
+    state.credentials_path.write_text('{"agent_id": 1}')
+    assert state.load_credentials() is None
+    assert "ignoring agent credentials" in caplog.text
+
+
+def test_run_agent_without_internal_key_exits_2(settings, capsys):
+    settings.INTERNAL_KEY = None
+    with pytest.raises(SystemExit) as exited:
+        call_command(
+            "run_agent", "--controller-url", "http://127.0.0.1:1", "--worker-url", "http://x"
+        )
+    assert exited.value.code == 2
+    assert "INTERNAL_KEY is required" in capsys.readouterr().err
+
+
+def test_run_agent_without_a_controller_url_exits_2(settings):
+    settings.INTERNAL_KEY = "k"
+    settings.CONTROLLER_URL = None
+    with pytest.raises(CommandError) as failed:
+        call_command("run_agent", "--worker-url", "http://127.0.0.1:1")
+    assert failed.value.returncode == 2
