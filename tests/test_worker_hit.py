@@ -68,6 +68,13 @@ def test_hit_passes_204_through_without_a_body(upstream):
     assert "content-length" not in response.headers
 
 
+def test_hit_is_502_when_the_upstream_answers_with_no_final_status(upstream):
+    response = call(configured(upstream.url("/switching")), "GET", "/hit")
+
+    assert response.status_code == 502
+    assert "invalid status 101" in response.json()["detail"]
+
+
 def test_hit_follows_up_to_three_redirects(upstream):
     response = call(configured(upstream.url("/redirect/3")), "GET", "/hit")
 

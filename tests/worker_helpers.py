@@ -81,6 +81,10 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._send(200, b"raw", None)
         elif path == "/empty":
             self._send(204, b"", None)
+        elif path == "/switching":
+            self.send_response(101)
+            self.end_headers()
+            self.close_connection = True
         elif path == "/slow":
             # Hold the answer until the test releases it (or 5 s pass).
             server.release.wait(5)

@@ -281,7 +281,9 @@ class WorkerApp:
             logger.warning("upstream error (v%d): %s", held.version, exc)
             return json_response(status, {"detail": str(exc)}, [version_header])
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        if not 100 <= upstream.status <= 599:
+        # A final answer is 2xx to 5xx; anything else (a 101 to a plain GET, say) cannot be
+        # passed on as the answer to /hit.
+        if not 200 <= upstream.status <= 599:
             self.metrics.hits.labels(upstream_status="invalid_status").inc()
             logger.warning("upstream error (v%d): invalid status %d", held.version, upstream.status)
             return json_response(
