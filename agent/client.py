@@ -195,6 +195,9 @@ class WorkerClient:
         self._key = internal_key
         self.timeout = (connect_timeout, read_timeout)
         self.session = session or requests.Session()
+        # A few requests per period gain nothing from keep-alive, and a connection the worker
+        # closed while idle (or a restarted worker) must not cost a failed check.
+        self.session.headers["Connection"] = "close"
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         try:

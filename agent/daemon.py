@@ -327,7 +327,7 @@ class Agent:
         for worker in self.workers:
             worker.client.session.close()
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------
 
     def _ask_version(self, stop: threading.Event) -> dict:
         if not self.watch:

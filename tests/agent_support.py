@@ -1,8 +1,5 @@
-"""Helpers for the agent tests: a controllable clock, workers and small HTTP servers.
-
-Workers are real processes (`manage.py run_worker`) when the worker command exists, otherwise a
-threaded server that implements the worker's HTTP contract. Both count the pushes they receive.
-"""
+"""Support for the agent tests: a controllable clock, real worker processes and small HTTP
+servers standing in for an upstream or a controller that holds its watches."""
 
 import json
 import os
@@ -18,13 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker.signing import BadSignature, verify
-
 ROOT = Path(__file__).resolve().parent.parent
 INTERNAL_KEY = "agent-tests-internal-key"
-REAL_WORKER = (ROOT / "apps" / "ops" / "management" / "commands" / "run_worker.py").exists() or any(
-    ROOT.glob("apps/*/management/commands/run_worker.py")
-)
 
 
 def free_port() -> int:
@@ -135,78 +127,6 @@ class Upstream(_Server):
     handler_class = UpstreamHandler
 
 
-class StubWorkerHandler(_QuietHandler):
-    def do_GET(self):
-        worker = self.server_owner
-        if self.path == "/health":
-            version = worker.config["version"] if worker.config else None
-            self.send_json(200, {"status": "ok", "config_version": version, "uptime_s": 0})
-        elif self.path == "/config":
-            if worker.config is None:
-                self.send_json(404, {"detail": "no config yet"})
-            else:
-                self.send_json(200, worker.config)
-        elif self.path == "/hit":
-            if worker.config is None:
-                self.send_json(503, {"detail": "no config yet"})
-                return
-            upstream = requests.get(worker.config["config_url"], timeout=5)
-            self.send_response(upstream.status_code)
-            self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/plain"))
-            self.send_header("Content-Length", str(len(upstream.content)))
-            self.send_header("X-Config-Version", str(worker.config["version"]))
-            self.end_headers()
-            self.wfile.write(upstream.content)
-        else:
-            self.send_json(404, {"detail": "not found"})
-
-    def do_POST(self):
-        worker = self.server_owner
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path != "/config":
-            self.send_json(404, {"detail": "not found"})
-            return
-        with worker.lock:
-            worker.pushes += 1
-            try:
-                verify(self.headers.get("X-Signature"), body, worker.key)
-            except BadSignature as exc:
-                self.send_json(401, {"detail": str(exc)})
-                return
-            data = json.loads(body)
-            current = worker.config["version"] if worker.config else 0
-            if data["version"] < current:
-                self.send_json(409, {"detail": "older", "version": current})
-            elif data["version"] == current:
-                self.send_json(200, {"applied": False, "version": current})
-            else:
-                worker.config = data
-                self.send_json(200, {"applied": True, "version": data["version"]})
-
-
-class StubWorker(_Server):
-    """The worker's HTTP contract in a thread; `pushes` counts POST /config."""
-
-    handler_class = StubWorkerHandler
-
-    def __init__(self, key: str = INTERNAL_KEY, port: int | None = None) -> None:
-        super().__init__(port)
-        self.key = key
-        self.lock = threading.Lock()
-        self.pushes = 0
-        self.config: dict | None = None
-
-    def start(self) -> None:
-        self.config = None  # a (re)started worker is empty
-        super().start()
-
-    def version(self) -> int | None:
-        return requests.get(self.url + "/health", timeout=5).json()["config_version"]
-
-    def hit(self) -> requests.Response:
-        return requests.get(self.url + "/hit", timeout=10)
-
-
 class WorkerProcess:
     """A real `manage.py run_worker` process; pushes are counted from its /metrics."""
 
@@ -301,7 +221,7 @@ def make_worker(tmp_path):
     started: list = []
 
     def make(key: str = INTERNAL_KEY):
-        worker = WorkerProcess(tmp_path, key) if REAL_WORKER else StubWorker(key)
+        worker = WorkerProcess(tmp_path, key)
         worker.start()
         started.append(worker)
         return worker

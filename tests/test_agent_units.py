@@ -2,12 +2,15 @@
 
 import json
 import stat
+import subprocess
+import sys
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from agent.backoff import Backoff
 from agent.state import StateDir
+from tests.agent_support import ROOT
 
 
 def test_backoff_delays_double_up_to_the_cap_and_reset_on_success():
@@ -82,3 +85,16 @@ def test_run_agent_without_a_controller_url_exits_2(settings):
     with pytest.raises(CommandError) as failed:
         call_command("run_agent", "--worker-url", "http://127.0.0.1:1")
     assert failed.value.returncode == 2
+
+
+def test_the_agent_package_loads_without_django():
+    # The agent talks HTTP only: importing it must not pull in Django or the controller's models.
+    code = (
+        "import sys, agent.daemon, agent.client, agent.state, agent.backoff; "
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('django', 'apps')]; "
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
