@@ -1,3 +1,4 @@
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
 
@@ -53,7 +54,7 @@ class AuditEntry(models.Model):
     actor = models.CharField(max_length=254, db_index=True)
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     target = models.CharField(max_length=300, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
+    detail = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
 
     objects = AuditEntryQuerySet.as_manager()
 

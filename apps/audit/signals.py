@@ -66,7 +66,7 @@ def _admin_change(sender, instance: LogEntry, created: bool, **kwargs) -> None:
         source_ip=admin_request_ip.get(),
         target=f"{label} {instance.object_repr}",
         detail={
-            "object_id": instance.object_id,
+            "object_id": str(instance.object_id),
             "change": instance.get_change_message(),
         },
     )
