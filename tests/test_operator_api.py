@@ -325,7 +325,10 @@ def test_a_heartbeat_moves_an_agent_from_behind_to_in_sync(admin_api, publish):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {agent_token}")
     response = client.post(
         "/agent/heartbeat",
-        {"applied_version": 1, "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 1}]},
+        {
+            "applied_version": 1,
+            "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 1}],
+        },
         format="json",
     )
     assert response.status_code == 204
