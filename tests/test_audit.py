@@ -304,3 +304,10 @@ def test_revoking_through_the_service_records_the_given_actor(admin_user, regist
     revoke_agent(agent, actor=admin_user, source_ip="192.0.2.1")
     (entry,) = entries(AuditEntry.AGENT_REVOKED)
     assert (entry.actor, entry.source_ip) == (ADMIN_EMAIL, "192.0.2.1")
+
+
+def test_audit_endpoint_is_in_the_openapi_schema(api):
+    schema = api.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    operation = schema["paths"]["/audit"]["get"]
+    assert {p["name"] for p in operation["parameters"]} >= {"action", "actor", "page"}
+    assert set(operation["responses"]) >= {"200", "400", "401"}

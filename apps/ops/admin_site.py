@@ -7,7 +7,8 @@ from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.utils import timezone
 
-# The audit log lists these on the dashboard; logins and token refreshes are not changes.
+# How many of the latest changes the dashboard lists: changes to the configuration, revocations
+# and edits in the admin. Logins and registrations are routine and stay in the audit log.
 DASHBOARD_CHANGES = 10
 
 
@@ -47,11 +48,15 @@ def dashboard_context() -> dict:
     config = get_current_config()
     state = state_of(config)
     counts = count_by_status(state, timezone.now())
-    changes = AuditEntry.objects.exclude(
+    changes = AuditEntry.objects.filter(
         action__in=[
-            AuditEntry.LOGIN_SUCCEEDED,
-            AuditEntry.LOGIN_FAILED,
-            AuditEntry.TOKEN_REFRESHED,
+            AuditEntry.CONFIG_CREATED,
+            AuditEntry.CONFIG_UPDATED,
+            AuditEntry.CONFIG_ROLLED_BACK,
+            AuditEntry.AGENT_REVOKED,
+            AuditEntry.ADMIN_ADDED,
+            AuditEntry.ADMIN_CHANGED,
+            AuditEntry.ADMIN_DELETED,
         ]
     )[:DASHBOARD_CHANGES]
     return {
