@@ -117,7 +117,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The stock admin, with the operator's dashboard as its index page.
+    "apps.ops.admin_site.ControllerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -131,6 +132,7 @@ INSTALLED_APPS = [
     "apps.configs",
     "apps.agents",
     "apps.ops",
+    "apps.audit",
 ]
 
 MIDDLEWARE = [

@@ -10,6 +10,7 @@ from apps.agents.views import (
     RegisterAgentView,
     RegistrationTokenView,
 )
+from apps.audit.views import AuditLogView
 from apps.configs.views import (
     ConfigAdminView,
     ConfigAgentView,
@@ -32,6 +33,7 @@ urlpatterns = [
     path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
     path("agents", AgentListView.as_view(), name="agents"),
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
+    path("audit", AuditLogView.as_view(), name="audit"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),

@@ -3,8 +3,14 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.throttling import SimpleRateThrottle
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from apps.accounts.models import User
+from apps.audit.models import AuditEntry
+from apps.audit.services import client_ip, record_event
+from apps.audit.signals import record_login
 
 
 class LoginFailureThrottle(SimpleRateThrottle):
@@ -32,6 +38,8 @@ class LoginSerializer(TokenObtainPairSerializer):
     def validate(self, attrs):
         attrs[self.username_field] = attrs[self.username_field].strip().lower()
         data = super().validate(attrs)
+        # A failure is recorded by the user_login_failed signal that authenticate() sends.
+        record_login(self.user, self.context.get("request"), via="api")
         lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
         return {
             "access": data["access"],
@@ -78,7 +86,22 @@ class LoginView(TokenObtainPairView):
         return self._throttles
 
 
+class RefreshSerializer(TokenRefreshSerializer):
+    def validate(self, attrs):
+        data = super().validate(attrs)
+        # The rotated token names the same user as the one sent, which is now blacklisted.
+        user_id = RefreshToken(data.get("refresh", attrs["refresh"]), verify=False).get("user_id")
+        record_event(
+            AuditEntry.TOKEN_REFRESHED,
+            actor=User.objects.filter(pk=user_id).first() or f"user:{user_id}",
+            source_ip=client_ip(self.context.get("request")),
+        )
+        return data
+
+
 class RefreshView(TokenRefreshView):
+    serializer_class = RefreshSerializer
+
     @extend_schema(
         tags=["auth"],
         summary="Exchange a refresh token for new tokens",

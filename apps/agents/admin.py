@@ -1,24 +1,141 @@
-from django.contrib import admin
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
+from apps.audit.services import client_ip
+from apps.configs.services import get_current_state
+
+BADGE_COLOURS = {
+    "in_sync": "#2e7d32",
+    "behind": "#ef6c00",
+    "stale": "#6d4c41",
+    "revoked": "#b71c1c",
+}
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [(status, status.replace("_", " ")) for status in services.STATUSES]
+
+    def queryset(self, request, queryset):
+        if self.value() not in services.STATUSES:
+            return queryset
+        return services.filter_by_status(
+            queryset, self.value(), get_current_state(), timezone.now()
+        )
 
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "hostname", "applied_version", "last_seen", "revoked_at"]
+    list_display = [
+        "__str__",
+        "hostname",
+        "status_badge",
+        "last_seen",
+        "applied_version",
+        "worker_states",
+        "created_at",
+    ]
+    list_filter = [StatusFilter]
     search_fields = ["id", "name", "hostname"]
     readonly_fields = [
         "id",
+        "status_badge",
         "created_at",
         "last_seen",
         "applied_version",
-        "workers",
+        "worker_states",
         "revoked_at",
     ]
-    exclude = ["token_hash"]
+    fields = ["name", "hostname", *readonly_fields]
+    actions = ["revoke_agents"]
+
+    @admin.display(description="status")
+    def status_badge(self, obj: Agent) -> str:
+        status = services.agent_status(obj, get_current_state())
+        return format_html(
+            '<span class="agent-status status-{}" style="background:{};color:#fff;'
+            'padding:2px 8px;border-radius:10px;white-space:nowrap">{}</span>',
+            status,
+            BADGE_COLOURS[status],
+            status.replace("_", " "),
+        )
+
+    @admin.display(description="workers")
+    def worker_states(self, obj: Agent) -> str:
+        if not obj.workers:
+            return "—"
+        return format_html_join(
+            "",
+            "<div>{} {} (v{})</div>",
+            (
+                (
+                    "✔" if worker.get("ok") else "✘",
+                    worker.get("url", "?"),
+                    worker.get("version") if worker.get("version") is not None else "–",
+                )
+                for worker in obj.workers
+            ),
+        )
 
     def has_add_permission(self, request) -> bool:
+        # Agents register themselves with a registration token.
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Revoke instead: a deleted agent would vanish from the fleet view and the audit trail
+        # would name an agent nobody can look up.
+        return False
+
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm("agents.change_agent")
+
+    @admin.action(description="Revoke selected agents", permissions=["revoke"])
+    def revoke_agents(self, request, queryset):
+        agents = list(queryset)
+        if request.POST.get("confirmed") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/confirm_action.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": f"Revoke {len(agents)} agent{'s' if len(agents) != 1 else ''}?",
+                    "opts": self.model._meta,
+                    "action": "revoke_agents",
+                    "objects": agents,
+                    "question": "Their tokens are refused from now on, on every endpoint, "
+                    "including watches they hold. This cannot be undone: a revoked agent "
+                    "registers again with a new registration token.",
+                    "confirm_label": "Yes, revoke",
+                },
+            )
+        who = {"actor": request.user, "source_ip": client_ip(request)}
+        revoked = sum(services.revoke_agent(agent, **who) for agent in agents)
+        self.message_user(
+            request,
+            f"Revoked {revoked} agent{'s' if revoked != 1 else ''}"
+            + (f"; {len(agents) - revoked} already were." if revoked != len(agents) else "."),
+        )
+        return None
+
+
+class IssueTokenForm(forms.Form):
+    ttl = forms.IntegerField(
+        label="Lifetime (seconds)",
+        min_value=60,
+        max_value=settings.REGISTRATION_TOKEN_MAX_TTL,
+        initial=settings.REGISTRATION_TOKEN_TTL,
+    )
 
 
 @admin.register(RegistrationToken)
@@ -26,13 +143,54 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
     list_display = ["short_hash", "created_at", "expires_at", "used_at", "used_by", "created_by"]
     readonly_fields = ["created_at", "expires_at", "used_at", "used_by", "created_by"]
     exclude = ["token_hash"]
+    change_list_template = "admin/agents/registrationtoken/change_list.html"
 
     @admin.display(description="token hash")
     def short_hash(self, obj: RegistrationToken) -> str:
         return obj.token_hash[:12] + "…"
 
     def has_add_permission(self, request) -> bool:
+        # Tokens are made by the service, which shows the token once; see issue_token_view.
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_issue_permission(self, request) -> bool:
+        return request.user.has_perm("agents.add_registrationtoken")
+
+    def get_urls(self):
+        return [
+            path(
+                "issue/",
+                self.admin_site.admin_view(self.issue_token_view),
+                name="agents_registrationtoken_issue",
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_issue": self.has_issue_permission(request), **(extra_context or {})}
+        return super().changelist_view(request, extra)
+
+    def issue_token_view(self, request):
+        if not self.has_issue_permission(request):
+            raise PermissionDenied
+        token = record = None
+        form = IssueTokenForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            token, record = services.issue_registration_token(
+                actor=request.user, ttl=form.cleaned_data["ttl"], source_ip=client_ip(request)
+            )
+            self.message_user(request, "Registration token issued. Copy it now.", messages.SUCCESS)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Issue a registration token",
+            "opts": self.model._meta,
+            "form": form,
+            "token": token,
+            "record": record,
+        }
+        # The admin view wrapper already marks the answer never-cache, so the token shown here
+        # is not kept by the browser or a proxy.
+        return TemplateResponse(request, "admin/agents/registrationtoken/issue.html", context)

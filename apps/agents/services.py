@@ -1,17 +1,20 @@
 """Registration tokens, agent registration, heartbeats and revocation."""
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from rest_framework import status
 
 from apps.agents.auth import forget_agent
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
+from apps.audit.models import AuditEntry
+from apps.audit.services import record_event
 from apps.configs.errors import ServiceError
 from apps.configs.notifications import publish_revocation
 
@@ -26,21 +29,32 @@ class InvalidRegistrationToken(ServiceError):
 
 
 def issue_registration_token(
-    *, actor=None, ttl: int | None = None
+    *, actor=None, ttl: int | None = None, source_ip: str | None = None
 ) -> tuple[str, RegistrationToken]:
     """Create a one-time registration token; the plain token is returned once and not stored."""
     ttl = settings.REGISTRATION_TOKEN_TTL if ttl is None else ttl
     token = new_token(REGISTRATION_PREFIX)
-    record = RegistrationToken.objects.create(
-        token_hash=hash_token(token),
-        expires_at=timezone.now() + timedelta(seconds=ttl),
-        created_by=actor,
-    )
+    with transaction.atomic():
+        record = RegistrationToken.objects.create(
+            token_hash=hash_token(token),
+            expires_at=timezone.now() + timedelta(seconds=ttl),
+            created_by=actor,
+        )
+        # The entry names the token by its row id: neither the token nor its hash is logged.
+        record_event(
+            AuditEntry.REGISTRATION_TOKEN_ISSUED,
+            actor=actor,
+            source_ip=source_ip,
+            target=f"registration token #{record.pk}",
+            detail={"expires_at": record.expires_at.isoformat(), "ttl": ttl},
+        )
     logger.info("registration token issued, expires %s", record.expires_at.isoformat())
     return token, record
 
 
-def register_agent(*, token: str, name: str = "", hostname: str = "") -> tuple[Agent, str]:
+def register_agent(
+    *, token: str, name: str = "", hostname: str = "", source_ip: str | None = None
+) -> tuple[Agent, str]:
     """Consume a registration token and create an agent; returns (agent, agent token)."""
     now = timezone.now()
     digest = hash_token(token)
@@ -56,7 +70,19 @@ def register_agent(*, token: str, name: str = "", hostname: str = "") -> tuple[A
         agent = Agent.objects.create(
             name=name, hostname=hostname, token_hash=hash_token(agent_token), last_seen=now
         )
-        RegistrationToken.objects.filter(token_hash=digest).update(used_by=agent)
+        used = RegistrationToken.objects.filter(token_hash=digest)
+        used.update(used_by=agent)
+        record_event(
+            AuditEntry.AGENT_REGISTERED,
+            actor=agent,
+            source_ip=source_ip,
+            target=f"agent {agent.pk}",
+            detail={
+                "name": name,
+                "hostname": hostname,
+                "registration_token": used.values_list("pk", flat=True).first(),
+            },
+        )
     logger.info("agent %s registered (name=%r, hostname=%r)", agent.pk, name, hostname)
     return agent, agent_token
 
@@ -67,16 +93,25 @@ def record_heartbeat(agent: Agent, *, applied_version: int | None, workers: list
     )
 
 
-def revoke_agent(agent: Agent) -> bool:
+def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:
     """Refuse the agent's token from now on. Returns False when it was revoked already."""
-    revoked = Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+    with transaction.atomic():
+        revoked = Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            record_event(
+                AuditEntry.AGENT_REVOKED,
+                actor=actor,
+                source_ip=source_ip,
+                target=f"agent {agent.pk}",
+                detail={"name": agent.name, "hostname": agent.hostname},
+            )
+            # Cut the watch it may be holding, in every controller process.
+            transaction.on_commit(partial(publish_revocation, agent.pk))
     forget_agent(agent)
     if revoked:
         logger.info("agent %s revoked", agent.pk)
-        # Cut the watch it may be holding, in every controller process.
-        transaction.on_commit(partial(publish_revocation, agent.pk))
     return bool(revoked)
 
 
@@ -85,14 +120,48 @@ STATUSES = ("in_sync", "behind", "stale", "revoked")
 DEFAULT_PERIOD = 10
 
 
+def stale_before(state: dict, now: datetime) -> datetime:
+    """Agents not heard from since this moment are stale: three polling periods ago."""
+    period = state["pooling_interval"] or DEFAULT_PERIOD
+    return now - timedelta(seconds=3 * period)
+
+
 def agent_status(agent: Agent, state: dict, now=None) -> str:
     """in_sync, behind, stale or revoked, from the agent's last report and the current state."""
     if not agent.is_active:
         return "revoked"
     now = now or timezone.now()
-    period = state["pooling_interval"] or DEFAULT_PERIOD
-    if agent.last_seen is None or now - agent.last_seen > timedelta(seconds=3 * period):
+    if agent.last_seen is None or agent.last_seen < stale_before(state, now):
         return "stale"
     if (agent.applied_version or 0) < state["version"]:
         return "behind"
     return "in_sync"
+
+
+def status_condition(status: str, state: dict, now) -> Q:
+    """The database condition equal to `agent_status(...) == status`, for filters and counts."""
+    revoked = Q(revoked_at__isnull=False)
+    stale = ~revoked & (Q(last_seen__isnull=True) | Q(last_seen__lt=stale_before(state, now)))
+    fresh = ~revoked & Q(last_seen__gte=stale_before(state, now))
+    # An agent that never reported counts as version 0, as in agent_status.
+    behind = Q(applied_version__lt=state["version"])
+    if state["version"] > 0:
+        behind |= Q(applied_version__isnull=True)
+    conditions = {
+        "revoked": revoked,
+        "stale": stale,
+        "behind": fresh & behind,
+        "in_sync": fresh & ~behind,
+    }
+    return conditions[status]
+
+
+def filter_by_status(agents: QuerySet, status: str, state: dict, now) -> QuerySet:
+    return agents.filter(status_condition(status, state, now))
+
+
+def count_by_status(state: dict, now) -> dict[str, int]:
+    """How many agents are in each status, in one query."""
+    return Agent.objects.aggregate(
+        **{status: Count("pk", filter=status_condition(status, state, now)) for status in STATUSES}
+    )

@@ -19,6 +19,7 @@ from apps.agents.serializers import (
     TokenQuerySerializer,
 )
 from apps.agents.tokens import bearer_token
+from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
@@ -35,7 +36,7 @@ class RegistrationTokenView(APIView):
         query = TokenQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         token, record = services.issue_registration_token(
-            actor=request.user, ttl=query.validated_data.get("ttl")
+            actor=request.user, ttl=query.validated_data.get("ttl"), source_ip=client_ip(request)
         )
         return Response({"registration_token": token, "expires_at": record.expires_at})
 
@@ -59,7 +60,9 @@ class RegisterAgentView(APIView):
             raise NotAuthenticated("Send the registration token as 'Authorization: Bearer ...'.")
         body = RegisterSerializer(data=request.data if request.body else {})
         body.is_valid(raise_exception=True)
-        agent, agent_token = services.register_agent(token=token, **body.validated_data)
+        agent, agent_token = services.register_agent(
+            token=token, source_ip=client_ip(request), **body.validated_data
+        )
         return Response(
             {
                 "agent_id": agent.pk,
@@ -112,12 +115,12 @@ class AgentListView(generics.ListAPIView):
         if wanted is not None and wanted not in services.STATUSES:
             raise serializers.ValidationError({"status": [f"Must be one of {services.STATUSES}."]})
         state, now = get_current_state(), timezone.now()
-        agents = list(self.get_queryset())
-        for agent in agents:
-            agent.status = services.agent_status(agent, state, now)
+        agents = self.get_queryset()
         if wanted is not None:
-            agents = [agent for agent in agents if agent.status == wanted]
+            agents = services.filter_by_status(agents, wanted, state, now)
         page = self.paginate_queryset(agents)
+        for agent in page:
+            agent.status = services.agent_status(agent, state, now)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
@@ -130,7 +133,7 @@ class AgentRevokeView(APIView):
     )
     def post(self, request, agent_id):
         agent = get_object_or_404(Agent, pk=agent_id)
-        services.revoke_agent(agent)
+        services.revoke_agent(agent, actor=request.user, source_ip=client_ip(request))
         agent.refresh_from_db()
         agent.status = "revoked"
         return Response(AgentSerializer(agent).data)

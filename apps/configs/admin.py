@@ -1,15 +1,80 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 
+from apps.audit.services import client_ip
+from apps.configs import services
 from apps.configs.models import ConfigVersion
+from apps.configs.rules import (
+    MAX_POOLING_INTERVAL,
+    MAX_URL_LENGTH,
+    MIN_POOLING_INTERVAL,
+    InvalidConfig,
+)
+
+
+class ConfigChangeForm(forms.Form):
+    """Only turns the posted text into values; the service applies the shared rules."""
+
+    config_url = forms.CharField(
+        max_length=MAX_URL_LENGTH,
+        widget=forms.URLInput(attrs={"size": 80}),
+        help_text="Absolute http or https URL.",
+    )
+    pooling_interval = forms.IntegerField(
+        help_text=f"Seconds, {MIN_POOLING_INTERVAL} to {MAX_POOLING_INTERVAL}; agents follow "
+        "a change at once.",
+    )
+
+
+def _previous(field: str) -> Subquery:
+    return Subquery(ConfigVersion.objects.filter(version=OuterRef("version") - 1).values(field)[:1])
 
 
 @admin.register(ConfigVersion)
 class ConfigVersionAdmin(admin.ModelAdmin):
-    """Versions are history: nobody edits or deletes one; changes make a new version."""
+    """Versions are history: nobody edits or deletes one; changes and rollbacks make a new
+    version through the same service functions as the API."""
 
-    list_display = ["version", "config_url", "pooling_interval", "created_by", "created_at"]
+    list_display = [
+        "version",
+        "config_url",
+        "pooling_interval",
+        "changed",
+        "rolled_back_from",
+        "created_by",
+        "created_at",
+    ]
+    list_display_links = ["version"]
     search_fields = ["config_url"]
     readonly_fields = [f.name for f in ConfigVersion._meta.fields]
+    actions = ["rollback_to_version"]
+    change_list_template = "admin/configs/configversion/change_list.html"
+
+    def get_queryset(self, request):
+        # The previous version's fields ride along, so the changed column costs no query per row.
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("created_by")
+            .annotate(
+                previous_url=_previous("config_url"),
+                previous_interval=_previous("pooling_interval"),
+            )
+        )
+
+    @admin.display(description="changed")
+    def changed(self, obj: ConfigVersion) -> str:
+        previous = None
+        if getattr(obj, "previous_interval", None) is not None:
+            previous = ConfigVersion(
+                config_url=obj.previous_url, pooling_interval=obj.previous_interval
+            )
+        return ", ".join(services.changed_fields(obj, previous)) or "nothing"
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -19,3 +84,127 @@ class ConfigVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_publish_permission(self, request) -> bool:
+        """Making a new version: by the form or by a rollback."""
+        return request.user.has_perm("configs.add_configversion")
+
+    # The change form ----------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path(
+                "change-config/",
+                self.admin_site.admin_view(self.change_config_view),
+                name="configs_configversion_change_config",
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_publish": self.has_publish_permission(request), **(extra_context or {})}
+        return super().changelist_view(request, extra)
+
+    def change_config_view(self, request):
+        if not self.has_publish_permission(request):
+            raise PermissionDenied
+        current = services.get_current_config()
+        if request.method == "POST":
+            form = ConfigChangeForm(request.POST)
+            if form.is_valid():
+                try:
+                    config, created = self._publish(request, current, form.cleaned_data)
+                except InvalidConfig as exc:
+                    form.add_error(exc.field, exc.message)
+                else:
+                    if created:
+                        self.message_user(request, f"Version {config.version} is now current.")
+                    else:
+                        self.message_user(
+                            request,
+                            f"Nothing changed: version {config.version} already has this content.",
+                            messages.WARNING,
+                        )
+                    return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+        else:
+            initial = (
+                {"config_url": current.config_url, "pooling_interval": current.pooling_interval}
+                if current
+                else {}
+            )
+            form = ConfigChangeForm(initial=initial)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Change the configuration",
+            "opts": self.model._meta,
+            "form": form,
+            "current": current,
+        }
+        return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
+        who = {"actor": request.user, "source_ip": client_ip(request)}
+        if current is None:
+            return services.publish_config(**values, **who)
+        return services.update_config(**values, **who)
+
+    # Rollback -------------------------------------------------------------------------------
+
+    @admin.action(description="Roll back to this version", permissions=["publish"])
+    def rollback_to_version(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(
+                request, "Select exactly one version to roll back to.", messages.WARNING
+            )
+            return None
+        target = queryset.get()
+        if request.POST.get("confirmed") != "yes":
+            current = services.get_current_config()
+            return TemplateResponse(
+                request,
+                "admin/confirm_action.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": f"Roll back to version {target.version}?",
+                    "opts": self.model._meta,
+                    "action": "rollback_to_version",
+                    "objects": [target],
+                    "question": (
+                        f"The configuration will become version {target.version}'s content: "
+                        f"{target.config_url} every {target.pooling_interval} s. A new version is "
+                        "made and every agent is told at once."
+                    ),
+                    "columns": (
+                        f"now (version {current.version})" if current else "now",
+                        f"after the rollback (version {target.version}'s)",
+                    ),
+                    "rows": [
+                        (
+                            "config_url",
+                            current.config_url if current else "—",
+                            target.config_url,
+                        ),
+                        (
+                            "pooling_interval",
+                            current.pooling_interval if current else "—",
+                            target.pooling_interval,
+                        ),
+                    ],
+                    "confirm_label": "Yes, roll back",
+                },
+            )
+        config, created = services.rollback_config(
+            version=target.version, actor=request.user, source_ip=client_ip(request)
+        )
+        if created:
+            self.message_user(
+                request,
+                f"Rolled back: version {config.version} has version {target.version}'s content.",
+            )
+        else:
+            self.message_user(
+                request,
+                f"Nothing changed: version {target.version}'s content is already current.",
+                messages.WARNING,
+            )
+        return None

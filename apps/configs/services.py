@@ -6,6 +6,8 @@ from functools import partial
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
+from apps.audit.models import AuditEntry
+from apps.audit.services import record_event
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.rules import check_config_url, check_pooling_interval
@@ -65,10 +67,28 @@ def _lock_newest() -> ConfigVersion | None:
     return ConfigVersion.objects.order_by("-version").first()
 
 
+def content_of(config: ConfigVersion | None) -> dict | None:
+    """What the audit log keeps as a config's before or after."""
+    if config is None:
+        return None
+    return {
+        "version": config.version,
+        "config_url": config.config_url,
+        "pooling_interval": config.pooling_interval,
+    }
+
+
 def publish_config(
-    *, config_url: str, pooling_interval: int, actor=None, rolled_back_from: int | None = None
+    *,
+    config_url: str,
+    pooling_interval: int,
+    actor=None,
+    source_ip: str | None = None,
+    rolled_back_from: int | None = None,
+    audit_action: str = AuditEntry.CONFIG_CREATED,
 ) -> tuple[ConfigVersion, bool]:
-    """Make the given content current. Returns (config, created); identical content is a no-op."""
+    """Make the given content current. Returns (config, created); identical content is a no-op,
+    and so is not audited."""
     config_url = check_config_url(config_url)
     pooling_interval = check_pooling_interval(pooling_interval)
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
@@ -84,6 +104,13 @@ def publish_config(
                     created_by=actor,
                     rolled_back_from=rolled_back_from,
                 )
+                record_event(
+                    audit_action,
+                    actor=actor,
+                    source_ip=source_ip,
+                    target=f"config v{config.version}",
+                    detail={"before": content_of(newest), "after": content_of(config)},
+                )
                 transaction.on_commit(partial(announce_config, config))
                 return config, True
         except IntegrityError:
@@ -93,7 +120,9 @@ def publish_config(
     raise AssertionError("unreachable")
 
 
-def update_config(*, actor=None, **changes) -> tuple[ConfigVersion, bool]:
+def update_config(
+    *, actor=None, source_ip: str | None = None, **changes
+) -> tuple[ConfigVersion, bool]:
     """Change some fields of the current config; a field left out keeps its value."""
     current = get_current_config()
     if current is None:
@@ -102,10 +131,14 @@ def update_config(*, actor=None, **changes) -> tuple[ConfigVersion, bool]:
         config_url=changes.get("config_url", current.config_url),
         pooling_interval=changes.get("pooling_interval", current.pooling_interval),
         actor=actor,
+        source_ip=source_ip,
+        audit_action=AuditEntry.CONFIG_UPDATED,
     )
 
 
-def rollback_config(*, version: int, actor=None) -> tuple[ConfigVersion, bool]:
+def rollback_config(
+    *, version: int, actor=None, source_ip: str | None = None
+) -> tuple[ConfigVersion, bool]:
     """Make a new version whose content is that of `version`."""
     target = ConfigVersion.objects.filter(version=version).first()
     if target is None:
@@ -114,7 +147,9 @@ def rollback_config(*, version: int, actor=None) -> tuple[ConfigVersion, bool]:
         config_url=target.config_url,
         pooling_interval=target.pooling_interval,
         actor=actor,
+        source_ip=source_ip,
         rolled_back_from=version,
+        audit_action=AuditEntry.CONFIG_ROLLED_BACK,
     )
 
 

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -56,7 +57,11 @@ class ConfigAdminView(APIView):
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _written(*services.publish_config(actor=request.user, **serializer.validated_data))
+        return _written(
+            *services.publish_config(
+                actor=request.user, source_ip=client_ip(request), **serializer.validated_data
+            )
+        )
 
     @extend_schema(
         tags=["config"],
@@ -68,7 +73,9 @@ class ConfigAdminView(APIView):
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        config, _ = services.update_config(actor=request.user, **serializer.validated_data)
+        config, _ = services.update_config(
+            actor=request.user, source_ip=client_ip(request), **serializer.validated_data
+        )
         return Response(AdminConfigSerializer(config).data)
 
 
@@ -116,7 +123,9 @@ class ConfigRollbackView(APIView):
         serializer.is_valid(raise_exception=True)
         return _written(
             *services.rollback_config(
-                version=serializer.validated_data["version"], actor=request.user
+                version=serializer.validated_data["version"],
+                actor=request.user,
+                source_ip=client_ip(request),
             )
         )
 

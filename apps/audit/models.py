@@ -1,0 +1,76 @@
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+
+
+class AuditLogIsAppendOnly(Exception):
+    """Raised on any attempt to change or remove an audit entry."""
+
+
+class AuditEntryQuerySet(models.QuerySet):
+    # Bulk paths skip Model.save() and delete(), so they are closed here as well.
+    def update(self, **kwargs):
+        raise AuditLogIsAppendOnly("Audit entries cannot be changed.")
+
+    def delete(self):
+        raise AuditLogIsAppendOnly("Audit entries cannot be deleted.")
+
+
+class AuditEntry(models.Model):
+    """One thing an operator, an agent or a command did: who, from where, when, and what."""
+
+    # The actions, each with a label for the admin.
+    LOGIN_SUCCEEDED = "login.succeeded"
+    LOGIN_FAILED = "login.failed"
+    TOKEN_REFRESHED = "token.refreshed"  # noqa: S105 - an action name, not a secret
+    CONFIG_CREATED = "config.created"
+    CONFIG_UPDATED = "config.updated"
+    CONFIG_ROLLED_BACK = "config.rolled_back"
+    REGISTRATION_TOKEN_ISSUED = "registration_token.issued"  # noqa: S105 - an action name
+    AGENT_REGISTERED = "agent.registered"
+    AGENT_REVOKED = "agent.revoked"
+    ADMIN_ADDED = "admin.added"
+    ADMIN_CHANGED = "admin.changed"
+    ADMIN_DELETED = "admin.deleted"
+    ACTIONS = [
+        (LOGIN_SUCCEEDED, "Login succeeded"),
+        (LOGIN_FAILED, "Login failed"),
+        (TOKEN_REFRESHED, "Token refreshed"),
+        (CONFIG_CREATED, "Config created"),
+        (CONFIG_UPDATED, "Config updated"),
+        (CONFIG_ROLLED_BACK, "Config rolled back"),
+        (REGISTRATION_TOKEN_ISSUED, "Registration token issued"),
+        (AGENT_REGISTERED, "Agent registered"),
+        (AGENT_REVOKED, "Agent revoked"),
+        (ADMIN_ADDED, "Added in the admin"),
+        (ADMIN_CHANGED, "Changed in the admin"),
+        (ADMIN_DELETED, "Deleted in the admin"),
+    ]
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=40, choices=ACTIONS, db_index=True)
+    # Text, not a foreign key: the entry must outlive the user or agent it names. An admin's
+    # email, "agent:<id>" for an agent, "system" for a command run on the server.
+    actor = models.CharField(max_length=254, db_index=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    target = models.CharField(max_length=300, blank=True)
+    detail = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        db_table = "audit_log"
+        ordering = ["-at", "-id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target}".strip()
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AuditLogIsAppendOnly("Audit entries cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditLogIsAppendOnly("Audit entries cannot be deleted.")

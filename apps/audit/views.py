@@ -1,0 +1,37 @@
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+
+from apps.audit.models import AuditEntry
+from apps.audit.serializers import AuditEntrySerializer, AuditQuerySerializer
+
+
+class AuditLogView(generics.ListAPIView):
+    """The audit log, newest first. Read-only: the API offers no way to change an entry."""
+
+    serializer_class = AuditEntrySerializer
+
+    @extend_schema(
+        tags=["audit"],
+        summary="Audit log",
+        description="Logins, token refreshes, config changes and rollbacks, registration tokens, "
+        "agent registrations and revocations, and changes made in the Django admin, newest "
+        "first, each with its actor, source address and time.",
+        parameters=[AuditQuerySerializer],
+        responses={
+            200: AuditEntrySerializer(many=True),
+            400: OpenApiResponse(description="Unknown action or bad filter."),
+            401: OpenApiResponse(description="Missing or invalid admin JWT."),
+        },
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        query = AuditQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        entries = AuditEntry.objects.order_by("-at", "-id")
+        if "action" in query.validated_data:
+            entries = entries.filter(action=query.validated_data["action"])
+        if "actor" in query.validated_data:
+            entries = entries.filter(actor__iexact=query.validated_data["actor"].strip())
+        return entries

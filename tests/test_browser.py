@@ -1,0 +1,166 @@
+"""The operator's tour of the admin in a real Chromium, against a live server."""
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from apps.agents.models import Agent
+from apps.agents.services import issue_registration_token, register_agent
+from apps.configs.models import ConfigVersion
+from tests.conftest import unavailable
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SEED_EMAIL = "admin@distributed-system.com"
+SEED_PASSWORD = "Admin123!@#"
+URL = "http://upstream.example/task"
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
+
+
+@pytest.fixture
+def page(live_server, monkeypatch):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -r requirements-dev.txt)")
+    executable = chromium_path()
+    if executable is None:
+        unavailable("Chromium is not installed (apt-get install chromium)")
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # plain blocking calls between browser steps, which is what this switch allows.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            tab = context.new_page()
+            tab.set_default_timeout(20_000)
+            yield tab
+        finally:
+            browser.close()
+
+
+def make_agent(name: str, **fields) -> Agent:
+    token, _ = issue_registration_token()
+    agent, _ = register_agent(token=token, name=name, hostname=f"{name}.example")
+    Agent.objects.filter(pk=agent.pk).update(**fields)
+    return Agent.objects.get(pk=agent.pk)
+
+
+def run_action(page, live_server, changelist: str, pk, action: str, confirm: str) -> None:
+    page.goto(f"{live_server.url}{changelist}")
+    page.check(f'input[name="_selected_action"][value="{pk}"]')
+    page.select_option('select[name="action"]', action)
+    page.click('button[name="index"]')
+    page.click(f'input[type="submit"][value="{confirm}"]')
+    page.wait_for_selector("ul.messagelist")
+
+
+def test_operator_tour_of_the_admin(page, live_server):
+    call_command("seed_admin")
+
+    # Log in as the seeded admin; the admin's stylesheet is served.
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", SEED_EMAIL)
+    page.fill("#id_password", SEED_PASSWORD)
+    page.click('input[type="submit"]')
+    page.wait_for_selector("#dashboard")
+    assert page.evaluate("getComputedStyle(document.getElementById('header')).display") == "flex"
+    css = page.request.get(f"{live_server.url}/static/admin/css/base.css")
+    assert css.status == 200
+    assert page.inner_text("#current-version-none") == "No configuration yet."
+
+    # Change the configuration through the admin form and watch the version rise.
+    for interval in ("30", "60"):
+        page.click("text=Change configuration")
+        page.fill("#id_config_url", URL)
+        page.fill("#id_pooling_interval", interval)
+        page.click('input[value="Save as a new version"]')
+        page.wait_for_selector("ul.messagelist")
+    assert "Version 2 is now current." in page.inner_text("ul.messagelist")
+    page.goto(f"{live_server.url}/admin/")
+    assert page.inner_text("#current-version") == "2"
+    assert page.inner_text("#current-interval") == "60 s"
+
+    # A bad value is refused with the API's message, and nothing is stored.
+    page.goto(f"{live_server.url}/admin/configs/configversion/change-config/")
+    page.fill("#id_pooling_interval", "5")
+    page.click('input[value="Save as a new version"]')
+    assert "between 30 and 86400" in page.inner_text(".field-pooling_interval")
+    assert ConfigVersion.objects.count() == 2
+
+    # Roll back to version 1 through the action and its confirmation page.
+    first = ConfigVersion.objects.get(version=1)
+    run_action(
+        page,
+        live_server,
+        "/admin/configs/configversion/",
+        first.pk,
+        "rollback_to_version",
+        "Yes, roll back",
+    )
+    assert "Rolled back: version 3" in page.inner_text("ul.messagelist")
+    assert ConfigVersion.objects.order_by("-version").first().pooling_interval == 30
+
+    # Issue a registration token: it is shown once, with its expiry, and it works.
+    page.goto(f"{live_server.url}/admin/agents/registrationtoken/")
+    page.click("text=Issue token")
+    page.click('input[value="Issue token"]')
+    token = page.input_value("#registration-token")
+    assert token.startswith("reg_")
+    assert page.inner_text("#token-expires")
+    agent, _ = register_agent(token=token, name="edge-browser", hostname="edge.example")
+
+    # Revoke that agent through the action.
+    run_action(page, live_server, "/admin/agents/agent/", agent.pk, "revoke_agents", "Yes, revoke")
+    assert "Revoked 1 agent." in page.inner_text("ul.messagelist")
+    assert Agent.objects.get(pk=agent.pk).revoked_at is not None
+    assert "revoked" in page.inner_text("tr:has-text('edge-browser')")
+
+    # A fleet in every state, for the dashboard.
+    now = timezone.now()
+    make_agent("edge-1", applied_version=3, last_seen=now)
+    make_agent("edge-2", applied_version=3, last_seen=now)
+    make_agent("edge-3", applied_version=2, last_seen=now)
+    make_agent("edge-4", applied_version=1, last_seen=now - timedelta(minutes=10))
+    page.goto(f"{live_server.url}/admin/")
+    assert page.inner_text("#fleet-in_sync .number") == "2"
+    assert page.inner_text("#fleet-behind .number") == "1"
+    assert page.inner_text("#fleet-stale .number") == "1"
+    assert page.inner_text("#fleet-revoked .number") == "1"
+    assert "Config rolled back" in page.inner_text("#recent-changes")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+
+    # Read the audit log, and search it.
+    page.goto(f"{live_server.url}/admin/audit/auditentry/")
+    log = page.inner_text("#result_list")
+    for action in ("Login succeeded", "Config created", "Config rolled back", "Agent revoked"):
+        assert action in log
+    assert "Registration token issued" in log
+    page.fill("#searchbar", "agent:")
+    page.click('input[type="submit"][value="Search"]')
+    assert "Agent registered" in page.inner_text("#result_list")
+    assert token not in page.content()
