@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +56,8 @@ class Process:
         )
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:
@@ -103,9 +105,12 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
-def start_controller(*, redis_url: str | None, workers: int = 1, **env: str) -> tuple[Process, str]:
-    port = free_port()
-    extra = {"DATABASE_URL": test_database_url(), **env}
+def start_controller(
+    *, redis_url: str | None, workers: int = 1, port: int | None = None, **env: str
+) -> tuple[Process, str]:
+    """`run_controller` on the test database; `port` restarts one where a stopped one was."""
+    port = port or free_port()
+    extra = {"DATABASE_URL": env.pop("DATABASE_URL", None) or test_database_url(), **env}
     if redis_url:
         extra["REDIS_URL"] = redis_url
     process = Process(
@@ -157,3 +162,103 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# Workers, agents and a private PostgreSQL, for the end-to-end suite ----------------------------
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    def listening() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout=timeout, message=f"port {port}")
+
+
+def start_worker(internal_key: str, *, port: int | None = None, **env: str) -> tuple[Process, str]:
+    """`run_worker` on a free port (or the port of a worker it replaces)."""
+    port = port or free_port()
+    process = Process(
+        manage("run_worker", "--bind", f"127.0.0.1:{port}"),
+        base_env(INTERNAL_KEY=internal_key, **env),
+        "worker",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=1).status_code == 200,
+            timeout=20,
+            message=f"worker on {url}",
+        )
+    except AssertionError:
+        process.stop()
+        raise AssertionError(f"worker did not start:\n{process.output()}") from None
+    return process, url
+
+
+def start_agent(
+    controller_url: str,
+    worker_urls: list[str],
+    state_dir: Path,
+    *,
+    internal_key: str,
+    registration_token: str | None = None,
+    **env: str,
+) -> Process:
+    """`run_agent` holding watches on `controller_url`; its state (credentials, cache) in
+    `state_dir`, so a restarted agent is the same agent."""
+    args = ["run_agent", "--controller-url", controller_url, "--state-dir", str(state_dir)]
+    for url in worker_urls:
+        args += ["--worker-url", url]
+    extra = {"INTERNAL_KEY": internal_key, **env}
+    if registration_token:
+        extra["REGISTRATION_TOKEN"] = registration_token
+    return Process(manage(*args), base_env(**extra), "agent")
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary directory, on a free port, that a test may
+    stop and start while the controller runs. initdb refuses to run as root, so as root the
+    cluster belongs to the `postgres` account."""
+
+    BINDIR = Path("/usr/lib/postgresql/15/bin")
+
+    @classmethod
+    def available(cls) -> bool:
+        return all(
+            shutil.which(name) or (cls.BINDIR / name).exists() for name in ("initdb", "pg_ctl")
+        )
+
+    def __init__(self) -> None:
+        self.initdb = shutil.which("initdb") or str(self.BINDIR / "initdb")
+        self.pg_ctl = shutil.which("pg_ctl") or str(self.BINDIR / "pg_ctl")
+        self.directory = Path(tempfile.mkdtemp(prefix="e2e-postgres-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            # The account must reach its directory: pytest's tmp_path is private to root.
+            shutil.chown(self.directory, "postgres")
+        self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [*self._as, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.directory / "postgres.log")
+        self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

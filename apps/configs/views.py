@@ -145,6 +145,10 @@ class ConfigVersionView(AgentEndpoint):
             200: VersionStateSerializer,
             400: OpenApiResponse(description="Bad version or wait."),
             401: OpenApiResponse(description="Not an active agent's token."),
+            503: OpenApiResponse(
+                description="The database is unavailable, or the controller is stopping and "
+                "hands back the watch; retry shortly (Retry-After)."
+            ),
         },
     )
     def get(self, request):

@@ -87,7 +87,8 @@ class Hub:
         self.release_all()
 
     def release_all(self) -> None:
-        """Answer every held watch now, with the state it had (the process is stopping)."""
+        """Answer every held watch now with 503 (the process is stopping), so that its agent
+        reconnects at once."""
         for waiter in list(self.waiters):
             if not waiter.future.done():
                 waiter.future.set_result(("shutdown", None))
@@ -390,6 +391,18 @@ class WatchEndpoint:
                     held.dec()
             if outcome == "revoked":
                 await _respond(send, 401, {"detail": "This agent has been revoked."})
+            elif outcome == "shutdown":
+                # This process is stopping. A 200 with the unchanged state would tell the agent
+                # that the controller held the watch for its whole wait, and the agent would
+                # wait as long again before asking (up to a minute, with any change made
+                # meanwhile unseen); "unavailable" makes it retry with its backoff, and so find
+                # another process or the restarted one within seconds.
+                await _respond(
+                    send,
+                    503,
+                    {"detail": "The controller is restarting; try again shortly."},
+                    [(b"retry-after", b"1")],
+                )
             else:
                 await _respond(send, 200, news if outcome == "changed" else state)
         finally:

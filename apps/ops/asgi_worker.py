@@ -1,7 +1,7 @@
 """The gunicorn worker class for the controller: uvicorn, plus a clean hand-off of held watches.
 
-When a worker is told to stop, its held watches are answered at once with the state they had,
-so their agents re-connect (to another worker or to the restarted one) instead of waiting for a
+When a worker is told to stop, its held watches are answered at once (503, retry shortly), so
+their agents re-connect (to another worker or to the restarted one) instead of waiting for a
 cut connection and backing off.
 """
 

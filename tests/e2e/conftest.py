@@ -1,0 +1,154 @@
+"""Fixtures of the end-to-end suite: real processes on free ports, always stopped.
+
+Every process a test starts goes through the `stack` fixture, which stops them all when the test
+ends, passed or failed, and prints their output when it failed.
+"""
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from apps.agents.services import issue_registration_token
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, unavailable
+from tests.processes import (
+    Process,
+    restart_redis,
+    start_agent,
+    start_controller,
+    start_redis,
+    start_worker,
+    wait_until,
+)
+from tests.worker_helpers import UpstreamServer
+
+INTERNAL_KEY = "e2e-internal-key-0123456789abcdef"
+
+
+class Admin:
+    """An admin session against one controller: a JWT from POST /login and the config calls."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.login()
+
+    def login(self) -> None:
+        answer = self.session.post(
+            f"{self.url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        self.session.headers["Authorization"] = f"Bearer {answer.json()['access']}"
+
+    def create(self, config_url: str, pooling_interval: int = 30) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/config/admin",
+            json={"config_url": config_url, "pooling_interval": pooling_interval},
+            timeout=15,
+        )
+
+    def change(self, **fields) -> requests.Response:
+        return self.session.put(f"{self.url}/config/admin", json=fields, timeout=15)
+
+
+class Stack:
+    """Starts controllers, workers, agents and Redis for one test and stops them all."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[Process] = []
+
+    def _keep(self, process: Process) -> Process:
+        self.processes.append(process)
+        return process
+
+    def redis(self) -> tuple[Process, str, int]:
+        if shutil.which("redis-server") is None:
+            unavailable("redis-server is not installed")
+        process, url, port = start_redis()
+        return self._keep(process), url, port
+
+    def restart_redis(self, port: int) -> Process:
+        return self._keep(restart_redis(port))
+
+    def controller(self, redis_url: str | None, **env: str) -> tuple[Process, str]:
+        process, url = start_controller(redis_url=redis_url, **env)
+        return self._keep(process), url
+
+    def worker(self, port: int | None = None, **env: str) -> tuple[Process, str]:
+        process, url = start_worker(INTERNAL_KEY, port=port, **env)
+        return self._keep(process), url
+
+    def agent(
+        self,
+        controller_url: str,
+        worker_urls: list[str],
+        name: str = "agent",
+        *,
+        register: bool = True,
+        **env: str,
+    ) -> Process:
+        """An agent whose state lives in tmp_path/<name>; `register` gives it a fresh
+        registration token (a restarted agent reuses its stored credentials instead)."""
+        token = issue_registration_token()[0] if register else None
+        return self._keep(
+            start_agent(
+                controller_url,
+                worker_urls,
+                self.tmp_path / name,
+                internal_key=INTERNAL_KEY,
+                registration_token=token,
+                **env,
+            )
+        )
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def stack(tmp_path, request):
+    started = Stack(tmp_path)
+    yield started
+    started.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for process in started.processes:
+            print(f"----- {process.name} (pid {process.popen.pid}) -----\n{process.output()[-6000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def upstream():
+    with UpstreamServer() as server:
+        yield server
+
+
+def worker_version(worker_url: str) -> int | None:
+    return requests.get(f"{worker_url}/health", timeout=5).json()["config_version"]
+
+
+def wait_for_version(worker_urls: list[str], version: int, timeout: float = 20.0) -> float:
+    """Wait until every worker holds `version`; the seconds it took."""
+    started = time.monotonic()
+    wait_until(
+        lambda: all(worker_version(url) == version for url in worker_urls),
+        timeout=timeout,
+        interval=0.1,
+        message=f"workers {worker_urls} at v{version}",
+    )
+    return time.monotonic() - started
+
+
+def unique_path() -> str:
+    return f"/text?{uuid.uuid4().hex[:8]}"
