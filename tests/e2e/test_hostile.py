@@ -1,0 +1,205 @@
+"""Hostile input: schemathesis over the controller's own OpenAPI schema, random pushes to the
+worker, and bodies and headers far over any sane size."""
+
+import json
+import socket
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from apps.agents.services import issue_registration_token, register_agent
+from tests.e2e.conftest import INTERNAL_KEY, Admin
+from tests.e2e.reliability import record
+from tests.worker_helpers import config_body, signed_headers
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+AGENT_PATHS = {"/config/version", "/config/agent", "/agent/heartbeat"}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+MAX_EXAMPLES = 25
+FUZZ = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def fuzz_operation(operation, url: str, credentials: str, calls: dict, failures: list) -> None:
+    """Up to MAX_EXAMPLES generated requests to one operation, each checked against the schema."""
+
+    @FUZZ
+    @given(case=operation.as_strategy())
+    def fuzz(case):
+        if isinstance(case.query, dict) and isinstance(case.query.get("wait"), int):
+            # A held watch only costs time here; its hold is tested elsewhere.
+            case.query["wait"] = min(case.query["wait"], 1)
+        response = case.call(base_url=url, headers={"Authorization": credentials}, timeout=20)
+        calls["count"] += 1
+        calls["5xx"] += response.status_code >= 500
+        try:
+            case.validate_response(response, checks=CHECKS)
+        except Exception as exc:  # noqa: BLE001 - schemathesis raises a group of failures
+            failures.append(f"{operation.method.upper()} {operation.path}: {exc}"[:1500])
+
+    fuzz()
+
+
+@pytest.mark.timeout(240)
+def test_schemathesis_over_the_openapi_schema(stack, upstream, admin_user):
+    _, url = stack.controller(None)
+    admin = Admin(url)
+    assert admin.create(upstream.url("/text")).status_code == 201
+    agent_token = register_agent(token=issue_registration_token()[0])[1]
+    schema = schemathesis.openapi.from_url(f"{url}/api/schema/")
+    failures: list[str] = []
+    calls = {"count": 0, "5xx": 0}
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path in AGENT_PATHS:
+            credentials = f"Bearer {agent_token}"
+        elif operation.path == "/agent/register":
+            credentials = f"Bearer {issue_registration_token()[0]}"
+        else:
+            credentials = admin.session.headers["Authorization"]
+
+        fuzz_operation(operation, url, credentials, calls, failures)
+
+    assert not failures, "\n\n".join(failures[:10])
+    assert calls["5xx"] == 0
+    record(
+        "hostile-input",
+        f"schemathesis: {calls['count']} generated requests over every operation of "
+        f"/api/schema/ with admin and agent credentials, no 5xx, every answer as the schema "
+        f"says.",
+        errors_5xx=0,
+        versions_lost=0,
+        schemathesis_requests=calls["count"],
+        schemathesis_max_examples=MAX_EXAMPLES,
+    )
+
+
+def test_random_pushes_to_the_worker_change_nothing(stack):
+    _, worker = stack.worker()
+    body = json.dumps(config_body(version=3)).encode()
+    assert requests.post(f"{worker}/config", data=body, headers=signed_headers(body, INTERNAL_KEY))
+    held = requests.get(f"{worker}/config", timeout=5).json()
+    session = requests.Session()
+    statuses: list[int] = []
+    # What requests can send: printable ASCII, no surrounding whitespace.
+    header_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=200)
+    bodies = st.one_of(
+        st.binary(max_size=2000),
+        st.dictionaries(st.text(max_size=20), st.recursive(st.none() | st.integers() |
+                        st.text(max_size=50), lambda x: st.lists(x, max_size=3)), max_size=6)
+        .map(lambda d: json.dumps(d).encode()),
+        st.builds(lambda v: json.dumps(config_body(version=v)).encode(), st.integers()),
+    )
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(
+        body=bodies,
+        signature=st.none() | header_text,
+        key=st.none() | header_text,
+        content_type=header_text,
+    )
+    def fuzz(body, signature, key, content_type):
+        headers = {"Content-Type": content_type}
+        if signature is not None:
+            headers["X-Signature"] = signature
+        if key is not None:
+            headers["X-Internal-Key"] = key
+        answer = session.post(f"{worker}/config", data=body, headers=headers, timeout=5)
+        statuses.append(answer.status_code)
+        assert answer.status_code in (400, 401, 413), (answer.status_code, answer.text)
+        assert answer.headers["Content-Type"] == "application/json"
+
+    fuzz()
+    assert requests.get(f"{worker}/config", timeout=5).json() == held
+    record(
+        "hostile-input",
+        f"Worker: {len(statuses)} random bodies and headers to POST /config, each refused "
+        f"(400/401/413), the config held unchanged.",
+        worker_random_pushes=len(statuses),
+    )
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send raw bytes and return what came back before the server hung up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)
+
+
+def status_of(raw: bytes) -> int | None:
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.") else None
+
+
+def test_oversized_bodies_and_headers_are_refused_cleanly(stack, admin_user):
+    _, url = stack.controller(None)
+    _, worker = stack.worker()
+    refused = {}
+    big_body = b'{"email": "' + b"a" * (5 * 1024 * 1024) + b'", "password": "x"}'
+    answer = requests.post(
+        f"{url}/login", data=big_body, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    refused["controller body 5 MiB"] = answer.status_code
+    assert answer.status_code in (400, 413), answer.text[:300]
+
+    big_push = b"{" + b" " * (1024 * 1024) + b"}"
+    answer = requests.post(
+        f"{worker}/config", data=big_push, headers=signed_headers(big_push, INTERNAL_KEY), timeout=30
+    )
+    refused["worker body 1 MiB"] = answer.status_code
+    assert answer.status_code == 413
+
+    for name, base in (("controller", url), ("worker", worker)):
+        port = int(base.rsplit(":", 1)[1])
+        for path in ("/config/version", "/healthz" if name == "controller" else "/health"):
+            raw = raw_request(
+                port,
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {'b' * 100_000}\r\n\r\n".encode(),
+            )
+            status = status_of(raw)
+            refused[f"{name} {path} 100 kB header"] = status or "closed"
+            # Refused with a 4xx, or the connection closed: never a 5xx, never served.
+            assert status is None or 400 <= status < 500, raw[:300]
+            many = "".join(f"X-H{n}: v\r\n" for n in range(1000))
+            raw = raw_request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode())
+            status = status_of(raw)
+            refused[f"{name} {path} 1000 headers"] = status or "closed"
+            assert status is None or 400 <= status < 500 or status == 200, raw[:300]
+            assert status is None or status < 500
+    record(
+        "hostile-input",
+        "Oversized bodies (5 MiB to the controller, 1 MiB to the worker) and headers (one of "
+        "100 kB, or 1000 of them) were refused with a 4xx or a closed connection.",
+        oversized_refusals="; ".join(f"{k} -> {v}" for k, v in refused.items()),
+    )
