@@ -1,5 +1,7 @@
 """POST /agent/heartbeat: what the agent reports lands on its Agent row."""
 
+import pytest
+
 from apps.agents.models import Agent
 from apps.agents.services import revoke_agent
 
@@ -66,3 +68,12 @@ def test_heartbeat_without_a_valid_agent_token_is_401(api, agent_api, registered
     revoke_agent(registered_agent[0])
     assert agent_api.post("/agent/heartbeat", body, format="json").status_code == 401
     assert Agent.objects.get(pk=registered_agent[0].pk).applied_version is None
+
+
+@pytest.mark.parametrize("version", [2**31, 10**20])
+def test_a_version_past_what_the_database_stores_is_400_not_503(agent_api, version):
+    response = agent_api.post(
+        "/agent/heartbeat", {"applied_version": version, "workers": []}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert "applied_version" in response.json()

@@ -35,7 +35,9 @@ class WorkerStateSerializer(serializers.Serializer):
 
 
 class HeartbeatSerializer(serializers.Serializer):
-    applied_version = serializers.IntegerField(allow_null=True, min_value=0)
+    # The column is a PostgreSQL integer: a larger number is bad input (400), not a database
+    # error.
+    applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=2**31 - 1)
     workers = WorkerStateSerializer(many=True, max_length=100)
 
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -41,6 +41,13 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response({"detail": exc.detail}, status=exc.status_code)
     if isinstance(exc, InvalidConfig):
         return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DataError):
+        # A value the database cannot store (a NUL or a lone surrogate in a JSON string, say)
+        # is bad input, not an outage: 400, and the database is untouched.
+        return Response(
+            {"detail": "The request holds a value that cannot be stored."},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, DatabaseError):
         view = context.get("view")
         logger.error("database error in %s: %s", type(view).__name__, exc)

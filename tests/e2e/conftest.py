@@ -118,7 +118,9 @@ def stack(tmp_path, request):
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for process in started.processes:
-            print(f"----- {process.name} (pid {process.popen.pid}) -----\n{process.output()[-6000:]}")
+            print(
+                f"----- {process.name} (pid {process.popen.pid}) -----\n{process.output()[-6000:]}"
+            )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

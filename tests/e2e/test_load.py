@@ -2,6 +2,7 @@
 polling while it changes every second."""
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -134,10 +135,8 @@ class SimulatedAgent:
             except (OSError, ValueError, asyncio.IncompleteReadError):
                 await asyncio.sleep(1)
             if not self.watcher:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=3)
-                except TimeoutError:
-                    pass
 
 
 def controller_rss_kib(pid: int) -> int:
