@@ -155,7 +155,8 @@ def raw_request(port: int, data: bytes) -> bytes:
             sock.sendall(data)
         chunks = []
         try:
-            while chunk := sock.recv(65536):
+            # Up to the end of the answer's headers: a server may keep the connection open.
+            while b"\r\n\r\n" not in b"".join(chunks) and (chunk := sock.recv(65536)):
                 chunks.append(chunk)
         except (ConnectionResetError, TimeoutError):
             pass
