@@ -468,3 +468,12 @@ def test_redis_settings_are_accepted_in_a_file_before_redis_is_turned_on(tmp_pat
     result = manage("show_settings", "--config", str(path), env={"SECRET_KEY": TEST_SECRET_KEY})
     assert result.returncode == 0, result.stderr
     assert effective(result.stdout)["CACHE_KEY_PREFIX"] == ("file", "other")
+
+
+def test_compose_runs_the_worker_and_the_agent_from_the_mounted_example_files():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for service, example in (("worker", EXAMPLES["worker"]), ("agent", EXAMPLES["agent"])):
+        command = services[service]["command"]
+        in_container = command[command.index("--config") + 1]
+        mount = f"./{example.relative_to(ROOT)}:{in_container}:ro"
+        assert mount in services[service]["volumes"], service
