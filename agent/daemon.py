@@ -112,6 +112,7 @@ class Agent:
         self.config: dict | None = None  # the newest config the agent holds
         self.applied: dict | None = None  # the last config a worker accepted (config.json)
         self.period = float(default_interval)
+        self.last_wait = 0
         self.controller_due = 0.0
         self.controller_enabled = True
         self.no_config_logged = False
@@ -192,12 +193,14 @@ class Agent:
                 return False
             state = self._ask_version(stop)
             self._follow_interval(state["pooling_interval"])
+            changed = False
             if state["version"] == 0:
                 if not self.no_config_logged:
                     logger.info("the controller has no configuration yet")
                     self.no_config_logged = True
             elif self.config is None or state["version"] != self.config["version"]:
                 self._fetch(state["version"])
+                changed = True
             else:
                 logger.debug("controller still at v%s", state["version"])
         except Unauthorized:
@@ -225,8 +228,18 @@ class Agent:
         if self.controller_backoff.failures:
             logger.info("controller reachable again")
             self.controller_backoff.reset()
-        self.controller_due = started + self.period
+        self.controller_due = started + self._pause_after_check(changed)
         return True
+
+    def _pause_after_check(self, changed: bool) -> float:
+        """Seconds from the start of a check that answered until the next one."""
+        if not self.watch:
+            return self.period
+        # A watch answers at once on a change: watch again straight away, so that a second
+        # change right after the first is not held up. Otherwise the controller held the
+        # request for `wait` seconds (then this is now), or it does not hold requests, and
+        # waiting `wait` keeps the loop from spinning.
+        return 0.0 if changed else self.last_wait
 
     def sync_workers(self) -> None:
         """Check every worker that is due and push to those that are empty or behind."""
@@ -338,7 +351,9 @@ class Agent:
             # Come back in time to retry a worker that is down.
             wait = min(wait, max(0.0, min(retries) - self.clock()))
         known = self.config["version"] if self.config else 0
-        return self._abandonable(stop, lambda: self.controller.version(known=known, wait=int(wait)))
+        # At least a second: a zero wait is answered at once and would make the loop spin.
+        self.last_wait = wait = max(1, int(wait))
+        return self._abandonable(stop, lambda: self.controller.version(known=known, wait=wait))
 
     def _abandonable(self, stop: threading.Event, call: Callable[[], dict]) -> dict:
         # The request runs in a daemon thread so that a stop need not wait for a held watch:

@@ -6,6 +6,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
+from apps.configs.watch import config_body
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 ADMIN_EMAIL = "admin@example.com"
@@ -41,6 +42,8 @@ def pytest_runtest_setup(item):
 @pytest.fixture(autouse=True)
 def _fresh_state():
     cache.clear()
+    # Test databases reuse version numbers, which a running controller never does.
+    config_body.cache_clear()
     agent_auth._known.clear()
     agent_auth._last_seen_written.clear()
     yield

@@ -144,7 +144,10 @@ def test_a_change_is_pushed_within_one_period(
     worker = make_worker()
     publish(interval=30)
     agent = make_agent([worker], token=new_token())
-    # The controller answers a watch at once today: the agent then sleeps the whole period.
+    # A change was seen: watch again at once, so that a second change is not held up.
+    assert agent.run_once() == 0
+    # This controller (WSGI) answers a watch at once: the agent then waits the whole period
+    # rather than spin.
     assert agent.run_once() == 30
 
     publish(path="/v2", interval=30)
@@ -165,10 +168,12 @@ def test_a_new_pooling_interval_is_followed_without_restart(
     worker = make_worker()
     publish(interval=30)
     agent = make_agent([worker], token=new_token())
+    assert agent.run_once() == 0
     assert agent.run_once() == 30
 
     update_config(pooling_interval=45)
     clock.advance(30)
+    assert agent.run_once() == 0
     assert agent.run_once() == 45
     assert worker.version() == 2
     clock.advance(20)
@@ -200,9 +205,11 @@ def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
     worker.stop()
     publish(path="/v2")
     clock.advance(30)
-    # The retry of the worker comes first, after its own backoff delay.
-    assert agent.run_once() == 1.0
+    # The change was seen (the controller is asked again at once); the worker's retry waits
+    # for its own backoff delay.
+    assert agent.run_once() == 0
     assert agent.config["version"] == 2
+    assert agent.workers[0].due == clock() + 1.0
     # Nothing accepted v2 yet, so the agent's applied record still says v1.
     assert cached(tmp_path)["version"] == 1
 
@@ -211,9 +218,6 @@ def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
     agent.run_once()
     assert worker.version() == 2
     assert cached(tmp_path)["version"] == 2
-    assert AgentRecord.objects.get().applied_version == 1  # reported on the next check
-    clock.advance(agent.next_delay())
-    agent.run_once()
     assert AgentRecord.objects.get().applied_version == 2
 
 
@@ -369,3 +373,20 @@ def test_two_agents_with_two_workers_converge_on_the_same_version(
 
     assert [worker.version() for worker in workers] == [2, 2]
     assert sorted(AgentRecord.objects.values_list("applied_version", flat=True)) == [2, 2]
+
+
+def test_a_second_change_right_after_the_first_is_not_held_up(
+    make_agent,
+    make_worker,  # noqa: F811
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish(interval=300)
+    agent = make_agent([worker], token=new_token())
+    assert agent.run_once() == 0
+    publish(path="/v2", interval=300)
+    # No time passes: the agent asks again at once after a change, and finds the second one.
+    assert agent.run_once() == 0
+    assert worker.version() == 2

@@ -25,13 +25,17 @@ def agent_token():
     return register_agent(token=token)[1]
 
 
-async def call(app, token: str | None, query: str) -> tuple[int, dict, float]:
-    """One GET /config/version through the ASGI app, as a server would make it."""
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+async def call(
+    app, token: str | None, query: str, path: str = "/config/version", headers=()
+) -> tuple[int, dict, float]:
+    """One GET through the ASGI app, as a server would make it."""
+    headers = list(headers)
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {
         "type": "http",
         "method": "GET",
-        "path": "/config/version",
+        "path": path,
         "query_string": query.encode(),
         "headers": headers,
     }
@@ -48,6 +52,8 @@ async def call(app, token: str | None, query: str) -> tuple[int, dict, float]:
     started = time.monotonic()
     await app(scope, receive, send)
     elapsed = time.monotonic() - started
+    if path != "/config/version":
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
     return sent[0]["status"], json.loads(sent[1]["body"]), elapsed
 
 
@@ -195,6 +201,45 @@ def test_an_older_notification_never_moves_a_watch_backwards():
         assert waiter.future.result() == ("changed", {"version": 6, "pooling_interval": 30})
 
     asyncio.run(scenario())
+
+
+def fetch_config(token, headers=()):
+    async def scenario():
+        app = watch.WatchEndpoint(fallback=None)
+        return await call(app, token, "", path="/config/agent", headers=headers)
+
+    return asyncio.run(scenario())
+
+
+def test_config_fetch_answers_like_the_api_view_with_etag_and_304(agent_token, api):
+    status, headers, body = fetch_config(agent_token)
+    assert status == 404
+    assert json.loads(body) == {"detail": "No configuration has been created yet."}
+
+    publish_config(config_url=URL, pooling_interval=30)
+    status, headers, body = fetch_config(agent_token)
+    assert status == 200
+    assert headers[b"etag"] == b'"1"'
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {agent_token}")
+    assert json.loads(body) == api.get("/config/agent").json()
+
+    status, headers, body = fetch_config(agent_token, [(b"if-none-match", b'"1"')])
+    assert (status, body, headers[b"etag"]) == (304, b"", b'"1"')
+
+    publish_config(config_url=URL + "/2", pooling_interval=30)
+    status, headers, body = fetch_config(agent_token, [(b"if-none-match", b'"1"')])
+    assert status == 200
+    assert headers[b"etag"] == b'"2"'
+    assert json.loads(body)["config_url"] == URL + "/2"
+
+
+@pytest.mark.parametrize("token", [None, "garbage", "agt_unknown"])
+def test_config_fetch_without_an_agent_token_is_401(token, publish):
+    publish()
+    status, headers, body = fetch_config(token)
+    assert status == 401
+    assert headers[b"www-authenticate"] == b'Bearer realm="agent"'
+    assert "detail" in json.loads(body)
 
 
 # Real processes -------------------------------------------------------------------------------

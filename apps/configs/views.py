@@ -18,6 +18,7 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
+from apps.configs.watch import etag_matches
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
@@ -176,15 +177,8 @@ class ConfigAgentView(AgentEndpoint):
         if state["version"] == 0:
             raise NoConfigYet()
         etag = f'"{state["version"]}"'
-        if _etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+        if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         config = services.get_current_config()
         etag = f'"{config.version}"'
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
-    return etag in candidates or "*" in candidates

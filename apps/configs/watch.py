@@ -27,13 +27,20 @@ from apps.agents.auth import find_agent, touch_last_seen
 from apps.agents.models import Agent
 from apps.agents.tokens import bearer_token
 from apps.configs import notifications
-from apps.configs.serializers import VersionQuerySerializer
+from apps.configs.errors import NoConfigYet
+from apps.configs.models import ConfigVersion
+from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
 from apps.ops import metrics
 
 logger = logging.getLogger(__name__)
 
 WATCH_PATH = "/config/version"
+CONFIG_PATH = "/config/agent"
+FAST_PATHS = (WATCH_PATH, CONFIG_PATH)
+DATABASE_DOWN = "The database is unavailable; try again shortly."
+REFUSED_AGENT = "Invalid or revoked agent token."
+WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="agent"')
 DB_RECHECK_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
 
@@ -242,8 +249,40 @@ def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None
     return agent, get_current_state()
 
 
+@_with_database
+def _config_for_agent(token: str | None, if_none_match: str | None):
+    """(status, body, extra headers) for GET /config/agent, in one hop to a worker thread."""
+    agent = find_agent(token) if token else None
+    if agent is None:
+        return 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
+    touch_last_seen(agent)
+    state = get_current_state()
+    if state["version"] == 0:
+        return 404, {"detail": NoConfigYet().detail}, []
+    etag = f'"{state["version"]}"'
+    headers = [(b"etag", etag.encode())]
+    if etag_matches(if_none_match, etag):
+        return 304, None, headers
+    return 200, config_body(state["version"]), headers
+
+
+@functools.lru_cache(maxsize=8)
+def config_body(version: int) -> bytes:
+    """The JSON of one version; a version never changes once made, so it is kept."""
+    config = ConfigVersion.objects.get(version=version)
+    return json.dumps(ConfigSerializer(config).data).encode()
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
 class WatchEndpoint:
-    """ASGI app for GET /config/version; everything else goes to `fallback` (Django)."""
+    """ASGI app for the two agent reads, GET /config/version (the watch) and GET
+    /config/agent; everything else goes to `fallback` (Django)."""
 
     def __init__(self, fallback) -> None:
         self.fallback = fallback
@@ -252,8 +291,9 @@ class WatchEndpoint:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"] == WATCH_PATH and scope["method"] == "GET":
-            await self._measured_watch(scope, receive, send)
+        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in FAST_PATHS:
+            handler = self._watch if scope["path"] == WATCH_PATH else self._config
+            await self._measured(handler, scope, receive, send)
         else:
             await self.fallback(scope, receive, send)
 
@@ -273,8 +313,8 @@ class WatchEndpoint:
         if self.hub.loop is None:
             await self.hub.start()
 
-    async def _measured_watch(self, scope, receive, send) -> None:
-        # Django's metrics middleware never sees this endpoint, so it is counted here.
+    async def _measured(self, handler, scope, receive, send) -> None:
+        # Django's metrics middleware never sees these endpoints, so they are counted here.
         started = time.perf_counter()
         status = "disconnected"
 
@@ -285,9 +325,26 @@ class WatchEndpoint:
             await send(message)
 
         try:
-            await self._watch(scope, receive, counted_send)
+            await handler(scope, receive, counted_send)
         finally:
-            metrics.observe_request(WATCH_PATH, "GET", status, time.perf_counter() - started)
+            metrics.observe_request(scope["path"], "GET", status, time.perf_counter() - started)
+
+    async def _config(self, scope, receive, send) -> None:
+        """GET /config/agent: every agent fetches it right after a change, all at once."""
+        token = bearer_token(_header(scope, b"authorization"))
+        try:
+            status, body, headers = await _config_for_agent(token, _header(scope, b"if-none-match"))
+        except DatabaseError as exc:
+            logger.error("config fetch: database unavailable: %s", exc)
+            status, body, headers = 503, {"detail": DATABASE_DOWN}, []
+        if isinstance(body, dict):
+            payload, base = _response(json.dumps(body))
+        else:
+            payload, base = _response_bytes(body or b"")
+            if status == 304:
+                base = [(b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": status, "headers": base + headers})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _watch(self, scope, receive, send) -> None:
         await self._ensure_started()
@@ -306,17 +363,10 @@ class WatchEndpoint:
                 agent, state = await _authenticate_and_read(token)
             except DatabaseError as exc:
                 logger.error("watch: database unavailable: %s", exc)
-                await _respond(
-                    send, 503, {"detail": "The database is unavailable; try again shortly."}
-                )
+                await _respond(send, 503, {"detail": DATABASE_DOWN})
                 return
             if agent is None:
-                await _respond(
-                    send,
-                    401,
-                    {"detail": "Invalid or revoked agent token."},
-                    [(b"www-authenticate", b'Bearer realm="agent"')],
-                )
+                await _respond(send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE])
                 return
             if not valid:
                 await _respond(send, 400, checked.errors)
@@ -387,7 +437,10 @@ def _state_response(version: int, pooling_interval: int | None) -> tuple[bytes, 
 
 
 def _response(text: str) -> tuple[bytes, list]:
-    payload = text.encode()
+    return _response_bytes(text.encode())
+
+
+def _response_bytes(payload: bytes) -> tuple[bytes, list]:
     return payload, [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),

@@ -1,0 +1,118 @@
+"""End to end: how long from an admin's change until the worker serves it?
+
+    python -m bench.propagation [--changes 50] [--no-watch-changes 4]
+
+Real processes: `run_controller` on PostgreSQL and Redis, one `run_worker`, one `run_agent`.
+For each change through PUT /config/admin, the time from the PUT's response until the worker's
+GET /config shows the new version. Then the same with `run_agent --no-watch` (plain polling at
+the 30 s interval), with fewer changes because each one takes up to a whole interval.
+"""
+
+import argparse
+import random
+import tempfile
+import time
+
+import requests
+
+from bench.common import BENCH_DATABASE_URL, BENCH_REDIS_URL, reset_state, setup_django, summary
+
+INTERNAL_KEY = "bench-internal-key-0123456789"
+
+
+def run(changes: int, watch: bool) -> list[float]:
+    from apps.agents.services import issue_registration_token
+    from apps.configs.services import publish_config
+    from tests.processes import Process, base_env, free_port, manage, wait_until
+
+    reset_state()
+    publish_config(config_url="http://127.0.0.1:9/bench/0", pooling_interval=30)
+    registration, _ = issue_registration_token()
+    controller_port, worker_port = free_port(), free_port()
+    controller_url = f"http://127.0.0.1:{controller_port}"
+    worker_url = f"http://127.0.0.1:{worker_port}"
+    env = base_env(
+        DATABASE_URL=BENCH_DATABASE_URL,
+        REDIS_URL=BENCH_REDIS_URL,
+        INTERNAL_KEY=INTERNAL_KEY,
+        CONTROLLER_ACCESS_LOG="0",
+        LOG_LEVEL="WARNING",
+    )
+    processes = [
+        Process(
+            manage("run_controller", "--bind", f"127.0.0.1:{controller_port}", "--workers", "2"),
+            env,
+            "bench-controller",
+        ),
+        Process(manage("run_worker", "--bind", f"127.0.0.1:{worker_port}"), env, "bench-worker"),
+    ]
+    try:
+        wait_until(lambda: requests.get(f"{controller_url}/healthz", timeout=1).ok, timeout=30)
+        wait_until(lambda: requests.get(f"{worker_url}/health", timeout=1).ok, timeout=30)
+        state_dir = tempfile.mkdtemp(prefix="bench-agent-")
+        agent_args = [
+            "run_agent",
+            "--controller-url",
+            controller_url,
+            "--worker-url",
+            worker_url,
+            "--registration-token",
+            registration,
+            "--state-dir",
+            state_dir,
+        ]
+        if not watch:
+            agent_args.append("--no-watch")
+        processes.append(Process(manage(*agent_args), env, "bench-agent"))
+        session = requests.Session()
+
+        def worker_version() -> int | None:
+            response = session.get(f"{worker_url}/config", timeout=2)
+            return response.json()["version"] if response.ok else None
+
+        wait_until(lambda: worker_version() == 1, timeout=60, message="first config on worker")
+        token = session.post(
+            f"{controller_url}/login",
+            json={"email": "bench@example.com", "password": "Bench-pass-123"},
+            timeout=10,
+        ).json()["access"]
+        headers = {"Authorization": f"Bearer {token}"}
+        delays = []
+        for change in range(1, changes + 1):
+            # Changes come at random moments, as an admin's would, not in step with any timer.
+            time.sleep(random.uniform(0.2, 0.6))
+            response = session.put(
+                f"{controller_url}/config/admin",
+                json={"config_url": f"http://127.0.0.1:9/bench/{change}"},
+                headers=headers,
+                timeout=10,
+            )
+            applied_at = time.monotonic()
+            wanted = response.json()["version"]
+            deadline = applied_at + 120
+            while worker_version() != wanted:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"version {wanted} never reached the worker")
+                time.sleep(0.001)
+            delays.append(time.monotonic() - applied_at)
+        return delays
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--no-watch-changes", type=int, default=4)
+    args = parser.parse_args()
+    setup_django()
+    watched = run(args.changes, watch=True)
+    print(f"watch (default): {summary(watched)}")
+    if args.no_watch_changes:
+        polled = run(args.no_watch_changes, watch=False)
+        print(f"--no-watch, 30 s interval: {summary(polled)}")
+
+
+if __name__ == "__main__":
+    main()
