@@ -5,20 +5,19 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
+    from django.core.management import execute_from_command_line
+
     from controller_site.config_file import (
         ConfigFileError,
         role_from_argv,
         take_config_file,
     )
 
-    path = take_config_file(sys.argv)
-    if path:
-        os.environ["CONFIG_FILE"] = path
-    os.environ.setdefault("CONFIG_ROLE", role_from_argv(sys.argv))
-
-    from django.core.management import execute_from_command_line
-
     try:
+        path = take_config_file(sys.argv)
+        if path:
+            os.environ["CONFIG_FILE"] = path
+        os.environ["CONFIG_ROLE"] = role_from_argv(sys.argv, os.environ.get("CONFIG_ROLE"))
         execute_from_command_line(sys.argv)
     except ConfigFileError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -104,7 +104,7 @@ def run(count: int, workers: int) -> None:
             DATABASE_URL=BENCH_DATABASE_URL,
             REDIS_URL=BENCH_REDIS_URL,
             CONTROLLER_ACCESS_LOG="0",
-            LOG_LEVEL="INFO",
+            LOG_LEVEL="WARNING",
         ),
         "bench-controller",
     )

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-# The process that reads the file, from the management command being run.
-ROLES = {"run_agent": "agent", "run_worker": "worker"}
+# The process that reads the file, from the management command being run. The three daemons
+# always read their own role; other commands (show_settings, migrate) read CONFIG_ROLE, or the
+# controller's role without it.
+ROLES = {"run_controller": "controller", "run_agent": "agent", "run_worker": "worker"}
 ALIASES = {
     "controller": {"bind": "CONTROLLER_BIND", "workers": "CONTROLLER_WORKERS"},
     "worker": {"bind": "WORKER_BIND", "threads": "WORKER_THREADS"},
@@ -33,9 +35,24 @@ def is_secret(name: str) -> bool:
     return name.endswith(SECRET_ENDINGS)
 
 
-def role_from_argv(argv: list[str]) -> str:
+def role_from_argv(argv: list[str], requested: str | None = None) -> str:
+    """The role whose short key names the file uses.
+
+    A daemon's own role wins over CONFIG_ROLE: a process started by another (run_stack starts
+    all three) inherits its parent's CONFIG_ROLE, which names the parent's role, not its own.
+    """
     command = argv[1] if len(argv) > 1 else ""
-    return ROLES.get(command, "controller")
+    if command in ROLES:
+        return ROLES[command]
+    return check_role(requested or "controller")
+
+
+def check_role(role: str) -> str:
+    if role not in ALIASES:
+        raise ConfigFileError(
+            f"CONFIG_ROLE must be one of {', '.join(sorted(ALIASES))}, got {role!r}"
+        )
+    return role
 
 
 def take_config_file(argv: list[str]) -> str | None:
@@ -45,13 +62,17 @@ def take_config_file(argv: list[str]) -> str | None:
     for every command, Django's own included.
     """
     for index, arg in enumerate(argv):
-        if arg == "--config" and index + 1 < len(argv):
-            path = argv[index + 1]
+        if arg == "--config":
+            path = argv[index + 1] if index + 1 < len(argv) else ""
             del argv[index : index + 2]
-            return path
-        if arg.startswith("--config="):
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
             del argv[index]
-            return arg.split("=", 1)[1]
+        else:
+            continue
+        if not path:
+            raise ConfigFileError("--config needs a file name: --config FILE")
+        return path
     return None
 
 
@@ -88,13 +109,28 @@ class ConfigFile:
             if not isinstance(key, str):
                 raise ConfigFileError(f"{path}: key {key!r} is not a name")
             name = aliases.get(key, key.upper())
+            if name in self.keys:
+                # `worker_urls` and `worker_url` both name WORKER_URL: one would silently win.
+                raise ConfigFileError(
+                    f"{path}: key '{key}' sets the same setting as key '{self.keys[name]}'"
+                )
             self.values[name] = value
             self.keys[name] = key
-        if any(is_secret(name) for name in self.values) and _readable_by_others(path):
+        if self._holds_secrets() and _readable_by_others(path):
             sys.stderr.write(
                 f"WARNING: {path} holds secrets but is readable by group or others; "
                 f"run: chmod 600 {path}\n"
             )
+
+    def _holds_secrets(self) -> bool:
+        for name, value in self.values.items():
+            if is_secret(name):
+                return True
+            # A password inside a URL (postgres://user:password@host/db) is a secret too.
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, str) and _url_password(item) for item in items):
+                return True
+        return False
 
     def error(self, name: str, message: str) -> ConfigFileError:
         return ConfigFileError(f"{self.path}: key '{self.keys.get(name, name.lower())}': {message}")
@@ -109,6 +145,15 @@ class ConfigFile:
                 close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigFileError(f"{self.path}: unknown key '{key}'{hint}")
+
+
+def _url_password(value: str) -> str | None:
+    if "://" not in value:
+        return None
+    try:
+        return urlsplit(value).password
+    except ValueError:
+        return None
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -151,12 +196,25 @@ def convert(file: ConfigFile, name: str, kind: str):
 
 
 def _check_url(file: ConfigFile, name: str, value: str) -> None:
-    parts = urlsplit(value)
-    if not parts.scheme or not (parts.netloc or parts.path):
+    if not _is_url(value):
         raise file.error(name, f"must be a URL such as http://host:port, got {value!r}")
+
+
+def _is_url(value: str) -> bool:
+    # "controller:8080" parses as scheme "controller" and path "8080": insist on "scheme://".
+    if "://" not in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    if parts.scheme in ("http", "https"):
+        return bool(parts.hostname)
+    return bool(parts.scheme and (parts.netloc or parts.path))
 
 
 def current() -> ConfigFile:
     """The settings file of this process, named by CONFIG_FILE (manage.py sets it from --config)."""
-    role = os.environ.get("CONFIG_ROLE") or "controller"
+    role = check_role(os.environ.get("CONFIG_ROLE") or "controller")
     return ConfigFile(os.environ.get("CONFIG_FILE") or None, role)

@@ -195,17 +195,23 @@ else:
 
 # Cache: Redis when REDIS_URL is set. A Redis outage turns cache calls into misses (logged), so
 # every reader falls back to the database instead of failing the request.
+# The Redis settings are read with or without REDIS_URL, so that a settings file may hold them
+# before Redis is turned on instead of failing as unknown keys.
 REDIS_URL = env_str("REDIS_URL", kind="url")
+CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX", "dcs")
+REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5)
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+NOTIFY_CHANNEL = env_str("NOTIFY_CHANNEL")
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "dcs"),
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
-                "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.5),
-                "SOCKET_TIMEOUT": env_float("REDIS_SOCKET_TIMEOUT", 0.5),
+                "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
+                "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "IGNORE_EXCEPTIONS": True,
             },
         }
@@ -213,10 +219,11 @@ if REDIS_URL:
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     # Pub/sub channels are shared by all Redis databases: name the database in the channel so
     # that two deployments on one Redis do not wake each other's agents.
-    _redis_db = urlsplit(REDIS_URL).path.strip("/") or "0"
-    NOTIFY_CHANNEL = env_str(
-        "NOTIFY_CHANNEL", f"{CACHES['default']['KEY_PREFIX']}:{_redis_db}:config-changes"
-    )
+    if NOTIFY_CHANNEL is None:
+        _redis_db = urlsplit(REDIS_URL).path.strip("/") or "0"
+        NOTIFY_CHANNEL = _record(
+            "NOTIFY_CHANNEL", "default", f"{CACHE_KEY_PREFIX}:{_redis_db}:config-changes"
+        )
     DJANGO_REDIS_LOGGER = "apps.cache"
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -444,8 +451,8 @@ WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", Fals
 
 # Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
 # only; these are its defaults, and each has a command-line flag that wins over it.
-CONTROLLER_URL = env_str("CONTROLLER_URL")
-WORKER_URLS = env_list("WORKER_URL", [])
+CONTROLLER_URL = env_str("CONTROLLER_URL", kind="url")
+WORKER_URLS = env_list("WORKER_URL", [], kind="urls")
 REGISTRATION_TOKEN = env_str("REGISTRATION_TOKEN")
 AGENT_STATE_DIR = env_str("AGENT_STATE_DIR", str(VAR_DIR / "agent"))
 # Check period before the controller has a config (afterwards its pooling_interval rules).

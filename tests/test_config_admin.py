@@ -213,3 +213,33 @@ def test_concurrent_first_creations_make_one_version_each():
     assert sorted(ConfigVersion.objects.values_list("version", flat=True)) == list(
         range(1, writers + 1)
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_changes_of_different_fields_both_survive(admin_api):
+    admin_api.post("/config/admin", GOOD, format="json")
+    token = admin_api._credentials["HTTP_AUTHORIZATION"]
+    for round_ in range(5):
+        barrier = threading.Barrier(2)
+        interval, url = 200 + round_, f"{URL}/{round_}"
+
+        def change(body: dict, barrier: threading.Barrier = barrier) -> None:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=token)
+            barrier.wait()
+            try:
+                assert client.put("/config/admin", body, format="json").status_code == 200
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=change, args=({"pooling_interval": interval},)),
+            threading.Thread(target=change, args=({"config_url": url},)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        current = ConfigVersion.objects.order_by("-version").first()
+        assert (current.config_url, current.pooling_interval) == (url, interval)

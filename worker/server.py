@@ -4,7 +4,7 @@ The configuration lives in the memory of that one process, so there is exactly o
 and it is never recycled; concurrency comes from the gthread worker's thread pool.
 """
 
-from gunicorn.app.base import BaseApplication
+from apps.ops.serving import GunicornApplication
 
 # How long SIGTERM waits for requests in flight before the process is killed.
 GRACEFUL_TIMEOUT_SECONDS = 5
@@ -12,45 +12,27 @@ GRACEFUL_TIMEOUT_SECONDS = 5
 KEEPALIVE_SECONDS = 5
 
 
-class WorkerServer(BaseApplication):
-    """gunicorn driven from code: no command line or config file of its own is read."""
-
-    def __init__(
-        self, app, *, bind: str, threads: int, loglevel: str = "info", logconfig: dict | None = None
-    ) -> None:
-        self.application = app
-        self.options = {
-            "bind": [bind],
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": threads,
-            # Recycling the worker process would drop the configuration it holds.
-            "max_requests": 0,
-            "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
-            "keepalive": KEEPALIVE_SECONDS,
-            "proc_name": "dcs-worker",
-            "errorlog": "-",
-            "loglevel": loglevel,
-            "accesslog": None,
-            # gunicorn's control socket sits at one path per user: several instances on a host
-            # would fight over it, and nothing here uses it.
-            "control_socket_disable": True,
-        }
-        if logconfig is not None:
-            # The project's logging (one line per event, text or JSON) instead of gunicorn's.
-            self.options["logconfig_dict"] = logconfig
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self):
-        return self.application
-
-
 def serve(
     app, *, bind: str, threads: int, loglevel: str = "info", logconfig: dict | None = None
 ) -> None:
     """Serve `app` on `bind` until SIGTERM or SIGINT."""
-    WorkerServer(app, bind=bind, threads=threads, loglevel=loglevel, logconfig=logconfig).run()
+    options = {
+        "bind": [bind],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        # Recycling the worker process would drop the configuration it holds.
+        "max_requests": 0,
+        "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
+        "keepalive": KEEPALIVE_SECONDS,
+        "proc_name": "dcs-worker",
+        "errorlog": "-",
+        "loglevel": loglevel,
+        "accesslog": None,
+        # gunicorn's control socket sits at one path per user: several instances on a host
+        # would fight over it, and nothing here uses it.
+        "control_socket_disable": True,
+        # The project's logging (one line per event, text or JSON) instead of gunicorn's.
+        "logconfig_dict": logconfig,
+    }
+    GunicornApplication(lambda: app, options).run()

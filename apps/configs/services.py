@@ -80,27 +80,34 @@ def content_of(config: ConfigVersion | None) -> dict | None:
 
 def publish_config(
     *,
-    config_url: str,
-    pooling_interval: int,
+    config_url: str | None = None,
+    pooling_interval: int | None = None,
     actor=None,
     source_ip: str | None = None,
     rolled_back_from: int | None = None,
     audit_action: str = AuditEntry.CONFIG_CREATED,
 ) -> tuple[ConfigVersion, bool]:
     """Make the given content current. Returns (config, created); identical content is a no-op,
-    and so is not audited."""
-    config_url = check_config_url(config_url)
-    pooling_interval = check_pooling_interval(pooling_interval)
+    and so is not audited. A field left as None keeps the current value: the merge happens under
+    the lock, so two admins changing different fields at once both keep their change."""
+    if config_url is not None:
+        config_url = check_config_url(config_url)
+    if pooling_interval is not None:
+        pooling_interval = check_pooling_interval(pooling_interval)
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 newest = _lock_newest()
-                if newest is not None and newest.same_content(config_url, pooling_interval):
+                if newest is None and (config_url is None or pooling_interval is None):
+                    raise NoConfigYet()
+                url = newest.config_url if config_url is None else config_url
+                interval = newest.pooling_interval if pooling_interval is None else pooling_interval
+                if newest is not None and newest.same_content(url, interval):
                     return newest, False
                 config = ConfigVersion.objects.create(
                     version=(newest.version if newest else 0) + 1,
-                    config_url=config_url,
-                    pooling_interval=pooling_interval,
+                    config_url=url,
+                    pooling_interval=interval,
                     created_by=actor,
                     rolled_back_from=rolled_back_from,
                 )
@@ -124,12 +131,11 @@ def update_config(
     *, actor=None, source_ip: str | None = None, **changes
 ) -> tuple[ConfigVersion, bool]:
     """Change some fields of the current config; a field left out keeps its value."""
-    current = get_current_config()
-    if current is None:
+    if not ConfigVersion.objects.exists():
         raise NoConfigYet()
     return publish_config(
-        config_url=changes.get("config_url", current.config_url),
-        pooling_interval=changes.get("pooling_interval", current.pooling_interval),
+        config_url=changes.get("config_url"),
+        pooling_interval=changes.get("pooling_interval"),
         actor=actor,
         source_ip=source_ip,
         audit_action=AuditEntry.CONFIG_UPDATED,

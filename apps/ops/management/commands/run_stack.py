@@ -37,6 +37,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, controller_bind: str, worker_bind: str, state_dir: str, **options):
+        if settings.CONFIG_FILE.path:
+            # One file cannot serve three processes: `bind` alone means a different address to
+            # each. Each process takes its own file instead.
+            raise CommandError(
+                f"run_stack does not take a settings file ({settings.CONFIG_FILE.path}, from "
+                "--config or CONFIG_FILE): it runs the local stack from the environment. To run "
+                "from files, start each process with its own: run_controller --config "
+                "config/config.yaml, run_worker --config config/worker-config.yaml, run_agent "
+                "--config config/agent-config.yaml.",
+                returncode=2,
+            )
         try:
             controller_host, controller_port = parse_bind(controller_bind)
             worker_host, worker_port = parse_bind(worker_bind)

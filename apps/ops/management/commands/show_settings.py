@@ -9,7 +9,12 @@ def mask(name: str, value) -> str:
         return "(unset)"
     if is_secret(name):
         return "********"
-    text = ", ".join(value) if isinstance(value, list) else str(value)
+    if isinstance(value, list):
+        return ", ".join(_mask_url(str(item)) for item in value)
+    return _mask_url(str(value))
+
+
+def _mask_url(text: str) -> str:
     # Passwords inside URLs (postgres://user:pass@host) are secrets too.
     if "://" in text and "@" in text:
         scheme, _, rest = text.partition("://")
@@ -24,7 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         path = settings.CONFIG_FILE.path
-        self.stdout.write(f"settings file: {path or '(none)'}")
+        self.stdout.write(f"settings file: {path or '(none)'} (role: {settings.CONFIG_FILE.role})")
         width = max(len(name) for name in settings.SETTING_SOURCES)
         for name in sorted(settings.SETTING_SOURCES):
             source, value = settings.SETTING_SOURCES[name]
