@@ -74,6 +74,7 @@ class Agent:
         default_interval: float = 10.0,
         backoff_cap: float = 60.0,
         backoff_base: float = 1.0,
+        worker_check_seconds: float = 5.0,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         name: str | None = None,
@@ -104,6 +105,7 @@ class Agent:
         ]
         self.registration_token = registration_token or None
         self.watch = watch
+        self.worker_check_seconds = worker_check_seconds
         self.default_interval = default_interval
         self.hostname = socket.gethostname()
         self.name = name or self.hostname
@@ -370,9 +372,15 @@ class Agent:
                 done.set()
 
         threading.Thread(target=target, name="agent-controller-request", daemon=True).start()
+        next_worker_check = time.monotonic() + self.worker_check_seconds
         while not done.wait(STOP_POLL_SECONDS):
             if stop.is_set():
                 raise Stopped()
+            if time.monotonic() >= next_worker_check:
+                # A watch may be held for a minute: meanwhile a worker that restarted empty
+                # is found and filled again, with the config the agent already holds.
+                self.sync_workers()
+                next_worker_check = time.monotonic() + self.worker_check_seconds
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]

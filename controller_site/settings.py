@@ -459,6 +459,9 @@ AGENT_STATE_DIR = env_str("AGENT_STATE_DIR", str(VAR_DIR / "agent"))
 AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
 # Upper bound of the retry delay for an unreachable controller or worker.
 AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
+# While a watch is held, the workers are still checked this often, so one that restarted empty
+# is filled again within seconds rather than when the watch ends.
+AGENT_WORKER_CHECK_SECONDS = env_float("AGENT_WORKER_CHECK_SECONDS", 5.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
 AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
 # Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).

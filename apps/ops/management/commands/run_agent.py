@@ -55,9 +55,18 @@ class Command(BaseCommand):
             raise CommandError("Give --controller-url or set CONTROLLER_URL.", returncode=2)
         if not worker_urls:
             raise CommandError("Give --worker-url or set WORKER_URL.", returncode=2)
-        if settings.AGENT_DEFAULT_INTERVAL <= 0 or settings.AGENT_BACKOFF_CAP <= 0:
+        if (
+            min(
+                settings.AGENT_DEFAULT_INTERVAL,
+                settings.AGENT_BACKOFF_CAP,
+                settings.AGENT_WORKER_CHECK_SECONDS,
+            )
+            <= 0
+        ):
             raise CommandError(
-                "AGENT_DEFAULT_INTERVAL and AGENT_BACKOFF_CAP must be positive.", returncode=2
+                "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP and AGENT_WORKER_CHECK_SECONDS must be "
+                "positive.",
+                returncode=2,
             )
         metrics_address = None
         if options["metrics_bind"]:
@@ -80,6 +89,7 @@ class Command(BaseCommand):
             watch=not options["no_watch"],
             default_interval=settings.AGENT_DEFAULT_INTERVAL,
             backoff_cap=settings.AGENT_BACKOFF_CAP,
+            worker_check_seconds=settings.AGENT_WORKER_CHECK_SECONDS,
             connect_timeout=settings.AGENT_CONNECT_TIMEOUT,
             read_timeout=settings.AGENT_READ_TIMEOUT,
             **extra,
