@@ -177,8 +177,19 @@ if DATABASE_URL:
         options.setdefault("connect_timeout", 5)
         # Under ASGI every request may run on a different thread, and persistent per-thread
         # connections pile up until PostgreSQL refuses more; a pool per process bounds them.
+        # A connection broken by a database restart is found and replaced on checkout, not
+        # handed to a request that would then fail.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
         if DB_POOL_SIZE:
-            options["pool"] = {"min_size": 1, "max_size": DB_POOL_SIZE, "timeout": 5}
+            options["pool"] = {
+                "min_size": 1,
+                "max_size": DB_POOL_SIZE,
+                "timeout": 5,
+                # The pool retries a lost connection with doubling delays; giving up after 10 s
+                # lets the next request start afresh, so a database that is back is used within
+                # seconds instead of after the next long delay.
+                "reconnect_timeout": 10,
+            }
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
