@@ -336,25 +336,7 @@ def _read_body(environ: dict, limit: int) -> bytes:
     return b""
 
 
-def create_app(
-    *,
-    internal_key: str,
-    require_signature: bool = False,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 10.0,
-    max_body_bytes: int = 10 * 1024 * 1024,
-    block_private_upstreams: bool = False,
-    threads: int = 16,
-    clock: Callable[[], float] = time.time,
-) -> WorkerApp:
-    """Build the worker's WSGI application from plain values (the settings, in production)."""
-    return WorkerApp(
-        internal_key=internal_key,
-        require_signature=require_signature,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_body_bytes=max_body_bytes,
-        block_private_upstreams=block_private_upstreams,
-        pool_size=threads,
-        clock=clock,
-    )
+def create_app(*, threads: int = 16, **options) -> WorkerApp:
+    """Build the worker's WSGI application from plain values (the settings, in production);
+    the upstream connection pool is as large as the server's thread pool."""
+    return WorkerApp(pool_size=threads, **options)
