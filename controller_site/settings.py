@@ -332,6 +332,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.ops.schema.document_invalid_page",
+        "apps.ops.schema.document_plain_views",
     ],
     "APPEND_COMPONENTS": {
         "securitySchemes": {

@@ -31,6 +31,9 @@ def test_openapi_schema_and_docs_are_served_without_internet(api):
         "/agent/heartbeat",
         "/agents",
         "/agents/{agent_id}/revoke",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ]:
         assert path in paths, path
     docs = api.get("/api/docs/")
