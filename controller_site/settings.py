@@ -399,12 +399,18 @@ LOGGING = {
         "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+# The access handler is handed to uvicorn's access logger too, so its filter applies to both.
 GUNICORN_LOGGING = {
     **LOGGING,
+    "filters": {"skip_probes": {"()": "apps.ops.logs.SkipProbes"}},
+    "handlers": {
+        **LOGGING["handlers"],
+        "access": {**LOGGING["handlers"]["console"], "filters": ["skip_probes"]},
+    },
     "loggers": {
         **LOGGING["loggers"],
         "gunicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
-        "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
     },
 }
 

@@ -32,3 +32,19 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class SkipProbes(logging.Filter):
+    """Drops the access lines of successful health checks and scrapes.
+
+    Every agent checks its workers every few seconds, and probes and Prometheus call the
+    controller as often: logged, those lines would bury the requests that matter. Failed
+    probes are kept."""
+
+    PATHS = (" /health ", " /healthz ", " /readyz ", " /metrics ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not any(path in message for path in self.PATHS):
+            return True
+        return not (" 200 " in message or message.endswith(" 200"))
