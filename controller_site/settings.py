@@ -458,6 +458,9 @@ INTERNAL_KEY = env_str("INTERNAL_KEY")
 WORKER_REQUIRE_SIGNATURE = env_bool("WORKER_REQUIRE_SIGNATURE", False)
 WORKER_BIND = env_str("WORKER_BIND", "127.0.0.1:8082")
 WORKER_THREADS = env_int("WORKER_THREADS", 16, minimum=1)
+# A line per request in the worker's log; off by default, as it costs a busy worker more CPU
+# than a hit itself. Pushes, refusals and upstream failures are logged either way.
+WORKER_ACCESS_LOG = env_bool("WORKER_ACCESS_LOG", False)
 # GET /hit: seconds to connect to the configured URL, and to wait for each read of its answer.
 WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
 WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)

@@ -60,4 +60,5 @@ class Command(BaseCommand):
             threads=threads,
             loglevel=settings.LOG_LEVEL.lower(),
             logconfig=settings.GUNICORN_LOGGING,
+            access_log=settings.WORKER_ACCESS_LOG,
         )
