@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from bench.common import BENCH_DATABASE_URL, BENCH_REDIS_URL, reset_state, setup_django, summary
+from bench.common import bench_env, reset_state, setup_django, start_controller, summary
 
 INTERNAL_KEY = "bench-internal-key-0123456789"
 
@@ -23,31 +23,20 @@ INTERNAL_KEY = "bench-internal-key-0123456789"
 def run(changes: int, watch: bool) -> list[float]:
     from apps.agents.services import issue_registration_token
     from apps.configs.services import publish_config
-    from tests.processes import Process, base_env, free_port, manage, wait_until
+    from tests.processes import Process, free_port, manage, wait_until
 
     reset_state()
     publish_config(config_url="http://127.0.0.1:9/bench/0", pooling_interval=30)
     registration, _ = issue_registration_token()
-    controller_port, worker_port = free_port(), free_port()
-    controller_url = f"http://127.0.0.1:{controller_port}"
+    controller, controller_url = start_controller(2, INTERNAL_KEY=INTERNAL_KEY)
+    worker_port = free_port()
     worker_url = f"http://127.0.0.1:{worker_port}"
-    env = base_env(
-        DATABASE_URL=BENCH_DATABASE_URL,
-        REDIS_URL=BENCH_REDIS_URL,
-        INTERNAL_KEY=INTERNAL_KEY,
-        CONTROLLER_ACCESS_LOG="0",
-        LOG_LEVEL="WARNING",
-    )
+    env = bench_env(INTERNAL_KEY=INTERNAL_KEY)
     processes = [
-        Process(
-            manage("run_controller", "--bind", f"127.0.0.1:{controller_port}", "--workers", "2"),
-            env,
-            "bench-controller",
-        ),
+        controller,
         Process(manage("run_worker", "--bind", f"127.0.0.1:{worker_port}"), env, "bench-worker"),
     ]
     try:
-        wait_until(lambda: requests.get(f"{controller_url}/healthz", timeout=1).ok, timeout=30)
         wait_until(lambda: requests.get(f"{worker_url}/health", timeout=1).ok, timeout=30)
         state_dir = tempfile.mkdtemp(prefix="bench-agent-")
         agent_args = [

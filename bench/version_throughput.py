@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from bench.common import BENCH_DATABASE_URL, BENCH_REDIS_URL, make_agents, reset_state, setup_django
+from bench.common import make_agents, reset_state, setup_django, start_controller
 
 
 def wrk(url: str, seconds: int, headers: dict[str, str]) -> tuple[float, str]:
@@ -24,8 +24,9 @@ def wrk(url: str, seconds: int, headers: dict[str, str]) -> tuple[float, str]:
         args += ["-H", f"{key}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"50%\s+(\S+)", out).group(1)
-    p99 = re.search(r"99%\s+(\S+)", out).group(1)
+    # The latency distribution's own lines, not the thread statistics that also show a "%".
+    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.MULTILINE).group(1)
+    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.MULTILINE).group(1)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     note = f"p50 {p50}, p99 {p99}" + (f", NON-2xx/3xx: {errors.group(1)}" if errors else "")
     return rps, note
@@ -40,26 +41,13 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     setup_django()
     from apps.configs.services import publish_config
-    from tests.processes import Process, base_env, free_port, manage, wait_until
 
     reset_state()
     (token,) = make_agents(1)
     publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
-    port = free_port()
-    controller = Process(
-        manage("run_controller", "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers)),
-        base_env(
-            DATABASE_URL=BENCH_DATABASE_URL,
-            REDIS_URL=BENCH_REDIS_URL,
-            CONTROLLER_ACCESS_LOG="0",
-            LOG_LEVEL="WARNING",
-        ),
-        "bench-controller",
-    )
-    url = f"http://127.0.0.1:{port}"
+    controller, url = start_controller(args.workers)
     auth = {"Authorization": f"Bearer {token}"}
     try:
-        wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30)
         for path in ("/healthz", "/config/version", "/config/agent"):
             requests.get(url + path, headers=auth, timeout=5)  # warm up
         time.sleep(1)

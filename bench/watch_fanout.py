@@ -17,18 +17,19 @@ import time
 import requests
 
 from bench.common import (
-    BENCH_DATABASE_URL,
-    BENCH_REDIS_URL,
     http_get,
     make_agents,
     reset_state,
     rss_kib,
     setup_django,
+    start_controller,
     summary,
 )
 
 
-async def watch_all(port: int, tokens: list[str], version: int, url: str, headers: dict) -> dict:
+async def watch_all(
+    port: int, tokens: list[str], version: int, url: str, headers: dict, pid: int
+) -> dict:
     arrived: list[float] = []
     errors: list[str] = []
     semaphore = asyncio.Semaphore(500)  # connection ramp: not all SYNs at once
@@ -68,7 +69,7 @@ async def watch_all(port: int, tokens: list[str], version: int, url: str, header
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(1)
-    rss_held = rss_kib(CONTROLLER.popen.pid)
+    rss_held = rss_kib(pid)
     sent = time.monotonic()
     response = await asyncio.to_thread(
         requests.put,
@@ -89,28 +90,14 @@ async def watch_all(port: int, tokens: list[str], version: int, url: str, header
 
 
 def run(count: int, workers: int) -> None:
-    global CONTROLLER
-    from tests.processes import Process, base_env, free_port, manage, wait_until
-
     reset_state()
     tokens = make_agents(count)
     from apps.configs.services import publish_config
 
     publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
-    port = free_port()
-    CONTROLLER = Process(
-        manage("run_controller", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
-        base_env(
-            DATABASE_URL=BENCH_DATABASE_URL,
-            REDIS_URL=BENCH_REDIS_URL,
-            CONTROLLER_ACCESS_LOG="0",
-            LOG_LEVEL="WARNING",
-        ),
-        "bench-controller",
-    )
-    url = f"http://127.0.0.1:{port}"
+    controller, url = start_controller(workers)
+    port = int(url.rsplit(":", 1)[1])
     try:
-        wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30)
         headers = {
             "Authorization": "Bearer "
             + requests.post(
@@ -126,8 +113,8 @@ def run(count: int, workers: int) -> None:
                 f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
             )
         time.sleep(1)
-        rss_idle = rss_kib(CONTROLLER.popen.pid)
-        result = asyncio.run(watch_all(port, tokens, 1, url, headers))
+        rss_idle = rss_kib(controller.popen.pid)
+        result = asyncio.run(watch_all(port, tokens, 1, url, headers, controller.popen.pid))
         per_watch = (result["rss_held"] - rss_idle) / count
         print(
             f"N={count} workers={workers}: notified {len(result['latencies'])}/{count}, "
@@ -139,7 +126,7 @@ def run(count: int, workers: int) -> None:
         if result["errors"]:
             print("  first errors:", result["errors"][:5])
     finally:
-        CONTROLLER.stop()
+        controller.stop()
 
 
 def main() -> None:
