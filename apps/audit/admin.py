@@ -2,10 +2,11 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from apps.audit.models import AuditEntry
+from apps.ops.admin_site import HistoryAdmin
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(HistoryAdmin):
     """Read-only: the log is written by the services and nobody edits or deletes it."""
 
     list_display = ["at", "action", "actor", "source_ip", "target"]
@@ -21,12 +22,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return format_html_join(
             "\n", "<div><strong>{}</strong>: {}</div>", sorted(obj.detail.items())
         )
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

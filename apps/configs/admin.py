@@ -15,6 +15,7 @@ from apps.configs.rules import (
     MIN_POOLING_INTERVAL,
     InvalidConfig,
 )
+from apps.ops.admin_site import HistoryAdmin
 
 
 class ConfigChangeForm(forms.Form):
@@ -36,7 +37,7 @@ def _previous(field: str) -> Subquery:
 
 
 @admin.register(ConfigVersion)
-class ConfigVersionAdmin(admin.ModelAdmin):
+class ConfigVersionAdmin(HistoryAdmin):
     """Versions are history: nobody edits or deletes one; changes and rollbacks make a new
     version through the same service functions as the API."""
 
@@ -75,15 +76,6 @@ class ConfigVersionAdmin(admin.ModelAdmin):
                 config_url=obj.previous_url, pooling_interval=obj.previous_interval
             )
         return ", ".join(services.changed_fields(obj, previous)) or "nothing"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_publish_permission(self, request) -> bool:
         """Making a new version: by the form or by a rollback."""

@@ -67,5 +67,19 @@ def dashboard_context() -> dict:
     }
 
 
+class HistoryAdmin(admin.ModelAdmin):
+    """A model that is a record (config versions, the audit log): shown, never edited, added
+    to or deleted through the admin. New entries come only from the service functions."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class ControllerAdminConfig(AdminConfig):
     default_site = "apps.ops.admin_site.ControllerAdminSite"
