@@ -2,15 +2,18 @@
 
 Run by hand (not part of the test suite), from the repository root:
 
-    .venv/bin/python bench/worker_hit.py [--requests 2000] [--seconds 5]
+    .venv/bin/python bench/worker_hit.py [--layout both|split|shared] [--requests 2000]
 
 It starts a local upstream and the real worker (`manage.py run_worker`), pushes a configuration
 pointing at the upstream, then measures GET /hit against a direct GET of the same upstream,
 interleaved in one run so both see the same machine load, with 1 and with 16 concurrent clients.
-Each client keeps one persistent connection to each server, as a real client would.
+Each client keeps one persistent connection to each server, as a real client would. In the split
+layout the worker has CPU 0 to itself and the clients and upstream run on the other CPUs; in the
+shared layout everything competes for every CPU. The worker's CPU time per hit is reported too.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -55,8 +58,14 @@ class Upstream(BaseHTTPRequestHandler):
         pass
 
 
+class UpstreamServer(ThreadingHTTPServer):
+    # http.server's default backlog of 5 drops connections when 16 clients and the worker's
+    # threads connect at once, and a dropped SYN costs a second.
+    request_queue_size = 128
+
+
 def serve_upstream(port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), Upstream)
+    server = UpstreamServer(("127.0.0.1", port), Upstream)
     server.daemon_threads = True
     server.serve_forever()
 
@@ -193,21 +202,25 @@ def push_config(worker_port: int, url: str) -> None:
         raise RuntimeError(f"push failed: {response.status} {response.read()!r}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="GET /hit with one client")
-    parser.add_argument("--seconds", type=float, default=5.0, help="GET /health duration")
-    parser.add_argument("--threads", type=int, default=16, help="worker threads")
-    args = parser.parse_args()
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children, as the kernel counts it."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):  # the process has already gone
+        pids += [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    ticks = os.sysconf("SC_CLK_TCK")
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
-    # The upstream runs in a process of its own, so neither the worker nor the clients share a
-    # GIL with it.
-    upstream_port = free_port()
-    upstream = multiprocessing.get_context("fork").Process(
-        target=serve_upstream, args=(upstream_port,), daemon=True
-    )
-    upstream.start()
 
+def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> None:
+    """Start a worker, measure, stop it. `split`: the worker gets CPU 0 to itself and the
+    clients and upstream the others, as when they are different machines; `shared`: everything
+    shares every CPU."""
     worker_port = free_port()
     env = {
         **os.environ,
@@ -217,18 +230,20 @@ def main() -> None:
         "VAR_DIR": tempfile.mkdtemp(prefix="worker-bench-"),
         "LOG_LEVEL": "WARNING",
     }
+    worker_cpus = set(cpus[:1]) if layout == "split" else set(cpus)
+    os.sched_setaffinity(0, set(cpus[1:]) if layout == "split" else set(cpus))
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{worker_port}"],
         cwd=REPO_ROOT,
         env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, worker_cpus),
     )
     try:
-        wait_ready(upstream_port, upstream)
         wait_ready(worker_port, worker)
         push_config(worker_port, f"http://127.0.0.1:{upstream_port}/ip")
         print(
-            f"Python {platform.python_version()}, {os.cpu_count()} CPUs, worker threads "
-            f"{args.threads}"
+            f"\n== layout {layout}: worker on CPUs {sorted(worker_cpus)}, clients and upstream "
+            f"on CPUs {sorted(os.sched_getaffinity(0))}"
         )
         floor = measure_health_latency(worker_port, args.requests)
         print(
@@ -237,13 +252,18 @@ def main() -> None:
             )
         )
         for clients, per_client in ((1, args.requests), (16, max(50, args.requests // 16))):
+            before = cpu_seconds(worker.pid)
             result = measure_hit(worker_port, upstream_port, clients, per_client)
+            # The warm-up hits are counted too: 20 per client.
+            result["cpu_ms"] = (
+                (cpu_seconds(worker.pid) - before) * 1000 / (result["requests"] + 20 * clients)
+            )
             print(
                 "GET /hit vs direct, {clients:>2} client(s), {requests} requests: "
                 "direct p50 {direct_p50_ms:.2f} ms p99 {direct_p99_ms:.2f} ms | "
                 "hit p50 {hit_p50_ms:.2f} ms p99 {hit_p99_ms:.2f} ms | "
                 "added p50 {added_p50_ms:.2f} ms p99 {added_p99_ms:.2f} ms | "
-                "{hits_per_second:.0f} hits/s".format(**result)
+                "{hits_per_second:.0f} hits/s | worker CPU {cpu_ms:.3f} ms per hit".format(**result)
             )
         health = measure_health(worker_port, 16, args.seconds)
         print(
@@ -257,6 +277,40 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="GET /hit with one client")
+    parser.add_argument("--seconds", type=float, default=5.0, help="GET /health duration")
+    parser.add_argument("--threads", type=int, default=16, help="worker threads")
+    parser.add_argument(
+        "--layout", choices=("split", "shared", "both"), default="both", help="CPU placement"
+    )
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    layouts = ("split", "shared") if args.layout == "both" else (args.layout,)
+    if "split" in layouts and len(cpus) < 2:
+        parser.error("the split layout needs at least 2 CPUs")
+
+    # The upstream runs in a process of its own, so neither the worker nor the clients share a
+    # GIL with it; it stays off the worker's CPU in the split layout.
+    upstream_port = free_port()
+    os.sched_setaffinity(0, set(cpus[1:]) if "split" in layouts else set(cpus))
+    upstream = multiprocessing.get_context("fork").Process(
+        target=serve_upstream, args=(upstream_port,), daemon=True
+    )
+    upstream.start()
+    try:
+        wait_ready(upstream_port, upstream)
+        print(
+            f"Python {platform.python_version()}, {len(cpus)} CPUs, worker threads {args.threads}"
+        )
+        for layout in layouts:
+            if layout == "shared":
+                os.sched_setaffinity(upstream.pid, set(cpus))
+            run_layout(layout, args, upstream_port, cpus)
+    finally:
         upstream.terminate()
         upstream.join(5)
 

@@ -461,7 +461,8 @@ WORKER_THREADS = env_int("WORKER_THREADS", 16, minimum=1)
 # A line per request in the worker's log; off by default, as it costs a busy worker more CPU
 # than a hit itself. Pushes, refusals and upstream failures are logged either way.
 WORKER_ACCESS_LOG = env_bool("WORKER_ACCESS_LOG", False)
-# GET /hit: seconds to connect to the configured URL, and to wait for each read of its answer.
+# GET /hit: seconds to connect to the configured URL, and how long its upstream may send nothing
+# (in whole seconds, rounded up: libcurl counts them so).
 WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
 WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)
 # GET /hit answers 502 rather than buffer an upstream body larger than this.

@@ -159,7 +159,7 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.process is not None:
             self._pushes_before += self._metric_pushes()
-            # SIGINT is gunicorn's quick shutdown: a worker going down need not be graceful.
+            # A worker going down need not be graceful here; SIGINT stops it as SIGTERM does.
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=10)

@@ -1,14 +1,19 @@
 """GET /hit and the read-only endpoints of the worker's WSGI app, in process, against a local
 upstream server."""
 
+import contextlib
 import socket
+import ssl
+import subprocess
+import threading
+import time
 
+import pycurl
 import pytest
 
 from tests.worker_helpers import KEY, UpstreamServer, call, config_body, free_port, push
-from worker import upstream as upstream_module
 from worker.app import create_app
-from worker.upstream import is_private_address, refuse_private_host
+from worker.upstream import UpstreamClient, is_private_address
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +76,9 @@ def test_hit_passes_204_through_without_a_body(upstream):
 def test_hit_is_502_when_the_upstream_answers_with_no_final_status(upstream):
     response = call(configured(upstream.url("/switching")), "GET", "/hit")
 
+    # A 101 with no final answer after it is no answer at all.
     assert response.status_code == 502
-    assert "invalid status 101" in response.json()["detail"]
+    assert "no usable answer" in response.json()["detail"]
 
 
 def test_hit_follows_up_to_three_redirects(upstream):
@@ -98,12 +104,82 @@ def test_hit_is_502_when_the_upstream_is_unreachable():
 
 
 def test_hit_is_504_when_the_upstream_is_too_slow(upstream):
+    # The read timeout counts in whole seconds: 0.2 s is rounded up to 1 s.
     app = configured(upstream.url("/slow"), read_timeout=0.2)
 
+    started = time.monotonic()
     response = call(app, "GET", "/hit")
 
     assert response.status_code == 504
-    assert "did not answer within 0.2 s" in response.json()["detail"]
+    assert "did not answer within 1 s" in response.json()["detail"]
+    assert 0.9 < time.monotonic() - started < 3
+    assert response.headers["x-config-version"] == "7"
+
+
+def test_hit_is_504_when_the_upstream_does_not_accept_the_connection():
+    # A listener whose accept queue is full drops further connection attempts unanswered.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        for _ in range(3):
+            waiting = socket.socket()
+            waiting.setblocking(False)
+            waiting.connect_ex(("127.0.0.1", port))
+            queued.append(waiting)
+        time.sleep(0.1)
+        app = configured(f"http://127.0.0.1:{port}/", connect_timeout=0.3)
+
+        started = time.monotonic()
+        response = call(app, "GET", "/hit")
+        elapsed = time.monotonic() - started
+        for waiting in queued:
+            waiting.close()
+
+    assert response.status_code == 504
+    assert "did not accept a connection within 0.3 s" in response.json()["detail"]
+    assert elapsed < 2
+
+
+def test_hit_refuses_an_upstream_certificate_it_cannot_verify(upstream, tmp_path):
+    # A self-signed certificate: the fetch verifies TLS against certifi's authorities.
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def handshake() -> None:
+            connection, _ = listener.accept()
+            with contextlib.suppress(OSError), context.wrap_socket(connection, server_side=True):
+                pass
+
+        server = threading.Thread(target=handshake, daemon=True)
+        server.start()
+        response = call(configured(f"https://127.0.0.1:{port}/"), "GET", "/hit")
+        server.join(5)
+
+    assert response.status_code == 502
+    assert "certificate" in response.json()["detail"]
+
+
+def test_hit_ignores_proxies_from_the_environment(upstream, monkeypatch):
+    # libcurl would otherwise send the GET to whatever http_proxy names.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+
+    response = call(configured(upstream.url("/text")), "GET", "/hit")
+
+    assert response.status_code == 200
+    assert response.body == b"203.0.113.7\n"
 
 
 def test_hit_is_502_when_the_body_passes_the_cap(upstream):
@@ -199,26 +275,33 @@ def test_is_private_address(address, private):
     assert is_private_address(address) is private
 
 
-def _resolving_to(monkeypatch, *addresses):
-    def fake_getaddrinfo(host, port, *args, **kwargs):
-        return [
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses
-        ]
-
-    monkeypatch.setattr(upstream_module.socket, "getaddrinfo", fake_getaddrinfo)
+def _address(ip: str) -> tuple:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    return (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, (ip, 80))
 
 
-def test_a_host_with_any_private_address_is_refused(monkeypatch):
-    _resolving_to(monkeypatch, "93.184.215.14", "10.0.0.5")
+@pytest.mark.parametrize("ip", ["10.0.0.5", "127.0.0.1", "169.254.169.254", "::1"])
+def test_every_connection_to_a_private_address_is_refused(ip):
+    # The check runs on the address libcurl is about to connect to, for every connection
+    # (redirects included), so a name cannot resolve to a public address first and a private
+    # one later.
+    client = UpstreamClient(
+        connect_timeout=1, read_timeout=1, max_body_bytes=10, block_private=True
+    )
+    transfer = client._transfer()
 
-    with pytest.raises(upstream_module.UpstreamBlocked, match="10.0.0.5"):
-        refuse_private_host("mixed.example", 80)
+    assert transfer._open_public_socket(0, _address(ip)) == pycurl.SOCKET_BAD
+    assert transfer.refused == ip
 
 
-def test_a_host_with_only_public_addresses_passes(monkeypatch):
-    _resolving_to(monkeypatch, "93.184.215.14", "1.1.1.1")
+def test_connections_to_public_addresses_are_opened():
+    client = UpstreamClient(
+        connect_timeout=1, read_timeout=1, max_body_bytes=10, block_private=True
+    )
+    opened = client._transfer()._open_public_socket(0, _address("93.184.215.14"))
 
-    refuse_private_host("public.example", 80)
+    assert isinstance(opened, socket.socket)
+    opened.close()
 
 
 # The other endpoints

@@ -1,7 +1,7 @@
 """The worker's WSGI application: holds the configuration the agent pushed and serves GET /hit.
 
 Built with create_app() from plain values, so it runs without Django settings or a database;
-`manage.py run_worker` reads the settings and serves it with gunicorn (worker/server.py).
+`manage.py run_worker` reads the settings and serves it with granian (worker/server.py).
 """
 
 import hmac
@@ -83,7 +83,6 @@ class WorkerApp:
         read_timeout: float = 10.0,
         max_body_bytes: int = 10 * 1024 * 1024,
         block_private_upstreams: bool = False,
-        pool_size: int = 16,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not internal_key:
@@ -104,7 +103,6 @@ class WorkerApp:
             read_timeout=read_timeout,
             max_body_bytes=max_body_bytes,
             block_private=block_private_upstreams,
-            pool_size=pool_size,
         )
         self.routes: dict[str, dict[str, Callable[[dict], Response]]] = {
             "/health": {"GET": self.health},
@@ -336,7 +334,6 @@ def _read_body(environ: dict, limit: int) -> bytes:
     return b""
 
 
-def create_app(*, threads: int = 16, **options) -> WorkerApp:
-    """Build the worker's WSGI application from plain values (the settings, in production);
-    the upstream connection pool is as large as the server's thread pool."""
-    return WorkerApp(pool_size=threads, **options)
+def create_app(**options) -> WorkerApp:
+    """Build the worker's WSGI application from plain values (the settings, in production)."""
+    return WorkerApp(**options)

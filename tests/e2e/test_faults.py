@@ -61,6 +61,15 @@ class Hitter:
     def failures(self) -> list[int]:
         return [status for status in self.statuses if status != 200]
 
+    def wait_for(self, version: str, timeout: float = 5.0) -> None:
+        """Wait until a hit answered with `version`: the workers holding it is not enough, the
+        next hit may still be on its way."""
+        wait_until(
+            lambda: version in self.versions,
+            timeout=timeout,
+            message=f"a hit answered by v{version}",
+        )
+
 
 class StandIn:
     """Listens on a stopped controller's port and hangs up on every connection, noting when
@@ -117,6 +126,7 @@ def test_controller_stopped(stack, upstream, admin_user):
         stack.controller(redis_url, port=port)
         wait_for_version(workers, 2, timeout=BACKOFF_CAP + 15)
         recover = time.monotonic() - restarted
+        hitter.wait_for("2")
 
     # Every /hit was served, from v1 while the controller was away and v2 once it came back.
     assert hitter.statuses and not hitter.failures
@@ -426,6 +436,7 @@ def test_postgres_stopped(stack, upstream, postgres):
         changed = admin.change(config_url=upstream.url("/text?v2"))
         assert changed.status_code == 200, changed.text
         wait_for_version([worker_url], 2)
+        hitter.wait_for("2")
 
     assert hitter.statuses and not hitter.failures
     assert hitter.versions == {"1", "2"}

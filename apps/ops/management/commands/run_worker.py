@@ -15,7 +15,7 @@ def _check_bind(bind: str) -> str:
 class Command(BaseCommand):
     help = (
         "Run the worker: hold the configuration the agent pushes and answer GET /hit by fetching "
-        "its config_url (gunicorn, one process, WORKER_THREADS threads)."
+        "its config_url (granian, one worker process, WORKER_THREADS threads)."
     )
     # The worker uses none of the controller's models or database: skipping the system checks
     # keeps start-up quick and guarantees nothing here touches the database.
@@ -50,15 +50,20 @@ class Command(BaseCommand):
                 read_timeout=settings.WORKER_READ_TIMEOUT,
                 max_body_bytes=settings.WORKER_MAX_BODY_BYTES,
                 block_private_upstreams=settings.WORKER_BLOCK_PRIVATE_UPSTREAMS,
-                threads=threads,
             )
         except ValueError as exc:
             raise CommandError(f"Invalid worker settings: {exc}.", returncode=2) from None
-        serve(
-            app,
-            bind=bind,
-            threads=threads,
-            loglevel=settings.LOG_LEVEL.lower(),
-            logconfig=settings.GUNICORN_LOGGING,
-            access_log=settings.WORKER_ACCESS_LOG,
-        )
+        try:
+            serve(
+                app,
+                bind=bind,
+                threads=threads,
+                loglevel=settings.LOG_LEVEL.lower(),
+                logconfig=settings.GUNICORN_LOGGING,
+                access_log=settings.WORKER_ACCESS_LOG,
+            )
+        except RuntimeError as exc:
+            # granian reports a socket it cannot bind (address in use, no such address) as a
+            # RuntimeError whose first line says why; the rest is a Rust backtrace.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CommandError(f"Cannot listen on {bind}: {reason}.", returncode=1) from None
