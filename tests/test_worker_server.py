@@ -2,12 +2,14 @@
 
 import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -342,3 +344,22 @@ def test_hits_reuse_upstream_connections(worker, upstream):
 
     # Each server thread keeps its own connection: at most one per thread is ever opened.
     assert upstream.connections - before <= 8
+
+
+def test_the_worker_process_stops_when_the_main_process_is_killed(tmp_path):
+    with WorkerProcess(tmp_path) as process:
+        main = process.process.pid
+        children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+        assert len(children) == 1
+        serving = int(children[0])
+
+        os.kill(main, signal.SIGKILL)
+        process.process.wait(timeout=5)
+
+        # Left alone, the worker process would go on serving and hold the port.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{serving}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{serving}").exists()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(process.url("/health"), timeout=2)

@@ -6,8 +6,12 @@ single process keep up with many concurrent hits. The configuration lives in the
 one process, so there is exactly one worker process and it is never recycled.
 """
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
@@ -31,6 +35,18 @@ class SkipThreadWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Configuration allows spawning up to")
+
+
+def _exit_with(parent: int) -> None:
+    """In the worker process: stop when the main process dies, even by SIGKILL.
+
+    Otherwise the worker process would be left serving on its own, holding the port, and a
+    restarted `run_worker` could not listen there."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the main process died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _logging(logconfig: dict, loglevel: str) -> dict:
@@ -91,4 +107,11 @@ def serve(
         # at its next check.
         respawn_failed_workers=True,
     )
-    server.serve(target_loader=lambda target: app)
+    main_process = os.getpid()
+
+    def load(target: str):
+        # Runs in the worker process, right after the fork.
+        _exit_with(main_process)
+        return app
+
+    server.serve(target_loader=load)
