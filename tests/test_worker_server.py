@@ -275,29 +275,27 @@ def test_sigterm_lets_a_hit_in_flight_finish(tmp_path):
     assert returncode == 0
 
 
-def test_missing_internal_key_exits_2_with_a_clear_message(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{free_port()}"],
+def run_worker_to_exit(tmp_path, bind: str, env: dict | None = None):
+    """`run_worker --bind BIND` expected to stop on its own; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "run_worker", "--bind", bind],
         cwd=REPO_ROOT,
-        env=worker_env(tmp_path, {"INTERNAL_KEY": None}),
+        env=worker_env(tmp_path, env),
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_missing_internal_key_exits_2_with_a_clear_message(tmp_path):
+    result = run_worker_to_exit(tmp_path, f"127.0.0.1:{free_port()}", {"INTERNAL_KEY": None})
 
     assert result.returncode == 2
     assert "INTERNAL_KEY is not set" in result.stderr
 
 
 def test_a_bad_bind_exits_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "manage.py", "run_worker", "--bind", "no-port-here"],
-        cwd=REPO_ROOT,
-        env=worker_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_worker_to_exit(tmp_path, "no-port-here")
 
     assert result.returncode == 2
     assert "HOST:PORT" in result.stderr
@@ -308,14 +306,7 @@ def test_a_port_in_use_exits_1_with_a_clear_message(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{port}"],
-            cwd=REPO_ROOT,
-            env=worker_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_worker_to_exit(tmp_path, f"127.0.0.1:{port}")
 
     assert result.returncode == 1
     assert f"Cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
