@@ -12,7 +12,7 @@ import pycurl
 import pytest
 
 from tests.worker_helpers import KEY, UpstreamServer, call, config_body, free_port, push
-from worker.app import create_app
+from worker.app import WorkerApp
 from worker.upstream import UpstreamClient, is_private_address
 
 
@@ -23,13 +23,13 @@ def upstream():
 
 
 def configured(url: str, **options):
-    app = create_app(internal_key=KEY, **options)
+    app = WorkerApp(internal_key=KEY, **options)
     assert push(app, config_body(7, url=url)).status_code == 200
     return app
 
 
 def test_hit_is_503_before_any_config():
-    app = create_app(internal_key=KEY)
+    app = WorkerApp(internal_key=KEY)
 
     response = call(app, "GET", "/hit")
 
@@ -308,7 +308,7 @@ def test_connections_to_public_addresses_are_opened():
 
 
 def test_health_answers_before_any_config():
-    response = call(create_app(internal_key=KEY), "GET", "/health")
+    response = call(WorkerApp(internal_key=KEY), "GET", "/health")
 
     assert response.status_code == 200
     body = response.json()
@@ -337,7 +337,7 @@ def test_metrics_count_hits_by_upstream_status(upstream):
 
 def test_metrics_come_from_the_app_own_registry(upstream):
     first = configured(upstream.url("/text"))
-    second = create_app(internal_key=KEY)
+    second = WorkerApp(internal_key=KEY)
     call(first, "GET", "/hit")
 
     text = call(second, "GET", "/metrics").body.decode()
@@ -348,7 +348,7 @@ def test_metrics_come_from_the_app_own_registry(upstream):
 
 @pytest.mark.parametrize("path", ["/", "/nope", "/hit/", "/config/admin"])
 def test_unknown_paths_are_404_json(path):
-    response = call(create_app(internal_key=KEY), "GET", path)
+    response = call(WorkerApp(internal_key=KEY), "GET", path)
 
     assert response.status_code == 404
     assert response.json() == {"detail": "Not found."}
@@ -364,7 +364,7 @@ def test_unknown_paths_are_404_json(path):
     ],
 )
 def test_wrong_methods_are_405_json(method, path, allowed):
-    response = call(create_app(internal_key=KEY), method, path)
+    response = call(WorkerApp(internal_key=KEY), method, path)
 
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
@@ -380,6 +380,6 @@ def test_wrong_methods_are_405_json(method, path, allowed):
         {"internal_key": KEY, "max_body_bytes": 0},
     ],
 )
-def test_create_app_refuses_unusable_settings(options):
+def test_WorkerApp_refuses_unusable_settings(options):
     with pytest.raises(ValueError):
-        create_app(**options)
+        WorkerApp(**options)

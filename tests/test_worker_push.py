@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from tests.worker_helpers import KEY, call, config_body, push, signed_headers
 from worker import signing
-from worker.app import MAX_PUSH_BYTES, create_app
+from worker.app import MAX_PUSH_BYTES, WorkerApp
 
 
 @pytest.fixture
 def app():
-    return create_app(internal_key=KEY)
+    return WorkerApp(internal_key=KEY)
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_wrong_plain_internal_key_is_401_and_changes_nothing(app_with_v1, given_
 
 
 def test_plain_internal_key_is_401_when_signatures_are_required():
-    app = create_app(internal_key=KEY, require_signature=True)
+    app = WorkerApp(internal_key=KEY, require_signature=True)
 
     response = push(app, config_body(1), headers={"X-Internal-Key": KEY})
 
@@ -419,7 +419,7 @@ _push_like = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_push_like | _json_values)
 def test_no_push_body_gets_a_500(body):
-    app = create_app(internal_key=KEY)
+    app = WorkerApp(internal_key=KEY)
 
     response = push(app, json.dumps(body).encode())
 

@@ -1,6 +1,6 @@
 """The worker's WSGI application: holds the configuration the agent pushed and serves GET /hit.
 
-Built with create_app() from plain values, so it runs without Django settings or a database;
+Built from plain values, so it runs without Django settings or a database;
 `manage.py run_worker` reads the settings and serves it with granian (worker/server.py).
 """
 
@@ -332,8 +332,3 @@ def _read_body(environ: dict, limit: int) -> bytes:
             raise HttpError(413, {"detail": f"Body over {limit} bytes."})
         return body
     return b""
-
-
-def create_app(**options) -> WorkerApp:
-    """Build the worker's WSGI application from plain values (the settings, in production)."""
-    return WorkerApp(**options)

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from worker.app import create_app
+from worker.app import WorkerApp
 from worker.server import serve
 
 
@@ -43,7 +43,7 @@ class Command(BaseCommand):
         if threads < 1:
             raise CommandError("--threads must be at least 1.", returncode=2)
         try:
-            app = create_app(
+            app = WorkerApp(
                 internal_key=settings.INTERNAL_KEY,
                 require_signature=settings.WORKER_REQUIRE_SIGNATURE,
                 connect_timeout=settings.WORKER_CONNECT_TIMEOUT,
