@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -162,6 +163,30 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# What a running controller counted
+
+
+def server_errors(controller_url: str, *, except_status: str | None = None) -> int:
+    """5xx answers the controller counted (`controller_requests_total`, every process of it),
+    leaving out `except_status` where the scenario requires that answer."""
+    text = requests.get(f"{controller_url}/metrics", timeout=10).text
+    total = 0
+    for line in text.splitlines():
+        status = re.search(r'status="(5\d\d)"', line)
+        if line.startswith("controller_requests_total{") and status and status[1] != except_status:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def watches_held(controller_url: str) -> int:
+    """Watches the controller holds right now (`controller_watches_held`, every process)."""
+    text = requests.get(f"{controller_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("controller_watches_held"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 # Workers, agents and a private PostgreSQL, for the end-to-end suite ----------------------------

@@ -12,7 +12,14 @@ from django.db import connection
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import notifications, watch
 from apps.configs.services import publish_config
-from tests.processes import restart_redis, start_controller, start_redis, wait_until
+from tests.processes import (
+    restart_redis,
+    server_errors,
+    start_controller,
+    start_redis,
+    wait_until,
+    watches_held,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -78,7 +85,13 @@ def run_watch(query: str, token: str | None, during=None):
         try:
             task = asyncio.ensure_future(call(app, token, query))
             if during is not None:
-                await asyncio.sleep(0.3)
+                # The watch must be held when `during` runs: a change made before would be
+                # answered as a stale version and prove nothing about waking a held watch.
+                deadline = time.monotonic() + 15
+                while not app.hub.waiters:
+                    assert not task.done(), task.result()
+                    assert time.monotonic() < deadline, "the watch was never held"
+                    await asyncio.sleep(0.01)
                 await asyncio.to_thread(closing_connection(during), app)
             return await task
         finally:
@@ -290,7 +303,7 @@ def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_tok
         )
         results = []
         thread = hold(url_a, agent_token, 1, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held")
         changed = requests.put(
             f"{url_b}/config/admin", json={"pooling_interval": 77}, headers=headers, timeout=5
         )
@@ -323,7 +336,7 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         )
         results = []
         thread = hold(url_a, agent_token, 1, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held")
         redis.stop()
         time.sleep(0.5)
         changed = requests.put(
@@ -344,15 +357,15 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         )
         results = []
         thread = hold(url_a, agent_token, 2, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held again")
         requests.put(
             f"{url_b}/config/admin", json={"pooling_interval": 62}, headers=headers, timeout=5
         )
         thread.join(20)
         assert results and results[0][:2] == (200, {"version": 3, "pooling_interval": 62})
         assert results[0][2] < 1.5
-        for process in (first, second):
-            assert " 500 " not in process.output()
+        for url in (url_a, url_b):
+            assert server_errors(url) == 0
     finally:
         for process in (first, second, redis):
             if process is not None:

@@ -150,6 +150,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
         next(_versions)
     url = upstream.url("/text")
     going_back = []
+    statuses = []
     done = threading.Event()
 
     def pusher(mine):
@@ -159,7 +160,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
                 response = session.post(
                     worker.url("/config"), data=raw, headers={"X-Internal-Key": KEY}
                 )
-                assert response.status_code in (200, 409)
+                statuses.append(response.status_code)
 
     def reader():
         last = 0
@@ -180,6 +181,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
     for thread in readers:
         thread.join()
 
+    assert len(statuses) == len(versions) and set(statuses) <= {200, 409}, statuses
     assert requests.get(worker.url("/config")).json()["version"] == versions[-1]
     assert going_back == []
 
