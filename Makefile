@@ -29,7 +29,8 @@ install: $(VENV)/.installed ## Create .venv and install the pinned requirements
 
 # Quickstart ---------------------------------------------------------------------------------
 run: install ## Migrate, seed and run controller (8080), worker (8082) and an agent; Ctrl-C stops
-	$(DEV_ENV) $(PY) manage.py run_stack
+	# exec: the stack takes the shell's place, so the SIGTERM make passes on reaches it.
+	exec env $(DEV_ENV) $(PY) manage.py run_stack
 
 test: install lint ## Install, lint, validate the OpenAPI schema and run the whole test suite
 	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null

@@ -311,8 +311,21 @@ def test_a_port_in_use_exits_1_with_a_clear_message(tmp_path):
         result = run_worker_to_exit(tmp_path, f"127.0.0.1:{port}")
 
     assert result.returncode == 1
-    assert f"Cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use (Address already in use)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_port_another_worker_holds_exits_1_and_the_first_keeps_serving(tmp_path, worker):
+    # The first worker's server binds with SO_REUSEPORT, which would let a second one share the
+    # port and answer half of the requests with a different configuration.
+    version = requests.get(worker.url("/health"), timeout=5).json()["config_version"]
+    result = run_worker_to_exit(tmp_path, f"127.0.0.1:{worker.port}")
+
+    assert result.returncode == 1, result.stderr
+    assert f"port {worker.port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    for _ in range(20):
+        assert requests.get(worker.url("/health"), timeout=5).json()["config_version"] == version
 
 
 def test_oversized_headers_are_431_and_large_bodies_still_arrive(worker):

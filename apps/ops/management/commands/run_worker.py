@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.ops.stack import PortInUse, check_port_free
 from worker.app import WorkerApp
 from worker.server import serve
 
@@ -53,6 +54,13 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(f"Invalid worker settings: {exc}.", returncode=2) from None
+        host, _, port = bind.rpartition(":")
+        try:
+            # granian binds with SO_REUSEPORT, so a port another worker holds would be shared
+            # silently, two configurations behind one address: refuse any port already taken.
+            check_port_free(host.strip("[]"), int(port), "worker", "--bind or WORKER_BIND")
+        except PortInUse as exc:
+            raise CommandError(str(exc), returncode=1) from None
         try:
             serve(
                 app,
