@@ -102,26 +102,37 @@ def test_register_with_bad_body_is_400_and_does_not_use_the_token():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_two_concurrent_registrations_with_one_token_exactly_one_wins():
-    token, _ = issue_registration_token()
-    contenders = 8
-    barrier = threading.Barrier(contenders)
-    statuses = []
+def test_concurrent_registrations_on_many_tokens_exactly_one_wins_each():
+    # One pair of contenders catches a claim that is not atomic only when their reads happen to
+    # interleave; many tokens contended at once, over several rounds, make that near certain.
+    tokens_per_round, contenders, rounds = 6, 4, 5
+    statuses: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        tokens = [issue_registration_token()[0] for _ in range(tokens_per_round)]
+        barrier = threading.Barrier(tokens_per_round * contenders)
 
-    def register() -> None:
-        barrier.wait()
-        try:
-            statuses.append(bearer(token).post("/agent/register").status_code)
-        finally:
-            connection.close()
+        def register(token: str, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                status = bearer(token).post("/agent/register").status_code
+                statuses.setdefault(token, []).append(status)
+            finally:
+                connection.close()
 
-    threads = [threading.Thread(target=register) for _ in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [201] + [401] * (contenders - 1)
-    assert Agent.objects.count() == 1
+        threads = [
+            threading.Thread(target=register, args=(token,))
+            for token in tokens
+            for _ in range(contenders)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(statuses) == tokens_per_round * rounds
+    for token, seen in statuses.items():
+        assert sorted(seen) == [201] + [401] * (contenders - 1), (token, seen)
+    assert Agent.objects.count() == tokens_per_round * rounds
+    assert RegistrationToken.objects.filter(used_by__isnull=False).count() == len(statuses)
 
 
 def test_version_is_zero_before_any_config(agent_api):

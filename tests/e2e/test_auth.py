@@ -127,3 +127,31 @@ def test_replayed_and_tampered_pushes_are_refused(stack):
         refused_pushes=len(refused),
         bad_pushes_accepted=sum(1 for status in refused if status != 401),
     )
+
+
+def test_parallel_registrations_against_the_controller_use_each_token_once(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apps.agents.models import Agent
+
+    _, url = stack.controller(None, workers=2)
+    tokens = [issue_registration_token()[0] for _ in range(12)]
+    contenders = 4
+
+    def register(token: str) -> tuple[str, int]:
+        answer = requests.post(
+            f"{url}/agent/register",
+            json={"name": "parallel"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        return token, answer.status_code
+
+    # Every contender of every token at once, across both controller processes.
+    with ThreadPoolExecutor(max_workers=len(tokens) * contenders) as pool:
+        answers = list(pool.map(register, [t for t in tokens for _ in range(contenders)]))
+    for token in tokens:
+        statuses = sorted(status for each, status in answers if each == token)
+        assert statuses == [201] + [401] * (contenders - 1), statuses
+    assert Agent.objects.filter(name="parallel").count() == len(tokens)
+    assert server_errors(url) == 0
