@@ -77,7 +77,8 @@ def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
     process = run_agent(tmp_path, live_server.url, worker.url, REGISTRATION_TOKEN=token)
     try:
         wait_until(lambda: (tmp_path / "state" / "config.json").exists(), timeout=20)
-        time.sleep(0.3)
+        # The cache is written before the push: wait for the worker to hold v1 as well.
+        wait_until(lambda: worker.version() == 1, timeout=20)
     except AssertionError:
         pytest.fail(f"no config.json: {stop_and_time(process)[2]}")
     returncode, elapsed, output = stop_and_time(process)
@@ -98,8 +99,8 @@ def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path): 
     write_credentials(tmp_path / "state")
     process = run_agent(tmp_path, stub_controller.url, worker.url)
     try:
+        # Set by the stub's handler, which then holds the request: the watch is held.
         assert stub_controller.received.wait(20)
-        time.sleep(0.3)  # the watch is now held by the controller
     finally:
         returncode, elapsed, output = stop_and_time(process)
 

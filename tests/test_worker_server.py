@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.processes import wait_until
 from tests.worker_helpers import (
     KEY,
     REPO_ROOT,
@@ -166,7 +167,9 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
         last = 0
         with requests.Session() as session:
             while not done.is_set():
-                version = session.get(worker.url("/health")).json()["config_version"]
+                held = session.get(worker.url("/health"), timeout=10).json()["config_version"]
+                # A worker that holds nothing yet (this test run alone) answers null: version 0.
+                version = 0 if held is None else held
                 if version < last:
                     going_back.append((last, version))
                 last = version
@@ -265,16 +268,23 @@ def test_sigterm_lets_a_hit_in_flight_finish(tmp_path):
             target=lambda: answers.append(requests.get(process.url("/hit"), timeout=10))
         )
         in_flight.start()
-        time.sleep(0.5)  # the hit is now waiting on the upstream
+        # The upstream has the hit's request and holds it until released.
+        wait_until(lambda: upstream.requests == 1, timeout=10, message="the hit at the upstream")
 
         process.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # The port closes at once on SIGTERM: from then on the hit is one the worker must finish.
+        wait_until(lambda: port_closed(process.port), timeout=10, message="the port closed")
         upstream.release.set()
         in_flight.join(10)
         returncode = process.process.wait(timeout=10)
 
     assert [(answer.status_code, answer.content) for answer in answers] == [(200, b"late")]
     assert returncode == 0
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def run_worker_to_exit(tmp_path, bind: str, env: dict | None = None):
