@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import agent_status, issue_registration_token, revoke_agent
 from apps.agents.tokens import hash_token
+from tests.conftest import ServedClient
 
 pytestmark = pytest.mark.django_db
 
@@ -20,6 +21,27 @@ def bearer(token: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     return client
+
+
+# The agents' reads as the DRF views answer them (an APIClient) and as production serves them
+# (the ASGI application, which answers both in front of Django).
+READERS = [
+    pytest.param("drf", id="drf-view"),
+    pytest.param("served", id="served", marks=pytest.mark.django_db(transaction=True)),
+]
+
+
+@pytest.fixture
+def reader(request, registered_agent):
+    if request.param == "served":
+        return ServedClient(registered_agent[1])
+    return bearer(registered_agent[1])
+
+
+def anonymous(kind: str, token: str | None = None):
+    if kind == "served":
+        return ServedClient(token)
+    return bearer(token) if token else APIClient()
 
 
 def test_admin_issues_a_one_time_token_stored_only_as_a_hash(admin_api):
@@ -135,45 +157,52 @@ def test_concurrent_registrations_on_many_tokens_exactly_one_wins_each():
     assert RegistrationToken.objects.filter(used_by__isnull=False).count() == len(statuses)
 
 
-def test_version_is_zero_before_any_config(agent_api):
-    response = agent_api.get("/config/version")
+@pytest.mark.parametrize("reader", READERS, indirect=True)
+def test_version_is_zero_before_any_config(reader):
+    response = reader.get("/config/version")
     assert response.status_code == 200
     assert response.json() == {"version": 0, "pooling_interval": None}
 
 
-def test_version_follows_changes(agent_api, publish):
+@pytest.mark.parametrize("reader", READERS, indirect=True)
+def test_version_follows_changes(reader, publish):
     publish(URL, 30)
-    assert agent_api.get("/config/version").json() == {"version": 1, "pooling_interval": 30}
+    assert reader.get("/config/version").json() == {"version": 1, "pooling_interval": 30}
     publish(URL, 90)
-    assert agent_api.get("/config/version").json() == {"version": 2, "pooling_interval": 90}
+    assert reader.get("/config/version").json() == {"version": 2, "pooling_interval": 90}
 
 
 @pytest.mark.parametrize("query", ["version=abc", "version=-1", "wait=61", "wait=x", "wait=-1"])
-def test_bad_version_query_is_400(agent_api, query):
-    response = agent_api.get(f"/config/version?{query}")
+@pytest.mark.parametrize("reader", READERS, indirect=True)
+def test_bad_version_query_is_400(reader, query):
+    response = reader.get(f"/config/version?{query}")
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize("kind", ["drf", pytest.param("served", marks=READERS[1].marks)])
 @pytest.mark.parametrize("path", ["/config/version", "/config/agent"])
-def test_agent_endpoints_refuse_everything_but_an_agent_token(api, admin_api, path, publish):
+def test_agent_endpoints_refuse_everything_but_an_agent_token(admin_api, path, publish, kind):
     publish(URL, 30)
     token, _ = issue_registration_token()
-    assert api.get(path).status_code == 401
-    assert admin_api.get(path).status_code == 401
-    assert bearer(token).get(path).status_code == 401
-    assert bearer("garbage").get(path).status_code == 401
-    assert bearer("agt_" + "x" * 40).get(path).status_code == 401
-    response = api.get(path, HTTP_AUTHORIZATION="Basic Zm9vOmJhcg==")
+    admin = admin_api._credentials["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    assert anonymous(kind).get(path).status_code == 401
+    assert anonymous(kind, admin).get(path).status_code == 401
+    assert anonymous(kind, token).get(path).status_code == 401
+    assert anonymous(kind, "garbage").get(path).status_code == 401
+    assert anonymous(kind, "agt_" + "x" * 40).get(path).status_code == 401
+    response = anonymous(kind).get(path, HTTP_AUTHORIZATION="Basic Zm9vOmJhcg==")
     assert response.status_code == 401
 
 
-def test_config_agent_is_404_before_any_config(agent_api):
-    assert agent_api.get("/config/agent").status_code == 404
+@pytest.mark.parametrize("reader", READERS, indirect=True)
+def test_config_agent_is_404_before_any_config(reader):
+    assert reader.get("/config/agent").status_code == 404
 
 
-def test_config_agent_sends_etag_and_answers_304_when_unchanged(agent_api, publish):
+@pytest.mark.parametrize("reader", READERS, indirect=True)
+def test_config_agent_sends_etag_and_answers_304_when_unchanged(reader, publish):
     config = publish(URL, 30)
-    response = agent_api.get("/config/agent")
+    response = reader.get("/config/agent")
     assert response.status_code == 200
     assert response["ETag"] == '"1"'
     assert response.json() == {
@@ -183,11 +212,11 @@ def test_config_agent_sends_etag_and_answers_304_when_unchanged(agent_api, publi
         "pooling_interval": 30,
         "created_at": response.json()["created_at"],
     }
-    unchanged = agent_api.get("/config/agent", HTTP_IF_NONE_MATCH='"1"')
+    unchanged = reader.get("/config/agent", HTTP_IF_NONE_MATCH='"1"')
     assert unchanged.status_code == 304
     assert unchanged.content == b""
     publish(URL + "/2", 30)
-    changed = agent_api.get("/config/agent", HTTP_IF_NONE_MATCH='"1"')
+    changed = reader.get("/config/agent", HTTP_IF_NONE_MATCH='"1"')
     assert changed.status_code == 200
     assert changed["ETag"] == '"2"'
     assert changed.json()["config_url"] == URL + "/2"
