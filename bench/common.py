@@ -37,7 +37,7 @@ def setup_django() -> None:
 
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment of a benchmarked process: the bench database and Redis, quiet logs."""
-    from tests.processes import base_env
+    from tests.support.processes import base_env
 
     return base_env(
         DATABASE_URL=BENCH_DATABASE_URL,
@@ -52,7 +52,7 @@ def start_controller(workers: int, **extra: str):
     """`run_controller` on a free port, ready; returns (process, base URL)."""
     import requests
 
-    from tests.processes import Process, free_port, manage, wait_until
+    from tests.support.processes import Process, free_port, manage, wait_until
 
     port = free_port()
     process = Process(

@@ -23,7 +23,7 @@ INTERNAL_KEY = "bench-internal-key-0123456789"
 def run(changes: int, watch: bool) -> list[float]:
     from apps.agents.services import issue_registration_token
     from apps.configs.services import publish_config
-    from tests.processes import Process, free_port, manage, wait_until
+    from tests.support.processes import Process, free_port, manage, wait_until
 
     reset_state()
     publish_config(config_url="http://127.0.0.1:9/bench/0", pooling_interval=30)

@@ -10,7 +10,7 @@ from agent.daemon import Agent
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
 from apps.configs.services import publish_config, update_config
-from tests.agent_support import (
+from tests.support.agent import (
     INTERNAL_KEY,
     FakeClock,
     RecordingStop,

@@ -11,7 +11,7 @@ import pytest
 from agent.daemon import Agent
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
-from tests.agent_support import (
+from tests.support.agent import (
     INTERNAL_KEY,
     ROOT,
     StubController,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.processes import Process, base_env, free_port, manage, wait_until
+from tests.support.processes import Process, base_env, free_port, manage, wait_until
 
 STACK_PASSWORD = "Stack-Admin-Secret-731!"
 WRONG_PASSWORD = "Wrong-Guess-Secret-902!"

@@ -11,7 +11,7 @@ import time
 import pycurl
 import pytest
 
-from tests.worker_helpers import KEY, UpstreamServer, call, config_body, free_port, push
+from tests.support.worker import KEY, UpstreamServer, call, config_body, free_port, push
 from worker.app import WorkerApp
 from worker.upstream import UpstreamClient, is_private_address
 

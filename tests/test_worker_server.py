@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.worker_helpers import (
+from tests.support.worker import (
     KEY,
     REPO_ROOT,
     UpstreamServer,

@@ -14,7 +14,7 @@ import requests
 
 from apps.agents.services import issue_registration_token
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, unavailable
-from tests.processes import (
+from tests.support.processes import (
     Process,
     restart_redis,
     start_agent,
@@ -23,7 +23,7 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from tests.worker_helpers import UpstreamServer
+from tests.support.worker import UpstreamServer
 
 INTERNAL_KEY = "e2e-internal-key-0123456789abcdef"
 
