@@ -23,7 +23,6 @@ from tests.support.processes import (
     start_worker,
     wait_until,
 )
-from tests.support.worker import UpstreamServer
 
 INTERNAL_KEY = "e2e-internal-key-0123456789abcdef"
 
@@ -128,12 +127,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-@pytest.fixture
-def upstream():
-    with UpstreamServer() as server:
-        yield server
 
 
 def worker_version(worker_url: str) -> int | None:
