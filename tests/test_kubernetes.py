@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import unavailable
-from tests.processes import ROOT
+from tests.support.processes import ROOT
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "production")
