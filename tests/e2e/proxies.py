@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from tests.conftest import unavailable
-from tests.processes import Process, free_port, wait_until
+from tests.support.processes import Process, free_port, wait_until
 
 
 def binary(name: str) -> str:

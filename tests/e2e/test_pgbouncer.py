@@ -16,9 +16,8 @@ from django.db import connection
 import tests.e2e.test_auth
 import tests.e2e.test_faults
 import tests.e2e.test_load
-from tests.e2e.conftest import Stack
 from tests.e2e.proxies import Pgbouncer
-from tests.processes import base_env, manage, wait_until
+from tests.support.processes import base_env, manage, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -36,32 +35,22 @@ def pgbouncer():
     bouncer.stop()
 
 
-class PooledStack(Stack):
-    """Every controller reaches the test database through pgbouncer."""
-
-    def __init__(self, tmp_path, pgbouncer: Pgbouncer) -> None:
-        super().__init__(tmp_path)
-        self.pgbouncer = pgbouncer
-
-    def controller(self, redis_url, **env):
-        env.setdefault("DATABASE_URL", self.pgbouncer.url)
-        env.setdefault("DATABASE_TRANSACTION_POOLING", "1")
-        return super().controller(redis_url, **env)
-
-
 @pytest.fixture
-def stack(tmp_path, pgbouncer, request, monkeypatch):
+def stack(pgbouncer, stack, monkeypatch):
+    """The end-to-end suite's stack, with every controller reaching the test database through
+    pgbouncer."""
     # The scenarios' figures in docs/RELIABILITY.md come from their direct runs.
     for module in (tests.e2e.test_auth, tests.e2e.test_faults, tests.e2e.test_load):
         monkeypatch.setattr(module, "record", lambda *args, **kwargs: None)
-    started = PooledStack(tmp_path, pgbouncer)
-    yield started
-    started.stop_all()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for process in started.processes:
-            print(f"----- {process.name} -----\n{process.output()[-6000:]}")
-        print(f"----- pgbouncer -----\n{pgbouncer.process.output()[-3000:]}")
+    direct = stack.controller
+
+    def through_pgbouncer(redis_url, **env):
+        env.setdefault("DATABASE_URL", pgbouncer.url)
+        env.setdefault("DATABASE_TRANSACTION_POOLING", "1")
+        return direct(redis_url, **env)
+
+    monkeypatch.setattr(stack, "controller", through_pgbouncer)
+    return stack
 
 
 def test_a_stock_pgbouncer_refuses_start_up_options(pgbouncer):
