@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import NamedTuple
 
-from worker import signing
+from protocol import signing
 from worker.config import ConfigStore, InvalidPush, MalformedPush, StaleVersion, parse_push
 from worker.metrics import WorkerMetrics
 from worker.upstream import (

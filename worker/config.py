@@ -1,6 +1,6 @@
 """The configuration a worker holds: the checks on a push and the store that keeps the newest one.
 
-The field rules are the controller's own (apps/configs/rules.py), so a push the controller would
+The field rules are the controller's own (protocol/rules.py), so a push the controller would
 refuse is refused here too.
 """
 
@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
+from protocol.rules import InvalidConfig, check_config_url, check_pooling_interval
 
 # The largest version the controller's 64-bit column can hold.
 MAX_VERSION = 2**63 - 1
