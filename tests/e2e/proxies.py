@@ -1,6 +1,8 @@
 """Debian's pgbouncer, HAProxy and Redis Sentinel as real processes on free loopback ports, for
 the tests of the deployments that put them in front of the controller, PostgreSQL and Redis."""
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -8,8 +10,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import requests
+
 from tests.conftest import unavailable
-from tests.support.processes import Process, free_port, wait_until
+from tests.support.processes import ROOT, Process, free_port, wait_until
 
 
 def binary(name: str) -> str:
@@ -95,3 +99,40 @@ class Pgbouncer:
     def stop(self) -> None:
         self.process.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Haproxy:
+    """deploy/haproxy.cfg itself, run by Debian's haproxy in front of the given controllers."""
+
+    CONFIG = ROOT / "deploy" / "haproxy.cfg"
+
+    def __init__(self, controllers: list[str]) -> None:
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "HAPROXY_BIND": f"127.0.0.1:{self.port}",
+            "HAPROXY_STATS_BIND": f"127.0.0.1:{self.stats_port}",
+            # Within the file descriptors a test process may open.
+            "HAPROXY_MAXCONN": "2000",
+        }
+        for n, address in enumerate(controllers, start=1):
+            env[f"CONTROLLER_{n}"] = address
+        self.process = Process([binary("haproxy"), "-db", "-f", str(self.CONFIG)], env, "haproxy")
+        try:
+            wait_until(lambda: listening(self.port), timeout=10, message="haproxy listening")
+        except AssertionError:
+            self.process.stop()
+            raise AssertionError(f"haproxy did not start:\n{self.process.output()}") from None
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """The backend's servers as the stats page shows them: status, scur (sessions now),
+        stot (sessions in all)."""
+        answer = requests.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5)
+        rows = csv.DictReader(io.StringIO(answer.text.lstrip("# ")))
+        return {
+            row["svname"]: row
+            for row in rows
+            if row["pxname"] == "controllers" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
