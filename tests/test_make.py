@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from apps.agents.models import Agent
-from tests import processes
-from tests.processes import (
+from tests.support import processes
+from tests.support.processes import (
     Process,
     base_env,
     free_port,

@@ -7,7 +7,7 @@ import pytest
 from django.core.cache import cache
 
 from tests.conftest import clear_cache
-from tests.processes import ROOT, base_env
+from tests.support.processes import ROOT, base_env
 
 
 @pytest.mark.redis

@@ -12,7 +12,7 @@ from django.db import connection
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import notifications, watch
 from apps.configs.services import publish_config
-from tests.processes import (
+from tests.support.processes import (
     restart_redis,
     server_errors,
     start_controller,

@@ -12,8 +12,8 @@ from rest_framework_simplejwt.tokens import AccessToken
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
-from tests.processes import server_errors
-from tests.worker_helpers import config_body, signed_headers
+from tests.support.processes import server_errors
+from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
