@@ -16,7 +16,6 @@ from django.core.exceptions import ImproperlyConfigured
 from controller_site import config_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 
 
 # Where each setting came from, for `manage.py show_settings`: name -> (source, value).
@@ -90,6 +89,11 @@ def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
     return _record(name, source, value)
 
 
+# Local state (the development database and keys, the agent's state): VAR_DIR, or var_dir in a
+# settings file.
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+
+
 def _development_secret_key() -> str:
     # With DEBUG on, a key is generated once and kept so sessions survive restarts.
     path = VAR_DIR / "secret_key"
@@ -111,7 +115,7 @@ if SECRET_KEY is None:
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
             "or set DEBUG=1 for local development."
         )
-    SECRET_KEY = _development_secret_key()
+    SECRET_KEY = _record("SECRET_KEY", "var", _development_secret_key())
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

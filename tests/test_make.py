@@ -3,6 +3,7 @@ and `make run` stopped by SIGTERM."""
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from apps.agents.models import Agent
 from tests.support import processes
 from tests.support.processes import (
+    ROOT,
     Process,
     base_env,
     free_port,
+    manage,
     start_controller,
     wait_until,
 )
@@ -83,3 +86,44 @@ def test_sigterm_to_make_run_stops_the_stack_and_its_children(tmp_path):
     finally:
         process.stop()
     assert "stopped" in process.log_path.read_text().lower()
+
+
+def run_make(*args: str, env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(("target", "page"), [("docs-view", "docs"), ("docs-redoc", "redoc")])
+def test_the_docs_targets_open_the_controller_at_controller_bind(target, page):
+    # webbrowser runs $BROWSER with the URL: echo shows which one it was asked to open.
+    env = base_env(BROWSER="echo", CONTROLLER_BIND="127.0.0.1:9123")
+    result = run_make(target, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"http://127.0.0.1:9123/api/{page}/" in result.stdout.splitlines()
+
+
+def test_build_static_writes_the_manifest_that_turns_hashed_names_on(tmp_path):
+    static_root = tmp_path / "static"
+    result = run_make("build-static", env=base_env(STATIC_ROOT=str(static_root)))
+    assert result.returncode == 0, result.stderr
+    assert (static_root / "staticfiles.json").exists()
+    shown = subprocess.run(
+        manage("show_settings"),
+        cwd=ROOT,
+        env=base_env(STATIC_ROOT=str(static_root)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert any(
+        line.split()[:3] == ["STATICFILES_MANIFEST", "default", "True"]
+        for line in shown.splitlines()
+    ), shown

@@ -1,4 +1,4 @@
-"""Log formatters: every event is exactly one line on stdout, as text or as a JSON object.
+"""Log formatters: every event is exactly one line on stderr, as text or as a JSON object.
 
 Collectors (Docker, journald, Loki) split a stream on newlines, so a traceback spread over many
 lines turns into many unrelated events. Both formatters keep an event on one line.

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from apps.accounts.models import User
+from controller_site.config_file import add_config_argument
 
 SEED_EMAIL = "admin@distributed-system.com"
 SEED_PASSWORD = "Admin123!@#"  # noqa: S105 - the seed design's documented default
@@ -11,6 +12,7 @@ class Command(BaseCommand):
     help = "Create the default admin (staff superuser) if it does not exist yet."
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument("--email", default=settings.ADMIN_EMAIL)
         parser.add_argument("--password", default=settings.ADMIN_PASSWORD)
 

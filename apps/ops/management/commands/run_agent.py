@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from agent.daemon import Agent
 from agent.metrics import MeasuredAgent, serve_metrics
 from apps.ops.serving import parse_bind
+from controller_site.config_file import add_config_argument
 
 
 class Command(BaseCommand):
@@ -20,6 +21,7 @@ class Command(BaseCommand):
     requires_migrations_checks = False
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument("--controller-url", help="Controller base URL (CONTROLLER_URL).")
         parser.add_argument(
             "--worker-url",

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.ops.stack import PortInUse, check_port_free
+from controller_site.config_file import add_config_argument
 from worker.app import WorkerApp
 from worker.server import serve
 
@@ -23,6 +24,7 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument(
             "--bind", default=None, help="HOST:PORT to listen on (default: WORKER_BIND)."
         )

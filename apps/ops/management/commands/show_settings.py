@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from controller_site.config_file import is_secret
+from controller_site.config_file import add_config_argument, is_secret
 
 
 def mask(name: str, value) -> str:
@@ -26,6 +26,9 @@ def _mask_url(text: str) -> str:
 
 class Command(BaseCommand):
     help = "Print the effective settings and where each came from (env, file or default)."
+
+    def add_arguments(self, parser):
+        add_config_argument(parser)
 
     def handle(self, *args, **options):
         path = settings.CONFIG_FILE.path
