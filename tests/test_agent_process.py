@@ -9,6 +9,7 @@ import time
 import pytest
 
 from agent.daemon import Agent
+from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from tests.support.agent import (
@@ -74,8 +75,10 @@ def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
     process = run_agent(tmp_path, live_server.url, worker.base_url, REGISTRATION_TOKEN=token)
     try:
         wait_until(lambda: (tmp_path / "state" / "config.json").exists(), timeout=20)
-        # The cache is written before the push: wait for the worker to hold v1 as well.
+        # The cache is written before the push, and the heartbeat that reports v1 follows it:
+        # once the controller has it, the agent is back in its watch.
         wait_until(lambda: worker.version() == 1, timeout=20)
+        wait_until(lambda: AgentRecord.objects.filter(applied_version=1).exists(), timeout=20)
     except AssertionError:
         pytest.fail(f"no config.json: {stop_and_time(process)[2]}")
     returncode, elapsed, output = stop_and_time(process)

@@ -14,6 +14,7 @@ from tests.support.processes import (
     ROOT,
     Process,
     base_env,
+    dead_port,
     free_port,
     manage,
     start_controller,
@@ -33,27 +34,26 @@ def make(target: str, env: dict[str, str], **variables: str) -> Process:
 def test_make_run_agent_registers_a_new_agent_with_a_running_controller(tmp_path):
     controller, url = start_controller(redis_url=None)
     var_dir = tmp_path / "var"
-    env = base_env(
-        DATABASE_URL=processes.test_database_url(),
-        CONTROLLER_URL=url,
-        WORKER_URL=f"http://127.0.0.1:{free_port()}",
-    )
+    # No worker: registering needs only the controller.
+    env = base_env(DATABASE_URL=processes.test_database_url(), CONTROLLER_URL=url)
     for name in ("REGISTRATION_TOKEN", "AGENT_STATE_DIR", "INTERNAL_KEY"):
         env.pop(name, None)
-    agent = make("run-agent", env, VAR_DIR=str(var_dir))
-    try:
-        credentials = var_dir / "agent" / "credentials.json"
-        wait_until(
-            lambda: credentials.exists() or not agent.alive(),
-            timeout=60,
-            message="the agent's credentials under VAR_DIR/agent",
-        )
-        assert credentials.exists(), agent.output()
-        assert Agent.objects.count() == 1
-        assert "registered" in agent.output().lower(), agent.output()
-    finally:
-        agent.stop()
-        controller.stop()
+    with dead_port() as port:
+        env["WORKER_URL"] = f"http://127.0.0.1:{port}"
+        agent = make("run-agent", env, VAR_DIR=str(var_dir))
+        try:
+            credentials = var_dir / "agent" / "credentials.json"
+            wait_until(
+                lambda: credentials.exists() or not agent.alive(),
+                timeout=60,
+                message="the agent's credentials under VAR_DIR/agent",
+            )
+            assert credentials.exists(), agent.output()
+            assert Agent.objects.count() == 1
+            assert "registered" in agent.output().lower(), agent.output()
+        finally:
+            agent.stop()
+            controller.stop()
 
 
 @pytest.mark.timeout(180)

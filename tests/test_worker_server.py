@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, free_port, wait_until
+from tests.support.processes import ROOT, dead_port, free_port, wait_until
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import (
     KEY,
@@ -69,9 +69,9 @@ def test_hit_passes_the_upstream_answer_through(worker, upstream, path, status, 
 
 
 def test_hit_is_502_when_the_upstream_is_unreachable(worker):
-    point_at(worker, f"http://127.0.0.1:{free_port()}/")
-
-    response = requests.get(worker.url("/hit"))
+    with dead_port() as port:
+        point_at(worker, f"http://127.0.0.1:{port}/")
+        response = requests.get(worker.url("/hit"), timeout=10)
 
     assert response.status_code == 502
     assert "unreachable" in response.json()["detail"]
