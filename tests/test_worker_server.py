@@ -128,6 +128,8 @@ def test_pushes_are_authenticated(worker, upstream):
 
 
 def test_an_older_push_is_409(worker, upstream):
+    # Two pushes, so that an older version exists (>= 1) whichever test ran before this one.
+    point_at(worker, upstream.url("/text"))
     version = point_at(worker, upstream.url("/text"))
 
     response = worker.push(config_body(version - 1, url=upstream.url("/json")))
