@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.configs import notifications
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from protocol.config import ConfigState
@@ -48,8 +49,6 @@ def get_current_state() -> ConfigState:
 
 def announce_config(config: ConfigVersion) -> None:
     """Runs after the commit: refresh the cached state and wake everyone watching."""
-    from apps.configs import notifications
-
     state = state_of(config)
     cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)
