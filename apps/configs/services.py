@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs import notifications
-from apps.configs.errors import NoConfigYet, UnknownVersion
+from controller_site.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from protocol.config import ConfigState
 from protocol.rules import check_config_url, check_pooling_interval

@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.audit.services import client_ip
 from apps.configs import services
-from apps.configs.errors import NoConfigYet
+from controller_site.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
     AdminConfigSerializer,

@@ -27,7 +27,7 @@ from apps.agents.auth import find_agent, touch_last_seen
 from apps.agents.models import Agent
 from apps.agents.tokens import bearer_token
 from apps.configs import notifications
-from apps.configs.errors import NoConfigYet
+from controller_site.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
