@@ -1,4 +1,8 @@
-"""Named errors raised by the services, and the one place that turns them into HTTP answers."""
+"""The base of the errors services raise, and the one place that turns errors into HTTP answers.
+
+Each app defines its own errors (apps/configs/errors.py, ...) on ServiceError; the API's
+EXCEPTION_HANDLER answers them, the config rules' InvalidConfig and database failures here.
+"""
 
 import logging
 
@@ -24,16 +28,6 @@ class ServiceError(Exception):
 
 class NotFoundError(ServiceError):
     status_code = status.HTTP_404_NOT_FOUND
-
-
-class NoConfigYet(NotFoundError):
-    def __init__(self) -> None:
-        super().__init__("No configuration has been created yet.")
-
-
-class UnknownVersion(NotFoundError):
-    def __init__(self, version: int) -> None:
-        super().__init__(f"Configuration version {version} does not exist.")
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

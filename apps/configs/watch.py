@@ -27,10 +27,15 @@ from apps.agents.auth import find_agent, touch_last_seen
 from apps.agents.models import Agent
 from apps.agents.tokens import bearer_token
 from apps.configs import notifications
-from controller_site.errors import NoConfigYet
+from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
-from apps.configs.services import get_current_config, get_current_state, state_of
+from apps.configs.services import (
+    get_current_config,
+    get_current_state,
+    read_for_agent,
+    state_of,
+)
 from apps.ops import metrics
 from protocol.config import ConfigState
 
@@ -257,14 +262,14 @@ def _config_for_agent(token: str | None, if_none_match: str | None):
     if agent is None:
         return 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
     touch_last_seen(agent)
-    state = get_current_state()
-    if state["version"] == 0:
-        return 404, {"detail": NoConfigYet().detail}, []
-    etag = f'"{state["version"]}"'
+    try:
+        version, etag, unchanged = read_for_agent(if_none_match)
+    except NoConfigYet as refused:
+        return 404, {"detail": refused.detail}, []
     headers = [(b"etag", etag.encode())]
-    if etag_matches(if_none_match, etag):
+    if unchanged:
         return 304, None, headers
-    return 200, config_body(state["version"]), headers
+    return 200, config_body(version), headers
 
 
 @functools.lru_cache(maxsize=8)
@@ -272,13 +277,6 @@ def config_body(version: int) -> bytes:
     """The JSON of one version; a version never changes once made, so it is kept."""
     config = ConfigVersion.objects.get(version=version)
     return json.dumps(ConfigSerializer(config).data).encode()
-
-
-def etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
-    return etag in candidates or "*" in candidates
 
 
 class WatchEndpoint:
