@@ -8,6 +8,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from apps.accounts.models import User
+from apps.accounts.roles import ROLES, roles_of
 from apps.audit.models import AuditEntry
 from apps.audit.services import client_ip, record_event
 from apps.audit.signals import record_login
@@ -46,6 +47,9 @@ class LoginSerializer(TokenObtainPairSerializer):
             "refresh": data["refresh"],
             "token_type": "Bearer",
             "expires_in": int(lifetime.total_seconds()),
+            # Read afresh on every request: a role given or taken counts from the next call.
+            "roles": roles_of(self.user),
+            "superuser": self.user.is_superuser,
         }
 
 
@@ -54,6 +58,19 @@ class LoginResponseSerializer(serializers.Serializer):
     refresh = serializers.CharField()
     token_type = serializers.CharField()
     expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
+    roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=ROLES),
+        help_text="The caller's roles; a superuser has every one. Empty: the caller may log in "
+        "and do nothing else.",
+    )
+    superuser = serializers.BooleanField(
+        help_text="Superusers may do everything, including an emergency publish."
+    )
+
+
+class RefreshResponseSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
 
 
 class LoginView(TokenObtainPairView):
@@ -107,7 +124,7 @@ class RefreshView(TokenRefreshView):
         summary="Exchange a refresh token for new tokens",
         description="The refresh token is rotated: the one sent is refused afterwards.",
         responses={
-            200: LoginResponseSerializer,
+            200: RefreshResponseSerializer,
             400: OpenApiResponse(),
             401: OpenApiResponse(description="Expired, invalid or already used."),
         },
