@@ -557,3 +557,19 @@ def test_the_dashboard_offers_only_the_buttons_of_the_users_roles(client, world)
     html = client.get("/admin/").content.decode()
     assert "Change configuration" in html
     assert "Issue registration token" not in html
+
+
+def test_the_admins_403_names_the_role_needed_and_lists_the_roles(client, world):
+    client.force_login(make_user(VIEWER))
+    for path, role in (
+        ("/admin/configs/configversion/change-config/", EDITOR),
+        ("/admin/agents/registrationtoken/issue/", OPERATOR),
+    ):
+        answer = client.get(path)
+        assert answer.status_code == 403
+        html = answer.content.decode()
+        assert f'<p id="forbidden-reason">This needs the {role} role.</p>' in html
+        assert "<td>approver</td><td>approve or reject change requests" in html
+    answer = client.get("/admin/accounts/user/")
+    assert answer.status_code == 403
+    assert "Your roles do not allow this page." in answer.content.decode()

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
@@ -8,7 +9,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from apps.accounts.models import User
-from apps.accounts.roles import ROLES, roles_of
+from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES, roles_of
 from apps.audit.models import AuditEntry
 from apps.audit.services import client_ip, record_event
 from apps.audit.signals import record_login
@@ -131,3 +132,10 @@ class RefreshView(TokenRefreshView):
     )
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
+
+
+def permission_denied(request, exception=None):
+    """Django's 403 page, with the reason the admin gave (the role needed) and the roles table."""
+    reason = exception.args[0] if exception is not None and exception.args else ""
+    context = {"exception": reason, "roles": list(ROLE_DESCRIPTIONS.items())}
+    return render(request, "403.html", context, status=403)

@@ -7,7 +7,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from apps.accounts.roles import OPERATOR, has_role
+from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
 from apps.audit.services import client_ip
@@ -176,7 +176,7 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
 
     def issue_token_view(self, request):
         if not self.has_issue_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied(role_needed_message(OPERATOR))
         token = record = None
         form = IssueTokenForm(request.POST or None)
         if request.method == "POST" and form.is_valid():

@@ -6,7 +6,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from apps.accounts.roles import EDITOR, OPERATOR, has_role
+from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
 from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.models import ConfigVersion
@@ -103,7 +103,7 @@ class ConfigVersionAdmin(HistoryAdmin):
 
     def change_config_view(self, request):
         if not self.has_publish_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied(role_needed_message(EDITOR))
         current = services.get_current_config()
         if request.method == "POST":
             form = ConfigChangeForm(request.POST)
