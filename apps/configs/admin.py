@@ -10,13 +10,13 @@ from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
 from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import (
+from apps.ops.admin_site import HistoryAdmin
+from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
     InvalidConfig,
 )
-from apps.ops.admin_site import HistoryAdmin
 
 
 class ConfigChangeForm(forms.Form):

@@ -32,6 +32,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
 from apps.ops import metrics
+from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest = {"version": 0, "pooling_interval": None}
+        self.latest: ConfigState = state_of(None)
         self.redis_healthy = False
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -103,16 +104,15 @@ class Hub:
         self.notifications_seen += 1
         metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
-            state = {
-                "version": message.get("version"),
-                "pooling_interval": message.get("pooling_interval"),
-            }
+            state = ConfigState(
+                version=message.get("version"), pooling_interval=message.get("pooling_interval")
+            )
             if isinstance(state["version"], int):
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
 
-    def advance(self, state: dict) -> None:
+    def advance(self, state: ConfigState) -> None:
         """Wake every waiter that knows an older version. Versions only rise: a late, older
         notification (two processes publishing at once) wakes nobody."""
         if state["version"] <= self.latest["version"]:
@@ -220,7 +220,7 @@ def _with_database(function):
 
 
 @_with_database
-def _state_from_database() -> dict:
+def _state_from_database() -> ConfigState:
     return state_of(get_current_config())
 
 
