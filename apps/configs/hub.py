@@ -11,11 +11,13 @@ import contextlib
 import functools
 import json
 import logging
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from redis.asyncio.sentinel import Sentinel
 
 from apps.agents.models import Agent
 from apps.configs import notifications
@@ -117,9 +119,7 @@ class Hub:
     async def _listen_redis(self) -> None:
         delay = 0.2
         while True:
-            client = aioredis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=1.0, health_check_interval=10
-            )
+            client = _subscriber_client()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(settings.NOTIFY_CHANNEL)
@@ -181,6 +181,27 @@ class Hub:
             revoked = await _revoked_among(held)
             for agent_id in revoked:
                 self.cut(agent_id)
+
+
+def _subscriber_client():
+    """An asyncio Redis client for the hub's subscription. With Sentinel, each (re)connection
+    asks the sentinels where the master is, so after a failover the retry loop above
+    subscribes on the new master by itself."""
+    options = {"socket_connect_timeout": 1.0, "health_check_interval": 10}
+    if not settings.REDIS_SENTINELS:
+        return aioredis.from_url(settings.REDIS_URL, **options)
+    url = urlsplit(settings.REDIS_URL)
+    sentinel = Sentinel(
+        settings.REDIS_SENTINEL_ADDRESSES,
+        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    )
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        db=int(url.path.strip("/") or 0),
+        password=unquote(url.password) if url.password else None,
+        username=unquote(url.username) if url.username else None,
+        **options,
+    )
 
 
 def with_database(function):
