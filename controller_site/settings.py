@@ -282,6 +282,8 @@ else:
     NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
+# Django's permissions (what the admin checks) follow from the roles, not from per-group rows.
+AUTHENTICATION_BACKENDS = ["apps.accounts.roles.RoleBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -330,7 +332,8 @@ REST_FRAMEWORK = {
         "rest_framework_simplejwt.authentication.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # Each view names the role each method needs (apps.accounts.roles).
+    "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.permissions.HasRole"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -339,7 +342,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "apps.configs.errors.exception_handler",
+    "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_THROTTLE_RATES": {
         "login_failures": env_str("LOGIN_FAILURE_RATE", "10/min"),
