@@ -262,10 +262,13 @@ def record(key: str, observed: str, **figures) -> None:
             "dirty": dirty,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "fingerprint": fingerprint(),
+            "load_start": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
             "scenarios": {},
         }
     run["scenarios"].setdefault(key, {})[part] = {"observed": observed, "figures": figures}
     run["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    run["load_end"] = round(os.getloadavg()[0], 2)
     RUN_FILE.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
 
 
@@ -281,6 +284,9 @@ def problems_of(results: dict) -> list[str]:
             datetime.fromisoformat(results.get(stamp, ""))
         except (TypeError, ValueError):
             problems.append(f"no {stamp} recorded")
+    for load in ("load_start", "load_end", "cpus"):
+        if not isinstance(results.get(load), int | float):
+            problems.append(f"no {load} recorded (the machine's load average and cores)")
     if results.get("fingerprint") != fingerprint():
         problems.append("measured with other scenario definitions: stale, run the suite again")
     scenarios = results.get("scenarios", {})
@@ -315,7 +321,14 @@ def _sum(values: list):
 def render(results: dict) -> str:
     when = results["finished_at"].replace("T", " ").replace("+00:00", " UTC")
     header = " | ".join(
-        ["#", "scenario", "what was broken", "what was observed", *COLUMNS.values()]
+        [
+            "#",
+            "scenario",
+            "what was broken",
+            "what was observed",
+            *COLUMNS.values(),
+            "other figures",
+        ]
     )
     lines = [
         "# Reliability",
@@ -325,7 +338,10 @@ def render(results: dict) -> str:
         "PostgreSQL, Redis, workers, agents) on free ports, break something and assert what a user",
         "would check. Every figure below is a counter those tests measured; none is typed in.",
         "",
-        f"Measured at commit `{results['commit']}`, in the run that finished {when}.",
+        f"Measured at commit `{results['commit']}`, in the run that finished {when}; load",
+        f"average (1 min) {results['load_start']:.2f} when it started and "
+        f"{results['load_end']:.2f} when it ended on a machine of {results['cpus']} cores shared",
+        "with other work, so times are upper bounds of what an idle machine gives.",
         "",
         "What the columns count:",
         "",
@@ -341,7 +357,7 @@ def render(results: dict) -> str:
         "  for them (the workers' /hit answers, the history, the agents' final version).",
         "",
         f"| {header} |",
-        "|" + "---|" * (4 + len(COLUMNS)),
+        "|" + "---|" * (5 + len(COLUMNS)),
     ]
     for key, scenario in sorted(SCENARIOS.items(), key=lambda item: item[1].number):
         parts = results["scenarios"][key]
