@@ -10,6 +10,7 @@ import requests
 from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.configs import hub as hub_module
 from apps.configs import notifications, watch
 from apps.configs.services import publish_config
 from tests.support.processes import restart_redis, start_controller, start_redis, wait_until
@@ -188,12 +189,12 @@ def test_without_notifications_a_change_arrives_through_the_database_recheck(
 
 
 def test_an_older_notification_never_moves_a_watch_backwards():
-    hub = watch.Hub()
+    hub = hub_module.Hub()
 
     async def scenario():
         loop = asyncio.get_running_loop()
         hub.advance({"version": 5, "pooling_interval": 30})
-        waiter = watch.Waiter(5, loop.create_future())
+        waiter = hub_module.Waiter(5, loop.create_future())
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", "version": 4, "pooling_interval": 30})
         assert not waiter.future.done()

@@ -4,7 +4,7 @@ exception handler and shown as messages in the admin."""
 from rest_framework import status
 
 from apps.accounts.roles import SUPERUSER, role_needed_message
-from apps.configs.errors import NotFoundError, ServiceError
+from controller_site.errors import NotFoundError, ServiceError
 
 
 class UnknownChange(NotFoundError):

@@ -7,7 +7,6 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR
-from apps.audit.services import client_ip
 from apps.changes import services
 from apps.changes.errors import UnknownChange
 from apps.changes.models import ChangeRequest
@@ -18,6 +17,7 @@ from apps.changes.serializers import (
     DecisionSerializer,
     StaleChangeSerializer,
 )
+from controller_site.request_info import client_ip
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
 NOT_FOUND = OpenApiResponse(description="No such change request.")
