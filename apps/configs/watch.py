@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 WATCH_PATH = "/config/version"
 CONFIG_PATH = "/config/agent"
 FAST_PATHS = (WATCH_PATH, CONFIG_PATH)
+# The fields of a version answer, in the order they are sent.
+STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
 DATABASE_DOWN = "The database is unavailable; try again shortly."
 REFUSED_AGENT = "Invalid or revoked agent token."
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="agent"')
@@ -61,7 +63,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest = {"version": 0, "pooling_interval": None}
+        self.latest = state_of(None)
         self.redis_healthy = False
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -103,10 +105,9 @@ class Hub:
         self.notifications_seen += 1
         metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
-            state = {
-                "version": message.get("version"),
-                "pooling_interval": message.get("pooling_interval"),
-            }
+            # A controller of an older release announces only the version and the interval: the
+            # answer then lacks the content, and the agents fetch it from /config/agent.
+            state = {field: message.get(field) for field in STATE_FIELDS}
             if isinstance(state["version"], int):
                 self.advance(state)
         elif message.get("type") == "revoked":
@@ -116,6 +117,9 @@ class Hub:
         """Wake every waiter that knows an older version. Versions only rise: a late, older
         notification (two processes publishing at once) wakes nobody."""
         if state["version"] <= self.latest["version"]:
+            if state["version"] == self.latest["version"] and self.latest["uuid"] is None:
+                # The same version, now with its content (read after a bare notification).
+                self.latest = state
             return
         self.latest = state
         woken = 0
@@ -434,7 +438,7 @@ def _header(scope, name: bytes) -> str | None:
 
 async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
     if status == 200:
-        payload, headers = _state_response(body["version"], body["pooling_interval"])
+        payload, headers = version_answer(*(body.get(field) for field in STATE_FIELDS))
     else:
         payload, headers = _response(json.dumps(body))
     if extra_headers:
@@ -444,9 +448,22 @@ async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _state_response(version: int, pooling_interval: int | None) -> tuple[bytes, list]:
-    # Thousands of watches woken by one change answer the same bytes: encode them once.
-    return _response(json.dumps({"version": version, "pooling_interval": pooling_interval}))
+def version_answer(
+    version: int, pooling_interval: int | None, config_url: str | None, uuid: str | None
+) -> tuple[bytes, list]:
+    """The bytes of one version's answer. Thousands of watches woken by one change answer the
+    same bytes, so they are encoded once per version (and per content, which for a version
+    never changes), whichever agents they go to."""
+    return _response(
+        json.dumps(
+            {
+                "version": version,
+                "pooling_interval": pooling_interval,
+                "config_url": config_url,
+                "uuid": uuid,
+            }
+        )
+    )
 
 
 def _response(text: str) -> tuple[bytes, list]:
