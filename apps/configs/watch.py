@@ -23,8 +23,17 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.http import QueryDict
 
-from apps.agents.auth import find_agent, touch_last_seen
+from apps.agents.auth import (
+    active_agent,
+    find_agent,
+    find_agents,
+    remembered_agent,
+    token_digest,
+    touch_last_seen,
+)
+from apps.agents.heartbeats import HeartbeatRecorder, InvalidHeartbeat, check_heartbeat
 from apps.agents.models import Agent
+from apps.agents.services import record_heartbeats
 from apps.agents.tokens import bearer_token
 from apps.configs import notifications
 from apps.configs.errors import NoConfigYet
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 WATCH_PATH = "/config/version"
 CONFIG_PATH = "/config/agent"
+HEARTBEAT_PATH = "/agent/heartbeat"
 FAST_PATHS = (WATCH_PATH, CONFIG_PATH)
 # The fields of a version answer, in the order they are sent.
 STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
@@ -244,6 +254,10 @@ async def _quietly(awaitable) -> None:
         await asyncio.wait_for(awaitable, timeout=1)
 
 
+_record_heartbeats = _with_database(record_heartbeats)
+_find_agents = _with_database(find_agents)
+
+
 @_with_database
 def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None]:
     """The agent for `token` and the current state, in one hop to a worker thread."""
@@ -286,19 +300,29 @@ def etag_matches(header: str | None, etag: str) -> bool:
 
 
 class WatchEndpoint:
-    """ASGI app for the two agent reads, GET /config/version (the watch) and GET
-    /config/agent; everything else goes to `fallback` (Django)."""
+    """ASGI app for what every agent calls: GET /config/version (the watch), GET /config/agent
+    and POST /agent/heartbeat; everything else goes to `fallback` (Django)."""
 
     def __init__(self, fallback) -> None:
         self.fallback = fallback
         self.hub = Hub()
+        self.heartbeats = HeartbeatRecorder(
+            write=_record_heartbeats,
+            lookup=_find_agents,
+            flush_seconds=settings.HEARTBEAT_FLUSH_SECONDS,
+            batch_size=settings.HEARTBEAT_BATCH_SIZE,
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in FAST_PATHS:
+        elif scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+        elif scope["method"] == "GET" and scope["path"] in FAST_PATHS:
             handler = self._watch if scope["path"] == WATCH_PATH else self._config
             await self._measured(handler, scope, receive, send)
+        elif scope["method"] == "POST" and scope["path"] == HEARTBEAT_PATH:
+            await self._measured(self._heartbeat, scope, receive, send)
         else:
             await self.fallback(scope, receive, send)
 
@@ -307,9 +331,12 @@ class WatchEndpoint:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.hub.start()
+                self.heartbeats.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.hub.stop()
+                # After the server stopped taking requests: the last reports are written.
+                await self.heartbeats.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -317,6 +344,7 @@ class WatchEndpoint:
         # Servers without lifespan support (or tests calling the app directly) start it here.
         if self.hub.loop is None:
             await self.hub.start()
+        self.heartbeats.start()
 
     async def _measured(self, handler, scope, receive, send) -> None:
         # Django's metrics middleware never sees these endpoints, so they are counted here.
@@ -332,7 +360,49 @@ class WatchEndpoint:
         try:
             await handler(scope, receive, counted_send)
         finally:
-            metrics.observe_request(scope["path"], "GET", status, time.perf_counter() - started)
+            metrics.observe_request(
+                scope["path"], scope["method"], status, time.perf_counter() - started
+            )
+
+    async def _heartbeat(self, scope, receive, send) -> None:
+        """POST /agent/heartbeat: checked here, answered 204, written with the next batch."""
+        await self._ensure_started()
+        body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        if body is None:
+            return  # the client left
+        media_type = (_header(scope, b"content-type") or "application/json").split(";")[0]
+        digest = token_digest(bearer_token(_header(scope, b"authorization")) or "")
+        agent = None
+        if digest is not None:
+            known, agent = remembered_agent(digest)
+            if not known:
+                try:
+                    agent = await self.heartbeats.find(digest)
+                except DatabaseError as exc:
+                    logger.error("heartbeat: database unavailable: %s", exc)
+                    await _respond(send, 503, {"detail": DATABASE_DOWN})
+                    return
+            agent = active_agent(agent, digest)
+        if agent is None:
+            await _respond(send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE])
+        elif body is TOO_LARGE:
+            await _respond(send, 413, {"detail": "The request body is too large."})
+        elif media_type.strip().lower() != "application/json":
+            await _respond(
+                send, 415, {"detail": f'Unsupported media type "{media_type}" in request.'}
+            )
+        else:
+            try:
+                report = check_heartbeat(json.loads(body) if body else {})
+            except ValueError as exc:
+                await _respond(send, 400, {"detail": f"JSON parse error - {exc}"})
+                return
+            except InvalidHeartbeat as exc:
+                await _respond(send, 400, exc.errors)
+                return
+            self.heartbeats.add(str(agent.pk), report)
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
 
     async def _config(self, scope, receive, send) -> None:
         """GET /config/agent: every agent fetches it right after a change, all at once."""
@@ -427,6 +497,25 @@ class WatchEndpoint:
 def _expire(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(("timeout", None))
+
+
+# What _read_body returns for a body over the limit.
+TOO_LARGE = object()
+
+
+async def _read_body(receive, limit: int):
+    """The request body; TOO_LARGE past `limit` bytes, None when the client left."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return TOO_LARGE
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _header(scope, name: bytes) -> str | None:
