@@ -6,8 +6,8 @@ import logging
 
 import requests
 
-from agent.state import CONFIG_FIELDS, valid_config
-from worker.signing import SIGNATURE_HEADER, sign
+from protocol.config import CONFIG_FIELDS, valid_config
+from protocol.signing import SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
 

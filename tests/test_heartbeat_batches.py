@@ -20,7 +20,7 @@ from apps.agents.services import (
     revoke_agent,
 )
 from apps.configs import watch
-from tests.processes import start_controller, wait_until
+from tests.support.processes import start_controller, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 

@@ -8,16 +8,15 @@ import requests
 
 from agent.daemon import Agent
 from apps.agents.services import issue_registration_token
-from tests.agent_support import (
-    INTERNAL_KEY,
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.agent import (
     StubController,
     StubControllerHandler,
-    make_worker,  # noqa: F401 - fixture
     write_cached_config,
     write_credentials,
 )
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.processes import start_agent, start_controller, start_redis, wait_until
+from tests.support.processes import start_agent, start_controller, start_redis, wait_until
+from tests.support.worker import KEY
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +36,7 @@ def requests_counted(controller_url: str, endpoint: str) -> int:
 @pytest.mark.postgres
 def test_the_agent_applies_changes_from_the_watch_answer_without_fetching_them(
     admin_user,
-    make_worker,  # noqa: F811
+    make_worker,
     tmp_path,
 ):
     redis, redis_url, _ = start_redis()
@@ -59,9 +58,9 @@ def test_the_agent_applies_changes_from_the_watch_answer_without_fetching_them(
         token, _ = issue_registration_token()
         agent = start_agent(
             url,
-            [worker.url],
+            [worker.base_url],
             tmp_path / "state",
-            internal_key=INTERNAL_KEY,
+            internal_key=KEY,
             registration_token=token,
         )
         wait_until(lambda: worker.version() == 1, timeout=30, message="worker on v1")
@@ -80,7 +79,7 @@ def test_the_agent_applies_changes_from_the_watch_answer_without_fetching_them(
             wait_until(
                 lambda v=version: worker.version() == v, timeout=15, message=f"worker on v{version}"
             )
-            served = requests.get(f"{worker.url}/config", timeout=5).json()
+            served = requests.get(worker.url("/config"), timeout=5).json()
             assert served["config_url"] == f"{URL}?v={version}"
             assert served["uuid"] == changed.json()["uuid"]
 
@@ -125,7 +124,7 @@ class OlderController(StubController):
 
 
 def test_an_answer_without_the_content_is_fetched_from_config_agent(
-    make_worker,  # noqa: F811
+    make_worker,
     tmp_path,
 ):
     worker = make_worker()
@@ -137,8 +136,8 @@ def test_an_answer_without_the_content_is_fetched_from_config_agent(
     controller.start()
     agent = Agent(
         controller_url=controller.url,
-        worker_urls=[worker.url],
-        internal_key=INTERNAL_KEY,
+        worker_urls=[worker.base_url],
+        internal_key=KEY,
         state_dir=str(state),
         watch=False,
     )
@@ -163,7 +162,7 @@ def test_an_answer_without_the_content_is_fetched_from_config_agent(
             ("/agent/heartbeat", ""),
         ]
         assert worker.version() == 2
-        assert requests.get(f"{worker.url}/config", timeout=5).json()["config_url"] == URL + "?2"
+        assert requests.get(worker.url("/config"), timeout=5).json()["config_url"] == URL + "?2"
     finally:
         agent.close()
         controller.stop()

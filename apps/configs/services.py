@@ -10,7 +10,8 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import check_config_url, check_pooling_interval
+from protocol.config import ConfigState
+from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +28,20 @@ def get_current_config() -> ConfigVersion | None:
     return ConfigVersion.objects.select_related("created_by").order_by("-version").first()
 
 
-def state_of(config: ConfigVersion | None) -> dict:
+def state_of(config: ConfigVersion | None) -> ConfigState:
     """What an agent needs of the current config: the version and its whole content, so that a
-    watch answer can carry it and no second request is needed."""
+    watch answer can carry it and no second request is needed. Version 0 when there is none."""
     if config is None:
-        return {"version": 0, "pooling_interval": None, "config_url": None, "uuid": None}
-    return {
-        "version": config.version,
-        "pooling_interval": config.pooling_interval,
-        "config_url": config.config_url,
-        "uuid": str(config.uuid),
-    }
+        return ConfigState(version=0, pooling_interval=None, config_url=None, uuid=None)
+    return ConfigState(
+        version=config.version,
+        pooling_interval=config.pooling_interval,
+        config_url=config.config_url,
+        uuid=str(config.uuid),
+    )
 
 
-def get_current_state() -> dict:
+def get_current_state() -> ConfigState:
     """The current version and content, from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
     # A controller of an older release keeps only the version and the interval there: such an

@@ -4,6 +4,8 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.audit.services import client_ip
 from apps.configs import services
@@ -36,10 +38,17 @@ def _written(config: ConfigVersion, created: bool) -> Response:
 class ConfigAdminView(APIView):
     """The current configuration, for admins."""
 
+    role_rules = {"GET": ANY_ROLE, "POST": EDITOR, "PUT": EDITOR}
+
     @extend_schema(
         tags=["config"],
         summary="Current configuration",
-        responses={200: AdminConfigSerializer, 401: ERRORS[401], 404: OpenApiResponse()},
+        responses={
+            200: AdminConfigSerializer,
+            401: ERRORS[401],
+            403: forbidden(ANY_ROLE),
+            404: OpenApiResponse(),
+        },
     )
     def get(self, request):
         config = services.get_current_config()
@@ -53,7 +62,12 @@ class ConfigAdminView(APIView):
         description="Both fields required. 201 with a new version; 200 with the current config "
         "when the content equals it.",
         request=ConfigWriteSerializer,
-        responses={201: AdminConfigSerializer, 200: AdminConfigSerializer, **ERRORS},
+        responses={
+            201: AdminConfigSerializer,
+            200: AdminConfigSerializer,
+            **ERRORS,
+            403: forbidden(EDITOR),
+        },
     )
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
@@ -69,7 +83,12 @@ class ConfigAdminView(APIView):
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed.",
         request=ConfigWriteSerializer(partial=True),
-        responses={200: AdminConfigSerializer, 404: OpenApiResponse(), **ERRORS},
+        responses={
+            200: AdminConfigSerializer,
+            404: OpenApiResponse(),
+            **ERRORS,
+            403: forbidden(EDITOR),
+        },
     )
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
@@ -85,8 +104,13 @@ class ConfigHistoryView(generics.ListAPIView):
 
     serializer_class = HistoryEntrySerializer
     queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
+    role_rules = {"GET": ANY_ROLE}
 
-    @extend_schema(tags=["config"], summary="Version history")
+    @extend_schema(
+        tags=["config"],
+        summary="Version history",
+        responses={200: HistoryEntrySerializer(many=True), 403: forbidden(ANY_ROLE)},
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -106,6 +130,8 @@ class ConfigHistoryView(generics.ListAPIView):
 
 
 class ConfigRollbackView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @extend_schema(
         tags=["config"],
         summary="Roll back to a version",
@@ -117,6 +143,7 @@ class ConfigRollbackView(APIView):
             200: AdminConfigSerializer,
             404: OpenApiResponse(description="Unknown version."),
             **ERRORS,
+            403: forbidden(OPERATOR),
         },
     )
     def post(self, request):
