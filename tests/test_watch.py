@@ -10,6 +10,7 @@ import requests
 from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.configs import hub as hub_module
 from apps.configs import notifications, watch
 from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
@@ -199,13 +200,13 @@ def test_without_notifications_a_change_arrives_through_the_database_recheck(
 
 
 def test_an_older_notification_never_moves_a_watch_backwards():
-    hub = watch.Hub()
+    hub = hub_module.Hub()
 
     async def scenario():
         loop = asyncio.get_running_loop()
         five = {"version": 5, "pooling_interval": 30, "config_url": URL, "uuid": "u5"}
         hub.advance(five)
-        waiter = watch.Waiter(5, loop.create_future())
+        waiter = hub_module.Waiter(5, loop.create_future())
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", **five, "version": 4, "uuid": "u4"})
         assert not waiter.future.done()
@@ -216,10 +217,10 @@ def test_an_older_notification_never_moves_a_watch_backwards():
 
 
 def test_a_notification_of_an_older_release_wakes_watches_without_the_content():
-    hub = watch.Hub()
+    hub = hub_module.Hub()
 
     async def scenario():
-        waiter = watch.Waiter(1, asyncio.get_running_loop().create_future())
+        waiter = hub_module.Waiter(1, asyncio.get_running_loop().create_future())
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", "version": 2, "pooling_interval": 30})
         bare = {"version": 2, "pooling_interval": 30, "config_url": None, "uuid": None}

@@ -7,6 +7,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
+from rest_framework.views import APIView
 
 from apps.agents.models import Agent
 from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
@@ -111,3 +112,10 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
 class IsAgent(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
         return isinstance(request.user, Agent)
+
+
+class AgentEndpoint(APIView):
+    """The base of every view an agent calls: its token authenticates it, nothing else does."""
+
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]

@@ -16,8 +16,8 @@ from apps.agents.models import Agent, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.errors import ServiceError
 from apps.configs.notifications import publish_revocation
+from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.agents.auth import AgentEndpoint
 from apps.agents.models import Agent
 from apps.agents.serializers import (
     AgentSerializer,
@@ -22,8 +22,8 @@ from apps.agents.serializers import (
     TokenQuerySerializer,
 )
 from apps.agents.tokens import bearer_token
-from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from controller_site.request_info import client_ip
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
@@ -89,12 +89,10 @@ class RegisterAgentView(APIView):
         return 'Bearer realm="registration"'
 
 
-class HeartbeatView(APIView):
+class HeartbeatView(AgentEndpoint):
     """Served by the ASGI front under run_controller (batched writes, apps/agents/heartbeats.py);
     this view answers the same under WSGI and Django's test client, writing at once."""
 
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
     parser_classes = [JSONParser]
 
     @extend_schema(

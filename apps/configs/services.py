@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.configs import notifications
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from protocol.config import ConfigState
@@ -54,10 +55,26 @@ def get_current_state() -> ConfigState:
     return state
 
 
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak or strong) or is `*`."""
+    if not header:
+        return False
+    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def read_for_agent(if_none_match: str | None) -> tuple[int, str, bool]:
+    """The decision behind GET /config/agent: (current version, its ETag, whether the agent's
+    If-None-Match already names it, for a 304). Raises NoConfigYet before the first config."""
+    version = get_current_state()["version"]
+    if version == 0:
+        raise NoConfigYet()
+    etag = f'"{version}"'
+    return version, etag, etag_matches(if_none_match, etag)
+
+
 def announce_config(config: ConfigVersion) -> None:
     """Runs after the commit: refresh the cached state and wake everyone watching."""
-    from apps.configs import notifications
-
     state = state_of(config)
     cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)

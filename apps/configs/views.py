@@ -6,8 +6,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
-from apps.audit.services import client_ip
+from apps.agents.auth import AgentEndpoint
 from apps.configs import services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -20,7 +19,7 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
-from apps.configs.watch import etag_matches
+from controller_site.request_info import client_ip
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
@@ -158,11 +157,6 @@ class ConfigRollbackView(APIView):
         )
 
 
-class AgentEndpoint(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
-
-
 class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
@@ -208,12 +202,8 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        state = services.get_current_state()
-        if state["version"] == 0:
-            raise NoConfigYet()
-        etag = f'"{state["version"]}"'
-        if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+        version, etag, unchanged = services.read_for_agent(request.META.get("HTTP_IF_NONE_MATCH"))
+        if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        config = services.get_current_config()
-        etag = f'"{config.version}"'
+        config = ConfigVersion.objects.get(version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})

@@ -5,23 +5,20 @@ request path costs about a millisecond per woken request, so this one endpoint i
 in front of Django: it shares the authentication, the cached state and the query rules with the
 rest of the API and skips only the per-request middleware and view machinery.
 
-Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
-waiting request from it; when Redis is absent or down it re-reads the database once a second
-while anyone is waiting, so no change is missed either way.
+The requests wait on this process's Hub (hub.py), which hears of every change. The same front
+takes GET /config/agent and POST /agent/heartbeat, the other two requests every agent makes
+(heartbeats are written in batches: apps/agents/heartbeats.py).
 """
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import random
 import time
-from urllib.parse import unquote, urlsplit
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError
 from django.http import QueryDict
 
 from apps.agents.auth import (
@@ -36,13 +33,15 @@ from apps.agents.heartbeats import HeartbeatRecorder, InvalidHeartbeat, check_he
 from apps.agents.models import Agent
 from apps.agents.services import record_heartbeats
 from apps.agents.tokens import bearer_token
-from apps.configs import notifications
 from apps.configs.errors import NoConfigYet
+from apps.configs.hub import Hub, Waiter, with_database
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
-from apps.configs.services import get_current_config, get_current_state, state_of
+from apps.configs.services import (
+    get_current_state,
+    read_for_agent,
+)
 from apps.ops import metrics
-from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
@@ -55,237 +54,13 @@ STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
 DATABASE_DOWN = "The database is unavailable; try again shortly."
 REFUSED_AGENT = "Invalid or revoked agent token."
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="agent"')
-DB_RECHECK_SECONDS = 1.0
-REDIS_RETRY_MAX_SECONDS = 5.0
 
 
-class Waiter:
-    """One held request: woken with the new state, or with None when its agent is revoked."""
-
-    __slots__ = ("known", "agent_id", "future")
-
-    def __init__(self, known: int, future: asyncio.Future) -> None:
-        self.known = known
-        self.agent_id: str | None = None
-        self.future = future
+_record_heartbeats = with_database(record_heartbeats)
+_find_agents = with_database(find_agents)
 
 
-class Hub:
-    """Wakes this process's held watches when the version moves past what they know."""
-
-    def __init__(self) -> None:
-        self.waiters: set[Waiter] = set()
-        self.latest: ConfigState = state_of(None)
-        self.redis_healthy = False
-        self.notifications_seen = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
-
-    # Life cycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        notifications.set_local_listener(self.deliver_threadsafe)
-        if settings.REDIS_URL:
-            self._tasks.append(asyncio.create_task(self._listen_redis()))
-        self._tasks.append(asyncio.create_task(self._recheck_database()))
-
-    async def stop(self) -> None:
-        notifications.set_local_listener(None)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            # Bounded: a Redis client cancelled mid-read may never finish closing.
-            await asyncio.wait(self._tasks, timeout=2)
-        self._tasks.clear()
-        self.release_all()
-
-    def release_all(self) -> None:
-        """Answer every held watch now with 503 (the process is stopping), so that its agent
-        reconnects at once."""
-        for waiter in list(self.waiters):
-            if not waiter.future.done():
-                waiter.future.set_result(("shutdown", None))
-
-    # Delivery ---------------------------------------------------------------------------
-
-    def deliver_threadsafe(self, message: dict) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.deliver, message)
-
-    def deliver(self, message: dict) -> None:
-        self.notifications_seen += 1
-        metrics.instruments().notifications_received.inc()
-        if message.get("type") == "config":
-            # A controller of an older release announces only the version and the interval: the
-            # answer then lacks the content, and the agents fetch it from /config/agent.
-            state = ConfigState(
-                version=message.get("version"),
-                pooling_interval=message.get("pooling_interval"),
-                config_url=message.get("config_url"),
-                uuid=message.get("uuid"),
-            )
-            if isinstance(state["version"], int):
-                self.advance(state)
-        elif message.get("type") == "revoked":
-            self.cut(message.get("agent_id"))
-
-    def advance(self, state: ConfigState) -> None:
-        """Wake every waiter that knows an older version. Versions only rise: a late, older
-        notification (two processes publishing at once) wakes nobody."""
-        if state["version"] <= self.latest["version"]:
-            if state["version"] == self.latest["version"] and self.latest["uuid"] is None:
-                # The same version, now with its content (read after a bare notification).
-                self.latest = state
-            return
-        self.latest = state
-        woken = 0
-        for waiter in self.waiters:
-            if waiter.known != state["version"] and not waiter.future.done():
-                waiter.future.set_result(("changed", state))
-                woken += 1
-        if woken:
-            logger.info("version %s: woke %s held watches", state["version"], woken)
-
-    def cut(self, agent_id: str | None) -> None:
-        for waiter in self.waiters:
-            if waiter.agent_id == agent_id and not waiter.future.done():
-                waiter.future.set_result(("revoked", None))
-
-    # Sources of news ----------------------------------------------------------------------
-
-    async def _listen_redis(self) -> None:
-        delay = 0.2
-        while True:
-            client = _subscriber_client()
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(settings.NOTIFY_CHANNEL)
-                if not self.redis_healthy:
-                    logger.info("watch hub subscribed to %s", settings.NOTIFY_CHANNEL)
-                self.redis_healthy = True
-                delay = 0.2
-                # A change may have been published while we were not subscribed.
-                await self._read_database_once()
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is not None and message.get("type") == "message":
-                        self._deliver_raw(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any Redis failure: recheck the DB, retry
-                if self.redis_healthy:
-                    logger.warning(
-                        "watch hub lost Redis (%s); re-reading the database every %.0f s until "
-                        "it is back",
-                        exc,
-                        DB_RECHECK_SECONDS,
-                    )
-                self.redis_healthy = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
-            finally:
-                await _quietly(pubsub.aclose())
-                await _quietly(client.aclose())
-
-    def _deliver_raw(self, data: bytes) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            logger.warning("ignoring a malformed notification: %r", data[:200])
-            return
-        if isinstance(message, dict):
-            self.deliver(message)
-
-    async def _recheck_database(self) -> None:
-        """While Redis cannot be trusted and someone is waiting, poll the database each second."""
-        while True:
-            await asyncio.sleep(DB_RECHECK_SECONDS)
-            if self.redis_healthy or not self.waiters:
-                continue
-            try:
-                await self._read_database_once()
-                await self._cut_revoked_waiters()
-            except DatabaseError as exc:
-                logger.warning("watch hub could not read the database: %s", exc)
-
-    async def _read_database_once(self) -> None:
-        state = await _state_from_database()
-        self.advance(state)
-
-    async def _cut_revoked_waiters(self) -> None:
-        held = {w.agent_id for w in self.waiters if w.agent_id}
-        if held:
-            revoked = await _revoked_among(held)
-            for agent_id in revoked:
-                self.cut(agent_id)
-
-
-def _subscriber_client():
-    """An asyncio Redis client for the hub's subscription. With Sentinel, each (re)connection
-    asks the sentinels where the master is, so after a failover the retry loop above
-    subscribes on the new master by itself."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.sentinel import Sentinel
-
-    options = {"socket_connect_timeout": 1.0, "health_check_interval": 10}
-    if not settings.REDIS_SENTINELS:
-        return aioredis.from_url(settings.REDIS_URL, **options)
-    url = urlsplit(settings.REDIS_URL)
-    sentinel = Sentinel(
-        settings.REDIS_SENTINEL_ADDRESSES,
-        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
-    )
-    return sentinel.master_for(
-        settings.REDIS_SENTINEL_MASTER,
-        db=int(url.path.strip("/") or 0),
-        password=unquote(url.password) if url.password else None,
-        username=unquote(url.username) if url.username else None,
-        **options,
-    )
-
-
-def _with_database(function):
-    """Run `function` in a worker thread with a database connection that goes back to the
-    pool (or is closed) when it returns: these threads outlive any one request."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        close_old_connections()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return sync_to_async(wrapper, thread_sensitive=False)
-
-
-@_with_database
-def _state_from_database() -> ConfigState:
-    return state_of(get_current_config())
-
-
-@_with_database
-def _revoked_among(agent_ids: set[str]) -> list[str]:
-    return [
-        str(pk)
-        for pk in Agent.objects.filter(pk__in=agent_ids, revoked_at__isnull=False).values_list(
-            "pk", flat=True
-        )
-    ]
-
-
-async def _quietly(awaitable) -> None:
-    # Closing a connection that already broke may fail or hang; there is nothing left to do.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(awaitable, timeout=1)
-
-
-_record_heartbeats = _with_database(record_heartbeats)
-_find_agents = _with_database(find_agents)
-
-
-@_with_database
+@with_database
 def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None]:
     """The agent for `token` and the current state, in one hop to a worker thread."""
     agent = find_agent(token) if token else None
@@ -295,21 +70,21 @@ def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None
     return agent, get_current_state()
 
 
-@_with_database
+@with_database
 def _config_for_agent(token: str | None, if_none_match: str | None):
     """(status, body, extra headers) for GET /config/agent, in one hop to a worker thread."""
     agent = find_agent(token) if token else None
     if agent is None:
         return 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
     touch_last_seen(agent)
-    state = get_current_state()
-    if state["version"] == 0:
-        return 404, {"detail": NoConfigYet().detail}, []
-    etag = f'"{state["version"]}"'
+    try:
+        version, etag, unchanged = read_for_agent(if_none_match)
+    except NoConfigYet as refused:
+        return 404, {"detail": refused.detail}, []
     headers = [(b"etag", etag.encode())]
-    if etag_matches(if_none_match, etag):
+    if unchanged:
         return 304, None, headers
-    return 200, config_body(state["version"]), headers
+    return 200, config_body(version), headers
 
 
 @functools.lru_cache(maxsize=8)
@@ -317,13 +92,6 @@ def config_body(version: int) -> bytes:
     """The JSON of one version; a version never changes once made, so it is kept."""
     config = ConfigVersion.objects.get(version=version)
     return json.dumps(ConfigSerializer(config).data).encode()
-
-
-def etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
-    return etag in candidates or "*" in candidates
 
 
 class WatchEndpoint:
