@@ -7,10 +7,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
-from apps.audit.services import client_ip
+from apps.changes import services as changes
 from apps.configs import services
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
+from controller_site.request_info import client_ip
 from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
@@ -109,6 +110,8 @@ class ConfigVersionAdmin(HistoryAdmin):
             form = ConfigChangeForm(request.POST)
             if form.is_valid():
                 try:
+                    if changes.approvals_required():
+                        return self._propose(request, current, form.cleaned_data)
                     config, created = self._publish(request, current, form.cleaned_data)
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
@@ -137,6 +140,28 @@ class ConfigVersionAdmin(HistoryAdmin):
             "current": current,
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
+        """With approvals required the form makes a change request, as the API does."""
+        change = changes.propose_change(
+            author=request.user,
+            source_ip=client_ip(request),
+            partial=current is not None,
+            **values,
+        )
+        if change is None:
+            self.message_user(
+                request,
+                f"Nothing changed: version {current.version} already has this content.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Change request #{change.pk} awaits approval; nothing is published until "
+                f"{changes.approvals_required()} approver(s) other than you approve it.",
+            )
+        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}
