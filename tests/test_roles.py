@@ -5,7 +5,10 @@ action that is not in them fails `test_every_*_has_a_rule`, so nothing new ships
 decision about who may use it.
 """
 
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
@@ -99,6 +102,16 @@ ADMIN_RULES = {
         "delete": OPERATOR,
         "delete_selected": OPERATOR,
         "agents_registrationtoken_issue": OPERATOR,
+    },
+    "changes.changerequest": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "changes_changerequest_approve": APPROVER,
+        "changes_changerequest_reject": APPROVER,
+        "changes_changerequest_cancel": EDITOR,
     },
     "audit.auditentry": {
         "view": ANY_ROLE,
@@ -336,8 +349,16 @@ def test_login_tells_the_client_its_roles(api, roles, superuser, expected):
 # Roles themselves ---------------------------------------------------------------------------
 
 
-def test_the_roles_are_groups_made_by_the_migration():
+def test_the_migration_makes_the_groups_and_gives_former_staff_every_role():
+    # Run again here: a test database flushed by an earlier transactional test has lost them.
+    migration = importlib.import_module("apps.accounts.migrations.0002_roles")
+    staff = User.objects.create_user(email="staff@example.com", password=None, is_staff=True)
+    plain = User.objects.create_user(email="plain@example.com", password=None)
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    migration.create_roles(django_apps, None)
     assert set(Group.objects.values_list("name", flat=True)) >= set(ROLES)
+    assert set(staff.groups.values_list("name", flat=True)) == set(ROLES)
+    assert not plain.groups.exists() and not root.groups.exists()
 
 
 def test_set_roles_is_audited_and_gives_admin_access_with_a_role(admin_user):
@@ -448,6 +469,7 @@ def admin_objects(world, admin_user):
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
         "audit.auditentry": AuditEntry.objects.first(),
+        "changes.changerequest": world["change"],
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
     }
@@ -464,6 +486,9 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "auth_user_password_change": f"{base}{obj.pk}/password/",
         "configs_configversion_change_config": f"{base}change-config/",
         "agents_registrationtoken_issue": f"{base}issue/",
+        "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
+        "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
+        "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",
     }[page]
 
 

@@ -138,6 +138,7 @@ class ConfigVersionAdmin(HistoryAdmin):
             "opts": self.model._meta,
             "form": form,
             "current": current,
+            "approvals_required": changes.approvals_required(),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
 
@@ -155,13 +156,13 @@ class ConfigVersionAdmin(HistoryAdmin):
                 f"Nothing changed: version {current.version} already has this content.",
                 messages.WARNING,
             )
-        else:
-            self.message_user(
-                request,
-                f"Change request #{change.pk} awaits approval; nothing is published until "
-                f"{changes.approvals_required()} approver(s) other than you approve it.",
-            )
-        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+            return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+        self.message_user(
+            request,
+            f"Change request #{change.pk} awaits approval; nothing is published until "
+            f"{changes.approvals_required()} approver(s) other than you approve it.",
+        )
+        return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}
