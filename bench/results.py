@@ -79,7 +79,18 @@ def start() -> dict:
 
 def save(name: str, figures: dict, started: dict) -> Path:
     commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Local changes to the code measured; the results files themselves do not count.
+    dirty = bool(
+        _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)docs/bench",
+            ":(exclude)docs/PERFORMANCE.md",
+        )
+    )
     result = {
         "benchmark": name,
         "command": " ".join(["python -m", f"bench.{name}", *sys.argv[1:]]),
