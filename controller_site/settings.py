@@ -118,7 +118,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     # The stock admin, with the operator's dashboard as its index page.
-    "apps.ops.admin_site.ControllerAdminConfig",
+    "controller_site.admin_site.ControllerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -371,8 +371,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "apps.ops.schema.document_invalid_page",
-        "apps.ops.schema.document_plain_views",
+        "controller_site.schema.document_invalid_page",
+        "controller_site.schema.document_plain_views",
     ],
     "APPEND_COMPONENTS": {
         "securitySchemes": {
@@ -420,10 +420,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "text": {
-            "()": "apps.ops.logs.LineFormatter",
+            "()": "protocol.logs.LineFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
         },
-        "json": {"()": "apps.ops.logs.JsonFormatter"},
+        "json": {"()": "protocol.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {
@@ -442,7 +442,7 @@ LOGGING = {
 # The access handler is handed to uvicorn's access logger too, so its filter applies to both.
 GUNICORN_LOGGING = {
     **LOGGING,
-    "filters": {"skip_probes": {"()": "apps.ops.logs.SkipProbes"}},
+    "filters": {"skip_probes": {"()": "protocol.logs.SkipProbes"}},
     "handlers": {
         **LOGGING["handlers"],
         "access": {**LOGGING["handlers"]["console"], "filters": ["skip_probes"]},

@@ -9,7 +9,7 @@ from django.urls import path, reverse
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
 from apps.configs import services
 from apps.configs.models import ConfigVersion
-from apps.ops.admin_site import HistoryAdmin
+from controller_site.admin_site import HistoryAdmin
 from controller_site.request_info import client_ip
 from protocol.rules import (
     MAX_POOLING_INTERVAL,

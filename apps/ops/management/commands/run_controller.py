@@ -54,7 +54,7 @@ class Command(BaseCommand):
             {
                 "bind": bind,
                 "workers": workers,
-                "worker_class": "apps.ops.asgi_worker.ControllerWorker",
+                "worker_class": "apps.ops.gunicorn_worker.ControllerWorker",
                 # Async workers report to the arbiter from their event loop, so held watches
                 # (at most 60 s) do not count against this.
                 "timeout": settings.CONTROLLER_TIMEOUT,

@@ -87,4 +87,4 @@ class HistoryAdmin(admin.ModelAdmin):
 
 
 class ControllerAdminConfig(AdminConfig):
-    default_site = "apps.ops.admin_site.ControllerAdminSite"
+    default_site = "controller_site.admin_site.ControllerAdminSite"
