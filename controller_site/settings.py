@@ -118,7 +118,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     # The stock admin, with the operator's dashboard as its index page.
-    "controller_site.admin_site.ControllerAdminConfig",
+    "controller_site.apps.ControllerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -409,8 +409,9 @@ ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD", "Admin123!@#")
 
 # Logging ---------------------------------------------------------------------------------------
-# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. gunicorn's
-# and uvicorn's loggers get the same handler (GUNICORN_LOGGING), so access lines follow suit.
+# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. The HTTP
+# servers' loggers (gunicorn's and uvicorn's for the controller, granian's for the worker) get the
+# same handler (SERVER_LOGGING), so access lines follow suit.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
 if LOG_FORMAT not in ("text", "json"):
@@ -440,7 +441,7 @@ LOGGING = {
     },
 }
 # The access handler is handed to uvicorn's access logger too, so its filter applies to both.
-GUNICORN_LOGGING = {
+SERVER_LOGGING = {
     **LOGGING,
     "filters": {"skip_probes": {"()": "protocol.logs.SkipProbes"}},
     "handlers": {

@@ -45,7 +45,7 @@ class Command(BaseCommand):
             workers,
             open_files,
         )
-        logging_config = copy.deepcopy(settings.GUNICORN_LOGGING)
+        logging_config = copy.deepcopy(settings.SERVER_LOGGING)
         if not settings.CONTROLLER_ACCESS_LOG:
             logging_config["loggers"]["gunicorn.access"] = {"handlers": [], "propagate": False}
         metrics_dir = enable_multiprocess_metrics()

@@ -59,7 +59,7 @@ class Command(BaseCommand):
                 bind=bind,
                 threads=threads,
                 loglevel=settings.LOG_LEVEL.lower(),
-                logconfig=settings.GUNICORN_LOGGING,
+                logconfig=settings.SERVER_LOGGING,
                 access_log=settings.WORKER_ACCESS_LOG,
             )
         except RuntimeError as exc:
