@@ -20,9 +20,9 @@ from agent.client import (
     MAX_WATCH_WAIT,
     ControllerClient,
     ControllerUnavailable,
-    NoConfigYet,
+    NoConfigServed,
     PushRefused,
-    Unauthorized,
+    TokenRefused,
     WatchNotSupported,
     WorkerClient,
     WorkerUnavailable,
@@ -60,7 +60,7 @@ class WorkerState:
         return self.client.url
 
 
-class Agent:
+class AgentDaemon:
     """One agent: a controller, its workers and a state dir. No Django, only HTTP."""
 
     def __init__(
@@ -159,7 +159,7 @@ class Agent:
             answer = self.controller.register(
                 self.registration_token, name=self.name, hostname=self.hostname
             )
-        except Unauthorized:
+        except TokenRefused:
             self.registration_token = None
             self._need_operator(
                 "the controller refused the registration token (unknown, used or expired)"
@@ -206,7 +206,7 @@ class Agent:
                 changed = True
             else:
                 logger.debug("controller still at v%s", state["version"])
-        except Unauthorized:
+        except TokenRefused:
             self._token_refused()
             if self.registration_token:
                 # Bounded: the registration token is used up whatever the controller answers.
@@ -291,7 +291,7 @@ class Agent:
                     for worker in self.workers
                 ],
             )
-        except Unauthorized:
+        except TokenRefused:
             self._token_refused()
         except ControllerUnavailable as exc:
             logger.warning("heartbeat not delivered: %s", exc)
@@ -397,7 +397,7 @@ class Agent:
         logger.info("controller has v%s, agent holds v%s: fetching", version, held or "-")
         try:
             fetched = self.controller.config(etag_version=held)
-        except NoConfigYet:
+        except NoConfigServed:
             logger.warning("the controller announced v%s but has no config to give", version)
             return
         if fetched is None:

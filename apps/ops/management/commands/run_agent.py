@@ -5,8 +5,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import CollectorRegistry
 
-from agent.daemon import Agent
-from agent.metrics import MeasuredAgent, serve_metrics
+from agent.daemon import AgentDaemon
+from agent.metrics import MeasuredAgentDaemon, serve_metrics
 from apps.ops.serving import parse_bind
 
 
@@ -76,10 +76,10 @@ class Command(BaseCommand):
                 raise CommandError(
                     str(exc).replace("--bind", "--metrics-bind"), returncode=2
                 ) from None
-        agent_class, extra = Agent, {}
+        agent_class, extra = AgentDaemon, {}
         if metrics_address:
             registry = CollectorRegistry()
-            agent_class, extra = MeasuredAgent, {"registry": registry}
+            agent_class, extra = MeasuredAgentDaemon, {"registry": registry}
         agent = agent_class(
             controller_url=controller_url,
             worker_urls=worker_urls,
