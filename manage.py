@@ -7,7 +7,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
     from django.core.management import execute_from_command_line
 
-    from controller_site.config_file import (
+    from protocol.config_file import (
         ConfigFileError,
         role_from_argv,
         take_config_file,

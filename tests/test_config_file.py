@@ -13,8 +13,8 @@ import yaml
 
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
-from controller_site.config_file import ALIASES
 from protocol import signing
+from protocol.config_file import ALIASES
 from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from controller_site.config_file import is_secret
+from protocol.config_file import is_secret
 
 
 def mask(name: str, value) -> str:
