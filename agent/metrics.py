@@ -46,6 +46,7 @@ class MeasuredAgentDaemon(AgentDaemon):
 
     def __init__(self, *args, registry: CollectorRegistry, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.registry = registry
         self.pushes = Counter(
             "agent_pushes",
             "Pushes to workers by result: applied, refused (the worker holds a newer one), failed.",

@@ -18,8 +18,7 @@ from protocol.config_file import ALIASES
 from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks
-# of settings.py. The controller reads every other one. DEBUG and SECRET_KEY are read by all
-# three, because the settings refuse to load without a key when debug is off.
+# of settings.py. The controller reads every other one.
 AGENT_SETTINGS = {
     "CONTROLLER_URL",
     "WORKER_URL",
@@ -42,7 +41,8 @@ WORKER_SETTINGS = {
     "WORKER_MAX_BODY_BYTES",
     "WORKER_BLOCK_PRIVATE_UPSTREAMS",
 }
-SHARED_SETTINGS = {"DEBUG", "SECRET_KEY", "LOG_LEVEL", "LOG_FORMAT"}
+# The worker and the agent read their settings without Django: no DEBUG and no SECRET_KEY.
+DAEMON_SHARED_SETTINGS = {"LOG_LEVEL", "LOG_FORMAT"}
 EXAMPLES = {
     "controller": ROOT / "config" / "config.yaml",
     "worker": ROOT / "config" / "worker-config.yaml",
@@ -209,9 +209,9 @@ def test_a_controller_starts_from_a_file_alone(tmp_path):
 
 def role_settings(role: str, every_setting: set[str]) -> set[str]:
     if role == "agent":
-        return AGENT_SETTINGS | SHARED_SETTINGS | {"INTERNAL_KEY"}
+        return AGENT_SETTINGS | DAEMON_SHARED_SETTINGS | {"INTERNAL_KEY"}
     if role == "worker":
-        return WORKER_SETTINGS | SHARED_SETTINGS | {"INTERNAL_KEY"}
+        return WORKER_SETTINGS | DAEMON_SHARED_SETTINGS | {"INTERNAL_KEY"}
     return every_setting - AGENT_SETTINGS - WORKER_SETTINGS - {"INTERNAL_KEY"}
 
 
@@ -253,7 +253,7 @@ def test_a_worker_starts_from_a_file_alone(tmp_path):
     port = free_port()
     path = write(
         tmp_path,
-        f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nbind: 127.0.0.1:{port}\n",
+        f"internal_key: {KEY}\nbind: 127.0.0.1:{port}\n",
     )
     process = Process(
         [sys.executable, str(ROOT / "manage.py"), "run_worker", "--config", str(path)],
@@ -282,13 +282,14 @@ def test_a_worker_starts_from_a_file_alone(tmp_path):
     finally:
         process.stop()
     assert KEY not in process.log_path.read_text(errors="replace")
+    # No SECRET_KEY, no database, no cache: the worker reads its own settings, and so neither
+    # asks for a key nor makes a var/ directory for one.
+    assert not (tmp_path / "var").exists()
 
 
 def test_the_bind_flag_wins_over_the_environment_which_wins_over_the_worker_file(tmp_path):
     in_file, in_env, in_flag = free_port(), free_port(), free_port()
-    path = write(
-        tmp_path, f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nbind: 127.0.0.1:{in_file}\n"
-    )
+    path = write(tmp_path, f"internal_key: {KEY}\nbind: 127.0.0.1:{in_file}\n")
     env = clean_env(tmp_path, WORKER_BIND=f"127.0.0.1:{in_env}")
     for flags, listening in (([], in_env), (["--bind", f"127.0.0.1:{in_flag}"], in_flag)):
         process = Process(
@@ -355,7 +356,6 @@ def test_an_agent_runs_from_a_file_alone_against_a_live_controller_and_worker(
     state_dir = tmp_path / "state"
     path = write(
         tmp_path,
-        f"secret_key: {TEST_SECRET_KEY}\n"
         f"controller_url: {live_server.url}\n"
         f"worker_urls: [{worker.base_url}]\n"
         f"registration_token: {token}\n"
@@ -398,7 +398,7 @@ def test_a_bad_agent_or_worker_file_exits_2_before_anything_starts(
 ):
     state_dir = tmp_path / "state"
     port = free_port()
-    good = f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\n" + (
+    good = f"internal_key: {KEY}\n" + (
         f"controller_url: http://127.0.0.1:{port}\nstate_dir: {state_dir}\n"
         "worker_urls: [http://127.0.0.1:9]\nregistration_token: rt_x\n"
         if command == "run_agent"
@@ -430,7 +430,7 @@ def test_a_bad_agent_or_worker_file_exits_2_before_anything_starts(
 def test_a_daemon_reads_its_own_keys_whatever_config_role_it_inherits(tmp_path):
     # run_stack sets CONFIG_ROLE=controller and its children inherit it: `threads` must still
     # mean the worker's threads (here refused as 0), not an unknown controller key.
-    path = write(tmp_path, f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nthreads: 0\n")
+    path = write(tmp_path, f"internal_key: {KEY}\nthreads: 0\n")
     result = manage("run_worker", "--config", str(path), env={"CONFIG_ROLE": "controller"})
     assert result.returncode == 2
     assert "key 'threads': must be at least 1" in result.stderr

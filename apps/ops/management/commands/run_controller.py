@@ -3,16 +3,15 @@ import logging
 import shutil
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.ops.serving import (
     GunicornApplication,
     enable_multiprocess_metrics,
-    exit_with,
     mark_metrics_process_dead,
-    parse_bind,
     raise_open_file_limit,
 )
+from protocol.cli import UsageError, parse_bind
 
 logger = logging.getLogger("apps.ops")
 
@@ -34,10 +33,10 @@ class Command(BaseCommand):
     def handle(self, *args, bind: str, workers: int, **options):
         try:
             parse_bind(bind)
-        except ValueError as exc:
-            exit_with(str(exc))
+        except UsageError as exc:
+            raise CommandError(str(exc), returncode=2) from None
         if workers < 1:
-            exit_with("--workers must be at least 1")
+            raise CommandError("--workers must be at least 1.", returncode=2)
         open_files = raise_open_file_limit()
         logger.info(
             "controller listening on http://%s with %s worker(s), %s open files allowed",

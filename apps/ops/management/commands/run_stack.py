@@ -5,12 +5,29 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from agent.settings import AgentSettings
+from agent.settings import read_settings as read_agent_settings
 from agent.state import CorruptStateFile, StateDir
 from apps.accounts.management.commands.seed_admin import SEED_PASSWORD
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token
-from apps.ops.serving import parse_bind
 from apps.ops.stack import Child, ChildDied, PortInUse, Stack, check_port_free, internal_key_from
+from protocol.cli import UsageError, parse_bind
+from protocol.config_file import ConfigFile
+from protocol.settings import SettingsError, SettingsReader
+from worker.settings import WorkerSettings
+from worker.settings import read_settings as read_worker_settings
+
+
+def daemon_settings() -> tuple[WorkerSettings, AgentSettings]:
+    """The settings of the worker and the agent this command starts. run_stack takes no
+    settings file: they read the environment, as the children will."""
+    try:
+        worker = read_worker_settings(SettingsReader(ConfigFile(None, "worker")))
+        agent = read_agent_settings(SettingsReader(ConfigFile(None, "agent")))
+    except SettingsError as exc:
+        raise CommandError(str(exc), returncode=2) from None
+    return worker, agent
 
 
 class Command(BaseCommand):
@@ -20,6 +37,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        worker, agent = daemon_settings()
         parser.add_argument(
             "--controller-bind",
             default=settings.CONTROLLER_BIND,
@@ -27,12 +45,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--worker-bind",
-            default=settings.WORKER_BIND,
+            default=worker.bind,
             help="HOST:PORT of the worker (WORKER_BIND).",
         )
         parser.add_argument(
             "--state-dir",
-            default=settings.AGENT_STATE_DIR,
+            default=agent.state_dir,
             help="The agent's state dir (AGENT_STATE_DIR).",
         )
 
@@ -53,12 +71,12 @@ class Command(BaseCommand):
             worker_host, worker_port = parse_bind(worker_bind)
             check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
             check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
-        except (ValueError, PortInUse) as exc:
+        except (UsageError, PortInUse) as exc:
             raise CommandError(str(exc), returncode=2) from None
 
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_admin")
-        internal_key = settings.INTERNAL_KEY or internal_key_from(settings.VAR_DIR)
+        internal_key = daemon_settings()[0].internal_key or internal_key_from(settings.VAR_DIR)
         registration_token = self._registration_token_if_needed(state_dir)
 
         controller_url = f"http://{_url_host(controller_host)}:{controller_port}"
