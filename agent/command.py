@@ -3,7 +3,6 @@ loads, so an agent process holds neither the controller's apps nor its settings.
 
 import argparse
 import logging.config
-import os
 import signal
 import sys
 import threading
@@ -14,9 +13,9 @@ from agent.daemon import AgentDaemon
 from agent.metrics import MeasuredAgentDaemon, serve_metrics
 from agent.settings import AgentSettings, read_settings
 from protocol.cli import UsageError, parse_bind
-from protocol.config_file import ConfigFile, ConfigFileError
+from protocol.config_file import ConfigFileError
 from protocol.logs import logging_config
-from protocol.settings import SettingsError, SettingsReader
+from protocol.settings import SettingsError, read_role_settings
 
 HELP = (
     "Run the agent: register once, watch the controller's version and push each new config "
@@ -51,13 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_agent_settings(config_path: str | None) -> AgentSettings:
-    """The agent's settings from the environment and the file; raise ConfigFileError or
-    SettingsError."""
-    file = ConfigFile(config_path or os.environ.get("CONFIG_FILE") or None, "agent")
-    reader = SettingsReader(file)
-    settings = read_settings(reader)
-    file.check_unknown(set(reader.sources))
-    return settings
+    return read_role_settings("agent", read_settings, config_path)[0]
 
 
 def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, str | None]:

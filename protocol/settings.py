@@ -6,6 +6,7 @@ Django. Each value's source is kept for `manage.py show_settings`.
 """
 
 import os
+from collections.abc import Callable
 
 from protocol.config_file import ConfigFile, convert
 
@@ -79,3 +80,16 @@ class SettingsReader:
         if source == "env":
             value = [item.strip() for item in value.split(",") if item.strip()]
         return self.record(name, source, value)
+
+
+def read_role_settings(
+    role: str, read_settings: Callable[["SettingsReader"], object], config_path: str | None = None
+) -> tuple[object, dict[str, tuple[str, object]]]:
+    """The worker's or the agent's settings, by its own `read_settings`, from the environment
+    and its settings file (`config_path`, else CONFIG_FILE), and where each came from. Raises
+    ConfigFileError or SettingsError, also for a key in the file that no setting reads."""
+    file = ConfigFile(config_path or os.environ.get("CONFIG_FILE") or None, role)
+    reader = SettingsReader(file)
+    settings = read_settings(reader)
+    file.check_unknown(set(reader.sources))
+    return settings, reader.sources

@@ -3,13 +3,12 @@ loads, so a worker process holds neither the controller's apps nor its settings.
 
 import argparse
 import logging.config
-import os
 import sys
 
 from protocol.cli import UsageError, parse_bind
-from protocol.config_file import ConfigFile, ConfigFileError
+from protocol.config_file import ConfigFileError
 from protocol.logs import logging_config, server_logging_config
-from protocol.settings import SettingsError, SettingsReader
+from protocol.settings import SettingsError, read_role_settings
 from worker.app import WorkerApp
 from worker.server import serve
 from worker.settings import WorkerSettings, read_settings
@@ -33,13 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_worker_settings(config_path: str | None) -> WorkerSettings:
-    """The worker's settings from the environment and the file; raise ConfigFileError or
-    SettingsError."""
-    file = ConfigFile(config_path or os.environ.get("CONFIG_FILE") or None, "worker")
-    reader = SettingsReader(file)
-    settings = read_settings(reader)
-    file.check_unknown(set(reader.sources))
-    return settings
+    return read_role_settings("worker", read_settings, config_path)[0]
 
 
 def resolve(options: dict, settings: WorkerSettings) -> tuple[str, int]:

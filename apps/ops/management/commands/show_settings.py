@@ -2,8 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agent.settings import read_settings as read_agent_settings
-from protocol.config_file import ConfigFile, ConfigFileError, is_secret
-from protocol.settings import SettingsError, SettingsReader
+from protocol.config_file import ConfigFileError, is_secret
+from protocol.settings import SettingsError, read_role_settings
 from worker.settings import read_settings as read_worker_settings
 
 # The worker and the agent read their own settings, without Django.
@@ -48,10 +48,6 @@ class Command(BaseCommand):
 def daemon_sources(path: str | None, role: str) -> dict[str, tuple[str, object]]:
     """The worker's or the agent's settings as that process reads them, and their sources."""
     try:
-        file = ConfigFile(path, role)
-        reader = SettingsReader(file)
-        DAEMON_READERS[role](reader)
-        file.check_unknown(set(reader.sources))
+        return read_role_settings(role, DAEMON_READERS[role], path)[1]
     except (ConfigFileError, SettingsError) as exc:
         raise CommandError(str(exc), returncode=2) from None
-    return reader.sources
