@@ -55,57 +55,24 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, controller_bind: str, worker_bind: str, state_dir: str, **options):
-        if settings.CONFIG_FILE.path:
-            # One file cannot serve three processes: `bind` alone means a different address to
-            # each. Each process takes its own file instead.
-            raise CommandError(
-                f"run_stack does not take a settings file ({settings.CONFIG_FILE.path}, from "
-                "--config or CONFIG_FILE): it runs the local stack from the environment. To run "
-                "from files, start each process with its own: run_controller --config "
-                "config/config.yaml, run_worker --config config/worker-config.yaml, run_agent "
-                "--config config/agent-config.yaml.",
-                returncode=2,
-            )
-        try:
-            controller_host, controller_port = parse_bind(controller_bind)
-            worker_host, worker_port = parse_bind(worker_bind)
-            check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
-            check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
-        except (UsageError, PortInUse) as exc:
-            raise CommandError(str(exc), returncode=2) from None
-
+        controller_url, worker_url = check_binds(controller_bind, worker_bind)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_admin")
         internal_key = daemon_settings()[0].internal_key or internal_key_from(settings.VAR_DIR)
-        registration_token = self._registration_token_if_needed(state_dir)
-
-        controller_url = f"http://{_url_host(controller_host)}:{controller_port}"
-        worker_url = f"http://{_url_host(worker_host)}:{worker_port}"
         env = {"INTERNAL_KEY": internal_key}
         agent_env = dict(env)
+        registration_token = self._registration_token_if_needed(state_dir)
         if registration_token:
             # Through the environment, not the command line: `ps` shows arguments to everyone.
             agent_env["REGISTRATION_TOKEN"] = registration_token
-        out = sys.stdout.buffer
+        agent_args = ["--controller-url", controller_url, "--worker-url", worker_url]
         stack = Stack(
             [
                 Child("controller", ["run_controller", "--bind", controller_bind], env),
                 Child("worker", ["run_worker", "--bind", worker_bind], env),
-                Child(
-                    "agent",
-                    [
-                        "run_agent",
-                        "--controller-url",
-                        controller_url,
-                        "--worker-url",
-                        worker_url,
-                        "--state-dir",
-                        state_dir,
-                    ],
-                    agent_env,
-                ),
+                Child("agent", ["run_agent", *agent_args, "--state-dir", state_dir], agent_env),
             ],
-            out,
+            sys.stdout.buffer,
             prefix=settings.LOG_FORMAT != "json",
         )
 
@@ -145,6 +112,33 @@ class Command(BaseCommand):
         token, _ = issue_registration_token()
         self.stdout.write("Issued a registration token for the local agent.")
         return token
+
+
+def check_binds(controller_bind: str, worker_bind: str) -> tuple[str, str]:
+    """The controller's and the worker's URLs; CommandError (status 2) for a settings file,
+    a bad HOST:PORT or a port in use, before anything starts."""
+    if settings.CONFIG_FILE.path:
+        # One file cannot serve three processes: `bind` alone means a different address to
+        # each. Each process takes its own file instead.
+        raise CommandError(
+            f"run_stack does not take a settings file ({settings.CONFIG_FILE.path}, from "
+            "--config or CONFIG_FILE): it runs the local stack from the environment. To run "
+            "from files, start each process with its own: run_controller --config "
+            "config/config.yaml, run_worker --config config/worker-config.yaml, run_agent "
+            "--config config/agent-config.yaml.",
+            returncode=2,
+        )
+    try:
+        controller_host, controller_port = parse_bind(controller_bind)
+        worker_host, worker_port = parse_bind(worker_bind)
+        check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
+        check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
+    except (UsageError, PortInUse) as exc:
+        raise CommandError(str(exc), returncode=2) from None
+    return (
+        f"http://{_url_host(controller_host)}:{controller_port}",
+        f"http://{_url_host(worker_host)}:{worker_port}",
+    )
 
 
 def _url_host(host: str) -> str:
