@@ -3,6 +3,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotAuthenticated
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -89,11 +90,24 @@ class RegisterAgentView(APIView):
 
 
 class HeartbeatView(AgentEndpoint):
+    """Served by the ASGI front under run_controller (batched writes, apps/agents/heartbeats.py);
+    this view answers the same under WSGI and Django's test client, writing at once."""
+
+    parser_classes = [JSONParser]
+
     @extend_schema(
         tags=["agent"],
         summary="Report what the agent applied",
+        description="Answered 204 at once; under run_controller the report is written with the "
+        "next batch (within HEARTBEAT_FLUSH_SECONDS, 0.1 s by default).",
         request=HeartbeatSerializer,
-        responses={204: None, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            204: None,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            413: OpenApiResponse(description="The body is too large."),
+            415: OpenApiResponse(description="The body is not JSON."),
+        },
     )
     def post(self, request):
         body = HeartbeatSerializer(data=request.data)

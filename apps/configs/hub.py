@@ -87,8 +87,13 @@ class Hub:
     def deliver(self, message: dict) -> None:
         metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
+            # A controller of an older release announces only the version and the interval: the
+            # answer then lacks the content, and the agents fetch it from /config/agent.
             state = ConfigState(
-                version=message.get("version"), pooling_interval=message.get("pooling_interval")
+                version=message.get("version"),
+                pooling_interval=message.get("pooling_interval"),
+                config_url=message.get("config_url"),
+                uuid=message.get("uuid"),
             )
             if isinstance(state["version"], int):
                 self.advance(state)
@@ -99,6 +104,9 @@ class Hub:
         """Wake every waiter that knows an older version. Versions only rise: a late, older
         notification (two processes publishing at once) wakes nobody."""
         if state["version"] <= self.latest["version"]:
+            if state["version"] == self.latest["version"] and self.latest["uuid"] is None:
+                # The same version, now with its content (read after a bare notification).
+                self.latest = state
             return
         self.latest = state
         woken = 0

@@ -30,16 +30,24 @@ def get_current_config() -> ConfigVersion | None:
 
 
 def state_of(config: ConfigVersion | None) -> ConfigState:
-    """What a watch answers for `config`; version 0 when there is none yet."""
+    """What an agent needs of the current config: the version and its whole content, so that a
+    watch answer can carry it and no second request is needed. Version 0 when there is none."""
     if config is None:
-        return ConfigState(version=0, pooling_interval=None)
-    return ConfigState(version=config.version, pooling_interval=config.pooling_interval)
+        return ConfigState(version=0, pooling_interval=None, config_url=None, uuid=None)
+    return ConfigState(
+        version=config.version,
+        pooling_interval=config.pooling_interval,
+        config_url=config.config_url,
+        uuid=str(config.uuid),
+    )
 
 
 def get_current_state() -> ConfigState:
-    """The current version and interval, from the cache when warm, else from the database."""
+    """The current version and content, from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
-    if state is not None:
+    # A controller of an older release keeps only the version and the interval there: such an
+    # entry is read again from the database rather than answered without its content.
+    if state is not None and "uuid" in state:
         return state
     state = state_of(get_current_config())
     # add, not set: a change committed since our read has already stored a newer state.

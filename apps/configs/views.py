@@ -160,7 +160,11 @@ class ConfigRollbackView(APIView):
 class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
-        summary="Current version and polling interval",
+        summary="Current version and its content (a long poll with version and wait)",
+        description="Answers the current version with its content (`config_url`, `uuid`, "
+        "`pooling_interval`), so an agent applies a change from this answer alone. With "
+        "`version` and `wait`, the request is held until the version differs from `version` "
+        "or `wait` seconds have passed (then the unchanged state is answered).",
         parameters=[VersionQuerySerializer],
         responses={
             200: VersionStateSerializer,

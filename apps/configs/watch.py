@@ -5,7 +5,9 @@ request path costs about a millisecond per woken request, so this one endpoint i
 in front of Django: it shares the authentication, the cached state and the query rules with the
 rest of the API and skips only the per-request middleware and view machinery.
 
-The requests wait on this process's Hub (hub.py), which hears of every change.
+The requests wait on this process's Hub (hub.py), which hears of every change. The same front
+takes GET /config/agent and POST /agent/heartbeat, the other two requests every agent makes
+(heartbeats are written in batches: apps/agents/heartbeats.py).
 """
 
 import asyncio
@@ -15,11 +17,21 @@ import logging
 import random
 import time
 
+from django.conf import settings
 from django.db import DatabaseError
 from django.http import QueryDict
 
-from apps.agents.auth import find_agent, touch_last_seen
+from apps.agents.auth import (
+    active_agent,
+    find_agent,
+    find_agents,
+    remembered_agent,
+    token_digest,
+    touch_last_seen,
+)
+from apps.agents.heartbeats import HeartbeatRecorder, InvalidHeartbeat, check_heartbeat
 from apps.agents.models import Agent
+from apps.agents.services import record_heartbeats
 from apps.agents.tokens import bearer_token
 from apps.configs.errors import NoConfigYet
 from apps.configs.hub import Hub, Waiter, with_database
@@ -35,10 +47,17 @@ logger = logging.getLogger(__name__)
 
 WATCH_PATH = "/config/version"
 CONFIG_PATH = "/config/agent"
+HEARTBEAT_PATH = "/agent/heartbeat"
 FAST_PATHS = (WATCH_PATH, CONFIG_PATH)
+# The fields of a version answer, in the order they are sent.
+STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
 DATABASE_DOWN = "The database is unavailable; try again shortly."
 REFUSED_AGENT = "Invalid or revoked agent token."
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="agent"')
+
+
+_record_heartbeats = with_database(record_heartbeats)
+_find_agents = with_database(find_agents)
 
 
 @with_database
@@ -76,19 +95,29 @@ def config_body(version: int) -> bytes:
 
 
 class WatchEndpoint:
-    """ASGI app for the two agent reads, GET /config/version (the watch) and GET
-    /config/agent; everything else goes to `fallback` (Django)."""
+    """ASGI app for what every agent calls: GET /config/version (the watch), GET /config/agent
+    and POST /agent/heartbeat; everything else goes to `fallback` (Django)."""
 
     def __init__(self, fallback) -> None:
         self.fallback = fallback
         self.hub = Hub()
+        self.heartbeats = HeartbeatRecorder(
+            write=_record_heartbeats,
+            lookup=_find_agents,
+            flush_seconds=settings.HEARTBEAT_FLUSH_SECONDS,
+            batch_size=settings.HEARTBEAT_BATCH_SIZE,
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in FAST_PATHS:
+        elif scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+        elif scope["method"] == "GET" and scope["path"] in FAST_PATHS:
             handler = self._watch if scope["path"] == WATCH_PATH else self._config
             await self._measured(handler, scope, receive, send)
+        elif scope["method"] == "POST" and scope["path"] == HEARTBEAT_PATH:
+            await self._measured(self._heartbeat, scope, receive, send)
         else:
             await self.fallback(scope, receive, send)
 
@@ -97,9 +126,12 @@ class WatchEndpoint:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.hub.start()
+                self.heartbeats.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.hub.stop()
+                # After the server stopped taking requests: the last reports are written.
+                await self.heartbeats.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -107,6 +139,7 @@ class WatchEndpoint:
         # Servers without lifespan support (or tests calling the app directly) start it here.
         if self.hub.loop is None:
             await self.hub.start()
+        self.heartbeats.start()
 
     async def _measured(self, handler, scope, receive, send) -> None:
         # Django's metrics middleware never sees these endpoints, so they are counted here.
@@ -122,7 +155,49 @@ class WatchEndpoint:
         try:
             await handler(scope, receive, counted_send)
         finally:
-            metrics.observe_request(scope["path"], "GET", status, time.perf_counter() - started)
+            metrics.observe_request(
+                scope["path"], scope["method"], status, time.perf_counter() - started
+            )
+
+    async def _heartbeat(self, scope, receive, send) -> None:
+        """POST /agent/heartbeat: checked here, answered 204, written with the next batch."""
+        await self._ensure_started()
+        body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        if body is None:
+            return  # the client left
+        media_type = (_header(scope, b"content-type") or "application/json").split(";")[0]
+        digest = token_digest(bearer_token(_header(scope, b"authorization")) or "")
+        agent = None
+        if digest is not None:
+            known, agent = remembered_agent(digest)
+            if not known:
+                try:
+                    agent = await self.heartbeats.find(digest)
+                except DatabaseError as exc:
+                    logger.error("heartbeat: database unavailable: %s", exc)
+                    await _respond(send, 503, {"detail": DATABASE_DOWN})
+                    return
+            agent = active_agent(agent, digest)
+        if agent is None:
+            await _respond(send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE])
+        elif body is TOO_LARGE:
+            await _respond(send, 413, {"detail": "The request body is too large."})
+        elif media_type.strip().lower() != "application/json":
+            await _respond(
+                send, 415, {"detail": f'Unsupported media type "{media_type}" in request.'}
+            )
+        else:
+            try:
+                report = check_heartbeat(json.loads(body) if body else {})
+            except ValueError as exc:
+                await _respond(send, 400, {"detail": f"JSON parse error - {exc}"})
+                return
+            except InvalidHeartbeat as exc:
+                await _respond(send, 400, exc.errors)
+                return
+            self.heartbeats.add(str(agent.pk), report)
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
 
     async def _config(self, scope, receive, send) -> None:
         """GET /config/agent: every agent fetches it right after a change, all at once."""
@@ -219,6 +294,25 @@ def _expire(future: asyncio.Future) -> None:
         future.set_result(("timeout", None))
 
 
+# What _read_body returns for a body over the limit.
+TOO_LARGE = object()
+
+
+async def _read_body(receive, limit: int):
+    """The request body; TOO_LARGE past `limit` bytes, None when the client left."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return TOO_LARGE
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 def _header(scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -228,7 +322,7 @@ def _header(scope, name: bytes) -> str | None:
 
 async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
     if status == 200:
-        payload, headers = _state_response(body["version"], body["pooling_interval"])
+        payload, headers = version_answer(*(body.get(field) for field in STATE_FIELDS))
     else:
         payload, headers = _response(json.dumps(body))
     if extra_headers:
@@ -238,9 +332,22 @@ async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _state_response(version: int, pooling_interval: int | None) -> tuple[bytes, list]:
-    # Thousands of watches woken by one change answer the same bytes: encode them once.
-    return _response(json.dumps({"version": version, "pooling_interval": pooling_interval}))
+def version_answer(
+    version: int, pooling_interval: int | None, config_url: str | None, uuid: str | None
+) -> tuple[bytes, list]:
+    """The bytes of one version's answer. Thousands of watches woken by one change answer the
+    same bytes, so they are encoded once per version (and per content, which for a version
+    never changes), whichever agents they go to."""
+    return _response(
+        json.dumps(
+            {
+                "version": version,
+                "pooling_interval": pooling_interval,
+                "config_url": config_url,
+                "uuid": uuid,
+            }
+        )
+    )
 
 
 def _response(text: str) -> tuple[bytes, list]:
