@@ -117,12 +117,19 @@ def test_config_file_variable_works_like_the_flag(tmp_path):
 
 
 def test_bind_means_the_bind_of_the_process_that_reads_the_file(tmp_path):
-    path = write(tmp_path, f"secret_key: {TEST_SECRET_KEY}\nbind: 127.0.0.1:9200\n")
-    result = manage("show_settings", "--config", str(path), env={"CONFIG_ROLE": "worker"})
+    path = write(tmp_path, "bind: 127.0.0.1:9200\n")
+    env = {"SECRET_KEY": TEST_SECRET_KEY}
+    result = manage("show_settings", "--config", str(path), env={**env, "CONFIG_ROLE": "worker"})
     assert result.returncode == 0, result.stderr
     rows = effective(result.stdout)
     assert rows["WORKER_BIND"] == ("file", "127.0.0.1:9200")
-    assert rows["CONTROLLER_BIND"][0] == "default"
+    # The worker reads its own settings only: the controller's are not its business.
+    assert "CONTROLLER_BIND" not in rows
+    result = manage("show_settings", "--config", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    rows = effective(result.stdout)
+    assert rows["CONTROLLER_BIND"] == ("file", "127.0.0.1:9200")
+    assert "WORKER_BIND" not in rows
 
 
 def test_secrets_are_masked_including_passwords_inside_urls(tmp_path):
@@ -157,6 +164,7 @@ def test_a_world_readable_file_with_secrets_is_warned_about(tmp_path):
         ("redis_url: not-a-url\n", "key 'redis_url': must be a URL"),
         ("controller_url: controller:8080\n", "key 'controller_url': must be a URL"),
         ("worker_url: ['http://:8082']\n", "key 'worker_url': must be a URL"),
+        ("workers: 2\n", "unknown key 'workers'; did you mean 'worker_urls'?"),
         ("allowed_hosts: {a: 1}\n", "key 'allowed_hosts': must be a list of strings"),
         ("log_level: [1, 2\n", "invalid YAML at line 2, column 1"),
         ("- just\n- a list\n", "the file must hold a mapping"),
@@ -164,7 +172,11 @@ def test_a_world_readable_file_with_secrets_is_warned_about(tmp_path):
 )
 def test_bad_files_exit_2_naming_the_file_and_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
-    result = manage("show_settings", "--config", str(path), env={"SECRET_KEY": TEST_SECRET_KEY})
+    env = {"SECRET_KEY": TEST_SECRET_KEY}
+    if text.startswith(("controller_url", "worker_url", "workers")):
+        # Keys of the agent's settings: read as the agent reads its file.
+        env["CONFIG_ROLE"] = "agent"
+    result = manage("show_settings", "--config", str(path), env=env)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {path}:")
     assert message in result.stderr

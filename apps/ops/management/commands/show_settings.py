@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agent.settings import read_settings as read_agent_settings
-from protocol.config_file import ConfigFileError, is_secret
+from protocol.config_file import is_secret
 from protocol.settings import SettingsError, read_role_settings
 from worker.settings import read_settings as read_worker_settings
 
@@ -46,8 +46,9 @@ class Command(BaseCommand):
 
 
 def daemon_sources(path: str | None, role: str) -> dict[str, tuple[str, object]]:
-    """The worker's or the agent's settings as that process reads them, and their sources."""
+    """The worker's or the agent's settings as that process reads them, and their sources. A
+    bad settings file stops the command as it stops that process (manage.py: `error: ...`)."""
     try:
         return read_role_settings(role, DAEMON_READERS[role], path)[1]
-    except (ConfigFileError, SettingsError) as exc:
+    except SettingsError as exc:
         raise CommandError(str(exc), returncode=2) from None
