@@ -5,13 +5,13 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from rest_framework import status
 
 from apps.agents.auth import forget_agent
-from apps.agents.models import Agent, RegistrationToken
+from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
@@ -87,10 +87,63 @@ def register_agent(
     return agent, agent_token
 
 
-def record_heartbeat(agent: Agent, *, applied_version: int | None, workers: list[dict]) -> None:
-    Agent.objects.filter(pk=agent.pk).update(
-        last_seen=timezone.now(), applied_version=applied_version, workers=workers
-    )
+def record_heartbeat(
+    agent: Agent, *, applied_version: int | None, workers: list[dict], hits: list[dict] = ()
+) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(
+            last_seen=now, applied_version=applied_version, workers=workers
+        )
+        add_hits([(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now)
+
+
+# Adds to the totals rather than setting them: each heartbeat carries the hits since the one
+# before. The same in PostgreSQL and SQLite. (The table is AgentHits' db_table.)
+ADD_HITS_SQL = """
+    INSERT INTO agent_hits (agent_id, version, ok, failed, updated_at) VALUES {rows}
+    ON CONFLICT (agent_id, version) DO UPDATE SET
+        ok = agent_hits.ok + excluded.ok,
+        failed = agent_hits.failed + excluded.failed,
+        updated_at = excluded.updated_at
+"""
+
+
+def add_hits(rows: list[tuple], now: datetime) -> None:
+    """Add (agent_id, version, ok, failed) rows to the per-agent, per-version totals, in one
+    statement."""
+    totals: dict[tuple, list[int]] = {}
+    for agent_id, version, ok, failed in rows:
+        if ok or failed:
+            # One statement may not touch a row twice: same agent and version are summed first.
+            total = totals.setdefault((str(agent_id), version), [0, 0])
+            total[0] += ok
+            total[1] += failed
+    if not totals:
+        return
+    params: list = []
+    for (agent_id, version), (ok, failed) in totals.items():
+        params += [agent_id.replace("-", "") if connection.vendor == "sqlite" else agent_id]
+        params += [version, ok, failed, now]
+    placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(totals))
+    with connection.cursor() as cursor:
+        cursor.execute(ADD_HITS_SQL.format(rows=placeholders), params)
+
+
+def hits_of(agents: list[Agent], versions: dict) -> dict:
+    """{agent_id: {"version", "ok", "failed"}} of each agent's hits with the version
+    `versions[agent_id]`, in one query; agents with none are left out."""
+    wanted = {(str(agent_id), version) for agent_id, version in versions.items() if version}
+    if not wanted:
+        return {}
+    rows = AgentHits.objects.filter(
+        agent__in=agents, version__in={version for _, version in wanted}
+    ).values_list("agent_id", "version", "ok", "failed")
+    return {
+        str(agent_id): {"version": version, "ok": ok, "failed": failed}
+        for agent_id, version, ok, failed in rows
+        if (str(agent_id), version) in wanted
+    }
 
 
 def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:

@@ -7,7 +7,9 @@ rest of the API and skips only the per-request middleware and view machinery.
 
 Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
 waiting request from it; when Redis is absent or down it re-reads the database once a second
-while anyone is waiting, so no change is missed either way.
+while anyone is waiting, so no change is missed either way. The same subscription brings
+pre-flight requests (apps/configs/preflight.py), which answer a held watch with the state its
+agent already has and the request beside it.
 """
 
 import asyncio
@@ -68,6 +70,8 @@ class Hub:
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
+        # Pre-flight requests for agents holding no watch here, by agent id, until they expire.
+        self.preflights: dict[str, dict] = {}
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -112,6 +116,8 @@ class Hub:
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
+        elif message.get("type") == "preflight":
+            self.offer_preflight(message)
 
     def advance(self, state: ConfigState) -> None:
         """Wake every waiter that knows an older version. Versions only rise: a late, older
@@ -126,6 +132,32 @@ class Hub:
                 woken += 1
         if woken:
             logger.info("version %s: woke %s held watches", state["version"], woken)
+
+    def offer_preflight(self, message: dict) -> None:
+        """Answer the held watches of the agents a pre-flight names with the request; keep it
+        for the others' next watch in this process, until it expires."""
+        agent_ids, expires_at = message.get("agent_ids"), message.get("expires_at")
+        if not isinstance(agent_ids, list) or not isinstance(expires_at, int | float):
+            return
+        request = {key: message.get(key) for key in ("id", "config_url", "timeout_seconds")}
+        now = time.time()
+        self.preflights = {
+            agent_id: kept for agent_id, kept in self.preflights.items() if kept["expires_at"] > now
+        }
+        waiting = set(agent_ids)
+        for waiter in self.waiters:
+            if waiter.agent_id in waiting and not waiter.future.done():
+                waiter.future.set_result(("preflight", request))
+                waiting.discard(waiter.agent_id)
+        for agent_id in waiting:
+            self.preflights[agent_id] = {**request, "expires_at": expires_at}
+
+    def take_preflight(self, agent_id: str) -> dict | None:
+        """The pre-flight request kept for this agent, if one is still due; it is handed once."""
+        kept = self.preflights.pop(agent_id, None)
+        if kept is None or kept["expires_at"] <= time.time():
+            return None
+        return {key: kept[key] for key in ("id", "config_url", "timeout_seconds")}
 
     def cut(self, agent_id: str | None) -> None:
         for waiter in self.waiters:
@@ -398,8 +430,9 @@ class WatchEndpoint:
             # A notification may have outrun the cache refresh: trust the newer of the two.
             if self.hub.latest["version"] > state["version"]:
                 state = self.hub.latest
-            if known is None or wait == 0 or state["version"] != known:
-                await _respond(send, 200, state)
+            preflight = self.hub.take_preflight(waiter.agent_id)
+            if known is None or wait == 0 or state["version"] != known or preflight:
+                await _respond(send, 200, state, preflight=preflight)
                 return
             if waiter.future.done():
                 outcome, news = waiter.future.result()
@@ -424,6 +457,10 @@ class WatchEndpoint:
                     {"detail": "The controller is restarting; try again shortly."},
                     [(b"retry-after", b"1")],
                 )
+            elif outcome == "preflight":
+                # The state the agent knows, unchanged, and the request: it watches again at
+                # once, so a change made now reaches it as fast as ever.
+                await _respond(send, 200, state, preflight=news)
             else:
                 await _respond(send, 200, news if outcome == "changed" else state)
         finally:
@@ -453,8 +490,11 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
-    if status == 200:
+async def _respond(send, status: int, body: dict, extra_headers=None, preflight=None) -> None:
+    if status == 200 and preflight:
+        state = {"version": body["version"], "pooling_interval": body["pooling_interval"]}
+        payload, headers = _response(json.dumps({**state, "preflight": preflight}))
+    elif status == 200:
         payload, headers = _state_response(body["version"], body["pooling_interval"])
     else:
         payload, headers = _response(json.dumps(body))
