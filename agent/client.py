@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import requests
 
+from protocol.config import CONFIG_FIELDS, valid_config
 from protocol.signing import SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class ControllerClient:
         return data
 
     def version(self, *, known: int | None = None, wait: int | None = None) -> dict:
-        """GET /config/version, as a watch when `wait` is given; {"version", "pooling_interval"}."""
+        """GET /config/version, as a watch when `wait` is given: {"version", "pooling_interval",
+        "content"}, where content is the version's config when the answer carries it (a
+        controller of an older release answers without it) and None otherwise."""
         params = {}
         read_timeout = None
         if wait is not None:
@@ -162,7 +165,12 @@ class ControllerClient:
         version, interval = data.get("version"), data.get("pooling_interval")
         if not isinstance(version, int) or not (interval is None or isinstance(interval, int)):
             raise ControllerUnavailable("GET /config/version: unexpected answer")
-        answer = {"version": version, "pooling_interval": interval}
+        content = {field: data.get(field) for field in CONFIG_FIELDS}
+        answer = {
+            "version": version,
+            "pooling_interval": interval,
+            "content": content if valid_config(content) else None,
+        }
         preflight = data.get("preflight")
         if (
             isinstance(preflight, dict)

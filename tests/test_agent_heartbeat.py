@@ -1,6 +1,7 @@
 """POST /agent/heartbeat: what the agent reports lands on its Agent row."""
 
 import pytest
+from django.db import DatabaseError
 
 from apps.agents.models import Agent, AgentHits
 from apps.agents.services import revoke_agent
@@ -181,3 +182,57 @@ def test_admin_agent_list_shows_the_hits(agent_api, publish, client, admin_user)
     assert "30 ok" in page
     assert "10 failed" in page
     assert "25%" in page
+
+
+# Hits through the batched path of the ASGI front
+
+
+def test_two_reports_in_one_window_add_their_hits():
+    import asyncio
+
+    from apps.agents.heartbeats import HeartbeatRecorder
+
+    written: list[dict] = []
+    failures = [DatabaseError("the database is down")]
+
+    async def write(batch):
+        if failures:
+            raise failures.pop()
+        written.append(batch)
+
+    async def lookup(digests):
+        return {}
+
+    async def scenario():
+        recorder = HeartbeatRecorder(write=write, lookup=lookup, flush_seconds=30, batch_size=10)
+        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [HIT(2, 3, 1)]})
+        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [HIT(2, 4, 0)]})
+        await recorder.flush()  # fails: kept
+        recorder.add("a", {"applied_version": 3, "workers": [], "hits": [HIT(3, 1, 1)]})
+        await recorder.flush()
+
+    asyncio.run(scenario())
+
+    assert len(written) == 1
+    seen, applied, workers, hits = written[0]["a"]
+    # The newest report's state, and every hit none of them had written.
+    assert applied == 3
+    assert hits == [HIT(2, 7, 1), HIT(3, 1, 1)]
+
+
+def HIT(version, ok, failed):  # noqa: N802 - reads as a constructor
+    return {"version": version, "ok": ok, "failed": failed}
+
+
+def test_record_heartbeats_adds_the_hits_of_a_batch(registered_agent):
+    from django.utils import timezone
+
+    from apps.agents.services import record_heartbeats
+
+    agent = registered_agent[0]
+    now = timezone.now()
+    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 5, 1)])})
+    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 1, 1), HIT(1, 9, 0)])})
+
+    assert hits_rows(agent) == {1: (9, 0), 2: (6, 2)}
+    assert Agent.objects.get(pk=agent.pk).applied_version == 2

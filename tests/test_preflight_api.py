@@ -9,6 +9,7 @@ from django.core.cache import cache
 from django.db import connection
 
 from apps.agents.models import Agent
+from apps.configs.errors import UnknownPreflight
 from apps.configs.preflight import _request_key, record_preflight_result, run_preflight
 
 URL = "http://upstream.example/next"
@@ -129,7 +130,6 @@ def test_an_answer_to_an_unknown_preflight_is_404(agent_api):
 
 
 def test_an_agent_that_was_not_asked_cannot_answer(registered_agent):
-    from apps.configs.preflight import UnknownPreflight
 
     cache.set(_request_key("a" * 32), {"config_url": URL, "agents": ["someone-else"]}, 30)
 

@@ -1,5 +1,13 @@
 from rest_framework import serializers
 
+from apps.agents.heartbeats import (
+    MAX_HIT_VERSIONS,
+    MAX_HITS,
+    MAX_VERSION,
+    MAX_WORKERS,
+    InvalidHeartbeat,
+    check_heartbeat,
+)
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES
 
@@ -34,29 +42,32 @@ class WorkerStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(allow_null=True, min_value=0)
 
 
-# One heartbeat counts at most this many hits per version: far more than a worker serves in a
-# heartbeat period, and small enough that the totals never near the column's limit.
-MAX_HITS_PER_HEARTBEAT = 10**9
-
-
 class HitsSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
-    ok = serializers.IntegerField(min_value=0, max_value=MAX_HITS_PER_HEARTBEAT)
-    failed = serializers.IntegerField(min_value=0, max_value=MAX_HITS_PER_HEARTBEAT)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
+    ok = serializers.IntegerField(min_value=0, max_value=MAX_HITS)
+    failed = serializers.IntegerField(min_value=0, max_value=MAX_HITS)
 
 
 class HeartbeatSerializer(serializers.Serializer):
+    """The fields describe the body for the schema; the rules are check_heartbeat's, shared
+    with the ASGI front that takes heartbeats without DRF."""
+
     # The column is a PostgreSQL integer: a larger number is bad input (400), not a database
     # error.
-    applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=2**31 - 1)
-    workers = WorkerStateSerializer(many=True, max_length=100)
+    applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=MAX_VERSION)
+    workers = WorkerStateSerializer(many=True, max_length=MAX_WORKERS)
     hits = HitsSerializer(
         many=True,
-        max_length=100,
+        max_length=MAX_HIT_VERSIONS,
         required=False,
-        default=list,
         help_text="Hits per version on the agent's workers since its previous heartbeat.",
     )
+
+    def to_internal_value(self, data):
+        try:
+            return check_heartbeat(data)
+        except InvalidHeartbeat as exc:
+            raise serializers.ValidationError(exc.errors) from None
 
 
 class VersionHitsSerializer(serializers.Serializer):

@@ -1,12 +1,13 @@
 """Registration tokens, agent registration, heartbeats and revocation."""
 
+import json
 import logging
 from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from rest_framework import status
 
@@ -15,8 +16,8 @@ from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.errors import ServiceError
 from apps.configs.notifications import publish_revocation
+from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,12 @@ def record_heartbeat(
 
 
 # Adds to the totals rather than setting them: each heartbeat carries the hits since the one
-# before. The same in PostgreSQL and SQLite. (The table is AgentHits' db_table.)
+# before. Arrays joined by position, as for the heartbeats below. (The table is AgentHits'.)
 ADD_HITS_SQL = """
-    INSERT INTO agent_hits (agent_id, version, ok, failed, updated_at) VALUES {rows}
+    INSERT INTO agent_hits (agent_id, version, ok, failed, updated_at)
+    SELECT hit.id, hit.version, hit.ok, hit.failed, %s
+    FROM unnest(%s::uuid[], %s::integer[], %s::bigint[], %s::bigint[])
+        AS hit (id, version, ok, failed)
     ON CONFLICT (agent_id, version) DO UPDATE SET
         ok = agent_hits.ok + excluded.ok,
         failed = agent_hits.failed + excluded.failed,
@@ -121,13 +125,29 @@ def add_hits(rows: list[tuple], now: datetime) -> None:
             total[1] += failed
     if not totals:
         return
-    params: list = []
-    for (agent_id, version), (ok, failed) in totals.items():
-        params += [agent_id.replace("-", "") if connection.vendor == "sqlite" else agent_id]
-        params += [version, ok, failed, now]
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(totals))
+    if connection.vendor != "postgresql":
+        # The embedded SQLite: one update or insert per row, inside one transaction.
+        with transaction.atomic():
+            for (agent_id, version), (ok, failed) in totals.items():
+                hits, _ = AgentHits.objects.select_for_update().get_or_create(
+                    agent_id=agent_id, version=version, defaults={"updated_at": now}
+                )
+                AgentHits.objects.filter(pk=hits.pk).update(
+                    ok=F("ok") + ok, failed=F("failed") + failed, updated_at=now
+                )
+        return
+    keys = list(totals)
     with connection.cursor() as cursor:
-        cursor.execute(ADD_HITS_SQL.format(rows=placeholders), params)
+        cursor.execute(
+            ADD_HITS_SQL,
+            [
+                now,
+                [agent_id for agent_id, _ in keys],
+                [version for _, version in keys],
+                [totals[key][0] for key in keys],
+                [totals[key][1] for key in keys],
+            ],
+        )
 
 
 def hits_of(agents: list[Agent], versions: dict) -> dict:
@@ -144,6 +164,59 @@ def hits_of(agents: list[Agent], versions: dict) -> dict:
         for agent_id, version, ok, failed in rows
         if (str(agent_id), version) in wanted
     }
+
+
+# Four arrays of one element per report, joined by position: the statement's text does not grow
+# with the batch, and PostgreSQL plans it once. (The table is Agent's db_table.)
+RECORD_HEARTBEATS_SQL = """
+    UPDATE agents AS agent
+    SET last_seen = report.seen, applied_version = report.applied, workers = report.workers
+    FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[], %s::jsonb[])
+        AS report (id, seen, applied, workers)
+    WHERE agent.id = report.id
+"""
+
+
+def record_heartbeats(reports: dict) -> None:
+    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits)}, in
+    one statement, and their hits in one more: after a change the whole fleet reports within a
+    second. The hits are added after the agents are written, so a batch that fails at either
+    statement is written again whole without counting a hit twice."""
+    if not reports:
+        return
+    _update_agents(reports)
+    add_hits(
+        [
+            (pk, item["version"], item["ok"], item["failed"])
+            for pk, report in reports.items()
+            for item in report[3]
+        ],
+        timezone.now(),
+    )
+
+
+def _update_agents(reports: dict) -> None:
+    if connection.vendor != "postgresql":
+        # The embedded SQLite: Django's bulk update, one CASE statement.
+        Agent.objects.bulk_update(
+            [
+                Agent(pk=pk, last_seen=seen, applied_version=applied, workers=workers)
+                for pk, (seen, applied, workers, _) in reports.items()
+            ],
+            ["last_seen", "applied_version", "workers"],
+        )
+        return
+    ids, seen, applied, workers = [], [], [], []
+    for pk, (seen_at, applied_version, worker_states, _) in reports.items():
+        ids.append(str(pk))
+        seen.append(seen_at)
+        applied.append(applied_version)
+        workers.append(json.dumps(worker_states))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            RECORD_HEARTBEATS_SQL,
+            [ids, seen, applied, workers],
+        )
 
 
 def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:

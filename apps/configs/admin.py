@@ -7,10 +7,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
-from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
+from controller_site.request_info import client_ip
 from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,

@@ -16,12 +16,11 @@ import uuid
 
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework import status
 
 from apps.agents.models import Agent
 from apps.agents.services import status_condition
 from apps.configs import notifications
-from apps.configs.errors import NotFoundError, ServiceError
+from apps.configs.errors import NoLiveAgent, UnknownPreflight
 from apps.configs.services import get_current_state
 
 logger = logging.getLogger(__name__)
@@ -30,20 +29,6 @@ logger = logging.getLogger(__name__)
 RESULT_POLL_SECONDS = 0.05
 # Results and requests outlive the wait a little, for an answer that arrives just in time.
 KEEP_SECONDS = 30
-
-
-class NoLiveAgent(ServiceError):
-    status_code = status.HTTP_409_CONFLICT
-
-    def __init__(self) -> None:
-        super().__init__(
-            "No agent is live (none has been in contact recently): nobody can run a pre-flight."
-        )
-
-
-class UnknownPreflight(NotFoundError):
-    def __init__(self) -> None:
-        super().__init__("No pre-flight with this id is waiting for this agent's answer.")
 
 
 def _request_key(preflight_id: str) -> str:

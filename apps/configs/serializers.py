@@ -90,6 +90,10 @@ class PreflightRequestSerializer(serializers.Serializer):
 class VersionStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="0 while no configuration exists.")
     pooling_interval = serializers.IntegerField(allow_null=True)
+    config_url = serializers.CharField(
+        allow_null=True, help_text="The version's content: null while no configuration exists."
+    )
+    uuid = serializers.UUIDField(allow_null=True, help_text="The version's uuid.")
     preflight = PreflightRequestSerializer(
         required=False,
         help_text="Only in a watch's answer (run_controller): a pre-flight for the agent to run "

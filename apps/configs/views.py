@@ -6,8 +6,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
-from apps.audit.services import client_ip
+from apps.agents.auth import AgentEndpoint
 from apps.configs import preflight, services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -23,7 +22,7 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
-from apps.configs.watch import etag_matches
+from controller_site.request_info import client_ip
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
@@ -185,11 +184,6 @@ class PreflightView(APIView):
         return Response(preflight.run_preflight(**serializer.validated_data))
 
 
-class AgentEndpoint(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
-
-
 class AgentPreflightResultView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
@@ -216,7 +210,11 @@ class AgentPreflightResultView(AgentEndpoint):
 class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
-        summary="Current version and polling interval",
+        summary="Current version and its content (a long poll with version and wait)",
+        description="Answers the current version with its content (`config_url`, `uuid`, "
+        "`pooling_interval`), so an agent applies a change from this answer alone. With "
+        "`version` and `wait`, the request is held until the version differs from `version` "
+        "or `wait` seconds have passed (then the unchanged state is answered).",
         parameters=[VersionQuerySerializer],
         responses={
             200: VersionStateSerializer,
@@ -254,12 +252,8 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        state = services.get_current_state()
-        if state["version"] == 0:
-            raise NoConfigYet()
-        etag = f'"{state["version"]}"'
-        if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+        version, etag, unchanged = services.read_for_agent(request.META.get("HTTP_IF_NONE_MATCH"))
+        if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        config = services.get_current_config()
-        etag = f'"{config.version}"'
+        config = ConfigVersion.objects.get(version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})
