@@ -79,7 +79,7 @@ class RollbackSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-class PreflightRequestSerializer(serializers.Serializer):
+class WatchPreflightSerializer(serializers.Serializer):
     """A pre-flight request as a held watch hands it to an agent."""
 
     id = serializers.CharField()
@@ -94,7 +94,7 @@ class VersionStateSerializer(serializers.Serializer):
         allow_null=True, help_text="The version's content: null while no configuration exists."
     )
     uuid = serializers.UUIDField(allow_null=True, help_text="The version's uuid.")
-    preflight = PreflightRequestSerializer(
+    preflight = WatchPreflightSerializer(
         required=False,
         help_text="Only in a watch's answer (run_controller): a pre-flight for the agent to run "
         "through one of its workers and answer with POST /agent/preflight. The version is the "

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from apps.agents.services import issue_registration_token, register_agent
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import Admin, wait_for_version
 from tests.support.processes import free_port
 
@@ -79,6 +80,46 @@ def test_preflight_of_an_upstream_answering_500_is_not_ok(fleet, upstream):
 
     assert answer["ok"] is False
     assert [r["status"] for r in answer["results"]] == [500]
+
+
+def test_preflight_button_of_the_admin_change_form(fleet, upstream, admin_user):
+    admin, _ = fleet
+    page_url = f"{admin.url}/admin/configs/configversion/change-config/"
+    browser = requests.Session()
+    login = f"{admin.url}/admin/login/"
+    browser.get(login, timeout=10)
+    answer = browser.post(
+        login,
+        data={
+            "username": ADMIN_EMAIL,
+            "password": ADMIN_PASSWORD,
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            "next": "/admin/",
+        },
+        headers={"Referer": login},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    browser.get(page_url, timeout=10)
+
+    page = browser.post(
+        page_url,
+        data={
+            "config_url": upstream.url("/json"),
+            "pooling_interval": "30",
+            "_preflight": "1",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+        headers={"Referer": page_url},
+        timeout=60,
+    )
+
+    assert page.status_code == 200
+    assert 'id="preflight-results"' in page.text
+    assert ">ok</span>" in page.text
+    assert page.text.count("<td>200</td>") == 2
+    # Nothing was saved: still version 1 with its URL.
+    assert admin.session.get(f"{admin.url}/config/admin", timeout=10).json()["version"] == 1
 
 
 def requests_get_json(url: str) -> dict:
