@@ -27,3 +27,13 @@ class NoLiveAgent(ServiceError):
 class UnknownPreflight(NotFoundError):
     def __init__(self) -> None:
         super().__init__("No pre-flight with this id is waiting for this agent's answer.")
+
+
+class BaseVersionGone(ServiceError):
+    """A change based on a version that is no longer the newest."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"The current version is {current_version} now.")
+        self.current_version = current_version
