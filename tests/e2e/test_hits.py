@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from apps.agents.models import AgentHits
-from tests.e2e.conftest import Admin, wait_for_version
+from tests.e2e.conftest import wait_for_version
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -16,15 +16,9 @@ def totals(version: int) -> tuple[int, int]:
     return sum(r.ok for r in rows), sum(r.failed for r in rows)
 
 
-def test_hits_reach_the_controller_per_agent_and_version(stack, upstream, admin_user):
-    _, redis_url, _ = stack.redis()
-    _, url = stack.controller(redis_url)
-    admin = Admin(url)
-    assert admin.create(upstream.url("/text")).status_code == 201
-    workers = [stack.worker(WORKER_BLOCK_PRIVATE_UPSTREAMS="0")[1] for _ in range(2)]
-    for n, worker in enumerate(workers):
-        stack.agent(url, [worker], f"agent-{n}", AGENT_HEARTBEAT_SECONDS="1")
-    wait_for_version(workers, 1, timeout=60)
+def test_hits_reach_the_controller_per_agent_and_version(fleet, upstream):
+    admin, workers = fleet
+    url = admin.url
 
     for worker in workers:
         for _ in range(3):
