@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Poll the version each period instead of holding a watch request.",
     )
+    parser.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=None,
+        help="Seconds between reports to the controller (AGENT_HEARTBEAT_SECONDS).",
+    )
     parser.add_argument("--once", action="store_true", help="Run one cycle and exit.")
     parser.add_argument(
         "--metrics-bind",
@@ -64,11 +70,19 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
         raise UsageError("Give --controller-url or set CONTROLLER_URL.")
     if not worker_urls:
         raise UsageError("Give --worker-url or set WORKER_URL.")
-    periods = (settings.default_interval, settings.backoff_cap, settings.worker_check_seconds)
+    heartbeat_seconds = options.get("heartbeat_seconds")
+    if heartbeat_seconds is None:
+        heartbeat_seconds = settings.heartbeat_seconds
+    periods = (
+        settings.default_interval,
+        settings.backoff_cap,
+        settings.worker_check_seconds,
+        heartbeat_seconds,
+    )
     if min(periods) <= 0:
         raise UsageError(
-            "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP and AGENT_WORKER_CHECK_SECONDS must be "
-            "positive."
+            "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP, AGENT_WORKER_CHECK_SECONDS and "
+            "AGENT_HEARTBEAT_SECONDS (--heartbeat-seconds) must be positive."
         )
     metrics_bind = options.get("metrics_bind") or settings.metrics_bind
     if metrics_bind:
@@ -86,6 +100,7 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
         default_interval=settings.default_interval,
         backoff_cap=settings.backoff_cap,
         worker_check_seconds=settings.worker_check_seconds,
+        heartbeat_seconds=heartbeat_seconds,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         **extra,

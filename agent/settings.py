@@ -25,6 +25,7 @@ class AgentSettings:
     default_interval: float
     backoff_cap: float
     worker_check_seconds: float
+    heartbeat_seconds: float
     connect_timeout: float
     read_timeout: float
     metrics_bind: str | None
@@ -52,6 +53,10 @@ def read_settings(reader: SettingsReader) -> AgentSettings:
         # While a watch is held, the workers are still checked this often, so one that
         # restarted empty is filled again within seconds rather than when the watch ends.
         worker_check_seconds=reader.float("AGENT_WORKER_CHECK_SECONDS", 5.0),
+        # How often the agent reports to the controller: what it applied, its workers' state and
+        # their hits per version, on which a rollout is halted. The first hits of a new version
+        # go sooner.
+        heartbeat_seconds=reader.float("AGENT_HEARTBEAT_SECONDS", 10.0),
         connect_timeout=reader.float("AGENT_CONNECT_TIMEOUT", 3.0),
         read_timeout=reader.float("AGENT_READ_TIMEOUT", 10.0),
         # HOST:PORT for Prometheus metrics; off by default, as the seed's agent has no
