@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from apps.accounts.models import User
-from controller_site.config_file import add_config_argument
+from protocol.config_file import add_config_argument
 
 SEED_EMAIL = "admin@distributed-system.com"
 SEED_PASSWORD = "Admin123!@#"  # noqa: S105 - the seed design's documented default

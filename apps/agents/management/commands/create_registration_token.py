@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.agents.services import issue_registration_token
-from controller_site.config_file import add_config_argument
+from protocol.config_file import add_config_argument
 
 
 class Command(BaseCommand):
