@@ -4,6 +4,7 @@ import asyncio
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,11 +129,25 @@ async def http_get(
     Returns as soon as Content-Length bytes of body are in, as an HTTP client library would,
     without waiting for the server to close the connection.
     """
+    return await http_request(host, port, "GET", path, headers)
+
+
+async def http_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    """One request on a fresh connection (see http_get)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -141,7 +156,45 @@ async def http_get(
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-        body = await reader.readexactly(length)
+        answer = await reader.readexactly(length)
     finally:
         writer.close()
-    return status, body
+    return status, answer
+
+
+async def wait_until_all_held(count: int, timeout: float = 120) -> None:
+    """Until every agent's watch is held: its last_seen is written when the watch is
+    authenticated, just before the request starts to wait."""
+    from apps.agents.models import Agent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = await asyncio.to_thread(
+            lambda: Agent.objects.filter(last_seen__isnull=False).count()
+        )
+        if held >= count:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+
+
+def admin_headers(url: str) -> dict[str, str]:
+    """The bench admin's Authorization header, from POST /login."""
+    import requests
+
+    answer = requests.post(
+        f"{url}/login",
+        json={"email": "bench@example.com", "password": "Bench-pass-123"},
+        timeout=10,
+    )
+    return {"Authorization": "Bearer " + answer.json()["access"]}
+
+
+def machine_note() -> dict:
+    """What a figure depends on besides the code: when, and how busy the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "load_average": [round(one, 2), round(five, 2), round(fifteen, 2)],
+    }

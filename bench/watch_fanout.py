@@ -17,6 +17,7 @@ import time
 import requests
 
 from bench.common import (
+    admin_headers,
     http_get,
     make_agents,
     reset_state,
@@ -24,6 +25,7 @@ from bench.common import (
     setup_django,
     start_controller,
     summary,
+    wait_until_all_held,
 )
 
 
@@ -56,19 +58,8 @@ async def watch_all(
         arrived.append(time.monotonic())
 
     tasks = [asyncio.ensure_future(one(t)) for t in tokens]
-    # Every watch must be held before the change: an agent's last_seen is written when its
-    # watch is authenticated, just before the request starts to wait.
-    from apps.agents.models import Agent
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        held = await asyncio.to_thread(
-            lambda: Agent.objects.filter(last_seen__isnull=False).count()
-        )
-        if held >= len(tokens):
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+    # Every watch must be held before the change.
+    await wait_until_all_held(len(tokens))
     rss_held = rss_kib(pid)
     sent = time.monotonic()
     response = await asyncio.to_thread(
@@ -98,14 +89,7 @@ def run(count: int, workers: int) -> None:
     controller, url = start_controller(workers)
     port = int(url.rsplit(":", 1)[1])
     try:
-        headers = {
-            "Authorization": "Bearer "
-            + requests.post(
-                f"{url}/login",
-                json={"email": "bench@example.com", "password": "Bench-pass-123"},
-                timeout=10,
-            ).json()["access"]
-        }
+        headers = admin_headers(url)
         # Warm the PUT path (a no-op change: same content, no new version) so that the
         # measured change does not pay for first-request imports and connections.
         for _ in range(3):
