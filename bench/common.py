@@ -36,6 +36,22 @@ def setup_django() -> None:
     call_command("migrate", verbosity=0)
 
 
+def setup_many_connections() -> None:
+    """For a client of thousands of connections: as many open files as allowed, uvloop, and
+    Django on the bench database."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    setup_django()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment of a benchmarked process: the bench database and Redis, quiet logs."""
     from tests.support.processes import base_env
@@ -147,19 +163,49 @@ async def http_request(
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body:
             lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        answer = await reader.readexactly(length)
+        return await exchange(reader, writer, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     finally:
         writer.close()
-    return status, answer
+
+
+async def exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """Send one request on a connection and read its answer by Content-Length."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def controller_with_agents(count: int, workers: int):
+    """A fresh bench state with `count` agents and version 1, and `run_controller` on it,
+    warmed up. Returns (process, URL, agent tokens, admin headers, idle RSS in KiB)."""
+    import requests
+
+    from apps.configs.services import publish_config
+
+    reset_state()
+    tokens = make_agents(count)
+    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
+    controller, url = start_controller(workers)
+    try:
+        headers = admin_headers(url)
+        # Warm the PUT path (a no-op change: same content, no new version) so that the
+        # measured change does not pay for first-request imports and connections.
+        for _ in range(3):
+            requests.put(
+                f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
+            )
+        time.sleep(1)
+    except BaseException:
+        controller.stop()
+        raise
+    return controller, url, tokens, headers, rss_kib(controller.popen.pid)
 
 
 async def wait_until_all_held(count: int, timeout: float = 120) -> None:

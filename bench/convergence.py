@@ -19,20 +19,17 @@ agent's report (applied_version 2), errors, and the controller's memory per held
 import argparse
 import asyncio
 import json
-import resource
 import time
 
 import requests
 
 from bench.common import (
-    admin_headers,
+    controller_with_agents,
+    exchange,
     machine_note,
-    make_agents,
     percentile,
-    reset_state,
     rss_kib,
-    setup_django,
-    start_controller,
+    setup_many_connections,
     summary,
     wait_until_all_held,
 )
@@ -44,20 +41,6 @@ REPORT = json.dumps(
         "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 2}],
     }
 ).encode()
-
-
-async def exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
-    """Send one request on a keep-alive connection and read its answer by Content-Length."""
-    writer.write(request)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
 
 
 def request(method: str, path: str, token: str, extra: str = "", body: bytes = b"") -> bytes:
@@ -91,8 +74,13 @@ class Fleet:
         stage = "watch"
         try:
             status, body = await answer
-            told = time.monotonic()
             state = json.loads(body)
+            while status == 200 and state.get("version") == KNOWN:
+                # The wait ran out before the change (opening thousands of watches on a busy
+                # machine can take longer than a minute): watch again, as an agent does.
+                status, body = await exchange(reader, writer, watch)
+                state = json.loads(body)
+            told = time.monotonic()
             if status != 200 or state.get("version") != KNOWN + 1:
                 self.errors.append(f"watch: {status} {body[:80]!r}")
                 return
@@ -162,23 +150,10 @@ async def converge(port: int, tokens: list[str], url: str, headers: dict, pid: i
 
 
 def run(count: int, workers: int, fetch: bool) -> dict:
-    reset_state()
-    tokens = make_agents(count)
-    from apps.configs.services import publish_config
-
-    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
-    controller, url = start_controller(workers)
+    controller, url, tokens, headers, rss_idle = controller_with_agents(count, workers)
     port = int(url.rsplit(":", 1)[1])
     try:
-        headers = admin_headers(url)
-        # Warm the PUT path (same content: no new version), so the change pays no first-use cost.
-        for _ in range(3):
-            requests.put(
-                f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
-            )
-        time.sleep(1)
         note = machine_note()
-        rss_idle = rss_kib(controller.popen.pid)
         fleet, rss_held, recorded = asyncio.run(
             converge(port, tokens, url, headers, controller.popen.pid, fetch)
         )
@@ -226,15 +201,7 @@ def main() -> None:
         "--fetch", action="store_true", help="every agent fetches GET /config/agent after waking"
     )
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    setup_django()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    setup_many_connections()
     for count in args.agents:
         run(count, args.workers, args.fetch)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import machine_note, make_agents, reset_state, setup_django, start_controller
+from bench.common import controller_with_agents, machine_note, setup_django
 
 REPORT = json.dumps(
     {"applied_version": 1, "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 1}]}
@@ -157,16 +157,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     setup_django()
-    from apps.configs.services import publish_config
-
-    reset_state()
-    tokens = make_agents(args.agents)
-    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
-    controller, url = start_controller(args.workers)
+    controller, url, tokens, _, _ = controller_with_agents(args.agents, args.workers)
     pid = controller.popen.pid
     try:
-        requests.post(f"{url}/agent/heartbeat", data=REPORT, timeout=5)  # warm up
-        time.sleep(1)
         note = machine_note()
         result = {"throughput": throughput(url, tokens, args.seconds, pid)}
         time.sleep(2)
