@@ -133,6 +133,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.ops",
     "apps.audit",
+    "apps.changes",
 ]
 
 MIDDLEWARE = [
@@ -384,6 +385,10 @@ SPECTACULAR_SETTINGS = {
         }
     },
 }
+
+# Change requests: how many approvers must say yes before an editor's change is published.
+# 0 (the default): editors publish directly, as before change requests existed.
+CONFIG_APPROVALS_REQUIRED = env_int("CONFIG_APPROVALS_REQUIRED", 0, minimum=0)
 
 # Registration tokens and agents.
 REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)

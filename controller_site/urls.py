@@ -11,6 +11,13 @@ from apps.agents.views import (
     RegistrationTokenView,
 )
 from apps.audit.views import AuditLogView
+from apps.changes.views import (
+    ApproveChangeView,
+    CancelChangeView,
+    ChangeDetailView,
+    ChangeListView,
+    RejectChangeView,
+)
 from apps.configs.views import (
     ConfigAdminView,
     ConfigAgentView,
@@ -28,6 +35,23 @@ urlpatterns = [
     path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
     path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
     path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
+    path("config/admin/changes", ChangeListView.as_view(), name="changes"),
+    path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),
+    path(
+        "config/admin/changes/<int:change_id>/approve",
+        ApproveChangeView.as_view(),
+        name="change-approve",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/reject",
+        RejectChangeView.as_view(),
+        name="change-reject",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/cancel",
+        CancelChangeView.as_view(),
+        name="change-cancel",
+    ),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),

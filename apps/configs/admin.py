@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
+from apps.changes import services as changes
 from apps.configs import services
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
@@ -109,6 +110,8 @@ class ConfigVersionAdmin(HistoryAdmin):
             form = ConfigChangeForm(request.POST)
             if form.is_valid():
                 try:
+                    if changes.approvals_required():
+                        return self._propose(request, current, form.cleaned_data)
                     config, created = self._publish(request, current, form.cleaned_data)
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
@@ -135,8 +138,31 @@ class ConfigVersionAdmin(HistoryAdmin):
             "opts": self.model._meta,
             "form": form,
             "current": current,
+            "approvals_required": changes.approvals_required(),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
+        """With approvals required the form makes a change request, as the API does."""
+        change = changes.propose_change(
+            author=request.user,
+            source_ip=client_ip(request),
+            partial=current is not None,
+            **values,
+        )
+        if change is None:
+            self.message_user(
+                request,
+                f"Nothing changed: version {current.version} already has this content.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+        self.message_user(
+            request,
+            f"Change request #{change.pk} awaits approval; nothing is published until "
+            f"{changes.approvals_required()} approver(s) other than you approve it.",
+        )
+        return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}

@@ -34,11 +34,40 @@ class PoolingIntervalField(RuleField):
         super().__init__(check_pooling_interval, **kwargs)
 
 
+class JsonBooleanField(serializers.BooleanField):
+    """true or false as JSON says them; DRF's own field would also take "yes", 1 and "on"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("Must be true or false.")
+        return data
+
+
 class ConfigWriteSerializer(serializers.Serializer):
     config_url = ConfigUrlField(help_text="Absolute http or https URL, at most 2048 characters.")
     pooling_interval = PoolingIntervalField(
         help_text="The agents' polling period in whole seconds, 30 to 86400."
     )
+    emergency = JsonBooleanField(
+        required=False,
+        default=False,
+        help_text="Superusers only: publish at once, without approval, audited as an emergency. "
+        "Needs a `reason`.",
+    )
+    reason = serializers.CharField(
+        required=False,
+        max_length=500,
+        help_text="Why an emergency publish cannot wait for approval.",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("emergency") and not attrs.get("reason", "").strip():
+            raise serializers.ValidationError({"reason": ["An emergency publish needs a reason."]})
+        if "reason" in attrs and not attrs.get("emergency"):
+            raise serializers.ValidationError(
+                {"reason": ['A reason is only taken with "emergency": true.']}
+            )
+        return attrs
 
 
 class ConfigSerializer(serializers.ModelSerializer):

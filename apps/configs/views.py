@@ -7,6 +7,8 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
+from apps.changes import services as changes
+from apps.changes.serializers import ChangeRequestSerializer
 from apps.configs import services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -26,12 +28,40 @@ ERRORS = {
     401: OpenApiResponse(description="Missing or invalid admin JWT."),
 }
 
+CHANGE_PROPOSED = OpenApiResponse(
+    ChangeRequestSerializer,
+    description="Approvals are required: a pending change request; nothing is published yet.",
+)
+
 
 def _written(config: ConfigVersion, created: bool) -> Response:
     return Response(
         AdminConfigSerializer(config).data,
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
     )
+
+
+def _write(request, values: dict, *, partial: bool) -> Response:
+    """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
+    required, a change request (202) that publishes nothing yet; otherwise a publish."""
+    emergency, reason = values.pop("emergency", False), values.pop("reason", "")
+    who = {"source_ip": client_ip(request)}
+    if emergency:
+        config, created = changes.publish_emergency(
+            actor=request.user, reason=reason, partial=partial, **values, **who
+        )
+    elif changes.approvals_required():
+        change = changes.propose_change(author=request.user, partial=partial, **values, **who)
+        if change is not None:
+            return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
+        config, created = services.get_current_config(), False
+    elif partial:
+        config, created = services.update_config(actor=request.user, **values, **who)
+    else:
+        config, created = services.publish_config(actor=request.user, **values, **who)
+    if partial:
+        return Response(AdminConfigSerializer(config).data)
+    return _written(config, created)
 
 
 class ConfigAdminView(APIView):
@@ -59,11 +89,14 @@ class ConfigAdminView(APIView):
         tags=["config"],
         summary="Create a configuration version",
         description="Both fields required. 201 with a new version; 200 with the current config "
-        "when the content equals it.",
+        "when the content equals it. While CONFIG_APPROVALS_REQUIRED is 1 or more: 202 with a "
+        "change request, and nothing is published until approvers approve it; a superuser's "
+        '`"emergency": true` with a `reason` publishes at once all the same.',
         request=ConfigWriteSerializer,
         responses={
             201: AdminConfigSerializer,
             200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
             **ERRORS,
             403: forbidden(EDITOR),
         },
@@ -71,19 +104,17 @@ class ConfigAdminView(APIView):
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _written(
-            *services.publish_config(
-                actor=request.user, source_ip=client_ip(request), **serializer.validated_data
-            )
-        )
+        return _write(request, serializer.validated_data, partial=False)
 
     @extend_schema(
         tags=["config"],
         summary="Change the configuration",
-        description="Any subset of the fields. A new version only when something changed.",
+        description="Any subset of the fields. A new version only when something changed. "
+        "With approvals required, 202 with a change request, as for POST.",
         request=ConfigWriteSerializer(partial=True),
         responses={
             200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
             404: OpenApiResponse(),
             **ERRORS,
             403: forbidden(EDITOR),
@@ -92,10 +123,7 @@ class ConfigAdminView(APIView):
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        config, _ = services.update_config(
-            actor=request.user, source_ip=client_ip(request), **serializer.validated_data
-        )
-        return Response(AdminConfigSerializer(config).data)
+        return _write(request, serializer.validated_data, partial=True)
 
 
 class ConfigHistoryView(generics.ListAPIView):
