@@ -190,7 +190,12 @@ def test_one_statement_stores_a_whole_batch():
     agents = new_agents(30)
     now = timezone.now()
     reports = {
-        str(agent.pk): (now, n, [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}])
+        str(agent.pk): (
+            now,
+            n,
+            [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}],
+            [],
+        )
         for n, (agent, _) in enumerate(agents)
     }
     with CaptureQueriesContext(connection) as queries:
@@ -200,6 +205,10 @@ def test_one_statement_stores_a_whole_batch():
         agent.refresh_from_db()
         assert (agent.last_seen, agent.applied_version) == (now, n)
         assert agent.workers == [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}]
+
+
+def hit(version: int, ok: int, failed: int) -> dict:
+    return {"version": version, "ok": ok, "failed": failed}
 
 
 def test_reports_a_failed_write_could_not_store_are_kept_for_the_next_window():
@@ -216,15 +225,18 @@ def test_reports_a_failed_write_could_not_store_are_kept_for_the_next_window():
 
     async def scenario():
         recorder = HeartbeatRecorder(write=write, lookup=lookup, flush_seconds=30, batch_size=10)
-        recorder.add("a", {"applied_version": 1, "workers": []})
+        recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 3, 1)]})
+        recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 4, 0)]})
         recorder.add("b", {"applied_version": 1, "workers": []})
         await recorder.flush()
         assert written == []
-        # A newer report of "a" arrives meanwhile: it should win over the one kept.
-        recorder.add("a", {"applied_version": 2, "workers": []})
+        # A newer report of "a" arrives meanwhile: it should win over the one kept, and carry
+        # the hits no report has written yet (each counts those since the one before).
+        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [hit(2, 1, 1)]})
         await recorder.flush()
         assert len(written) == 1
         assert {agent: report[1] for agent, report in written[0].items()} == {"a": 2, "b": 1}
+        assert written[0]["a"][3] == [hit(1, 7, 1), hit(2, 1, 1)]
         assert recorder.pending == {}
 
     asyncio.run(scenario())

@@ -46,11 +46,13 @@ API_RULES = {
     ("config-admin", "PUT"): EDITOR,
     ("config-history", "GET"): ANY_ROLE,
     ("config-rollback", "POST"): OPERATOR,
+    ("config-preflight", "POST"): EDITOR,
     ("config-version", "GET"): AGENT,
     ("config-agent", "GET"): AGENT,
     ("registration-token", "GET"): OPERATOR,
     ("agent-register", "POST"): REGISTRATION,
     ("agent-heartbeat", "POST"): AGENT,
+    ("agent-preflight", "POST"): AGENT,
     ("agents", "GET"): ANY_ROLE,
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
@@ -241,6 +243,11 @@ def calls(world, user) -> dict:
         ("config-admin", "PUT"): ("put", "/config/admin", {"pooling_interval": 90}),
         ("config-history", "GET"): ("get", "/config/admin/history", None),
         ("config-rollback", "POST"): ("post", "/config/admin/rollback", {"version": 1}),
+        ("config-preflight", "POST"): (
+            "post",
+            "/config/admin/preflight",
+            {"config_url": URL, "timeout_seconds": 1},
+        ),
         ("registration-token", "GET"): ("get", "/agent/admin", None),
         ("agents", "GET"): ("get", "/agents", None),
         ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
@@ -276,7 +283,10 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
         assert answer.status_code in (200, 201), answer.content
-        if method != "get" or endpoint[0] == "registration-token":
+        if endpoint[0] == "config-preflight":
+            # A pre-flight asks the agents and stores nothing.
+            assert stored_state() == before
+        elif method != "get" or endpoint[0] == "registration-token":
             assert stored_state() != before
     else:
         assert answer.status_code == 403, answer.content
