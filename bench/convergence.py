@@ -28,11 +28,11 @@ from bench.common import (
     describe,
     exchange,
     machine_note,
-    percentile,
     rss_kib,
     setup_many_connections,
     wait_until_all_held,
 )
+from bench.results import percentile
 
 KNOWN = 1
 REPORT = json.dumps(
