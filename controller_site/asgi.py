@@ -6,6 +6,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
 
 django_application = get_asgi_application()
 
+# Served some other way than run_controller (uvicorn directly, say), the key is checked here.
+from controller_site.secrets_check import refuse_weak_secrets  # noqa: E402
+
+refuse_weak_secrets("SECRET_KEY")
+
 # Imported after Django is set up: the watch endpoint uses models and settings.
 from apps.configs.watch import WatchEndpoint  # noqa: E402
 

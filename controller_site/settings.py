@@ -4,6 +4,7 @@ Everything is read from the environment here and nowhere else. Unset variables f
 embedded defaults: SQLite under var/ and local-memory cache, so a first run needs no services.
 """
 
+import contextlib
 import os
 import secrets
 from datetime import timedelta
@@ -90,15 +91,27 @@ def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
     return _record(name, source, value)
 
 
+def _make_var_dir() -> None:
+    # Private from the start: it holds the SQLite database (live refresh tokens) and the keys.
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists: never readable by others, not even
+    for the moment between writing it and a chmod."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _development_secret_key() -> str:
     # With DEBUG on, a key is generated once and kept so sessions survive restarts.
     path = VAR_DIR / "secret_key"
-    if path.exists():
+    if path.exists() and path.read_text().strip():
         return path.read_text().strip()
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _make_var_dir()
+    _private_file(path)
     key = secrets.token_urlsafe(50)
     path.write_text(key)
-    path.chmod(0o600)
     return key
 
 
@@ -193,10 +206,11 @@ if DATABASE_URL:
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _make_var_dir()
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's SQLite backend, creating the file 0600 (see controller_site/sqlite).
+            "ENGINE": "controller_site.sqlite",
             "NAME": VAR_DIR / "controller.sqlite3",
             # IMMEDIATE takes the write lock when a transaction starts, so concurrent config
             # changes queue instead of failing with "database is locked" halfway through.
@@ -286,7 +300,7 @@ NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "apps.accounts.auth.AdminJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
@@ -300,11 +314,24 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "apps.configs.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
-    "DEFAULT_THROTTLE_RATES": {
-        "login_failures": env_str("LOGIN_FAILURE_RATE", "10/min"),
-    },
     "UNAUTHENTICATED_USER": None,
 }
+
+
+def _rate(name: str, default: str) -> tuple[int, int]:
+    """A rate such as 10/min as (count, window in seconds)."""
+    text = env_str(name, default)
+    count, _, period = text.partition("/")
+    seconds = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600, "d": 86400}
+    if not count.strip().isdigit() or int(count) < 1 or period.strip() not in seconds:
+        raise ImproperlyConfigured(f"{name} must look like 10/min (per s, min, h or d): {text!r}")
+    return int(count), seconds[period.strip()]
+
+
+# Failed logins (API and admin alike) allowed per window, counted per client address and per
+# account; past that, every attempt (the right password too) gets 429 until the window ends.
+LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = _rate("LOGIN_FAILURE_RATE", "10/min")
+AUTHENTICATION_BACKENDS = ["apps.accounts.backends.ThrottledModelBackend"]
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 15, minimum=1)),

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-INTERNAL_KEY = "agent-tests-internal-key"
+INTERNAL_KEY = "agent-tests-internal-key-0123456789"
 
 
 def free_port() -> int:

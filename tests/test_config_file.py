@@ -49,7 +49,7 @@ EXAMPLES = {
     "worker": ROOT / "config" / "worker-config.yaml",
     "agent": ROOT / "config" / "agent-config.yaml",
 }
-KEY = "config-file-tests-internal-key"
+KEY = "config-file-tests-internal-key-0123456789"
 # Variables that would configure a process behind its file's back.
 PROCESS_VARIABLES = re.compile(
     r"^(DATABASE_URL|REDIS_URL|SECRET_KEY|INTERNAL_KEY|CONFIG_FILE|CONFIG_ROLE|CONTROLLER_URL"

@@ -20,7 +20,7 @@ import requests
 from worker import signing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KEY = "test-internal-key-0123456789"
+KEY = "test-internal-key-0123456789abcdef"
 # A database nobody listens on: a worker that touched the database would fail at once.
 NO_DATABASE_URL = "postgres://nobody@127.0.0.1:1/none"
 

@@ -1,8 +1,13 @@
 """The authentication matrix against a real controller and worker: every protected endpoint
 with every kind of credential, replayed and tampered pushes, and a login brute force."""
 
+import http.client
 import json
+import re
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -10,8 +15,13 @@ import requests
 from rest_framework_simplejwt.tokens import AccessToken
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.audit.models import AuditEntry
+from controller_site.secrets_check import weakness
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
+from tests.e2e.security import record_attack
+from tests.processes import ROOT, base_env, manage
 from tests.worker_helpers import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -118,4 +128,179 @@ def test_replayed_and_tampered_pushes_are_refused(stack):
         "A signed push replayed 301 s late and one with a tampered body were refused (401); "
         "the worker held nothing until the genuine push.",
         refused_pushes=2,
+    )
+
+
+def _wrong_login(url: str, email: str, n: int, **headers) -> int:
+    answer = requests.post(
+        f"{url}/login", json={"email": email, "password": f"wrong-{n}"}, headers=headers, timeout=60
+    )
+    return answer.status_code
+
+
+def test_parallel_login_guesses_are_throttled(stack, admin_user):
+    # Two processes, so the count must hold across them as well as across threads.
+    _, url = stack.controller(None, workers=2)
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(lambda n: _wrong_login(url, admin_user.email, n), range(60)))
+    assert statuses.count(401) == 10, statuses
+    assert statuses.count(429) == 50, statuses
+    right = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=30
+    )
+    assert right.status_code == 429
+    assert 1 <= int(right.headers["Retry-After"]) <= 60
+    record_attack(
+        "parallel-login-guesses",
+        "exactly 10 guesses reached the password check (401), the other 50 got 429; the right "
+        "password then got 429 with Retry-After",
+        checked=statuses.count(401),
+        refused_429=statuses.count(429),
+        retry_after_s=int(right.headers["Retry-After"]),
+    )
+
+
+def _post_from(source: str, url: str, path: str, body: dict, headers: dict) -> int:
+    """POST from a chosen local source address (127.0.0.2 is loopback, yet not 127.0.0.1)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    try:
+        connection.request(
+            "POST", path, json.dumps(body), {"Content-Type": "application/json", **headers}
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_forged_forwarded_for_is_ignored_from_untrusted_peers(stack, admin_user):
+    _, url = stack.controller(None)
+    statuses = []
+    for n in range(15):
+        # A different account each time, so only the per-address limit can stop this.
+        statuses.append(
+            _post_from(
+                "127.0.0.2",
+                url,
+                "/login",
+                {"email": f"guess{n}@example.com", "password": "x"},
+                {"X-Forwarded-For": f"198.51.100.{n}"},
+            )
+        )
+    assert statuses == [401] * 10 + [429] * 5, statuses
+    seen = set(
+        AuditEntry.objects.filter(action=AuditEntry.LOGIN_FAILED).values_list(
+            "source_ip", flat=True
+        )
+    )
+    assert seen == {"127.0.0.2"}, seen
+    # From the trusted proxy (loopback 127.0.0.1 by default) the header is the client's address.
+    assert (
+        _post_from(
+            "127.0.0.1",
+            url,
+            "/login",
+            {"email": "proxied@example.com", "password": "x"},
+            {"X-Forwarded-For": "203.0.113.7"},
+        )
+        == 401
+    )
+    assert AuditEntry.objects.filter(actor="proxied@example.com").get().source_ip == "203.0.113.7"
+    record_attack(
+        "login-guesses-rotating-addresses",
+        "the forged addresses were ignored: the 11th attempt from the real address got 429 and "
+        "the audit log recorded only the real address; behind the trusted proxy the header "
+        "was used",
+        refused_429=statuses.count(429),
+        audit_addresses=len(seen),
+    )
+
+
+def test_admin_login_is_throttled(stack, admin_user):
+    _, url = stack.controller(None)
+    session = requests.Session()
+
+    def attempt(password: str) -> requests.Response:
+        form = session.get(f"{url}/admin/login/", timeout=30)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        return session.post(
+            f"{url}/admin/login/?next=/admin/",
+            data={"username": ADMIN_EMAIL, "password": password, "csrfmiddlewaretoken": token},
+            headers={"Referer": f"{url}/admin/login/"},
+            allow_redirects=False,
+            timeout=30,
+        )
+
+    statuses = [attempt(f"wrong-{n}").status_code for n in range(25)]
+    assert statuses == [200] * 10 + [429] * 15, statuses
+    right = attempt(ADMIN_PASSWORD)
+    assert right.status_code == 429
+    assert "Too many failed logins" in right.text
+    assert "sessionid" not in session.cookies
+    assert session.get(f"{url}/agents", timeout=30).status_code in (401, 403)
+    record_attack(
+        "admin-login-guesses",
+        "the 11th and later wrong passwords got 429, and so did the right one: no session",
+        refused_429=statuses.count(429) + 1,
+    )
+
+
+def _exit_of(args: list[str], env: dict) -> tuple[int, str]:
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return result.returncode, result.stderr.strip()
+
+
+def test_published_or_short_secrets_are_refused_in_production(tmp_path):
+    published = {
+        line.split("=", 1)[0]: line.split("=", 1)[1]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    refused = {}
+    cases = [
+        ("controller", ["run_controller", "--bind", "127.0.0.1:1"], "SECRET_KEY", published),
+        ("controller", ["run_controller", "--bind", "127.0.0.1:1"], "SECRET_KEY", "x" * 31),
+        ("worker", ["run_worker", "--bind", "127.0.0.1:1"], "INTERNAL_KEY", published),
+        ("worker", ["run_worker", "--bind", "127.0.0.1:1"], "INTERNAL_KEY", "short-key"),
+        (
+            "agent",
+            [
+                "run_agent",
+                "--controller-url",
+                "http://127.0.0.1:1",
+                "--worker-url",
+                "http://127.0.0.1:2",
+                "--state-dir",
+                str(tmp_path / "agent"),
+                "--once",
+            ],
+            "INTERNAL_KEY",
+            published,
+        ),
+    ]
+    for role, args, name, value in cases:
+        value = value[name] if isinstance(value, dict) else value
+        env = base_env(
+            DEBUG="0", VAR_DIR=str(tmp_path), **{"INTERNAL_KEY": INTERNAL_KEY, name: value}
+        )
+        code, stderr = _exit_of(manage(*args), env)
+        assert code == 2, (role, name, code, stderr)
+        assert len(stderr.splitlines()) == 1 and name in stderr, (role, stderr)
+        refused[f"{role} {name}"] = "exit 2"
+    # The fresh .env that `make docker-up` writes passes.
+    target = tmp_path / ".env"
+    subprocess.run(
+        [sys.executable, "deploy/write_env.py", ".env.example", str(target)], cwd=ROOT, check=True
+    )
+    fresh = dict(line.split("=", 1) for line in target.read_text().splitlines() if "=" in line)
+    for name in ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD"):
+        assert fresh[name] != published[name] and len(fresh[name]) >= 24, name
+    assert weakness("SECRET_KEY", fresh["SECRET_KEY"]) is None
+    assert weakness("INTERNAL_KEY", fresh["INTERNAL_KEY"]) is None
+    assert target.stat().st_mode & 0o777 == 0o600
+    record_attack(
+        "published-secrets",
+        "each process refused to start (exit 2, one line naming the variable); the .env that "
+        "make writes has fresh secrets",
+        **refused,
     )

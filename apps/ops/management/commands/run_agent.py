@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from agent.daemon import Agent
 from agent.metrics import MeasuredAgent, serve_metrics
 from apps.ops.serving import parse_bind
+from controller_site.secrets_check import refuse_weak_secrets
 
 
 class Command(BaseCommand):
@@ -49,6 +50,7 @@ class Command(BaseCommand):
         if not settings.INTERNAL_KEY:
             self.stderr.write("INTERNAL_KEY is required: set it to the secret the workers share.")
             raise SystemExit(2)
+        refuse_weak_secrets("INTERNAL_KEY")
         controller_url = options["controller_url"] or settings.CONTROLLER_URL
         worker_urls = options["worker_urls"] or settings.WORKER_URLS
         if not controller_url:

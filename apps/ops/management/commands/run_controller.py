@@ -13,6 +13,7 @@ from apps.ops.serving import (
     parse_bind,
     raise_open_file_limit,
 )
+from controller_site.secrets_check import refuse_weak_secrets
 
 logger = logging.getLogger("apps.ops")
 
@@ -32,6 +33,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, bind: str, workers: int, **options):
+        refuse_weak_secrets("SECRET_KEY")
         try:
             parse_bind(bind)
         except ValueError as exc:

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from controller_site.secrets_check import refuse_weak_secrets
 from worker.app import WorkerApp
 from worker.server import serve
 
@@ -38,6 +39,7 @@ class Command(BaseCommand):
                 "'import secrets; print(secrets.token_urlsafe(32))').",
                 returncode=2,
             )
+        refuse_weak_secrets("INTERNAL_KEY")
         bind = _check_bind(bind or settings.WORKER_BIND)
         threads = settings.WORKER_THREADS if threads is None else threads
         if threads < 1:
