@@ -17,7 +17,7 @@ import requests
 
 from bench.common import bench_env, reset_state, setup_django, start_controller, summary
 
-INTERNAL_KEY = "bench-internal-key-0123456789"
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
 
 
 def run(changes: int, watch: bool) -> list[float]:
@@ -31,7 +31,8 @@ def run(changes: int, watch: bool) -> list[float]:
     controller, controller_url = start_controller(2, INTERNAL_KEY=INTERNAL_KEY)
     worker_port = free_port()
     worker_url = f"http://127.0.0.1:{worker_port}"
-    env = bench_env(INTERNAL_KEY=INTERNAL_KEY)
+    # The bench's upstream listens on 127.0.0.1, which a worker refuses by default.
+    env = bench_env(INTERNAL_KEY=INTERNAL_KEY, WORKER_BLOCK_PRIVATE_UPSTREAMS="0")
     processes = [
         controller,
         Process(manage("run_worker", "--bind", f"127.0.0.1:{worker_port}"), env, "bench-worker"),

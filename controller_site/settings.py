@@ -308,7 +308,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controller_site.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -360,6 +360,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.ops.schema.document_invalid_page",
         "apps.ops.schema.document_plain_views",
+        "apps.ops.schema.document_body_limit",
     ],
     "APPEND_COMPONENTS": {
         "securitySchemes": {
@@ -390,6 +391,9 @@ CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum
 CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
 CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# A request body over this many bytes gets 413 before the application reads it (1 MiB: a
+# config change or a heartbeat is well under a kilobyte).
+CONTROLLER_MAX_BODY_BYTES = env_int("CONTROLLER_MAX_BODY_BYTES", 1024 * 1024, minimum=1)
 
 # seed_admin defaults: the seed design's admin.
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
@@ -494,9 +498,10 @@ WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
 WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)
 # GET /hit answers 502 rather than buffer an upstream body larger than this.
 WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1)
-# When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
-# addresses (502), so a pushed URL cannot reach into the worker's own network.
-WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
+# On by default: GET /hit refuses upstreams that resolve to private, loopback, link-local or
+# reserved addresses, or IPv6 forms that carry such an address (6to4, Teredo, NAT64), with 502,
+# so a pushed URL cannot reach into the worker's own network. `make run` turns it off.
+WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", True)
 
 # Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
 # only; these are its defaults, and each has a command-line flag that wins over it.

@@ -139,7 +139,10 @@ class WorkerProcess:
         self._pushes_before = 0
 
     def start(self) -> None:
-        env = subprocess_env(self.tmp_path, INTERNAL_KEY=self.key)
+        # The tests' upstreams listen on 127.0.0.1, which a worker refuses by default.
+        env = subprocess_env(
+            self.tmp_path, INTERNAL_KEY=self.key, WORKER_BLOCK_PRIVATE_UPSTREAMS="0"
+        )
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{self.port}"],
             cwd=ROOT,

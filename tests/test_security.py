@@ -10,6 +10,7 @@ import yaml
 
 from apps.ops.stack import internal_key_from
 from controller_site.secrets_check import PUBLISHED_SECRETS, weakness
+from tests.e2e.security import record_attack
 from tests.processes import ROOT
 
 SECRET_NAMES = ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD")
@@ -75,3 +76,9 @@ def test_var_dir_database_and_keys_are_private_from_the_start(tmp_path):
     for name in ("secret_key", "controller.sqlite3"):
         assert stat.S_IMODE((var / name).stat().st_mode) == 0o600, name
     assert internal_key_from(var) and stat.S_IMODE((var / "internal_key").stat().st_mode) == 0o600
+    record_attack(
+        "readable-files",
+        "var/ 0700; controller.sqlite3, secret_key and internal_key 0600 from creation",
+        var=oct(stat.S_IMODE(var.stat().st_mode)),
+        database=oct(stat.S_IMODE((var / "controller.sqlite3").stat().st_mode)),
+    )

@@ -77,6 +77,9 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._send(404, b"no such thing", "text/plain")
         elif path == "/broken":
             self._send(500, b"upstream failed", "text/html")
+        elif path == "/bad-type":
+            # Bytes that are not UTF-8 (nor printable ASCII) in the Content-Type value.
+            self._send(200, b"raw", "text/plain; name=\xff\xfe")
         elif path == "/no-type":
             self._send(200, b"raw", None)
         elif path == "/empty":
@@ -247,6 +250,8 @@ def worker_env(tmp_path: Path, overrides: dict[str, str | None] | None = None) -
         VAR_DIR=str(tmp_path / "var"),
         PYTHONUNBUFFERED="1",
         DEBUG="0",
+        # The tests' upstreams listen on 127.0.0.1, which a worker refuses by default.
+        WORKER_BLOCK_PRIVATE_UPSTREAMS="0",
     )
     for name, value in (overrides or {}).items():
         if value is None:

@@ -9,6 +9,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
 
@@ -47,6 +48,17 @@ class PushedConfig:
     uuid: str
 
 
+def mask_query(url: str) -> str:
+    """`url` with every query value replaced by ***: the names stay, to show the shape."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = "&".join(
+        f"{item.partition('=')[0]}=***" if item else item for item in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=masked))
+
+
 @dataclass(frozen=True)
 class HeldConfig:
     """The configuration in force, with the time it arrived."""
@@ -59,7 +71,8 @@ class HeldConfig:
 
     def as_dict(self) -> dict:
         return {
-            "config_url": self.config_url,
+            # GET /config answers anyone: the query may carry a token, so its values are masked.
+            "config_url": mask_query(self.config_url),
             "pooling_interval": self.pooling_interval,
             "version": self.version,
             "uuid": self.uuid,

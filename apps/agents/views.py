@@ -7,6 +7,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.auth import AdminJWTAuthentication
 from apps.agents import services
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.agents.models import Agent
@@ -26,6 +27,11 @@ UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
 
 class RegistrationTokenView(APIView):
+    # The JWT only, never the admin's session cookie: this GET (kept as the seed has it) issues
+    # a credential, and a cross-site link or image would otherwise carry the cookie and make it
+    # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
+    authentication_classes = [AdminJWTAuthentication]
+
     @extend_schema(
         tags=["agents"],
         summary="Issue a one-time registration token",

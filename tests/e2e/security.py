@@ -35,31 +35,94 @@ RUN_ID = f"{os.getpid()}-{time.time_ns()}"
 class Attack:
     item: str  # the hardening item it checks ("-" for the standing checks)
     attack: str
-    test: str  # file::function that tries it
+    test: str  # the test that tries it: path under tests/::function
 
 
 ATTACKS = {
     "parallel-login-guesses": Attack(
         "1",
         "60 wrong passwords for one account sent at once to POST /login, two controller processes",
-        "test_auth.py::test_parallel_login_guesses_are_throttled",
+        "e2e/test_auth.py::test_parallel_login_guesses_are_throttled",
     ),
     "login-guesses-rotating-addresses": Attack(
         "1, 3",
         "wrong logins with a forged X-Forwarded-For on each, from an address that is not a "
         "trusted proxy",
-        "test_auth.py::test_forged_forwarded_for_is_ignored_from_untrusted_peers",
+        "e2e/test_auth.py::test_forged_forwarded_for_is_ignored_from_untrusted_peers",
     ),
     "admin-login-guesses": Attack(
         "2",
         "25 wrong passwords on /admin/login/, then the right one",
-        "test_auth.py::test_admin_login_is_throttled",
+        "e2e/test_auth.py::test_admin_login_is_throttled",
     ),
     "published-secrets": Attack(
         "4",
         "controller, worker and agent started with DEBUG off and a SECRET_KEY / INTERNAL_KEY "
         "from .env.example or shorter than 32 characters",
-        "test_auth.py::test_published_or_short_secrets_are_refused_in_production",
+        "e2e/test_auth.py::test_published_or_short_secrets_are_refused_in_production",
+    ),
+    "parallel-refresh": Attack(
+        "5",
+        "one refresh token sent 30 times at once to POST /login/refresh (PostgreSQL, two "
+        "processes)",
+        "e2e/test_auth.py::test_one_refresh_token_used_at_once_rotates_once",
+    ),
+    "logged-out-and-old-password-tokens": Attack(
+        "6",
+        "a refresh token used after POST /logout; access and refresh tokens used after the "
+        "password changed",
+        "e2e/test_auth.py::test_logout_and_a_new_password_end_sessions",
+    ),
+    "ssrf-private-upstream": Attack(
+        "9",
+        "a pushed config_url pointing at the controller's /metrics on 127.0.0.1, and at "
+        "127.0.0.1 through 6to4 (2002::/16) and NAT64, on a worker with default settings",
+        "e2e/test_hostile.py::test_a_worker_refuses_private_upstreams_by_default",
+    ),
+    "oversized-bodies": Attack(
+        "8",
+        "a 300 MB declared body to /healthz, /login and the fast agent paths; a 1.25 MiB "
+        "chunked body to /login",
+        "e2e/test_hostile.py::test_request_bodies_over_the_cap_are_refused_unread",
+    ),
+    "hostile-upstream-and-urls": Attack(
+        "10",
+        "an upstream whose Content-Type is not UTF-8; a NUL and a lone surrogate in config_url, "
+        "pushed to the worker and posted to the controller",
+        "e2e/test_hostile.py::test_a_hostile_upstream_or_url_is_a_clean_refusal",
+    ),
+    "nested-json": Attack(
+        "11",
+        "[ x 50,000 as the body of every endpoint that takes one",
+        "e2e/test_hostile.py::test_deeply_nested_json_is_400_everywhere",
+    ),
+    "fast-paths-host-and-https": Attack(
+        "12",
+        "GET /config/version and /config/agent with a forged Host, and over plain HTTP with "
+        "SECURE_SSL_REDIRECT on",
+        "e2e/test_hostile.py::test_the_fast_agent_paths_check_host_and_https",
+    ),
+    "replayed-push": Attack(
+        "13, 14",
+        "a valid signed push sent again within its 300 s window; GET /config (no credential) "
+        "read for a token in the URL",
+        "e2e/test_auth.py::test_a_signed_push_cannot_be_sent_twice",
+    ),
+    "registration-token-by-cookie": Attack(
+        "16",
+        "GET /agent/admin with the admin's session cookie and no JWT (a cross-site link)",
+        "e2e/test_auth.py::test_the_admin_session_cookie_cannot_issue_registration_tokens",
+    ),
+    "readable-files": Attack(
+        "7",
+        "a first run under umask 000: modes of var/, the SQLite database and the key files",
+        "test_security.py::test_var_dir_database_and_keys_are_private_from_the_start",
+    ),
+    "secrets-in-output": Attack(
+        "15",
+        "show_settings with ?password= in REDIS_URL; settings files with a secret of the wrong "
+        "type and a malformed URL carrying a password",
+        "test_config_file.py::test_passwords_in_url_queries_and_secrets_in_type_errors_are_masked",
     ),
 }
 
@@ -98,6 +161,10 @@ def record_attack(key: str, outcome: str, **measured) -> None:
     RUN_FILE.write_text(json.dumps(run, indent=2, sort_keys=True))
 
 
+def _item_number(attack: Attack) -> int:
+    return int(attack.item.split(",")[0])
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -111,7 +178,7 @@ def render_table(results: dict) -> str:
         "| item | attack | result | measured | test |",
         "|---|---|---|---|---|",
     ]
-    for key, attack in ATTACKS.items():
+    for key, attack in sorted(ATTACKS.items(), key=lambda item: _item_number(item[1])):
         result = results["attacks"][key]
         measured = "; ".join(
             f"{name}: {value}" for name, value in sorted(result["measured"].items())

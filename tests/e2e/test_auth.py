@@ -304,3 +304,116 @@ def test_published_or_short_secrets_are_refused_in_production(tmp_path):
         "make writes has fresh secrets",
         **refused,
     )
+
+
+def test_one_refresh_token_used_at_once_rotates_once(stack, admin_user):
+    _, url = stack.controller(None, workers=2)
+    tokens = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=30
+    ).json()
+
+    def use(_):
+        return requests.post(
+            f"{url}/login/refresh", json={"refresh": tokens["refresh"]}, timeout=60
+        )
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(use, range(30)))
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(200) == 1, statuses
+    assert statuses.count(401) == 29, statuses
+    record_attack(
+        "parallel-refresh",
+        "exactly one of the 30 got new tokens; 29 got 401",
+        succeeded=statuses.count(200),
+        refused_401=statuses.count(401),
+    )
+
+
+def test_logout_and_a_new_password_end_sessions(stack, admin_user):
+    _, url = stack.controller(None)
+
+    def login() -> dict:
+        return requests.post(
+            f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=30
+        ).json()
+
+    first = login()
+    assert (
+        requests.post(f"{url}/logout", json={"refresh": first["refresh"]}, timeout=30).status_code
+        == 204
+    )
+    after_logout = requests.post(
+        f"{url}/login/refresh", json={"refresh": first["refresh"]}, timeout=30
+    ).status_code
+    assert after_logout == 401
+    second = login()
+    bearer = {"Authorization": f"Bearer {second['access']}"}
+    assert requests.get(f"{url}/agents", headers=bearer, timeout=30).status_code == 200
+    admin_user.set_password("A-different-Password-31")
+    admin_user.save()
+    old_access = requests.get(f"{url}/agents", headers=bearer, timeout=30).status_code
+    old_refresh = requests.post(
+        f"{url}/login/refresh", json={"refresh": second["refresh"]}, timeout=30
+    ).status_code
+    assert (old_access, old_refresh) == (401, 401)
+    record_attack(
+        "logged-out-and-old-password-tokens",
+        "the logged-out refresh token got 401; after the password changed, the access and "
+        "refresh tokens issued before got 401",
+        logout=204,
+        refresh_after_logout=after_logout,
+        access_after_password_change=old_access,
+        refresh_after_password_change=old_refresh,
+    )
+
+
+def test_a_signed_push_cannot_be_sent_twice(stack):
+    _, worker = stack.worker()
+    body = json.dumps(config_body(version=2, url="http://a.example/x?token=s3cr3t&page=2")).encode()
+    headers = signed_headers(body, INTERNAL_KEY)
+    first = requests.post(f"{worker}/config", data=body, headers=headers, timeout=10)
+    assert first.status_code == 200, first.text
+    # The same bytes again, well inside the 300 s window; and respelled with spaces.
+    again = requests.post(f"{worker}/config", data=body, headers=headers, timeout=10)
+    respelled = dict(headers, **{"X-Signature": headers["X-Signature"].replace(",", ", ")})
+    spaced = requests.post(f"{worker}/config", data=body, headers=respelled, timeout=10)
+    assert (again.status_code, spaced.status_code) == (401, 401), (again.text, spaced.text)
+    assert "replayed" in again.json()["detail"]
+    # GET /config needs no credential: the query's values are masked there.
+    shown = requests.get(f"{worker}/config", timeout=10).json()["config_url"]
+    assert "s3cr3t" not in shown and shown == "http://a.example/x?token=***&page=***"
+    record_attack(
+        "replayed-push",
+        "the repeat got 401 (also with the header respelled); GET /config showed the URL with "
+        "its query values masked",
+        replay=again.status_code,
+        replay_respelled=spaced.status_code,
+        config_url_shown=shown,
+    )
+
+
+def test_the_admin_session_cookie_cannot_issue_registration_tokens(stack, admin_user):
+    _, url = stack.controller(None)
+    session = requests.Session()
+    form = session.get(f"{url}/admin/login/", timeout=30)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    logged_in = session.post(
+        f"{url}/admin/login/?next=/admin/",
+        data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrfmiddlewaretoken": token},
+        headers={"Referer": f"{url}/admin/login/"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert logged_in.status_code == 302 and "sessionid" in session.cookies
+    # What a cross-site link would send: the cookie, no JWT.
+    with_cookie = session.get(f"{url}/agent/admin", timeout=30)
+    assert with_cookie.status_code == 401, with_cookie.text
+    with_jwt = requests.get(f"{url}/agent/admin", headers=Admin(url).session.headers, timeout=30)
+    assert with_jwt.status_code == 200
+    record_attack(
+        "registration-token-by-cookie",
+        "401 with the admin's session cookie alone; the JWT still gets a token",
+        cookie=with_cookie.status_code,
+        jwt=with_jwt.status_code,
+    )

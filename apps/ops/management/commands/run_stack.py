@@ -64,6 +64,11 @@ class Command(BaseCommand):
         controller_url = f"http://{_url_host(controller_host)}:{controller_port}"
         worker_url = f"http://{_url_host(worker_host)}:{worker_port}"
         env = {"INTERNAL_KEY": internal_key}
+        worker_env = dict(env)
+        local_upstreams = settings.SETTING_SOURCES["WORKER_BLOCK_PRIVATE_UPSTREAMS"][0] == "default"
+        if local_upstreams:
+            # The local demo fetches local URLs; a deployed worker refuses them by default.
+            worker_env["WORKER_BLOCK_PRIVATE_UPSTREAMS"] = "0"
         agent_env = dict(env)
         if registration_token:
             # Through the environment, not the command line: `ps` shows arguments to everyone.
@@ -72,7 +77,7 @@ class Command(BaseCommand):
         stack = Stack(
             [
                 Child("controller", ["run_controller", "--bind", controller_bind], env),
-                Child("worker", ["run_worker", "--bind", worker_bind], env),
+                Child("worker", ["run_worker", "--bind", worker_bind], worker_env),
                 Child(
                     "agent",
                     [
@@ -97,6 +102,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         controller, worker, agent = stack.children
+        if local_upstreams:
+            stack.say(
+                "run_stack: WORKER_BLOCK_PRIVATE_UPSTREAMS is off for this local demo, so /hit "
+                "may fetch local and private addresses; it is on by default everywhere else."
+            )
         try:
             stack.start(controller, f"{controller_url}/healthz")
             stack.start(worker, f"{worker_url}/health")

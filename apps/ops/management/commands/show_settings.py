@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from controller_site.config_file import is_secret
+from controller_site.config_file import is_secret, mask_url
 
 
 def mask(name: str, value) -> str:
@@ -10,18 +10,8 @@ def mask(name: str, value) -> str:
     if is_secret(name):
         return "********"
     if isinstance(value, list):
-        return ", ".join(_mask_url(str(item)) for item in value)
-    return _mask_url(str(value))
-
-
-def _mask_url(text: str) -> str:
-    # Passwords inside URLs (postgres://user:pass@host) are secrets too.
-    if "://" in text and "@" in text:
-        scheme, _, rest = text.partition("://")
-        credentials, _, host = rest.rpartition("@")
-        if ":" in credentials:
-            text = f"{scheme}://{credentials.split(':', 1)[0]}:********@{host}"
-    return text
+        return ", ".join(mask_url(str(item)) for item in value)
+    return mask_url(str(value))
 
 
 class Command(BaseCommand):
