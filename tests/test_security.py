@@ -11,7 +11,7 @@ import yaml
 from apps.ops.stack import internal_key_from
 from controller_site.secrets_check import PUBLISHED_SECRETS, weakness
 from tests.e2e.security import record_attack
-from tests.processes import ROOT
+from tests.support.processes import ROOT
 
 SECRET_NAMES = ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD")
 

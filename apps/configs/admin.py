@@ -9,13 +9,13 @@ from django.urls import path, reverse
 from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import (
+from apps.ops.admin_site import HistoryAdmin
+from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
     InvalidConfig,
 )
-from apps.ops.admin_site import HistoryAdmin
 
 
 class ConfigChangeForm(forms.Form):

@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
+from protocol.rules import InvalidConfig, check_config_url, check_pooling_interval
 
 
 class RuleField(serializers.Field):

@@ -10,7 +10,8 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import check_config_url, check_pooling_interval
+from protocol.config import ConfigState
+from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +28,14 @@ def get_current_config() -> ConfigVersion | None:
     return ConfigVersion.objects.select_related("created_by").order_by("-version").first()
 
 
-def state_of(config: ConfigVersion | None) -> dict:
+def state_of(config: ConfigVersion | None) -> ConfigState:
+    """What a watch answers for `config`; version 0 when there is none yet."""
     if config is None:
-        return {"version": 0, "pooling_interval": None}
-    return {"version": config.version, "pooling_interval": config.pooling_interval}
+        return ConfigState(version=0, pooling_interval=None)
+    return ConfigState(version=config.version, pooling_interval=config.pooling_interval)
 
 
-def get_current_state() -> dict:
+def get_current_state() -> ConfigState:
     """The current version and interval, from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
     if state is not None:

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -33,6 +34,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
 from apps.ops import metrics
+from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest = {"version": 0, "pooling_interval": None}
+        self.latest: ConfigState = state_of(None)
         self.redis_healthy = False
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -104,16 +106,15 @@ class Hub:
         self.notifications_seen += 1
         metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
-            state = {
-                "version": message.get("version"),
-                "pooling_interval": message.get("pooling_interval"),
-            }
+            state = ConfigState(
+                version=message.get("version"), pooling_interval=message.get("pooling_interval")
+            )
             if isinstance(state["version"], int):
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
 
-    def advance(self, state: dict) -> None:
+    def advance(self, state: ConfigState) -> None:
         """Wake every waiter that knows an older version. Versions only rise: a late, older
         notification (two processes publishing at once) wakes nobody."""
         if state["version"] <= self.latest["version"]:
@@ -135,13 +136,9 @@ class Hub:
     # Sources of news ----------------------------------------------------------------------
 
     async def _listen_redis(self) -> None:
-        import redis.asyncio as aioredis
-
         delay = 0.2
         while True:
-            client = aioredis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=1.0, health_check_interval=10
-            )
+            client = _subscriber_client()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(settings.NOTIFY_CHANNEL)
@@ -205,6 +202,30 @@ class Hub:
                 self.cut(agent_id)
 
 
+def _subscriber_client():
+    """An asyncio Redis client for the hub's subscription. With Sentinel, each (re)connection
+    asks the sentinels where the master is, so after a failover the retry loop above
+    subscribes on the new master by itself."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel
+
+    options = {"socket_connect_timeout": 1.0, "health_check_interval": 10}
+    if not settings.REDIS_SENTINELS:
+        return aioredis.from_url(settings.REDIS_URL, **options)
+    url = urlsplit(settings.REDIS_URL)
+    sentinel = Sentinel(
+        settings.REDIS_SENTINEL_ADDRESSES,
+        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    )
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        db=int(url.path.strip("/") or 0),
+        password=unquote(url.password) if url.password else None,
+        username=unquote(url.username) if url.username else None,
+        **options,
+    )
+
+
 def _with_database(function):
     """Run `function` in a worker thread with a database connection that goes back to the
     pool (or is closed) when it returns: these threads outlive any one request."""
@@ -221,7 +242,7 @@ def _with_database(function):
 
 
 @_with_database
-def _state_from_database() -> dict:
+def _state_from_database() -> ConfigState:
     return state_of(get_current_config())
 
 

@@ -21,8 +21,8 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
 from tests.e2e.security import record_attack
-from tests.processes import ROOT, base_env, manage
-from tests.worker_helpers import config_body, signed_headers
+from tests.support.processes import ROOT, base_env, manage
+from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -24,7 +24,7 @@ from tests.conftest import ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
 from tests.e2e.security import record_attack
-from tests.worker_helpers import config_body, signed_headers
+from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
