@@ -50,9 +50,13 @@ def reserve_login(subjects: list[str]) -> int | None:
 
 def release_login(subjects: list[str]) -> None:
     """Give back the attempts reserve_login counted (the login succeeded, or never ran)."""
-    LoginAttempts.objects.filter(subject__in=subjects, attempts__gt=0).update(
-        attempts=F("attempts") - 1
-    )
+    # One row per statement, in the order reserve_login counted them: a single UPDATE of both
+    # rows may lock them in either order (its scan follows where the rows lie on disk), and two
+    # such at once can deadlock.
+    for subject in subjects:
+        LoginAttempts.objects.filter(subject=subject, attempts__gt=0).update(
+            attempts=F("attempts") - 1
+        )
 
 
 # One statement, so that two processes counting at once cannot both read the old count: insert

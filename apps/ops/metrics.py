@@ -10,6 +10,7 @@ so every process reports the same answer.
 """
 
 import logging
+import threading
 import time
 from datetime import timedelta
 from functools import cache
@@ -34,8 +35,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 90)
 
 
-@cache
+_made = threading.Lock()
+
+
 def instruments() -> SimpleNamespace:
+    # Requests that arrive together in a fresh process (a burst of logins, say) would each make
+    # the metrics and register them twice, which prometheus_client refuses: one makes them.
+    with _made:
+        return _instruments()
+
+
+@cache
+def _instruments() -> SimpleNamespace:
     return SimpleNamespace(
         requests=Counter(
             "controller_requests",

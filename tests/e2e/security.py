@@ -41,7 +41,8 @@ class Attack:
 ATTACKS = {
     "parallel-login-guesses": Attack(
         "1",
-        "60 wrong passwords for one account sent at once to POST /login, two controller processes",
+        "60 wrong passwords for one account, 20 at a time, to POST /login on two controller "
+        "processes",
         "e2e/test_auth.py::test_parallel_login_guesses_are_throttled",
     ),
     "login-guesses-rotating-addresses": Attack(
