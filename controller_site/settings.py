@@ -292,6 +292,8 @@ else:
     NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
+# Django's permissions (what the admin checks) follow from the roles, not from per-group rows.
+AUTHENTICATION_BACKENDS = ["apps.accounts.roles.RoleBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -340,7 +342,8 @@ REST_FRAMEWORK = {
         "apps.accounts.auth.AdminJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # Each view names the role each method needs (apps.accounts.roles).
+    "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.permissions.HasRole"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -349,7 +352,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "apps.configs.errors.exception_handler",
+    "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
     "UNAUTHENTICATED_USER": None,
 }
@@ -418,6 +421,10 @@ REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)
+# Heartbeats taken by the ASGI front are written in batches: one statement every this many
+# seconds, or sooner when this many reports are waiting. A crash loses at most one window.
+HEARTBEAT_FLUSH_SECONDS = env_float("HEARTBEAT_FLUSH_SECONDS", 0.1)
+HEARTBEAT_BATCH_SIZE = env_int("HEARTBEAT_BATCH_SIZE", 500, minimum=1)
 
 # run_controller: gunicorn with uvicorn workers. Without Redis, each extra process finds changes
 # made by another only through its once-a-second database re-check, so one is the default there.

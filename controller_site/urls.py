@@ -20,6 +20,8 @@ from apps.configs.views import (
 )
 from apps.ops.views import healthz, metrics, readyz
 
+handler403 = "apps.accounts.views.permission_denied"
+
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
     path("login/refresh", RefreshView.as_view(), name="login-refresh"),

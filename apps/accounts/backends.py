@@ -5,7 +5,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 
 from apps.accounts import services
-from apps.audit.services import client_ip
+from controller_site.request_info import client_ip
 
 # Set on the request when the throttle refused the attempt: the seconds to wait.
 RETRY_AFTER_ATTRIBUTE = "login_retry_after"

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed, Throttled
@@ -13,19 +14,8 @@ from rest_framework_simplejwt.views import TokenObtainPairView
 from apps.accounts import services
 from apps.accounts.backends import RETRY_AFTER_ATTRIBUTE
 from apps.accounts.models import User
-from apps.audit.models import AuditEntry
-from apps.audit.services import client_ip, record_event
-from apps.audit.signals import record_login
-
-
-def _token_answer(refresh: RefreshToken) -> dict:
-    lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
-    return {
-        "access": str(refresh.access_token),
-        "refresh": str(refresh),
-        "token_type": "Bearer",
-        "expires_in": int(lifetime.total_seconds()),
-    }
+from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES, roles_of
+from controller_site.request_info import client_ip
 
 
 class LoginSerializer(TokenObtainPairSerializer):
@@ -40,8 +30,18 @@ class LoginSerializer(TokenObtainPairSerializer):
             if wait is not None:
                 raise Throttled(wait, "Too many failed logins; try again later.") from None
             raise
-        record_login(self.user, request, via="api")
-        return _token_answer(services.issue_tokens(self.user))
+        services.record_login(self.user, source_ip=client_ip(request), via="api")
+        refresh = services.issue_tokens(self.user)
+        lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
+        return {
+            "access": str(refresh.access_token),
+            "refresh": str(refresh),
+            "token_type": "Bearer",
+            "expires_in": int(lifetime.total_seconds()),
+            # Read afresh on every request: a role given or taken counts from the next call.
+            "roles": roles_of(self.user),
+            "superuser": self.user.is_superuser,
+        }
 
 
 class LoginResponseSerializer(serializers.Serializer):
@@ -49,6 +49,19 @@ class LoginResponseSerializer(serializers.Serializer):
     refresh = serializers.CharField()
     token_type = serializers.CharField()
     expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
+    roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=ROLES),
+        help_text="The caller's roles; a superuser has every one. Empty: the caller may log in "
+        "and do nothing else.",
+    )
+    superuser = serializers.BooleanField(
+        help_text="Superusers may do everything, including an emergency publish."
+    )
+
+
+class RefreshResponseSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
 
 
 class LoginView(TokenObtainPairView):
@@ -111,7 +124,7 @@ class RefreshView(APIView):
         ),
         request=RefreshBodySerializer,
         responses={
-            200: LoginResponseSerializer,
+            200: RefreshResponseSerializer,
             400: OpenApiResponse(description="Malformed body."),
             401: OpenApiResponse(
                 description="Expired, invalid, already used, logged out, or issued before the "
@@ -123,8 +136,9 @@ class RefreshView(APIView):
         body = RefreshBodySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         user = claim_refresh_token(body.validated_data["refresh"])
-        record_event(AuditEntry.TOKEN_REFRESHED, actor=user, source_ip=client_ip(request))
-        return Response(_token_answer(services.issue_tokens(user)))
+        refresh = services.issue_tokens(user)
+        services.record_token_refresh(str(refresh), source_ip=client_ip(request))
+        return Response({"access": str(refresh.access_token), "refresh": str(refresh)})
 
     def get_authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
@@ -157,3 +171,10 @@ class LogoutView(APIView):
 
     def get_authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
+
+
+def permission_denied(request, exception=None):
+    """Django's 403 page, with the reason the admin gave (the role needed) and the roles table."""
+    reason = exception.args[0] if exception is not None and exception.args else ""
+    context = {"exception": reason, "roles": list(ROLE_DESCRIPTIONS.items())}
+    return render(request, "403.html", context, status=403)

@@ -3,13 +3,16 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotAuthenticated
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.auth import AdminJWTAuthentication
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.agents.auth import AgentEndpoint
 from apps.agents.models import Agent
 from apps.agents.serializers import (
     AgentSerializer,
@@ -20,8 +23,8 @@ from apps.agents.serializers import (
     TokenQuerySerializer,
 )
 from apps.agents.tokens import bearer_token
-from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from controller_site.request_info import client_ip
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
@@ -31,12 +34,19 @@ class RegistrationTokenView(APIView):
     # a credential, and a cross-site link or image would otherwise carry the cookie and make it
     # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
     authentication_classes = [AdminJWTAuthentication]
+    # A GET that makes something: issuing tokens is an operator's power, not a read.
+    role_rules = {"GET": OPERATOR}
 
     @extend_schema(
         tags=["agents"],
         summary="Issue a one-time registration token",
         parameters=[TokenQuerySerializer],
-        responses={200: RegistrationTokenSerializer, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: RegistrationTokenSerializer,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
     )
     def get(self, request):
         query = TokenQuerySerializer(data=request.query_params)
@@ -84,15 +94,25 @@ class RegisterAgentView(APIView):
         return 'Bearer realm="registration"'
 
 
-class HeartbeatView(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
+class HeartbeatView(AgentEndpoint):
+    """Served by the ASGI front under run_controller (batched writes, apps/agents/heartbeats.py);
+    this view answers the same under WSGI and Django's test client, writing at once."""
+
+    parser_classes = [JSONParser]
 
     @extend_schema(
         tags=["agent"],
         summary="Report what the agent applied",
+        description="Answered 204 at once; under run_controller the report is written with the "
+        "next batch (within HEARTBEAT_FLUSH_SECONDS, 0.1 s by default).",
         request=HeartbeatSerializer,
-        responses={204: None, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            204: None,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            413: OpenApiResponse(description="The body is too large."),
+            415: OpenApiResponse(description="The body is not JSON."),
+        },
     )
     def post(self, request):
         body = HeartbeatSerializer(data=request.data)
@@ -104,6 +124,7 @@ class HeartbeatView(APIView):
 class AgentListView(generics.ListAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.order_by("created_at")
+    role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
         tags=["agents"],
@@ -111,7 +132,12 @@ class AgentListView(generics.ListAPIView):
         parameters=[
             OpenApiParameter("status", enum=list(services.STATUSES), required=False),
         ],
-        responses={200: AgentSerializer(many=True), 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: AgentSerializer(many=True),
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+        },
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -131,11 +157,18 @@ class AgentListView(generics.ListAPIView):
 
 
 class AgentRevokeView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @extend_schema(
         tags=["agents"],
         summary="Revoke an agent's token",
         request=None,
-        responses={200: AgentSerializer, 404: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: AgentSerializer,
+            404: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
     )
     def post(self, request, agent_id):
         agent = get_object_or_404(Agent, pk=agent_id)

@@ -82,6 +82,10 @@ class RollbackSerializer(serializers.Serializer):
 class VersionStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="0 while no configuration exists.")
     pooling_interval = serializers.IntegerField(allow_null=True)
+    config_url = serializers.CharField(
+        allow_null=True, help_text="The version's content: null while no configuration exists."
+    )
+    uuid = serializers.UUIDField(allow_null=True, help_text="The version's uuid.")
 
 
 class VersionQuerySerializer(serializers.Serializer):

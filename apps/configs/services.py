@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.configs import notifications
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from protocol.config import ConfigState
@@ -29,16 +30,24 @@ def get_current_config() -> ConfigVersion | None:
 
 
 def state_of(config: ConfigVersion | None) -> ConfigState:
-    """What a watch answers for `config`; version 0 when there is none yet."""
+    """What an agent needs of the current config: the version and its whole content, so that a
+    watch answer can carry it and no second request is needed. Version 0 when there is none."""
     if config is None:
-        return ConfigState(version=0, pooling_interval=None)
-    return ConfigState(version=config.version, pooling_interval=config.pooling_interval)
+        return ConfigState(version=0, pooling_interval=None, config_url=None, uuid=None)
+    return ConfigState(
+        version=config.version,
+        pooling_interval=config.pooling_interval,
+        config_url=config.config_url,
+        uuid=str(config.uuid),
+    )
 
 
 def get_current_state() -> ConfigState:
-    """The current version and interval, from the cache when warm, else from the database."""
+    """The current version and content, from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
-    if state is not None:
+    # A controller of an older release keeps only the version and the interval there: such an
+    # entry is read again from the database rather than answered without its content.
+    if state is not None and "uuid" in state:
         return state
     state = state_of(get_current_config())
     # add, not set: a change committed since our read has already stored a newer state.
@@ -46,10 +55,26 @@ def get_current_state() -> ConfigState:
     return state
 
 
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak or strong) or is `*`."""
+    if not header:
+        return False
+    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def read_for_agent(if_none_match: str | None) -> tuple[int, str, bool]:
+    """The decision behind GET /config/agent: (current version, its ETag, whether the agent's
+    If-None-Match already names it, for a 304). Raises NoConfigYet before the first config."""
+    version = get_current_state()["version"]
+    if version == 0:
+        raise NoConfigYet()
+    etag = f'"{version}"'
+    return version, etag, etag_matches(if_none_match, etag)
+
+
 def announce_config(config: ConfigVersion) -> None:
     """Runs after the commit: refresh the cached state and wake everyone watching."""
-    from apps.configs import notifications
-
     state = state_of(config)
     cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)

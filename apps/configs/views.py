@@ -4,8 +4,9 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
-from apps.audit.services import client_ip
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
+from apps.agents.auth import AgentEndpoint
 from apps.configs import services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -18,7 +19,7 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
-from apps.configs.watch import etag_matches
+from controller_site.request_info import client_ip
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
@@ -36,10 +37,17 @@ def _written(config: ConfigVersion, created: bool) -> Response:
 class ConfigAdminView(APIView):
     """The current configuration, for admins."""
 
+    role_rules = {"GET": ANY_ROLE, "POST": EDITOR, "PUT": EDITOR}
+
     @extend_schema(
         tags=["config"],
         summary="Current configuration",
-        responses={200: AdminConfigSerializer, 401: ERRORS[401], 404: OpenApiResponse()},
+        responses={
+            200: AdminConfigSerializer,
+            401: ERRORS[401],
+            403: forbidden(ANY_ROLE),
+            404: OpenApiResponse(),
+        },
     )
     def get(self, request):
         config = services.get_current_config()
@@ -53,7 +61,12 @@ class ConfigAdminView(APIView):
         description="Both fields required. 201 with a new version; 200 with the current config "
         "when the content equals it.",
         request=ConfigWriteSerializer,
-        responses={201: AdminConfigSerializer, 200: AdminConfigSerializer, **ERRORS},
+        responses={
+            201: AdminConfigSerializer,
+            200: AdminConfigSerializer,
+            **ERRORS,
+            403: forbidden(EDITOR),
+        },
     )
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
@@ -69,7 +82,12 @@ class ConfigAdminView(APIView):
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed.",
         request=ConfigWriteSerializer(partial=True),
-        responses={200: AdminConfigSerializer, 404: OpenApiResponse(), **ERRORS},
+        responses={
+            200: AdminConfigSerializer,
+            404: OpenApiResponse(),
+            **ERRORS,
+            403: forbidden(EDITOR),
+        },
     )
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
@@ -85,8 +103,13 @@ class ConfigHistoryView(generics.ListAPIView):
 
     serializer_class = HistoryEntrySerializer
     queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
+    role_rules = {"GET": ANY_ROLE}
 
-    @extend_schema(tags=["config"], summary="Version history")
+    @extend_schema(
+        tags=["config"],
+        summary="Version history",
+        responses={200: HistoryEntrySerializer(many=True), 403: forbidden(ANY_ROLE)},
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -106,6 +129,8 @@ class ConfigHistoryView(generics.ListAPIView):
 
 
 class ConfigRollbackView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @extend_schema(
         tags=["config"],
         summary="Roll back to a version",
@@ -117,6 +142,7 @@ class ConfigRollbackView(APIView):
             200: AdminConfigSerializer,
             404: OpenApiResponse(description="Unknown version."),
             **ERRORS,
+            403: forbidden(OPERATOR),
         },
     )
     def post(self, request):
@@ -131,15 +157,14 @@ class ConfigRollbackView(APIView):
         )
 
 
-class AgentEndpoint(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
-
-
 class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
-        summary="Current version and polling interval",
+        summary="Current version and its content (a long poll with version and wait)",
+        description="Answers the current version with its content (`config_url`, `uuid`, "
+        "`pooling_interval`), so an agent applies a change from this answer alone. With "
+        "`version` and `wait`, the request is held until the version differs from `version` "
+        "or `wait` seconds have passed (then the unchanged state is answered).",
         parameters=[VersionQuerySerializer],
         responses={
             200: VersionStateSerializer,
@@ -177,12 +202,8 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        state = services.get_current_state()
-        if state["version"] == 0:
-            raise NoConfigYet()
-        etag = f'"{state["version"]}"'
-        if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+        version, etag, unchanged = services.read_for_agent(request.META.get("HTTP_IF_NONE_MATCH"))
+        if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        config = services.get_current_config()
-        etag = f'"{config.version}"'
+        config = ConfigVersion.objects.get(version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})

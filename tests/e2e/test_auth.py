@@ -13,8 +13,8 @@ from datetime import timedelta
 
 import pytest
 import requests
-from rest_framework_simplejwt.tokens import AccessToken
 
+from apps.accounts.services import issue_tokens
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.audit.models import AuditEntry
 from controller_site.secrets_check import weakness
@@ -53,7 +53,7 @@ def test_only_the_right_credential_passes(stack, upstream, admin_user):
     agent_token = register_agent(token=issue_registration_token()[0])[1]
     revoked, revoked_token = register_agent(token=issue_registration_token()[0])
     revoke_agent(revoked)
-    expired = AccessToken.for_user(admin_user)
+    expired = issue_tokens(admin_user).access_token
     expired.set_exp(lifetime=-timedelta(minutes=1))
     fixed = {
         "none": None,
