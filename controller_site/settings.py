@@ -292,8 +292,9 @@ else:
     NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
-# Django's permissions (what the admin checks) follow from the roles, not from per-group rows.
-AUTHENTICATION_BACKENDS = ["apps.accounts.roles.RoleBackend"]
+# Django's permissions (what the admin checks) follow from the roles, not from per-group rows;
+# passwords are checked behind the login throttle (apps/accounts/backends.py).
+AUTHENTICATION_BACKENDS = ["apps.accounts.backends.ThrottledRoleBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -371,7 +372,6 @@ def _rate(name: str, default: str) -> tuple[int, int]:
 # Failed logins (API and admin alike) allowed per window, counted per client address and per
 # account; past that, every attempt (the right password too) gets 429 until the window ends.
 LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = _rate("LOGIN_FAILURE_RATE", "10/min")
-AUTHENTICATION_BACKENDS = ["apps.accounts.backends.ThrottledModelBackend"]
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 15, minimum=1)),

@@ -1,17 +1,17 @@
 """Password authentication with the login throttle, for every door that checks a password with
 a request at hand: POST /login and the admin's login page."""
 
-from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 
 from apps.accounts import services
+from apps.accounts.roles import RoleBackend
 from controller_site.request_info import client_ip
 
 # Set on the request when the throttle refused the attempt: the seconds to wait.
 RETRY_AFTER_ATTRIBUTE = "login_retry_after"
 
 
-class ThrottledModelBackend(ModelBackend):
+class ThrottledRoleBackend(RoleBackend):
     def authenticate(self, request, username=None, password=None, **kwargs):
         if request is None:
             # Management commands and tests that log in directly: no client to throttle.
