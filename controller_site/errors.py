@@ -25,6 +25,10 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def body(self) -> dict:
+        """The answer's JSON; an error with more to say than `detail` adds its fields."""
+        return {"detail": self.detail}
+
 
 class NotFoundError(ServiceError):
     status_code = status.HTTP_404_NOT_FOUND
@@ -32,7 +36,7 @@ class NotFoundError(ServiceError):
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceError):
-        return Response({"detail": exc.detail}, status=exc.status_code)
+        return Response(exc.body(), status=exc.status_code)
     if isinstance(exc, InvalidConfig):
         return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DataError):

@@ -146,6 +146,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.ops",
     "apps.audit",
+    "apps.changes",
 ]
 
 MIDDLEWARE = [
@@ -413,6 +414,10 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Change requests: how many approvers must say yes before an editor's change is published.
+# 0 (the default): editors publish directly, as before change requests existed.
+CONFIG_APPROVALS_REQUIRED = env_int("CONFIG_APPROVALS_REQUIRED", 0, minimum=0)
+
 # Registration tokens and agents.
 REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
@@ -570,6 +575,9 @@ AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
 # While a watch is held, the workers are still checked this often, so one that restarted empty
 # is filled again within seconds rather than when the watch ends.
 AGENT_WORKER_CHECK_SECONDS = env_float("AGENT_WORKER_CHECK_SECONDS", 5.0)
+# How often the agent reports to the controller: what it applied, its workers' state and their
+# hits per version, on which a rollout is halted. The first hits of a new version go sooner.
+AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 10.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
 AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
 # Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).

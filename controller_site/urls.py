@@ -11,12 +11,21 @@ from apps.agents.views import (
     RegistrationTokenView,
 )
 from apps.audit.views import AuditLogView
+from apps.changes.views import (
+    ApproveChangeView,
+    CancelChangeView,
+    ChangeDetailView,
+    ChangeListView,
+    RejectChangeView,
+)
 from apps.configs.views import (
+    AgentPreflightResultView,
     ConfigAdminView,
     ConfigAgentView,
     ConfigHistoryView,
     ConfigRollbackView,
     ConfigVersionView,
+    PreflightView,
 )
 from apps.ops.views import healthz, metrics, readyz
 
@@ -29,11 +38,30 @@ urlpatterns = [
     path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
     path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
     path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
+    path("config/admin/preflight", PreflightView.as_view(), name="config-preflight"),
+    path("config/admin/changes", ChangeListView.as_view(), name="changes"),
+    path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),
+    path(
+        "config/admin/changes/<int:change_id>/approve",
+        ApproveChangeView.as_view(),
+        name="change-approve",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/reject",
+        RejectChangeView.as_view(),
+        name="change-reject",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/cancel",
+        CancelChangeView.as_view(),
+        name="change-cancel",
+    ),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),
     path("agent/register", RegisterAgentView.as_view(), name="agent-register"),
     path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/preflight", AgentPreflightResultView.as_view(), name="agent-preflight"),
     path("agents", AgentListView.as_view(), name="agents"),
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("audit", AuditLogView.as_view(), name="audit"),

@@ -187,7 +187,12 @@ def test_one_statement_stores_a_whole_batch():
     agents = new_agents(30)
     now = timezone.now()
     reports = {
-        str(agent.pk): (now, n, [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}])
+        str(agent.pk): (
+            now,
+            n,
+            [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}],
+            [],
+        )
         for n, (agent, _) in enumerate(agents)
     }
     with CaptureQueriesContext(connection) as queries:

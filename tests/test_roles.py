@@ -5,7 +5,10 @@ action that is not in them fails `test_every_*_has_a_rule`, so nothing new ships
 decision about who may use it.
 """
 
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
@@ -19,6 +22,8 @@ from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
+from apps.changes.models import Approval, ChangeRequest
+from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 
 pytestmark = pytest.mark.django_db
@@ -41,14 +46,21 @@ API_RULES = {
     ("config-admin", "PUT"): EDITOR,
     ("config-history", "GET"): ANY_ROLE,
     ("config-rollback", "POST"): OPERATOR,
+    ("config-preflight", "POST"): EDITOR,
     ("config-version", "GET"): AGENT,
     ("config-agent", "GET"): AGENT,
     ("registration-token", "GET"): OPERATOR,
     ("agent-register", "POST"): REGISTRATION,
     ("agent-heartbeat", "POST"): AGENT,
+    ("agent-preflight", "POST"): AGENT,
     ("agents", "GET"): ANY_ROLE,
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
+    ("changes", "GET"): ANY_ROLE,
+    ("change", "GET"): ANY_ROLE,
+    ("change-approve", "POST"): APPROVER,
+    ("change-reject", "POST"): APPROVER,
+    ("change-cancel", "POST"): EDITOR,
     ("healthz", "GET"): PUBLIC,
     ("readyz", "GET"): PUBLIC,
     ("metrics", "GET"): PUBLIC,
@@ -92,6 +104,16 @@ ADMIN_RULES = {
         "delete": OPERATOR,
         "delete_selected": OPERATOR,
         "agents_registrationtoken_issue": OPERATOR,
+    },
+    "changes.changerequest": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "changes_changerequest_approve": APPROVER,
+        "changes_changerequest_reject": APPROVER,
+        "changes_changerequest_cancel": EDITOR,
     },
     "audit.auditentry": {
         "view": ANY_ROLE,
@@ -196,15 +218,22 @@ def test_the_views_enforce_the_rules_of_the_table():
 
 @pytest.fixture
 def world(publish):
-    """Two versions, an agent and a token: something for every endpoint to act on."""
+    """Two versions, an agent, a token and a change request by someone else: something for
+    every endpoint to act on."""
     publish(URL, 30)
     publish(URL, 45)
     token, _ = issue_registration_token()
     agent, _ = register_agent(token=token, name="victim")
-    return {"agent": agent}
+    author = make_user(EDITOR, "author@example.com")
+    return {"agent": agent, "change": propose_change(author=author, pooling_interval=60)}
 
 
-def calls(world) -> dict:
+def calls(world, user) -> dict:
+    change = world["change"].pk
+    # Only its author cancels a request: the caller's own.
+    own = ChangeRequest.objects.create(
+        base_version=2, config_url=URL, pooling_interval=75, author=user
+    ).pk
     return {
         ("config-admin", "GET"): ("get", "/config/admin", None),
         ("config-admin", "POST"): (
@@ -215,10 +244,20 @@ def calls(world) -> dict:
         ("config-admin", "PUT"): ("put", "/config/admin", {"pooling_interval": 90}),
         ("config-history", "GET"): ("get", "/config/admin/history", None),
         ("config-rollback", "POST"): ("post", "/config/admin/rollback", {"version": 1}),
+        ("config-preflight", "POST"): (
+            "post",
+            "/config/admin/preflight",
+            {"config_url": URL, "timeout_seconds": 1},
+        ),
         ("registration-token", "GET"): ("get", "/agent/admin", None),
         ("agents", "GET"): ("get", "/agents", None),
         ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
         ("audit", "GET"): ("get", "/audit", None),
+        ("changes", "GET"): ("get", "/config/admin/changes", None),
+        ("change", "GET"): ("get", f"/config/admin/changes/{change}", None),
+        ("change-approve", "POST"): ("post", f"/config/admin/changes/{change}/approve", {}),
+        ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
+        ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
     }
 
 
@@ -230,19 +269,25 @@ def stored_state() -> tuple:
         list(ConfigVersion.objects.values_list("version", "config_url", "pooling_interval")),
         RegistrationToken.objects.count(),
         Agent.objects.filter(revoked_at__isnull=False).count(),
+        list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
+        Approval.objects.count(),
     )
 
 
 @pytest.mark.parametrize("holder", HOLDERS)
 @pytest.mark.parametrize("endpoint", ROLE_GOVERNED, ids=lambda key: f"{key[1]} {key[0]}")
 def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoint, holder):
-    method, path, body = calls(world)[endpoint]
+    user = make_user(holder)
+    method, path, body = calls(world, user)[endpoint]
     rule = API_RULES[endpoint]
     before = stored_state()
-    answer = getattr(api_as(make_user(holder)), method)(path, body, format="json")
+    answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
         assert answer.status_code in (200, 201), answer.content
-        if method != "get" or endpoint[0] == "registration-token":
+        if endpoint[0] == "config-preflight":
+            # A pre-flight asks the agents and stores nothing.
+            assert stored_state() == before
+        elif method != "get" or endpoint[0] == "registration-token":
             assert stored_state() != before
     else:
         assert answer.status_code == 403, answer.content
@@ -267,7 +312,7 @@ def test_a_users_jwt_is_no_agent_credential(world, endpoint):
 
 def test_anonymous_callers_are_asked_to_log_in_not_told_a_role(world):
     for key in ROLE_GOVERNED:
-        method, path, body = calls(world)[key]
+        method, path, body = calls(world, None)[key]
         assert getattr(APIClient(), method)(path, body, format="json").status_code == 401
 
 
@@ -315,8 +360,16 @@ def test_login_tells_the_client_its_roles(api, roles, superuser, expected):
 # Roles themselves ---------------------------------------------------------------------------
 
 
-def test_the_roles_are_groups_made_by_the_migration():
+def test_the_migration_makes_the_groups_and_gives_former_staff_every_role():
+    # Run again here: a test database flushed by an earlier transactional test has lost them.
+    migration = importlib.import_module("apps.accounts.migrations.0002_roles")
+    staff = User.objects.create_user(email="staff@example.com", password=None, is_staff=True)
+    plain = User.objects.create_user(email="plain@example.com", password=None)
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    migration.create_roles(django_apps, None)
     assert set(Group.objects.values_list("name", flat=True)) >= set(ROLES)
+    assert set(staff.groups.values_list("name", flat=True)) == set(ROLES)
+    assert not plain.groups.exists() and not root.groups.exists()
 
 
 def test_set_roles_is_audited_and_gives_admin_access_with_a_role(admin_user):
@@ -427,6 +480,7 @@ def admin_objects(world, admin_user):
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
         "audit.auditentry": AuditEntry.objects.first(),
+        "changes.changerequest": world["change"],
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
     }
@@ -443,6 +497,9 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "auth_user_password_change": f"{base}{obj.pk}/password/",
         "configs_configversion_change_config": f"{base}change-config/",
         "agents_registrationtoken_issue": f"{base}issue/",
+        "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
+        "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
+        "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",
     }[page]
 
 

@@ -74,7 +74,7 @@ def is_private_address(address: str) -> bool:
     )
 
 
-def _without_query(url: str) -> str:
+def without_query(url: str) -> str:
     # Error messages and logs name the upstream without its query, which may carry a token.
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -182,7 +182,7 @@ class UpstreamClient:
         except (ValueError, UnicodeEncodeError, pycurl.error):
             # A NUL or a character libcurl cannot take: nothing to fetch.
             raise UpstreamUnreachable(
-                f"upstream {_without_query(url)!a} is not a URL libcurl can fetch"
+                f"upstream {without_query(url)!a} is not a URL libcurl can fetch"
             ) from None
         handle.setopt(pycurl.WRITEFUNCTION, body.write)
         try:
@@ -202,7 +202,7 @@ class UpstreamClient:
     def _failure(
         self, code: int, message: str, body: _Body, refused: str | None, url: str
     ) -> UpstreamError:
-        shown = _without_query(url)
+        shown = without_query(url)
         if refused is not None:
             return UpstreamBlocked(
                 f"upstream {shown} connected to the non-public address {refused}, "
@@ -239,7 +239,7 @@ def _content_type(handle: pycurl.Curl, url: str) -> str | None:
         return None
     if not all(0x20 <= byte < 0x7F or byte == 0x09 for byte in raw):
         raise UpstreamUnreachable(
-            f"upstream {_without_query(url)} sent a Content-Type that is not printable ASCII"
+            f"upstream {without_query(url)} sent a Content-Type that is not printable ASCII"
         )
     return raw.decode("ascii")
 

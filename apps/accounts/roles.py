@@ -30,7 +30,7 @@ ROLE_DESCRIPTIONS = {
 _READ = frozenset(
     {
         "configs.view_configversion",
-        "configs.view_changerequest",
+        "changes.view_changerequest",
         "agents.view_agent",
         "agents.view_registrationtoken",
         "audit.view_auditentry",

@@ -151,8 +151,10 @@ class AgentListView(generics.ListAPIView):
         if wanted is not None:
             agents = services.filter_by_status(agents, wanted, state, now)
         page = self.paginate_queryset(agents)
+        hits = services.hits_of(page, {agent.pk: state["version"] for agent in page})
         for agent in page:
             agent.status = services.agent_status(agent, state, now)
+            agent.target_hits = hits.get(str(agent.pk))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 

@@ -7,7 +7,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
-from apps.configs import services
+from apps.changes import services as changes
+from apps.configs import preflight, services
+from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
 from controller_site.request_info import client_ip
@@ -16,6 +18,7 @@ from protocol.rules import (
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
     InvalidConfig,
+    check_config_url,
 )
 
 
@@ -105,10 +108,17 @@ class ConfigVersionAdmin(HistoryAdmin):
         if not self.has_publish_permission(request):
             raise PermissionDenied(role_needed_message(EDITOR))
         current = services.get_current_config()
-        if request.method == "POST":
+        trial = None
+        if request.method == "POST" and "_preflight" in request.POST:
+            # Try the URL on a few agents' workers; nothing is saved.
+            form = ConfigChangeForm(request.POST)
+            trial = self._preflight(form, request.POST.get("config_url", ""))
+        elif request.method == "POST":
             form = ConfigChangeForm(request.POST)
             if form.is_valid():
                 try:
+                    if changes.approvals_required():
+                        return self._propose(request, current, form.cleaned_data)
                     config, created = self._publish(request, current, form.cleaned_data)
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
@@ -135,8 +145,42 @@ class ConfigVersionAdmin(HistoryAdmin):
             "opts": self.model._meta,
             "form": form,
             "current": current,
+            "preflight": trial,
+            "approvals_required": changes.approvals_required(),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _preflight(self, form: ConfigChangeForm, config_url: str) -> dict | None:
+        try:
+            check_config_url(config_url)
+            return preflight.run_preflight(config_url=config_url)
+        except InvalidConfig as exc:
+            form.add_error(exc.field, exc.message)
+        except NoLiveAgent as exc:
+            form.add_error(None, exc.detail)
+        return None
+
+    def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
+        """With approvals required the form makes a change request, as the API does."""
+        change = changes.propose_change(
+            author=request.user,
+            source_ip=client_ip(request),
+            partial=current is not None,
+            **values,
+        )
+        if change is None:
+            self.message_user(
+                request,
+                f"Nothing changed: version {current.version} already has this content.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+        self.message_user(
+            request,
+            f"Change request #{change.pk} awaits approval; nothing is published until "
+            f"{changes.approvals_required()} approver(s) other than you approve it.",
+        )
+        return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}

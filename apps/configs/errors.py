@@ -1,6 +1,8 @@
 """The configs app's refusals; controller_site.errors turns them into HTTP answers."""
 
-from controller_site.errors import NotFoundError
+from rest_framework import status
+
+from controller_site.errors import NotFoundError, ServiceError
 
 
 class NoConfigYet(NotFoundError):
@@ -11,3 +13,27 @@ class NoConfigYet(NotFoundError):
 class UnknownVersion(NotFoundError):
     def __init__(self, version: int) -> None:
         super().__init__(f"Configuration version {version} does not exist.")
+
+
+class NoLiveAgent(ServiceError):
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No agent is live (none has been in contact recently): nobody can run a pre-flight."
+        )
+
+
+class UnknownPreflight(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__("No pre-flight with this id is waiting for this agent's answer.")
+
+
+class BaseVersionGone(ServiceError):
+    """A change based on a version that is no longer the newest."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"The current version is {current_version} now.")
+        self.current_version = current_version

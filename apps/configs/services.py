@@ -8,8 +8,9 @@ from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.changes.models import ChangeRequest
 from apps.configs import notifications
-from apps.configs.errors import NoConfigYet, UnknownVersion
+from apps.configs.errors import BaseVersionGone, NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
 from protocol.config import ConfigState
 from protocol.rules import check_config_url, check_pooling_interval
@@ -94,6 +95,12 @@ def _lock_newest() -> ConfigVersion | None:
     return ConfigVersion.objects.order_by("-version").first()
 
 
+def lock_newest() -> ConfigVersion | None:
+    """The newest version, with the writers' lock held until the transaction ends: for a
+    service that must decide against the current version before a publish can change it."""
+    return _lock_newest()
+
+
 def content_of(config: ConfigVersion | None) -> dict | None:
     """What the audit log keeps as a config's before or after."""
     if config is None:
@@ -113,10 +120,18 @@ def publish_config(
     source_ip: str | None = None,
     rolled_back_from: int | None = None,
     audit_action: str = AuditEntry.CONFIG_CREATED,
+    base_version: int | None = None,
+    change_request=None,
+    audit_detail: dict | None = None,
 ) -> tuple[ConfigVersion, bool]:
     """Make the given content current. Returns (config, created); identical content is a no-op,
     and so is not audited. A field left as None keeps the current value: the merge happens under
-    the lock, so two admins changing different fields at once both keep their change."""
+    the lock, so two admins changing different fields at once both keep their change.
+
+    `base_version`, when given, must still be the newest version (checked under the lock), else
+    BaseVersionGone is raised and nothing is stored. Every pending change request based on an
+    older version becomes stale, but `change_request`, the one being published, whose author
+    is the new version's creator. `audit_detail` adds to the audit entry's detail."""
     if config_url is not None:
         config_url = check_config_url(config_url)
     if pooling_interval is not None:
@@ -127,6 +142,8 @@ def publish_config(
                 newest = _lock_newest()
                 if newest is None and (config_url is None or pooling_interval is None):
                     raise NoConfigYet()
+                if base_version is not None and base_version != (newest.version if newest else 0):
+                    raise BaseVersionGone(newest.version if newest else 0)
                 url = newest.config_url if config_url is None else config_url
                 interval = newest.pooling_interval if pooling_interval is None else pooling_interval
                 if newest is not None and newest.same_content(url, interval):
@@ -135,15 +152,19 @@ def publish_config(
                     version=(newest.version if newest else 0) + 1,
                     config_url=url,
                     pooling_interval=interval,
-                    created_by=actor,
+                    created_by=change_request.author if change_request else actor,
                     rolled_back_from=rolled_back_from,
                 )
+                detail = {"before": content_of(newest), "after": content_of(config)}
+                made_stale = ChangeRequest.objects.make_stale(config.version, keep=change_request)
+                if made_stale:
+                    detail["made_stale"] = made_stale
                 record_event(
                     audit_action,
                     actor=actor,
                     source_ip=source_ip,
                     target=f"config v{config.version}",
-                    detail={"before": content_of(newest), "after": content_of(config)},
+                    detail={**detail, **(audit_detail or {})},
                 )
                 transaction.on_commit(partial(announce_config, config))
                 return config, True

@@ -7,14 +7,19 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
-from apps.configs import services
+from apps.changes import services as changes
+from apps.changes.serializers import ChangeRequestSerializer
+from apps.configs import preflight, services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
     AdminConfigSerializer,
+    AgentPreflightResultSerializer,
     ConfigSerializer,
     ConfigWriteSerializer,
     HistoryEntrySerializer,
+    PreflightAnswerSerializer,
+    PreflightSerializer,
     RollbackSerializer,
     VersionQuerySerializer,
     VersionStateSerializer,
@@ -26,12 +31,40 @@ ERRORS = {
     401: OpenApiResponse(description="Missing or invalid admin JWT."),
 }
 
+CHANGE_PROPOSED = OpenApiResponse(
+    ChangeRequestSerializer,
+    description="Approvals are required: a pending change request; nothing is published yet.",
+)
+
 
 def _written(config: ConfigVersion, created: bool) -> Response:
     return Response(
         AdminConfigSerializer(config).data,
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
     )
+
+
+def _write(request, values: dict, *, partial: bool) -> Response:
+    """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
+    required, a change request (202) that publishes nothing yet; otherwise a publish."""
+    emergency, reason = values.pop("emergency", False), values.pop("reason", "")
+    who = {"source_ip": client_ip(request)}
+    if emergency:
+        config, created = changes.publish_emergency(
+            actor=request.user, reason=reason, partial=partial, **values, **who
+        )
+    elif changes.approvals_required():
+        change = changes.propose_change(author=request.user, partial=partial, **values, **who)
+        if change is not None:
+            return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
+        config, created = services.get_current_config(), False
+    elif partial:
+        config, created = services.update_config(actor=request.user, **values, **who)
+    else:
+        config, created = services.publish_config(actor=request.user, **values, **who)
+    if partial:
+        return Response(AdminConfigSerializer(config).data)
+    return _written(config, created)
 
 
 class ConfigAdminView(APIView):
@@ -59,11 +92,14 @@ class ConfigAdminView(APIView):
         tags=["config"],
         summary="Create a configuration version",
         description="Both fields required. 201 with a new version; 200 with the current config "
-        "when the content equals it.",
+        "when the content equals it. While CONFIG_APPROVALS_REQUIRED is 1 or more: 202 with a "
+        "change request, and nothing is published until approvers approve it; a superuser's "
+        '`"emergency": true` with a `reason` publishes at once all the same.',
         request=ConfigWriteSerializer,
         responses={
             201: AdminConfigSerializer,
             200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
             **ERRORS,
             403: forbidden(EDITOR),
         },
@@ -71,19 +107,17 @@ class ConfigAdminView(APIView):
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _written(
-            *services.publish_config(
-                actor=request.user, source_ip=client_ip(request), **serializer.validated_data
-            )
-        )
+        return _write(request, serializer.validated_data, partial=False)
 
     @extend_schema(
         tags=["config"],
         summary="Change the configuration",
-        description="Any subset of the fields. A new version only when something changed.",
+        description="Any subset of the fields. A new version only when something changed. "
+        "With approvals required, 202 with a change request, as for POST.",
         request=ConfigWriteSerializer(partial=True),
         responses={
             200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
             404: OpenApiResponse(),
             **ERRORS,
             403: forbidden(EDITOR),
@@ -92,10 +126,7 @@ class ConfigAdminView(APIView):
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        config, _ = services.update_config(
-            actor=request.user, source_ip=client_ip(request), **serializer.validated_data
-        )
-        return Response(AdminConfigSerializer(config).data)
+        return _write(request, serializer.validated_data, partial=True)
 
 
 class ConfigHistoryView(generics.ListAPIView):
@@ -155,6 +186,53 @@ class ConfigRollbackView(APIView):
                 source_ip=client_ip(request),
             )
         )
+
+
+class PreflightView(APIView):
+    role_rules = {"POST": EDITOR}
+
+    @extend_schema(
+        tags=["config"],
+        summary="Try a URL on a few agents' workers before it ships",
+        description="Up to `agents` live agents each have one of their workers fetch the URL "
+        "(without applying it); the answer waits up to `timeout_seconds` for them. The request "
+        "reaches the agents on the watch they hold, so it needs run_controller. Nothing is "
+        "stored.",
+        request=PreflightSerializer,
+        responses={
+            200: PreflightAnswerSerializer,
+            **ERRORS,
+            403: forbidden(EDITOR),
+            409: OpenApiResponse(description="No agent is live."),
+        },
+    )
+    def post(self, request):
+        serializer = PreflightSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(preflight.run_preflight(**serializer.validated_data))
+
+
+class AgentPreflightResultView(AgentEndpoint):
+    @extend_schema(
+        tags=["agent"],
+        summary="Answer a pre-flight",
+        description="The agent's worker's answer to a pre-flight its watch handed it.",
+        request=AgentPreflightResultSerializer,
+        responses={
+            204: None,
+            400: OpenApiResponse(),
+            401: OpenApiResponse(description="Not an active agent's token."),
+            404: OpenApiResponse(description="No such pre-flight is waiting for this agent."),
+        },
+    )
+    def post(self, request):
+        serializer = AgentPreflightResultSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = dict(serializer.validated_data)
+        preflight.record_preflight_result(
+            request.user, preflight_id=result.pop("id"), result=result
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ConfigVersionView(AgentEndpoint):

@@ -250,8 +250,9 @@ class WatchEndpoint:
             # A notification may have outrun the cache refresh: trust the newer of the two.
             if self.hub.latest["version"] > state["version"]:
                 state = self.hub.latest
-            if known is None or wait == 0 or state["version"] != known:
-                await _respond(send, 200, state)
+            preflight = self.hub.take_preflight(waiter.agent_id)
+            if known is None or wait == 0 or state["version"] != known or preflight:
+                await _respond(send, 200, state, preflight=preflight)
                 return
             if waiter.future.done():
                 outcome, news = waiter.future.result()
@@ -276,6 +277,10 @@ class WatchEndpoint:
                     {"detail": "The controller is restarting; try again shortly."},
                     [(b"retry-after", b"1")],
                 )
+            elif outcome == "preflight":
+                # The state the agent knows, unchanged, and the request: it watches again at
+                # once, so a change made now reaches it as fast as ever.
+                await _respond(send, 200, state, preflight=news)
             else:
                 await _respond(send, 200, news if outcome == "changed" else state)
         finally:
@@ -362,8 +367,11 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
-    if status == 200:
+async def _respond(send, status: int, body: dict, extra_headers=None, preflight=None) -> None:
+    if status == 200 and preflight:
+        answer = {field: body.get(field) for field in STATE_FIELDS}
+        payload, headers = _response(json.dumps({**answer, "preflight": preflight}))
+    elif status == 200:
         payload, headers = version_answer(*(body.get(field) for field in STATE_FIELDS))
     else:
         payload, headers = _response(json.dumps(body))
