@@ -85,7 +85,7 @@ def test_run_agent_without_internal_key_exits_2(settings, capsys):
 
 
 def test_run_agent_without_a_controller_url_exits_2(settings):
-    settings.INTERNAL_KEY = "k"
+    settings.INTERNAL_KEY = "k" * 32
     settings.CONTROLLER_URL = None
     with pytest.raises(CommandError) as failed:
         call_command("run_agent", "--worker-url", "http://127.0.0.1:1")
