@@ -190,11 +190,8 @@ class WatchEndpoint:
         else:
             try:
                 report = check_heartbeat(json.loads(body) if body else {})
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
                 await _respond(send, 400, {"detail": f"JSON parse error - {exc}"})
-                return
-            except RecursionError:
-                await _respond(send, 400, {"detail": "JSON parse error - nested too deeply."})
                 return
             except InvalidHeartbeat as exc:
                 await _respond(send, 400, exc.errors)
