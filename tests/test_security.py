@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from apps.ops.stack import internal_key_from
-from controller_site.secrets_check import PUBLISHED_SECRETS, weakness
+from protocol.secrets import PUBLISHED_SECRETS, weakness
 from tests.e2e.security import record_attack
 from tests.support.processes import ROOT
 

@@ -17,7 +17,7 @@ import requests
 from apps.accounts.services import issue_tokens
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.audit.models import AuditEntry
-from controller_site.secrets_check import weakness
+from protocol.secrets import weakness
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
