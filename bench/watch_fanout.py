@@ -11,19 +11,17 @@ reports the controller's memory per held watch.
 import argparse
 import asyncio
 import json
-import resource
 import time
 
 import requests
 
 from bench.common import (
+    controller_with_agents,
     http_get,
-    make_agents,
-    reset_state,
     rss_kib,
-    setup_django,
-    start_controller,
+    setup_many_connections,
     summary,
+    wait_until_all_held,
 )
 
 
@@ -56,19 +54,8 @@ async def watch_all(
         arrived.append(time.monotonic())
 
     tasks = [asyncio.ensure_future(one(t)) for t in tokens]
-    # Every watch must be held before the change: an agent's last_seen is written when its
-    # watch is authenticated, just before the request starts to wait.
-    from apps.agents.models import Agent
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        held = await asyncio.to_thread(
-            lambda: Agent.objects.filter(last_seen__isnull=False).count()
-        )
-        if held >= len(tokens):
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+    # Every watch must be held before the change.
+    await wait_until_all_held(len(tokens))
     rss_held = rss_kib(pid)
     sent = time.monotonic()
     response = await asyncio.to_thread(
@@ -90,30 +77,9 @@ async def watch_all(
 
 
 def run(count: int, workers: int) -> None:
-    reset_state()
-    tokens = make_agents(count)
-    from apps.configs.services import publish_config
-
-    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
-    controller, url = start_controller(workers)
+    controller, url, tokens, headers, rss_idle = controller_with_agents(count, workers)
     port = int(url.rsplit(":", 1)[1])
     try:
-        headers = {
-            "Authorization": "Bearer "
-            + requests.post(
-                f"{url}/login",
-                json={"email": "bench@example.com", "password": "Bench-pass-123"},
-                timeout=10,
-            ).json()["access"]
-        }
-        # Warm the PUT path (a no-op change: same content, no new version) so that the
-        # measured change does not pay for first-request imports and connections.
-        for _ in range(3):
-            requests.put(
-                f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
-            )
-        time.sleep(1)
-        rss_idle = rss_kib(controller.popen.pid)
         result = asyncio.run(watch_all(port, tokens, 1, url, headers, controller.popen.pid))
         per_watch = (result["rss_held"] - rss_idle) / count
         print(
@@ -134,15 +100,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    setup_django()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    setup_many_connections()
     for count in args.agents:
         run(count, args.workers)
 

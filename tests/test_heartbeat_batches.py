@@ -166,15 +166,19 @@ def test_a_bad_body_is_400_by_field_and_stores_nothing(body, field):
 
 def test_not_json_is_400_or_415_and_too_large_is_413(settings):
     ((agent, token),) = new_agents(1)
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 200_000
 
     async def scenario(app):
-        status, answer = await post(app, token, b"{not json")
-        assert status == 400
-        assert answer["detail"].startswith("JSON parse error")
+        for body in (b"{not json", b"\xff\xfe", b"[" * 100_000):
+            status, answer = await post(app, token, body)
+            assert status == 400
+            assert answer["detail"].startswith("JSON parse error")
         status, answer = await post(app, token, b"applied_version=1", b"text/plain")
         assert status == 415
-        big = {"applied_version": 1, "workers": [WORKERS[0]] * 40}
+        big = {
+            "applied_version": 1,
+            "workers": [{**WORKERS[0], "url": "http://a.example/" + "x" * 2000}] * 99,
+        }
         assert (await post(app, token, big))[0] == 413
 
     with_app(scenario)

@@ -20,6 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from apps.agents.models import Agent
+from apps.ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ class HeartbeatRecorder:
                     self._keep(batch)
                     raise
                 self.recorded += len(batch)
+                metrics.instruments().heartbeats_recorded.inc(len(batch))
 
     def _keep(self, batch: dict) -> None:
         # Back in the queue, unless a newer report of the same agent arrived meanwhile.

@@ -11,7 +11,7 @@ from apps.changes import services as changes
 from apps.configs import preflight, services
 from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
-from apps.ops.admin_site import HistoryAdmin
+from controller_site.admin_site import HistoryAdmin
 from controller_site.request_info import client_ip
 from protocol.rules import (
     MAX_POOLING_INTERVAL,
