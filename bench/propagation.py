@@ -20,7 +20,7 @@ import requests
 from bench import results
 from bench.common import bench_env, describe, reset_state, setup_django, start_controller
 
-INTERNAL_KEY = "bench-internal-key-0123456789"
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
 
 
 def run(changes: int, watch: bool) -> list[float]:
