@@ -187,8 +187,10 @@ class ServedClient:
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
         }
-        # The served class with the served fallback; a hub of its own for this event loop.
-        app = type(application)(application.fallback)
+        # The served stack (the body limit in front of the watch endpoint in front of Django),
+        # rebuilt with a hub of its own for this event loop.
+        watch = application.app
+        app = type(application)(type(watch)(watch.fallback), application.max_bytes)
         sent: list[dict] = []
         requested = False
 
@@ -206,7 +208,7 @@ class ServedClient:
         try:
             await app(scope, receive, send)
         finally:
-            await app.hub.stop()
+            await app.app.hub.stop()
         start = next(m for m in sent if m["type"] == "http.response.start")
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
         return ServedAnswer(start["status"], start.get("headers", []), body)
