@@ -78,6 +78,7 @@ class Agent:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         name: str | None = None,
+        labels: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -109,6 +110,7 @@ class Agent:
         self.default_interval = default_interval
         self.hostname = socket.gethostname()
         self.name = name or self.hostname
+        self.labels = dict(labels or {})
 
         self.credentials: dict | None = None
         self.config: dict | None = None  # the newest config the agent holds
@@ -156,7 +158,10 @@ class Agent:
             return False
         try:
             answer = self.controller.register(
-                self.registration_token, name=self.name, hostname=self.hostname
+                self.registration_token,
+                name=self.name,
+                hostname=self.hostname,
+                labels=self.labels,
             )
         except Unauthorized:
             self.registration_token = None
@@ -289,6 +294,7 @@ class Agent:
                     {"url": worker.url, "ok": worker.ok, "version": worker.version}
                     for worker in self.workers
                 ],
+                labels=self.labels,
             )
         except Unauthorized:
             self._token_refused()

@@ -90,6 +90,22 @@ def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
     return _record(name, source, value)
 
 
+def env_labels(name: str) -> dict[str, str]:
+    from agent.labels import InvalidLabels, check_labels, parse_label_pairs
+
+    source, value = _lookup(name, "labels", {})
+    try:
+        if isinstance(value, str):
+            value = parse_label_pairs([pair for pair in value.split(",") if pair.strip()])
+        else:
+            value = check_labels(value)
+    except InvalidLabels as exc:
+        if source == "file":
+            raise CONFIG_FILE.error(name, str(exc)) from None
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+    return _record(name, source, value)
+
+
 def _development_secret_key() -> str:
     # With DEBUG on, a key is generated once and kept so sessions survive restarts.
     path = VAR_DIR / "secret_key"
@@ -133,6 +149,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.ops",
     "apps.audit",
+    "apps.rollouts",
 ]
 
 MIDDLEWARE = [
@@ -350,6 +367,8 @@ REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # How long a process trusts its own memory of an agent token before asking the database again:
 # this bounds how long a revoked token keeps working.
+# How often each controller process looks whether a rolling rollout can start its next wave.
+ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)
@@ -485,6 +504,9 @@ AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
 # is filled again within seconds rather than when the watch ends.
 AGENT_WORKER_CHECK_SECONDS = env_float("AGENT_WORKER_CHECK_SECONDS", 5.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
+# Labels the agent sends with its registration and every heartbeat; rollouts pick canaries by
+# them. "ring=canary,zone=eu-1" in the environment, a mapping under `labels:` in the file.
+AGENT_LABELS = env_labels("AGENT_LABELS")
 AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
 # Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).
 

@@ -19,6 +19,13 @@ from apps.configs.views import (
     ConfigVersionView,
 )
 from apps.ops.views import healthz, metrics, readyz
+from apps.rollouts.views import (
+    RolloutAbortView,
+    RolloutPauseView,
+    RolloutPromoteView,
+    RolloutResumeView,
+    RolloutView,
+)
 
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
@@ -26,6 +33,11 @@ urlpatterns = [
     path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
     path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
     path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
+    path("config/admin/rollout", RolloutView.as_view(), name="rollout"),
+    path("config/admin/rollout/promote", RolloutPromoteView.as_view(), name="rollout-promote"),
+    path("config/admin/rollout/pause", RolloutPauseView.as_view(), name="rollout-pause"),
+    path("config/admin/rollout/resume", RolloutResumeView.as_view(), name="rollout-resume"),
+    path("config/admin/rollout/abort", RolloutAbortView.as_view(), name="rollout-abort"),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),

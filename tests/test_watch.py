@@ -194,6 +194,7 @@ def test_an_older_notification_never_moves_a_watch_backwards():
         loop = asyncio.get_running_loop()
         hub.advance({"version": 5, "pooling_interval": 30})
         waiter = watch.Waiter(5, loop.create_future())
+        waiter.agent_id = "00000000-0000-0000-0000-000000000001"
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", "version": 4, "pooling_interval": 30})
         assert not waiter.future.done()

@@ -7,6 +7,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from agent.labels import InvalidLabels, parse_label_pairs
 from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
 from apps.audit.services import client_ip
@@ -35,22 +36,46 @@ class StatusFilter(admin.SimpleListFilter):
         )
 
 
+class LabelFilter(admin.SimpleListFilter):
+    """Filter by one label pair, among those the agents carry."""
+
+    title = "label"
+    parameter_name = "label"
+
+    def lookups(self, request, model_admin):
+        pairs = set()
+        for labels in Agent.objects.exclude(labels={}).values_list("labels", flat=True)[:5000]:
+            pairs.update(f"{key}={value}" for key, value in labels.items())
+        return [(pair, pair) for pair in sorted(pairs)]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            labels = parse_label_pairs([self.value()])
+        except InvalidLabels:
+            return queryset.none()
+        return services.filter_by_labels(queryset, labels)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = [
         "__str__",
         "hostname",
         "status_badge",
+        "label_list",
         "last_seen",
         "applied_version",
         "worker_states",
         "created_at",
     ]
-    list_filter = [StatusFilter]
+    list_filter = [StatusFilter, LabelFilter]
     search_fields = ["id", "name", "hostname"]
     readonly_fields = [
         "id",
         "status_badge",
+        "label_list",
         "created_at",
         "last_seen",
         "applied_version",
@@ -69,6 +94,16 @@ class AgentAdmin(admin.ModelAdmin):
             status,
             BADGE_COLOURS[status],
             status.replace("_", " "),
+        )
+
+    @admin.display(description="labels")
+    def label_list(self, obj: Agent) -> str:
+        if not obj.labels:
+            return "—"
+        return format_html_join(
+            " ",
+            '<code class="agent-label">{}={}</code>',
+            sorted(obj.labels.items()),
         )
 
     @admin.display(description="workers")

@@ -7,6 +7,7 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 from rest_framework import status
 
@@ -17,6 +18,7 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.errors import ServiceError
 from apps.configs.notifications import publish_revocation
+from apps.rollouts.services import target_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,12 @@ def issue_registration_token(
 
 
 def register_agent(
-    *, token: str, name: str = "", hostname: str = "", source_ip: str | None = None
+    *,
+    token: str,
+    name: str = "",
+    hostname: str = "",
+    labels: dict[str, str] | None = None,
+    source_ip: str | None = None,
 ) -> tuple[Agent, str]:
     """Consume a registration token and create an agent; returns (agent, agent token)."""
     now = timezone.now()
@@ -68,7 +75,11 @@ def register_agent(
             raise InvalidRegistrationToken()
         agent_token = new_token(AGENT_PREFIX)
         agent = Agent.objects.create(
-            name=name, hostname=hostname, token_hash=hash_token(agent_token), last_seen=now
+            name=name,
+            hostname=hostname,
+            labels=labels or {},
+            token_hash=hash_token(agent_token),
+            last_seen=now,
         )
         used = RegistrationToken.objects.filter(token_hash=digest)
         used.update(used_by=agent)
@@ -80,6 +91,7 @@ def register_agent(
             detail={
                 "name": name,
                 "hostname": hostname,
+                "labels": labels or {},
                 "registration_token": used.values_list("pk", flat=True).first(),
             },
         )
@@ -87,10 +99,21 @@ def register_agent(
     return agent, agent_token
 
 
-def record_heartbeat(agent: Agent, *, applied_version: int | None, workers: list[dict]) -> None:
-    Agent.objects.filter(pk=agent.pk).update(
-        last_seen=timezone.now(), applied_version=applied_version, workers=workers
-    )
+def record_heartbeat(
+    agent: Agent,
+    *,
+    applied_version: int | None,
+    workers: list[dict],
+    labels: dict[str, str] | None = None,
+) -> None:
+    changes = {"last_seen": timezone.now(), "applied_version": applied_version, "workers": workers}
+    if labels is not None:
+        changes["labels"] = labels
+    Agent.objects.filter(pk=agent.pk).update(**changes)
+    if labels is not None and labels != agent.labels:
+        # The watch reads labels from this process's memory of the token: a new label (a
+        # canary ring, say) counts from the next request on, not after the cache runs out.
+        forget_agent(agent)
 
 
 def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:
@@ -133,9 +156,14 @@ def agent_status(agent: Agent, state: dict, now=None) -> str:
     now = now or timezone.now()
     if agent.last_seen is None or agent.last_seen < stale_before(state, now):
         return "stale"
-    if (agent.applied_version or 0) < state["version"]:
+    if (agent.applied_version or 0) < target_version(agent, state):
         return "behind"
     return "in_sync"
+
+
+def target_version(agent: Agent, state: dict) -> int:
+    """The version the controller answers this agent now (a rollout may hold it back)."""
+    return target_of(state, agent.pk, agent.labels)["version"]
 
 
 def status_condition(status: str, state: dict, now) -> Q:
@@ -143,9 +171,14 @@ def status_condition(status: str, state: dict, now) -> Q:
     revoked = Q(revoked_at__isnull=False)
     stale = ~revoked & (Q(last_seen__isnull=True) | Q(last_seen__lt=stale_before(state, now)))
     fresh = ~revoked & Q(last_seen__gte=stale_before(state, now))
-    # An agent that never reported counts as version 0, as in agent_status.
-    behind = Q(applied_version__lt=state["version"])
-    if state["version"] > 0:
+    # An agent that never reported counts as version 0, as in agent_status. While a rollout
+    # splits the fleet, the database cannot tell who is targeted (a hash decides): the filter
+    # and the counts then take the previous version as the bar, and each agent's own status
+    # (agent_status) is exact.
+    split = state.get("rollout")
+    bar = split["previous_version"] if split else state["version"]
+    behind = Q(applied_version__lt=bar)
+    if bar > 0:
         behind |= Q(applied_version__isnull=True)
     conditions = {
         "revoked": revoked,
@@ -154,6 +187,17 @@ def status_condition(status: str, state: dict, now) -> Q:
         "in_sync": fresh & ~behind,
     }
     return conditions[status]
+
+
+def filter_by_labels(agents: QuerySet, labels: dict[str, str]) -> QuerySet:
+    """Agents carrying every one of `labels`. A key lookup rather than JSON containment, which
+    SQLite (the embedded default) lacks."""
+    for index, (key, value) in enumerate(labels.items()):
+        alias = f"_label_{index}"
+        agents = agents.annotate(**{alias: KeyTextTransform(key, "labels")}).filter(
+            **{alias: value}
+        )
+    return agents
 
 
 def filter_by_status(agents: QuerySet, status: str, state: dict, now) -> QuerySet:

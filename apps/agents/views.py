@@ -7,6 +7,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agent.labels import InvalidLabels, parse_label_pairs
 from apps.agents import services
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.agents.models import Agent
@@ -104,6 +105,14 @@ class AgentListView(generics.ListAPIView):
         summary="Agents and what they run",
         parameters=[
             OpenApiParameter("status", enum=list(services.STATUSES), required=False),
+            OpenApiParameter(
+                "label",
+                str,
+                required=False,
+                many=True,
+                description="KEY=VALUE; only agents carrying that label. Repeat to require "
+                "several.",
+            ),
         ],
         responses={200: AgentSerializer(many=True), 400: OpenApiResponse(), 401: UNAUTHORIZED},
     )
@@ -114,13 +123,20 @@ class AgentListView(generics.ListAPIView):
         wanted = request.query_params.get("status")
         if wanted is not None and wanted not in services.STATUSES:
             raise serializers.ValidationError({"status": [f"Must be one of {services.STATUSES}."]})
+        try:
+            labels = parse_label_pairs(request.query_params.getlist("label"))
+        except InvalidLabels as exc:
+            raise serializers.ValidationError({"label": [str(exc)]}) from None
         state, now = get_current_state(), timezone.now()
         agents = self.get_queryset()
         if wanted is not None:
             agents = services.filter_by_status(agents, wanted, state, now)
+        if labels:
+            agents = services.filter_by_labels(agents, labels)
         page = self.paginate_queryset(agents)
         for agent in page:
             agent.status = services.agent_status(agent, state, now)
+            agent.target_version = services.target_version(agent, state)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
@@ -136,4 +152,5 @@ class AgentRevokeView(APIView):
         services.revoke_agent(agent, actor=request.user, source_ip=client_ip(request))
         agent.refresh_from_db()
         agent.status = "revoked"
+        agent.target_version = services.target_version(agent, get_current_state())
         return Response(AgentSerializer(agent).data)

@@ -21,6 +21,9 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def body(self) -> dict:
+        return {"detail": self.detail}
+
 
 class NotFoundError(ServiceError):
     status_code = status.HTTP_404_NOT_FOUND
@@ -36,9 +39,25 @@ class UnknownVersion(NotFoundError):
         super().__init__(f"Configuration version {version} does not exist.")
 
 
+class StaleVersion(ServiceError):
+    """An `If-Match` naming a version that is no longer the newest: someone changed it since."""
+
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            f"The configuration changed since you read it: the current version is "
+            f"{current_version}. Read it again and re-apply your change."
+        )
+        self.current_version = current_version
+
+    def body(self) -> dict:
+        return {"detail": self.detail, "current_version": self.current_version}
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceError):
-        return Response({"detail": exc.detail}, status=exc.status_code)
+        return Response(exc.body(), status=exc.status_code)
     if isinstance(exc, InvalidConfig):
         return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DataError):

@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from apps.configs.models import ConfigVersion
 from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
+from apps.rollouts.serializers import RolloutPlanSerializer
 
 
 class RuleField(serializers.Field):
@@ -38,6 +39,11 @@ class ConfigWriteSerializer(serializers.Serializer):
     config_url = ConfigUrlField(help_text="Absolute http or https URL, at most 2048 characters.")
     pooling_interval = PoolingIntervalField(
         help_text="The agents' polling period in whole seconds, 30 to 86400."
+    )
+    rollout = RolloutPlanSerializer(
+        required=False,
+        help_text="Roll the new version out in stages (canaries, then waves) instead of to "
+        "every agent at once.",
     )
 
 
@@ -94,3 +100,8 @@ class VersionQuerySerializer(serializers.Serializer):
         max_value=60,
         help_text="Hold the request up to this many seconds until the version differs.",
     )
+
+
+class StaleVersionSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    current_version = serializers.IntegerField(help_text="The newest version now.")

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.errors import NoConfigYet, UnknownVersion
+from apps.configs.errors import NoConfigYet, StaleVersion, UnknownVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.rules import check_config_url, check_pooling_interval
 
@@ -28,13 +28,34 @@ def get_current_config() -> ConfigVersion | None:
 
 
 def state_of(config: ConfigVersion | None) -> dict:
+    """What the agents are answered: the newest version and interval, the rollout's revision
+    (so that a newer answer for the same version is told from an older one), and, while a
+    rollout splits the fleet, what decides who still gets the previous version (see
+    apps.rollouts.services.target_of)."""
+    from apps.rollouts.models import Rollout
+    from apps.rollouts.services import split_of
+
     if config is None:
-        return {"version": 0, "pooling_interval": None}
-    return {"version": config.version, "pooling_interval": config.pooling_interval}
+        return {"version": 0, "pooling_interval": None, "revision": 0, "rollout": None}
+    rollout = Rollout.objects.filter(version=config.version).first()
+    split = None
+    if rollout is not None and rollout.state in Rollout.SPLIT_STATES:
+        previous_interval = (
+            ConfigVersion.objects.filter(version=rollout.previous_version)
+            .values_list("pooling_interval", flat=True)
+            .first()
+        )
+        split = split_of(rollout, previous_interval)
+    return {
+        "version": config.version,
+        "pooling_interval": config.pooling_interval,
+        "revision": rollout.revision if rollout is not None else 0,
+        "rollout": split,
+    }
 
 
 def get_current_state() -> dict:
-    """The current version and interval, from the cache when warm, else from the database."""
+    """The served state (see state_of), from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
     if state is not None:
         return state
@@ -44,13 +65,20 @@ def get_current_state() -> dict:
     return state
 
 
-def announce_config(config: ConfigVersion) -> None:
-    """Runs after the commit: refresh the cached state and wake everyone watching."""
+def announce_current_state() -> dict:
+    """Runs after a commit that changed what some agent is answered (a new version, a rollout's
+    wave): refresh the cached state and wake everyone watching."""
     from apps.configs import notifications
 
-    state = state_of(config)
+    state = state_of(get_current_config())
     cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)
+    return state
+
+
+def announce_config(config: ConfigVersion) -> None:
+    """Runs after the commit of a new version."""
+    announce_current_state()
     logger.info(
         "config version %s published: %s every %ss",
         config.version,
@@ -86,10 +114,23 @@ def publish_config(
     source_ip: str | None = None,
     rolled_back_from: int | None = None,
     audit_action: str = AuditEntry.CONFIG_CREATED,
+    if_match: str | None = None,
+    rollout: dict | None = None,
+    reason: str = "",
+    expect_rollout: int | None = None,
 ) -> tuple[ConfigVersion, bool]:
     """Make the given content current. Returns (config, created); identical content is a no-op,
     and so is not audited. A field left as None keeps the current value: the merge happens under
-    the lock, so two admins changing different fields at once both keep their change."""
+    the lock, so two admins changing different fields at once both keep their change.
+
+    `if_match` is the client's If-Match header: when it names a version other than the newest
+    (checked under the lock), nothing is stored and StaleVersion says which version is newest.
+    `rollout` (a checked plan) gives the new version to the agents in waves instead of to all
+    at once. While a rollout is rolling or paused, only a rollback goes through, and it aborts
+    the rollout (`reason` is the abort's, `expect_rollout` the version an abort expects to be
+    rolling out)."""
+    from apps.rollouts import services as rollouts
+
     if config_url is not None:
         config_url = check_config_url(config_url)
     if pooling_interval is not None:
@@ -100,6 +141,19 @@ def publish_config(
                 newest = _lock_newest()
                 if newest is None and (config_url is None or pooling_interval is None):
                     raise NoConfigYet()
+                current_version = newest.version if newest else 0
+                if if_match is not None and not if_match_allows(if_match, current_version):
+                    raise StaleVersion(current_version)
+                if rollout is not None and newest is None:
+                    raise rollouts.NothingToRollOutFrom()
+                rollouts.guard_publish(
+                    newest,
+                    rolling_back=rolled_back_from is not None,
+                    actor=actor,
+                    source_ip=source_ip,
+                    reason=reason,
+                    expect_rollout=expect_rollout,
+                )
                 url = newest.config_url if config_url is None else config_url
                 interval = newest.pooling_interval if pooling_interval is None else pooling_interval
                 if newest is not None and newest.same_content(url, interval):
@@ -118,6 +172,10 @@ def publish_config(
                     target=f"config v{config.version}",
                     detail={"before": content_of(newest), "after": content_of(config)},
                 )
+                if rollout is not None:
+                    rollouts.start_rollout(
+                        config, newest, rollout, actor=actor, source_ip=source_ip
+                    )
                 transaction.on_commit(partial(announce_config, config))
                 return config, True
         except IntegrityError:
@@ -127,8 +185,21 @@ def publish_config(
     raise AssertionError("unreachable")
 
 
+def if_match_allows(header: str, version: int) -> bool:
+    """Whether an If-Match header names `version` ("7", a list of them, or * for any)."""
+    candidates = {item.strip() for item in header.split(",")}
+    if "*" in candidates:
+        return version > 0
+    return f'"{version}"' in candidates
+
+
 def update_config(
-    *, actor=None, source_ip: str | None = None, **changes
+    *,
+    actor=None,
+    source_ip: str | None = None,
+    if_match: str | None = None,
+    rollout: dict | None = None,
+    **changes,
 ) -> tuple[ConfigVersion, bool]:
     """Change some fields of the current config; a field left out keeps its value."""
     if not ConfigVersion.objects.exists():
@@ -139,13 +210,21 @@ def update_config(
         actor=actor,
         source_ip=source_ip,
         audit_action=AuditEntry.CONFIG_UPDATED,
+        if_match=if_match,
+        rollout=rollout,
     )
 
 
 def rollback_config(
-    *, version: int, actor=None, source_ip: str | None = None
+    *,
+    version: int,
+    actor=None,
+    source_ip: str | None = None,
+    reason: str = "",
+    expect_rollout: int | None = None,
 ) -> tuple[ConfigVersion, bool]:
-    """Make a new version whose content is that of `version`."""
+    """Make a new version whose content is that of `version`, for every agent at once; a
+    rollout still splitting the fleet is aborted."""
     target = ConfigVersion.objects.filter(version=version).first()
     if target is None:
         raise UnknownVersion(version)
@@ -156,6 +235,8 @@ def rollback_config(
         source_ip=source_ip,
         rolled_back_from=version,
         audit_action=AuditEntry.CONFIG_ROLLED_BACK,
+        reason=reason,
+        expect_rollout=expect_rollout,
     )
 
 

@@ -15,10 +15,12 @@ from apps.configs.serializers import (
     ConfigWriteSerializer,
     HistoryEntrySerializer,
     RollbackSerializer,
+    StaleVersionSerializer,
     VersionQuerySerializer,
     VersionStateSerializer,
 )
 from apps.configs.watch import etag_matches
+from apps.rollouts.services import target_of
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
@@ -26,10 +28,28 @@ ERRORS = {
 }
 
 
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description='The ETag of the version the change is based on, for example "7". When a newer '
+    "version exists the answer is 412 and nothing is stored.",
+)
+STALE = OpenApiResponse(
+    response=StaleVersionSerializer,
+    description="If-Match names a version that is no longer the newest; nothing was stored.",
+)
+
+ROLLOUT_ACTIVE = OpenApiResponse(
+    description="A rollout is rolling or paused; promote it to the end or abort it first."
+)
+
+
 def _written(config: ConfigVersion, created: bool) -> Response:
     return Response(
         AdminConfigSerializer(config).data,
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        headers={"ETag": f'"{config.version}"'},
     )
 
 
@@ -39,45 +59,69 @@ class ConfigAdminView(APIView):
     @extend_schema(
         tags=["config"],
         summary="Current configuration",
+        description='Sends `ETag: "<version>"`; give it back as `If-Match` on a change to refuse '
+        "the change (412) if someone else changed the configuration meanwhile.",
         responses={200: AdminConfigSerializer, 401: ERRORS[401], 404: OpenApiResponse()},
     )
     def get(self, request):
         config = services.get_current_config()
         if config is None:
             raise NoConfigYet()
-        return Response(AdminConfigSerializer(config).data)
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
 
     @extend_schema(
         tags=["config"],
         summary="Create a configuration version",
         description="Both fields required. 201 with a new version; 200 with the current config "
-        "when the content equals it.",
+        "when the content equals it. With `rollout`, the version reaches the agents in stages "
+        "(see GET /config/admin/rollout). 409 while a rollout is rolling or paused.",
         request=ConfigWriteSerializer,
-        responses={201: AdminConfigSerializer, 200: AdminConfigSerializer, **ERRORS},
+        parameters=[IF_MATCH],
+        responses={
+            201: AdminConfigSerializer,
+            200: AdminConfigSerializer,
+            409: ROLLOUT_ACTIVE,
+            412: STALE,
+            **ERRORS,
+        },
     )
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return _written(
             *services.publish_config(
-                actor=request.user, source_ip=client_ip(request), **serializer.validated_data
+                actor=request.user,
+                source_ip=client_ip(request),
+                if_match=request.headers.get("If-Match"),
+                **serializer.validated_data,
             )
         )
 
     @extend_schema(
         tags=["config"],
         summary="Change the configuration",
-        description="Any subset of the fields. A new version only when something changed.",
+        description="Any subset of the fields. A new version only when something changed. "
+        "`rollout` as for POST; 409 while a rollout is rolling or paused.",
         request=ConfigWriteSerializer(partial=True),
-        responses={200: AdminConfigSerializer, 404: OpenApiResponse(), **ERRORS},
+        parameters=[IF_MATCH],
+        responses={
+            200: AdminConfigSerializer,
+            404: OpenApiResponse(),
+            409: ROLLOUT_ACTIVE,
+            412: STALE,
+            **ERRORS,
+        },
     )
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         config, _ = services.update_config(
-            actor=request.user, source_ip=client_ip(request), **serializer.validated_data
+            actor=request.user,
+            source_ip=client_ip(request),
+            if_match=request.headers.get("If-Match"),
+            **serializer.validated_data,
         )
-        return Response(AdminConfigSerializer(config).data)
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
 
 
 class ConfigHistoryView(generics.ListAPIView):
@@ -110,7 +154,8 @@ class ConfigRollbackView(APIView):
         tags=["config"],
         summary="Roll back to a version",
         description="Makes a new version whose content is version N's (201), or answers 200 "
-        "when N's content is already current.",
+        "when N's content is already current. Goes to every agent at once and aborts a rollout "
+        "in progress: the emergency path.",
         request=RollbackSerializer,
         responses={
             201: AdminConfigSerializer,
@@ -154,7 +199,8 @@ class ConfigVersionView(AgentEndpoint):
     def get(self, request):
         query = VersionQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(services.get_current_state())
+        agent = request.user
+        return Response(target_of(services.get_current_state(), agent.pk, agent.labels))
 
 
 class ConfigAgentView(AgentEndpoint):
@@ -177,12 +223,12 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        state = services.get_current_state()
-        if state["version"] == 0:
+        agent = request.user
+        version = target_of(services.get_current_state(), agent.pk, agent.labels)["version"]
+        if version == 0:
             raise NoConfigYet()
-        etag = f'"{state["version"]}"'
+        etag = f'"{version}"'
         if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        config = services.get_current_config()
-        etag = f'"{config.version}"'
+        config = ConfigVersion.objects.get(version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})

@@ -32,6 +32,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import get_current_config, get_current_state, state_of
 from apps.ops import metrics
+from apps.rollouts.services import advance_rollouts, target_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,21 @@ REDIS_RETRY_MAX_SECONDS = 5.0
 
 
 class Waiter:
-    """One held request: woken with the new state, or with None when its agent is revoked."""
+    """One held request: woken with its agent's new answer, or with None when its agent is
+    revoked (or when the state moved before its agent was known)."""
 
-    __slots__ = ("known", "agent_id", "future")
+    __slots__ = ("known", "agent_id", "labels", "future")
 
     def __init__(self, known: int, future: asyncio.Future) -> None:
         self.known = known
         self.agent_id: str | None = None
+        self.labels: dict = {}
         self.future = future
+
+
+def stamp(state: dict) -> tuple[int, int]:
+    """The order of served states: by version, then by the rollout's revision of it."""
+    return state["version"], state.get("revision") or 0
 
 
 class Hub:
@@ -61,7 +69,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest = {"version": 0, "pooling_interval": None}
+        self.latest = {"version": 0, "pooling_interval": None, "revision": 0, "rollout": None}
         self.redis_healthy = False
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +83,7 @@ class Hub:
         if settings.REDIS_URL:
             self._tasks.append(asyncio.create_task(self._listen_redis()))
         self._tasks.append(asyncio.create_task(self._recheck_database()))
+        self._tasks.append(asyncio.create_task(self._advance_rollouts()))
 
     async def stop(self) -> None:
         notifications.set_local_listener(None)
@@ -106,22 +115,33 @@ class Hub:
             state = {
                 "version": message.get("version"),
                 "pooling_interval": message.get("pooling_interval"),
+                "revision": message.get("revision") or 0,
+                "rollout": message.get("rollout"),
             }
-            if isinstance(state["version"], int):
+            if isinstance(state["version"], int) and isinstance(state["revision"], int):
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
 
     def advance(self, state: dict) -> None:
-        """Wake every waiter that knows an older version. Versions only rise: a late, older
-        notification (two processes publishing at once) wakes nobody."""
-        if state["version"] <= self.latest["version"]:
+        """Wake every waiter whose answer is now another version than it knows. States only
+        move forward: a late, older notification (two processes publishing at once) wakes
+        nobody. During a rollout each waiter's answer is its agent's target (canary, started
+        wave or not), decided from the state alone, without a query."""
+        if stamp(state) <= stamp(self.latest):
             return
         self.latest = state
         woken = 0
         for waiter in self.waiters:
-            if waiter.known != state["version"] and not waiter.future.done():
-                waiter.future.set_result(("changed", state))
+            if waiter.future.done():
+                continue
+            if waiter.agent_id is None:
+                # Still authenticating: it reads the newest state once it knows its agent.
+                waiter.future.set_result(("changed", None))
+                continue
+            answer = target_of(state, waiter.agent_id, waiter.labels)
+            if waiter.known != answer["version"]:
+                waiter.future.set_result(("changed", answer))
                 woken += 1
         if woken:
             logger.info("version %s: woke %s held watches", state["version"], woken)
@@ -192,6 +212,17 @@ class Hub:
             except DatabaseError as exc:
                 logger.warning("watch hub could not read the database: %s", exc)
 
+    async def _advance_rollouts(self) -> None:
+        """Move a rolling rollout on, about once a second. Every controller process does this;
+        the rollout's row lock makes exactly one of them act on each step, so no process of
+        our own has to lead, and a restarted controller carries on from the database."""
+        while True:
+            await asyncio.sleep(settings.ROLLOUT_TICK_SECONDS)
+            try:
+                await _advance_rollouts_once()
+            except DatabaseError as exc:
+                logger.warning("could not advance the rollout: %s", exc)
+
     async def _read_database_once(self) -> None:
         state = await _state_from_database()
         self.advance(state)
@@ -222,6 +253,11 @@ def _with_database(function):
 @_with_database
 def _state_from_database() -> dict:
     return state_of(get_current_config())
+
+
+@_with_database
+def _advance_rollouts_once() -> None:
+    advance_rollouts()
 
 
 @_with_database
@@ -257,14 +293,14 @@ def _config_for_agent(token: str | None, if_none_match: str | None):
     if agent is None:
         return 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
     touch_last_seen(agent)
-    state = get_current_state()
-    if state["version"] == 0:
+    version = target_of(get_current_state(), agent.pk, agent.labels)["version"]
+    if version == 0:
         return 404, {"detail": NoConfigYet().detail}, []
-    etag = f'"{state["version"]}"'
+    etag = f'"{version}"'
     headers = [(b"etag", etag.encode())]
     if etag_matches(if_none_match, etag):
         return 304, None, headers
-    return 200, config_body(state["version"]), headers
+    return 200, config_body(version), headers
 
 
 @functools.lru_cache(maxsize=8)
@@ -373,13 +409,18 @@ class WatchEndpoint:
                 await _respond(send, 400, checked.errors)
                 return
             waiter.agent_id = str(agent.pk)
+            waiter.labels = agent.labels or {}
             self.hub.advance(state)
             # A notification may have outrun the cache refresh: trust the newer of the two.
-            if self.hub.latest["version"] > state["version"]:
+            if stamp(self.hub.latest) > stamp(state):
                 state = self.hub.latest
-            if known is None or wait == 0 or state["version"] != known:
-                await _respond(send, 200, state)
+            answer = target_of(state, waiter.agent_id, waiter.labels)
+            if known is None or wait == 0 or answer["version"] != known:
+                await _respond(send, 200, answer)
                 return
+            if waiter.future.done() and waiter.future.result()[0] == "changed":
+                # Woken before its agent was known, by a state already counted in the answer.
+                waiter.future = asyncio.get_running_loop().create_future()
             if waiter.future.done():
                 outcome, news = waiter.future.result()
             else:
@@ -404,7 +445,7 @@ class WatchEndpoint:
                     [(b"retry-after", b"1")],
                 )
             else:
-                await _respond(send, 200, news if outcome == "changed" else state)
+                await _respond(send, 200, news if outcome == "changed" else answer)
         finally:
             self.hub.waiters.discard(waiter)
 

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import CollectorRegistry
 
 from agent.daemon import Agent
+from agent.labels import InvalidLabels, parse_label_pairs
 from agent.metrics import MeasuredAgent, serve_metrics
 from apps.ops.serving import parse_bind
 
@@ -38,6 +39,14 @@ class Command(BaseCommand):
             action="store_true",
             help="Poll the version each period instead of holding a watch request.",
         )
+        parser.add_argument(
+            "--label",
+            action="append",
+            dest="labels",
+            metavar="KEY=VALUE",
+            help="A label of this agent, for rollouts to pick canaries by; repeat for several "
+            "(AGENT_LABELS, a comma list). Given here, they replace AGENT_LABELS.",
+        )
         parser.add_argument("--once", action="store_true", help="Run one cycle and exit.")
         parser.add_argument(
             "--metrics-bind",
@@ -68,6 +77,12 @@ class Command(BaseCommand):
                 "positive.",
                 returncode=2,
             )
+        labels = settings.AGENT_LABELS
+        if options["labels"]:
+            try:
+                labels = parse_label_pairs(options["labels"])
+            except InvalidLabels as exc:
+                raise CommandError(f"--label: {exc}", returncode=2) from None
         metrics_address = None
         if options["metrics_bind"]:
             try:
@@ -92,6 +107,7 @@ class Command(BaseCommand):
             worker_check_seconds=settings.AGENT_WORKER_CHECK_SECONDS,
             connect_timeout=settings.AGENT_CONNECT_TIMEOUT,
             read_timeout=settings.AGENT_READ_TIMEOUT,
+            labels=labels,
             **extra,
         )
         if metrics_address:
