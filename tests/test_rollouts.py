@@ -1,9 +1,11 @@
 """Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
 
+import io
 import threading
 from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
@@ -352,3 +354,61 @@ def test_concurrent_advances_start_each_wave_once():
     assert Rollout.objects.get().state == "completed"
     assert [e.detail["wave"] for e in wave_entries()] == [0, 1, 2]
     assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_COMPLETED).count() == 1
+
+
+def rollout_status(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command("rollout_status", *args, stdout=out)
+    except SystemExit as exc:
+        return exc.code, out.getvalue()
+    except CommandError as exc:
+        return exc.returncode, str(exc)
+    raise AssertionError("rollout_status always exits with a status")
+
+
+@pytest.mark.django_db(transaction=True)
+class TestStatusAndMetrics:
+    def test_rollout_status_reports_and_gates(self, admin_api, publish):
+        assert rollout_status()[0] == 1
+        fleet = make_fleet(canaries=1, others=2)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
+        code, out = rollout_status()
+        assert code == 1
+        assert "rollout of v2 (from v1): rolling, wave 0 of 2" in out
+        assert "canaries ring=canary; waves 50% 100%; bake 0 s" in out
+        assert "3 total, 1 targeted, 0 applied, 1 waiting" in out
+        assert "agent-0" in out and "applying" in out and "wave not started" in out
+        code, out = rollout_status("--wait", "--timeout", "1.5")
+        assert code == 1
+        assert "timed out" in out
+
+        apply(fleet, 2)
+        services.advance_rollouts()
+        services.advance_rollouts()
+        services.advance_rollouts()
+        code, out = rollout_status("--wait", "--timeout", "5")
+        assert code == 0, out
+        assert "completed" in out and "converged" in out
+
+    def test_rollout_status_fails_on_abort_and_bad_usage(self, admin_api, publish):
+        make_fleet()
+        start(admin_api, publish)
+        admin_api.post("/config/admin/rollout/abort")
+        code, out = rollout_status("--wait")
+        assert code == 1
+        assert "aborted" in out
+        assert rollout_status("--timeout", "5")[0] == 2
+        assert rollout_status("--wait", "--timeout", "-1")[0] == 2
+
+    def test_metrics_show_the_rollout_and_agents_per_target(self, admin_api, publish, api):
+        make_fleet(canaries=2, others=4)
+        text = api.get("/metrics").content.decode()
+        assert 'controller_rollout_state{state="rolling"} 0.0' in text
+        start(admin_api, publish)
+        text = api.get("/metrics").content.decode()
+        assert 'controller_rollout_state{state="rolling"} 1.0' in text
+        assert 'controller_rollout_state{state="completed"} 0.0' in text
+        assert "controller_rollout_version 2.0" in text
+        assert 'controller_agents_by_target_version{version="2"} 2.0' in text
+        assert 'controller_agents_by_target_version{version="1"} 4.0' in text

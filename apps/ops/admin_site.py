@@ -44,8 +44,15 @@ def dashboard_context() -> dict:
     from apps.agents.services import STATUSES, count_by_status
     from apps.audit.models import AuditEntry
     from apps.configs.services import get_current_config, state_of
+    from apps.rollouts.models import Rollout
+    from apps.rollouts.services import get_latest_rollout, measure
 
     config = get_current_config()
+    rollout = get_latest_rollout()
+    if rollout is not None and rollout.state not in Rollout.SPLIT_STATES:
+        rollout = None
+    if rollout is not None:
+        rollout.measured = measure(rollout)
     state = state_of(config)
     counts = count_by_status(state, timezone.now())
     changes = AuditEntry.objects.filter(
@@ -53,6 +60,12 @@ def dashboard_context() -> dict:
             AuditEntry.CONFIG_CREATED,
             AuditEntry.CONFIG_UPDATED,
             AuditEntry.CONFIG_ROLLED_BACK,
+            AuditEntry.ROLLOUT_STARTED,
+            AuditEntry.ROLLOUT_PROMOTED,
+            AuditEntry.ROLLOUT_PAUSED,
+            AuditEntry.ROLLOUT_RESUMED,
+            AuditEntry.ROLLOUT_COMPLETED,
+            AuditEntry.ROLLOUT_ABORTED,
             AuditEntry.AGENT_REVOKED,
             AuditEntry.ADMIN_ADDED,
             AuditEntry.ADMIN_CHANGED,
@@ -61,6 +74,7 @@ def dashboard_context() -> dict:
     )[:DASHBOARD_CHANGES]
     return {
         "current_config": config,
+        "active_rollout": rollout,
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],
         "fleet_total": sum(counts.values()),
         "recent_changes": list(changes),

@@ -194,6 +194,15 @@ def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Pro
     return progress
 
 
+def agents_by_target(state: dict) -> dict[int, int]:
+    """How many agents (not revoked) the controller answers each version now."""
+    counts: dict[int, int] = {}
+    for agent in Agent.objects.filter(revoked_at__isnull=True).values("id", "labels"):
+        version = target_of(state, agent["id"], agent["labels"])["version"]
+        counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
 # Starting ------------------------------------------------------------------------------------
 
 
