@@ -37,7 +37,7 @@ def setup_django() -> None:
 
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment of a benchmarked process: the bench database and Redis, quiet logs."""
-    from tests.processes import base_env
+    from tests.support.processes import base_env
 
     return base_env(
         DATABASE_URL=BENCH_DATABASE_URL,
@@ -49,24 +49,18 @@ def bench_env(**extra: str) -> dict[str, str]:
 
 
 def start_controller(workers: int, **extra: str):
-    """`run_controller` on a free port, ready; returns (process, base URL)."""
-    import requests
+    """`run_controller` on a free port with the bench database and Redis, ready; returns
+    (process, base URL)."""
+    from tests.support.processes import start_controller
 
-    from tests.processes import Process, free_port, manage, wait_until
-
-    port = free_port()
-    process = Process(
-        manage("run_controller", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
-        bench_env(**extra),
-        "bench-controller",
+    return start_controller(
+        redis_url=BENCH_REDIS_URL,
+        workers=workers,
+        DATABASE_URL=BENCH_DATABASE_URL,
+        CONTROLLER_ACCESS_LOG="0",
+        LOG_LEVEL="WARNING",
+        **extra,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30)
-    except AssertionError:
-        process.stop()
-        raise
-    return process, url
 
 
 def reset_state() -> None:

@@ -23,21 +23,17 @@ INTERNAL_KEY = "bench-internal-key-0123456789"
 def run(changes: int, watch: bool) -> list[float]:
     from apps.agents.services import issue_registration_token
     from apps.configs.services import publish_config
-    from tests.processes import Process, free_port, manage, wait_until
+    from tests.support.processes import Process, manage, start_worker, wait_until
 
     reset_state()
     publish_config(config_url="http://127.0.0.1:9/bench/0", pooling_interval=30)
     registration, _ = issue_registration_token()
     controller, controller_url = start_controller(2, INTERNAL_KEY=INTERNAL_KEY)
-    worker_port = free_port()
-    worker_url = f"http://127.0.0.1:{worker_port}"
-    env = bench_env(INTERNAL_KEY=INTERNAL_KEY)
-    processes = [
-        controller,
-        Process(manage("run_worker", "--bind", f"127.0.0.1:{worker_port}"), env, "bench-worker"),
-    ]
+    processes = [controller]
     try:
-        wait_until(lambda: requests.get(f"{worker_url}/health", timeout=1).ok, timeout=30)
+        worker, worker_url = start_worker(INTERNAL_KEY, LOG_LEVEL="WARNING")
+        processes.append(worker)
+        env = bench_env(INTERNAL_KEY=INTERNAL_KEY)
         state_dir = tempfile.mkdtemp(prefix="bench-agent-")
         agent_args = [
             "run_agent",

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.processes import free_port  # noqa: E402
 from worker import signing  # noqa: E402
 
 KEY = "bench-internal-key"
@@ -68,12 +69,6 @@ def serve_upstream(port: int) -> None:
     server = UpstreamServer(("127.0.0.1", port), Upstream)
     server.daemon_threads = True
     server.serve_forever()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Client:

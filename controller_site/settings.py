@@ -455,6 +455,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"].setdefault(
         "options", f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT * 1000}"
     )
+# Behind a pooler in transaction mode (pgbouncer), every transaction may run on a different
+# server connection and a stock pgbouncer refuses the start-up `options` above. So the timeout
+# is then stored as this role's default in this database (ALTER ROLE ... SET, written by
+# `migrate`), which PostgreSQL applies to every server connection the pooler opens; and nothing
+# may outlive a transaction: no server-side cursors, no prepared statements.
+DATABASE_TRANSACTION_POOLING = env_bool("DATABASE_TRANSACTION_POOLING", False)
+if DATABASE_TRANSACTION_POOLING and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["OPTIONS"].pop("options", None)
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 if DATABASE_STATEMENT_TIMEOUT >= CONTROLLER_TIMEOUT:
     raise ImproperlyConfigured(
         f"DATABASE_STATEMENT_TIMEOUT ({DATABASE_STATEMENT_TIMEOUT} s) must be below "

@@ -7,6 +7,8 @@ from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
 from apps.configs.watch import config_body
+from tests.support.upstream import UpstreamServer
+from tests.support.worker import KEY, WorkerProcess
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 ADMIN_EMAIL = "admin@example.com"
@@ -97,3 +99,25 @@ def publish(db, django_capture_on_commit_callbacks):
             return publish_config(config_url=config_url, pooling_interval=pooling_interval)[0]
 
     return _publish
+
+
+@pytest.fixture
+def upstream():
+    """The upstream stub a config_url points at (tests.support.upstream lists its paths)."""
+    with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    """Start real workers (`manage.py run_worker`); each is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def make(key: str = KEY) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path, key=key)
+        started.append(worker)
+        return worker.start()
+
+    yield make
+    for worker in started:
+        worker.stop()

@@ -10,16 +10,14 @@ from agent.daemon import Agent
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
 from apps.configs.services import publish_config, update_config
-from tests.agent_support import (
-    INTERNAL_KEY,
+from tests.support.agent import (
     FakeClock,
     RecordingStop,
-    free_port,
-    make_worker,  # noqa: F401 - fixture
-    upstream,  # noqa: F401 - fixture
     write_cached_config,
     write_credentials,
 )
+from tests.support.processes import free_port
+from tests.support.worker import KEY
 
 
 @pytest.fixture
@@ -39,8 +37,8 @@ def make_agent(tmp_path, clock, live_server):
     def make(workers, *, state="state", token=None, controller=None, **options):
         agent = Agent(
             controller_url=controller or live_server.url,
-            worker_urls=[worker.url for worker in workers],
-            internal_key=INTERNAL_KEY,
+            worker_urls=[worker.base_url for worker in workers],
+            internal_key=KEY,
             state_dir=str(tmp_path / state),
             registration_token=token,
             clock=clock,
@@ -59,9 +57,9 @@ def make_agent(tmp_path, clock, live_server):
 
 
 @pytest.fixture
-def publish(upstream):  # noqa: F811 - fixture
-    def publish(path="/ip", interval=30):
-        config, _ = publish_config(config_url=upstream.url + path, pooling_interval=interval)
+def publish(upstream):
+    def publish(path="/text", interval=30):
+        config, _ = publish_config(config_url=upstream.url(path), pooling_interval=interval)
         return config
 
     return publish
@@ -73,7 +71,7 @@ def cached(tmp_path, state="state") -> dict:
 
 def test_first_start_registers_and_a_restart_reuses_the_stored_credentials(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     tmp_path,
 ):
@@ -99,7 +97,7 @@ def test_first_start_registers_and_a_restart_reuses_the_stored_credentials(
 
 def test_each_cycle_reports_the_applied_version_and_the_workers(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
 ):
@@ -109,13 +107,13 @@ def test_each_cycle_reports_the_applied_version_and_the_workers(
 
     record = AgentRecord.objects.get()
     assert record.applied_version == 1
-    assert record.workers == [{"url": worker.url, "ok": True, "version": 1}]
+    assert record.workers == [{"url": worker.base_url, "ok": True, "version": 1}]
     assert record.last_seen is not None
 
 
 def test_no_push_while_the_version_is_unchanged(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -135,7 +133,7 @@ def test_no_push_while_the_version_is_unchanged(
 
 def test_a_change_is_pushed_within_one_period(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -150,17 +148,17 @@ def test_a_change_is_pushed_within_one_period(
     # rather than spin.
     assert agent.run_once() == 30
 
-    publish(path="/v2", interval=30)
+    publish(path="/text?v2", interval=30)
     clock.advance(30)
     agent.run_once()
     assert worker.version() == 2
     assert cached(tmp_path)["version"] == 2
-    assert cached(tmp_path)["config_url"].endswith("/v2")
+    assert cached(tmp_path)["config_url"].endswith("/text?v2")
 
 
 def test_a_new_pooling_interval_is_followed_without_restart(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -182,7 +180,7 @@ def test_a_new_pooling_interval_is_followed_without_restart(
 
 def test_the_first_period_is_the_default_until_a_config_exists(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
 ):
     agent = make_agent([make_worker()], token=new_token(), default_interval=7)
@@ -191,7 +189,7 @@ def test_the_first_period_is_the_default_until_a_config_exists(
 
 def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -203,7 +201,7 @@ def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
     agent.run_once()
 
     worker.stop()
-    publish(path="/v2")
+    publish(path="/text?v2")
     clock.advance(30)
     # The change was seen (the controller is asked again at once); the worker's retry waits
     # for its own backoff delay.
@@ -223,7 +221,7 @@ def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
 
 def test_a_worker_restarted_empty_is_repopulated_within_one_cycle(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -243,14 +241,14 @@ def test_a_worker_restarted_empty_is_repopulated_within_one_cycle(
 
 def test_controller_down_workers_keep_serving_and_retries_back_off_to_the_cap(
     make_agent,
-    make_worker,  # noqa: F811
-    upstream,  # noqa: F811
+    make_worker,
+    upstream,
     clock,
     tmp_path,
 ):
     worker = make_worker()
     write_credentials(tmp_path / "state")
-    write_cached_config(tmp_path / "state", upstream.url + "/ip", version=3)
+    write_cached_config(tmp_path / "state", upstream.url("/text"), version=3)
     agent = make_agent([worker], controller=f"http://127.0.0.1:{free_port()}", backoff_cap=8)
     stop = RecordingStop(clock, limit=7)
     agent.run(stop)
@@ -259,13 +257,13 @@ def test_controller_down_workers_keep_serving_and_retries_back_off_to_the_cap(
     assert worker.version() == 3
     hit = worker.hit()
     assert hit.status_code == 200
-    assert hit.text == "203.0.113.7"
+    assert hit.text == "203.0.113.7\n"
     assert worker.pushes == 1
 
 
 def test_an_agent_restarted_while_the_controller_is_down_brings_up_an_empty_worker(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     caplog,
@@ -277,13 +275,13 @@ def test_an_agent_restarted_while_the_controller_is_down_brings_up_an_empty_work
     restarted = make_agent([empty], controller=f"http://127.0.0.1:{free_port()}")
     restarted.run_once()
     assert empty.version() == 1
-    assert empty.hit().text == "203.0.113.7"
+    assert empty.hit().text == "203.0.113.7\n"
     assert "controller unreachable" in caplog.text
 
 
 def test_a_corrupt_config_cache_is_ignored_and_replaced(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     tmp_path,
@@ -302,7 +300,7 @@ def test_a_corrupt_config_cache_is_ignored_and_replaced(
 
 def test_a_revoked_agent_keeps_serving_its_cache_and_says_what_to_do(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -315,7 +313,7 @@ def test_a_revoked_agent_keeps_serving_its_cache_and_says_what_to_do(
     agent_token = agent.credentials["agent_token"]
 
     revoke_agent(AgentRecord.objects.get())
-    publish(path="/v2")
+    publish(path="/text?v2")
     clock.advance(30)
     agent.run_once()
     agent.run_once()
@@ -335,7 +333,7 @@ def test_a_revoked_agent_keeps_serving_its_cache_and_says_what_to_do(
 
 def test_a_revoked_agent_with_a_fresh_registration_token_registers_again(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
 ):
@@ -345,7 +343,7 @@ def test_a_revoked_agent_with_a_fresh_registration_token_registers_again(
     old = AgentRecord.objects.get()
     revoke_agent(old)
 
-    publish(path="/v2")
+    publish(path="/text?v2")
     restarted = make_agent([worker], token=new_token())
     restarted.run_once()
     assert restarted.controller_enabled
@@ -356,7 +354,7 @@ def test_a_revoked_agent_with_a_fresh_registration_token_registers_again(
 
 def test_two_agents_with_two_workers_converge_on_the_same_version(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -366,7 +364,7 @@ def test_two_agents_with_two_workers_converge_on_the_same_version(
     publish()
     for agent in agents:
         agent.run_once()
-    publish(path="/v2")
+    publish(path="/text?v2")
     clock.advance(30)
     for agent in agents:
         agent.run_once()
@@ -377,7 +375,7 @@ def test_two_agents_with_two_workers_converge_on_the_same_version(
 
 def test_a_second_change_right_after_the_first_is_not_held_up(
     make_agent,
-    make_worker,  # noqa: F811
+    make_worker,
     new_token,
     publish,
     clock,
@@ -386,7 +384,7 @@ def test_a_second_change_right_after_the_first_is_not_held_up(
     publish(interval=300)
     agent = make_agent([worker], token=new_token())
     assert agent.run_once() == 0
-    publish(path="/v2", interval=300)
+    publish(path="/text?v2", interval=300)
     # No time passes: the agent asks again at once after a change, and finds the second one.
     assert agent.run_once() == 0
     assert worker.version() == 2

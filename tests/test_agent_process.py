@@ -11,16 +11,13 @@ import pytest
 from agent.daemon import Agent
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
-from tests.agent_support import (
-    INTERNAL_KEY,
-    ROOT,
+from tests.support.agent import (
     StubController,
-    make_worker,  # noqa: F401 - fixture
     subprocess_env,
-    upstream,  # noqa: F401 - fixture
-    wait_until,
     write_credentials,
 )
+from tests.support.processes import ROOT, wait_until
+from tests.support.worker import KEY
 
 
 def run_agent(tmp_path, controller_url: str, worker_url: str, *args: str, **env: str):
@@ -38,7 +35,7 @@ def run_agent(tmp_path, controller_url: str, worker_url: str, *args: str, **env:
             *args,
         ],
         cwd=ROOT,
-        env=subprocess_env(tmp_path, INTERNAL_KEY=INTERNAL_KEY, **env),
+        env=subprocess_env(tmp_path, INTERNAL_KEY=KEY, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -67,14 +64,14 @@ def stub_controller():
 
 def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
     live_server,
-    make_worker,  # noqa: F811
-    upstream,  # noqa: F811
+    make_worker,
+    upstream,
     tmp_path,
 ):
     worker = make_worker()
-    publish_config(config_url=upstream.url + "/ip", pooling_interval=30)
+    publish_config(config_url=upstream.url("/text"), pooling_interval=30)
     token, _ = issue_registration_token()
-    process = run_agent(tmp_path, live_server.url, worker.url, REGISTRATION_TOKEN=token)
+    process = run_agent(tmp_path, live_server.url, worker.base_url, REGISTRATION_TOKEN=token)
     try:
         wait_until(lambda: (tmp_path / "state" / "config.json").exists(), timeout=20)
         time.sleep(0.3)
@@ -90,13 +87,13 @@ def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
     assert "registered as agent" in output
     assert "pushed v1 to worker" in output
     assert token not in output
-    assert INTERNAL_KEY not in output
+    assert KEY not in output
 
 
-def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path):  # noqa: F811
+def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path):
     worker = make_worker()
     write_credentials(tmp_path / "state")
-    process = run_agent(tmp_path, stub_controller.url, worker.url)
+    process = run_agent(tmp_path, stub_controller.url, worker.base_url)
     try:
         assert stub_controller.received.wait(20)
         time.sleep(0.3)  # the watch is now held by the controller
@@ -113,19 +110,19 @@ def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path): 
 
 def test_once_runs_a_single_cycle_and_no_watch_polls_plainly(
     stub_controller,
-    make_worker,  # noqa: F811
+    make_worker,
     tmp_path,
 ):
     worker = make_worker()
     write_credentials(tmp_path / "state")
-    process = run_agent(tmp_path, stub_controller.url, worker.url, "--once", "--no-watch")
+    process = run_agent(tmp_path, stub_controller.url, worker.base_url, "--once", "--no-watch")
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
     assert stub_controller.requests == [("/config/version", ""), ("/agent/heartbeat", "")]
 
 
 def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_period(
-    make_worker,  # noqa: F811
+    make_worker,
     tmp_path,
 ):
     # The stub holds a watch for its whole wait, as the long poll will: the agent then checks
@@ -138,8 +135,8 @@ def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_peri
         for watch, expected in ((True, 0.0), (False, 2.0)):
             agent = Agent(
                 controller_url=controller.url,
-                worker_urls=[worker.url],
-                internal_key=INTERNAL_KEY,
+                worker_urls=[worker.base_url],
+                internal_key=KEY,
                 state_dir=str(tmp_path / "state"),
                 watch=watch,
                 default_interval=2,

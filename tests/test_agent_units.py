@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from agent.backoff import Backoff
 from agent.state import StateDir
-from tests.agent_support import ROOT
+from tests.support.processes import ROOT
 
 
 def test_backoff_delays_double_up_to_the_cap_and_reset_on_success():

@@ -14,8 +14,7 @@ import yaml
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from controller_site.config_file import ALIASES
-from tests.agent_support import make_worker, upstream  # noqa: F401 - fixtures
-from tests.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
+from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
 from worker import signing
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks
@@ -347,19 +346,19 @@ def run_agent_once(tmp_path, path, *flags: str, **env: str) -> subprocess.Comple
 
 def test_an_agent_runs_from_a_file_alone_against_a_live_controller_and_worker(
     live_server,
-    make_worker,  # noqa: F811
-    upstream,  # noqa: F811
+    make_worker,
+    upstream,
     tmp_path,
 ):
     worker = make_worker(KEY)
-    publish_config(config_url=upstream.url + "/ip", pooling_interval=30)
+    publish_config(config_url=upstream.url("/text"), pooling_interval=30)
     token, _ = issue_registration_token()
     state_dir = tmp_path / "state"
     path = write(
         tmp_path,
         f"secret_key: {TEST_SECRET_KEY}\n"
         f"controller_url: {live_server.url}\n"
-        f"worker_urls: [{worker.url}]\n"
+        f"worker_urls: [{worker.base_url}]\n"
         f"registration_token: {token}\n"
         f"state_dir: {state_dir}\n"
         f"internal_key: {KEY}\n",

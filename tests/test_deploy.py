@@ -11,7 +11,7 @@ import requests
 import yaml
 from django.core.management import get_commands
 
-from tests.processes import ROOT, Process, base_env, free_port, manage, wait_until
+from tests.support.processes import ROOT, Process, base_env, free_port, manage, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SCALE_FILE = "docker-compose.scale.yml"

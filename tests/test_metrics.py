@@ -6,7 +6,7 @@ import threading
 import pytest
 import requests
 
-from tests.processes import free_port, start_controller, wait_until
+from tests.support.processes import free_port, start_controller, wait_until
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -4,40 +4,17 @@ import json
 import re
 import signal
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.processes import Process, base_env, free_port, manage, wait_until
+from tests.support.processes import Process, base_env, free_port, manage, wait_until
 
 STACK_PASSWORD = "Stack-Admin-Secret-731!"
 WRONG_PASSWORD = "Wrong-Guess-Secret-902!"
-UPSTREAM_BODY = b"hello from the configured upstream"
-
-
-class _Upstream(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(UPSTREAM_BODY)))
-        self.end_headers()
-        self.wfile.write(UPSTREAM_BODY)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/task"
-    server.shutdown()
-    server.server_close()
+# What the upstream stub's /text answers.
+UPSTREAM_BODY = b"203.0.113.7\n"
 
 
 def stack_env(var_dir: Path, **extra: str) -> dict[str, str]:
@@ -117,7 +94,7 @@ def test_run_stack_serves_hit_from_the_configured_url_and_a_second_run_reuses_ev
         admin = {"Authorization": f"Bearer {tokens['access']}"}
         created = requests.post(
             f"{controller}/config/admin",
-            json={"config_url": upstream, "pooling_interval": 30},
+            json={"config_url": upstream.url("/text"), "pooling_interval": 30},
             headers=admin,
             timeout=10,
         )

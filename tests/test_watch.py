@@ -12,7 +12,7 @@ from django.db import connection
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import notifications, watch
 from apps.configs.services import publish_config
-from tests.processes import restart_redis, start_controller, start_redis, wait_until
+from tests.support.processes import restart_redis, start_controller, start_redis, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -11,7 +11,9 @@ import time
 import pycurl
 import pytest
 
-from tests.worker_helpers import KEY, UpstreamServer, call, config_body, free_port, push
+from tests.support.processes import free_port
+from tests.support.upstream import UpstreamServer
+from tests.support.worker import KEY, call, config_body, push
 from worker.app import WorkerApp
 from worker.upstream import UpstreamClient, is_private_address
 

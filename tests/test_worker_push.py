@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.worker_helpers import KEY, call, config_body, push, signed_headers
+from tests.support.worker import KEY, call, config_body, push, signed_headers
 from worker import signing
 from worker.app import MAX_PUSH_BYTES, WorkerApp
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.worker_helpers import (
+from tests.support.processes import ROOT, free_port
+from tests.support.upstream import UpstreamServer
+from tests.support.worker import (
     KEY,
-    REPO_ROOT,
-    UpstreamServer,
     WorkerProcess,
     config_body,
-    free_port,
     worker_env,
 )
 
@@ -279,7 +278,7 @@ def run_worker_to_exit(tmp_path, bind: str, env: dict | None = None):
     """`run_worker --bind BIND` expected to stop on its own; its exit code and output."""
     return subprocess.run(
         [sys.executable, "manage.py", "run_worker", "--bind", bind],
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         env=worker_env(tmp_path, env),
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import requests
 
 from apps.agents.services import issue_registration_token
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, unavailable
-from tests.processes import (
+from tests.support.processes import (
     Process,
     restart_redis,
     start_agent,
@@ -23,7 +23,6 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from tests.worker_helpers import UpstreamServer
 
 INTERNAL_KEY = "e2e-internal-key-0123456789abcdef"
 
@@ -128,12 +127,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-@pytest.fixture
-def upstream():
-    with UpstreamServer() as server:
-        yield server
 
 
 def worker_version(worker_url: str) -> int | None:

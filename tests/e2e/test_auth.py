@@ -12,7 +12,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
-from tests.worker_helpers import config_body, signed_headers
+from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

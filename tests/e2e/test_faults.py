@@ -15,7 +15,7 @@ from apps.agents.services import issue_registration_token, register_agent
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import Admin, wait_for_version, worker_version
 from tests.e2e.reliability import record
-from tests.processes import PostgresCluster, base_env, manage, wait_until
+from tests.support.processes import PostgresCluster, base_env, manage, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

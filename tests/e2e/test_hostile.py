@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 from apps.agents.services import issue_registration_token, register_agent
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
-from tests.worker_helpers import config_body, signed_headers
+from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -15,7 +15,7 @@ import requests
 from apps.agents.services import issue_registration_token, register_agent
 from tests.e2e.conftest import Admin, wait_for_version
 from tests.e2e.reliability import record
-from tests.processes import wait_until
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -1,34 +1,26 @@
-"""Test doubles for the worker tests: an upstream HTTP server, the worker as a real process, and
-in-process WSGI calls."""
+"""The worker in tests: as a real process, and called in-process as a WSGI app; signed pushes."""
 
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import requests
 
+from tests.support.processes import ROOT, free_port
 from worker import signing
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-internal-key-0123456789"
 # A database nobody listens on: a worker that touched the database would fail at once.
 NO_DATABASE_URL = "postgres://nobody@127.0.0.1:1/none"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The worker's counter of POST /config requests (every outcome).
+PUSH_METRIC = "worker_config_pushes_total"
 
 
 def config_body(version: int = 1, url: str = "http://127.0.0.1:9/", **changes) -> dict:
@@ -49,121 +41,12 @@ def signed_headers(body: bytes, key: str = KEY, now: float | None = None) -> dic
     }
 
 
-# The upstream
-
-
-class _UpstreamHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Buffer each answer into one write: headers and body sent apart would meet Nagle's
-    # algorithm and the client's delayed ACK, and every response would take 40 ms.
-    wbufsize = 256 * 1024
-
-    def setup(self):
-        super().setup()
-        self.server.owner.connections += 1
-
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        pass
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        server: UpstreamServer = self.server.owner
-        server.requests += 1
-        path, _, query = self.path.partition("?")
-        if path == "/text":
-            self._send(200, b"203.0.113.7\n", "text/plain; charset=utf-8")
-        elif path == "/json":
-            self._send(200, b'{"ok": true}', "application/json")
-        elif path == "/missing":
-            self._send(404, b"no such thing", "text/plain")
-        elif path == "/broken":
-            self._send(500, b"upstream failed", "text/html")
-        elif path == "/no-type":
-            self._send(200, b"raw", None)
-        elif path == "/empty":
-            self._send(204, b"", None)
-        elif path == "/switching":
-            self.send_response(101)
-            self.end_headers()
-            self.close_connection = True
-        elif path == "/slow":
-            # Hold the answer until the test releases it (or 5 s pass).
-            server.release.wait(5)
-            self._send(200, b"late", "text/plain")
-        elif path == "/big":
-            self._send_big(int(query or "0"))
-        elif path.startswith("/redirect/"):
-            hops = int(path.rsplit("/", 1)[1])
-            target = f"/redirect/{hops - 1}" if hops > 1 else "/text"
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        else:
-            self._send(404, b"unknown test path", "text/plain")
-
-    def _send(self, status: int, body: bytes, content_type: str | None) -> None:
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        if status != 204:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_big(self, size: int) -> None:
-        # No Content-Length: the worker has to stop reading at its cap on its own.
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        chunk = b"x" * 65536
-        sent = 0
-        try:
-            while sent < size:
-                part = chunk[: min(len(chunk), size - sent)]
-                self.wfile.write(part)
-                sent += len(part)
-        except OSError:
-            pass  # the worker hung up at its cap, as it should
-        self.close_connection = True
-
-
-class UpstreamServer:
-    """A local HTTP server in a thread, standing in for the configured URL."""
-
-    def __init__(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
-        self.httpd.daemon_threads = True
-        self.httpd.owner = self
-        self.release = threading.Event()
-        self.requests = 0
-        self.connections = 0
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def __enter__(self) -> "UpstreamServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 # The worker as a real process
 
 
 class WorkerProcess:
-    """`manage.py run_worker` in a subprocess on a free port; always stopped on exit."""
+    """`manage.py run_worker` in a subprocess on a free port; always stopped on exit. It can be
+    stopped and started again on the same port, and counts the pushes it took across restarts."""
 
     def __init__(
         self,
@@ -171,23 +54,28 @@ class WorkerProcess:
         env: dict[str, str | None] | None = None,
         port: int | None = None,
         bind_flag: bool = True,
+        key: str = KEY,
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.key = key
         self.log_path = tmp_path / f"worker-{self.port}.log"
-        self.env = worker_env(tmp_path, env)
+        self.env = worker_env(tmp_path, {"INTERNAL_KEY": key, **(env or {})})
         self.args = [sys.executable, "manage.py", "run_worker"]
         if bind_flag:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
         self.process: subprocess.Popen | None = None
         self._log = None
+        self._pushes_before = 0
 
     def start(self) -> "WorkerProcess":
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        """Start the process and return once it answers GET /health."""
+        # Appended to, so that a restarted worker's log keeps what came before.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            self.args, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        return self
+        return self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0) -> "WorkerProcess":
         deadline = time.monotonic() + timeout
@@ -204,6 +92,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self._pushes_before += self._metric_pushes()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=8)
@@ -219,13 +108,36 @@ class WorkerProcess:
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def push(self, body: dict, key: str = KEY) -> requests.Response:
+    def push(self, body: dict, key: str | None = None) -> requests.Response:
         raw = json.dumps(body).encode()
-        return requests.post(self.url("/config"), data=raw, headers=signed_headers(raw, key))
+        headers = signed_headers(raw, key or self.key)
+        return requests.post(self.url("/config"), data=raw, headers=headers, timeout=10)
+
+    def _metric_pushes(self) -> int:
+        try:
+            text = requests.get(self.url("/metrics"), timeout=5).text
+        except requests.RequestException:
+            return 0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(PUSH_METRIC) and not line.startswith(PUSH_METRIC + "_created"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    @property
+    def pushes(self) -> int:
+        """POST /config requests this worker answered (every outcome), across restarts."""
+        return self._pushes_before + self._metric_pushes()
+
+    def version(self) -> int | None:
+        return requests.get(self.url("/health"), timeout=5).json()["config_version"]
+
+    def hit(self) -> requests.Response:
+        return requests.get(self.url("/hit"), timeout=10)
 
     def __enter__(self) -> "WorkerProcess":
         try:
-            return self.start().wait_ready()
+            return self.start()
         except BaseException:
             self.stop()
             raise

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_SECRET_KEY = "test-only-not-secret-key-0123456789abcdefghijklmnop"
 
 

@@ -1,38 +1,14 @@
-"""Support for the agent tests: a controllable clock, real worker processes and small HTTP
-servers standing in for an upstream or a controller that holds its watches."""
+"""Support for the agent tests: a controllable clock, a small HTTP server standing in for a
+controller that holds its watches, and an agent's state written as an earlier run left it."""
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-import requests
-
-ROOT = Path(__file__).resolve().parent.parent
-INTERNAL_KEY = "agent-tests-internal-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+from tests.support.processes import free_port
 
 
 class FakeClock:
@@ -111,89 +87,6 @@ class _QuietHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class UpstreamHandler(_QuietHandler):
-    def do_GET(self):
-        body = b"203.0.113.7"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class Upstream(_Server):
-    """What a config_url points at: answers with an address as plain text."""
-
-    handler_class = UpstreamHandler
-
-
-class WorkerProcess:
-    """A real `manage.py run_worker` process; pushes are counted from its /metrics."""
-
-    def __init__(self, tmp_path: Path, key: str = INTERNAL_KEY, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = key
-        self.tmp_path = tmp_path
-        self.process: subprocess.Popen | None = None
-        self._pushes_before = 0
-
-    def start(self) -> None:
-        env = subprocess_env(self.tmp_path, INTERNAL_KEY=self.key)
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "run_worker", "--bind", f"127.0.0.1:{self.port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def healthy() -> bool:
-            try:
-                return requests.get(self.url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, timeout=20)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self._pushes_before += self._metric_pushes()
-            # A worker going down need not be graceful here; SIGINT stops it as SIGTERM does.
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def _metric_pushes(self) -> int:
-        try:
-            text = requests.get(self.url + "/metrics", timeout=5).text
-        except requests.RequestException:
-            return 0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(PUSH_METRIC) and not line.startswith(PUSH_METRIC + "_created"):
-                total += float(line.rsplit(" ", 1)[1])
-        return int(total)
-
-    @property
-    def pushes(self) -> int:
-        return self._pushes_before + self._metric_pushes()
-
-    def version(self) -> int | None:
-        return requests.get(self.url + "/health", timeout=5).json()["config_version"]
-
-    def hit(self) -> requests.Response:
-        return requests.get(self.url + "/hit", timeout=10)
-
-
-# The worker's counter of POST /config requests (every outcome).
-PUSH_METRIC = "worker_config_pushes_total"
-
-
 def subprocess_env(tmp_path: Path, **extra: str) -> dict:
     """Environment for a manage.py subprocess: settings it needs, nothing from the shell's
     agent or worker variables."""
@@ -213,30 +106,6 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict:
     env.pop("DATABASE_URL", None)
     env.update(extra)
     return env
-
-
-@pytest.fixture
-def make_worker(tmp_path):
-    """Start workers; each is stopped at the end of the test."""
-    started: list = []
-
-    def make(key: str = INTERNAL_KEY):
-        worker = WorkerProcess(tmp_path, key)
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
-def upstream():
-    server = Upstream()
-    server.start()
-    yield server
-    server.stop()
 
 
 class StubControllerHandler(_QuietHandler):

@@ -1,0 +1,301 @@
+"""The Kubernetes manifests (deploy/kubernetes/), checked without a cluster.
+
+`kubectl kustomize` renders each overlay, every object is validated against the Kubernetes API
+schemas that the kubernetes-validate package ships, and every environment variable a container
+is given is checked against the settings its process reads.
+"""
+
+import base64
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import unavailable
+from tests.support.processes import ROOT
+
+KUSTOMIZE = ROOT / "deploy" / "kubernetes"
+OVERLAYS = ("dev", "production")
+# The oldest Kubernetes the manifests are meant for, and the newest the package knows.
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+IMAGE = "distributed-config"
+WATCH_HOLD_SECONDS = 60 + 60 / 16  # the longest wait, plus its jitter
+# The production Secret is made by the operator, not by the overlay: stand-ins of the right shape.
+PRODUCTION_SECRETS = {
+    "SECRET_KEY": "stand-in-key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH",
+    "INTERNAL_KEY": "stand-in-internal-key-0123456789",
+    "DATABASE_URL": "postgres://dcs:password@db.example.com:5432/dcs",
+    "REDIS_URL": "redis://redis.example.com:6379/0",
+    "ADMIN_EMAIL": "admin@example.com",
+    "ADMIN_PASSWORD": "stand-in-password",
+    "REGISTRATION_TOKEN": "stand-in-registration-token",
+}
+# What each process cannot run without, beyond what the settings themselves refuse to start
+# without (the settings are loaded with each container's environment below).
+REQUIRED = {
+    "run_controller": {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"},
+    "run_worker": {"INTERNAL_KEY"},
+    "run_agent": {"INTERNAL_KEY", "CONTROLLER_URL", "WORKER_URL", "AGENT_STATE_DIR"},
+    "migrate": {"SECRET_KEY", "DATABASE_URL"},
+    "seed_admin": {"SECRET_KEY", "DATABASE_URL", "ADMIN_EMAIL", "ADMIN_PASSWORD"},
+}
+ROLES = {"run_controller": "controller", "run_worker": "worker", "run_agent": "agent"}
+
+
+@functools.cache
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        unavailable("kubectl is not installed (Debian: apt-get install kubernetes-client)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def objects(overlay: str, kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in render(overlay) if o["kind"] == kind}
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def workloads(overlay: str) -> list[dict]:
+    return [
+        o for o in render(overlay) if o["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet")
+    ]
+
+
+def our_containers(overlay: str):
+    """(workload, container) for every container running this project's image."""
+    for workload in workloads(overlay):
+        spec = pod_spec(workload)
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            if container["image"].rsplit("/", 1)[-1].split(":")[0] == IMAGE:
+                yield workload, container
+
+
+def command_of(container: dict) -> str:
+    """The management command a container runs (its args, or the last one a shell runs)."""
+    if container.get("args"):
+        return container["args"][0]
+    script = container["command"][-1]
+    return script.rsplit("manage.py ", 1)[1].split()[0]
+
+
+def secrets_of(overlay: str) -> dict[str, str]:
+    secret = objects(overlay, "Secret").get(_secret_name(overlay))
+    if secret is None:
+        return PRODUCTION_SECRETS
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def _secret_name(overlay: str) -> str:
+    names = [n for n in objects(overlay, "Secret") if n.startswith("distributed-config-secrets")]
+    return names[0] if names else "distributed-config-secrets"
+
+
+def environment(overlay: str, container: dict) -> dict[str, str]:
+    """The variables the container is started with, as Kubernetes resolves them."""
+    config_maps = objects(overlay, "ConfigMap")
+    secrets = secrets_of(overlay)
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            if ref["key"] in secrets:
+                env[item["name"]] = secrets[ref["key"]]
+            else:
+                assert ref.get("optional"), f"{item['name']}: no key {ref['key']} in the Secret"
+    return env
+
+
+# Loads controller_site/settings.py afresh for each environment in one interpreter, as a
+# process does at start-up: the error, or the names of the settings it read.
+SETTINGS_PROBE = """
+import json, os, runpy, sys
+results = []
+for env in json.load(sys.stdin):
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        loaded = runpy.run_path("controller_site/settings.py")
+        results.append({"read": sorted(loaded["SETTING_SOURCES"])})
+    except Exception as exc:
+        results.append({"error": f"{type(exc).__name__}: {exc}"})
+print(json.dumps(results))
+"""
+
+
+def settings_read(cases: list[tuple[str, dict[str, str]]]) -> list[dict]:
+    """For each (role, environment): {"read": names} or {"error": message}."""
+    envs = [
+        {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "CONFIG_ROLE": role, **env}
+        for role, env in cases
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", SETTINGS_PROBE],
+        input=json.dumps(envs),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [{"read": set(r["read"])} if "read" in r else r for r in json.loads(result.stdout)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_the_kubernetes_schemas(overlay):
+    rendered = render(overlay)
+    assert len(rendered) > 10
+    for version in KUBERNETES_VERSIONS:
+        for obj in rendered:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(
+                    f"{overlay}: {obj['kind']}/{obj['metadata']['name']} ({version}): {exc}"
+                )
+
+
+def test_a_broken_object_is_refused_by_the_validation():
+    deployment = objects("dev", "Deployment")["distributed-config-controller"]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    pod_spec(broken)["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_set_is_read_and_none_required_is_missing(overlay):
+    cases = []
+    for workload, container in our_containers(overlay):
+        command = command_of(container)
+        where = f"{overlay}: {workload['metadata']['name']}/{container['name']} ({command})"
+        cases.append((where, command, environment(overlay, container)))
+    results = settings_read([(ROLES.get(command, "controller"), env) for _, command, env in cases])
+    for (where, command, env), result in zip(cases, results, strict=True):
+        assert "error" not in result, f"{where}: the settings refuse this environment: {result}"
+        assert set(env) <= result["read"], f"{where}: read by nothing: {set(env) - result['read']}"
+        assert REQUIRED[command] <= set(env), f"{where}: missing {REQUIRED[command] - set(env)}"
+    assert {command for _, command, _ in cases} == set(REQUIRED)
+
+
+def test_a_variable_nothing_reads_or_a_missing_one_would_be_noticed():
+    key = PRODUCTION_SECRETS["SECRET_KEY"]
+    typo, missing = settings_read(
+        [("worker", {"SECRET_KEY": key, "WORKER_TREADS": "4"}), ("controller", {"DEBUG": "0"})]
+    )
+    assert "WORKER_THREADS" in typo["read"] and "WORKER_TREADS" not in typo["read"]
+    assert "SECRET_KEY is required" in missing["error"]
+
+
+def test_the_agent_state_dir_is_its_volume_and_the_worker_is_beside_it():
+    worker = objects("dev", "StatefulSet")["distributed-config-worker"]
+    containers = {c["name"]: c for c in pod_spec(worker)["containers"]}
+    assert set(containers) == {"worker", "agent"}
+    assert containers["worker"]["args"] == ["run_worker"]
+    assert containers["agent"]["args"] == ["run_agent"]
+    agent_env = environment("dev", containers["agent"])
+    mounts = {m["mountPath"]: m["name"] for m in containers["agent"]["volumeMounts"]}
+    assert mounts[agent_env["AGENT_STATE_DIR"]] == "agent-state"
+    assert [t["metadata"]["name"] for t in worker["spec"]["volumeClaimTemplates"]] == [
+        "agent-state"
+    ]
+    assert agent_env["WORKER_URL"] == "http://127.0.0.1:8082"
+    assert agent_env["CONTROLLER_URL"] == "http://distributed-config-controller:8080"
+    assert objects("dev", "Service")["distributed-config-controller"]["spec"]["ports"][0][
+        "port"
+    ] == int(agent_env["CONTROLLER_URL"].rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_controller_outlives_a_held_watch_and_probes_its_readiness(overlay):
+    deployment = objects(overlay, "Deployment")["distributed-config-controller"]
+    spec = pod_spec(deployment)
+    controller = spec["containers"][0]
+    pause = float(controller["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert spec["terminationGracePeriodSeconds"] > WATCH_HOLD_SECONDS + pause
+    assert controller["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert controller["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The probes' Host header must be one Django accepts, or every probe is a 400.
+    allowed = environment(overlay, controller)["ALLOWED_HOSTS"].split(",")
+    for probe in ("readinessProbe", "livenessProbe"):
+        headers = {h["name"]: h["value"] for h in controller[probe]["httpGet"]["httpHeaders"]}
+        assert headers["Host"] in allowed
+    assert "distributed-config-controller" in allowed
+    # New pods wait for the migrate Job.
+    init = spec["initContainers"][0]
+    assert "migrate --check" in init["command"][-1]
+    assert objects(overlay, "Job")["distributed-config-migrate"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"] == ["migrate", "--noinput"]
+    assert "seed_admin" in command_of(
+        pod_spec(objects(overlay, "Job")["distributed-config-seed-admin"])["containers"][0]
+    )
+
+
+def test_two_controllers_a_budget_an_autoscaler_and_an_ingress_that_waits_for_the_watch():
+    deployment = objects("production", "Deployment")["distributed-config-controller"]
+    assert deployment["spec"]["replicas"] == 2
+    hpa = objects("production", "HorizontalPodAutoscaler")["distributed-config-controller"]
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] > 2
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    pdb = objects("production", "PodDisruptionBudget")["distributed-config-controller"]
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ingress = objects("production", "Ingress")["distributed-config-controller"]
+    annotations = ingress["metadata"]["annotations"]
+    for name in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert int(annotations[f"nginx.ingress.kubernetes.io/{name}"]) > WATCH_HOLD_SECONDS
+    assert ingress["spec"]["tls"][0]["secretName"]
+    images = {c["image"] for _, c in our_containers("production")}
+    assert images == {"registry.example.com/distributed-config:1.0.0"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_non_root_read_only_and_sized(overlay):
+    for workload in workloads(overlay):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), where
+            assert "memory" in container["resources"]["limits"], where
+
+
+def test_dev_runs_its_own_postgres_and_redis_and_production_does_not():
+    dev = objects("dev", "StatefulSet")
+    assert {"postgres", "redis", "distributed-config-worker"} == set(dev)
+    secrets = secrets_of("dev")
+    assert "@postgres:5432/" in secrets["DATABASE_URL"]
+    assert secrets["REDIS_URL"].startswith("redis://redis:6379/")
+    assert set(objects("production", "StatefulSet")) == {"distributed-config-worker"}
+    assert not [n for n in objects("production", "Secret") if "secrets" in n]
