@@ -1,11 +1,16 @@
 """Fan-out: N agents hold a watch on one controller host; one change; how soon has each one heard?
 
-    python bench/watch_fanout.py --agents 1000 10000 [--workers 2]
+    python bench/watch_fanout.py --agents 1000 10000 [--workers 2] [--wave]
 
 Starts `run_controller` (PostgreSQL, Redis) on a free port, creates N agents, opens N watches
 with real agent tokens from one asyncio client, makes one change through PUT /config/admin and
 measures, for every watcher, the time from the PUT being sent until its answer arrived. Also
 reports the controller's memory per held watch.
+
+With --wave the change is a rollout's wave instead: version 2 is rolling out with waves [50, 100]
+(half the agents have it), the other half hold their watch on version 1, and the measured
+change is `POST /config/admin/rollout/promote`, which gives it to them. Each held watch is then
+answered its own target, decided from the rollout's cutoff without a query.
 """
 
 import argparse
@@ -28,7 +33,7 @@ from bench.common import (
 
 
 async def watch_all(
-    port: int, tokens: list[str], version: int, url: str, headers: dict, pid: int
+    port: int, tokens: list[str], version: int, url: str, headers: dict, pid: int, change
 ) -> dict:
     arrived: list[float] = []
     errors: list[str] = []
@@ -65,19 +70,14 @@ async def watch_all(
         held = await asyncio.to_thread(
             lambda: Agent.objects.filter(last_seen__isnull=False).count()
         )
+        held -= await asyncio.to_thread(lambda: Agent.objects.count()) - len(tokens)
         if held >= len(tokens):
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(1)
     rss_held = rss_kib(pid)
     sent = time.monotonic()
-    response = await asyncio.to_thread(
-        requests.put,
-        f"{url}/config/admin",
-        json={"pooling_interval": 31},
-        headers=headers,
-        timeout=30,
-    )
+    response = await asyncio.to_thread(change)
     put_seconds = time.monotonic() - sent
     assert response.status_code == 200, response.text
     await asyncio.gather(*tasks)
@@ -89,12 +89,14 @@ async def watch_all(
     }
 
 
-def run(count: int, workers: int) -> None:
+def run(count: int, workers: int, wave: bool = False) -> None:
     reset_state()
     tokens = make_agents(count)
     from apps.configs.services import publish_config
 
     publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
+    if wave:
+        tokens = start_half_rollout(tokens)
     controller, url = start_controller(workers)
     port = int(url.rsplit(":", 1)[1])
     try:
@@ -114,10 +116,27 @@ def run(count: int, workers: int) -> None:
             )
         time.sleep(1)
         rss_idle = rss_kib(controller.popen.pid)
-        result = asyncio.run(watch_all(port, tokens, 1, url, headers, controller.popen.pid))
-        per_watch = (result["rss_held"] - rss_idle) / count
+        if wave:
+
+            def change():
+                return requests.post(
+                    f"{url}/config/admin/rollout/promote", headers=headers, timeout=30
+                )
+        else:
+
+            def change():
+                return requests.put(
+                    f"{url}/config/admin",
+                    json={"pooling_interval": 31},
+                    headers=headers,
+                    timeout=30,
+                )
+
+        result = asyncio.run(watch_all(port, tokens, 1, url, headers, controller.popen.pid, change))
+        per_watch = (result["rss_held"] - rss_idle) / len(tokens)
         print(
-            f"N={count} workers={workers}: notified {len(result['latencies'])}/{count}, "
+            f"{'wave ' if wave else ''}N={count} workers={workers}: notified "
+            f"{len(result['latencies'])}/{len(tokens)}, "
             f"errors {len(result['errors'])}; {summary(result['latencies'])}; "
             f"controller RSS idle {rss_idle / 1024:.0f} MiB, "
             f"holding {result['rss_held'] / 1024:.0f} MiB, {per_watch:.1f} KiB per held watch; "
@@ -129,10 +148,30 @@ def run(count: int, workers: int) -> None:
         controller.stop()
 
 
+def start_half_rollout(tokens: list[str]) -> list[str]:
+    """Version 2 rolling out to the first wave (50%); the tokens of the agents still on 1."""
+    from apps.agents.models import Agent
+    from apps.agents.tokens import hash_token
+    from apps.configs.services import get_current_state, publish_config
+    from apps.rollouts.services import target_of
+
+    publish_config(
+        config_url="http://127.0.0.1:9/bench2",
+        pooling_interval=30,
+        rollout={"waves": [50, 100], "bake_seconds": 86400},
+    )
+    state = get_current_state()
+    ids = dict(Agent.objects.values_list("token_hash", "id"))
+    return [t for t in tokens if target_of(state, ids[hash_token(t)], {})["version"] == 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--wave", action="store_true", help="Measure a rollout wave's start, not a publish."
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -144,7 +183,7 @@ def main() -> None:
     except ImportError:
         pass
     for count in args.agents:
-        run(count, args.workers)
+        run(count, args.workers, args.wave)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ def wave_size(percent: int, others: int) -> int:
 
 
 def cutoff_for(rollout: Rollout, wave: int, agents: list[dict]) -> str:
+    """The hash of the last agent wave `wave` reaches among `agents`. Callers keep the larger
+    of this and the rollout's cutoff so far: the cutoff only moves forward, and an agent that
+    was given the new version is never sent back (agents joining or leaving move the k-th
+    hash, and workers refuse older versions anyway)."""
     if wave == 0:
         return ""
     keys = sorted(
@@ -323,9 +327,9 @@ def advance_rollouts(now=None) -> Rollout | None:
             rollout.wave_started_at = now
             _record_wave(rollout, agents, how="advanced")
             return rollout
-        cutoff = cutoff_for(rollout, rollout.wave, agents)
+        cutoff = max(rollout.cutoff, cutoff_for(rollout, rollout.wave, agents))
         if cutoff != rollout.cutoff:
-            # Agents registered or were revoked: the same percentages now reach other agents.
+            # Agents registered: the same percentage now reaches further along the order.
             rollout.cutoff = cutoff
             rollout.revision += 1
             changed = True
@@ -350,7 +354,7 @@ def _note_progress(rollout: Rollout, progress: Progress, now) -> bool:
 def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: str) -> None:
     """Start wave `rollout.wave`: new cutoff, saved, audited, and the agents told after commit."""
     if rollout.pk is not None:
-        rollout.cutoff = cutoff_for(rollout, rollout.wave, agents)
+        rollout.cutoff = max(rollout.cutoff, cutoff_for(rollout, rollout.wave, agents))
         rollout.revision += 1
         rollout.save()
     progress = measure(rollout, agents)

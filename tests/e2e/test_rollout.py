@@ -14,7 +14,8 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from tests.e2e.conftest import Admin, wait_for_version, worker_version
-from tests.processes import base_env, manage, test_database_url, wait_until
+from tests.support.processes import base_env, manage, wait_until
+from tests.support.processes import test_database_url as database_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -65,7 +66,7 @@ def waves_started(version: int) -> list[AuditEntry]:
 def rollout_status(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         manage("rollout_status", *args),
-        env=base_env(DATABASE_URL=test_database_url()),
+        env=base_env(DATABASE_URL=database_url()),
         capture_output=True,
         text=True,
         timeout=120,
