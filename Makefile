@@ -14,7 +14,7 @@ KEY_ENV := INTERNAL_KEY=$${INTERNAL_KEY:-$$(cat $(VAR_DIR)/internal_key)}
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint format migrate-up seed-admin setup run-controller run-worker \
 	run-agent build-static build-schema build-all docker-build docker-up docker-down docker-logs \
-	docker-seed docker-scale docs-serve docs-view docs-redoc clean
+	docker-seed docker-scale docs-serve docs-view docs-redoc diagrams clean
 
 help: ## Show the available commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -112,6 +112,10 @@ docs-view: install ## Open Swagger UI (the controller must be running)
 
 docs-redoc: install ## Open Redoc (the controller must be running)
 	$(PY) -m webbrowser http://127.0.0.1:8080/api/redoc/
+
+diagrams: ## Render docs/deployment.dot to SVG and PNG (Debian's graphviz)
+	dot -Tsvg docs/deployment.dot -o docs/deployment.svg
+	dot -Tpng -Gdpi=110 docs/deployment.dot -o docs/deployment.png
 
 clean: ## Remove the local database, keys and agent state under var/, and collected static files
 	rm -rf $(VAR_DIR) staticfiles

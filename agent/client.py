@@ -6,7 +6,7 @@ import logging
 
 import requests
 
-from worker.signing import SIGNATURE_HEADER, sign
+from protocol.signing import SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
 

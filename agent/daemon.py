@@ -27,7 +27,8 @@ from agent.client import (
     WorkerClient,
     WorkerUnavailable,
 )
-from agent.state import CONFIG_FIELDS, StateDir, valid_config
+from agent.state import StateDir
+from protocol.config import CONFIG_FIELDS, valid_config
 
 logger = logging.getLogger("agent")
 

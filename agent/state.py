@@ -11,11 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from protocol.config import CONFIG_FIELDS, valid_config
+
 logger = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "credentials.json"
 CONFIG_FILE = "config.json"
-CONFIG_FIELDS = ("config_url", "pooling_interval", "version", "uuid")
 
 
 class CorruptStateFile(Exception):
@@ -57,23 +58,6 @@ def _read_json(path: Path) -> dict | None:
     if not isinstance(data, dict):
         raise CorruptStateFile(f"{path} does not hold a JSON object")
     return data
-
-
-def valid_config(data: object) -> bool:
-    """Whether `data` has the four fields a worker accepts, with plausible types."""
-    if not isinstance(data, dict) or any(field not in data for field in CONFIG_FIELDS):
-        return False
-    version, interval = data["version"], data["pooling_interval"]
-    return (
-        isinstance(data["config_url"], str)
-        and isinstance(data["uuid"], str)
-        and isinstance(version, int)
-        and not isinstance(version, bool)
-        and version >= 1
-        and isinstance(interval, int)
-        and not isinstance(interval, bool)
-        and interval >= 1
-    )
 
 
 class StateDir:

@@ -33,8 +33,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from protocol import signing  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
-from worker import signing  # noqa: E402
 
 KEY = "bench-internal-key"
 UPSTREAM_BODY = b"203.0.113.7\n"

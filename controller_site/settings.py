@@ -91,7 +91,7 @@ def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
 
 
 def env_labels(name: str) -> dict[str, str]:
-    from agent.labels import InvalidLabels, check_labels, parse_label_pairs
+    from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
 
     source, value = _lookup(name, "labels", {})
     try:
@@ -230,6 +230,30 @@ CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX", "dcs")
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
 NOTIFY_CHANNEL = env_str("NOTIFY_CHANNEL")
+# Redis Sentinel: the sentinels tell where the master is, before and after a failover. REDIS_URL
+# then names the master the sentinels monitor instead of a host (redis://[:PASSWORD@]MASTER/DB),
+# which is how django-redis reads it, and keeps the password and database number.
+REDIS_SENTINELS = env_list("REDIS_SENTINELS", [])
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER")
+REDIS_SENTINEL_ADDRESSES: list[tuple[str, int]] = []
+if REDIS_SENTINELS:
+    if not REDIS_SENTINEL_MASTER:
+        raise ImproperlyConfigured(
+            "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name of the master the sentinels "
+            "monitor (`sentinel monitor NAME ...`)."
+        )
+    for _address in REDIS_SENTINELS:
+        _host, _, _port = _address.rpartition(":")
+        if not _host or not _port.isdigit():
+            raise ImproperlyConfigured(f"REDIS_SENTINELS: {_address!r} is not HOST:PORT.")
+        REDIS_SENTINEL_ADDRESSES.append((_host.strip("[]"), int(_port)))
+    if REDIS_URL is None:
+        REDIS_URL = _record("REDIS_URL", "default", f"redis://{REDIS_SENTINEL_MASTER}/0")
+    elif (urlsplit(REDIS_URL).hostname or "") != REDIS_SENTINEL_MASTER.lower():
+        raise ImproperlyConfigured(
+            "With REDIS_SENTINELS, the host of REDIS_URL is the master's name: "
+            f"redis://[:PASSWORD@]{REDIS_SENTINEL_MASTER}/DB, or leave REDIS_URL unset."
+        )
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -244,6 +268,19 @@ if REDIS_URL:
             },
         }
     }
+    if REDIS_SENTINELS:
+        # Reads and writes both go to the master (a list of one location: the client would
+        # otherwise read from replicas, which may lag a write or a failover behind).
+        CACHES["default"]["LOCATION"] = [REDIS_URL]
+        CACHES["default"]["OPTIONS"].update(
+            CLIENT_CLASS="django_redis.client.SentinelClient",
+            CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+            SENTINELS=REDIS_SENTINEL_ADDRESSES,
+            SENTINEL_KWARGS={
+                "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            },
+        )
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     # Pub/sub channels are shared by all Redis databases: name the database in the channel so
     # that two deployments on one Redis do not wake each other's agents.

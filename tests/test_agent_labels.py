@@ -5,9 +5,9 @@ import subprocess
 import pytest
 from rest_framework.test import APIClient
 
-from agent.labels import InvalidLabels, check_labels, parse_label_pairs
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent
+from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
 from tests.support.processes import base_env, manage
 
 pytestmark = pytest.mark.django_db

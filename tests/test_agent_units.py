@@ -35,7 +35,12 @@ def test_backoff_survives_a_very_long_outage():
 def test_state_files_are_written_atomically_with_mode_0600(tmp_path):
     state = StateDir(tmp_path / "state")
     state.ensure()
-    config = {"config_url": "http://a.example/", "pooling_interval": 30, "version": 2, "uuid": "u"}
+    config = {
+        "config_url": "http://a.example/",
+        "pooling_interval": 30,
+        "version": 2,
+        "uuid": "6f1c1c4e-7a55-4d8b-9d8e-0c1b7b2a9e11",
+    }
     state.save_config({**config, "created_at": "ignored"})
     state.save_credentials({"agent_id": "a", "agent_token": "t"})
     for path in (state.config_path, state.credentials_path):

@@ -14,8 +14,8 @@ import yaml
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from controller_site.config_file import ALIASES
+from protocol import signing
 from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
-from worker import signing
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks
 # of settings.py. The controller reads every other one. DEBUG and SECRET_KEY are read by all

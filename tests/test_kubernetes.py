@@ -31,10 +31,13 @@ PRODUCTION_SECRETS = {
     "SECRET_KEY": "stand-in-key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH",
     "INTERNAL_KEY": "stand-in-internal-key-0123456789",
     "DATABASE_URL": "postgres://dcs:password@db.example.com:5432/dcs",
-    "REDIS_URL": "redis://redis.example.com:6379/0",
+    "REDIS_URL": "redis://mymaster/0",
     "ADMIN_EMAIL": "admin@example.com",
     "ADMIN_PASSWORD": "stand-in-password",
     "REGISTRATION_TOKEN": "stand-in-registration-token",
+    # Redis through Sentinel, as the overlay's comment describes.
+    "REDIS_SENTINELS": "sentinel-0:26379,sentinel-1:26379,sentinel-2:26379",
+    "REDIS_SENTINEL_MASTER": "mymaster",
 }
 # What each process cannot run without, beyond what the settings themselves refuse to start
 # without (the settings are loaded with each container's environment below).

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol import signing
 from tests.support.worker import KEY, call, config_body, push, signed_headers
-from worker import signing
 from worker.app import MAX_PUSH_BYTES, WorkerApp
 
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import NamedTuple
 
-from worker import signing
-from worker.config import ConfigStore, InvalidPush, MalformedPush, StaleVersion, parse_push
+from protocol import signing
+from protocol.config import InvalidFields
+from worker.config import ConfigStore, MalformedPush, StaleVersion, parse_push
 from worker.metrics import WorkerMetrics
 from worker.upstream import (
     UpstreamBlocked,
@@ -188,7 +189,7 @@ class WorkerApp:
             self.metrics.pushes.labels(result="invalid").inc()
             logger.warning("push refused from %s: %s", _client(environ), exc)
             raise HttpError(400, {"detail": str(exc)}) from None
-        except InvalidPush as exc:
+        except InvalidFields as exc:
             self.metrics.pushes.labels(result="invalid").inc()
             logger.warning("push refused from %s: invalid %s", _client(environ), exc)
             raise HttpError(400, exc.errors) from None

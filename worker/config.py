@@ -1,31 +1,19 @@
 """The configuration a worker holds: the checks on a push and the store that keeps the newest one.
 
-The field rules are the controller's own (apps/configs/rules.py), so a push the controller would
+The checks are the agent's and the controller's own (protocol/), so a push the controller would
 refuse is refused here too.
 """
 
 import json
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
-
-# The largest version the controller's 64-bit column can hold.
-MAX_VERSION = 2**63 - 1
+from protocol.config import check_config
 
 
 class MalformedPush(ValueError):
     """The push body is not a JSON object."""
-
-
-class InvalidPush(ValueError):
-    """One or more fields of the push break a rule; `errors` maps each field to its messages."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(", ".join(sorted(errors)))
-        self.errors = errors
 
 
 class StaleVersion(Exception):
@@ -67,37 +55,12 @@ class HeldConfig:
         }
 
 
-def check_version(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidConfig("version", "Must be a whole number.")
-    if not 1 <= value <= MAX_VERSION:
-        raise InvalidConfig("version", f"Must be between 1 and {MAX_VERSION}.")
-    return value
-
-
-def check_uuid(value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidConfig("uuid", "Must be a string holding a UUID.")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidConfig("uuid", "Must be a valid UUID.") from None
-
-
-_FIELD_CHECKS = (
-    ("config_url", check_config_url),
-    ("pooling_interval", check_pooling_interval),
-    ("version", check_version),
-    ("uuid", check_uuid),
-)
-
-
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
 def parse_push(body: bytes) -> PushedConfig:
-    """Decode and check a push body; raise MalformedPush or InvalidPush."""
+    """Decode and check a push body; raise MalformedPush or InvalidFields."""
     try:
         data = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
@@ -106,19 +69,7 @@ def parse_push(body: bytes) -> PushedConfig:
         raise MalformedPush("Body must be valid JSON.") from None
     if not isinstance(data, dict):
         raise MalformedPush("Body must be a JSON object.")
-    values: dict[str, object] = {}
-    errors: dict[str, list[str]] = {}
-    for field, check in _FIELD_CHECKS:
-        if field not in data:
-            errors[field] = ["This field is required."]
-            continue
-        try:
-            values[field] = check(data[field])
-        except InvalidConfig as exc:
-            errors.setdefault(exc.field, []).append(exc.message)
-    if errors:
-        raise InvalidPush(errors)
-    return PushedConfig(**values)
+    return PushedConfig(**check_config(data))
 
 
 class ConfigStore:

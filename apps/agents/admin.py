@@ -7,11 +7,11 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from agent.labels import InvalidLabels, parse_label_pairs
 from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
 from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 BADGE_COLOURS = {
     "in_sync": "#2e7d32",

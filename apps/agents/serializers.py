@@ -1,8 +1,8 @@
 from rest_framework import serializers
 
-from agent.labels import InvalidLabels, check_labels
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES
+from protocol.labels import InvalidLabels, check_labels
 
 
 class RegistrationTokenSerializer(serializers.Serializer):

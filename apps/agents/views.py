@@ -7,7 +7,6 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agent.labels import InvalidLabels, parse_label_pairs
 from apps.agents import services
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.agents.models import Agent
@@ -22,6 +21,7 @@ from apps.agents.serializers import (
 from apps.agents.tokens import bearer_token
 from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 

@@ -6,19 +6,19 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from agent.labels import InvalidLabels, parse_label_pairs
 from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.errors import ServiceError
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import (
+from apps.ops.admin_site import HistoryAdmin
+from apps.rollouts.serializers import RolloutPlanSerializer
+from protocol.labels import InvalidLabels, parse_label_pairs
+from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
     InvalidConfig,
 )
-from apps.ops.admin_site import HistoryAdmin
-from apps.rollouts.serializers import RolloutPlanSerializer
 
 
 class ConfigChangeForm(forms.Form):

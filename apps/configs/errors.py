@@ -7,7 +7,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from apps.configs.rules import InvalidConfig
+from protocol.rules import InvalidConfig
 
 logger = logging.getLogger(__name__)
 

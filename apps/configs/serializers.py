@@ -2,8 +2,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import InvalidConfig, check_config_url, check_pooling_interval
 from apps.rollouts.serializers import RolloutPlanSerializer
+from protocol.rules import InvalidConfig, check_config_url, check_pooling_interval
 
 
 class RuleField(serializers.Field):

@@ -10,7 +10,7 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.errors import NoConfigYet, StaleVersion, UnknownVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.rules import check_config_url, check_pooling_interval
+from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -69,7 +70,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest = {"version": 0, "pooling_interval": None, "revision": 0, "rollout": None}
+        self.latest: dict = state_of(None)
         self.redis_healthy = False
         self.notifications_seen = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -154,13 +155,9 @@ class Hub:
     # Sources of news ----------------------------------------------------------------------
 
     async def _listen_redis(self) -> None:
-        import redis.asyncio as aioredis
-
         delay = 0.2
         while True:
-            client = aioredis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=1.0, health_check_interval=10
-            )
+            client = _subscriber_client()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(settings.NOTIFY_CHANNEL)
@@ -233,6 +230,30 @@ class Hub:
             revoked = await _revoked_among(held)
             for agent_id in revoked:
                 self.cut(agent_id)
+
+
+def _subscriber_client():
+    """An asyncio Redis client for the hub's subscription. With Sentinel, each (re)connection
+    asks the sentinels where the master is, so after a failover the retry loop above
+    subscribes on the new master by itself."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel
+
+    options = {"socket_connect_timeout": 1.0, "health_check_interval": 10}
+    if not settings.REDIS_SENTINELS:
+        return aioredis.from_url(settings.REDIS_URL, **options)
+    url = urlsplit(settings.REDIS_URL)
+    sentinel = Sentinel(
+        settings.REDIS_SENTINEL_ADDRESSES,
+        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    )
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        db=int(url.path.strip("/") or 0),
+        password=unquote(url.password) if url.password else None,
+        username=unquote(url.username) if url.username else None,
+        **options,
+    )
 
 
 def _with_database(function):

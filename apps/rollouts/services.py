@@ -25,6 +25,7 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.errors import NotFoundError, ServiceError
 from apps.rollouts.models import Rollout
+from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +91,15 @@ def targets_new(split: dict, version: int, agent_id, labels: dict) -> bool:
     return bool(cutoff) and agent_key(agent_id, version) <= cutoff
 
 
-def target_of(state: dict, agent_id, labels: dict) -> dict:
-    """The version and interval the controller answers this agent: `{"version",
-    "pooling_interval"}`."""
+def target_of(state: dict, agent_id, labels: dict) -> ConfigState:
+    """What the controller answers this agent: the served state's version, or during a rollout
+    whose wave has not reached the agent, the previous version and its interval."""
     split = state.get("rollout")
     if split is None or targets_new(split, state["version"], agent_id, labels):
-        return {"version": state["version"], "pooling_interval": state["pooling_interval"]}
-    return {"version": split["previous_version"], "pooling_interval": split["previous_interval"]}
+        return ConfigState(version=state["version"], pooling_interval=state["pooling_interval"])
+    return ConfigState(
+        version=split["previous_version"], pooling_interval=split["previous_interval"]
+    )
 
 
 def split_of(rollout: Rollout | None, previous_interval: int | None) -> dict | None:

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import redis
 import requests
 
 from tests.conftest import unavailable
@@ -136,3 +137,93 @@ class Haproxy:
             for row in rows
             if row["pxname"] == "controllers" and row["svname"] not in ("FRONTEND", "BACKEND")
         }
+
+
+class SentinelGroup:
+    """A Redis master, one replica and three sentinels (redis-server in sentinel mode), each on
+    a free port, watching the master under the name MASTER."""
+
+    MASTER = "mymaster"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.redis_server = binary("redis-server")
+        self.master_port, self.replica_port = free_port(), free_port()
+        self.master = self._redis(self.master_port)
+        self.replica = self._redis(
+            self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port)
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels = [self._sentinel(port) for port in self.sentinel_ports]
+        wait_until(self._ready, timeout=30, interval=0.2, message="sentinels know each other")
+
+    def _redis(self, port: int, *args: str) -> Process:
+        process = Process(
+            [
+                self.redis_server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *args,
+            ],
+            dict(os.environ),
+            f"redis-{port}",
+        )
+        wait_until(lambda: listening(port), timeout=10, message=f"redis on {port}")
+        return process
+
+    def _sentinel(self, port: int) -> Process:
+        config = self.directory / f"sentinel-{port}.conf"
+        # Sentinels rewrite their file as they learn the group, so each has its own.
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master_port} 2\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+            f"sentinel failover-timeout {self.MASTER} 10000\n"
+            f"sentinel parallel-syncs {self.MASTER} 1\n"
+        )
+        process = Process(
+            [self.redis_server, str(config), "--sentinel"], dict(os.environ), "sentinel"
+        )
+        wait_until(lambda: listening(port), timeout=10, message=f"sentinel on {port}")
+        return process
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+
+    def _ready(self) -> bool:
+        for port in self.sentinel_ports:
+            sentinel = self.client(port)
+            if len(sentinel.sentinel_sentinels(self.MASTER)) < 2:
+                return False
+            replicas = sentinel.sentinel_slaves(self.MASTER)
+            if not any(
+                r["port"] == self.replica_port and not r["is_odown"] and not r["is_sdown"]
+                for r in replicas
+            ):
+                return False
+        return True
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def master_port_now(self) -> int:
+        """The master's port as the sentinels' majority reports it."""
+        ports = []
+        for port in self.sentinel_ports:
+            try:
+                ports.append(
+                    int(self.client(port).sentinel_get_master_addr_by_name(self.MASTER)[1])
+                )
+            except redis.RedisError:
+                continue
+        return max(set(ports), key=ports.count)
+
+    def processes(self) -> list[Process]:
+        return [self.master, self.replica, *self.sentinels]

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
-from apps.configs.rules import (
+from protocol import signing
+from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
@@ -14,7 +15,6 @@ from apps.configs.rules import (
     check_pooling_interval,
 )
 from tests.e2e.reliability import record
-from worker import signing
 
 NOW = 1_800_000_000.0
 keys = st.text(min_size=1, max_size=64)

@@ -13,8 +13,8 @@ from wsgiref.util import setup_testing_defaults
 
 import requests
 
+from protocol import signing
 from tests.support.processes import ROOT, free_port
-from worker import signing
 
 KEY = "test-internal-key-0123456789"
 # A database nobody listens on: a worker that touched the database would fail at once.

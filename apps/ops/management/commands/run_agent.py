@@ -6,9 +6,9 @@ from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import CollectorRegistry
 
 from agent.daemon import Agent
-from agent.labels import InvalidLabels, parse_label_pairs
 from agent.metrics import MeasuredAgent, serve_metrics
 from apps.ops.serving import parse_bind
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 
 class Command(BaseCommand):
