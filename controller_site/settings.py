@@ -406,6 +406,8 @@ REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # this bounds how long a revoked token keeps working.
 # How often each controller process looks whether a rolling rollout can start its next wave.
 ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
+if ROLLOUT_TICK_SECONDS <= 0:
+    raise ImproperlyConfigured(f"ROLLOUT_TICK_SECONDS must be positive: {ROLLOUT_TICK_SECONDS}")
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)

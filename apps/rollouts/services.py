@@ -275,18 +275,15 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
     rollout.cutoff = cutoff_for(rollout, rollout.wave, agents)
     rollout.progress = [[0, 0]]
     rollout.save()
-    record_event(
+    _audit(
+        rollout,
         AuditEntry.ROLLOUT_STARTED,
         actor=actor,
         source_ip=source_ip,
-        target=f"rollout v{rollout.version}",
-        detail={
-            "version": rollout.version,
-            "previous_version": rollout.previous_version,
-            "waves": rollout.waves,
-            "canary_labels": rollout.canary_labels,
-            "bake_seconds": rollout.bake_seconds,
-        },
+        previous_version=rollout.previous_version,
+        waves=rollout.waves,
+        canary_labels=rollout.canary_labels,
+        bake_seconds=rollout.bake_seconds,
     )
     _record_wave(rollout, agents, actor=actor, source_ip=source_ip, how="started")
     logger.info(
@@ -361,19 +358,15 @@ def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: s
         rollout.revision += 1
         rollout.save()
     progress = measure(rollout, agents)
-    record_event(
+    _audit(
+        rollout,
         AuditEntry.ROLLOUT_WAVE_STARTED,
         actor=actor,
         source_ip=source_ip,
-        target=f"rollout v{rollout.version}",
-        detail={
-            "version": rollout.version,
-            "wave": rollout.wave,
-            "percent": 0 if rollout.wave == 0 else rollout.waves[rollout.wave - 1],
-            "canaries": rollout.wave == 0,
-            "agents_targeted": progress.targeted,
-            "how": how,
-        },
+        percent=0 if rollout.wave == 0 else rollout.waves[rollout.wave - 1],
+        canaries=rollout.wave == 0,
+        agents_targeted=progress.targeted,
+        how=how,
     )
     logger.info(
         "rollout of v%s: wave %s of %s started (%s agents targeted, %s)",
@@ -395,13 +388,7 @@ def _finish(rollout, state: str, action: str, *, actor=None, source_ip=None, rea
     if state == Rollout.COMPLETED:
         rollout.cutoff = ""
     rollout.save()
-    record_event(
-        action,
-        actor=actor,
-        source_ip=source_ip,
-        target=f"rollout v{rollout.version}",
-        detail={"version": rollout.version, "wave": rollout.wave, "reason": reason},
-    )
+    _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason)
     logger.info("rollout of v%s %s at wave %s", rollout.version, state, rollout.wave)
     transaction.on_commit(_announce)
 
@@ -432,13 +419,14 @@ def _refuse(rollout: Rollout, what: str) -> RolloutConflict:
     )
 
 
-def _audit(rollout, action, *, actor, source_ip, reason, **detail) -> None:
+def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detail) -> None:
+    """One audit entry about the rollout, naming its version and wave."""
     record_event(
         action,
         actor=actor,
         source_ip=source_ip,
         target=f"rollout v{rollout.version}",
-        detail={"version": rollout.version, "wave": rollout.wave, "reason": reason, **detail},
+        detail={"version": rollout.version, "wave": rollout.wave, **detail},
     )
 
 

@@ -3,7 +3,6 @@ them canaries. Each worker's version is watched from outside, and the rollout's 
 say when each wave started."""
 
 import subprocess
-import threading
 import time
 
 import pytest
@@ -14,6 +13,7 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from tests.e2e.conftest import Admin, wait_for_version, worker_version
+from tests.support.polling import Poller
 from tests.support.processes import base_env, manage, wait_until
 from tests.support.processes import test_database_url as database_url
 
@@ -23,33 +23,22 @@ BAKE = 5
 PLAN = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds": BAKE}
 
 
-class VersionWatch:
+class VersionWatch(Poller):
     """Polls every worker's /health and notes when each first held each version."""
 
     def __init__(self, worker_urls: list[str]) -> None:
+        super().__init__()
         self.worker_urls = worker_urls
         self.first_seen: dict[tuple[str, int], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.session = requests.Session()
 
-    def _run(self) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            for url in self.worker_urls:
-                try:
-                    version = session.get(f"{url}/health", timeout=5).json()["config_version"]
-                except requests.RequestException:
-                    continue
-                self.first_seen.setdefault((url, version), time.time())
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> "VersionWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def poll(self) -> None:
+        for url in self.worker_urls:
+            try:
+                version = self.session.get(f"{url}/health", timeout=5).json()["config_version"]
+            except requests.RequestException:
+                continue
+            self.first_seen.setdefault((url, version), time.time())
 
     def when(self, url: str, version: int) -> float | None:
         return self.first_seen.get((url, version))
