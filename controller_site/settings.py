@@ -295,6 +295,8 @@ else:
     NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
+# Django's permissions (what the admin checks) follow from the roles, not from per-group rows.
+AUTHENTICATION_BACKENDS = ["apps.accounts.roles.RoleBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -343,7 +345,8 @@ REST_FRAMEWORK = {
         "rest_framework_simplejwt.authentication.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # Each view names the role each method needs (apps.accounts.roles).
+    "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.permissions.HasRole"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

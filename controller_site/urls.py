@@ -27,6 +27,8 @@ from apps.rollouts.views import (
     RolloutView,
 )
 
+handler403 = "apps.accounts.views.permission_denied"
+
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
     path("login/refresh", RefreshView.as_view(), name="login-refresh"),

@@ -16,9 +16,11 @@ def test_login_returns_tokens_with_type_and_lifetime(api, admin_user):
     response = login(api)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"access", "refresh", "token_type", "expires_in"}
+    assert set(body) == {"access", "refresh", "token_type", "expires_in", "roles", "superuser"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 15 * 60
+    assert body["roles"] == ["viewer", "editor", "approver", "operator"]
+    assert body["superuser"] is True
 
 
 def test_login_email_is_case_insensitive(api, admin_user):

@@ -185,14 +185,17 @@ def test_changes_made_in_the_django_admin_are_recorded(admin_user, client):
     assert entry.target == "agent new-name"
     assert "Name" in entry.detail["change"] and "Hostname" in entry.detail["change"]
 
-    response = client.post("/admin/auth/group/add/", {"name": "operators"})
-    assert response.status_code == 302
+    response = client.post(
+        "/admin/accounts/user/add/",
+        {"email": "ops@example.com", "password1": "Long-Pass-7!", "password2": "Long-Pass-7!"},
+    )
+    assert response.status_code == 302, response.content
     (added,) = entries(AuditEntry.ADMIN_ADDED)
-    assert added.target == "group operators"
-    group_id = added.detail["object_id"]
-    client.post(f"/admin/auth/group/{group_id}/delete/", {"post": "yes"})
+    assert added.target == "user ops@example.com"
+    user_id = added.detail["object_id"]
+    client.post(f"/admin/accounts/user/{user_id}/delete/", {"post": "yes"})
     (deleted,) = entries(AuditEntry.ADMIN_DELETED)
-    assert deleted.target == "group operators"
+    assert deleted.target == "user ops@example.com"
 
 
 def test_get_audit_lists_newest_first_and_filters(admin_api):

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
@@ -8,6 +9,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from apps.accounts.models import User
+from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES, roles_of
 from apps.audit.models import AuditEntry
 from apps.audit.services import client_ip, record_event
 from apps.audit.signals import record_login
@@ -46,6 +48,9 @@ class LoginSerializer(TokenObtainPairSerializer):
             "refresh": data["refresh"],
             "token_type": "Bearer",
             "expires_in": int(lifetime.total_seconds()),
+            # Read afresh on every request: a role given or taken counts from the next call.
+            "roles": roles_of(self.user),
+            "superuser": self.user.is_superuser,
         }
 
 
@@ -54,6 +59,19 @@ class LoginResponseSerializer(serializers.Serializer):
     refresh = serializers.CharField()
     token_type = serializers.CharField()
     expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
+    roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=ROLES),
+        help_text="The caller's roles; a superuser has every one. Empty: the caller may log in "
+        "and do nothing else.",
+    )
+    superuser = serializers.BooleanField(
+        help_text="Superusers may do everything, including an emergency publish."
+    )
+
+
+class RefreshResponseSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
 
 
 class LoginView(TokenObtainPairView):
@@ -107,10 +125,17 @@ class RefreshView(TokenRefreshView):
         summary="Exchange a refresh token for new tokens",
         description="The refresh token is rotated: the one sent is refused afterwards.",
         responses={
-            200: LoginResponseSerializer,
+            200: RefreshResponseSerializer,
             400: OpenApiResponse(),
             401: OpenApiResponse(description="Expired, invalid or already used."),
         },
     )
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
+
+
+def permission_denied(request, exception=None):
+    """Django's 403 page, with the reason the admin gave (the role needed) and the roles table."""
+    reason = exception.args[0] if exception is not None and exception.args else ""
+    context = {"exception": reason, "roles": list(ROLE_DESCRIPTIONS.items())}
+    return render(request, "403.html", context, status=403)

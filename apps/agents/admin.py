@@ -7,6 +7,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
 from apps.audit.services import client_ip
@@ -133,7 +134,7 @@ class AgentAdmin(admin.ModelAdmin):
         return False
 
     def has_revoke_permission(self, request) -> bool:
-        return request.user.has_perm("agents.change_agent")
+        return has_role(request.user, OPERATOR)
 
     @admin.action(description="Revoke selected agents", permissions=["revoke"])
     def revoke_agents(self, request, queryset):
@@ -192,7 +193,7 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         return False
 
     def has_issue_permission(self, request) -> bool:
-        return request.user.has_perm("agents.add_registrationtoken")
+        return has_role(request.user, OPERATOR)
 
     def get_urls(self):
         return [
@@ -210,7 +211,7 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
 
     def issue_token_view(self, request):
         if not self.has_issue_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied(role_needed_message(OPERATOR))
         token = record = None
         form = IssueTokenForm(request.POST or None)
         if request.method == "POST" and form.is_valid():

@@ -7,6 +7,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.agents.models import Agent
@@ -27,11 +29,19 @@ UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
 
 class RegistrationTokenView(APIView):
+    # A GET that makes something: issuing tokens is an operator's power, not a read.
+    role_rules = {"GET": OPERATOR}
+
     @extend_schema(
         tags=["agents"],
         summary="Issue a one-time registration token",
         parameters=[TokenQuerySerializer],
-        responses={200: RegistrationTokenSerializer, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: RegistrationTokenSerializer,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
     )
     def get(self, request):
         query = TokenQuerySerializer(data=request.query_params)
@@ -99,6 +109,7 @@ class HeartbeatView(APIView):
 class AgentListView(generics.ListAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.order_by("created_at")
+    role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
         tags=["agents"],
@@ -114,7 +125,12 @@ class AgentListView(generics.ListAPIView):
                 "several.",
             ),
         ],
-        responses={200: AgentSerializer(many=True), 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: AgentSerializer(many=True),
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+        },
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -141,11 +157,18 @@ class AgentListView(generics.ListAPIView):
 
 
 class AgentRevokeView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @extend_schema(
         tags=["agents"],
         summary="Revoke an agent's token",
         request=None,
-        responses={200: AgentSerializer, 404: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            200: AgentSerializer,
+            404: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
     )
     def post(self, request, agent_id):
         agent = get_object_or_404(Agent, pk=agent_id)

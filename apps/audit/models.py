@@ -39,6 +39,7 @@ class AuditEntry(models.Model):
     ADMIN_ADDED = "admin.added"
     ADMIN_CHANGED = "admin.changed"
     ADMIN_DELETED = "admin.deleted"
+    ROLES_CHANGED = "roles.changed"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -59,6 +60,7 @@ class AuditEntry(models.Model):
         (ADMIN_ADDED, "Added in the admin"),
         (ADMIN_CHANGED, "Changed in the admin"),
         (ADMIN_DELETED, "Deleted in the admin"),
+        (ROLES_CHANGED, "Roles changed"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

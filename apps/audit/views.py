@@ -1,6 +1,8 @@
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
 
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE
 from apps.audit.models import AuditEntry
 from apps.audit.serializers import AuditEntrySerializer, AuditQuerySerializer
 
@@ -9,6 +11,7 @@ class AuditLogView(generics.ListAPIView):
     """The audit log, newest first. Read-only: the API offers no way to change an entry."""
 
     serializer_class = AuditEntrySerializer
+    role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
         tags=["audit"],
@@ -21,6 +24,7 @@ class AuditLogView(generics.ListAPIView):
             200: AuditEntrySerializer(many=True),
             400: OpenApiResponse(description="Unknown action or bad filter."),
             401: OpenApiResponse(description="Missing or invalid admin JWT."),
+            403: forbidden(ANY_ROLE),
         },
     )
     def get(self, request, *args, **kwargs):

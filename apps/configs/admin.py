@@ -6,6 +6,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
 from apps.audit.services import client_ip
 from apps.configs import services
 from apps.configs.errors import ServiceError
@@ -126,8 +127,11 @@ class ConfigVersionAdmin(HistoryAdmin):
         return ", ".join(services.changed_fields(obj, previous)) or "nothing"
 
     def has_publish_permission(self, request) -> bool:
-        """Making a new version: by the form or by a rollback."""
-        return request.user.has_perm("configs.add_configversion")
+        """Making a new version with the form."""
+        return has_role(request.user, EDITOR)
+
+    def has_rollback_permission(self, request) -> bool:
+        return has_role(request.user, OPERATOR)
 
     # The change form ----------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class ConfigVersionAdmin(HistoryAdmin):
 
     def change_config_view(self, request):
         if not self.has_publish_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied(role_needed_message(EDITOR))
         current = services.get_current_config()
         if request.method == "POST":
             form = ConfigChangeForm(request.POST)
@@ -199,7 +203,7 @@ class ConfigVersionAdmin(HistoryAdmin):
 
     # Rollback -------------------------------------------------------------------------------
 
-    @admin.action(description="Roll back to this version", permissions=["publish"])
+    @admin.action(description="Roll back to this version", permissions=["rollback"])
     def rollback_to_version(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(

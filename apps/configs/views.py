@@ -4,6 +4,8 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentTokenAuthentication, IsAgent
 from apps.audit.services import client_ip
 from apps.configs import services
@@ -56,12 +58,19 @@ def _written(config: ConfigVersion, created: bool) -> Response:
 class ConfigAdminView(APIView):
     """The current configuration, for admins."""
 
+    role_rules = {"GET": ANY_ROLE, "POST": EDITOR, "PUT": EDITOR}
+
     @extend_schema(
         tags=["config"],
         summary="Current configuration",
         description='Sends `ETag: "<version>"`; give it back as `If-Match` on a change to refuse '
         "the change (412) if someone else changed the configuration meanwhile.",
-        responses={200: AdminConfigSerializer, 401: ERRORS[401], 404: OpenApiResponse()},
+        responses={
+            200: AdminConfigSerializer,
+            401: ERRORS[401],
+            403: forbidden(ANY_ROLE),
+            404: OpenApiResponse(),
+        },
     )
     def get(self, request):
         config = services.get_current_config()
@@ -83,6 +92,7 @@ class ConfigAdminView(APIView):
             409: ROLLOUT_ACTIVE,
             412: STALE,
             **ERRORS,
+            403: forbidden(EDITOR),
         },
     )
     def post(self, request):
@@ -110,6 +120,7 @@ class ConfigAdminView(APIView):
             409: ROLLOUT_ACTIVE,
             412: STALE,
             **ERRORS,
+            403: forbidden(EDITOR),
         },
     )
     def put(self, request):
@@ -129,8 +140,13 @@ class ConfigHistoryView(generics.ListAPIView):
 
     serializer_class = HistoryEntrySerializer
     queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
+    role_rules = {"GET": ANY_ROLE}
 
-    @extend_schema(tags=["config"], summary="Version history")
+    @extend_schema(
+        tags=["config"],
+        summary="Version history",
+        responses={200: HistoryEntrySerializer(many=True), 403: forbidden(ANY_ROLE)},
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -150,6 +166,8 @@ class ConfigHistoryView(generics.ListAPIView):
 
 
 class ConfigRollbackView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @extend_schema(
         tags=["config"],
         summary="Roll back to a version",
@@ -162,6 +180,7 @@ class ConfigRollbackView(APIView):
             200: AdminConfigSerializer,
             404: OpenApiResponse(description="Unknown version."),
             **ERRORS,
+            403: forbidden(OPERATOR),
         },
     )
     def post(self, request):

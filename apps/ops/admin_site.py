@@ -37,10 +37,11 @@ class ControllerAdminSite(admin.AdminSite):
         return with_client_ip
 
     def index(self, request, extra_context=None):
-        return super().index(request, {**dashboard_context(), **(extra_context or {})})
+        return super().index(request, {**dashboard_context(request), **(extra_context or {})})
 
 
-def dashboard_context() -> dict:
+def dashboard_context(request) -> dict:
+    from apps.accounts.roles import EDITOR, OPERATOR, has_role, roles_of
     from apps.agents.services import STATUSES, count_by_status
     from apps.audit.models import AuditEntry
     from apps.configs.services import get_current_config, state_of
@@ -78,6 +79,10 @@ def dashboard_context() -> dict:
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],
         "fleet_total": sum(counts.values()),
         "recent_changes": list(changes),
+        # Buttons lead only where the user may act.
+        "can_publish": has_role(request.user, EDITOR),
+        "can_operate": has_role(request.user, OPERATOR),
+        "my_roles": roles_of(request.user),
     }
 
 

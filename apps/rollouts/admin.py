@@ -9,6 +9,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.audit.models import AuditEntry
 from apps.audit.services import client_ip
 from apps.configs.errors import ServiceError
@@ -126,8 +127,8 @@ class RolloutAdmin(HistoryAdmin):
         return f"{obj.wave} of {obj.last_wave}"
 
     def has_control_permission(self, request) -> bool:
-        # Steering a rollout changes what the agents run, like publishing a version.
-        return request.user.has_perm("configs.add_configversion")
+        # Steering a rollout is the operator's, like a rollback.
+        return has_role(request.user, OPERATOR)
 
     def get_urls(self):
         return [
@@ -189,7 +190,7 @@ class RolloutAdmin(HistoryAdmin):
         if action not in CONTROLS:
             raise Http404
         if not self.has_control_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied(role_needed_message(OPERATOR))
         rollout = get_object_or_404(Rollout, pk=pk)
         detail = reverse("admin:rollouts_rollout_change", args=[rollout.pk])
         control, _, explanation = CONTROLS[action]

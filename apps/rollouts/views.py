@@ -2,6 +2,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.audit.services import client_ip
 from apps.rollouts import services
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
@@ -19,10 +21,17 @@ def rollout_answer(rollout) -> Response:
 
 
 class RolloutView(APIView):
+    role_rules = {"GET": ANY_ROLE}
+
     @extend_schema(
         tags=["rollouts"],
         summary="The current or last rollout",
-        responses={200: RolloutSerializer, 401: UNAUTHORIZED, 404: NONE_YET},
+        responses={
+            200: RolloutSerializer,
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+            404: NONE_YET,
+        },
     )
     def get(self, request):
         rollout = services.get_latest_rollout()
@@ -34,6 +43,7 @@ class RolloutView(APIView):
 ACTION_ERRORS = {
     400: OpenApiResponse(description="Bad reason."),
     401: UNAUTHORIZED,
+    403: forbidden(OPERATOR),
     404: NONE_YET,
     409: OpenApiResponse(description="The rollout's state does not allow it."),
 }
@@ -59,6 +69,8 @@ def _schema(summary: str, description: str):
 
 
 class RolloutPromoteView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @_schema(
         "Start the next wave now",
         "Starts the next wave without waiting for the current one to apply and bake; on the "
@@ -69,18 +81,24 @@ class RolloutPromoteView(APIView):
 
 
 class RolloutPauseView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @_schema("Pause the rollout", "Started waves keep the new version; no new wave starts.")
     def post(self, request):
         return _act(request, services.pause_rollout)
 
 
 class RolloutResumeView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @_schema("Resume a paused or halted rollout", "The current wave's bake time counts from now.")
     def post(self, request):
         return _act(request, services.resume_rollout)
 
 
 class RolloutAbortView(APIView):
+    role_rules = {"POST": OPERATOR}
+
     @_schema(
         "Abort the rollout",
         "Every agent goes back to the previous version's content at once: a new version "

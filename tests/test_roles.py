@@ -1,0 +1,609 @@
+"""Who may do what: every endpoint of the URL map and every admin page and action, per role.
+
+The tables below are the rules as the README states them. A route, method, admin page or admin
+action that is not in them fails `test_every_*_has_a_rule`, so nothing new ships without a
+decision about who may use it.
+"""
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+from rest_framework.views import APIView
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from apps.accounts.models import User
+from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR, OPERATOR, ROLES, VIEWER, has_role
+from apps.accounts.services import set_roles
+from apps.agents.models import Agent, RegistrationToken
+from apps.agents.services import issue_registration_token, register_agent
+from apps.audit.models import AuditEntry
+from apps.configs.models import ConfigVersion
+from apps.rollouts.models import Rollout
+
+pytestmark = pytest.mark.django_db
+
+URL = "http://upstream.example/task"
+# Callers of the API who are not users: rules for the endpoints roles do not govern.
+PUBLIC, AGENT, REGISTRATION = "public", "agent token", "registration token"
+# An admin page nobody may use, not even a superuser (versions and the audit log are history).
+NOBODY = "nobody"
+SUPERUSER = "superuser"
+# Everyone the tables are checked against: no role, each role, a superuser.
+HOLDERS = ["none", *ROLES, SUPERUSER]
+
+API_RULES = {
+    ("login", "POST"): PUBLIC,
+    ("login-refresh", "POST"): PUBLIC,
+    ("config-admin", "GET"): ANY_ROLE,
+    ("config-admin", "POST"): EDITOR,
+    ("config-admin", "PUT"): EDITOR,
+    ("config-history", "GET"): ANY_ROLE,
+    ("config-rollback", "POST"): OPERATOR,
+    ("config-version", "GET"): AGENT,
+    ("config-agent", "GET"): AGENT,
+    ("registration-token", "GET"): OPERATOR,
+    ("agent-register", "POST"): REGISTRATION,
+    ("agent-heartbeat", "POST"): AGENT,
+    ("agents", "GET"): ANY_ROLE,
+    ("agent-revoke", "POST"): OPERATOR,
+    ("audit", "GET"): ANY_ROLE,
+    ("rollout", "GET"): ANY_ROLE,
+    ("rollout-promote", "POST"): OPERATOR,
+    ("rollout-pause", "POST"): OPERATOR,
+    ("rollout-resume", "POST"): OPERATOR,
+    ("rollout-abort", "POST"): OPERATOR,
+    ("healthz", "GET"): PUBLIC,
+    ("readyz", "GET"): PUBLIC,
+    ("metrics", "GET"): PUBLIC,
+    ("schema", "GET"): PUBLIC,
+    ("swagger-ui", "GET"): PUBLIC,
+    ("redoc", "GET"): PUBLIC,
+}
+
+# model -> {page or action: rule}. Pages: the list (view), the add page, a POST to an object's
+# change page, an object's delete page; plus each model's own pages and actions.
+ADMIN_RULES = {
+    "accounts.user": {
+        "view": SUPERUSER,
+        "add": SUPERUSER,
+        "change": SUPERUSER,
+        "delete": SUPERUSER,
+        "delete_selected": SUPERUSER,
+        "auth_user_password_change": SUPERUSER,
+    },
+    "configs.configversion": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "rollback_to_version": OPERATOR,
+        "configs_configversion_change_config": EDITOR,
+    },
+    "agents.agent": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": OPERATOR,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "revoke_agents": OPERATOR,
+    },
+    "agents.registrationtoken": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": OPERATOR,
+        "delete_selected": OPERATOR,
+        "agents_registrationtoken_issue": OPERATOR,
+    },
+    # A rollout's page is read-only; its controls (promote, pause, resume, abort) are its own.
+    "rollouts.rollout": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": ANY_ROLE,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "rollouts_rollout_control": OPERATOR,
+    },
+    "audit.auditentry": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+    },
+    # Read-only in simplejwt's own admin.
+    "token_blacklist.outstandingtoken": {
+        "view": SUPERUSER,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+    },
+    "token_blacklist.blacklistedtoken": {
+        "view": SUPERUSER,
+        "add": SUPERUSER,
+        "change": SUPERUSER,
+        "delete": SUPERUSER,
+        "delete_selected": SUPERUSER,
+    },
+}
+STANDARD_PAGES = ("view", "add", "change", "delete")
+
+
+def allowed(rule: str, holder: str) -> bool:
+    if rule == NOBODY:
+        return False
+    if holder == SUPERUSER:
+        return True
+    if holder == "none" or rule == SUPERUSER:
+        return False
+    return rule in (ANY_ROLE, holder)
+
+
+def make_user(holder: str, email: str | None = None) -> User:
+    email = email or f"{holder}@example.com"
+    if holder == SUPERUSER:
+        return User.objects.create_superuser(email=email, password=None)
+    user = User.objects.create_user(email=email, password=None)
+    set_roles(user, [] if holder == "none" else [holder])
+    return User.objects.get(pk=user.pk)
+
+
+def api_as(user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    return client
+
+
+def url_map(patterns=None, prefix=""):
+    """(name, view) of every route outside the admin."""
+    for entry in patterns if patterns is not None else get_resolver().url_patterns:
+        if isinstance(entry, URLResolver):
+            if entry.app_name == "admin":
+                continue
+            yield from url_map(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield entry.name, entry.callback
+
+
+def methods_of(callback) -> list[str]:
+    cls = getattr(callback, "cls", None)
+    if cls is None:
+        return ["GET"]  # our plain Django views are all require_GET
+    return [
+        method.upper()
+        for method in cls.http_method_names
+        if method not in ("options", "head") and hasattr(cls, method)
+    ]
+
+
+# The URL map ------------------------------------------------------------------------------
+
+
+def test_every_endpoint_of_the_url_map_has_a_rule():
+    routes = {(name, method) for name, view in url_map() for method in methods_of(view)}
+    assert None not in {name for name, _ in routes}, "every route needs a name"
+    assert routes - set(API_RULES) == set(), "routes without a rule in API_RULES"
+    assert set(API_RULES) - routes == set(), "rules for routes that no longer exist"
+
+
+def test_the_views_enforce_the_rules_of_the_table():
+    # The behaviour is shown below, per role; this ties each view's declaration to the table,
+    # so a view cannot quietly move to a weaker role than the README's.
+    for name, view in url_map():
+        cls = getattr(view, "cls", None)
+        for method in methods_of(view):
+            rule = API_RULES[(name, method)]
+            if rule in (*ROLES, ANY_ROLE):
+                assert cls.role_rules[method] == rule, (name, method)
+            elif cls is not None and issubclass(cls, APIView):
+                # Routes for agents, registration and the public: no role rule applies.
+                assert "HasRole" not in [p.__name__ for p in cls.permission_classes], name
+
+
+# Every endpoint governed by roles, per role --------------------------------------------------
+
+
+@pytest.fixture
+def world(publish):
+    """Two versions, an agent and a token: something for every endpoint to act on."""
+    publish(URL, 30)
+    publish(URL, 45)
+    token, _ = issue_registration_token()
+    agent, _ = register_agent(token=token, name="victim")
+    return {"agent": agent}
+
+
+def calls(world) -> dict:
+    return {
+        ("config-admin", "GET"): ("get", "/config/admin", None),
+        ("config-admin", "POST"): (
+            "post",
+            "/config/admin",
+            {"config_url": URL + "/new", "pooling_interval": 60},
+        ),
+        ("config-admin", "PUT"): ("put", "/config/admin", {"pooling_interval": 90}),
+        ("config-history", "GET"): ("get", "/config/admin/history", None),
+        ("config-rollback", "POST"): ("post", "/config/admin/rollback", {"version": 1}),
+        ("registration-token", "GET"): ("get", "/agent/admin", None),
+        ("agents", "GET"): ("get", "/agents", None),
+        ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
+        ("audit", "GET"): ("get", "/audit", None),
+        ("rollout", "GET"): ("get", "/config/admin/rollout", None),
+        ("rollout-promote", "POST"): ("post", "/config/admin/rollout/promote", None),
+        ("rollout-pause", "POST"): ("post", "/config/admin/rollout/pause", None),
+        ("rollout-resume", "POST"): ("post", "/config/admin/rollout/resume", None),
+        ("rollout-abort", "POST"): ("post", "/config/admin/rollout/abort", None),
+    }
+
+
+def start_rollout(state: str = Rollout.ROLLING) -> Rollout:
+    """Version 3 rolling out in waves (the rollout endpoints need one), in `state`."""
+    from apps.configs.services import publish_config
+
+    publish_config(config_url=URL + "/staged", pooling_interval=30, rollout={"waves": [50, 100]})
+    Rollout.objects.filter(version=3).update(state=state)
+    return Rollout.objects.get(version=3)
+
+
+ROLE_GOVERNED = sorted(key for key, rule in API_RULES.items() if rule in (*ROLES, ANY_ROLE))
+
+
+def stored_state() -> tuple:
+    return (
+        list(ConfigVersion.objects.values_list("version", "config_url", "pooling_interval")),
+        RegistrationToken.objects.count(),
+        Agent.objects.filter(revoked_at__isnull=False).count(),
+        list(Rollout.objects.values_list("version", "state", "wave")),
+    )
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+@pytest.mark.parametrize("endpoint", ROLE_GOVERNED, ids=lambda key: f"{key[1]} {key[0]}")
+def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoint, holder):
+    method, path, body = calls(world)[endpoint]
+    rule = API_RULES[endpoint]
+    if endpoint[0].startswith("rollout"):
+        start_rollout(Rollout.PAUSED if endpoint[0] == "rollout-resume" else Rollout.ROLLING)
+    before = stored_state()
+    answer = getattr(api_as(make_user(holder)), method)(path, body, format="json")
+    if allowed(rule, holder):
+        assert answer.status_code in (200, 201), answer.content
+        if method != "get" or endpoint[0] == "registration-token":
+            assert stored_state() != before
+    else:
+        assert answer.status_code == 403, answer.content
+        assert answer.json() == {
+            "detail": (
+                "This needs one of the roles viewer, editor, approver, operator."
+                if rule == ANY_ROLE
+                else f"This needs the {rule} role."
+            ),
+            "required_role": rule,
+        }
+        assert stored_state() == before
+
+
+@pytest.mark.parametrize("endpoint", ["/config/version", "/config/agent", "/agent/heartbeat"])
+def test_a_users_jwt_is_no_agent_credential(world, endpoint):
+    client = api_as(make_user(SUPERUSER))
+    answer = client.post(endpoint, {}, format="json") if "heartbeat" in endpoint else None
+    answer = answer or client.get(endpoint)
+    assert answer.status_code == 401
+
+
+def test_anonymous_callers_are_asked_to_log_in_not_told_a_role(world):
+    for key in ROLE_GOVERNED:
+        method, path, body = calls(world)[key]
+        assert getattr(APIClient(), method)(path, body, format="json").status_code == 401
+
+
+def test_roles_count_from_the_next_request_without_a_new_login(world):
+    user = make_user("none")
+    client = api_as(user)
+    assert client.get("/config/admin").status_code == 403
+    set_roles(user, [VIEWER])
+    assert client.get("/config/admin").status_code == 200
+    set_roles(user, [])
+    assert client.get("/config/admin").status_code == 403
+
+
+def test_an_inactive_user_with_roles_may_do_nothing(world):
+    user = make_user(OPERATOR)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert api_as(user).get("/config/admin").status_code == 401
+
+
+# Login answers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roles", "superuser", "expected"),
+    [
+        ([], False, []),
+        ([VIEWER], False, [VIEWER]),
+        ([OPERATOR, EDITOR], False, [EDITOR, OPERATOR]),
+        ([], True, list(ROLES)),
+    ],
+)
+def test_login_tells_the_client_its_roles(api, roles, superuser, expected):
+    user = User.objects.create_user(
+        email="someone@example.com", password="Long-Pass-7!", is_superuser=superuser
+    )
+    set_roles(user, roles)
+    answer = api.post(
+        "/login", {"email": "someone@example.com", "password": "Long-Pass-7!"}, format="json"
+    )
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["roles"] == expected
+    assert answer.json()["superuser"] is superuser
+
+
+# Roles themselves ---------------------------------------------------------------------------
+
+
+def test_the_roles_are_groups_made_by_the_migration():
+    assert set(Group.objects.values_list("name", flat=True)) >= set(ROLES)
+
+
+def test_set_roles_is_audited_and_gives_admin_access_with_a_role(admin_user):
+    user = User.objects.create_user(email="ed@example.com", password=None)
+    assert not user.is_staff
+    added, removed = set_roles(user, [EDITOR, APPROVER], acting_user=admin_user)
+    assert (added, removed) == ([EDITOR, APPROVER], [])
+    user.refresh_from_db()
+    assert user.is_staff
+    entry = AuditEntry.objects.get(action=AuditEntry.ROLES_CHANGED)
+    assert entry.actor == admin_user.email
+    assert entry.target == "user ed@example.com"
+    assert entry.detail == {"added": [EDITOR, APPROVER], "removed": [], "roles": [EDITOR, APPROVER]}
+    assert set_roles(user, [EDITOR, APPROVER]) == ([], [])
+    assert AuditEntry.objects.filter(action=AuditEntry.ROLES_CHANGED).count() == 1
+    set_roles(user, [])
+    user.refresh_from_db()
+    assert not user.is_staff
+    assert not has_role(user, EDITOR)
+
+
+# grant_role ---------------------------------------------------------------------------------
+
+
+def test_grant_role_adds_a_role_and_none_takes_every_role_away(capsys):
+    user = User.objects.create_user(email="op@example.com", password=None)
+    call_command("grant_role", "OP@example.com", OPERATOR)
+    call_command("grant_role", "op@example.com", VIEWER)
+    assert "op@example.com: viewer, operator" in capsys.readouterr().out
+    assert set(user.groups.values_list("name", flat=True)) == {OPERATOR, VIEWER}
+    entries = AuditEntry.objects.filter(action=AuditEntry.ROLES_CHANGED).order_by("id")
+    assert [(e.actor, e.detail["added"]) for e in entries] == [
+        ("system", [OPERATOR]),
+        ("system", [VIEWER]),
+    ]
+    call_command("grant_role", "op@example.com", "none")
+    assert "op@example.com: no role" in capsys.readouterr().out
+    assert not user.groups.exists()
+    user.refresh_from_db()
+    assert not user.is_staff
+
+
+def test_grant_role_creates_the_user_when_asked(api, capsys):
+    call_command("grant_role", "new@example.com", EDITOR, "--create", "--password", "Long-Pass-7!")
+    assert "Created user new@example.com." in capsys.readouterr().out
+    answer = api.post(
+        "/login", {"email": "new@example.com", "password": "Long-Pass-7!"}, format="json"
+    )
+    assert answer.json()["roles"] == [EDITOR]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ghost@example.com", EDITOR], "No user ghost@example.com; add --create"),
+        (["ghost@example.com", EDITOR, "--create"], "--create needs --password"),
+        (["ghost@example.com", EDITOR, "--create", "--password", "short"], "too short"),
+        (["ghost@example.com", EDITOR, "--password", "Long-Pass-7!"], "only used with --create"),
+    ],
+)
+def test_grant_role_refuses_bad_usage_and_stores_nothing(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("grant_role", *args)
+    assert not User.objects.filter(email="ghost@example.com").exists()
+    assert not AuditEntry.objects.filter(action=AuditEntry.ROLES_CHANGED).exists()
+
+
+def test_grant_role_refuses_an_unknown_role():
+    User.objects.create_user(email="x@example.com", password=None)
+    with pytest.raises(CommandError, match="invalid choice: 'admin'"):
+        call_command("grant_role", "x@example.com", "admin")
+
+
+# The admin ----------------------------------------------------------------------------------
+
+
+def registered_admin_rules() -> dict[str, set[str]]:
+    """Every page and action the admin offers, by model."""
+    found = {}
+    standard = {"changelist", "add", "history", "delete", "change"}
+    for model, model_admin in admin.site._registry.items():
+        label = model._meta.label_lower
+        prefix = f"{model._meta.app_label}_{model._meta.model_name}_"
+        own_urls = {
+            url.name
+            for url in model_admin.get_urls()
+            if url.name and url.name.removeprefix(prefix) not in standard
+        }
+        actions = {name for _, name, _ in model_admin._get_base_actions()}
+        found[label] = {*STANDARD_PAGES, *own_urls, *actions}
+    return found
+
+
+def test_every_admin_page_and_action_has_a_rule():
+    assert {label: set(rules) for label, rules in ADMIN_RULES.items()} == registered_admin_rules()
+
+
+@pytest.fixture
+def admin_objects(world, admin_user):
+    """One object of every registered model, to open its pages."""
+    from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+
+    RefreshToken.for_user(admin_user).blacklist()
+    _, record = issue_registration_token()
+    return {
+        "accounts.user": admin_user,
+        "configs.configversion": ConfigVersion.objects.get(version=1),
+        "agents.agent": world["agent"],
+        "agents.registrationtoken": record,
+        "audit.auditentry": AuditEntry.objects.first(),
+        "rollouts.rollout": start_rollout(),
+        "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
+        "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
+    }
+
+
+def admin_path(label: str, page: str, obj=None) -> str:
+    app, model = label.split(".")
+    base = f"/admin/{app}/{model}/"
+    return {
+        "view": base,
+        "add": f"{base}add/",
+        "change": f"{base}{obj.pk}/change/",
+        "delete": f"{base}{obj.pk}/delete/",
+        "auth_user_password_change": f"{base}{obj.pk}/password/",
+        "configs_configversion_change_config": f"{base}change-config/",
+        "agents_registrationtoken_issue": f"{base}issue/",
+        "rollouts_rollout_control": f"{base}{obj.pk}/control/pause/",
+    }[page]
+
+
+def refused_by_the_admin(answer, holder: str) -> bool:
+    if holder == "none":
+        # Without a role a user is not staff: the admin sends them to its login page.
+        return answer.status_code == 302 and "/admin/login/" in answer["Location"]
+    return answer.status_code == 403
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+@pytest.mark.parametrize("label", sorted(ADMIN_RULES))
+def test_each_role_sees_exactly_the_admin_pages_its_rule_allows(
+    client, admin_objects, label, holder
+):
+    client.force_login(make_user(holder))
+    obj = admin_objects[label]
+    for page, rule in ADMIN_RULES[label].items():
+        if page in ("delete_selected", "rollback_to_version", "revoke_agents"):
+            continue  # actions: below
+        path = admin_path(label, page, obj)
+        answer = client.post(path, {}) if page == "change" else client.get(path)
+        if allowed(rule, holder):
+            # A POST to a change page saves and redirects, or shows the form's errors.
+            assert answer.status_code in (200, 302), (page, answer.status_code)
+            assert "/admin/login/" not in answer.get("Location", ""), page
+        else:
+            assert refused_by_the_admin(answer, holder), (page, answer.status_code)
+
+
+ACTIONS = [
+    (label, action)
+    for label, rules in sorted(ADMIN_RULES.items())
+    for action in rules
+    if action in ("delete_selected", "rollback_to_version", "revoke_agents")
+]
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+@pytest.mark.parametrize(("label", "action"), ACTIONS, ids=lambda v: str(v))
+def test_each_role_is_offered_exactly_the_admin_actions_its_rule_allows(
+    client, admin_objects, label, action, holder
+):
+    client.force_login(make_user(holder))
+    app, model = label.split(".")
+    listing = client.get(f"/admin/{app}/{model}/")
+    rule = ADMIN_RULES[label][action]
+    if not allowed(ADMIN_RULES[label]["view"], holder):
+        # No list, so no action: the list itself is refused.
+        assert not allowed(rule, holder)
+        assert refused_by_the_admin(listing, holder)
+        return
+    form = listing.context["action_form"]  # None when no action is offered at all
+    offered = [name for name, _ in form.fields["action"].choices] if form else []
+    assert (action in offered) is allowed(rule, holder), offered
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+def test_an_action_that_is_not_offered_changes_nothing_when_posted(client, world, holder):
+    client.force_login(make_user(holder))
+    agent = world["agent"]
+    before = stored_state()
+    client.post(
+        "/admin/agents/agent/",
+        {"action": "revoke_agents", "_selected_action": [agent.pk], "confirmed": "yes"},
+    )
+    client.post(
+        "/admin/configs/configversion/",
+        {
+            "action": "rollback_to_version",
+            "_selected_action": [ConfigVersion.objects.get(version=1).pk],
+            "confirmed": "yes",
+        },
+    )
+    if allowed(OPERATOR, holder):
+        assert Agent.objects.get(pk=agent.pk).revoked_at is not None
+        assert ConfigVersion.objects.order_by("-version").first().pooling_interval == 30
+    else:
+        assert stored_state() == before
+
+
+def test_the_admin_user_page_assigns_roles_through_the_audited_service(client, admin_user):
+    client.force_login(admin_user)
+    user = User.objects.create_user(email="ed@example.com", password=None)
+    page = client.get(f"/admin/accounts/user/{user.pk}/change/")
+    assert page.status_code == 200
+    assert 'name="roles"' in page.content.decode()
+    answer = client.post(
+        f"/admin/accounts/user/{user.pk}/change/",
+        {"email": "ed@example.com", "roles": [EDITOR, APPROVER], "is_active": "on"},
+        REMOTE_ADDR="192.0.2.9",
+    )
+    assert answer.status_code == 302, answer.content
+    user.refresh_from_db()
+    assert set(user.groups.values_list("name", flat=True)) == {EDITOR, APPROVER}
+    assert user.is_staff
+    entry = AuditEntry.objects.get(action=AuditEntry.ROLES_CHANGED)
+    assert (entry.actor, entry.source_ip) == (admin_user.email, "192.0.2.9")
+    page = client.get(f"/admin/accounts/user/{user.pk}/change/")
+    assert page.context["adminform"].form.initial["roles"] == [EDITOR, APPROVER]
+    listing = client.get("/admin/accounts/user/").content.decode()
+    assert "editor, approver" in listing
+
+
+def test_the_dashboard_offers_only_the_buttons_of_the_users_roles(client, world):
+    viewer = make_user(VIEWER)
+    client.force_login(viewer)
+    html = client.get("/admin/").content.decode()
+    assert "Change configuration" not in html
+    assert "Issue registration token" not in html
+    assert "Your roles: viewer." in html
+    client.force_login(make_user(EDITOR))
+    html = client.get("/admin/").content.decode()
+    assert "Change configuration" in html
+    assert "Issue registration token" not in html
+
+
+def test_the_admins_403_names_the_role_needed_and_lists_the_roles(client, world):
+    client.force_login(make_user(VIEWER))
+    for path, role in (
+        ("/admin/configs/configversion/change-config/", EDITOR),
+        ("/admin/agents/registrationtoken/issue/", OPERATOR),
+    ):
+        answer = client.get(path)
+        assert answer.status_code == 403
+        html = answer.content.decode()
+        assert f'<p id="forbidden-reason">This needs the {role} role.</p>' in html
+        assert "<td>approver</td><td>approve or reject change requests" in html
+    answer = client.get("/admin/accounts/user/")
+    assert answer.status_code == 403
+    assert "Your roles do not allow this page." in answer.content.decode()
