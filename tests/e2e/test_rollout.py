@@ -167,9 +167,10 @@ def test_staged_rollout_with_two_controller_processes(stack, upstream, admin_use
         f"{url}/config/admin/rollout/abort", json={"reason": "canary errors"}, timeout=15
     )
     assert answer.status_code == 200 and answer.json()["state"] == "aborted", answer.text
-    back = wait_for_version(workers, 4, timeout=10)
-    assert time.monotonic() - aborted < 10
+    wait_for_version(workers, 4, timeout=10)
+    back = time.monotonic() - aborted
     print(f"every worker on the previous content {back:.2f} s after the abort")
+    assert back < 1.0
     newest = ConfigVersion.objects.get(version=4)
     assert (newest.config_url, newest.rolled_back_from) == (upstream.url("/text?v2"), 2)
     entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_ABORTED)
