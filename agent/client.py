@@ -6,6 +6,7 @@ import logging
 
 import requests
 
+from protocol.config import CONFIG_FIELDS, valid_config
 from protocol.signing import SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,9 @@ class ControllerClient:
         return data
 
     def version(self, *, known: int | None = None, wait: int | None = None) -> dict:
-        """GET /config/version, as a watch when `wait` is given; {"version", "pooling_interval"}."""
+        """GET /config/version, as a watch when `wait` is given: {"version", "pooling_interval",
+        "content"}, where content is the version's config when the answer carries it (a
+        controller of an older release answers without it) and None otherwise."""
         params = {}
         read_timeout = None
         if wait is not None:
@@ -156,7 +159,12 @@ class ControllerClient:
         version, interval = data.get("version"), data.get("pooling_interval")
         if not isinstance(version, int) or not (interval is None or isinstance(interval, int)):
             raise ControllerUnavailable("GET /config/version: unexpected answer")
-        return {"version": version, "pooling_interval": interval}
+        content = {field: data.get(field) for field in CONFIG_FIELDS}
+        return {
+            "version": version,
+            "pooling_interval": interval,
+            "content": content if valid_config(content) else None,
+        }
 
     def config(self, *, etag_version: int | None = None) -> dict | None:
         """GET /config/agent; None when the controller answers 304 for `etag_version`."""

@@ -121,6 +121,8 @@ class Agent:
         self.controller_due = 0.0
         self.controller_enabled = True
         self.no_config_logged = False
+        # Until the first answer after a start, the held config is only the cached one.
+        self.reconciled = False
         self.started = False
 
     # -- steps -------------------------------------------------------------------------------
@@ -192,25 +194,19 @@ class Agent:
         return True
 
     def check_controller(self, stop: threading.Event) -> bool:
-        """Ask the controller for its version and fetch the config when it differs from the one
-        the agent holds. True when the controller answered."""
+        """Ask the controller for its version and take the config when it differs from the one
+        the agent holds: from the answer itself when it carries the content, else from GET
+        /config/agent. True when the controller answered."""
         started = self.clock()
         try:
             if not self.ensure_registered():
                 self.controller_due = started + self.period
                 return False
-            state = self._ask_version(stop)
-            self._follow_interval(state["pooling_interval"])
-            changed = False
-            if state["version"] == 0:
-                if not self.no_config_logged:
-                    logger.info("the controller has no configuration yet")
-                    self.no_config_logged = True
-            elif self.config is None or state["version"] != self.config["version"]:
-                self._fetch(state["version"])
-                changed = True
-            else:
-                logger.debug("controller still at v%s", state["version"])
+            # After a start, a changed config from the reconciliation is pushed at once; an
+            # unchanged one goes on to the watch in the same check.
+            changed = not self.reconciled and self._reconcile()
+            if not changed:
+                changed = self._follow_version(self._ask_version(stop))
         except Unauthorized:
             self._token_refused()
             if self.registration_token:
@@ -392,6 +388,49 @@ class Agent:
             raise outcome["error"]
         return outcome["value"]
 
+    def _reconcile(self) -> bool:
+        """The first contact after a start: GET /config/agent with the held version as ETag, so
+        a cached config is confirmed (304) or replaced in one request. True when it changed."""
+        held = self.config["version"] if self.config else None
+        try:
+            fetched = self.controller.config(etag_version=held)
+        except NoConfigYet:
+            self._no_config_yet()
+            fetched = None
+        self.reconciled = True
+        if fetched is None:
+            return False
+        self._take(fetched)
+        return True
+
+    def _follow_version(self, state: dict) -> bool:
+        """Act on a version answer; True when the agent now holds a different config."""
+        self._follow_interval(state["pooling_interval"])
+        if state["version"] == 0:
+            self._no_config_yet()
+            return False
+        if self.config is not None and state["version"] == self.config["version"]:
+            logger.debug("controller still at v%s", state["version"])
+            return False
+        content = state.get("content")
+        if content is not None and content["version"] == state["version"]:
+            # The answer carries the content: no second request, however many agents were
+            # woken by the same change.
+            logger.info(
+                "controller has v%s, agent holds v%s: applying it",
+                state["version"],
+                self.config["version"] if self.config else "-",
+            )
+            self._take(content)
+        else:
+            self._fetch(state["version"])
+        return True
+
+    def _no_config_yet(self) -> None:
+        if not self.no_config_logged:
+            logger.info("the controller has no configuration yet")
+            self.no_config_logged = True
+
     def _follow_interval(self, interval: int | None) -> None:
         period = float(interval) if interval else float(self.default_interval)
         if period != self.period:
@@ -408,9 +447,13 @@ class Agent:
             return
         if fetched is None:
             return
-        if not valid_config(fetched):
-            raise ControllerUnavailable("GET /config/agent: the answer is not a valid config")
-        self.config = {name: fetched[name] for name in CONFIG_FIELDS}
+        self._take(fetched)
+
+    def _take(self, config: dict) -> None:
+        """Hold `config` as the newest; the workers get it in the same cycle."""
+        if not valid_config(config):
+            raise ControllerUnavailable("the controller's answer is not a valid config")
+        self.config = {name: config[name] for name in CONFIG_FIELDS}
         self._follow_interval(self.config["pooling_interval"])
 
     def _push(self, worker: WorkerState) -> None:
@@ -447,6 +490,7 @@ class Agent:
         logger.error("the controller refused the token of agent %s (revoked or unknown)", agent_id)
         self.credentials = None
         self.controller.agent_token = None
+        self.reconciled = False
         if self.registration_token:
             logger.info("registering again with the registration token")
 

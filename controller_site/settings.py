@@ -150,6 +150,7 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.audit",
     "apps.rollouts",
+    "apps.changes",
 ]
 
 MIDDLEWARE = [
@@ -355,7 +356,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "apps.configs.errors.exception_handler",
+    "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_THROTTLE_RATES": {
         "login_failures": env_str("LOGIN_FAILURE_RATE", "10/min"),
@@ -386,6 +387,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Rollouts and change requests both have a `state`: each its own enum in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "RolloutStateEnum": "apps.rollouts.models.STATES",
+        "ChangeRequestStateEnum": "apps.changes.models.ChangeRequest.STATES",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.ops.schema.document_invalid_page",
@@ -402,6 +408,10 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Change requests: how many approvers must say yes before an editor's change is published.
+# 0 (the default): editors publish directly, as before change requests existed.
+CONFIG_APPROVALS_REQUIRED = env_int("CONFIG_APPROVALS_REQUIRED", 0, minimum=0)
+
 # Registration tokens and agents.
 REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
@@ -414,6 +424,10 @@ if ROLLOUT_TICK_SECONDS <= 0:
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)
+# Heartbeats taken by the ASGI front are written in batches: one statement every this many
+# seconds, or sooner when this many reports are waiting. A crash loses at most one window.
+HEARTBEAT_FLUSH_SECONDS = env_float("HEARTBEAT_FLUSH_SECONDS", 0.1)
+HEARTBEAT_BATCH_SIZE = env_int("HEARTBEAT_BATCH_SIZE", 500, minimum=1)
 
 # run_controller: gunicorn with uvicorn workers. Without Redis, each extra process finds changes
 # made by another only through its once-a-second database re-check, so one is the default there.

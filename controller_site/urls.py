@@ -11,6 +11,13 @@ from apps.agents.views import (
     RegistrationTokenView,
 )
 from apps.audit.views import AuditLogView
+from apps.changes.views import (
+    ApproveChangeView,
+    CancelChangeView,
+    ChangeDetailView,
+    ChangeListView,
+    RejectChangeView,
+)
 from apps.configs.views import (
     ConfigAdminView,
     ConfigAgentView,
@@ -40,6 +47,23 @@ urlpatterns = [
     path("config/admin/rollout/pause", RolloutPauseView.as_view(), name="rollout-pause"),
     path("config/admin/rollout/resume", RolloutResumeView.as_view(), name="rollout-resume"),
     path("config/admin/rollout/abort", RolloutAbortView.as_view(), name="rollout-abort"),
+    path("config/admin/changes", ChangeListView.as_view(), name="changes"),
+    path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),
+    path(
+        "config/admin/changes/<int:change_id>/approve",
+        ApproveChangeView.as_view(),
+        name="change-approve",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/reject",
+        RejectChangeView.as_view(),
+        name="change-reject",
+    ),
+    path(
+        "config/admin/changes/<int:change_id>/cancel",
+        CancelChangeView.as_view(),
+        name="change-cancel",
+    ),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),

@@ -17,11 +17,14 @@ from protocol.rules import (
 
 
 class ConfigState(TypedDict):
-    """What GET /config/version answers: the current version (0 before the first config) and
-    its polling interval (None before the first config)."""
+    """What GET /config/version answers: the current version (0 before the first config) with
+    its content, so that an agent needs no second request (each None before the first config;
+    config_url and uuid also None from a controller of an older release)."""
 
     version: int
     pooling_interval: int | None
+    config_url: str | None
+    uuid: str | None
 
 
 class Config(TypedDict):

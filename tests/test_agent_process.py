@@ -95,14 +95,16 @@ def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path):
     write_credentials(tmp_path / "state")
     process = run_agent(tmp_path, stub_controller.url, worker.base_url)
     try:
-        assert stub_controller.received.wait(20)
+        # The reconciliation at start (GET /config/agent), then the watch.
+        wait_until(lambda: len(stub_controller.requests) >= 2, timeout=20)
         time.sleep(0.3)  # the watch is now held by the controller
     finally:
         returncode, elapsed, output = stop_and_time(process)
 
     assert returncode == 0, output
     assert elapsed < 2, output
-    path, query = stub_controller.requests[0]
+    assert stub_controller.requests[0] == ("/config/agent", "")
+    path, query = stub_controller.requests[1]
     assert path == "/config/version"
     assert query == "version=0&wait=10"
     assert "agt_test" not in output
@@ -118,7 +120,11 @@ def test_once_runs_a_single_cycle_and_no_watch_polls_plainly(
     process = run_agent(tmp_path, stub_controller.url, worker.base_url, "--once", "--no-watch")
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
-    assert stub_controller.requests == [("/config/version", ""), ("/agent/heartbeat", "")]
+    assert stub_controller.requests == [
+        ("/config/agent", ""),
+        ("/config/version", ""),
+        ("/agent/heartbeat", ""),
+    ]
 
 
 def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_period(

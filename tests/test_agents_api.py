@@ -127,14 +127,29 @@ def test_two_concurrent_registrations_with_one_token_exactly_one_wins():
 def test_version_is_zero_before_any_config(agent_api):
     response = agent_api.get("/config/version")
     assert response.status_code == 200
-    assert response.json() == {"version": 0, "pooling_interval": None}
+    assert response.json() == {
+        "version": 0,
+        "pooling_interval": None,
+        "config_url": None,
+        "uuid": None,
+    }
 
 
-def test_version_follows_changes(agent_api, publish):
-    publish(URL, 30)
-    assert agent_api.get("/config/version").json() == {"version": 1, "pooling_interval": 30}
-    publish(URL, 90)
-    assert agent_api.get("/config/version").json() == {"version": 2, "pooling_interval": 90}
+def test_version_follows_changes_and_carries_the_content(agent_api, publish):
+    first = publish(URL, 30)
+    assert agent_api.get("/config/version").json() == {
+        "version": 1,
+        "pooling_interval": 30,
+        "config_url": URL,
+        "uuid": str(first.uuid),
+    }
+    second = publish(URL + "?b", 90)
+    assert agent_api.get("/config/version").json() == {
+        "version": 2,
+        "pooling_interval": 90,
+        "config_url": URL + "?b",
+        "uuid": str(second.uuid),
+    }
 
 
 @pytest.mark.parametrize("query", ["version=abc", "version=-1", "wait=61", "wait=x", "wait=-1"])
@@ -207,7 +222,8 @@ def test_version_is_answered_from_the_database_when_the_cache_is_unreachable(
     # The settings fixture resets the cache connections, so this request meets a dead Redis.
     response = agent_api.get("/config/version")
     assert response.status_code == 200
-    assert response.json() == {"version": 1, "pooling_interval": 30}
+    assert response.json()["version"] == 1
+    assert response.json()["config_url"] == URL
     publish(URL, 60)
     assert agent_api.get("/config/version").json()["version"] == 2
 

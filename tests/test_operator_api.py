@@ -190,10 +190,16 @@ def test_a_rollback_is_announced_to_agents_like_any_change(
         admin_api.post("/config/admin", {"config_url": URL, "pooling_interval": 30}, format="json")
         change(admin_api, pooling_interval=60)
         admin_api.post("/config/admin/rollback", {"version": 1}, format="json")
-    served = {"version": 3, "pooling_interval": 30, "revision": 0, "rollout": None}
+    third = {
+        "version": 3,
+        "pooling_interval": 30,
+        "config_url": URL,
+        "uuid": str(ConfigVersion.objects.get(version=3).uuid),
+    }
+    served = {**third, "revision": 0, "rollout": None}
     assert heard[-1] == {"type": "config", **served}
     assert cache.get(CURRENT_STATE_KEY) == served
-    assert agent_api.get("/config/version").json() == {"version": 3, "pooling_interval": 30}
+    assert agent_api.get("/config/version").json() == third
 
 
 # Fleet status -----------------------------------------------------------------------------

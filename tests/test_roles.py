@@ -20,6 +20,8 @@ from apps.accounts.services import set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
+from apps.changes.models import Approval, ChangeRequest
+from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 
@@ -55,6 +57,11 @@ API_RULES = {
     ("rollout-pause", "POST"): OPERATOR,
     ("rollout-resume", "POST"): OPERATOR,
     ("rollout-abort", "POST"): OPERATOR,
+    ("changes", "GET"): ANY_ROLE,
+    ("change", "GET"): ANY_ROLE,
+    ("change-approve", "POST"): APPROVER,
+    ("change-reject", "POST"): APPROVER,
+    ("change-cancel", "POST"): EDITOR,
     ("healthz", "GET"): PUBLIC,
     ("readyz", "GET"): PUBLIC,
     ("metrics", "GET"): PUBLIC,
@@ -210,15 +217,22 @@ def test_the_views_enforce_the_rules_of_the_table():
 
 @pytest.fixture
 def world(publish):
-    """Two versions, an agent and a token: something for every endpoint to act on."""
+    """Two versions, an agent, a token and a change request by someone else: something for
+    every endpoint to act on."""
     publish(URL, 30)
     publish(URL, 45)
     token, _ = issue_registration_token()
     agent, _ = register_agent(token=token, name="victim")
-    return {"agent": agent}
+    author = make_user(EDITOR, "author@example.com")
+    return {"agent": agent, "change": propose_change(author=author, pooling_interval=60)}
 
 
-def calls(world) -> dict:
+def calls(world, user) -> dict:
+    change = world["change"].pk
+    # Only its author cancels a request: the caller's own.
+    own = ChangeRequest.objects.create(
+        base_version=2, config_url=URL, pooling_interval=75, author=user
+    ).pk
     return {
         ("config-admin", "GET"): ("get", "/config/admin", None),
         ("config-admin", "POST"): (
@@ -238,6 +252,11 @@ def calls(world) -> dict:
         ("rollout-pause", "POST"): ("post", "/config/admin/rollout/pause", None),
         ("rollout-resume", "POST"): ("post", "/config/admin/rollout/resume", None),
         ("rollout-abort", "POST"): ("post", "/config/admin/rollout/abort", None),
+        ("changes", "GET"): ("get", "/config/admin/changes", None),
+        ("change", "GET"): ("get", f"/config/admin/changes/{change}", None),
+        ("change-approve", "POST"): ("post", f"/config/admin/changes/{change}/approve", {}),
+        ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
+        ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
     }
 
 
@@ -259,18 +278,21 @@ def stored_state() -> tuple:
         RegistrationToken.objects.count(),
         Agent.objects.filter(revoked_at__isnull=False).count(),
         list(Rollout.objects.values_list("version", "state", "wave")),
+        list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
+        Approval.objects.count(),
     )
 
 
 @pytest.mark.parametrize("holder", HOLDERS)
 @pytest.mark.parametrize("endpoint", ROLE_GOVERNED, ids=lambda key: f"{key[1]} {key[0]}")
 def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoint, holder):
-    method, path, body = calls(world)[endpoint]
+    user = make_user(holder)
+    method, path, body = calls(world, user)[endpoint]
     rule = API_RULES[endpoint]
     if endpoint[0].startswith("rollout"):
         start_rollout(Rollout.PAUSED if endpoint[0] == "rollout-resume" else Rollout.ROLLING)
     before = stored_state()
-    answer = getattr(api_as(make_user(holder)), method)(path, body, format="json")
+    answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
         assert answer.status_code in (200, 201), answer.content
         if method != "get" or endpoint[0] == "registration-token":
@@ -298,7 +320,7 @@ def test_a_users_jwt_is_no_agent_credential(world, endpoint):
 
 def test_anonymous_callers_are_asked_to_log_in_not_told_a_role(world):
     for key in ROLE_GOVERNED:
-        method, path, body = calls(world)[key]
+        method, path, body = calls(world, None)[key]
         assert getattr(APIClient(), method)(path, body, format="json").status_code == 401
 
 

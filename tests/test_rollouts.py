@@ -17,6 +17,7 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
+from apps.rollouts.targets import agent_key
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -174,7 +175,7 @@ class TestTargets:
         # 50% of the 4 others is exactly 2, those first in the hash order of (id, version).
         first_half = targeted(others, 2)
         assert len(first_half) == 2
-        order = sorted(others, key=lambda pair: services.agent_key(pair[0].pk, 2))
+        order = sorted(others, key=lambda pair: agent_key(pair[0].pk, 2))
         assert {a.pk for a, _ in first_half} == {a.pk for a, _ in order[:2]}
         assert admin_api.get("/config/admin/rollout").json()["agents_targeted"] == 4
 
@@ -231,7 +232,7 @@ class TestTargets:
         now_targeted = {a.pk for a, _ in targeted(everyone, 2)}
         assert before <= now_targeted
         assert len(now_targeted) >= 4
-        order = [a.pk for a, _ in sorted(everyone, key=lambda p: services.agent_key(p[0].pk, 2))]
+        order = [a.pk for a, _ in sorted(everyone, key=lambda p: agent_key(p[0].pk, 2))]
         assert set(order[: len(now_targeted)]) == now_targeted
 
 

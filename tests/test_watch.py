@@ -10,13 +10,27 @@ import requests
 from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.configs import hub as hub_module
 from apps.configs import notifications, watch
+from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
 from tests.support.processes import restart_redis, start_controller, start_redis, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 URL = "http://upstream.example/task"
+# A held watch answers its agent's own target; these hub tests hold one for this agent.
+AGENT_ID = "00000000-0000-0000-0000-000000000001"
+
+
+def content(version: int, pooling_interval: int, config_url: str = URL) -> dict:
+    """The answer that carries version `version` with its content."""
+    return {
+        "version": version,
+        "pooling_interval": pooling_interval,
+        "config_url": config_url,
+        "uuid": str(ConfigVersion.objects.get(version=version).uuid),
+    }
 
 
 @pytest.fixture
@@ -91,7 +105,7 @@ def test_without_wait_it_answers_the_current_state_at_once(agent_token):
     publish_config(config_url=URL, pooling_interval=45)
     status, body, elapsed = run_watch("", agent_token)
     assert status == 200
-    assert body == {"version": 1, "pooling_interval": 45}
+    assert body == content(1, 45)
 
 
 def test_a_stale_watch_is_answered_at_once(agent_token):
@@ -99,7 +113,7 @@ def test_a_stale_watch_is_answered_at_once(agent_token):
     publish_config(config_url=URL, pooling_interval=40)
     status, body, elapsed = run_watch("version=1&wait=30", agent_token)
     assert status == 200
-    assert body == {"version": 2, "pooling_interval": 40}
+    assert body == content(2, 40)
     assert elapsed < 1
 
 
@@ -111,7 +125,7 @@ def test_a_held_watch_returns_soon_after_a_change(agent_token):
         during=lambda app: publish_config(config_url=URL, pooling_interval=60),
     )
     assert status == 200
-    assert body == {"version": 2, "pooling_interval": 60}
+    assert body == content(2, 60)
     assert elapsed < 2
 
 
@@ -119,7 +133,7 @@ def test_a_held_watch_returns_at_wait_when_nothing_changed(agent_token):
     publish_config(config_url=URL, pooling_interval=30)
     status, body, elapsed = run_watch("version=1&wait=1", agent_token)
     assert status == 200
-    assert body == {"version": 1, "pooling_interval": 30}
+    assert body == content(1, 30)
     assert 1 <= elapsed < 1.5
 
 
@@ -139,7 +153,7 @@ def test_a_change_between_the_read_and_the_hold_is_not_missed(agent_token, monke
     monkeypatch.setattr(watch, "_authenticate_and_read", read_then_change)
     status, body, elapsed = run_watch("version=1&wait=20", agent_token)
     assert status == 200
-    assert body == {"version": 2, "pooling_interval": 90}
+    assert body == content(2, 90)
     assert elapsed < 2
 
 
@@ -188,18 +202,37 @@ def test_without_notifications_a_change_arrives_through_the_database_recheck(
 
 
 def test_an_older_notification_never_moves_a_watch_backwards():
-    hub = watch.Hub()
+    hub = hub_module.Hub()
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        hub.advance({"version": 5, "pooling_interval": 30})
-        waiter = watch.Waiter(5, loop.create_future())
-        waiter.agent_id = "00000000-0000-0000-0000-000000000001"
+        five = {"version": 5, "pooling_interval": 30, "config_url": URL, "uuid": "u5"}
+        hub.advance(five)
+        waiter = hub_module.Waiter(5, loop.create_future())
+        waiter.agent_id = AGENT_ID
         hub.waiters.add(waiter)
-        hub.deliver({"type": "config", "version": 4, "pooling_interval": 30})
+        hub.deliver({"type": "config", **five, "version": 4, "uuid": "u4"})
         assert not waiter.future.done()
-        hub.deliver({"type": "config", "version": 6, "pooling_interval": 30})
-        assert waiter.future.result() == ("changed", {"version": 6, "pooling_interval": 30})
+        hub.deliver({"type": "config", **five, "version": 6, "uuid": "u6"})
+        assert waiter.future.result() == ("changed", {**five, "version": 6, "uuid": "u6"})
+
+    asyncio.run(scenario())
+
+
+def test_a_notification_of_an_older_release_wakes_watches_without_the_content():
+    hub = hub_module.Hub()
+
+    async def scenario():
+        waiter = hub_module.Waiter(1, asyncio.get_running_loop().create_future())
+        waiter.agent_id = AGENT_ID
+        hub.waiters.add(waiter)
+        hub.deliver({"type": "config", "version": 2, "pooling_interval": 30})
+        bare = {"version": 2, "pooling_interval": 30, "config_url": None, "uuid": None}
+        assert waiter.future.result() == ("changed", bare)
+        # The same version read later with its content replaces the bare one.
+        full = {**bare, "config_url": URL, "uuid": "u2"}
+        hub.advance(full)
+        assert hub.latest == full
 
     asyncio.run(scenario())
 
@@ -298,7 +331,7 @@ def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_tok
         assert changed.status_code == 200
         thread.join(20)
         assert results and results[0][0] == 200
-        assert results[0][1] == {"version": 2, "pooling_interval": 77}
+        assert results[0][1] == content(2, 77)
         assert results[0][2] < 1.5
     finally:
         for process in (first, second, redis):
@@ -333,7 +366,7 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         assert changed.status_code == 200
         assert changed.json()["version"] == 2
         thread.join(20)
-        assert results and results[0][:2] == (200, {"version": 2, "pooling_interval": 61})
+        assert results and results[0][:2] == (200, content(2, 61))
         assert results[0][2] < 5
 
         # Redis comes back: the subscription returns by itself and changes flow again.
@@ -350,7 +383,7 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
             f"{url_b}/config/admin", json={"pooling_interval": 62}, headers=headers, timeout=5
         )
         thread.join(20)
-        assert results and results[0][:2] == (200, {"version": 3, "pooling_interval": 62})
+        assert results and results[0][:2] == (200, content(3, 62))
         assert results[0][2] < 1.5
         for process in (first, second):
             assert " 500 " not in process.output()

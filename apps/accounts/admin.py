@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 from apps.accounts.models import User
 from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES
 from apps.accounts.services import set_roles
-from apps.audit.services import client_ip
+from controller_site.request_info import client_ip
 
 # The roles are fixed groups whose powers are defined in code (apps.accounts.roles); editing a
 # group's permissions here would change nothing, so the page is not offered.

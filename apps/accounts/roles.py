@@ -31,7 +31,7 @@ _READ = frozenset(
     {
         "configs.view_configversion",
         "rollouts.view_rollout",
-        "configs.view_changerequest",
+        "changes.view_changerequest",
         "agents.view_agent",
         "agents.view_registrationtoken",
         "audit.view_auditentry",

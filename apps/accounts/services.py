@@ -1,7 +1,9 @@
-"""Giving and taking roles: the admin's user page and `manage.py grant_role` both come here."""
+"""Giving and taking roles (the admin's user page and `manage.py grant_role` both come here), and
+what a login and a token refresh add to simplejwt's own work: the entry in the audit log."""
 
 from django.contrib.auth.models import Group
 from django.db import transaction
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
 from apps.accounts.roles import ROLES
@@ -60,3 +62,19 @@ def grant_role(user: User, role: str, *, acting_user=None, source_ip: str | None
         raise UnknownRole(role)
     held = user.groups.filter(name__in=ROLES).values_list("name", flat=True)
     return set_roles(user, {*held, role}, acting_user=acting_user, source_ip=source_ip)
+
+
+def record_login(user: User, *, source_ip: str | None, via: str) -> None:
+    """A successful login through the API (`via="api"`) or the admin (`via="admin"`)."""
+    record_event(AuditEntry.LOGIN_SUCCEEDED, actor=user, source_ip=source_ip, detail={"via": via})
+
+
+def record_token_refresh(refresh_token: str, *, source_ip: str | None) -> None:
+    """A refresh token exchanged for new ones; `refresh_token` is the new (rotated) one."""
+    # The rotated token names the same user as the one sent, which is now blacklisted.
+    user_id = RefreshToken(refresh_token, verify=False).get("user_id")
+    record_event(
+        AuditEntry.TOKEN_REFRESHED,
+        actor=User.objects.filter(pk=user_id).first() or f"user:{user_id}",
+        source_ip=source_ip,
+    )

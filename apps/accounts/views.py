@@ -5,14 +5,11 @@ from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
-from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from apps.accounts.models import User
+from apps.accounts import services
 from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES, roles_of
-from apps.audit.models import AuditEntry
-from apps.audit.services import client_ip, record_event
-from apps.audit.signals import record_login
+from controller_site.request_info import client_ip
 
 
 class LoginFailureThrottle(SimpleRateThrottle):
@@ -41,7 +38,9 @@ class LoginSerializer(TokenObtainPairSerializer):
         attrs[self.username_field] = attrs[self.username_field].strip().lower()
         data = super().validate(attrs)
         # A failure is recorded by the user_login_failed signal that authenticate() sends.
-        record_login(self.user, self.context.get("request"), via="api")
+        services.record_login(
+            self.user, source_ip=client_ip(self.context.get("request")), via="api"
+        )
         lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
         return {
             "access": data["access"],
@@ -107,12 +106,8 @@ class LoginView(TokenObtainPairView):
 class RefreshSerializer(TokenRefreshSerializer):
     def validate(self, attrs):
         data = super().validate(attrs)
-        # The rotated token names the same user as the one sent, which is now blacklisted.
-        user_id = RefreshToken(data.get("refresh", attrs["refresh"]), verify=False).get("user_id")
-        record_event(
-            AuditEntry.TOKEN_REFRESHED,
-            actor=User.objects.filter(pk=user_id).first() or f"user:{user_id}",
-            source_ip=client_ip(self.context.get("request")),
+        services.record_token_refresh(
+            data.get("refresh", attrs["refresh"]), source_ip=client_ip(self.context.get("request"))
         )
         return data
 

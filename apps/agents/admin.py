@@ -10,8 +10,8 @@ from django.utils.html import format_html, format_html_join
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.agents import services
 from apps.agents.models import Agent, RegistrationToken
-from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
 BADGE_COLOURS = {

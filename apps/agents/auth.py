@@ -7,6 +7,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
+from rest_framework.views import APIView
 
 from apps.agents.models import Agent
 from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
@@ -21,19 +22,50 @@ _KNOWN_LIMIT = 50_000
 
 def find_agent(token: str) -> Agent | None:
     """The active agent holding `token`, or None."""
-    if not token.startswith(AGENT_PREFIX):
+    digest = token_digest(token)
+    if digest is None:
         return None
-    digest = hash_token(token)
-    now = time.monotonic()
-    cached = _known.get(digest)
-    if cached is not None and cached[0] > now:
-        agent = cached[1]
-    else:
+    known, agent = remembered_agent(digest)
+    if not known:
         agent = Agent.objects.filter(token_hash=digest).first()
-        with _lock:
-            if len(_known) >= _KNOWN_LIMIT:
-                _known.clear()
-            _known[digest] = (now + settings.AGENT_AUTH_CACHE_SECONDS, agent)
+        _remember({digest: agent})
+    return active_agent(agent, digest)
+
+
+def token_digest(token: str) -> str | None:
+    """The stored form of an agent token; None for anything that is not one."""
+    return hash_token(token) if token.startswith(AGENT_PREFIX) else None
+
+
+def remembered_agent(digest: str) -> tuple[bool, Agent | None]:
+    """(known, agent) from this process's memory, without a query."""
+    cached = _known.get(digest)
+    if cached is not None and cached[0] > time.monotonic():
+        return True, cached[1]
+    return False, None
+
+
+def find_agents(digests: list[str]) -> dict[str, Agent | None]:
+    """The agents of many token digests in one query (None for an unknown one), remembered as
+    find_agent remembers one."""
+    found: dict[str, Agent | None] = dict.fromkeys(digests)
+    for agent in Agent.objects.filter(token_hash__in=digests):
+        found[agent.token_hash] = agent
+    _remember(found)
+    return found
+
+
+def _remember(agents: dict[str, Agent | None]) -> None:
+    expires = time.monotonic() + settings.AGENT_AUTH_CACHE_SECONDS
+    with _lock:
+        if len(_known) + len(agents) > _KNOWN_LIMIT:
+            _known.clear()
+        for digest, agent in agents.items():
+            _known[digest] = (expires, agent)
+
+
+def active_agent(agent: Agent | None, digest: str) -> Agent | None:
+    """`agent` when it is active and holds the token of this digest, else None."""
     if agent is None or not agent.is_active:
         return None
     if not hmac.compare_digest(agent.token_hash, digest):
@@ -80,3 +112,10 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
 class IsAgent(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
         return isinstance(request.user, Agent)
+
+
+class AgentEndpoint(APIView):
+    """The base of every view an agent calls: its token authenticates it, nothing else does."""
+
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.agents.heartbeats import MAX_VERSION, MAX_WORKERS, InvalidHeartbeat, check_heartbeat
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES
 from protocol.labels import InvalidLabels, check_labels
@@ -55,12 +56,22 @@ class WorkerStateSerializer(serializers.Serializer):
 
 
 class HeartbeatSerializer(serializers.Serializer):
+    """The fields describe the body for the schema; the rules are check_heartbeat's, shared
+    with the ASGI front that takes heartbeats without DRF."""
+
     # The column is a PostgreSQL integer: a larger number is bad input (400), not a database
     # error.
-    applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=2**31 - 1)
-    workers = WorkerStateSerializer(many=True, max_length=100)
+    applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=MAX_VERSION)
+    workers = WorkerStateSerializer(many=True, max_length=MAX_WORKERS)
+
     # Left out, the stored labels stay as they are (an agent older than labels sends none).
     labels = LabelsField(required=False)
+
+    def to_internal_value(self, data):
+        try:
+            return check_heartbeat(data)
+        except InvalidHeartbeat as exc:
+            raise serializers.ValidationError(exc.errors) from None
 
 
 class AgentSerializer(serializers.ModelSerializer):

@@ -3,6 +3,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotAuthenticated
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,7 +11,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
+from apps.agents.auth import AgentEndpoint
 from apps.agents.models import Agent
 from apps.agents.serializers import (
     AgentSerializer,
@@ -21,8 +22,8 @@ from apps.agents.serializers import (
     TokenQuerySerializer,
 )
 from apps.agents.tokens import bearer_token
-from apps.audit.services import client_ip
 from apps.configs.services import get_current_state
+from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
@@ -89,15 +90,25 @@ class RegisterAgentView(APIView):
         return 'Bearer realm="registration"'
 
 
-class HeartbeatView(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
+class HeartbeatView(AgentEndpoint):
+    """Served by the ASGI front under run_controller (batched writes, apps/agents/heartbeats.py);
+    this view answers the same under WSGI and Django's test client, writing at once."""
+
+    parser_classes = [JSONParser]
 
     @extend_schema(
         tags=["agent"],
         summary="Report what the agent applied",
+        description="Answered 204 at once; under run_controller the report is written with the "
+        "next batch (within HEARTBEAT_FLUSH_SECONDS, 0.1 s by default).",
         request=HeartbeatSerializer,
-        responses={204: None, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            204: None,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            413: OpenApiResponse(description="The body is too large."),
+            415: OpenApiResponse(description="The body is not JSON."),
+        },
     )
     def post(self, request):
         body = HeartbeatSerializer(data=request.data)

@@ -40,6 +40,12 @@ class AuditEntry(models.Model):
     ADMIN_CHANGED = "admin.changed"
     ADMIN_DELETED = "admin.deleted"
     ROLES_CHANGED = "roles.changed"
+    CHANGE_PROPOSED = "change.proposed"
+    CHANGE_APPROVED = "change.approved"
+    CHANGE_REJECTED = "change.rejected"
+    CHANGE_CANCELLED = "change.cancelled"
+    CHANGE_STALE = "change.stale"
+    CONFIG_EMERGENCY = "config.emergency"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -61,6 +67,12 @@ class AuditEntry(models.Model):
         (ADMIN_CHANGED, "Changed in the admin"),
         (ADMIN_DELETED, "Deleted in the admin"),
         (ROLES_CHANGED, "Roles changed"),
+        (CHANGE_PROPOSED, "Change proposed"),
+        (CHANGE_APPROVED, "Change approved"),
+        (CHANGE_REJECTED, "Change rejected"),
+        (CHANGE_CANCELLED, "Change cancelled"),
+        (CHANGE_STALE, "Change went stale"),
+        (CONFIG_EMERGENCY, "Emergency publish"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

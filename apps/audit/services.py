@@ -1,29 +1,12 @@
 """Writing the audit log. Service functions call `record_event` inside their own transaction,
 so an entry exists exactly when the change it describes was committed."""
 
-import ipaddress
-
-from rest_framework.throttling import BaseThrottle
-
 from apps.audit.models import AuditEntry
 
 # The actor of changes made by a management command on the server itself.
 SYSTEM_ACTOR = "system"
 _ACTOR_MAX = AuditEntry._meta.get_field("actor").max_length
 _TARGET_MAX = AuditEntry._meta.get_field("target").max_length
-
-
-def client_ip(request) -> str | None:
-    """The client's address as the login throttle sees it: REMOTE_ADDR, or the NUM_PROXIES-th
-    address from the right of X-Forwarded-For behind trusted proxies."""
-    if request is None:
-        return None
-    ident = BaseThrottle().get_ident(request)
-    try:
-        return str(ipaddress.ip_address((ident or "").strip()))
-    except ValueError:
-        # A proxy passed something that is not an address; keep the entry, without the address.
-        return None
 
 
 def actor_label(actor) -> str:

@@ -8,8 +8,10 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
+from apps.accounts.services import record_login
 from apps.audit.models import AuditEntry
-from apps.audit.services import client_ip, record_event
+from apps.audit.services import record_event
+from controller_site.request_info import client_ip
 
 # The address of the admin request being served in this thread or task. LogEntry carries no
 # request, so the admin site sets this around each of its views (see apps.ops.admin_site).
@@ -24,18 +26,9 @@ _ADMIN_ACTIONS = {
 }
 
 
-def record_login(user, request, via: str) -> None:
-    record_event(
-        AuditEntry.LOGIN_SUCCEEDED,
-        actor=user,
-        source_ip=client_ip(request),
-        detail={"via": via},
-    )
-
-
 @receiver(user_logged_in, dispatch_uid="audit_session_login")
 def _session_login(sender, request, user, **kwargs) -> None:
-    record_login(user, request, via="admin")
+    record_login(user, source_ip=client_ip(request), via="admin")
 
 
 @receiver(user_login_failed, dispatch_uid="audit_login_failure")

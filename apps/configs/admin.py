@@ -7,12 +7,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
-from apps.audit.services import client_ip
+from apps.changes import services as changes
 from apps.configs import services
-from apps.configs.errors import ServiceError
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
 from apps.rollouts.serializers import RolloutPlanSerializer
+from apps.rollouts.services import RolloutPlanNeedsDirectPublish
+from controller_site.errors import ServiceError
+from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 from protocol.rules import (
     MAX_POOLING_INTERVAL,
@@ -160,10 +162,13 @@ class ConfigVersionAdmin(HistoryAdmin):
                 values = {
                     "config_url": form.cleaned_data["config_url"],
                     "pooling_interval": form.cleaned_data["pooling_interval"],
-                    "rollout": plan,
                 }
                 try:
-                    config, created = self._publish(request, current, values)
+                    if changes.approvals_required():
+                        if plan is not None:
+                            raise RolloutPlanNeedsDirectPublish()
+                        return self._propose(request, current, values)
+                    config, created = self._publish(request, current, {**values, "rollout": plan})
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
                 except ServiceError as exc:
@@ -194,6 +199,28 @@ class ConfigVersionAdmin(HistoryAdmin):
             "current": current,
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
+        """With approvals required the form makes a change request, as the API does."""
+        change = changes.propose_change(
+            author=request.user,
+            source_ip=client_ip(request),
+            partial=current is not None,
+            **values,
+        )
+        if change is None:
+            self.message_user(
+                request,
+                f"Nothing changed: version {current.version} already has this content.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Change request #{change.pk} awaits approval; nothing is published until "
+                f"{changes.approvals_required()} approver(s) other than you approve it.",
+            )
+        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}

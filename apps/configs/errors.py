@@ -1,32 +1,8 @@
-"""Named errors raised by the services, and the one place that turns them into HTTP answers."""
+"""The configs app's refusals; controller_site.errors turns them into HTTP answers."""
 
-import logging
-
-from django.db import DatabaseError, DataError
 from rest_framework import status
-from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
-from protocol.rules import InvalidConfig
-
-logger = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """A request the service refuses; `status_code` is the HTTP answer."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-    def body(self) -> dict:
-        return {"detail": self.detail}
-
-
-class NotFoundError(ServiceError):
-    status_code = status.HTTP_404_NOT_FOUND
+from controller_site.errors import NotFoundError, ServiceError
 
 
 class NoConfigYet(NotFoundError):
@@ -37,6 +13,16 @@ class NoConfigYet(NotFoundError):
 class UnknownVersion(NotFoundError):
     def __init__(self, version: int) -> None:
         super().__init__(f"Configuration version {version} does not exist.")
+
+
+class BaseVersionGone(ServiceError):
+    """A change based on a version that is no longer the newest."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"The current version is {current_version} now.")
+        self.current_version = current_version
 
 
 class StaleVersion(ServiceError):
@@ -53,26 +39,3 @@ class StaleVersion(ServiceError):
 
     def body(self) -> dict:
         return {"detail": self.detail, "current_version": self.current_version}
-
-
-def exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, ServiceError):
-        return Response(exc.body(), status=exc.status_code)
-    if isinstance(exc, InvalidConfig):
-        return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, DataError):
-        # A value the database cannot store (a NUL or a lone surrogate in a JSON string, say)
-        # is bad input, not an outage: 400, and the database is untouched.
-        return Response(
-            {"detail": "The request holds a value that cannot be stored."},
-            status=status.HTTP_400_BAD_REQUEST,
-        )
-    if isinstance(exc, DatabaseError):
-        view = context.get("view")
-        logger.error("database error in %s: %s", type(view).__name__, exc)
-        return Response(
-            {"detail": "The database is unavailable; try again shortly."},
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
-    return drf_exception_handler(exc, context)

@@ -12,6 +12,8 @@ import threading
 from django.conf import settings
 from django.core.cache import cache
 
+from apps.ops.metrics import instruments
+
 logger = logging.getLogger(__name__)
 
 # The watch hub of this process, when it runs one (under ASGI); set by the hub itself.
@@ -33,8 +35,6 @@ def _deliver_locally(message: dict) -> None:
 
 
 def _send(message: dict) -> None:
-    from apps.ops.metrics import instruments
-
     instruments().notifications_sent.labels(message["type"]).inc()
     if settings.REDIS_URL:
         try:

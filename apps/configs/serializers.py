@@ -35,16 +35,45 @@ class PoolingIntervalField(RuleField):
         super().__init__(check_pooling_interval, **kwargs)
 
 
+class JsonBooleanField(serializers.BooleanField):
+    """true or false as JSON says them; DRF's own field would also take "yes", 1 and "on"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("Must be true or false.")
+        return data
+
+
 class ConfigWriteSerializer(serializers.Serializer):
     config_url = ConfigUrlField(help_text="Absolute http or https URL, at most 2048 characters.")
     pooling_interval = PoolingIntervalField(
         help_text="The agents' polling period in whole seconds, 30 to 86400."
+    )
+    emergency = JsonBooleanField(
+        required=False,
+        default=False,
+        help_text="Superusers only: publish at once, without approval, audited as an emergency. "
+        "Needs a `reason`.",
+    )
+    reason = serializers.CharField(
+        required=False,
+        max_length=500,
+        help_text="Why an emergency publish cannot wait for approval.",
     )
     rollout = RolloutPlanSerializer(
         required=False,
         help_text="Roll the new version out in stages (canaries, then waves) instead of to "
         "every agent at once.",
     )
+
+    def validate(self, attrs):
+        if attrs.get("emergency") and not attrs.get("reason", "").strip():
+            raise serializers.ValidationError({"reason": ["An emergency publish needs a reason."]})
+        if "reason" in attrs and not attrs.get("emergency"):
+            raise serializers.ValidationError(
+                {"reason": ['A reason is only taken with "emergency": true.']}
+            )
+        return attrs
 
 
 class ConfigSerializer(serializers.ModelSerializer):
@@ -88,6 +117,10 @@ class RollbackSerializer(serializers.Serializer):
 class VersionStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="0 while no configuration exists.")
     pooling_interval = serializers.IntegerField(allow_null=True)
+    config_url = serializers.CharField(
+        allow_null=True, help_text="The version's content: null while no configuration exists."
+    )
+    uuid = serializers.UUIDField(allow_null=True, help_text="The version's uuid.")
 
 
 class VersionQuerySerializer(serializers.Serializer):

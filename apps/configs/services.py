@@ -5,11 +5,17 @@ from functools import partial
 
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.dispatch import Signal
 
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.errors import NoConfigYet, StaleVersion, UnknownVersion
+from apps.changes.models import ChangeRequest
+from apps.configs import notifications
+from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion, UnknownVersion
 from apps.configs.models import ConfigVersion
+from apps.rollouts.models import Rollout
+from apps.rollouts.targets import target_of
+from protocol.config import ConfigState
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -22,42 +28,53 @@ CURRENT_STATE_TIMEOUT = 60
 # committed. Later writers queue on a row lock and do not need the retry.
 PUBLISH_ATTEMPTS = 5
 
+# Sent by publish_config under the writers' lock, before a version is made, with `newest`,
+# `rolling_back`, `rollout` (a plan or None), `actor`, `source_ip`, `reason` and
+# `expect_rollout`: a receiver refuses the publish by raising. The rollouts app refuses a publish
+# while a rollout is rolling or paused, and aborts it on a rollback.
+publishing = Signal()
+# Sent in the same transaction once a version is made, with `config`, `previous`, `rollout`,
+# `actor` and `source_ip`: the rollouts app starts the rollout of a plan.
+published = Signal()
+
 
 def get_current_config() -> ConfigVersion | None:
     return ConfigVersion.objects.select_related("created_by").order_by("-version").first()
 
 
-def state_of(config: ConfigVersion | None) -> dict:
-    """What the agents are answered: the newest version and interval, the rollout's revision
-    (so that a newer answer for the same version is told from an older one), and, while a
-    rollout splits the fleet, what decides who still gets the previous version (see
-    apps.rollouts.services.target_of)."""
-    from apps.rollouts.models import Rollout
-    from apps.rollouts.services import split_of
-
+def answer_of(config: ConfigVersion | None) -> ConfigState:
+    """What an agent needs of a config: the version and its whole content, so that a watch
+    answer can carry it and no second request is needed. Version 0 when there is none."""
     if config is None:
-        return {"version": 0, "pooling_interval": None, "revision": 0, "rollout": None}
-    rollout = Rollout.objects.filter(version=config.version).first()
-    split = None
-    if rollout is not None and rollout.state in Rollout.SPLIT_STATES:
-        previous_interval = (
-            ConfigVersion.objects.filter(version=rollout.previous_version)
-            .values_list("pooling_interval", flat=True)
-            .first()
-        )
-        split = split_of(rollout, previous_interval)
-    return {
-        "version": config.version,
-        "pooling_interval": config.pooling_interval,
-        "revision": rollout.revision if rollout is not None else 0,
-        "rollout": split,
-    }
+        return ConfigState(version=0, pooling_interval=None, config_url=None, uuid=None)
+    return ConfigState(
+        version=config.version,
+        pooling_interval=config.pooling_interval,
+        config_url=config.config_url,
+        uuid=str(config.uuid),
+    )
+
+
+def state_of(config: ConfigVersion | None) -> dict:
+    """The served state: the newest version's answer, the revision of its rollout (so that a
+    newer state of the same version is told from an older one), and, while a rollout splits the
+    fleet, what decides who still gets the previous version (apps.rollouts.targets)."""
+    state = {**answer_of(config), "revision": 0, "rollout": None}
+    rollout = Rollout.objects.filter(version=config.version).first() if config else None
+    if rollout is not None:
+        state["revision"] = rollout.revision
+        if rollout.state in Rollout.SPLIT_STATES:
+            previous = ConfigVersion.objects.filter(version=rollout.previous_version).first()
+            state["rollout"] = rollout.split(answer_of(previous))
+    return state
 
 
 def get_current_state() -> dict:
-    """The served state (see state_of), from the cache when warm, else from the database."""
+    """The served state (state_of), from the cache when warm, else from the database."""
     state = cache.get(CURRENT_STATE_KEY)
-    if state is not None:
+    # A controller of an older release keeps less there: such an entry is read again from the
+    # database rather than answered without its content or its rollout.
+    if state is not None and "uuid" in state and "revision" in state:
         return state
     state = state_of(get_current_config())
     # add, not set: a change committed since our read has already stored a newer state.
@@ -65,11 +82,28 @@ def get_current_state() -> dict:
     return state
 
 
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak or strong) or is `*`."""
+    if not header:
+        return False
+    candidates = {item.strip().removeprefix("W/") for item in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def read_for_agent(if_none_match: str | None, agent) -> tuple[int, str, bool]:
+    """The decision behind GET /config/agent: (the agent's target version, its ETag, whether the
+    agent's If-None-Match already names it, for a 304). Raises NoConfigYet before the first
+    config."""
+    version = target_of(get_current_state(), agent.pk, agent.labels)["version"]
+    if version == 0:
+        raise NoConfigYet()
+    etag = f'"{version}"'
+    return version, etag, etag_matches(if_none_match, etag)
+
+
 def announce_current_state() -> dict:
     """Runs after a commit that changed what some agent is answered (a new version, a rollout's
     wave): refresh the cached state and wake everyone watching."""
-    from apps.configs import notifications
-
     state = state_of(get_current_config())
     cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)
@@ -95,6 +129,12 @@ def _lock_newest() -> ConfigVersion | None:
     return ConfigVersion.objects.order_by("-version").first()
 
 
+def lock_newest() -> ConfigVersion | None:
+    """The newest version, with the writers' lock held until the transaction ends: for a
+    service that must decide against the current version before a publish can change it."""
+    return _lock_newest()
+
+
 def content_of(config: ConfigVersion | None) -> dict | None:
     """What the audit log keeps as a config's before or after."""
     if config is None:
@@ -114,6 +154,9 @@ def publish_config(
     source_ip: str | None = None,
     rolled_back_from: int | None = None,
     audit_action: str = AuditEntry.CONFIG_CREATED,
+    base_version: int | None = None,
+    change_request=None,
+    audit_detail: dict | None = None,
     if_match: str | None = None,
     rollout: dict | None = None,
     reason: str = "",
@@ -123,14 +166,16 @@ def publish_config(
     and so is not audited. A field left as None keeps the current value: the merge happens under
     the lock, so two admins changing different fields at once both keep their change.
 
+    `base_version`, when given, must still be the newest version (checked under the lock), else
+    BaseVersionGone is raised and nothing is stored. Every pending change request based on an
+    older version becomes stale, but `change_request`, the one being published, whose author
+    is the new version's creator. `audit_detail` adds to the audit entry's detail.
+
     `if_match` is the client's If-Match header: when it names a version other than the newest
     (checked under the lock), nothing is stored and StaleVersion says which version is newest.
     `rollout` (a checked plan) gives the new version to the agents in waves instead of to all
-    at once. While a rollout is rolling or paused, only a rollback goes through, and it aborts
-    the rollout (`reason` is the abort's, `expect_rollout` the version an abort expects to be
-    rolling out)."""
-    from apps.rollouts import services as rollouts
-
+    at once (see the `publishing` and `published` signals); `reason` and `expect_rollout` are
+    those of an abort, which is a rollback."""
     if config_url is not None:
         config_url = check_config_url(config_url)
     if pooling_interval is not None:
@@ -142,13 +187,15 @@ def publish_config(
                 if newest is None and (config_url is None or pooling_interval is None):
                     raise NoConfigYet()
                 current_version = newest.version if newest else 0
+                if base_version is not None and base_version != current_version:
+                    raise BaseVersionGone(current_version)
                 if if_match is not None and not if_match_allows(if_match, current_version):
                     raise StaleVersion(current_version)
-                if rollout is not None and newest is None:
-                    raise rollouts.NothingToRollOutFrom()
-                rollouts.guard_publish(
-                    newest,
+                publishing.send(
+                    sender=ConfigVersion,
+                    newest=newest,
                     rolling_back=rolled_back_from is not None,
+                    rollout=rollout,
                     actor=actor,
                     source_ip=source_ip,
                     reason=reason,
@@ -162,20 +209,28 @@ def publish_config(
                     version=(newest.version if newest else 0) + 1,
                     config_url=url,
                     pooling_interval=interval,
-                    created_by=actor,
+                    created_by=change_request.author if change_request else actor,
                     rolled_back_from=rolled_back_from,
                 )
+                detail = {"before": content_of(newest), "after": content_of(config)}
+                made_stale = ChangeRequest.objects.make_stale(config.version, keep=change_request)
+                if made_stale:
+                    detail["made_stale"] = made_stale
                 record_event(
                     audit_action,
                     actor=actor,
                     source_ip=source_ip,
                     target=f"config v{config.version}",
-                    detail={"before": content_of(newest), "after": content_of(config)},
+                    detail={**detail, **(audit_detail or {})},
                 )
-                if rollout is not None:
-                    rollouts.start_rollout(
-                        config, newest, rollout, actor=actor, source_ip=source_ip
-                    )
+                published.send(
+                    sender=ConfigVersion,
+                    config=config,
+                    previous=newest,
+                    rollout=rollout,
+                    actor=actor,
+                    source_ip=source_ip,
+                )
                 transaction.on_commit(partial(announce_config, config))
                 return config, True
         except IntegrityError:

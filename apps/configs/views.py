@@ -6,8 +6,9 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
-from apps.agents.auth import AgentTokenAuthentication, IsAgent
-from apps.audit.services import client_ip
+from apps.agents.auth import AgentEndpoint
+from apps.changes import services as changes
+from apps.changes.serializers import ChangeRequestSerializer
 from apps.configs import services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -21,13 +22,19 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
-from apps.configs.watch import etag_matches
-from apps.rollouts.services import target_of
+from apps.rollouts.services import RolloutPlanNeedsDirectPublish
+from apps.rollouts.targets import target_of
+from controller_site.request_info import client_ip
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
     401: OpenApiResponse(description="Missing or invalid admin JWT."),
 }
+
+CHANGE_PROPOSED = OpenApiResponse(
+    ChangeRequestSerializer,
+    description="Approvals are required: a pending change request; nothing is published yet.",
+)
 
 
 IF_MATCH = OpenApiParameter(
@@ -41,7 +48,6 @@ STALE = OpenApiResponse(
     response=StaleVersionSerializer,
     description="If-Match names a version that is no longer the newest; nothing was stored.",
 )
-
 ROLLOUT_ACTIVE = OpenApiResponse(
     description="A rollout is rolling or paused; promote it to the end or abort it first."
 )
@@ -53,6 +59,33 @@ def _written(config: ConfigVersion, created: bool) -> Response:
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         headers={"ETag": f'"{config.version}"'},
     )
+
+
+def _write(request, values: dict, *, partial: bool) -> Response:
+    """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
+    required, a change request (202) that publishes nothing yet; otherwise a publish."""
+    emergency, reason = values.pop("emergency", False), values.pop("reason", "")
+    plan = values.pop("rollout", None)
+    who = {"source_ip": client_ip(request)}
+    if plan is not None and (emergency or changes.approvals_required()):
+        raise RolloutPlanNeedsDirectPublish()
+    direct = {"if_match": request.headers.get("If-Match"), "rollout": plan}
+    if emergency:
+        config, created = changes.publish_emergency(
+            actor=request.user, reason=reason, partial=partial, **values, **who
+        )
+    elif changes.approvals_required():
+        change = changes.propose_change(author=request.user, partial=partial, **values, **who)
+        if change is not None:
+            return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
+        config, created = services.get_current_config(), False
+    elif partial:
+        config, created = services.update_config(actor=request.user, **values, **who, **direct)
+    else:
+        config, created = services.publish_config(actor=request.user, **values, **who, **direct)
+    if partial:
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
+    return _written(config, created)
 
 
 class ConfigAdminView(APIView):
@@ -82,13 +115,17 @@ class ConfigAdminView(APIView):
         tags=["config"],
         summary="Create a configuration version",
         description="Both fields required. 201 with a new version; 200 with the current config "
-        "when the content equals it. With `rollout`, the version reaches the agents in stages "
-        "(see GET /config/admin/rollout). 409 while a rollout is rolling or paused.",
+        "when the content equals it. While CONFIG_APPROVALS_REQUIRED is 1 or more: 202 with a "
+        "change request, and nothing is published until approvers approve it; a superuser's "
+        '`"emergency": true` with a `reason` publishes at once all the same. With `rollout` '
+        "(a direct publish only), the version reaches the agents in stages (see GET "
+        "/config/admin/rollout). 409 while a rollout is rolling or paused.",
         request=ConfigWriteSerializer,
         parameters=[IF_MATCH],
         responses={
             201: AdminConfigSerializer,
             200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
             409: ROLLOUT_ACTIVE,
             412: STALE,
             **ERRORS,
@@ -98,27 +135,22 @@ class ConfigAdminView(APIView):
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _written(
-            *services.publish_config(
-                actor=request.user,
-                source_ip=client_ip(request),
-                if_match=request.headers.get("If-Match"),
-                **serializer.validated_data,
-            )
-        )
+        return _write(request, serializer.validated_data, partial=False)
 
     @extend_schema(
         tags=["config"],
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed. "
-        "`rollout` as for POST; 409 while a rollout is rolling or paused.",
+        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match "
+        "and 409 as for POST.",
         request=ConfigWriteSerializer(partial=True),
         parameters=[IF_MATCH],
         responses={
             200: AdminConfigSerializer,
-            404: OpenApiResponse(),
+            202: CHANGE_PROPOSED,
             409: ROLLOUT_ACTIVE,
             412: STALE,
+            404: OpenApiResponse(),
             **ERRORS,
             403: forbidden(EDITOR),
         },
@@ -126,13 +158,7 @@ class ConfigAdminView(APIView):
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        config, _ = services.update_config(
-            actor=request.user,
-            source_ip=client_ip(request),
-            if_match=request.headers.get("If-Match"),
-            **serializer.validated_data,
-        )
-        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
+        return _write(request, serializer.validated_data, partial=True)
 
 
 class ConfigHistoryView(generics.ListAPIView):
@@ -172,8 +198,7 @@ class ConfigRollbackView(APIView):
         tags=["config"],
         summary="Roll back to a version",
         description="Makes a new version whose content is version N's (201), or answers 200 "
-        "when N's content is already current. Goes to every agent at once and aborts a rollout "
-        "in progress: the emergency path.",
+        "when N's content is already current.",
         request=RollbackSerializer,
         responses={
             201: AdminConfigSerializer,
@@ -195,15 +220,16 @@ class ConfigRollbackView(APIView):
         )
 
 
-class AgentEndpoint(APIView):
-    authentication_classes = [AgentTokenAuthentication]
-    permission_classes = [IsAgent]
-
-
 class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
-        summary="Current version and polling interval",
+        summary="Current version and its content (a long poll with version and wait)",
+        description="During a rollout, the agent's own target: the new version once its wave "
+        "started, the previous one before. Answers the current version with its content "
+        "(`config_url`, `uuid`, `pooling_interval`), so an agent applies a change from this "
+        "answer alone. With "
+        "`version` and `wait`, the request is held until the version differs from `version` "
+        "or `wait` seconds have passed (then the unchanged state is answered).",
         parameters=[VersionQuerySerializer],
         responses={
             200: VersionStateSerializer,
@@ -242,12 +268,10 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        agent = request.user
-        version = target_of(services.get_current_state(), agent.pk, agent.labels)["version"]
-        if version == 0:
-            raise NoConfigYet()
-        etag = f'"{version}"'
-        if etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
+        version, etag, unchanged = services.read_for_agent(
+            request.META.get("HTTP_IF_NONE_MATCH"), request.user
+        )
+        if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         config = ConfigVersion.objects.get(version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})

@@ -19,8 +19,8 @@ class ControllerAdminSite(admin.AdminSite):
     index_template = "admin/dashboard.html"
 
     def admin_view(self, view, cacheable=False):
-        from apps.audit.services import client_ip
         from apps.audit.signals import admin_request_ip
+        from controller_site.request_info import client_ip
 
         protected = super().admin_view(view, cacheable)
 

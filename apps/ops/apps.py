@@ -1,6 +1,8 @@
 from django.apps import AppConfig, apps
 from django.db.models.signals import post_migrate
 
+from apps.ops.database import store_statement_timeout
+
 
 class OpsConfig(AppConfig):
     name = "apps.ops"
@@ -14,6 +16,4 @@ class OpsConfig(AppConfig):
 
 
 def _store_statement_timeout(sender, using: str = "default", **kwargs) -> None:
-    from apps.ops.database import store_statement_timeout
-
     store_statement_timeout(using)

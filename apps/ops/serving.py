@@ -1,9 +1,12 @@
 """Running an application under gunicorn from a management command."""
 
+import os
 import resource
 import sys
+import tempfile
 
 from gunicorn.app.base import BaseApplication
+from prometheus_client import multiprocess, values
 
 
 class GunicornApplication(BaseApplication):
@@ -51,11 +54,6 @@ def enable_multiprocess_metrics() -> str:
     Every process that forks from here writes its counters there, and GET /metrics in any of
     them adds them up. A fresh directory per start keeps a previous run's counts out.
     """
-    import os
-    import tempfile
-
-    from prometheus_client import values
-
     path = tempfile.mkdtemp(prefix="dcs-controller-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     # prometheus_client picks its value store when first imported; pick again now.
@@ -65,6 +63,4 @@ def enable_multiprocess_metrics() -> str:
 
 def mark_metrics_process_dead(server, worker) -> None:
     """gunicorn child_exit hook: a dead worker's live gauges (held watches) stop counting."""
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)

@@ -11,11 +11,11 @@ from django.utils.html import format_html
 
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.audit.models import AuditEntry
-from apps.audit.services import client_ip
-from apps.configs.errors import ServiceError
 from apps.ops.admin_site import HistoryAdmin
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
+from controller_site.errors import ServiceError
+from controller_site.request_info import client_ip
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 640, 220, 36
 # What each control does, as its confirmation page says it, and the states that allow it.

@@ -3,6 +3,16 @@ from django.db import models
 from django.utils import timezone
 
 
+# A rollout's states, named so the OpenAPI schema can tell them from a change request's.
+STATES = [
+    ("rolling", "rolling"),
+    ("paused", "paused"),
+    ("completed", "completed"),
+    ("halted", "halted"),
+    ("aborted", "aborted"),
+]
+
+
 class Rollout(models.Model):
     """The staged rollout of one config version: canary agents first, then waves of the others."""
 
@@ -11,13 +21,7 @@ class Rollout(models.Model):
     COMPLETED = "completed"
     HALTED = "halted"
     ABORTED = "aborted"
-    STATES = [
-        (ROLLING, "rolling"),
-        (PAUSED, "paused"),
-        (COMPLETED, "completed"),
-        (HALTED, "halted"),
-        (ABORTED, "aborted"),
-    ]
+    STATES = STATES
     # While a rollout is in one of these, the fleet is split between two versions and a new
     # publish is refused: it would strand the agents that have not reached this version yet.
     ACTIVE_STATES = (ROLLING, PAUSED)
@@ -64,3 +68,11 @@ class Rollout(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    def split(self, previous: dict) -> dict | None:
+        """The part of the served state that splits the fleet (see apps.rollouts.targets), or
+        None when everyone gets the newest version. `previous` is the previous version's
+        answer."""
+        if self.state not in self.SPLIT_STATES:
+            return None
+        return {"previous": previous, "canary_labels": self.canary_labels, "cutoff": self.cutoff}

@@ -10,8 +10,6 @@ started waves reach, so an agent keeps its place across restarts, a new agent la
 its hash puts it in, and the watch answers each agent without a query.
 """
 
-import functools
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,9 +21,9 @@ from rest_framework import status
 from apps.agents.models import Agent
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.errors import NotFoundError, ServiceError
 from apps.rollouts.models import Rollout
-from protocol.config import ConfigState
+from apps.rollouts.targets import agent_key, is_canary, target_of, targets_new
+from controller_site.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -64,55 +62,15 @@ class NothingToRollOutFrom(ServiceError):
         )
 
 
+class RolloutPlanNeedsDirectPublish(ServiceError):
+    def __init__(self) -> None:
+        super().__init__(
+            "A rollout plan goes with a direct publish; while approvals are required (or for an "
+            "emergency) a change goes to every agent at once when published."
+        )
+
+
 # Who gets what ------------------------------------------------------------------------------
-
-
-def agent_key(agent_id, version: int) -> str:
-    """The agent's place in the order of a version's waves."""
-    return _key(str(agent_id), version)
-
-
-@functools.lru_cache(maxsize=65536)
-def _key(agent_id: str, version: int) -> str:
-    # Kept: a wave's start answers every held watch of the fleet from this.
-    return hashlib.sha256(f"{agent_id}:{version}".encode()).hexdigest()
-
-
-def is_canary(labels: dict, canary_labels: dict) -> bool:
-    return bool(canary_labels) and all(labels.get(k) == v for k, v in canary_labels.items())
-
-
-def targets_new(split: dict, version: int, agent_id, labels: dict) -> bool:
-    """Whether a split state (the "rollout" part of the served state) gives `version` to this
-    agent rather than the previous one."""
-    if is_canary(labels or {}, split["canary_labels"]):
-        return True
-    cutoff = split["cutoff"]
-    return bool(cutoff) and agent_key(agent_id, version) <= cutoff
-
-
-def target_of(state: dict, agent_id, labels: dict) -> ConfigState:
-    """What the controller answers this agent: the served state's version, or during a rollout
-    whose wave has not reached the agent, the previous version and its interval."""
-    split = state.get("rollout")
-    if split is None or targets_new(split, state["version"], agent_id, labels):
-        return ConfigState(version=state["version"], pooling_interval=state["pooling_interval"])
-    return ConfigState(
-        version=split["previous_version"], pooling_interval=split["previous_interval"]
-    )
-
-
-def split_of(rollout: Rollout | None, previous_interval: int | None) -> dict | None:
-    """The part of the served state that splits the fleet, or None when everyone gets the
-    newest version."""
-    if rollout is None or rollout.state not in Rollout.SPLIT_STATES:
-        return None
-    return {
-        "previous_version": rollout.previous_version,
-        "previous_interval": previous_interval,
-        "canary_labels": rollout.canary_labels,
-        "cutoff": rollout.cutoff,
-    }
 
 
 def wave_size(percent: int, others: int) -> int:
@@ -214,37 +172,42 @@ def agents_by_target(state: dict) -> dict[int, int]:
 
 
 def guard_publish(
-    newest,
+    sender,
     *,
+    newest,
     rolling_back: bool,
+    rollout: dict | None,
     actor=None,
     source_ip=None,
     reason: str = "",
     expect_rollout: int | None = None,
+    **kwargs,
 ) -> None:
-    """Called by publish_config under the config lock, before it makes a version. A publish
-    during a rolling or paused rollout is refused; a rollback aborts whatever rollout still
-    splits the fleet and goes to everyone at once. `expect_rollout` (an abort) insists that the
-    rollout of that version is still the one splitting the fleet."""
-    rollout = None
+    """publish_config's `publishing` signal, under the writers' lock, before a version is made.
+    A publish during a rolling or paused rollout is refused; a rollback aborts whatever rollout
+    still splits the fleet and goes to everyone at once. `expect_rollout` (an abort) insists that
+    the rollout of that version is still the one splitting the fleet."""
+    if rollout is not None and newest is None:
+        raise NothingToRollOutFrom()
+    active = None
     if newest is not None:
-        rollout = (
+        active = (
             Rollout.objects.select_for_update()
             .filter(version=newest.version, state__in=Rollout.SPLIT_STATES)
             .first()
         )
-    if expect_rollout is not None and (rollout is None or rollout.version != expect_rollout):
+    if expect_rollout is not None and (active is None or active.version != expect_rollout):
         raise RolloutConflict(
             f"The rollout of version {expect_rollout} has ended meanwhile; nothing was aborted."
         )
-    if rollout is None:
+    if active is None:
         return
     if not rolling_back:
-        if rollout.state in Rollout.ACTIVE_STATES:
-            raise RolloutInProgress(rollout)
+        if active.state in Rollout.ACTIVE_STATES:
+            raise RolloutInProgress(active)
         return
     _finish(
-        rollout,
+        active,
         Rollout.ABORTED,
         AuditEntry.ROLLOUT_ABORTED,
         actor=actor,
@@ -253,9 +216,17 @@ def guard_publish(
     )
 
 
+def start_rollout_of_plan(
+    sender, *, config, previous, rollout: dict | None, actor=None, source_ip=None, **kwargs
+) -> None:
+    """publish_config's `published` signal: a publish with a plan starts its rollout."""
+    if rollout is not None:
+        start_rollout(config, previous, rollout, actor=actor, source_ip=source_ip)
+
+
 def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -> Rollout:
-    """Called by publish_config in the transaction that made `config`: the new version goes to
-    the canaries (or the first wave when there are none) and the others keep `previous`."""
+    """In the transaction that made `config`: the new version goes to the canaries (or the
+    first wave when there are none) and the others keep `previous`."""
     if previous is None:
         raise NothingToRollOutFrom()
     now = timezone.now()

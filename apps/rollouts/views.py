@@ -4,9 +4,9 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
-from apps.audit.services import client_ip
 from apps.rollouts import services
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
+from controller_site.request_info import client_ip
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
 NONE_YET = OpenApiResponse(description="No rollout has been started yet.")

@@ -1,0 +1,268 @@
+"""Change requests: proposing, approving, rejecting and cancelling, and the emergency publish that
+skips them. The API, the admin and the tests all come here; publishing itself is
+apps.configs.services.publish_config, under the same lock as every other writer."""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit.models import AuditEntry
+from apps.audit.services import record_event
+from apps.changes.errors import (
+    AlreadyApproved,
+    ChangeIsStale,
+    ChangeNotPending,
+    EmergencyNeedsSuperuser,
+    NotYourDecision,
+    UnknownChange,
+)
+from apps.changes.models import Approval, ChangeRequest
+from apps.configs.errors import BaseVersionGone, NoConfigYet
+from apps.configs.models import ConfigVersion
+from apps.configs.services import content_of, lock_newest, publish_config
+from protocol.rules import check_config_url, check_pooling_interval
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("config_url", "pooling_interval")
+
+
+def approvals_required() -> int:
+    """How many approvers must say yes; 0 means editors publish directly."""
+    return settings.CONFIG_APPROVALS_REQUIRED
+
+
+def content_of_change(change: ChangeRequest) -> dict:
+    return {
+        "base_version": change.base_version,
+        "config_url": change.config_url,
+        "pooling_interval": change.pooling_interval,
+        "rollout": change.rollout,
+    }
+
+
+def propose_change(
+    *,
+    author,
+    source_ip: str | None = None,
+    partial: bool = False,
+    config_url: str | None = None,
+    pooling_interval: int | None = None,
+    rollout: dict | None = None,
+) -> ChangeRequest | None:
+    """Record a proposed configuration, based on the current version, for approvers to decide.
+    A field left as None keeps the current value; `partial` (a PUT) needs a current version.
+    Returns None when the proposal equals the current configuration: nothing to decide."""
+    if config_url is not None:
+        config_url = check_config_url(config_url)
+    if pooling_interval is not None:
+        pooling_interval = check_pooling_interval(pooling_interval)
+    with transaction.atomic():
+        # Under the writers' lock, so a publish cannot slip between reading the base version
+        # and storing the request (it would not see this request to make it stale).
+        newest = lock_newest()
+        if newest is None and (partial or config_url is None or pooling_interval is None):
+            raise NoConfigYet()
+        url = newest.config_url if config_url is None else config_url
+        interval = newest.pooling_interval if pooling_interval is None else pooling_interval
+        if newest is not None and newest.same_content(url, interval):
+            return None
+        change = ChangeRequest.objects.create(
+            base_version=newest.version if newest else 0,
+            config_url=url,
+            pooling_interval=interval,
+            rollout=rollout,
+            author=author,
+        )
+        record_event(
+            AuditEntry.CHANGE_PROPOSED,
+            actor=author,
+            source_ip=source_ip,
+            target=str(change),
+            detail={"current": content_of(newest), "proposed": content_of_change(change)},
+        )
+    logger.info("change request %s proposed by %s", change.pk, author)
+    return change
+
+
+def _locked(change_id) -> ChangeRequest:
+    change = ChangeRequest.objects.select_for_update().filter(pk=change_id).first()
+    if change is None:
+        raise UnknownChange(change_id)
+    return change
+
+
+def _make_stale(change_id, current_version: int, *, actor, source_ip: str | None) -> None:
+    """A request found stale when someone acted on it: recorded in a transaction of its own,
+    since the one that found it is rolled back."""
+    with transaction.atomic():
+        updated = ChangeRequest.objects.filter(pk=change_id, state=ChangeRequest.PENDING).update(
+            state=ChangeRequest.STALE, decided_at=timezone.now()
+        )
+        if updated:
+            record_event(
+                AuditEntry.CHANGE_STALE,
+                actor=actor,
+                source_ip=source_ip,
+                target=f"change request #{change_id}",
+                detail={"current_version": current_version},
+            )
+
+
+def approve_change(
+    change_id, *, approver, comment: str = "", source_ip: str | None = None
+) -> ChangeRequest:
+    """One approver's yes. When the approvals reach CONFIG_APPROVALS_REQUIRED the proposed
+    content is published (with its rollout plan) in the same transaction as the approval."""
+    try:
+        with transaction.atomic():
+            change = _locked(change_id)
+            if change.state != ChangeRequest.PENDING:
+                raise ChangeNotPending(change)
+            if change.author_id is not None and change.author_id == approver.pk:
+                raise NotYourDecision("Nobody approves their own change request.")
+            if change.approvals.filter(approver=approver).exists():
+                raise AlreadyApproved(change)
+            newest = lock_newest()
+            current = newest.version if newest else 0
+            if current != change.base_version:
+                raise ChangeIsStale(change, current)
+            Approval.objects.create(change_request=change, approver=approver, comment=comment)
+            record_event(
+                AuditEntry.CHANGE_APPROVED,
+                actor=approver,
+                source_ip=source_ip,
+                target=str(change),
+                detail={"comment": comment, "approvals": change.approvals.count()},
+            )
+            if change.approvals.count() >= approvals_required():
+                _publish(change, approver=approver, source_ip=source_ip)
+    except (ChangeIsStale, BaseVersionGone) as exc:
+        _make_stale(change_id, exc.current_version, actor=approver, source_ip=source_ip)
+        if isinstance(exc, BaseVersionGone):
+            raise ChangeIsStale(change, exc.current_version) from None
+        raise
+    return change
+
+
+def _publish(change: ChangeRequest, *, approver, source_ip: str | None) -> ConfigVersion:
+    config, created = publish_config(
+        config_url=change.config_url,
+        pooling_interval=change.pooling_interval,
+        actor=approver,
+        source_ip=source_ip,
+        audit_action=(
+            AuditEntry.CONFIG_UPDATED if change.base_version else AuditEntry.CONFIG_CREATED
+        ),
+        base_version=change.base_version,
+        change_request=change,
+        audit_detail={
+            "change_request": change.pk,
+            "author": change.author.email if change.author else None,
+            "approvers": [
+                a.approver.email if a.approver else None
+                for a in change.approvals.select_related("approver")
+            ],
+        },
+    )
+    change.state = ChangeRequest.PUBLISHED
+    change.published_version = config.version
+    change.decided_by = approver
+    change.decided_at = timezone.now()
+    change.save(update_fields=["state", "published_version", "decided_by", "decided_at"])
+    logger.info("change request %s published as version %s", change.pk, config.version)
+    return config
+
+
+def reject_change(
+    change_id, *, approver, comment: str = "", source_ip: str | None = None
+) -> ChangeRequest:
+    with transaction.atomic():
+        change = _locked(change_id)
+        if change.state != ChangeRequest.PENDING:
+            raise ChangeNotPending(change)
+        if change.author_id is not None and change.author_id == approver.pk:
+            raise NotYourDecision("Nobody rejects their own change request; cancel it instead.")
+        _decide(change, ChangeRequest.REJECTED, by=approver, comment=comment)
+        record_event(
+            AuditEntry.CHANGE_REJECTED,
+            actor=approver,
+            source_ip=source_ip,
+            target=str(change),
+            detail={"comment": comment},
+        )
+    return change
+
+
+def cancel_change(
+    change_id, *, actor, comment: str = "", source_ip: str | None = None
+) -> ChangeRequest:
+    """The author withdraws a request (a superuser may withdraw anyone's)."""
+    with transaction.atomic():
+        change = _locked(change_id)
+        if change.state != ChangeRequest.PENDING:
+            raise ChangeNotPending(change)
+        if change.author_id != actor.pk and not actor.is_superuser:
+            raise NotYourDecision("Only the author cancels a change request.")
+        _decide(change, ChangeRequest.CANCELLED, by=actor, comment=comment)
+        record_event(
+            AuditEntry.CHANGE_CANCELLED,
+            actor=actor,
+            source_ip=source_ip,
+            target=str(change),
+            detail={"comment": comment},
+        )
+    return change
+
+
+def _decide(change: ChangeRequest, state: str, *, by, comment: str) -> None:
+    change.state = state
+    change.decided_by = by
+    change.decided_at = timezone.now()
+    change.decision_comment = comment
+    change.save(update_fields=["state", "decided_by", "decided_at", "decision_comment"])
+
+
+def publish_emergency(
+    *,
+    actor,
+    reason: str,
+    source_ip: str | None = None,
+    partial: bool = False,
+    config_url: str | None = None,
+    pooling_interval: int | None = None,
+) -> tuple[ConfigVersion, bool]:
+    """A superuser publishes at once, whatever the approvals setting; audited as an emergency
+    with its reason. Pending requests become stale like after any publish."""
+    if not (actor is not None and actor.is_active and actor.is_superuser):
+        raise EmergencyNeedsSuperuser()
+    if partial and not ConfigVersion.objects.exists():
+        raise NoConfigYet()
+    config, created = publish_config(
+        config_url=config_url,
+        pooling_interval=pooling_interval,
+        actor=actor,
+        source_ip=source_ip,
+        audit_action=AuditEntry.CONFIG_EMERGENCY,
+        audit_detail={"reason": reason},
+    )
+    if created:
+        logger.warning("emergency publish of version %s by %s: %s", config.version, actor, reason)
+    return config, created
+
+
+def diff_against_current(change: ChangeRequest) -> tuple[int, list[dict]]:
+    """(current version, the fields whose proposed value differs from the current one)."""
+    current = ConfigVersion.objects.order_by("-version").first()
+    rows = [
+        {
+            "field": field,
+            "current": getattr(current, field) if current else None,
+            "proposed": getattr(change, field),
+        }
+        for field in FIELDS
+        if current is None or getattr(current, field) != getattr(change, field)
+    ]
+    return (current.version if current else 0), rows

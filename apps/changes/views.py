@@ -1,0 +1,152 @@
+from functools import partial
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR
+from apps.changes import services
+from apps.changes.errors import UnknownChange
+from apps.changes.models import ChangeRequest
+from apps.changes.serializers import (
+    ChangeQuerySerializer,
+    ChangeRequestDetailSerializer,
+    ChangeRequestSerializer,
+    DecisionSerializer,
+    StaleChangeSerializer,
+)
+from controller_site.request_info import client_ip
+
+UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
+NOT_FOUND = OpenApiResponse(description="No such change request.")
+NOT_PENDING = OpenApiResponse(
+    StaleChangeSerializer,
+    description="Not pending any more (published, rejected, cancelled or stale), or stale now: "
+    "its base version is no longer current (`current_version` says which is). A stale request "
+    "must be proposed again.",
+)
+
+
+def _detail(change: ChangeRequest) -> dict:
+    current_version, diff = services.diff_against_current(change)
+    change.current_version = current_version
+    change.diff = diff
+    return ChangeRequestDetailSerializer(change).data
+
+
+def _queryset():
+    return ChangeRequest.objects.select_related("author", "decided_by").prefetch_related(
+        "approvals__approver"
+    )
+
+
+class ChangeListView(generics.ListAPIView):
+    """Change requests, newest first."""
+
+    serializer_class = ChangeRequestSerializer
+    role_rules = {"GET": ANY_ROLE}
+
+    @extend_schema(
+        tags=["changes"],
+        summary="Change requests",
+        parameters=[ChangeQuerySerializer],
+        responses={
+            200: ChangeRequestSerializer(many=True),
+            400: OpenApiResponse(description="Unknown state."),
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+        },
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        query = ChangeQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        changes = _queryset().order_by("-id")
+        if "state" in query.validated_data:
+            changes = changes.filter(state=query.validated_data["state"])
+        return changes
+
+
+class ChangeDetailView(APIView):
+    role_rules = {"GET": ANY_ROLE}
+
+    @extend_schema(
+        tags=["changes"],
+        summary="One change request, with its diff against the current version",
+        responses={
+            200: ChangeRequestDetailSerializer,
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+            404: NOT_FOUND,
+        },
+    )
+    def get(self, request, change_id: int):
+        change = _queryset().filter(pk=change_id).first()
+        if change is None:
+            raise UnknownChange(change_id)
+        return Response(_detail(change))
+
+
+def _decided(request, change_id: int, decide) -> Response:
+    """approve, reject or cancel: a comment in, the change request with its diff out."""
+    body = DecisionSerializer(data=request.data if request.body else {})
+    body.is_valid(raise_exception=True)
+    change = decide(change_id, comment=body.validated_data["comment"], source_ip=client_ip(request))
+    return Response(_detail(_queryset().get(pk=change.pk)))
+
+
+def _decision_schema(summary: str, description: str, role: str):
+    return extend_schema(
+        tags=["changes"],
+        summary=summary,
+        description=description,
+        request=DecisionSerializer,
+        responses={
+            200: ChangeRequestDetailSerializer,
+            400: OpenApiResponse(description="Bad comment."),
+            401: UNAUTHORIZED,
+            403: forbidden(role),
+            404: NOT_FOUND,
+            409: NOT_PENDING,
+        },
+    )
+
+
+class ApproveChangeView(APIView):
+    role_rules = {"POST": APPROVER}
+
+    @_decision_schema(
+        "Approve a change request",
+        "By an approver other than its author (403 otherwise). When the approvals reach "
+        "CONFIG_APPROVALS_REQUIRED the change is published, with its rollout plan, and "
+        "`published_version` names the new version.",
+        APPROVER,
+    )
+    def post(self, request, change_id: int):
+        return _decided(request, change_id, partial(services.approve_change, approver=request.user))
+
+
+class RejectChangeView(APIView):
+    role_rules = {"POST": APPROVER}
+
+    @_decision_schema(
+        "Reject a change request",
+        "By an approver other than its author (the author cancels instead).",
+        APPROVER,
+    )
+    def post(self, request, change_id: int):
+        return _decided(request, change_id, partial(services.reject_change, approver=request.user))
+
+
+class CancelChangeView(APIView):
+    role_rules = {"POST": EDITOR}
+
+    @_decision_schema(
+        "Cancel a change request", "By its author (or a superuser); 403 for anyone else.", EDITOR
+    )
+    def post(self, request, change_id: int):
+        return _decided(request, change_id, partial(services.cancel_change, actor=request.user))

@@ -1,0 +1,285 @@
+"""The watch hub: wakes every watch held in this process when the configuration changes.
+
+Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
+waiting request from it; when Redis is absent or down it re-reads the database once a second
+while anyone is waiting, so no change is missed either way. The ASGI routes that hold the
+watches are in watch.py.
+"""
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from redis.asyncio.sentinel import Sentinel
+
+from apps.agents.models import Agent
+from apps.configs import notifications
+from apps.configs.services import get_current_config, state_of
+from apps.ops import metrics
+from apps.rollouts.services import advance_rollouts
+from apps.rollouts.targets import target_of
+
+logger = logging.getLogger(__name__)
+
+DB_RECHECK_SECONDS = 1.0
+REDIS_RETRY_MAX_SECONDS = 5.0
+
+
+class Waiter:
+    """One held request: woken with its agent's new answer, or with None when its agent is
+    revoked (or when the state moved before its agent was known)."""
+
+    __slots__ = ("known", "agent_id", "labels", "future")
+
+    def __init__(self, known: int, future: asyncio.Future) -> None:
+        self.known = known
+        self.agent_id: str | None = None
+        self.labels: dict = {}
+        self.future = future
+
+
+def stamp(state: dict) -> tuple[int, int]:
+    """The order of served states: by version, then by the revision of its rollout."""
+    return state["version"], state.get("revision") or 0
+
+
+class Hub:
+    """Wakes this process's held watches when the version moves past what they know."""
+
+    def __init__(self) -> None:
+        self.waiters: set[Waiter] = set()
+        self.latest: dict = state_of(None)
+        self.redis_healthy = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # Life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        notifications.set_local_listener(self.deliver_threadsafe)
+        if settings.REDIS_URL:
+            self._tasks.append(asyncio.create_task(self._listen_redis()))
+        self._tasks.append(asyncio.create_task(self._recheck_database()))
+        self._tasks.append(asyncio.create_task(self._advance_rollouts()))
+
+    async def stop(self) -> None:
+        notifications.set_local_listener(None)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # Bounded: a Redis client cancelled mid-read may never finish closing.
+            await asyncio.wait(self._tasks, timeout=2)
+        self._tasks.clear()
+        self.release_all()
+
+    def release_all(self) -> None:
+        """Answer every held watch now with 503 (the process is stopping), so that its agent
+        reconnects at once."""
+        for waiter in list(self.waiters):
+            if not waiter.future.done():
+                waiter.future.set_result(("shutdown", None))
+
+    # Delivery ---------------------------------------------------------------------------
+
+    def deliver_threadsafe(self, message: dict) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.deliver, message)
+
+    def deliver(self, message: dict) -> None:
+        metrics.instruments().notifications_received.inc()
+        if message.get("type") == "config":
+            # A controller of an older release announces only the version and the interval: the
+            # answer then lacks the content, and the agents fetch it from /config/agent.
+            state = {
+                "version": message.get("version"),
+                "pooling_interval": message.get("pooling_interval"),
+                "config_url": message.get("config_url"),
+                "uuid": message.get("uuid"),
+                "revision": message.get("revision") or 0,
+                "rollout": message.get("rollout"),
+            }
+            if isinstance(state["version"], int) and isinstance(state["revision"], int):
+                self.advance(state)
+        elif message.get("type") == "revoked":
+            self.cut(message.get("agent_id"))
+
+    def advance(self, state: dict) -> None:
+        """Wake every waiter whose answer is now another version than it knows. States only
+        move forward: a late, older notification (two processes publishing at once) wakes
+        nobody. During a rollout each waiter's answer is its agent's target (canary, started
+        wave or not), decided from the state alone, without a query; the answers stay one per
+        version."""
+        if stamp(state) <= stamp(self.latest):
+            if stamp(state) == stamp(self.latest) and self.latest["uuid"] is None:
+                # The same version, now with its content (read after a bare notification).
+                self.latest = state
+            return
+        self.latest = state
+        woken = 0
+        for waiter in self.waiters:
+            if waiter.future.done():
+                continue
+            if waiter.agent_id is None:
+                # Still authenticating: it reads the newest state once it knows its agent.
+                waiter.future.set_result(("changed", None))
+                continue
+            answer = target_of(state, waiter.agent_id, waiter.labels)
+            if waiter.known != answer["version"]:
+                waiter.future.set_result(("changed", answer))
+                woken += 1
+        if woken:
+            logger.info("version %s: woke %s held watches", state["version"], woken)
+
+    def cut(self, agent_id: str | None) -> None:
+        for waiter in self.waiters:
+            if waiter.agent_id == agent_id and not waiter.future.done():
+                waiter.future.set_result(("revoked", None))
+
+    # Sources of news ----------------------------------------------------------------------
+
+    async def _listen_redis(self) -> None:
+        delay = 0.2
+        while True:
+            client = _subscriber_client()
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(settings.NOTIFY_CHANNEL)
+                if not self.redis_healthy:
+                    logger.info("watch hub subscribed to %s", settings.NOTIFY_CHANNEL)
+                self.redis_healthy = True
+                delay = 0.2
+                # A change may have been published while we were not subscribed.
+                await self._read_database_once()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver_raw(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: recheck the DB, retry
+                if self.redis_healthy:
+                    logger.warning(
+                        "watch hub lost Redis (%s); re-reading the database every %.0f s until "
+                        "it is back",
+                        exc,
+                        DB_RECHECK_SECONDS,
+                    )
+                self.redis_healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
+            finally:
+                await _quietly(pubsub.aclose())
+                await _quietly(client.aclose())
+
+    def _deliver_raw(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.warning("ignoring a malformed notification: %r", data[:200])
+            return
+        if isinstance(message, dict):
+            self.deliver(message)
+
+    async def _recheck_database(self) -> None:
+        """While Redis cannot be trusted and someone is waiting, poll the database each second."""
+        while True:
+            await asyncio.sleep(DB_RECHECK_SECONDS)
+            if self.redis_healthy or not self.waiters:
+                continue
+            try:
+                await self._read_database_once()
+                await self._cut_revoked_waiters()
+            except DatabaseError as exc:
+                logger.warning("watch hub could not read the database: %s", exc)
+
+    async def _advance_rollouts(self) -> None:
+        """Move a rolling rollout on, about once a second. Every controller process does this;
+        the rollout's row lock makes exactly one of them act on each step, so no process of
+        our own has to lead, and a restarted controller carries on from the database."""
+        while True:
+            await asyncio.sleep(settings.ROLLOUT_TICK_SECONDS)
+            try:
+                await _advance_rollouts_once()
+            except DatabaseError as exc:
+                logger.warning("could not advance the rollout: %s", exc)
+
+    async def _read_database_once(self) -> None:
+        state = await _state_from_database()
+        self.advance(state)
+
+    async def _cut_revoked_waiters(self) -> None:
+        held = {w.agent_id for w in self.waiters if w.agent_id}
+        if held:
+            revoked = await _revoked_among(held)
+            for agent_id in revoked:
+                self.cut(agent_id)
+
+
+def _subscriber_client():
+    """An asyncio Redis client for the hub's subscription. With Sentinel, each (re)connection
+    asks the sentinels where the master is, so after a failover the retry loop above
+    subscribes on the new master by itself."""
+    options = {"socket_connect_timeout": 1.0, "health_check_interval": 10}
+    if not settings.REDIS_SENTINELS:
+        return aioredis.from_url(settings.REDIS_URL, **options)
+    url = urlsplit(settings.REDIS_URL)
+    sentinel = Sentinel(
+        settings.REDIS_SENTINEL_ADDRESSES,
+        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    )
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        db=int(url.path.strip("/") or 0),
+        password=unquote(url.password) if url.password else None,
+        username=unquote(url.username) if url.username else None,
+        **options,
+    )
+
+
+def with_database(function):
+    """Run `function` in a worker thread with a database connection that goes back to the
+    pool (or is closed) when it returns: these threads outlive any one request."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        close_old_connections()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(wrapper, thread_sensitive=False)
+
+
+@with_database
+def _state_from_database() -> dict:
+    return state_of(get_current_config())
+
+
+@with_database
+def _advance_rollouts_once() -> None:
+    advance_rollouts()
+
+
+@with_database
+def _revoked_among(agent_ids: set[str]) -> list[str]:
+    return [
+        str(pk)
+        for pk in Agent.objects.filter(pk__in=agent_ids, revoked_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    ]
+
+
+async def _quietly(awaitable) -> None:
+    # Closing a connection that already broke may fail or hang; there is nothing left to do.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(awaitable, timeout=1)

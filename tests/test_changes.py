@@ -1,0 +1,461 @@
+"""Change requests through the API: proposing with approvals required, approving (never one's
+own), rejecting, cancelling, staleness, and the superuser's emergency publish."""
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from apps.accounts.models import User
+from apps.accounts.roles import APPROVER, EDITOR, OPERATOR, VIEWER
+from apps.accounts.services import set_roles
+from apps.audit.models import AuditEntry
+from apps.changes.models import ChangeRequest
+from apps.configs.models import ConfigVersion
+
+pytestmark = pytest.mark.django_db
+
+URL = "http://upstream.example/task"
+
+
+def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
+    user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
+    set_roles(user, roles)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def approvals(settings):
+    settings.CONFIG_APPROVALS_REQUIRED = 1
+    return settings
+
+
+@pytest.fixture
+def editor():
+    return client_for("editor@example.com", EDITOR)
+
+
+@pytest.fixture
+def approver():
+    return client_for("approver@example.com", APPROVER)
+
+
+@pytest.fixture
+def second_approver():
+    return client_for("approver2@example.com", APPROVER)
+
+
+@pytest.fixture
+def superuser():
+    return client_for("root@example.com", superuser=True)
+
+
+@pytest.fixture
+def v1(publish):
+    return publish(URL, 30)
+
+
+def propose(client, **fields):
+    answer = client.put("/config/admin", fields, format="json")
+    assert answer.status_code == 202, answer.content
+    return answer.json()
+
+
+def decide(client, change_id: int, decision: str, comment: str = ""):
+    return client.post(
+        f"/config/admin/changes/{change_id}/{decision}", {"comment": comment}, format="json"
+    )
+
+
+def versions() -> list[tuple]:
+    return list(
+        ConfigVersion.objects.order_by("version").values_list(
+            "version", "config_url", "pooling_interval"
+        )
+    )
+
+
+def actions() -> list[str]:
+    return list(AuditEntry.objects.order_by("id").values_list("action", flat=True))
+
+
+# Proposing --------------------------------------------------------------------------------
+
+
+def test_with_approvals_off_an_editor_publishes_directly(editor, v1):
+    answer = editor.put("/config/admin", {"pooling_interval": 60}, format="json")
+    assert answer.status_code == 200
+    assert answer.json()["version"] == 2
+    assert not ChangeRequest.objects.exists()
+
+
+def test_with_approvals_on_an_editors_put_is_a_pending_request_and_publishes_nothing(
+    approvals, editor, v1, agent_api
+):
+    answer = editor.put("/config/admin", {"pooling_interval": 60}, format="json")
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body == {
+        "id": body["id"],
+        "state": "pending",
+        "base_version": 1,
+        "config_url": URL,
+        "pooling_interval": 60,
+        "rollout": None,
+        "author": "editor@example.com",
+        "approvals": [],
+        "created_at": body["created_at"],
+        "decided_by": None,
+        "decided_at": None,
+        "comment": "",
+        "published_version": None,
+    }
+    assert versions() == [(1, URL, 30)]
+    # The agents are still told version 1.
+    assert agent_api.get("/config/version").json()["version"] == 1
+    entry = AuditEntry.objects.get(action=AuditEntry.CHANGE_PROPOSED)
+    assert entry.actor == "editor@example.com"
+    assert entry.target == f"change request #{body['id']}"
+    assert entry.detail["proposed"]["pooling_interval"] == 60
+    assert entry.detail["current"]["version"] == 1
+
+
+def test_a_post_before_any_config_proposes_version_one(approvals, editor):
+    answer = editor.post(
+        "/config/admin", {"config_url": URL, "pooling_interval": 45}, format="json"
+    )
+    assert answer.status_code == 202
+    assert answer.json()["base_version"] == 0
+    assert versions() == []
+
+
+def test_a_put_before_any_config_is_404_and_stores_nothing(approvals, editor):
+    assert editor.put("/config/admin", {"pooling_interval": 45}, format="json").status_code == 404
+    assert not ChangeRequest.objects.exists()
+
+
+def test_proposing_the_current_content_answers_the_current_config(approvals, editor, v1):
+    answer = editor.put("/config/admin", {"pooling_interval": 30}, format="json")
+    assert answer.status_code == 200
+    assert answer.json()["version"] == 1
+    assert not ChangeRequest.objects.exists()
+
+
+def test_a_bad_proposal_is_400_and_stores_nothing(approvals, editor, v1):
+    answer = editor.put("/config/admin", {"pooling_interval": 5}, format="json")
+    assert answer.status_code == 400
+    assert "pooling_interval" in answer.json()
+    assert not ChangeRequest.objects.exists()
+
+
+def test_a_superuser_without_emergency_proposes_like_anyone(approvals, superuser, v1):
+    assert (
+        superuser.put("/config/admin", {"pooling_interval": 60}, format="json").status_code == 202
+    )
+
+
+# Approving --------------------------------------------------------------------------------
+
+
+def test_self_approval_is_403_even_for_an_editor_who_is_also_approver(approvals, v1):
+    both = client_for("both@example.com", EDITOR, APPROVER)
+    change = propose(both, pooling_interval=60)
+    answer = decide(both, change["id"], "approve")
+    assert answer.status_code == 403
+    assert answer.json() == {"detail": "Nobody approves their own change request."}
+    assert ChangeRequest.objects.get().approvals.count() == 0
+    assert versions() == [(1, URL, 30)]
+
+
+def test_another_approvers_approval_publishes_the_request(
+    approvals, editor, approver, v1, agent_api, django_capture_on_commit_callbacks
+):
+    change = propose(editor, config_url=URL + "/new")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = decide(approver, change["id"], "approve", "looks right")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["state"] == "published"
+    assert body["published_version"] == 2
+    assert body["decided_by"] == "approver@example.com"
+    assert [(a["approver"], a["comment"]) for a in body["approvals"]] == [
+        ("approver@example.com", "looks right")
+    ]
+    assert versions() == [(1, URL, 30), (2, URL + "/new", 30)]
+    # The author made the version; the approver's approval published it.
+    assert ConfigVersion.objects.get(version=2).created_by.email == "editor@example.com"
+    assert agent_api.get("/config/version").json()["version"] == 2
+    published = AuditEntry.objects.get(action=AuditEntry.CONFIG_UPDATED)
+    assert published.actor == "approver@example.com"
+    assert published.detail["change_request"] == change["id"]
+    assert published.detail["author"] == "editor@example.com"
+    assert published.detail["approvers"] == ["approver@example.com"]
+    assert actions()[-3:] == [
+        AuditEntry.CHANGE_PROPOSED,
+        AuditEntry.CHANGE_APPROVED,
+        AuditEntry.CONFIG_UPDATED,
+    ]
+
+
+def test_the_first_config_is_published_through_a_request_too(approvals, editor, approver):
+    answer = editor.post(
+        "/config/admin", {"config_url": URL, "pooling_interval": 45}, format="json"
+    )
+    decided = decide(approver, answer.json()["id"], "approve")
+    assert decided.json()["published_version"] == 1
+    assert versions() == [(1, URL, 45)]
+    assert AuditEntry.objects.filter(action=AuditEntry.CONFIG_CREATED).count() == 1
+
+
+def test_two_approvals_required_means_two_different_approvers(
+    approvals, editor, approver, second_approver, v1
+):
+    approvals.CONFIG_APPROVALS_REQUIRED = 2
+    change = propose(editor, pooling_interval=60)
+    first = decide(approver, change["id"], "approve")
+    assert first.status_code == 200
+    assert first.json()["state"] == "pending"
+    assert versions() == [(1, URL, 30)]
+    again = decide(approver, change["id"], "approve")
+    assert again.status_code == 409
+    assert ChangeRequest.objects.get().approvals.count() == 1
+    second = decide(second_approver, change["id"], "approve")
+    assert second.json()["state"] == "published"
+    assert second.json()["published_version"] == 2
+    assert len(second.json()["approvals"]) == 2
+
+
+@pytest.mark.parametrize("role", [VIEWER, EDITOR, OPERATOR])
+def test_only_approvers_approve_or_reject(approvals, editor, v1, role):
+    other = client_for(f"{role}-2@example.com", role)
+    change = propose(editor, pooling_interval=60)
+    for decision in ("approve", "reject"):
+        answer = decide(other, change["id"], decision)
+        assert answer.status_code == 403
+        assert answer.json()["required_role"] == APPROVER
+    assert ChangeRequest.objects.get().state == "pending"
+
+
+# Staleness --------------------------------------------------------------------------------
+
+
+def test_publishing_one_request_makes_the_others_on_the_same_base_stale(
+    approvals, editor, approver, v1
+):
+    first = propose(editor, pooling_interval=60)
+    second = propose(editor, pooling_interval=90)
+    decide(approver, first["id"], "approve")
+    assert ChangeRequest.objects.get(pk=second["id"]).state == "stale"
+    answer = decide(approver, second["id"], "approve")
+    assert answer.status_code == 409
+    assert answer.json() == {"detail": f"Change request {second['id']} is stale, not pending."}
+    assert versions()[-1] == (2, URL, 60)
+    published = AuditEntry.objects.get(action=AuditEntry.CONFIG_UPDATED)
+    assert published.detail["made_stale"] == [second["id"]]
+
+
+def test_a_request_found_stale_on_approval_is_409_names_the_current_version_and_is_kept_stale(
+    approvals, editor, approver, v1, publish
+):
+    change = propose(editor, pooling_interval=60)
+    publish(URL, 45)  # version 2, and the request is marked stale with it
+    # As if the marking had been lost: the approval itself must still find it out.
+    ChangeRequest.objects.filter(pk=change["id"]).update(state="pending")
+    answer = decide(approver, change["id"], "approve")
+    assert answer.status_code == 409
+    assert answer.json()["current_version"] == 2
+    assert "based on version 1" in answer.json()["detail"]
+    stored = ChangeRequest.objects.get()
+    assert stored.state == "stale"
+    assert stored.approvals.count() == 0
+    assert versions() == [(1, URL, 30), (2, URL, 45)]
+    entry = AuditEntry.objects.get(action=AuditEntry.CHANGE_STALE)
+    assert entry.actor == "approver@example.com"
+    assert entry.detail == {"current_version": 2}
+
+
+def test_a_rollback_also_makes_pending_requests_stale(approvals, editor, v1, publish):
+    publish(URL, 45)
+    change = propose(editor, pooling_interval=60)
+    operator = client_for("op@example.com", OPERATOR)
+    assert operator.post("/config/admin/rollback", {"version": 1}, format="json").status_code == 201
+    assert ChangeRequest.objects.get(pk=change["id"]).state == "stale"
+
+
+# Rejecting and cancelling -----------------------------------------------------------------
+
+
+def test_an_approver_rejects_with_a_comment(approvals, editor, approver, v1):
+    change = propose(editor, pooling_interval=60)
+    answer = decide(approver, change["id"], "reject", "not on a Friday")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["state"], body["comment"], body["decided_by"]) == (
+        "rejected",
+        "not on a Friday",
+        "approver@example.com",
+    )
+    assert decide(approver, change["id"], "approve").status_code == 409
+    assert versions() == [(1, URL, 30)]
+    entry = AuditEntry.objects.get(action=AuditEntry.CHANGE_REJECTED)
+    assert entry.detail == {"comment": "not on a Friday"}
+
+
+def test_nobody_rejects_their_own_request(approvals, v1):
+    both = client_for("both@example.com", EDITOR, APPROVER)
+    change = propose(both, pooling_interval=60)
+    assert decide(both, change["id"], "reject").status_code == 403
+    assert ChangeRequest.objects.get().state == "pending"
+
+
+def test_the_author_cancels_and_another_editor_may_not(approvals, editor, v1, superuser):
+    change = propose(editor, pooling_interval=60)
+    other = client_for("editor2@example.com", EDITOR)
+    answer = decide(other, change["id"], "cancel")
+    assert answer.status_code == 403
+    assert answer.json() == {"detail": "Only the author cancels a change request."}
+    answer = decide(editor, change["id"], "cancel", "wrong interval")
+    assert answer.status_code == 200
+    assert answer.json()["state"] == "cancelled"
+    assert decide(editor, change["id"], "cancel").status_code == 409
+    # A superuser may withdraw anyone's.
+    change = propose(editor, pooling_interval=90)
+    assert decide(superuser, change["id"], "cancel").json()["state"] == "cancelled"
+    assert AuditEntry.objects.filter(action=AuditEntry.CHANGE_CANCELLED).count() == 2
+
+
+@pytest.mark.parametrize("body", [{"comment": ["x"]}, {"comment": "x" * 1001}])
+def test_a_bad_comment_is_400_and_changes_nothing(approvals, editor, approver, v1, body):
+    change = propose(editor, pooling_interval=60)
+    answer = approver.post(f"/config/admin/changes/{change['id']}/reject", body, format="json")
+    assert answer.status_code == 400
+    assert ChangeRequest.objects.get().state == "pending"
+
+
+def test_deciding_an_unknown_request_is_404(approvals, approver):
+    assert decide(approver, 999, "approve").status_code == 404
+    assert approver.get("/config/admin/changes/999").status_code == 404
+
+
+# Reading ----------------------------------------------------------------------------------
+
+
+def test_the_list_filters_by_state_and_the_detail_has_the_diff(approvals, editor, approver, v1):
+    first = propose(editor, pooling_interval=60)
+    second = propose(editor, config_url=URL + "/b", pooling_interval=90)
+    decide(approver, first["id"], "reject")
+    viewer = client_for("viewer@example.com", VIEWER)
+    listing = viewer.get("/config/admin/changes").json()
+    assert [row["id"] for row in listing["results"]] == [second["id"], first["id"]]
+    pending = viewer.get("/config/admin/changes?state=pending").json()["results"]
+    assert [row["id"] for row in pending] == [second["id"]]
+    assert viewer.get("/config/admin/changes?state=bogus").status_code == 400
+    detail = viewer.get(f"/config/admin/changes/{second['id']}").json()
+    assert detail["current_version"] == 1
+    assert detail["diff"] == [
+        {"field": "config_url", "current": URL, "proposed": URL + "/b"},
+        {"field": "pooling_interval", "current": 30, "proposed": 90},
+    ]
+
+
+def test_reading_change_requests_needs_a_role(approvals, editor, v1, api):
+    change = propose(editor, pooling_interval=60)
+    nobody = client_for("nobody@example.com")
+    for path in ("/config/admin/changes", f"/config/admin/changes/{change['id']}"):
+        assert nobody.get(path).status_code == 403
+        assert api.get(path).status_code == 401
+
+
+# Emergency --------------------------------------------------------------------------------
+
+
+def test_a_superusers_emergency_publishes_at_once_and_is_audited(
+    approvals, editor, superuser, v1, agent_api, django_capture_on_commit_callbacks
+):
+    pending = propose(editor, pooling_interval=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = superuser.put(
+            "/config/admin",
+            {"config_url": URL + "/fixed", "emergency": True, "reason": "upstream is down"},
+            format="json",
+        )
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["version"] == 2
+    assert versions()[-1] == (2, URL + "/fixed", 30)
+    assert agent_api.get("/config/version").json()["version"] == 2
+    entry = AuditEntry.objects.get(action=AuditEntry.CONFIG_EMERGENCY)
+    assert entry.actor == "root@example.com"
+    assert entry.detail["reason"] == "upstream is down"
+    assert entry.detail["after"]["config_url"] == URL + "/fixed"
+    assert entry.detail["made_stale"] == [pending["id"]]
+    assert ChangeRequest.objects.get(pk=pending["id"]).state == "stale"
+
+
+def test_an_emergency_post_is_201(approvals, superuser, v1):
+    answer = superuser.post(
+        "/config/admin",
+        {"config_url": URL, "pooling_interval": 120, "emergency": True, "reason": "load"},
+        format="json",
+    )
+    assert answer.status_code == 201
+    assert answer.json()["version"] == 2
+
+
+@pytest.mark.parametrize("role", [EDITOR, APPROVER, OPERATOR])
+def test_only_a_superuser_may_publish_in_an_emergency(approvals, v1, role):
+    client = client_for(f"{role}-x@example.com", EDITOR, APPROVER, OPERATOR)
+    answer = client.put(
+        "/config/admin",
+        {"pooling_interval": 60, "emergency": True, "reason": "now"},
+        format="json",
+    )
+    assert answer.status_code == 403
+    assert answer.json()["required_role"] == "superuser"
+    assert versions() == [(1, URL, 30)]
+    assert not ChangeRequest.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"pooling_interval": 60, "emergency": True}, "reason"),
+        ({"pooling_interval": 60, "emergency": True, "reason": "  "}, "reason"),
+        ({"pooling_interval": 60, "reason": "why not"}, "reason"),
+        ({"pooling_interval": 60, "emergency": "yes", "reason": "r"}, "emergency"),
+        ({"pooling_interval": 60, "emergency": True, "reason": "r" * 501}, "reason"),
+    ],
+)
+def test_a_malformed_emergency_is_400_and_stores_nothing(approvals, superuser, v1, body, field):
+    answer = superuser.put("/config/admin", body, format="json")
+    assert answer.status_code == 400
+    assert field in answer.json()
+    assert versions() == [(1, URL, 30)]
+    assert not AuditEntry.objects.filter(action=AuditEntry.CONFIG_EMERGENCY).exists()
+
+
+def test_an_emergency_with_approvals_off_is_still_recorded_as_one(superuser, v1):
+    answer = superuser.put(
+        "/config/admin", {"pooling_interval": 60, "emergency": True, "reason": "r"}, format="json"
+    )
+    assert answer.status_code == 200
+    assert AuditEntry.objects.filter(action=AuditEntry.CONFIG_EMERGENCY).count() == 1
+
+
+# The admin's change form --------------------------------------------------------------------
+
+
+def test_the_admin_form_proposes_when_approvals_are_required(approvals, client, v1):
+    editor = User.objects.create_user(email="ed@example.com", password=None)
+    set_roles(editor, [EDITOR])
+    client.force_login(editor)
+    answer = client.post(
+        "/admin/configs/configversion/change-config/",
+        {"config_url": URL, "pooling_interval": "60"},
+        follow=True,
+    )
+    change = ChangeRequest.objects.get()
+    assert f"Change request #{change.pk} awaits approval" in answer.content.decode()
+    assert (change.state, change.author, change.pooling_interval) == ("pending", editor, 60)
+    assert versions() == [(1, URL, 30)]
