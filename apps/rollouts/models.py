@@ -2,7 +2,6 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-
 # A rollout's states, named so the OpenAPI schema can tell them from a change request's.
 STATES = [
     ("rolling", "rolling"),
