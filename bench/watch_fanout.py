@@ -153,7 +153,7 @@ def start_half_rollout(tokens: list[str]) -> list[str]:
     from apps.agents.models import Agent
     from apps.agents.tokens import hash_token
     from apps.configs.services import get_current_state, publish_config
-    from apps.rollouts.services import target_of
+    from apps.rollouts.targets import target_of
 
     publish_config(
         config_url="http://127.0.0.1:9/bench2",
