@@ -414,3 +414,30 @@ class TestStatusAndMetrics:
         assert "controller_rollout_version 2.0" in text
         assert 'controller_agents_by_target_version{version="2"} 2.0' in text
         assert 'controller_agents_by_target_version{version="1"} 4.0' in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_is_refused_while_approvals_are_required(admin_api, publish, settings):
+    publish(URL, 30)
+    settings.CONFIG_APPROVALS_REQUIRED = 1
+    response = admin_api.post(
+        "/config/admin", {"config_url": NEW_URL, "pooling_interval": 30, "rollout": PLAN}, "json"
+    )
+    assert response.status_code == 400
+    assert "direct publish" in response.json()["detail"]
+    assert ConfigVersion.objects.count() == 1
+    assert not Rollout.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeats_through_the_fast_path_keep_labels_in_their_batch():
+    from apps.agents.services import record_heartbeats
+
+    fleet = make_fleet(canaries=1, others=1)
+    (canary, _), (other, _) = fleet
+    now = timezone.now()
+    record_heartbeats({canary.pk: (now, 3, [], {"ring": "main"}), other.pk: (now, 4, [], None)})
+    canary.refresh_from_db()
+    other.refresh_from_db()
+    assert (canary.labels, canary.applied_version) == ({"ring": "main"}, 3)
+    assert (other.labels, other.applied_version) == ({"ring": "main"}, 4)
