@@ -186,7 +186,13 @@ def test_one_statement_stores_a_whole_batch():
     agents = new_agents(30)
     now = timezone.now()
     reports = {
-        str(agent.pk): (now, n, [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}])
+        # The fourth field, labels, is None: the heartbeat left them out.
+        str(agent.pk): (
+            now,
+            n,
+            [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}],
+            None,
+        )
         for n, (agent, _) in enumerate(agents)
     }
     with CaptureQueriesContext(connection) as queries:

@@ -205,6 +205,9 @@ class TestTargets:
         # An agent on its target is in sync, whichever version that is.
         apply(fleet[1:], 1)
         assert admin_api.get("/agents").json()["results"][1]["status"] == "in_sync"
+        # The status filter and the dashboard's counts take the previous version as the bar.
+        in_sync = admin_api.get("/agents?status=in_sync").json()["results"]
+        assert {item["id"] for item in in_sync} == {str(a.pk) for a, _ in fleet[1:]}
 
     def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
         fleet = make_fleet(canaries=2, others=2)

@@ -226,7 +226,7 @@ def status_condition(status: str, state: dict, now) -> Q:
     # and the counts then take the previous version as the bar, and each agent's own status
     # (agent_status) is exact.
     split = state.get("rollout")
-    bar = split["previous_version"] if split else state["version"]
+    bar = split["previous"]["version"] if split else state["version"]
     behind = Q(applied_version__lt=bar)
     if bar > 0:
         behind |= Q(applied_version__isnull=True)
