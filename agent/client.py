@@ -3,6 +3,7 @@ connect and a read timeout, and every failure turned into one of the small excep
 
 import json
 import logging
+from typing import NamedTuple
 
 import requests
 
@@ -30,6 +31,14 @@ class WatchNotSupported(Exception):
 
 class NoConfigYet(Exception):
     """The controller has no configuration yet (404 on /config/agent)."""
+
+
+class WorkerHealth(NamedTuple):
+    """What a worker's GET /health says: the version it runs (None when empty) and its hits,
+    {version: (ok, failed)} since it started."""
+
+    version: int | None
+    hits: dict[int, tuple[int, int]]
 
 
 class WorkerUnavailable(Exception):
@@ -68,6 +77,9 @@ class ControllerClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.session = session or requests.Session()
+        # Heartbeats and pre-flight results go out while the watch thread holds `session`;
+        # a Session is not meant to be shared between threads.
+        self.report_session = requests.Session()
         self.agent_token: str | None = None
 
     def _request(
@@ -77,13 +89,14 @@ class ControllerClient:
         *,
         token: str | None,
         read_timeout: float | None = None,
+        session: requests.Session | None = None,
         **kwargs,
     ) -> requests.Response:
         headers = kwargs.pop("headers", {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            response = self.session.request(
+            response = (session or self.session).request(
                 method,
                 self.base_url + path,
                 headers=headers,
@@ -160,11 +173,36 @@ class ControllerClient:
         if not isinstance(version, int) or not (interval is None or isinstance(interval, int)):
             raise ControllerUnavailable("GET /config/version: unexpected answer")
         content = {field: data.get(field) for field in CONFIG_FIELDS}
-        return {
+        answer = {
             "version": version,
             "pooling_interval": interval,
             "content": content if valid_config(content) else None,
         }
+        preflight = data.get("preflight")
+        if (
+            isinstance(preflight, dict)
+            and isinstance(preflight.get("id"), str)
+            and isinstance(preflight.get("config_url"), str)
+            and isinstance(preflight.get("timeout_seconds"), int)
+        ):
+            answer["preflight"] = preflight
+        return answer
+
+    def preflight_result(self, preflight_id: str, worker_url: str, result: dict) -> None:
+        """POST /agent/preflight with a worker's answer to a pre-flight."""
+        # Sent from the pre-flight's own thread, with a session of its own.
+        with requests.Session() as session:
+            response = self._request(
+                "POST",
+                "/agent/preflight",
+                token=self.agent_token,
+                session=session,
+                json={"id": preflight_id, "worker_url": worker_url, **result},
+            )
+        if response.status_code != 204:
+            raise ControllerUnavailable(
+                f"POST /agent/preflight: HTTP {response.status_code} {response.text[:200]}"
+            )
 
     def config(self, *, etag_version: int | None = None) -> dict | None:
         """GET /config/agent; None when the controller answers 304 for `etag_version`."""
@@ -185,20 +223,47 @@ class ControllerClient:
         *,
         applied_version: int | None,
         workers: list[dict],
+        hits: list[dict],
         labels: dict[str, str] | None = None,
     ) -> None:
-        """POST /agent/heartbeat with what the agent applied, what each worker runs and the
-        agent's labels (the controller keeps the latest)."""
+        """POST /agent/heartbeat with what the agent applied, what each worker runs, the
+        workers' hits per version since the previous heartbeat and the agent's labels (the
+        controller keeps the latest)."""
         response = self._request(
             "POST",
             "/agent/heartbeat",
             token=self.agent_token,
-            json={"applied_version": applied_version, "workers": workers, "labels": labels or {}},
+            session=self.report_session,
+            json={
+                "applied_version": applied_version,
+                "workers": workers,
+                "hits": hits,
+                "labels": labels or {},
+            },
         )
         if response.status_code != 204:
             raise ControllerUnavailable(
                 f"POST /agent/heartbeat: HTTP {response.status_code} {response.text[:200]}"
             )
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _hit_counts(value) -> dict[int, tuple[int, int]]:
+    """{version: (ok, failed)} from /health's "hits"; entries that are not counts are left out
+    (a worker too old to count hits has none)."""
+    counts: dict[int, tuple[int, int]] = {}
+    if not isinstance(value, dict):
+        return counts
+    for version, item in value.items():
+        if not (isinstance(version, str) and version.isdigit() and isinstance(item, dict)):
+            continue
+        ok, failed = item.get("ok"), item.get("failed")
+        if _count(ok) and _count(failed):
+            counts[int(version)] = (ok, failed)
+    return counts
 
 
 class WorkerClient:
@@ -230,8 +295,8 @@ class WorkerClient:
             raise WorkerUnavailable(f"{method} {path}: HTTP {response.status_code}")
         return response
 
-    def health(self) -> int | None:
-        """The version the worker runs (None when it has no config)."""
+    def health(self) -> WorkerHealth:
+        """The version the worker runs (None when it has no config) and its hits."""
         response = self._request("GET", "/health")
         try:
             data = response.json()
@@ -242,7 +307,38 @@ class WorkerClient:
         version = data.get("config_version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise WorkerUnavailable("GET /health: config_version is not a number")
-        return version
+        return WorkerHealth(version, _hit_counts(data.get("hits")))
+
+    def preflight(self, config_url: str, timeout: float) -> dict:
+        """POST /preflight, signed: the worker fetches `config_url` without applying it.
+        {"status", "elapsed_ms", "error"}."""
+        body = json.dumps({"config_url": config_url}, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, self._key)}
+        # From the pre-flight's own thread, with a session of its own.
+        with requests.Session() as session:
+            try:
+                response = session.post(
+                    self.url + "/preflight",
+                    data=body,
+                    headers=headers,
+                    timeout=(self.timeout[0], timeout),
+                )
+            except requests.RequestException as exc:
+                raise WorkerUnavailable(_describe("POST", self.url + "/preflight", exc)) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise WorkerUnavailable(f"POST /preflight: HTTP {response.status_code}")
+        status, elapsed, error = data.get("status"), data.get("elapsed_ms"), data.get("error")
+        if not (
+            (status is None or (isinstance(status, int) and not isinstance(status, bool)))
+            and isinstance(elapsed, int | float)
+            and (error is None or isinstance(error, str))
+        ):
+            raise WorkerUnavailable("POST /preflight: unexpected answer")
+        return {"status": status, "elapsed_ms": elapsed, "error": error}
 
     def push(self, config: dict) -> bool:
         """POST /config, signed. True when applied or already held; False when the worker

@@ -6,6 +6,7 @@ steps each do one thing (ask the controller, bring the workers in step, report),
 has its own backoff and its own due time; the loop sleeps until the earliest one.
 """
 
+import collections
 import hashlib
 import logging
 import random
@@ -34,6 +35,9 @@ logger = logging.getLogger("agent")
 
 # How often a held watch request looks at the stop flag.
 STOP_POLL_SECONDS = 0.1
+# After a version is applied, the first hits of it are reported this soon (or sooner, with a
+# shorter heartbeat period): a failing canary is stopped on the numbers of its first seconds.
+FIRST_HITS_SECONDS = 5.0
 
 
 class Stopped(Exception):
@@ -54,10 +58,33 @@ class WorkerState:
     ok: bool = False
     version: int | None = None
     ahead_logged: bool = field(default=False)
+    # The worker's hit counts as last read, and as counted in the last delivered heartbeat.
+    hits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    reported: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.client.url
+
+
+def hits_since(snapshots: list[tuple[WorkerState, dict]]) -> list[dict]:
+    """[{"version", "ok", "failed"}]: each version's hits on all the workers since the counts
+    each worker had in the last delivered heartbeat. A count lower than before means the worker
+    restarted, and everything it counted since is new."""
+    totals: dict[int, list[int]] = {}
+    for worker, counts in snapshots:
+        for version, (ok, failed) in counts.items():
+            before_ok, before_failed = worker.reported.get(version, (0, 0))
+            if ok < before_ok or failed < before_failed:
+                before_ok = before_failed = 0
+            total = totals.setdefault(version, [0, 0])
+            total[0] += ok - before_ok
+            total[1] += failed - before_failed
+    return [
+        {"version": version, "ok": ok, "failed": failed}
+        for version, (ok, failed) in sorted(totals.items())
+        if ok or failed
+    ]
 
 
 class Agent:
@@ -76,6 +103,7 @@ class Agent:
         backoff_cap: float = 60.0,
         backoff_base: float = 1.0,
         worker_check_seconds: float = 5.0,
+        heartbeat_seconds: float = 10.0,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         name: str | None = None,
@@ -108,6 +136,9 @@ class Agent:
         self.registration_token = registration_token or None
         self.watch = watch
         self.worker_check_seconds = worker_check_seconds
+        if heartbeat_seconds <= 0:
+            raise ValueError("heartbeat_seconds must be positive")
+        self.heartbeat_seconds = heartbeat_seconds
         self.default_interval = default_interval
         self.hostname = socket.gethostname()
         self.name = name or self.hostname
@@ -124,6 +155,10 @@ class Agent:
         # Until the first answer after a start, the held config is only the cached one.
         self.reconciled = False
         self.started = False
+        self.heartbeat_due = 0.0
+        self.first_hits_pending = False
+        # Ids of the pre-flights run lately: two controller processes may hand over the same one.
+        self.preflights_run: collections.deque[str] = collections.deque(maxlen=64)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -206,7 +241,12 @@ class Agent:
             # unchanged one goes on to the watch in the same check.
             changed = not self.reconciled and self._reconcile()
             if not changed:
-                changed = self._follow_version(self._ask_version(stop))
+                state = self._ask_version(stop)
+                changed = self._follow_version(state)
+                if "preflight" in state:
+                    self.start_preflight(state["preflight"])
+                    # The answer came early for the pre-flight, not because the watch ran out.
+                    changed = True
         except Unauthorized:
             self._token_refused()
             if self.registration_token:
@@ -253,7 +293,7 @@ class Agent:
 
     def sync_worker(self, worker: WorkerState) -> None:
         try:
-            worker.version = worker.client.health()
+            worker.version, worker.hits = worker.client.health()
             worker.ok = True
             if self.config is not None:
                 wanted = self.config["version"]
@@ -282,8 +322,63 @@ class Agent:
             worker.backoff.reset()
         worker.due = 0.0
 
+    def start_preflight(self, request: dict) -> threading.Thread | None:
+        """Have one worker fetch the URL without applying it, and post the answer back, on a
+        thread of its own: the watch goes on meanwhile."""
+        if request["id"] in self.preflights_run:
+            return None
+        self.preflights_run.append(request["id"])
+        thread = threading.Thread(
+            target=self.run_preflight, args=(request,), name="agent-preflight", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def run_preflight(self, request: dict) -> None:
+        # A worker that answered its last check, else the first.
+        worker = next((w for w in self.workers if w.ok), self.workers[0])
+        timeout = max(1, request["timeout_seconds"])
+        started = time.monotonic()
+        try:
+            result = worker.client.preflight(request["config_url"], timeout)
+        except WorkerUnavailable as exc:
+            result = {
+                "status": None,
+                "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                "error": f"worker {worker.url}: {exc}",
+            }
+        logger.info(
+            "pre-flight %s on worker %s: %s",
+            request["id"],
+            worker.url,
+            result["error"] or f"HTTP {result['status']}",
+        )
+        try:
+            self.controller.preflight_result(request["id"], worker.url, result)
+        except (ControllerUnavailable, Unauthorized) as exc:
+            logger.warning("pre-flight %s: answer not delivered: %s", request["id"], exc)
+
+    def heartbeats_on(self) -> bool:
+        # Only to a controller that answered last time: an unreachable one has its own backoff.
+        return (
+            self.credentials is not None
+            and self.controller_enabled
+            and not self.controller_backoff.failures
+        )
+
+    def heartbeat_is_due(self) -> bool:
+        return self.heartbeats_on() and self.heartbeat_due <= self.clock()
+
     def send_heartbeat(self) -> None:
-        """Tell the controller what the agent applied and what each worker runs."""
+        """Tell the controller what the agent applied, what each worker runs and how many hits
+        each version served since the previous heartbeat that was delivered."""
+        now = self.clock()
+        if self.first_hits_pending:
+            self.first_hits_pending = False
+            self.heartbeat_due = now + min(FIRST_HITS_SECONDS, self.heartbeat_seconds)
+        else:
+            self.heartbeat_due = now + self.heartbeat_seconds
+        snapshots = [(worker, dict(worker.hits)) for worker in self.workers]
         try:
             self.controller.heartbeat(
                 applied_version=self.applied["version"] if self.applied else None,
@@ -291,12 +386,18 @@ class Agent:
                     {"url": worker.url, "ok": worker.ok, "version": worker.version}
                     for worker in self.workers
                 ],
+                hits=hits_since(snapshots),
                 labels=self.labels,
             )
         except Unauthorized:
             self._token_refused()
+            return
         except ControllerUnavailable as exc:
+            # The hits stay uncounted and go with the next heartbeat that arrives.
             logger.warning("heartbeat not delivered: %s", exc)
+            return
+        for worker, snapshot in snapshots:
+            worker.reported = snapshot
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -305,20 +406,21 @@ class Agent:
         stop = stop or threading.Event()
         if not self.started:
             self.start()
-        answered = False
         if not stop.is_set() and self.controller_due <= self.clock():
             if self.controller_enabled:
-                answered = self.check_controller(stop)
+                self.check_controller(stop)
             else:
                 self.controller_due = self.clock() + self.period
         if not stop.is_set():
             self.sync_workers()
-        if answered and not stop.is_set():
+        if not stop.is_set() and self.heartbeat_is_due():
             self.send_heartbeat()
         return self.next_delay()
 
     def next_delay(self) -> float:
         dues = [self.controller_due] + [w.due for w in self.workers if w.due > 0]
+        if self.heartbeats_on():
+            dues.append(self.heartbeat_due)
         return max(0.0, min(dues) - self.clock())
 
     def run(self, stop: threading.Event) -> None:
@@ -342,6 +444,7 @@ class Agent:
     def close(self) -> None:
         """Close the HTTP connections the agent keeps open."""
         self.controller.session.close()
+        self.controller.report_session.close()
         for worker in self.workers:
             worker.client.session.close()
 
@@ -384,6 +487,11 @@ class Agent:
                 # is found and filled again, with the config the agent already holds.
                 self.sync_workers()
                 next_worker_check = time.monotonic() + self.worker_check_seconds
+            if self.heartbeat_is_due():
+                # Hits are reported on time while the watch is held, from the workers' state
+                # of this moment.
+                self.sync_workers()
+                self.send_heartbeat()
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
@@ -484,6 +592,9 @@ class Agent:
         except OSError as exc:
             logger.error("could not write %s: %s", self.state.config_path, exc)
         self.applied = config
+        # Report the new version at once, and its first hits a few seconds later.
+        self.heartbeat_due = self.clock()
+        self.first_hits_pending = True
 
     def _token_refused(self) -> None:
         agent_id = self.credentials["agent_id"] if self.credentials else "-"

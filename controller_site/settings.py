@@ -569,6 +569,9 @@ AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
 # While a watch is held, the workers are still checked this often, so one that restarted empty
 # is filled again within seconds rather than when the watch ends.
 AGENT_WORKER_CHECK_SECONDS = env_float("AGENT_WORKER_CHECK_SECONDS", 5.0)
+# How often the agent reports to the controller: what it applied, its workers' state and their
+# hits per version, on which a rollout is halted. The first hits of a new version go sooner.
+AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 10.0)
 AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
 # Labels the agent sends with its registration and every heartbeat; rollouts pick canaries by
 # them. "ring=canary,zone=eu-1" in the environment, a mapping under `labels:` in the file.

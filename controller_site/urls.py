@@ -19,11 +19,13 @@ from apps.changes.views import (
     RejectChangeView,
 )
 from apps.configs.views import (
+    AgentPreflightResultView,
     ConfigAdminView,
     ConfigAgentView,
     ConfigHistoryView,
     ConfigRollbackView,
     ConfigVersionView,
+    PreflightView,
 )
 from apps.ops.views import healthz, metrics, readyz
 from apps.rollouts.views import (
@@ -47,6 +49,7 @@ urlpatterns = [
     path("config/admin/rollout/pause", RolloutPauseView.as_view(), name="rollout-pause"),
     path("config/admin/rollout/resume", RolloutResumeView.as_view(), name="rollout-resume"),
     path("config/admin/rollout/abort", RolloutAbortView.as_view(), name="rollout-abort"),
+    path("config/admin/preflight", PreflightView.as_view(), name="config-preflight"),
     path("config/admin/changes", ChangeListView.as_view(), name="changes"),
     path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),
     path(
@@ -69,6 +72,7 @@ urlpatterns = [
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),
     path("agent/register", RegisterAgentView.as_view(), name="agent-register"),
     path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/preflight", AgentPreflightResultView.as_view(), name="agent-preflight"),
     path("agents", AgentListView.as_view(), name="agents"),
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("audit", AuditLogView.as_view(), name="audit"),

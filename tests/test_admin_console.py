@@ -246,3 +246,25 @@ def test_audit_log_is_searchable_in_the_admin(operator, publish):
     assert [e.action for e in response.context["cl"].result_list] == [AuditEntry.CONFIG_CREATED]
     by_action = operator.get("/admin/audit/auditentry/?action__exact=config.created")
     assert by_action.context["cl"].result_count == 1
+
+
+def test_preflight_button_without_a_live_agent_says_so_and_saves_nothing(operator):
+    response = operator.post(
+        "/admin/configs/configversion/change-config/",
+        {"config_url": URL, "pooling_interval": "30", "_preflight": "1"},
+    )
+
+    assert response.status_code == 200
+    assert "No agent is live" in response.content.decode()
+    assert ConfigVersion.objects.count() == 0
+
+
+def test_preflight_button_checks_the_url_first(operator):
+    response = operator.post(
+        "/admin/configs/configversion/change-config/",
+        {"config_url": "ftp://x.example/", "pooling_interval": "30", "_preflight": "1"},
+    )
+
+    assert response.status_code == 200
+    assert "config_url" in response.context["form"].errors
+    assert ConfigVersion.objects.count() == 0

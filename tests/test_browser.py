@@ -12,6 +12,7 @@ from django.utils import timezone
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent
 from apps.configs.models import ConfigVersion
+from apps.configs.services import publish_config
 from tests.conftest import unavailable
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -264,3 +265,50 @@ def test_rollout_page_in_the_admin(page, live_server):
     assert (newest.version, newest.config_url, newest.rolled_back_from) == (3, URL, 1)
     page.goto(f"{live_server.url}/admin/")
     assert page.query_selector("#rollout-banner") is None
+
+
+def log_in(page, live_server, email: str, password: str) -> None:
+    page.context.clear_cookies()
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", email)
+    page.fill("#id_password", password)
+    page.click('input[type="submit"]')
+    page.wait_for_selector("#dashboard")
+
+
+def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_server, settings):
+    settings.CONFIG_APPROVALS_REQUIRED = 1
+    publish_config(config_url=URL, pooling_interval=30)
+    for email, role in (("ed@example.com", "editor"), ("ap@example.com", "approver")):
+        call_command("grant_role", email, role, "--create", "--password", "Long-Pass-7!")
+
+    # The editor proposes: a change request, and version 1 stays current.
+    log_in(page, live_server, "ed@example.com", "Long-Pass-7!")
+    page.click("text=Change configuration")
+    page.fill("#id_pooling_interval", "60")
+    page.click('input[value="Propose for approval"]')
+    page.wait_for_selector("ul.messagelist")
+    assert "awaits approval" in page.inner_text("ul.messagelist")
+    assert "60" in page.inner_text("#change-diff .diff-pooling_interval .diff-proposed")
+    assert page.locator("#approve-form").count() == 0  # not for its own author
+    page.goto(f"{live_server.url}/admin/")
+    assert page.inner_text("#current-version") == "1"
+    assert page.inner_text("#pending-changes .number") == "1"
+
+    # An approver opens it from the dashboard and approves it.
+    log_in(page, live_server, "ap@example.com", "Long-Pass-7!")
+    page.click("#pending-changes")
+    page.click("#result_list tbody tr th a")
+    page.fill("#approve-comment", "fine by me")
+    page.click('#approve-form input[value="Approve"]')
+    page.wait_for_selector("ul.messagelist")
+    assert "is published as version 2" in page.inner_text("ul.messagelist")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-change-request.png"), full_page=True)
+
+    # The dashboard shows the new version and nothing pending.
+    page.goto(f"{live_server.url}/admin/")
+    assert page.inner_text("#current-version") == "2"
+    assert page.inner_text("#current-interval") == "60 s"
+    assert page.inner_text("#pending-changes .number") == "0"
+    assert ConfigVersion.objects.get(version=2).created_by.email == "ed@example.com"

@@ -459,3 +459,69 @@ def test_the_admin_form_proposes_when_approvals_are_required(approvals, client, 
     assert f"Change request #{change.pk} awaits approval" in answer.content.decode()
     assert (change.state, change.author, change.pooling_interval) == ("pending", editor, 60)
     assert versions() == [(1, URL, 30)]
+
+
+def admin_client_for(client, email: str, *roles: str):
+    user = User.objects.create_user(email=email, password=None)
+    set_roles(user, roles)
+    client.force_login(user)
+    return user
+
+
+def test_the_admin_page_shows_the_diff_and_an_approver_approves_with_the_button(
+    approvals, client, editor, v1
+):
+    change = propose(editor, config_url=URL + "/b")
+    page = f"/admin/changes/changerequest/{change['id']}/change/"
+    # The author sees the diff and may cancel, not approve.
+    client.force_login(editor.user)
+    html = client.get(page).content.decode()
+    assert "/b</strong>" in html
+    assert 'id="cancel-form"' in html and 'id="approve-form"' not in html
+    admin_client_for(client, "approver@example.com", APPROVER)
+    html = client.get(page).content.decode()
+    assert 'id="approve-form"' in html and 'id="cancel-form"' not in html
+    answer = client.post(
+        f"/admin/changes/changerequest/{change['id']}/approve/", {"comment": "fine"}, follow=True
+    )
+    assert f"change request #{change['id']} is published as version 2" in answer.content.decode()
+    assert versions()[-1] == (2, URL + "/b", 30)
+    stored = ChangeRequest.objects.get()
+    assert stored.approvals.get().comment == "fine"
+    # Deciding again is refused with the service's message, and nothing more happens.
+    answer = client.post(f"/admin/changes/changerequest/{change['id']}/reject/", follow=True)
+    assert "is published, not pending" in answer.content.decode()
+    assert ChangeRequest.objects.get().state == "published"
+
+
+def test_the_admin_refuses_self_approval_with_the_reason(approvals, client, v1):
+    user = admin_client_for(client, "both@example.com", EDITOR, APPROVER)
+    change = ChangeRequest.objects.create(
+        base_version=1, config_url=URL, pooling_interval=60, author=user
+    )
+    answer = client.post(f"/admin/changes/changerequest/{change.pk}/approve/", follow=True)
+    assert "Nobody approves their own change request." in answer.content.decode()
+    assert ChangeRequest.objects.get().state == "pending"
+
+
+def test_the_dashboard_counts_pending_requests_and_shows_an_emergency_in_red(
+    approvals, client, editor, superuser, v1
+):
+    propose(editor, pooling_interval=60)
+    propose(editor, pooling_interval=90)
+    admin_client_for(client, "viewer@example.com", VIEWER)
+    html = client.get("/admin/").content.decode()
+    assert '<span class="number">2</span>pending approval' in html
+    assert 'id="current-emergency"' not in html
+    superuser.put(
+        "/config/admin",
+        {"pooling_interval": 45, "emergency": True, "reason": "upstream on fire"},
+        format="json",
+    )
+    html = client.get("/admin/").content.decode()
+    assert '<span class="number">0</span>pending approval' in html
+    assert (
+        '<tr class="emergency" id="current-emergency"><th>Emergency publish</th>'
+        "<td>by root@example.com, without approval: upstream on fire</td></tr>"
+    ) in html
+    assert '<tr class="emergency">' in html  # the entry in the last changes

@@ -5,7 +5,10 @@ action that is not in them fails `test_every_*_has_a_rule`, so nothing new ships
 decision about who may use it.
 """
 
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
@@ -44,11 +47,13 @@ API_RULES = {
     ("config-admin", "PUT"): EDITOR,
     ("config-history", "GET"): ANY_ROLE,
     ("config-rollback", "POST"): OPERATOR,
+    ("config-preflight", "POST"): EDITOR,
     ("config-version", "GET"): AGENT,
     ("config-agent", "GET"): AGENT,
     ("registration-token", "GET"): OPERATOR,
     ("agent-register", "POST"): REGISTRATION,
     ("agent-heartbeat", "POST"): AGENT,
+    ("agent-preflight", "POST"): AGENT,
     ("agents", "GET"): ANY_ROLE,
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
@@ -114,6 +119,16 @@ ADMIN_RULES = {
         "delete": NOBODY,
         "delete_selected": NOBODY,
         "rollouts_rollout_control": OPERATOR,
+    },
+    "changes.changerequest": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "changes_changerequest_approve": APPROVER,
+        "changes_changerequest_reject": APPROVER,
+        "changes_changerequest_cancel": EDITOR,
     },
     "audit.auditentry": {
         "view": ANY_ROLE,
@@ -243,6 +258,11 @@ def calls(world, user) -> dict:
         ("config-admin", "PUT"): ("put", "/config/admin", {"pooling_interval": 90}),
         ("config-history", "GET"): ("get", "/config/admin/history", None),
         ("config-rollback", "POST"): ("post", "/config/admin/rollback", {"version": 1}),
+        ("config-preflight", "POST"): (
+            "post",
+            "/config/admin/preflight",
+            {"config_url": URL, "timeout_seconds": 1},
+        ),
         ("registration-token", "GET"): ("get", "/agent/admin", None),
         ("agents", "GET"): ("get", "/agents", None),
         ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
@@ -295,7 +315,10 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
         assert answer.status_code in (200, 201), answer.content
-        if method != "get" or endpoint[0] == "registration-token":
+        if endpoint[0] == "config-preflight":
+            # A pre-flight asks the agents and stores nothing.
+            assert stored_state() == before
+        elif method != "get" or endpoint[0] == "registration-token":
             assert stored_state() != before
     else:
         assert answer.status_code == 403, answer.content
@@ -368,8 +391,16 @@ def test_login_tells_the_client_its_roles(api, roles, superuser, expected):
 # Roles themselves ---------------------------------------------------------------------------
 
 
-def test_the_roles_are_groups_made_by_the_migration():
+def test_the_migration_makes_the_groups_and_gives_former_staff_every_role():
+    # Run again here: a test database flushed by an earlier transactional test has lost them.
+    migration = importlib.import_module("apps.accounts.migrations.0002_roles")
+    staff = User.objects.create_user(email="staff@example.com", password=None, is_staff=True)
+    plain = User.objects.create_user(email="plain@example.com", password=None)
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    migration.create_roles(django_apps, None)
     assert set(Group.objects.values_list("name", flat=True)) >= set(ROLES)
+    assert set(staff.groups.values_list("name", flat=True)) == set(ROLES)
+    assert not plain.groups.exists() and not root.groups.exists()
 
 
 def test_set_roles_is_audited_and_gives_admin_access_with_a_role(admin_user):
@@ -480,7 +511,11 @@ def admin_objects(world, admin_user):
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
         "audit.auditentry": AuditEntry.objects.first(),
-        "rollouts.rollout": start_rollout(),
+        # A record of a rollout, made directly: publishing one would make the change stale.
+        "rollouts.rollout": Rollout.objects.create(
+            version=2, previous_version=1, waves=[100], state=Rollout.COMPLETED
+        ),
+        "changes.changerequest": world["change"],
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
     }
@@ -498,6 +533,9 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "configs_configversion_change_config": f"{base}change-config/",
         "agents_registrationtoken_issue": f"{base}issue/",
         "rollouts_rollout_control": f"{base}{obj.pk}/control/pause/",
+        "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
+        "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
+        "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",
     }[page]
 
 

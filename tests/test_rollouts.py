@@ -439,7 +439,9 @@ def test_heartbeats_through_the_fast_path_keep_labels_in_their_batch():
     fleet = make_fleet(canaries=1, others=1)
     (canary, _), (other, _) = fleet
     now = timezone.now()
-    record_heartbeats({canary.pk: (now, 3, [], {"ring": "main"}), other.pk: (now, 4, [], None)})
+    record_heartbeats(
+        {canary.pk: (now, 3, [], [], {"ring": "main"}), other.pk: (now, 4, [], [], None)}
+    )
     canary.refresh_from_db()
     other.refresh_from_db()
     assert (canary.labels, canary.applied_version) == ({"ring": "main"}, 3)

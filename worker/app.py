@@ -1,5 +1,9 @@
 """The worker's WSGI application: holds the configuration the agent pushed and serves GET /hit.
 
+It counts the outcome of every hit per config version (GET /health shows the counts; the agent
+reports them, and the controller halts a rollout whose new version fails), and fetches a URL on
+request without applying it (POST /preflight), so a URL can be tried before it ships.
+
 Built from plain values, so it runs without Django settings or a database;
 `manage.py run_worker` reads the settings and serves it with granian (worker/server.py).
 """
@@ -7,6 +11,7 @@ Built from plain values, so it runs without Django settings or a database;
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -14,6 +19,7 @@ from typing import NamedTuple
 
 from protocol import signing
 from protocol.config import InvalidFields
+from protocol.rules import InvalidConfig, check_config_url
 from worker.config import ConfigStore, MalformedPush, StaleVersion, parse_push
 from worker.metrics import WorkerMetrics
 from worker.upstream import (
@@ -22,6 +28,7 @@ from worker.upstream import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamTooLarge,
+    without_query,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,6 +39,34 @@ SIGNATURE_HEADER = "HTTP_X_SIGNATURE"
 JSON = "application/json"
 # Statuses whose answers carry no body, and so no Content-Length either.
 BODILESS_STATUSES = frozenset({204, 304})
+# Hit counts are kept for this many versions, the newest: a rollout judges the new version
+# against the one before it, and the agent reads the counts every few seconds.
+HIT_VERSIONS_KEPT = 16
+
+
+class HitCounts:
+    """How many hits each config version served well (upstream below 500) and badly (upstream
+    5xx, or the worker's own 502 or 504), since the process started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, list[int]] = {}
+
+    def add(self, version: int, ok: bool) -> None:
+        with self._lock:
+            counts = self._counts.get(version)
+            if counts is None:
+                counts = self._counts[version] = [0, 0]
+                if len(self._counts) > HIT_VERSIONS_KEPT:
+                    del self._counts[min(self._counts)]
+            counts[0 if ok else 1] += 1
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                str(version): {"ok": ok, "failed": failed}
+                for version, (ok, failed) in sorted(self._counts.items())
+            }
 
 
 class Response(NamedTuple):
@@ -99,6 +134,7 @@ class WorkerApp:
         self.started = time.monotonic()
         self.store = ConfigStore()
         self.metrics = WorkerMetrics()
+        self.hit_counts = HitCounts()
         self.upstream = UpstreamClient(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -109,6 +145,7 @@ class WorkerApp:
             "/health": {"GET": self.health},
             "/config": {"GET": self.get_config, "POST": self.push_config},
             "/hit": {"GET": self.hit},
+            "/preflight": {"POST": self.preflight},
             "/metrics": {"GET": self.render_metrics},
         }
 
@@ -158,6 +195,7 @@ class WorkerApp:
                 "status": "ok",
                 "config_version": held.version if held else None,
                 "uptime_s": round(time.monotonic() - self.started, 3),
+                "hits": self.hit_counts.as_dict(),
             },
         )
 
@@ -277,6 +315,7 @@ class WorkerApp:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
             kind, status = _upstream_failure(exc)
             self.metrics.hits.labels(upstream_status=kind).inc()
+            self.hit_counts.add(held.version, ok=False)
             logger.warning("upstream error (v%d): %s", held.version, exc)
             return json_response(status, {"detail": str(exc)}, [version_header])
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
@@ -284,6 +323,7 @@ class WorkerApp:
         # passed on as the answer to /hit.
         if not 200 <= upstream.status <= 599:
             self.metrics.hits.labels(upstream_status="invalid_status").inc()
+            self.hit_counts.add(held.version, ok=False)
             logger.warning("upstream error (v%d): invalid status %d", held.version, upstream.status)
             return json_response(
                 502,
@@ -291,15 +331,61 @@ class WorkerApp:
                 [version_header],
             )
         self.metrics.hits.labels(upstream_status=str(upstream.status)).inc()
+        self.hit_counts.add(held.version, ok=upstream.status < 500)
         headers = [version_header]
         if upstream.content_type is not None:
             headers.append(("Content-Type", upstream.content_type))
         return Response(upstream.status, upstream.body, headers)
 
+    # POST /preflight
+
+    def preflight(self, environ: dict) -> Response:
+        """Fetch a URL as /hit would (same rules, limits and address block) without applying it.
+
+        Signed like POST /config: an open endpoint that fetches any URL would let anyone use
+        the worker to reach what it can reach."""
+        try:
+            body = self._authenticated_body(environ)
+        except Unauthorized as exc:
+            logger.warning("preflight refused from %s: %s", _client(environ), exc.reason)
+            raise
+        config_url = _preflight_url(body)
+        started = time.perf_counter()
+        status, error = None, None
+        try:
+            status = self.upstream.fetch(config_url).status
+        except UpstreamError as exc:
+            error = str(exc)
+        else:
+            if not 200 <= status <= 599:
+                error = f"upstream answered with invalid status {status}"
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.info(
+            "preflight of %s: %s in %.0f ms",
+            without_query(config_url),
+            error or f"HTTP {status}",
+            elapsed_ms,
+        )
+        return json_response(200, {"status": status, "elapsed_ms": elapsed_ms, "error": error})
+
     # GET /metrics
 
     def render_metrics(self, environ: dict) -> Response:
         return Response(200, self.metrics.render(), [("Content-Type", self.metrics.content_type)])
+
+
+def _preflight_url(body: bytes) -> str:
+    """The config_url of a preflight body, checked by the config rules; HttpError 400 otherwise."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise HttpError(400, {"detail": "The body must be JSON."}) from None
+    if not isinstance(data, dict):
+        raise HttpError(400, {"detail": "The body must be a JSON object."})
+    try:
+        return check_config_url(data.get("config_url"))
+    except InvalidConfig as exc:
+        raise HttpError(400, {exc.field: [exc.message]}) from None
 
 
 def _upstream_failure(exc: UpstreamError) -> tuple[str, int]:

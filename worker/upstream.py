@@ -62,7 +62,7 @@ def is_private_address(address: str) -> bool:
     )
 
 
-def _without_query(url: str) -> str:
+def without_query(url: str) -> str:
     # Error messages and logs name the upstream without its query, which may carry a token.
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -184,7 +184,7 @@ class UpstreamClient:
     def _failure(
         self, code: int, message: str, body: _Body, refused: str | None, url: str
     ) -> UpstreamError:
-        shown = _without_query(url)
+        shown = without_query(url)
         if refused is not None:
             return UpstreamBlocked(
                 f"upstream {shown} connected to the non-public address {refused}, "

@@ -28,12 +28,13 @@ def set_roles(
     wanted = set(roles)
     for role in wanted - set(ROLES):
         raise UnknownRole(role)
-    groups = {group.name: group for group in Group.objects.filter(name__in=ROLES)}
+    # The migration makes the groups; one deleted since is made again rather than failing.
+    groups = {role: Group.objects.get_or_create(name=role)[0] for role in wanted}
     held = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
     added = [role for role in ROLES if role in wanted - held]
     removed = [role for role in ROLES if role in held - wanted]
     user.groups.add(*(groups[role] for role in added))
-    user.groups.remove(*(groups[role] for role in removed))
+    user.groups.remove(*user.groups.filter(name__in=removed))
     staff = bool(wanted) or user.is_superuser
     if user.is_staff != staff:
         user.is_staff = staff

@@ -2,6 +2,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
@@ -9,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.agents import services
-from apps.agents.models import Agent, RegistrationToken
+from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.configs.services import get_current_state
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
@@ -69,6 +70,7 @@ class AgentAdmin(admin.ModelAdmin):
         "last_seen",
         "applied_version",
         "worker_states",
+        "target_hits",
         "created_at",
     ]
     list_filter = [StatusFilter, LabelFilter]
@@ -81,6 +83,7 @@ class AgentAdmin(admin.ModelAdmin):
         "last_seen",
         "applied_version",
         "worker_states",
+        "target_hits",
         "revoked_at",
     ]
     fields = ["name", "hostname", *readonly_fields]
@@ -95,6 +98,34 @@ class AgentAdmin(admin.ModelAdmin):
             status,
             BADGE_COLOURS[status],
             status.replace("_", " "),
+        )
+
+    def get_queryset(self, request):
+        # The hits of the version the agent should run, in the same query as the agents.
+        hits = AgentHits.objects.filter(
+            agent=OuterRef("pk"), version=get_current_state()["version"]
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                target_ok=Subquery(hits.values("ok")[:1]),
+                target_failed=Subquery(hits.values("failed")[:1]),
+            )
+        )
+
+    @admin.display(description="hits (target version)")
+    def target_hits(self, obj: Agent) -> str:
+        ok, failed = getattr(obj, "target_ok", None), getattr(obj, "target_failed", None)
+        if ok is None:
+            return "—"
+        rate = failed / (ok + failed) if ok + failed else 0.0
+        return format_html(
+            '{} ok, <span style="color:{}">{} failed</span> ({})',
+            ok,
+            "#b71c1c" if failed else "inherit",
+            failed,
+            f"{rate:.0%}",
         )
 
     @admin.display(description="labels")

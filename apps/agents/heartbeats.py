@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 MAX_VERSION = 2**31 - 1  # applied_version is a PostgreSQL integer column
 MAX_WORKERS = 100
 MAX_URL_LENGTH = 2048
+# A heartbeat reports hits for at most this many versions, each count at most MAX_HITS: far more
+# than a worker serves between two heartbeats, and the totals stay far from the column's limit.
+MAX_HIT_VERSIONS = 100
+MAX_HITS = 10**9
 
 
 class InvalidHeartbeat(Exception):
@@ -73,8 +77,56 @@ def _check_worker(item) -> dict:
     return {"url": url, "ok": ok, "version": version}
 
 
+def _check_hit(item) -> dict:
+    if not isinstance(item, dict):
+        raise InvalidHeartbeat({"non_field_errors": ["Must be an object."]})
+    errors: dict[str, list[str]] = {}
+    version = item.get("version")
+    if not _whole_number(version) or not 1 <= version <= MAX_VERSION:
+        errors["version"] = [f"This field is required: a whole number from 1 to {MAX_VERSION}."]
+    for name in ("ok", "failed"):
+        count = item.get(name)
+        if not _whole_number(count) or not 0 <= count <= MAX_HITS:
+            errors[name] = [f"This field is required: a whole number from 0 to {MAX_HITS}."]
+    if errors:
+        raise InvalidHeartbeat(errors)
+    return {"version": version, "ok": item["ok"], "failed": item["failed"]}
+
+
+def _check_hits(hits) -> list[dict]:
+    if not isinstance(hits, list):
+        raise InvalidHeartbeat(["Must be a list."])
+    if len(hits) > MAX_HIT_VERSIONS:
+        raise InvalidHeartbeat([f"Ensure this field has no more than {MAX_HIT_VERSIONS} elements."])
+    checked, per_item = [], []
+    for item in hits:
+        try:
+            checked.append(_check_hit(item))
+            per_item.append({})
+        except InvalidHeartbeat as exc:
+            per_item.append(exc.errors)
+    if any(per_item):
+        raise InvalidHeartbeat(per_item)
+    return checked
+
+
+def merge_hits(*reports: list[dict]) -> list[dict]:
+    """Hits of several reports of one agent as one: the counts of each version added up."""
+    totals: dict[int, list[int]] = {}
+    for hits in reports:
+        for item in hits:
+            total = totals.setdefault(item["version"], [0, 0])
+            total[0] += item["ok"]
+            total[1] += item["failed"]
+    return [
+        {"version": version, "ok": ok, "failed": failed}
+        for version, (ok, failed) in sorted(totals.items())
+    ]
+
+
 def check_heartbeat(data) -> dict:
-    """{"applied_version", "workers"} from a decoded heartbeat body, or InvalidHeartbeat.
+    """{"applied_version", "workers", "hits", "labels"} from a decoded heartbeat body, or
+    InvalidHeartbeat.
 
     The one statement of the rules: the API view's serializer calls it too. Values must have
     their JSON types (a version is a number, `ok` is true or false), as the agent sends them."""
@@ -104,6 +156,13 @@ def check_heartbeat(data) -> dict:
                 per_item.append(exc.errors)
         if any(per_item):
             errors["workers"] = per_item
+    hits: list[dict] = []
+    if "hits" in data:
+        # Optional: an agent of an earlier release sends none.
+        try:
+            hits = _check_hits(data["hits"])
+        except InvalidHeartbeat as exc:
+            errors["hits"] = exc.errors
     # Left out, the stored labels stay as they are (an agent older than labels sends none).
     labels = data.get("labels")
     if labels is not None:
@@ -113,10 +172,10 @@ def check_heartbeat(data) -> dict:
             errors["labels"] = [str(exc)]
     if errors:
         raise InvalidHeartbeat(errors)
-    return {"applied_version": applied, "workers": checked, "labels": labels}
+    return {"applied_version": applied, "workers": checked, "hits": hits, "labels": labels}
 
 
-# A report waiting for its batch: (seen at, applied_version, workers, labels or None).
+# A report waiting for its batch: (seen at, applied_version, workers, hits, labels or None).
 Report = tuple
 
 
@@ -139,7 +198,8 @@ class HeartbeatRecorder:
         self.lookup = lookup
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
-        # The latest report per agent: two reports in one window are one write.
+        # The latest report per agent: two reports in one window are one write (their hits,
+        # each counted since the report before, are added up).
         self.pending: dict[str, Report] = {}
         self.recorded = 0
         self._lookups: dict[str, asyncio.Future] = {}
@@ -167,11 +227,17 @@ class HeartbeatRecorder:
     # Reports ----------------------------------------------------------------------------
 
     def add(self, agent_id: str, report: dict) -> None:
+        earlier = self.pending.get(agent_id)
+        hits = report.get("hits", [])
+        if earlier is not None and earlier[3]:
+            hits = merge_hits(earlier[3], hits)
         self.pending[agent_id] = (
             timezone.now(),
             report["applied_version"],
             report["workers"],
-            report.get("labels"),
+            hits,
+            # The newest labels sent in this window, else those of an earlier report in it.
+            report.get("labels") or (earlier[4] if earlier is not None else None),
         )
         if len(self.pending) >= self.batch_size and self._early is None and self._timer:
             # A full batch does not wait for the window to end.
@@ -219,7 +285,16 @@ class HeartbeatRecorder:
     def _keep(self, batch: dict) -> None:
         # Back in the queue, unless a newer report of the same agent arrived meanwhile.
         for agent_id, report in batch.items():
-            self.pending.setdefault(agent_id, report)
+            newer = self.pending.get(agent_id)
+            if newer is None:
+                self.pending[agent_id] = report
+            elif report[3]:
+                # The newer report wins, and the hits that were not written go with it.
+                self.pending[agent_id] = (
+                    *newer[:3],
+                    merge_hits(report[3], newer[3]),
+                    newer[4] if newer[4] is not None else report[4],
+                )
 
     # Agents -----------------------------------------------------------------------------
 

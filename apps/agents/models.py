@@ -31,6 +31,27 @@ class Agent(models.Model):
         return self.revoked_at is None
 
 
+class AgentHits(models.Model):
+    """How many hits one agent's workers served with one config version, ok and failed, summed
+    over its heartbeats: what a rollout's health check reads."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="version_hits")
+    version = models.PositiveIntegerField()
+    ok = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "agent_hits"
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "version"], name="agent_hits_once_per_version")
+        ]
+        indexes = [models.Index(fields=["version"], name="agent_hits_by_version")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} v{self.version}: {self.ok} ok, {self.failed} failed"
+
+
 class RegistrationToken(models.Model):
     """A one-time token that lets one agent register; only its SHA-256 is kept."""
 

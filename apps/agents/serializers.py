@@ -1,6 +1,13 @@
 from rest_framework import serializers
 
-from apps.agents.heartbeats import MAX_VERSION, MAX_WORKERS, InvalidHeartbeat, check_heartbeat
+from apps.agents.heartbeats import (
+    MAX_HIT_VERSIONS,
+    MAX_HITS,
+    MAX_VERSION,
+    MAX_WORKERS,
+    InvalidHeartbeat,
+    check_heartbeat,
+)
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES
 from protocol.labels import InvalidLabels, check_labels
@@ -55,6 +62,12 @@ class WorkerStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(allow_null=True, min_value=0)
 
 
+class HitsSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
+    ok = serializers.IntegerField(min_value=0, max_value=MAX_HITS)
+    failed = serializers.IntegerField(min_value=0, max_value=MAX_HITS)
+
+
 class HeartbeatSerializer(serializers.Serializer):
     """The fields describe the body for the schema; the rules are check_heartbeat's, shared
     with the ASGI front that takes heartbeats without DRF."""
@@ -63,6 +76,12 @@ class HeartbeatSerializer(serializers.Serializer):
     # error.
     applied_version = serializers.IntegerField(allow_null=True, min_value=0, max_value=MAX_VERSION)
     workers = WorkerStateSerializer(many=True, max_length=MAX_WORKERS)
+    hits = HitsSerializer(
+        many=True,
+        max_length=MAX_HIT_VERSIONS,
+        required=False,
+        help_text="Hits per version on the agent's workers since its previous heartbeat.",
+    )
 
     # Left out, the stored labels stay as they are (an agent older than labels sends none).
     labels = LabelsField(required=False)
@@ -74,6 +93,12 @@ class HeartbeatSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.errors) from None
 
 
+class VersionHitsSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    ok = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
 class AgentSerializer(serializers.ModelSerializer):
     is_active = serializers.BooleanField(read_only=True)
     status = serializers.ChoiceField(choices=STATUSES, read_only=True)
@@ -83,6 +108,13 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="The version the controller answers this agent: during a rollout, the new "
         "version once the agent's wave started, the previous one before; 0 before any config.",
+    )
+    hits = VersionHitsSerializer(
+        source="target_hits",
+        read_only=True,
+        allow_null=True,
+        help_text="The hits the agent's workers served with its target version, all reported "
+        "so far; null before any.",
     )
 
     class Meta:
@@ -100,4 +132,5 @@ class AgentSerializer(serializers.ModelSerializer):
             "status",
             "labels",
             "target_version",
+            "hits",
         ]

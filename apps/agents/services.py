@@ -7,13 +7,13 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 from rest_framework import status
 
 from apps.agents.auth import forget_agent
-from apps.agents.models import Agent, RegistrationToken
+from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
@@ -105,16 +105,87 @@ def record_heartbeat(
     *,
     applied_version: int | None,
     workers: list[dict],
+    hits: list[dict] = (),
     labels: dict[str, str] | None = None,
 ) -> None:
-    changes = {"last_seen": timezone.now(), "applied_version": applied_version, "workers": workers}
+    now = timezone.now()
+    changes = {"last_seen": now, "applied_version": applied_version, "workers": workers}
     if labels is not None:
         changes["labels"] = labels
-    Agent.objects.filter(pk=agent.pk).update(**changes)
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(**changes)
+        add_hits([(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now)
     if labels is not None and labels != agent.labels:
         # The watch reads labels from this process's memory of the token: a new label (a
         # canary ring, say) counts from the next request on, not after the cache runs out.
         forget_agent(agent)
+
+
+# Adds to the totals rather than setting them: each heartbeat carries the hits since the one
+# before. Arrays joined by position, as for the heartbeats below. (The table is AgentHits'.)
+ADD_HITS_SQL = """
+    INSERT INTO agent_hits (agent_id, version, ok, failed, updated_at)
+    SELECT hit.id, hit.version, hit.ok, hit.failed, %s
+    FROM unnest(%s::uuid[], %s::integer[], %s::bigint[], %s::bigint[])
+        AS hit (id, version, ok, failed)
+    ON CONFLICT (agent_id, version) DO UPDATE SET
+        ok = agent_hits.ok + excluded.ok,
+        failed = agent_hits.failed + excluded.failed,
+        updated_at = excluded.updated_at
+"""
+
+
+def add_hits(rows: list[tuple], now: datetime) -> None:
+    """Add (agent_id, version, ok, failed) rows to the per-agent, per-version totals, in one
+    statement."""
+    totals: dict[tuple, list[int]] = {}
+    for agent_id, version, ok, failed in rows:
+        if ok or failed:
+            # One statement may not touch a row twice: same agent and version are summed first.
+            total = totals.setdefault((str(agent_id), version), [0, 0])
+            total[0] += ok
+            total[1] += failed
+    if not totals:
+        return
+    if connection.vendor != "postgresql":
+        # The embedded SQLite: one update or insert per row, inside one transaction.
+        with transaction.atomic():
+            for (agent_id, version), (ok, failed) in totals.items():
+                hits, _ = AgentHits.objects.select_for_update().get_or_create(
+                    agent_id=agent_id, version=version, defaults={"updated_at": now}
+                )
+                AgentHits.objects.filter(pk=hits.pk).update(
+                    ok=F("ok") + ok, failed=F("failed") + failed, updated_at=now
+                )
+        return
+    keys = list(totals)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            ADD_HITS_SQL,
+            [
+                now,
+                [agent_id for agent_id, _ in keys],
+                [version for _, version in keys],
+                [totals[key][0] for key in keys],
+                [totals[key][1] for key in keys],
+            ],
+        )
+
+
+def hits_of(agents: list[Agent], versions: dict) -> dict:
+    """{agent_id: {"version", "ok", "failed"}} of each agent's hits with the version
+    `versions[agent_id]`, in one query; agents with none are left out."""
+    wanted = {(str(agent_id), version) for agent_id, version in versions.items() if version}
+    if not wanted:
+        return {}
+    rows = AgentHits.objects.filter(
+        agent__in=agents, version__in={version for _, version in wanted}
+    ).values_list("agent_id", "version", "ok", "failed")
+    return {
+        str(agent_id): {"version": version, "ok": ok, "failed": failed}
+        for agent_id, version, ok, failed in rows
+        if (str(agent_id), version) in wanted
+    }
 
 
 # Five arrays of one element per report, joined by position: the statement's text does not grow
@@ -131,15 +202,30 @@ RECORD_HEARTBEATS_SQL = """
 
 
 def record_heartbeats(reports: dict) -> None:
-    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, labels)}, in
-    one statement: after a change the whole fleet reports within a second."""
+    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits,
+    labels)}, in one statement, and their hits in one more: after a change the whole fleet
+    reports within a second. The hits are added after the agents are written, so a batch that
+    fails at either statement is written again whole without counting a hit twice. A report
+    without labels (None) keeps the stored ones."""
     if not reports:
         return
+    _update_agents(reports)
+    add_hits(
+        [
+            (pk, item["version"], item["ok"], item["failed"])
+            for pk, report in reports.items()
+            for item in report[3]
+        ],
+        timezone.now(),
+    )
+
+
+def _update_agents(reports: dict) -> None:
     if connection.vendor != "postgresql":
         # The embedded SQLite: Django's bulk update, one CASE statement per set of fields.
         for fields, rows in (
-            (["last_seen", "applied_version", "workers"], reports.items()),
-            (["labels"], [(pk, r) for pk, r in reports.items() if r[3] is not None]),
+            (["last_seen", "applied_version", "workers"], list(reports.items())),
+            (["labels"], [(pk, r) for pk, r in reports.items() if r[4] is not None]),
         ):
             Agent.objects.bulk_update(
                 [
@@ -150,13 +236,13 @@ def record_heartbeats(reports: dict) -> None:
                         workers=workers,
                         labels=labels,
                     )
-                    for pk, (seen, applied, workers, labels) in rows
+                    for pk, (seen, applied, workers, _, labels) in rows
                 ],
                 fields,
             )
         return
     ids, seen, applied, workers, labels = [], [], [], [], []
-    for pk, (seen_at, applied_version, worker_states, agent_labels) in reports.items():
+    for pk, (seen_at, applied_version, worker_states, _, agent_labels) in reports.items():
         ids.append(str(pk))
         seen.append(seen_at)
         applied.append(applied_version)

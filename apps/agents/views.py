@@ -161,9 +161,13 @@ class AgentListView(generics.ListAPIView):
         if labels:
             agents = services.filter_by_labels(agents, labels)
         page = self.paginate_queryset(agents)
+        # The hits of the version each agent should run: during a rollout, its own target.
+        targets = {agent.pk: services.target_version(agent, state) for agent in page}
+        hits = services.hits_of(page, targets)
         for agent in page:
             agent.status = services.agent_status(agent, state, now)
-            agent.target_version = services.target_version(agent, state)
+            agent.target_version = targets[agent.pk]
+            agent.target_hits = hits.get(str(agent.pk))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 

@@ -8,7 +8,8 @@ from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
 from apps.changes import services as changes
-from apps.configs import services
+from apps.configs import preflight, services
+from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
 from apps.ops.admin_site import HistoryAdmin
 from apps.rollouts.serializers import RolloutPlanSerializer
@@ -21,6 +22,7 @@ from protocol.rules import (
     MAX_URL_LENGTH,
     MIN_POOLING_INTERVAL,
     InvalidConfig,
+    check_config_url,
 )
 
 
@@ -155,7 +157,12 @@ class ConfigVersionAdmin(HistoryAdmin):
         if not self.has_publish_permission(request):
             raise PermissionDenied(role_needed_message(EDITOR))
         current = services.get_current_config()
-        if request.method == "POST":
+        trial = None
+        if request.method == "POST" and "_preflight" in request.POST:
+            # Try the URL on a few agents' workers; nothing is saved.
+            form = ConfigChangeForm(request.POST)
+            trial = self._preflight(form, request.POST.get("config_url", ""))
+        elif request.method == "POST":
             form = ConfigChangeForm(request.POST)
             plan = form.rollout_plan() if form.is_valid() else None
             if form.is_valid():
@@ -197,8 +204,20 @@ class ConfigVersionAdmin(HistoryAdmin):
             "opts": self.model._meta,
             "form": form,
             "current": current,
+            "preflight": trial,
+            "approvals_required": changes.approvals_required(),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
+
+    def _preflight(self, form: ConfigChangeForm, config_url: str) -> dict | None:
+        try:
+            check_config_url(config_url)
+            return preflight.run_preflight(config_url=config_url)
+        except InvalidConfig as exc:
+            form.add_error(exc.field, exc.message)
+        except NoLiveAgent as exc:
+            form.add_error(None, exc.detail)
+        return None
 
     def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
         """With approvals required the form makes a change request, as the API does."""
@@ -214,13 +233,13 @@ class ConfigVersionAdmin(HistoryAdmin):
                 f"Nothing changed: version {current.version} already has this content.",
                 messages.WARNING,
             )
-        else:
-            self.message_user(
-                request,
-                f"Change request #{change.pk} awaits approval; nothing is published until "
-                f"{changes.approvals_required()} approver(s) other than you approve it.",
-            )
-        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+            return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+        self.message_user(
+            request,
+            f"Change request #{change.pk} awaits approval; nothing is published until "
+            f"{changes.approvals_required()} approver(s) other than you approve it.",
+        )
+        return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}

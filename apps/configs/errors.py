@@ -15,6 +15,20 @@ class UnknownVersion(NotFoundError):
         super().__init__(f"Configuration version {version} does not exist.")
 
 
+class NoLiveAgent(ServiceError):
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No agent is live (none has been in contact recently): nobody can run a pre-flight."
+        )
+
+
+class UnknownPreflight(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__("No pre-flight with this id is waiting for this agent's answer.")
+
+
 class BaseVersionGone(ServiceError):
     """A change based on a version that is no longer the newest."""
 

@@ -3,7 +3,9 @@
 Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
 waiting request from it; when Redis is absent or down it re-reads the database once a second
 while anyone is waiting, so no change is missed either way. The ASGI routes that hold the
-watches are in watch.py.
+watches are in watch.py. The same subscription brings pre-flight requests
+(apps/configs/preflight.py), which answer a held watch with the state its agent already has and
+the request beside it.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 DB_RECHECK_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
+# What an agent gets of a pre-flight request in its watch's answer.
+PREFLIGHT_FIELDS = ("id", "config_url", "timeout_seconds")
 
 
 class Waiter:
@@ -59,6 +64,8 @@ class Hub:
         self.redis_healthy = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
+        # Pre-flight requests for agents holding no watch here, by agent id, until they expire.
+        self.preflights: dict[str, dict] = {}
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -110,6 +117,8 @@ class Hub:
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
+        elif message.get("type") == "preflight":
+            self.offer_preflight(message)
 
     def advance(self, state: dict) -> None:
         """Wake every waiter whose answer is now another version than it knows. States only
@@ -137,6 +146,32 @@ class Hub:
                 woken += 1
         if woken:
             logger.info("version %s: woke %s held watches", state["version"], woken)
+
+    def offer_preflight(self, message: dict) -> None:
+        """Answer the held watches of the agents a pre-flight names with the request; keep it
+        for the others' next watch in this process, until it expires."""
+        agent_ids, expires_at = message.get("agent_ids"), message.get("expires_at")
+        if not isinstance(agent_ids, list) or not isinstance(expires_at, int | float):
+            return
+        request = {key: message.get(key) for key in PREFLIGHT_FIELDS}
+        now = time.time()
+        self.preflights = {
+            agent_id: kept for agent_id, kept in self.preflights.items() if kept["expires_at"] > now
+        }
+        waiting = set(agent_ids)
+        for waiter in self.waiters:
+            if waiter.agent_id in waiting and not waiter.future.done():
+                waiter.future.set_result(("preflight", request))
+                waiting.discard(waiter.agent_id)
+        for agent_id in waiting:
+            self.preflights[agent_id] = {**request, "expires_at": expires_at}
+
+    def take_preflight(self, agent_id: str) -> dict | None:
+        """The pre-flight request kept for this agent, if one is still due; it is handed once."""
+        kept = self.preflights.pop(agent_id, None)
+        if kept is None or kept["expires_at"] <= time.time():
+            return None
+        return {key: kept[key] for key in PREFLIGHT_FIELDS}
 
     def cut(self, agent_id: str | None) -> None:
         for waiter in self.waiters:

@@ -60,3 +60,8 @@ def publish(state: dict) -> None:
 def publish_revocation(agent_id) -> None:
     """Tell every process to cut the watches held by a revoked agent."""
     _send({"type": "revoked", "agent_id": str(agent_id)})
+
+
+def publish_preflight(request: dict) -> None:
+    """Hand a pre-flight request to every process, to pass on to the agents it names."""
+    _send({"type": "preflight", **request})

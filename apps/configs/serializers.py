@@ -114,6 +114,14 @@ class RollbackSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class WatchPreflightSerializer(serializers.Serializer):
+    """A pre-flight request as a held watch hands it to an agent."""
+
+    id = serializers.CharField()
+    config_url = serializers.CharField()
+    timeout_seconds = serializers.IntegerField()
+
+
 class VersionStateSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="0 while no configuration exists.")
     pooling_interval = serializers.IntegerField(allow_null=True)
@@ -121,6 +129,66 @@ class VersionStateSerializer(serializers.Serializer):
         allow_null=True, help_text="The version's content: null while no configuration exists."
     )
     uuid = serializers.UUIDField(allow_null=True, help_text="The version's uuid.")
+    preflight = WatchPreflightSerializer(
+        required=False,
+        help_text="Only in a watch's answer (run_controller): a pre-flight for the agent to run "
+        "through one of its workers and answer with POST /agent/preflight. The version is the "
+        "one the agent already knows; it watches again at once.",
+    )
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must be a JSON integer: "3", 3.0 and true are refused."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("Must be a whole number.")
+        return super().to_internal_value(data)
+
+
+class PreflightSerializer(serializers.Serializer):
+    config_url = ConfigUrlField(help_text="The URL to try, by the rules of a config_url.")
+    agents = StrictIntegerField(
+        required=False, default=3, min_value=1, max_value=20, help_text="How many agents to ask."
+    )
+    timeout_seconds = StrictIntegerField(
+        required=False,
+        default=10,
+        min_value=1,
+        max_value=60,
+        help_text="How long to wait for the agents' answers.",
+    )
+
+
+class PreflightResultSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    worker_url = serializers.CharField(allow_null=True)
+    status = serializers.IntegerField(allow_null=True, help_text="The upstream's status.")
+    elapsed_ms = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_null=True, help_text="Why there was no usable answer.")
+
+
+class PreflightAnswerSerializer(serializers.Serializer):
+    config_url = serializers.CharField()
+    ok = serializers.BooleanField(
+        help_text="At least one fetch got a status below 500 without an error."
+    )
+    results = PreflightResultSerializer(many=True)
+
+
+class AgentPreflightResultSerializer(serializers.Serializer):
+    """What an agent posts back: its worker's answer to a pre-flight."""
+
+    id = serializers.RegexField(r"^[0-9a-f]{32}$", help_text="The pre-flight's id.")
+    worker_url = serializers.URLField(max_length=2048)
+    status = StrictIntegerField(allow_null=True, min_value=0, max_value=999)
+    elapsed_ms = serializers.FloatField(min_value=0, max_value=10**7)
+    error = serializers.CharField(allow_null=True, max_length=2000, trim_whitespace=False)
+
+    def validate(self, data):
+        if data["status"] is None and data["error"] is None:
+            raise serializers.ValidationError("Give a status, an error or both.")
+        return data
 
 
 class VersionQuerySerializer(serializers.Serializer):

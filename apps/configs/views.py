@@ -9,14 +9,17 @@ from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
 from apps.changes import services as changes
 from apps.changes.serializers import ChangeRequestSerializer
-from apps.configs import services
+from apps.configs import preflight, services
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
     AdminConfigSerializer,
+    AgentPreflightResultSerializer,
     ConfigSerializer,
     ConfigWriteSerializer,
     HistoryEntrySerializer,
+    PreflightAnswerSerializer,
+    PreflightSerializer,
     RollbackSerializer,
     StaleVersionSerializer,
     VersionQuerySerializer,
@@ -218,6 +221,53 @@ class ConfigRollbackView(APIView):
                 source_ip=client_ip(request),
             )
         )
+
+
+class PreflightView(APIView):
+    role_rules = {"POST": EDITOR}
+
+    @extend_schema(
+        tags=["config"],
+        summary="Try a URL on a few agents' workers before it ships",
+        description="Up to `agents` live agents each have one of their workers fetch the URL "
+        "(without applying it); the answer waits up to `timeout_seconds` for them. The request "
+        "reaches the agents on the watch they hold, so it needs run_controller. Nothing is "
+        "stored.",
+        request=PreflightSerializer,
+        responses={
+            200: PreflightAnswerSerializer,
+            **ERRORS,
+            403: forbidden(EDITOR),
+            409: OpenApiResponse(description="No agent is live."),
+        },
+    )
+    def post(self, request):
+        serializer = PreflightSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(preflight.run_preflight(**serializer.validated_data))
+
+
+class AgentPreflightResultView(AgentEndpoint):
+    @extend_schema(
+        tags=["agent"],
+        summary="Answer a pre-flight",
+        description="The agent's worker's answer to a pre-flight its watch handed it.",
+        request=AgentPreflightResultSerializer,
+        responses={
+            204: None,
+            400: OpenApiResponse(),
+            401: OpenApiResponse(description="Not an active agent's token."),
+            404: OpenApiResponse(description="No such pre-flight is waiting for this agent."),
+        },
+    )
+    def post(self, request):
+        serializer = AgentPreflightResultSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = dict(serializer.validated_data)
+        preflight.record_preflight_result(
+            request.user, preflight_id=result.pop("id"), result=result
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ConfigVersionView(AgentEndpoint):

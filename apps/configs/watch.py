@@ -253,10 +253,11 @@ class WatchEndpoint:
             # A notification may have outrun the cache refresh: trust the newer of the two.
             if stamp(self.hub.latest) > stamp(state):
                 state = self.hub.latest
+            preflight = self.hub.take_preflight(waiter.agent_id)
             # During a rollout, the agent's own target: the new version or the previous one.
             answer = target_of(state, waiter.agent_id, waiter.labels)
-            if known is None or wait == 0 or answer["version"] != known:
-                await _respond(send, 200, answer)
+            if known is None or wait == 0 or answer["version"] != known or preflight:
+                await _respond(send, 200, answer, preflight=preflight)
                 return
             if waiter.future.done() and waiter.future.result()[0] == "changed":
                 # Woken before its agent was known, by a state already counted in the answer.
@@ -284,6 +285,10 @@ class WatchEndpoint:
                     {"detail": "The controller is restarting; try again shortly."},
                     [(b"retry-after", b"1")],
                 )
+            elif outcome == "preflight":
+                # The state the agent knows, unchanged, and the request: it watches again at
+                # once, so a change made now reaches it as fast as ever.
+                await _respond(send, 200, answer, preflight=news)
             else:
                 await _respond(send, 200, news if outcome == "changed" else answer)
         finally:
@@ -332,8 +337,11 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send, status: int, body: dict, extra_headers=None) -> None:
-    if status == 200:
+async def _respond(send, status: int, body: dict, extra_headers=None, preflight=None) -> None:
+    if status == 200 and preflight:
+        answer = {field: body.get(field) for field in STATE_FIELDS}
+        payload, headers = _response(json.dumps({**answer, "preflight": preflight}))
+    elif status == 200:
         payload, headers = version_answer(*(body.get(field) for field in STATE_FIELDS))
     else:
         payload, headers = _response(json.dumps(body))

@@ -44,6 +44,7 @@ def dashboard_context(request) -> dict:
     from apps.accounts.roles import EDITOR, OPERATOR, has_role, roles_of
     from apps.agents.services import STATUSES, count_by_status
     from apps.audit.models import AuditEntry
+    from apps.changes.models import ChangeRequest
     from apps.configs.services import get_current_config, state_of
     from apps.rollouts.models import Rollout
     from apps.rollouts.services import get_latest_rollout, measure
@@ -67,15 +68,26 @@ def dashboard_context(request) -> dict:
             AuditEntry.ROLLOUT_RESUMED,
             AuditEntry.ROLLOUT_COMPLETED,
             AuditEntry.ROLLOUT_ABORTED,
+            AuditEntry.CONFIG_EMERGENCY,
             AuditEntry.AGENT_REVOKED,
             AuditEntry.ADMIN_ADDED,
             AuditEntry.ADMIN_CHANGED,
             AuditEntry.ADMIN_DELETED,
         ]
     )[:DASHBOARD_CHANGES]
+    # An emergency publish stays visible while its version is current.
+    emergency = (
+        AuditEntry.objects.filter(
+            action=AuditEntry.CONFIG_EMERGENCY, target=f"config v{config.version}"
+        ).first()
+        if config
+        else None
+    )
     return {
         "current_config": config,
         "active_rollout": rollout,
+        "current_emergency": emergency,
+        "pending_changes": ChangeRequest.objects.filter(state=ChangeRequest.PENDING).count(),
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],
         "fleet_total": sum(counts.values()),
         "recent_changes": list(changes),

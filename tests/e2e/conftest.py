@@ -5,6 +5,7 @@ ends, passed or failed, and prints their output when it failed.
 """
 
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,6 +52,50 @@ class Admin:
 
     def change(self, **fields) -> requests.Response:
         return self.session.put(f"{self.url}/config/admin", json=fields, timeout=15)
+
+
+class AdminReads:
+    """Admins reading the config in a loop from a thread, each read retried `retries` times:
+    the reads that still failed (any answer but a 200, or no answer) are kept."""
+
+    def __init__(self, admins: list[Admin], retries: int = 0) -> None:
+        self.admins = admins
+        self.retries = retries
+        self.calls = 0
+        self.retried = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _read(admin: Admin) -> str | None:
+        try:
+            answer = admin.session.get(f"{admin.url}/config/admin", timeout=10)
+        except requests.RequestException as exc:
+            return repr(exc)
+        return None if answer.status_code == 200 else f"{answer.status_code} {answer.text[:200]}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for admin in self.admins:
+                self.calls += 1
+                problem = self._read(admin)
+                for _ in range(self.retries):
+                    if problem is None:
+                        break
+                    self.retried += 1
+                    problem = self._read(admin)
+                if problem is not None:
+                    self.failed.append(problem)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "AdminReads":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
 
 
 class Stack:

@@ -17,13 +17,13 @@ from tests.conftest import unavailable
 from tests.support.processes import ROOT, Process, free_port, wait_until
 
 
-def binary(name: str) -> str:
+def binary(name: str, package: str | None = None) -> str:
     """The path of a Debian binary; a skip (a failure under REQUIRE_SERVICES=1) without it."""
     found = shutil.which(name) or next(
         (str(Path(d) / name) for d in ("/usr/sbin", "/sbin") if (Path(d) / name).exists()), None
     )
     if found is None:
-        unavailable(f"{name} is not installed (Debian: apt-get install {name})")
+        unavailable(f"{name} is not installed (Debian: apt-get install {package or name})")
     return found
 
 
@@ -77,7 +77,7 @@ class Pgbouncer:
         """A command on pgbouncer's admin console (it speaks the simple query protocol only)."""
         result = subprocess.run(
             [
-                "psql",
+                binary("psql", "postgresql-client"),
                 "-h",
                 "127.0.0.1",
                 "-p",

@@ -2,58 +2,18 @@
 workers and admins reach the controllers only through it, and one controller is stopped and
 started again under them."""
 
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Admin, wait_for_version
+from tests.e2e.conftest import Admin, AdminReads, wait_for_version
 from tests.e2e.proxies import Haproxy
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 WATCH_HOLD_SECONDS = 60 + 60 / 16
-
-
-class AdminTraffic:
-    """An admin reading the config through the proxy in a loop, each call retried once: the
-    calls that failed even so, and any 5xx answer, are kept."""
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
-        self.calls = 0
-        self.retried = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _once(self) -> str | None:
-        try:
-            answer = self.admin.session.get(f"{self.admin.url}/config/admin", timeout=10)
-        except requests.RequestException as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None if answer.status_code == 200 else f"{answer.status_code} {answer.text[:200]}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.calls += 1
-            problem = self._once()
-            if problem is not None:
-                self.retried += 1
-                problem = self._once()
-                if problem is not None:
-                    self.failed.append(problem)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> "AdminTraffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def test_the_shipped_configuration_waits_longer_than_a_watch_is_held():
@@ -97,7 +57,7 @@ def test_one_controller_stopped_and_started_behind_haproxy(stack, upstream, admi
             message="watches held on both controllers",
         )
 
-        with AdminTraffic(Admin(proxy.url)) as traffic:
+        with AdminReads([Admin(proxy.url)], retries=1) as traffic:
             time.sleep(1)
             stopped = time.monotonic()
             first.stop()

@@ -10,13 +10,12 @@ database re-check, afterwards through the new master) with no 5xx to anyone.
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Admin, wait_for_version
+from tests.e2e.conftest import Admin, AdminReads, wait_for_version
 from tests.e2e.proxies import SentinelGroup
 from tests.support.processes import base_env, manage, wait_until
 
@@ -24,38 +23,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 CHANNEL = "dcs:0:config-changes"
 SERVER_ERROR = re.compile(r'^controller_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)', re.M)
-
-
-class AdminReads:
-    """Admins reading the config from each controller in a loop: every answer but a 200 is
-    kept (a refused connection too)."""
-
-    def __init__(self, admins: list[Admin]) -> None:
-        self.admins = admins
-        self.calls = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for admin in self.admins:
-                self.calls += 1
-                try:
-                    answer = admin.session.get(f"{admin.url}/config/admin", timeout=10)
-                    if answer.status_code != 200:
-                        self.failed.append(f"{answer.status_code} {answer.text[:200]}")
-                except requests.RequestException as exc:
-                    self.failed.append(repr(exc))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> "AdminReads":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 @pytest.fixture

@@ -40,6 +40,12 @@ class Command(BaseCommand):
             help="Poll the version each period instead of holding a watch request.",
         )
         parser.add_argument(
+            "--heartbeat-seconds",
+            type=float,
+            default=settings.AGENT_HEARTBEAT_SECONDS,
+            help="Seconds between reports to the controller (AGENT_HEARTBEAT_SECONDS).",
+        )
+        parser.add_argument(
             "--label",
             action="append",
             dest="labels",
@@ -69,12 +75,13 @@ class Command(BaseCommand):
                 settings.AGENT_DEFAULT_INTERVAL,
                 settings.AGENT_BACKOFF_CAP,
                 settings.AGENT_WORKER_CHECK_SECONDS,
+                options["heartbeat_seconds"],
             )
             <= 0
         ):
             raise CommandError(
-                "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP and AGENT_WORKER_CHECK_SECONDS must be "
-                "positive.",
+                "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP, AGENT_WORKER_CHECK_SECONDS and "
+                "AGENT_HEARTBEAT_SECONDS (--heartbeat-seconds) must be positive.",
                 returncode=2,
             )
         labels = settings.AGENT_LABELS
@@ -105,6 +112,7 @@ class Command(BaseCommand):
             default_interval=settings.AGENT_DEFAULT_INTERVAL,
             backoff_cap=settings.AGENT_BACKOFF_CAP,
             worker_check_seconds=settings.AGENT_WORKER_CHECK_SECONDS,
+            heartbeat_seconds=options["heartbeat_seconds"],
             connect_timeout=settings.AGENT_CONNECT_TIMEOUT,
             read_timeout=settings.AGENT_READ_TIMEOUT,
             labels=labels,

@@ -1,0 +1,142 @@
+"""Change requests in the admin: the list, each request's page with its diff against the current
+version, and the approve, reject and cancel buttons, through the same service functions as the
+API."""
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from apps.accounts.roles import APPROVER, EDITOR, has_role, role_needed_message
+from apps.changes import services
+from apps.changes.models import ChangeRequest
+from apps.ops.admin_site import HistoryAdmin
+from controller_site.errors import ServiceError
+from controller_site.request_info import client_ip
+
+STATE_COLOURS = {
+    ChangeRequest.PENDING: "#ef6c00",
+    ChangeRequest.PUBLISHED: "#2e7d32",
+    ChangeRequest.REJECTED: "#b71c1c",
+    ChangeRequest.CANCELLED: "#6d6d6d",
+    ChangeRequest.STALE: "#6d4c41",
+}
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(HistoryAdmin):
+    """Requests are made by the change form and decided by the buttons on their page; nobody
+    edits or deletes one."""
+
+    list_display = [
+        "__str__",
+        "state_badge",
+        "author",
+        "base_version",
+        "config_url",
+        "pooling_interval",
+        "approval_count",
+        "created_at",
+        "published_version",
+    ]
+    list_filter = ["state"]
+    search_fields = ["config_url", "author__email"]
+    fields = [
+        "state_badge",
+        "author",
+        "created_at",
+        "base_version",
+        "config_url",
+        "pooling_interval",
+        "rollout",
+        "decided_by",
+        "decided_at",
+        "decision_comment",
+        "published_version",
+    ]
+    readonly_fields = fields
+    change_form_template = "admin/changes/changerequest/change_form.html"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("author", "decided_by")
+
+    @admin.display(description="state")
+    def state_badge(self, obj: ChangeRequest) -> str:
+        return format_html(
+            '<span class="change-state state-{}" style="background:{};color:#fff;'
+            'padding:2px 8px;border-radius:10px">{}</span>',
+            obj.state,
+            STATE_COLOURS[obj.state],
+            obj.state,
+        )
+
+    @admin.display(description="approvals")
+    def approval_count(self, obj: ChangeRequest) -> int:
+        return obj.approvals.count()
+
+    def get_urls(self):
+        decisions = [
+            path(
+                f"<int:change_id>/{decision}/",
+                self.admin_site.admin_view(getattr(self, f"{decision}_view")),
+                name=f"changes_changerequest_{decision}",
+            )
+            for decision in ("approve", "reject", "cancel")
+        ]
+        return [*decisions, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        change = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if change is not None:
+            current_version, diff = services.diff_against_current(change)
+            pending = change.state == ChangeRequest.PENDING
+            own = change.author_id == request.user.pk
+            extra.update(
+                current_version=current_version,
+                diff=diff,
+                approvals=list(change.approvals.select_related("approver")),
+                approvals_required=services.approvals_required(),
+                can_approve=pending and not own and has_role(request.user, APPROVER),
+                can_cancel=pending
+                and has_role(request.user, EDITOR)
+                and (own or request.user.is_superuser),
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+    # The decisions --------------------------------------------------------------------------
+
+    def approve_view(self, request, change_id: int):
+        return self._decide(request, change_id, APPROVER, services.approve_change, "approver")
+
+    def reject_view(self, request, change_id: int):
+        return self._decide(request, change_id, APPROVER, services.reject_change, "approver")
+
+    def cancel_view(self, request, change_id: int):
+        return self._decide(request, change_id, EDITOR, services.cancel_change, "actor")
+
+    def _decide(self, request, change_id: int, role: str, decide, who: str):
+        if not has_role(request.user, role):
+            raise PermissionDenied(role_needed_message(role))
+        page = reverse("admin:changes_changerequest_change", args=[change_id])
+        if request.method == "GET":
+            return HttpResponseRedirect(page)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        comment = request.POST.get("comment", "").strip()[:1000]
+        try:
+            change = decide(
+                change_id, comment=comment, source_ip=client_ip(request), **{who: request.user}
+            )
+        except ServiceError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return HttpResponseRedirect(page)
+        if change.state == ChangeRequest.PUBLISHED:
+            message = f"Approved: {change} is published as version {change.published_version}."
+        elif change.state == ChangeRequest.PENDING:
+            message = f"Approved: {change} waits for more approvals."
+        else:
+            message = f"{change} is {change.state}."
+        self.message_user(request, message)
+        return HttpResponseRedirect(page)

@@ -1,0 +1,111 @@
+"""Pre-flight: a few live agents have one of their workers fetch a URL before it ships.
+
+The controller cannot call an agent (agents may sit behind NAT), so the request rides on the
+watch each agent holds: every controller process hears it (notifications.publish_preflight) and
+the one holding that agent's watch answers it with the state the agent already has plus the
+request. Nothing about the version changes in that answer, and the agent watches again at once
+while the fetch runs on the side, so a change made meanwhile reaches it as fast as ever. A
+process where the agent holds no watch keeps the request for the agent's next watch, until it
+expires. The agent posts the result back (POST /agent/preflight); the results meet in the cache,
+where the waiting admin request reads them.
+"""
+
+import logging
+import time
+import uuid
+
+from django.core.cache import cache
+from django.utils import timezone
+
+from apps.agents.models import Agent
+from apps.agents.services import status_condition
+from apps.configs import notifications
+from apps.configs.errors import NoLiveAgent, UnknownPreflight
+from apps.configs.services import get_current_state
+
+logger = logging.getLogger(__name__)
+
+# How often the waiting request looks for results.
+RESULT_POLL_SECONDS = 0.05
+# Results and requests outlive the wait a little, for an answer that arrives just in time.
+KEEP_SECONDS = 30
+
+
+def _request_key(preflight_id: str) -> str:
+    return f"preflight:{preflight_id}"
+
+
+def _result_key(preflight_id: str, agent_id: str) -> str:
+    return f"preflight:{preflight_id}:{agent_id}"
+
+
+def choose_agents(count: int) -> list[Agent]:
+    """Up to `count` live agents (in contact recently, not revoked), most recently seen first."""
+    state, now = get_current_state(), timezone.now()
+    live = status_condition("in_sync", state, now) | status_condition("behind", state, now)
+    return list(Agent.objects.filter(live).order_by("-last_seen")[:count])
+
+
+def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10) -> dict:
+    """Ask up to `agents` live agents to fetch `config_url` through one of their workers, and
+    wait up to `timeout_seconds` for their answers. {"config_url", "ok", "results"}; `ok` when
+    at least one fetch got a status below 500 without an error."""
+    chosen = choose_agents(agents)
+    if not chosen:
+        raise NoLiveAgent()
+    preflight_id = uuid.uuid4().hex
+    agent_ids = [str(agent.pk) for agent in chosen]
+    cache.set(
+        _request_key(preflight_id),
+        {"config_url": config_url, "agents": agent_ids},
+        timeout_seconds + KEEP_SECONDS,
+    )
+    notifications.publish_preflight(
+        {
+            "id": preflight_id,
+            "config_url": config_url,
+            "timeout_seconds": timeout_seconds,
+            "agent_ids": agent_ids,
+            "expires_at": time.time() + timeout_seconds,
+        }
+    )
+    logger.info(
+        "pre-flight %s of %s asked of %s agent(s)", preflight_id, config_url, len(agent_ids)
+    )
+    keys = {agent_id: _result_key(preflight_id, agent_id) for agent_id in agent_ids}
+    deadline = time.monotonic() + timeout_seconds
+    found: dict = {}
+    while True:
+        found = cache.get_many(list(keys.values()))
+        if len(found) == len(keys) or time.monotonic() >= deadline:
+            break
+        time.sleep(RESULT_POLL_SECONDS)
+    results = []
+    for agent_id, key in keys.items():
+        result = found.get(key)
+        if result is None:
+            result = {
+                "worker_url": None,
+                "status": None,
+                "elapsed_ms": None,
+                "error": f"the agent did not answer within {timeout_seconds} s",
+            }
+        results.append({"agent_id": agent_id, **result})
+    ok = any(r["error"] is None and r["status"] is not None and r["status"] < 500 for r in results)
+    logger.info(
+        "pre-flight %s of %s: %s (%s)",
+        preflight_id,
+        config_url,
+        "ok" if ok else "not ok",
+        "; ".join(f"{r['agent_id']}: {r['error'] or 'HTTP ' + str(r['status'])}" for r in results),
+    )
+    return {"config_url": config_url, "ok": ok, "results": results}
+
+
+def record_preflight_result(agent: Agent, *, preflight_id: str, result: dict) -> None:
+    """Keep one agent's answer for the request waiting for it; UnknownPreflight when no
+    pre-flight with this id asked this agent (or it expired)."""
+    request = cache.get(_request_key(preflight_id))
+    if request is None or str(agent.pk) not in request["agents"]:
+        raise UnknownPreflight()
+    cache.set(_result_key(preflight_id, str(agent.pk)), result, KEEP_SECONDS)
