@@ -162,10 +162,11 @@ def test_staged_rollout_with_two_controller_processes(stack, upstream, admin_use
     assert worker_version(workers[0]) == 3 and worker_version(workers[4]) == 2
     assert Agent.objects.count() == 6
 
-    aborted = time.monotonic()
     answer = admin.session.post(
         f"{url}/config/admin/rollout/abort", json={"reason": "canary errors"}, timeout=15
     )
+    # From the abort's answer: the previous content is then a committed version of its own.
+    aborted = time.monotonic()
     assert answer.status_code == 200 and answer.json()["state"] == "aborted", answer.text
     wait_for_version(workers, 4, timeout=10)
     back = time.monotonic() - aborted
