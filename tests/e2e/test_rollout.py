@@ -171,7 +171,9 @@ def test_staged_rollout_with_two_controller_processes(stack, upstream, admin_use
     wait_for_version(workers, 4, timeout=10)
     back = time.monotonic() - aborted
     print(f"every worker on the previous content {back:.2f} s after the abort")
-    assert back < 1.0
+    # At once, not after the 600 s bake: 0.3-0.5 s measured on this machine at a load of 6-8;
+    # the bound leaves room for a machine several times as loaded.
+    assert back < 5.0
     newest = ConfigVersion.objects.get(version=4)
     assert (newest.config_url, newest.rolled_back_from) == (upstream.url("/text?v2"), 2)
     entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_ABORTED)
