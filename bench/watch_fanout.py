@@ -70,7 +70,6 @@ async def watch_all(
         held = await asyncio.to_thread(
             lambda: Agent.objects.filter(last_seen__isnull=False).count()
         )
-        held -= await asyncio.to_thread(lambda: Agent.objects.count()) - len(tokens)
         if held >= len(tokens):
             break
         await asyncio.sleep(0.5)
@@ -133,6 +132,9 @@ def run(count: int, workers: int, wave: bool = False) -> None:
                 )
 
         result = asyncio.run(watch_all(port, tokens, 1, url, headers, controller.popen.pid, change))
+        if not result["latencies"]:
+            print(f"N={count}: no watch was answered; first errors: {result['errors'][:5]}")
+            return
         per_watch = (result["rss_held"] - rss_idle) / len(tokens)
         print(
             f"{'wave ' if wave else ''}N={count} workers={workers}: notified "
