@@ -21,7 +21,7 @@ class ControllerUnavailable(Exception):
     """The controller could not be reached or gave an answer the agent cannot use."""
 
 
-class Unauthorized(Exception):
+class TokenRefused(Exception):
     """The controller refused the token (401): revoked, unknown, used or expired."""
 
 
@@ -29,7 +29,7 @@ class WatchNotSupported(Exception):
     """The controller refused the watch parameters (400); plain polling still works."""
 
 
-class NoConfigYet(Exception):
+class NoConfigServed(Exception):
     """The controller has no configuration yet (404 on /config/agent)."""
 
 
@@ -106,7 +106,7 @@ class ControllerClient:
         except requests.RequestException as exc:
             raise ControllerUnavailable(_describe(method, self.base_url + path, exc)) from None
         if response.status_code == 401:
-            raise Unauthorized(f"{method} {path}: 401")
+            raise TokenRefused(f"{method} {path}: 401")
         if response.status_code >= 500:
             raise ControllerUnavailable(f"{method} {path}: HTTP {response.status_code}")
         return response
@@ -213,7 +213,7 @@ class ControllerClient:
         if response.status_code == 304:
             return None
         if response.status_code == 404:
-            raise NoConfigYet("GET /config/agent: no configuration yet")
+            raise NoConfigServed("GET /config/agent: no configuration yet")
         if response.status_code != 200:
             raise ControllerUnavailable(f"GET /config/agent: HTTP {response.status_code}")
         return self._json(response, "GET /config/agent")

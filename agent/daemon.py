@@ -21,9 +21,9 @@ from agent.client import (
     MAX_WATCH_WAIT,
     ControllerClient,
     ControllerUnavailable,
-    NoConfigYet,
+    NoConfigServed,
     PushRefused,
-    Unauthorized,
+    TokenRefused,
     WatchNotSupported,
     WorkerClient,
     WorkerUnavailable,
@@ -87,7 +87,7 @@ def hits_since(snapshots: list[tuple[WorkerState, dict]]) -> list[dict]:
     ]
 
 
-class Agent:
+class AgentDaemon:
     """One agent: a controller, its workers and a state dir. No Django, only HTTP."""
 
     def __init__(
@@ -201,7 +201,7 @@ class Agent:
                 hostname=self.hostname,
                 labels=self.labels,
             )
-        except Unauthorized:
+        except TokenRefused:
             self.registration_token = None
             self._need_operator(
                 "the controller refused the registration token (unknown, used or expired)"
@@ -247,7 +247,7 @@ class Agent:
                     self.start_preflight(state["preflight"])
                     # The answer came early for the pre-flight, not because the watch ran out.
                     changed = True
-        except Unauthorized:
+        except TokenRefused:
             self._token_refused()
             if self.registration_token:
                 # Bounded: the registration token is used up whatever the controller answers.
@@ -355,7 +355,7 @@ class Agent:
         )
         try:
             self.controller.preflight_result(request["id"], worker.url, result)
-        except (ControllerUnavailable, Unauthorized) as exc:
+        except (ControllerUnavailable, TokenRefused) as exc:
             logger.warning("pre-flight %s: answer not delivered: %s", request["id"], exc)
 
     def heartbeats_on(self) -> bool:
@@ -389,7 +389,7 @@ class Agent:
                 hits=hits_since(snapshots),
                 labels=self.labels,
             )
-        except Unauthorized:
+        except TokenRefused:
             self._token_refused()
             return
         except ControllerUnavailable as exc:
@@ -502,7 +502,7 @@ class Agent:
         held = self.config["version"] if self.config else None
         try:
             fetched = self.controller.config(etag_version=held)
-        except NoConfigYet:
+        except NoConfigServed:
             self._no_config_yet()
             fetched = None
         self.reconciled = True
@@ -550,7 +550,7 @@ class Agent:
         logger.info("controller has v%s, agent holds v%s: fetching", version, held or "-")
         try:
             fetched = self.controller.config(etag_version=held)
-        except NoConfigYet:
+        except NoConfigServed:
             logger.warning("the controller announced v%s but has no config to give", version)
             return
         if fetched is None:

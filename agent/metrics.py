@@ -9,11 +9,11 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from agent.daemon import Agent, WorkerState
+from agent.daemon import AgentDaemon, WorkerState
 
 
 class _AgentStateCollector:
-    def __init__(self, agent: "MeasuredAgent") -> None:
+    def __init__(self, agent: "MeasuredAgentDaemon") -> None:
         self.agent = agent
 
     def collect(self):
@@ -41,11 +41,12 @@ class _AgentStateCollector:
         yield workers
 
 
-class MeasuredAgent(Agent):
+class MeasuredAgentDaemon(AgentDaemon):
     """The agent, counting its pushes and its failed contacts."""
 
     def __init__(self, *args, registry: CollectorRegistry, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.registry = registry
         self.pushes = Counter(
             "agent_pushes",
             "Pushes to workers by result: applied, refused (the worker holds a newer one), failed.",

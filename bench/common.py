@@ -4,6 +4,7 @@ import asyncio
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,22 @@ def setup_django() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def setup_many_connections() -> None:
+    """For a client of thousands of connections: as many open files as allowed, uvloop, and
+    Django on the bench database."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    setup_django()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
 
 
 def bench_env(**extra: str) -> dict[str, str]:
@@ -130,20 +147,102 @@ async def http_get(
     Returns as soon as Content-Length bytes of body are in, as an HTTP client library would,
     without waiting for the server to close the connection.
     """
+    return await http_request(host, port, "GET", path, headers)
+
+
+async def http_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    """One request on a fresh connection (see http_get)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await reader.readexactly(length)
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        return await exchange(reader, writer, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     finally:
         writer.close()
-    return status, body
+
+
+async def exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """Send one request on a connection and read its answer by Content-Length."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def controller_with_agents(count: int, workers: int):
+    """A fresh bench state with `count` agents and version 1, and `run_controller` on it,
+    warmed up. Returns (process, URL, agent tokens, admin headers, idle RSS in KiB)."""
+    import requests
+
+    from apps.configs.services import publish_config
+
+    reset_state()
+    tokens = make_agents(count)
+    publish_config(config_url="http://127.0.0.1:9/bench", pooling_interval=30)
+    controller, url = start_controller(workers)
+    try:
+        headers = admin_headers(url)
+        # Warm the PUT path (a no-op change: same content, no new version) so that the
+        # measured change does not pay for first-request imports and connections.
+        for _ in range(3):
+            requests.put(
+                f"{url}/config/admin", json={"pooling_interval": 30}, headers=headers, timeout=10
+            )
+        time.sleep(1)
+    except BaseException:
+        controller.stop()
+        raise
+    return controller, url, tokens, headers, rss_kib(controller.popen.pid)
+
+
+async def wait_until_all_held(count: int, timeout: float = 120) -> None:
+    """Until every agent's watch is held: its last_seen is written when the watch is
+    authenticated, just before the request starts to wait."""
+    from apps.agents.models import Agent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = await asyncio.to_thread(
+            lambda: Agent.objects.filter(last_seen__isnull=False).count()
+        )
+        if held >= count:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+
+
+def admin_headers(url: str) -> dict[str, str]:
+    """The bench admin's Authorization header, from POST /login."""
+    import requests
+
+    answer = requests.post(
+        f"{url}/login",
+        json={"email": "bench@example.com", "password": "Bench-pass-123"},
+        timeout=10,
+    )
+    return {"Authorization": "Bearer " + answer.json()["access"]}
+
+
+def machine_note() -> dict:
+    """What a figure depends on besides the code: when, and how busy the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "load_average": [round(one, 2), round(five, 2), round(fifteen, 2)],
+    }

@@ -13,97 +13,24 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from controller_site import config_file
+from protocol import config_file
+from protocol.logs import logging_config, read_log_settings, server_logging_config
+from protocol.settings import SettingsReader
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 
 
-# Where each setting came from, for `manage.py show_settings`: name -> (source, value).
-SETTING_SOURCES: dict[str, tuple[str, object]] = {}
 CONFIG_FILE = config_file.current()
-
-
-def _lookup(name: str, kind: str, default):
-    """The raw value of a setting: environment, then the settings file, then the default."""
-    value = os.environ.get(name)
-    if value is not None and value.strip() != "":
-        return "env", value.strip()
-    if name in CONFIG_FILE.values:
-        return "file", config_file.convert(CONFIG_FILE, name, kind)
-    return "default", default
-
-
-def _record(name: str, source: str, value):
-    SETTING_SOURCES[name] = (source, value)
-    return value
-
-
-def env_str(name: str, default: str | None = None, kind: str = "str") -> str | None:
-    source, value = _lookup(name, kind, default)
-    return _record(name, source, value)
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    source, value = _lookup(name, "bool", default)
-    if source == "env":
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            value = True
-        elif lowered in ("0", "false", "no", "off"):
-            value = False
-        else:
-            raise ImproperlyConfigured(
-                f"{name} must be a boolean (1/0, true/false, on/off): {value!r}"
-            )
-    return _record(name, source, value)
-
-
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    source, value = _lookup(name, "int", default)
-    if source == "env":
-        try:
-            value = int(value)
-        except ValueError:
-            raise ImproperlyConfigured(f"{name} must be a whole number: {value!r}") from None
-    if minimum is not None and value < minimum:
-        if source == "file":
-            raise CONFIG_FILE.error(name, f"must be at least {minimum}, got {value}")
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}: {value!r}")
-    return _record(name, source, value)
-
-
-def env_float(name: str, default: float) -> float:
-    source, value = _lookup(name, "float", default)
-    if source == "env":
-        try:
-            value = float(value)
-        except ValueError:
-            raise ImproperlyConfigured(f"{name} must be a number: {value!r}") from None
-    return _record(name, source, value)
-
-
-def env_list(name: str, default: list[str], kind: str = "list") -> list[str]:
-    source, value = _lookup(name, kind, default)
-    if source == "env":
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    return _record(name, source, value)
-
-
-def env_labels(name: str) -> dict[str, str]:
-    from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
-
-    source, value = _lookup(name, "labels", {})
-    try:
-        if isinstance(value, str):
-            value = parse_label_pairs([pair for pair in value.split(",") if pair.strip()])
-        else:
-            value = check_labels(value)
-    except InvalidLabels as exc:
-        if source == "file":
-            raise CONFIG_FILE.error(name, str(exc)) from None
-        raise ImproperlyConfigured(f"{name}: {exc}") from None
-    return _record(name, source, value)
+_settings = SettingsReader(CONFIG_FILE, error=ImproperlyConfigured)
+# Where each setting came from, for `manage.py show_settings`: name -> (source, value).
+SETTING_SOURCES = _settings.sources
+env_str = _settings.str
+env_bool = _settings.bool
+env_int = _settings.int
+env_float = _settings.float
+env_list = _settings.list
+_record = _settings.record
 
 
 def _development_secret_key() -> str:
@@ -134,7 +61,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     # The stock admin, with the operator's dashboard as its index page.
-    "apps.ops.admin_site.ControllerAdminConfig",
+    "controller_site.apps.ControllerAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -149,8 +76,8 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.ops",
     "apps.audit",
-    "apps.rollouts",
     "apps.changes",
+    "apps.rollouts",
 ]
 
 MIDDLEWARE = [
@@ -394,8 +321,8 @@ SPECTACULAR_SETTINGS = {
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "apps.ops.schema.document_invalid_page",
-        "apps.ops.schema.document_plain_views",
+        "controller_site.schema.document_invalid_page",
+        "controller_site.schema.document_plain_views",
     ],
     "APPEND_COMPONENTS": {
         "securitySchemes": {
@@ -417,7 +344,7 @@ REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # How long a process trusts its own memory of an agent token before asking the database again:
 # this bounds how long a revoked token keeps working.
-# How often each controller process looks whether a rolling rollout can start its next wave.
+# How often each controller process checks whether a rolling rollout can start its next wave.
 ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
 if ROLLOUT_TICK_SECONDS <= 0:
     raise ImproperlyConfigured(f"ROLLOUT_TICK_SECONDS must be positive: {ROLLOUT_TICK_SECONDS}")
@@ -444,49 +371,18 @@ ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD", "Admin123!@#")
 
 # Logging ---------------------------------------------------------------------------------------
-# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. gunicorn's
-# and uvicorn's loggers get the same handler (GUNICORN_LOGGING), so access lines follow suit.
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
-if LOG_FORMAT not in ("text", "json"):
-    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json: {LOG_FORMAT!r}")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "text": {
-            "()": "apps.ops.logs.LineFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        },
-        "json": {"()": "apps.ops.logs.JsonFormatter"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
-            "stream": "ext://sys.stdout",
-        },
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
-        # Python warnings (Django routes them to logging) are events like any other.
-        "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
-    },
-}
+# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. The HTTP
+# servers' loggers (gunicorn's and uvicorn's for the controller, granian's for the worker) get the
+# same handler (SERVER_LOGGING), so access lines follow suit.
+LOG_LEVEL, LOG_FORMAT = read_log_settings(_settings)
+LOGGING = logging_config(LOG_LEVEL, LOG_FORMAT)
+LOGGING["loggers"]["django"] = {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
 # The access handler is handed to uvicorn's access logger too, so its filter applies to both.
-GUNICORN_LOGGING = {
-    **LOGGING,
-    "filters": {"skip_probes": {"()": "apps.ops.logs.SkipProbes"}},
-    "handlers": {
-        **LOGGING["handlers"],
-        "access": {**LOGGING["handlers"]["console"], "filters": ["skip_probes"]},
-    },
-    "loggers": {
-        **LOGGING["loggers"],
-        "gunicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
-        "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-    },
+SERVER_LOGGING = server_logging_config(LOGGING)
+SERVER_LOGGING["loggers"] = {
+    **LOGGING["loggers"],
+    "gunicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+    "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
 }
 
 # Production security ---------------------------------------------------------------------------
@@ -532,52 +428,9 @@ if DATABASE_STATEMENT_TIMEOUT >= CONTROLLER_TIMEOUT:
 # a fresh directory of its own, so every gunicorn worker process counts into one exposition.
 # An agent is counted as stale when it has not been heard from for this many seconds.
 METRICS_AGENT_STALE_SECONDS = env_int("METRICS_AGENT_STALE_SECONDS", 300, minimum=1)
-# run_agent --metrics-bind: off by default, as the seed's agent has no public endpoint.
-AGENT_METRICS_BIND = env_str("AGENT_METRICS_BIND")
-
-# Worker ----------------------------------------------------------------------------------------
-# Read by `manage.py run_worker`, which needs nothing else here (no database, no cache).
-# INTERNAL_KEY is the secret the agent proves it holds when it pushes a configuration.
-INTERNAL_KEY = env_str("INTERNAL_KEY")
-# When on, pushes must carry X-Signature; the seed's plain X-Internal-Key header is refused.
-WORKER_REQUIRE_SIGNATURE = env_bool("WORKER_REQUIRE_SIGNATURE", False)
-WORKER_BIND = env_str("WORKER_BIND", "127.0.0.1:8082")
-WORKER_THREADS = env_int("WORKER_THREADS", 16, minimum=1)
-# A line per request in the worker's log; off by default, as it costs a busy worker more CPU
-# than a hit itself. Pushes, refusals and upstream failures are logged either way.
-WORKER_ACCESS_LOG = env_bool("WORKER_ACCESS_LOG", False)
-# GET /hit: seconds to connect to the configured URL, and how long its upstream may send nothing
-# (in whole seconds, rounded up: libcurl counts them so).
-WORKER_CONNECT_TIMEOUT = env_float("WORKER_CONNECT_TIMEOUT", 5.0)
-WORKER_READ_TIMEOUT = env_float("WORKER_READ_TIMEOUT", 10.0)
-# GET /hit answers 502 rather than buffer an upstream body larger than this.
-WORKER_MAX_BODY_BYTES = env_int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1)
-# When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or reserved
-# addresses (502), so a pushed URL cannot reach into the worker's own network.
-WORKER_BLOCK_PRIVATE_UPSTREAMS = env_bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False)
-
-# Agent (`manage.py run_agent`). The agent talks to the controller and its workers over HTTP
-# only; these are its defaults, and each has a command-line flag that wins over it.
-CONTROLLER_URL = env_str("CONTROLLER_URL", kind="url")
-WORKER_URLS = env_list("WORKER_URL", [], kind="urls")
-REGISTRATION_TOKEN = env_str("REGISTRATION_TOKEN")
-AGENT_STATE_DIR = env_str("AGENT_STATE_DIR", str(VAR_DIR / "agent"))
-# Check period before the controller has a config (afterwards its pooling_interval rules).
-AGENT_DEFAULT_INTERVAL = env_float("AGENT_DEFAULT_INTERVAL", 10.0)
-# Upper bound of the retry delay for an unreachable controller or worker.
-AGENT_BACKOFF_CAP = env_float("AGENT_BACKOFF_CAP", 60.0)
-# While a watch is held, the workers are still checked this often, so one that restarted empty
-# is filled again within seconds rather than when the watch ends.
-AGENT_WORKER_CHECK_SECONDS = env_float("AGENT_WORKER_CHECK_SECONDS", 5.0)
-# How often the agent reports to the controller: what it applied, its workers' state and their
-# hits per version, on which a rollout is halted. The first hits of a new version go sooner.
-AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 10.0)
-AGENT_CONNECT_TIMEOUT = env_float("AGENT_CONNECT_TIMEOUT", 3.0)
-# Labels the agent sends with its registration and every heartbeat; rollouts pick canaries by
-# them. "ring=canary,zone=eu-1" in the environment, a mapping under `labels:` in the file.
-AGENT_LABELS = env_labels("AGENT_LABELS")
-AGENT_READ_TIMEOUT = env_float("AGENT_READ_TIMEOUT", 10.0)
-# Pushes to the workers are signed with INTERNAL_KEY (defined in the Worker block above).
+# The worker and the agent read their own settings (worker/settings.py, agent/settings.py),
+# without Django: none of the above is theirs.
 
 # Last: a settings-file key that no setting above read is a mistake, not something to ignore.
-CONFIG_FILE.check_unknown(set(SETTING_SOURCES))
+if CONFIG_FILE.role == "controller":
+    CONFIG_FILE.check_unknown(set(SETTING_SOURCES))

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from agent.daemon import Agent
+from agent.daemon import AgentDaemon
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
 from apps.configs.services import publish_config, update_config
@@ -32,10 +32,10 @@ def new_token(transactional_db):
 
 @pytest.fixture
 def make_agent(tmp_path, clock, live_server):
-    made: list[Agent] = []
+    made: list[AgentDaemon] = []
 
     def make(workers, *, state="state", token=None, controller=None, **options):
-        agent = Agent(
+        agent = AgentDaemon(
             controller_url=controller or live_server.url,
             worker_urls=[worker.base_url for worker in workers],
             internal_key=KEY,

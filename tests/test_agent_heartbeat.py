@@ -1,7 +1,6 @@
 """POST /agent/heartbeat: what the agent reports lands on its Agent row."""
 
 import pytest
-from django.db import DatabaseError
 
 from apps.agents.models import Agent, AgentHits
 from apps.agents.services import revoke_agent
@@ -184,40 +183,8 @@ def test_admin_agent_list_shows_the_hits(agent_api, publish, client, admin_user)
     assert "25%" in page
 
 
-# Hits through the batched path of the ASGI front
-
-
-def test_two_reports_in_one_window_add_their_hits():
-    import asyncio
-
-    from apps.agents.heartbeats import HeartbeatRecorder
-
-    written: list[dict] = []
-    failures = [DatabaseError("the database is down")]
-
-    async def write(batch):
-        if failures:
-            raise failures.pop()
-        written.append(batch)
-
-    async def lookup(digests):
-        return {}
-
-    async def scenario():
-        recorder = HeartbeatRecorder(write=write, lookup=lookup, flush_seconds=30, batch_size=10)
-        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [HIT(2, 3, 1)]})
-        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [HIT(2, 4, 0)]})
-        await recorder.flush()  # fails: kept
-        recorder.add("a", {"applied_version": 3, "workers": [], "hits": [HIT(3, 1, 1)]})
-        await recorder.flush()
-
-    asyncio.run(scenario())
-
-    assert len(written) == 1
-    seen, applied, workers, hits = written[0]["a"]
-    # The newest report's state, and every hit none of them had written.
-    assert applied == 3
-    assert hits == [HIT(2, 7, 1), HIT(3, 1, 1)]
+# Hits through the batched path of the ASGI front (tests/test_heartbeat_batches.py has the
+# recorder keeping them across windows)
 
 
 def HIT(version, ok, failed):  # noqa: N802 - reads as a constructor

@@ -11,7 +11,7 @@ import pytest
 
 from agent.backoff import Backoff
 from agent.client import WorkerClient
-from agent.daemon import Agent, WorkerState, hits_since
+from agent.daemon import AgentDaemon, WorkerState, hits_since
 from apps.agents.models import AgentHits
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
@@ -30,7 +30,7 @@ def clock():
 
 
 def make_agent(tmp_path, clock, controller_url, workers, **options):
-    return Agent(
+    return AgentDaemon(
         controller_url=controller_url,
         worker_urls=[worker.base_url for worker in workers],
         internal_key=KEY,
@@ -143,7 +143,7 @@ def test_heartbeats_go_on_time_while_a_watch_is_held(make_worker, tmp_path):
     write_credentials(tmp_path / "state")
     controller = StubController(hold=3)
     controller.start()
-    agent = Agent(
+    agent = AgentDaemon(
         controller_url=controller.url,
         worker_urls=[worker.base_url],
         internal_key=KEY,

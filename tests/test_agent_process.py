@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.daemon import Agent
+from agent.daemon import AgentDaemon
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from tests.support.agent import (
@@ -139,7 +139,7 @@ def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_peri
     write_credentials(tmp_path / "state")
     try:
         for watch, expected in ((True, 0.0), (False, 2.0)):
-            agent = Agent(
+            agent = AgentDaemon(
                 controller_url=controller.url,
                 worker_urls=[worker.base_url],
                 internal_key=KEY,

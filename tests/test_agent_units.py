@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from django.core.management import CommandError, call_command
 
+from agent import command as agent_command
 from agent.backoff import Backoff
 from agent.state import StateDir
 from tests.support.processes import ROOT
@@ -74,28 +74,36 @@ def test_damaged_credentials_are_reported_and_ignored(tmp_path, caplog):
     assert "ignoring agent credentials" in caplog.text
 
 
-def test_run_agent_without_internal_key_exits_2(settings, capsys):
-    settings.INTERNAL_KEY = None
-    with pytest.raises(SystemExit) as exited:
-        call_command(
-            "run_agent", "--controller-url", "http://127.0.0.1:1", "--worker-url", "http://x"
-        )
-    assert exited.value.code == 2
+def test_run_agent_without_internal_key_exits_2(monkeypatch, capsys):
+    monkeypatch.delenv("INTERNAL_KEY", raising=False)
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    status = agent_command.main(
+        ["--controller-url", "http://127.0.0.1:1", "--worker-url", "http://x"]
+    )
+    assert status == 2
     assert "INTERNAL_KEY is required" in capsys.readouterr().err
 
 
-def test_run_agent_without_a_controller_url_exits_2(settings):
-    settings.INTERNAL_KEY = "k"
-    settings.CONTROLLER_URL = None
-    with pytest.raises(CommandError) as failed:
-        call_command("run_agent", "--worker-url", "http://127.0.0.1:1")
-    assert failed.value.returncode == 2
+def test_run_agent_without_a_controller_url_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("INTERNAL_KEY", "k")
+    monkeypatch.delenv("CONTROLLER_URL", raising=False)
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    assert agent_command.main(["--worker-url", "http://127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err == "error: Give --controller-url or set CONTROLLER_URL.\n"
+
+
+def test_run_agent_refuses_a_metrics_port_out_of_range(monkeypatch, capsys):
+    monkeypatch.setenv("INTERNAL_KEY", "k")
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    argv = ["--controller-url", "http://127.0.0.1:1", "--worker-url", "http://127.0.0.1:2"]
+    assert agent_command.main([*argv, "--metrics-bind", "127.0.0.1:0"]) == 2
+    assert "--metrics-bind must be HOST:PORT with a port from 1 to 65535" in capsys.readouterr().err
 
 
 def test_the_agent_package_loads_without_django():
     # The agent talks HTTP only: importing it must not pull in Django or the controller's models.
     code = (
-        "import sys, agent.daemon, agent.client, agent.state, agent.backoff; "
+        "import sys, agent.daemon, agent.client, agent.state, agent.backoff, agent.command; "
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('django', 'apps')]; "
         "assert not loaded, loaded"
     )

@@ -13,13 +13,12 @@ import yaml
 
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
-from controller_site.config_file import ALIASES
 from protocol import signing
+from protocol.config_file import ALIASES
 from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks
-# of settings.py. The controller reads every other one. DEBUG and SECRET_KEY are read by all
-# three, because the settings refuse to load without a key when debug is off.
+# of settings.py. The controller reads every other one.
 AGENT_SETTINGS = {
     "CONTROLLER_URL",
     "WORKER_URL",
@@ -44,7 +43,8 @@ WORKER_SETTINGS = {
     "WORKER_MAX_BODY_BYTES",
     "WORKER_BLOCK_PRIVATE_UPSTREAMS",
 }
-SHARED_SETTINGS = {"DEBUG", "SECRET_KEY", "LOG_LEVEL", "LOG_FORMAT"}
+# The worker and the agent read their settings without Django: no DEBUG and no SECRET_KEY.
+DAEMON_SHARED_SETTINGS = {"LOG_LEVEL", "LOG_FORMAT"}
 EXAMPLES = {
     "controller": ROOT / "config" / "config.yaml",
     "worker": ROOT / "config" / "worker-config.yaml",
@@ -119,12 +119,19 @@ def test_config_file_variable_works_like_the_flag(tmp_path):
 
 
 def test_bind_means_the_bind_of_the_process_that_reads_the_file(tmp_path):
-    path = write(tmp_path, f"secret_key: {TEST_SECRET_KEY}\nbind: 127.0.0.1:9200\n")
-    result = manage("show_settings", "--config", str(path), env={"CONFIG_ROLE": "worker"})
+    path = write(tmp_path, "bind: 127.0.0.1:9200\n")
+    env = {"SECRET_KEY": TEST_SECRET_KEY}
+    result = manage("show_settings", "--config", str(path), env={**env, "CONFIG_ROLE": "worker"})
     assert result.returncode == 0, result.stderr
     rows = effective(result.stdout)
     assert rows["WORKER_BIND"] == ("file", "127.0.0.1:9200")
-    assert rows["CONTROLLER_BIND"][0] == "default"
+    # The worker reads its own settings only: the controller's are not its business.
+    assert "CONTROLLER_BIND" not in rows
+    result = manage("show_settings", "--config", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    rows = effective(result.stdout)
+    assert rows["CONTROLLER_BIND"] == ("file", "127.0.0.1:9200")
+    assert "WORKER_BIND" not in rows
 
 
 def test_secrets_are_masked_including_passwords_inside_urls(tmp_path):
@@ -159,6 +166,7 @@ def test_a_world_readable_file_with_secrets_is_warned_about(tmp_path):
         ("redis_url: not-a-url\n", "key 'redis_url': must be a URL"),
         ("controller_url: controller:8080\n", "key 'controller_url': must be a URL"),
         ("worker_url: ['http://:8082']\n", "key 'worker_url': must be a URL"),
+        ("workers: 2\n", "unknown key 'workers'; did you mean 'worker_urls'?"),
         ("allowed_hosts: {a: 1}\n", "key 'allowed_hosts': must be a list of strings"),
         ("log_level: [1, 2\n", "invalid YAML at line 2, column 1"),
         ("- just\n- a list\n", "the file must hold a mapping"),
@@ -166,7 +174,11 @@ def test_a_world_readable_file_with_secrets_is_warned_about(tmp_path):
 )
 def test_bad_files_exit_2_naming_the_file_and_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
-    result = manage("show_settings", "--config", str(path), env={"SECRET_KEY": TEST_SECRET_KEY})
+    env = {"SECRET_KEY": TEST_SECRET_KEY}
+    if text.startswith(("controller_url", "worker_url", "workers")):
+        # Keys of the agent's settings: read as the agent reads its file.
+        env["CONFIG_ROLE"] = "agent"
+    result = manage("show_settings", "--config", str(path), env=env)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {path}:")
     assert message in result.stderr
@@ -211,9 +223,9 @@ def test_a_controller_starts_from_a_file_alone(tmp_path):
 
 def role_settings(role: str, every_setting: set[str]) -> set[str]:
     if role == "agent":
-        return AGENT_SETTINGS | SHARED_SETTINGS | {"INTERNAL_KEY"}
+        return AGENT_SETTINGS | DAEMON_SHARED_SETTINGS | {"INTERNAL_KEY"}
     if role == "worker":
-        return WORKER_SETTINGS | SHARED_SETTINGS | {"INTERNAL_KEY"}
+        return WORKER_SETTINGS | DAEMON_SHARED_SETTINGS | {"INTERNAL_KEY"}
     return every_setting - AGENT_SETTINGS - WORKER_SETTINGS - {"INTERNAL_KEY"}
 
 
@@ -255,7 +267,7 @@ def test_a_worker_starts_from_a_file_alone(tmp_path):
     port = free_port()
     path = write(
         tmp_path,
-        f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nbind: 127.0.0.1:{port}\n",
+        f"internal_key: {KEY}\nbind: 127.0.0.1:{port}\n",
     )
     process = Process(
         [sys.executable, str(ROOT / "manage.py"), "run_worker", "--config", str(path)],
@@ -284,13 +296,14 @@ def test_a_worker_starts_from_a_file_alone(tmp_path):
     finally:
         process.stop()
     assert KEY not in process.log_path.read_text(errors="replace")
+    # No SECRET_KEY, no database, no cache: the worker reads its own settings, and so neither
+    # asks for a key nor makes a var/ directory for one.
+    assert not (tmp_path / "var").exists()
 
 
 def test_the_bind_flag_wins_over_the_environment_which_wins_over_the_worker_file(tmp_path):
     in_file, in_env, in_flag = free_port(), free_port(), free_port()
-    path = write(
-        tmp_path, f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nbind: 127.0.0.1:{in_file}\n"
-    )
+    path = write(tmp_path, f"internal_key: {KEY}\nbind: 127.0.0.1:{in_file}\n")
     env = clean_env(tmp_path, WORKER_BIND=f"127.0.0.1:{in_env}")
     for flags, listening in (([], in_env), (["--bind", f"127.0.0.1:{in_flag}"], in_flag)):
         process = Process(
@@ -357,7 +370,6 @@ def test_an_agent_runs_from_a_file_alone_against_a_live_controller_and_worker(
     state_dir = tmp_path / "state"
     path = write(
         tmp_path,
-        f"secret_key: {TEST_SECRET_KEY}\n"
         f"controller_url: {live_server.url}\n"
         f"worker_urls: [{worker.base_url}]\n"
         f"registration_token: {token}\n"
@@ -400,7 +412,7 @@ def test_a_bad_agent_or_worker_file_exits_2_before_anything_starts(
 ):
     state_dir = tmp_path / "state"
     port = free_port()
-    good = f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\n" + (
+    good = f"internal_key: {KEY}\n" + (
         f"controller_url: http://127.0.0.1:{port}\nstate_dir: {state_dir}\n"
         "worker_urls: [http://127.0.0.1:9]\nregistration_token: rt_x\n"
         if command == "run_agent"
@@ -432,7 +444,7 @@ def test_a_bad_agent_or_worker_file_exits_2_before_anything_starts(
 def test_a_daemon_reads_its_own_keys_whatever_config_role_it_inherits(tmp_path):
     # run_stack sets CONFIG_ROLE=controller and its children inherit it: `threads` must still
     # mean the worker's threads (here refused as 0), not an unknown controller key.
-    path = write(tmp_path, f"secret_key: {TEST_SECRET_KEY}\ninternal_key: {KEY}\nthreads: 0\n")
+    path = write(tmp_path, f"internal_key: {KEY}\nthreads: 0\n")
     result = manage("run_worker", "--config", str(path), env={"CONFIG_ROLE": "controller"})
     assert result.returncode == 2
     assert "key 'threads': must be at least 1" in result.stderr

@@ -166,15 +166,19 @@ def test_a_bad_body_is_400_by_field_and_stores_nothing(body, field):
 
 def test_not_json_is_400_or_415_and_too_large_is_413(settings):
     ((agent, token),) = new_agents(1)
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 200_000
 
     async def scenario(app):
-        status, answer = await post(app, token, b"{not json")
-        assert status == 400
-        assert answer["detail"].startswith("JSON parse error")
+        for body in (b"{not json", b"\xff\xfe", b"[" * 100_000):
+            status, answer = await post(app, token, body)
+            assert status == 400
+            assert answer["detail"].startswith("JSON parse error")
         status, answer = await post(app, token, b"applied_version=1", b"text/plain")
         assert status == 415
-        big = {"applied_version": 1, "workers": [WORKERS[0]] * 40}
+        big = {
+            "applied_version": 1,
+            "workers": [{**WORKERS[0], "url": "http://a.example/" + "x" * 2000}] * 99,
+        }
         assert (await post(app, token, big))[0] == 413
 
     with_app(scenario)
@@ -205,6 +209,10 @@ def test_one_statement_stores_a_whole_batch():
         assert agent.workers == [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}]
 
 
+def hit(version: int, ok: int, failed: int) -> dict:
+    return {"version": version, "ok": ok, "failed": failed}
+
+
 def test_reports_a_failed_write_could_not_store_are_kept_for_the_next_window():
     written: list[dict] = []
     failures = [DatabaseError("the database is down")]
@@ -219,15 +227,18 @@ def test_reports_a_failed_write_could_not_store_are_kept_for_the_next_window():
 
     async def scenario():
         recorder = HeartbeatRecorder(write=write, lookup=lookup, flush_seconds=30, batch_size=10)
-        recorder.add("a", {"applied_version": 1, "workers": []})
+        recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 3, 1)]})
+        recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 4, 0)]})
         recorder.add("b", {"applied_version": 1, "workers": []})
         await recorder.flush()
         assert written == []
-        # A newer report of "a" arrives meanwhile: it should win over the one kept.
-        recorder.add("a", {"applied_version": 2, "workers": []})
+        # A newer report of "a" arrives meanwhile: it should win over the one kept, and carry
+        # the hits no report has written yet (each counts those since the one before).
+        recorder.add("a", {"applied_version": 2, "workers": [], "hits": [hit(2, 1, 1)]})
         await recorder.flush()
         assert len(written) == 1
         assert {agent: report[1] for agent, report in written[0].items()} == {"a": 2, "b": 1}
+        assert written[0]["a"][3] == [hit(1, 7, 1), hit(2, 1, 1)]
         assert recorder.pending == {}
 
     asyncio.run(scenario())

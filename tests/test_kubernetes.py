@@ -138,8 +138,17 @@ for env in json.load(sys.stdin):
     os.environ.clear()
     os.environ.update(env)
     try:
-        loaded = runpy.run_path("controller_site/settings.py")
-        results.append({"read": sorted(loaded["SETTING_SOURCES"])})
+        role = env["CONFIG_ROLE"]
+        if role in ("worker", "agent"):
+            # The worker and the agent read their own settings, without Django.
+            from protocol.config_file import ConfigFile
+            from protocol.settings import SettingsReader
+            reader = SettingsReader(ConfigFile(None, role))
+            __import__(role + ".settings", fromlist=["read_settings"]).read_settings(reader)
+            read = reader.sources
+        else:
+            read = runpy.run_path("controller_site/settings.py")["SETTING_SOURCES"]
+        results.append({"read": sorted(read)})
     except Exception as exc:
         results.append({"error": f"{type(exc).__name__}: {exc}"})
 print(json.dumps(results))

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from apps.ops.logs import JsonFormatter, LineFormatter, SkipProbes
+from protocol.logs import JsonFormatter, LineFormatter, SkipProbes
 
 
 def record(message: str, exc_info=None) -> logging.LogRecord:

@@ -98,10 +98,10 @@ def test_counts_add_up_across_gunicorn_processes_and_include_held_watches(regist
 def test_agent_metrics_are_off_by_default_and_served_when_asked(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from agent.metrics import MeasuredAgent, serve_metrics
+    from agent.metrics import MeasuredAgentDaemon, serve_metrics
 
     registry = CollectorRegistry()
-    agent = MeasuredAgent(
+    agent = MeasuredAgentDaemon(
         controller_url="http://127.0.0.1:9",
         worker_urls=["http://127.0.0.1:9"],
         internal_key="k" * 32,

@@ -132,9 +132,10 @@ def test_a_missing_field_is_named():
 @pytest.mark.parametrize("package", ["protocol", "agent", "worker"])
 def test_the_shared_packages_load_without_django_or_the_apps(package):
     modules = {
-        "protocol": "protocol.rules, protocol.config, protocol.signing",
-        "agent": "agent.daemon, agent.client, agent.state, agent.backoff, agent.metrics",
-        "worker": "worker.app, worker.config, worker.upstream, worker.metrics, worker.server",
+        "protocol": "protocol.rules, protocol.config, protocol.signing, protocol.settings, "
+        "protocol.cli, protocol.logs, protocol.config_file",
+        "agent": "agent.command, agent.daemon, agent.client, agent.state, agent.metrics",
+        "worker": "worker.command, worker.app, worker.config, worker.upstream, worker.server",
     }[package]
     code = (
         f"import sys, {modules}; "

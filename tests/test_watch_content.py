@@ -6,7 +6,7 @@ import json
 import pytest
 import requests
 
-from agent.daemon import Agent
+from agent.daemon import AgentDaemon
 from apps.agents.services import issue_registration_token
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.support.agent import (
@@ -134,7 +134,7 @@ def test_an_answer_without_the_content_is_fetched_from_config_agent(
     controller = OlderController()
     controller.config = cached
     controller.start()
-    agent = Agent(
+    agent = AgentDaemon(
         controller_url=controller.url,
         worker_urls=[worker.base_url],
         internal_key=KEY,

@@ -20,6 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from apps.agents.models import Agent
+from apps.ops import metrics
 from protocol.labels import InvalidLabels, check_labels
 
 logger = logging.getLogger(__name__)
@@ -93,15 +94,17 @@ def _check_hit(item) -> dict:
     return {"version": version, "ok": item["ok"], "failed": item["failed"]}
 
 
-def _check_hits(hits) -> list[dict]:
-    if not isinstance(hits, list):
+def _check_list(items, check, limit: int) -> list[dict]:
+    """Each item of a list field checked by `check`; InvalidHeartbeat with the errors of the
+    field (per item, as DRF gives them) otherwise."""
+    if not isinstance(items, list):
         raise InvalidHeartbeat(["Must be a list."])
-    if len(hits) > MAX_HIT_VERSIONS:
-        raise InvalidHeartbeat([f"Ensure this field has no more than {MAX_HIT_VERSIONS} elements."])
+    if len(items) > limit:
+        raise InvalidHeartbeat([f"Ensure this field has no more than {limit} elements."])
     checked, per_item = [], []
-    for item in hits:
+    for item in items:
         try:
-            checked.append(_check_hit(item))
+            checked.append(check(item))
             per_item.append({})
         except InvalidHeartbeat as exc:
             per_item.append(exc.errors)
@@ -138,29 +141,19 @@ def check_heartbeat(data) -> dict:
         errors["applied_version"] = ["This field is required."]
     elif applied is not None and (not _whole_number(applied) or not 0 <= applied <= MAX_VERSION):
         errors["applied_version"] = [f"Must be a whole number from 0 to {MAX_VERSION}, or null."]
-    workers = data.get("workers", ...)
     checked: list[dict] = []
-    if workers is ...:
+    if "workers" not in data:
         errors["workers"] = ["This field is required."]
-    elif not isinstance(workers, list):
-        errors["workers"] = ["Must be a list."]
-    elif len(workers) > MAX_WORKERS:
-        errors["workers"] = [f"Ensure this field has no more than {MAX_WORKERS} elements."]
     else:
-        per_item: list[dict] = []
-        for item in workers:
-            try:
-                checked.append(_check_worker(item))
-                per_item.append({})
-            except InvalidHeartbeat as exc:
-                per_item.append(exc.errors)
-        if any(per_item):
-            errors["workers"] = per_item
+        try:
+            checked = _check_list(data["workers"], _check_worker, MAX_WORKERS)
+        except InvalidHeartbeat as exc:
+            errors["workers"] = exc.errors
     hits: list[dict] = []
     if "hits" in data:
         # Optional: an agent of an earlier release sends none.
         try:
-            hits = _check_hits(data["hits"])
+            hits = _check_list(data["hits"], _check_hit, MAX_HIT_VERSIONS)
         except InvalidHeartbeat as exc:
             errors["hits"] = exc.errors
     # Left out, the stored labels stay as they are (an agent older than labels sends none).
@@ -281,6 +274,7 @@ class HeartbeatRecorder:
                     self._keep(batch)
                     raise
                 self.recorded += len(batch)
+                metrics.instruments().heartbeats_recorded.inc(len(batch))
 
     def _keep(self, batch: dict) -> None:
         # Back in the queue, unless a newer report of the same agent arrived meanwhile.

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from apps.audit.models import AuditEntry
-from apps.ops.admin_site import HistoryAdmin
+from controller_site.admin_site import HistoryAdmin
 
 
 @admin.register(AuditEntry)

@@ -14,7 +14,7 @@ from apps.audit.services import record_event
 from controller_site.request_info import client_ip
 
 # The address of the admin request being served in this thread or task. LogEntry carries no
-# request, so the admin site sets this around each of its views (see apps.ops.admin_site).
+# request, so the admin site sets this around each of its views (see controller_site.admin_site).
 admin_request_ip: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "admin_request_ip", default=None
 )

@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from apps.accounts.roles import APPROVER, EDITOR, has_role, role_needed_message
 from apps.changes import services
 from apps.changes.models import ChangeRequest
-from apps.ops.admin_site import HistoryAdmin
+from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
 

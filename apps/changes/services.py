@@ -87,10 +87,13 @@ def propose_change(
     return change
 
 
-def _locked(change_id) -> ChangeRequest:
+def _locked_pending(change_id) -> ChangeRequest:
+    """The request, locked until the transaction ends, if it still waits for a decision."""
     change = ChangeRequest.objects.select_for_update().filter(pk=change_id).first()
     if change is None:
         raise UnknownChange(change_id)
+    if change.state != ChangeRequest.PENDING:
+        raise ChangeNotPending(change)
     return change
 
 
@@ -118,9 +121,7 @@ def approve_change(
     content is published (with its rollout plan) in the same transaction as the approval."""
     try:
         with transaction.atomic():
-            change = _locked(change_id)
-            if change.state != ChangeRequest.PENDING:
-                raise ChangeNotPending(change)
+            change = _locked_pending(change_id)
             if change.author_id is not None and change.author_id == approver.pk:
                 raise NotYourDecision("Nobody approves their own change request.")
             if change.approvals.filter(approver=approver).exists():
@@ -180,19 +181,10 @@ def reject_change(
     change_id, *, approver, comment: str = "", source_ip: str | None = None
 ) -> ChangeRequest:
     with transaction.atomic():
-        change = _locked(change_id)
-        if change.state != ChangeRequest.PENDING:
-            raise ChangeNotPending(change)
+        change = _locked_pending(change_id)
         if change.author_id is not None and change.author_id == approver.pk:
             raise NotYourDecision("Nobody rejects their own change request; cancel it instead.")
-        _decide(change, ChangeRequest.REJECTED, by=approver, comment=comment)
-        record_event(
-            AuditEntry.CHANGE_REJECTED,
-            actor=approver,
-            source_ip=source_ip,
-            target=str(change),
-            detail={"comment": comment},
-        )
+        _close(change, ChangeRequest.REJECTED, by=approver, comment=comment, source_ip=source_ip)
     return change
 
 
@@ -201,28 +193,33 @@ def cancel_change(
 ) -> ChangeRequest:
     """The author withdraws a request (a superuser may withdraw anyone's)."""
     with transaction.atomic():
-        change = _locked(change_id)
-        if change.state != ChangeRequest.PENDING:
-            raise ChangeNotPending(change)
+        change = _locked_pending(change_id)
         if change.author_id != actor.pk and not actor.is_superuser:
             raise NotYourDecision("Only the author cancels a change request.")
-        _decide(change, ChangeRequest.CANCELLED, by=actor, comment=comment)
-        record_event(
-            AuditEntry.CHANGE_CANCELLED,
-            actor=actor,
-            source_ip=source_ip,
-            target=str(change),
-            detail={"comment": comment},
-        )
+        _close(change, ChangeRequest.CANCELLED, by=actor, comment=comment, source_ip=source_ip)
     return change
 
 
-def _decide(change: ChangeRequest, state: str, *, by, comment: str) -> None:
+_CLOSING_ACTIONS = {
+    ChangeRequest.REJECTED: AuditEntry.CHANGE_REJECTED,
+    ChangeRequest.CANCELLED: AuditEntry.CHANGE_CANCELLED,
+}
+
+
+def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: str | None) -> None:
+    """Reject or cancel: the request is decided without a publish, and audited."""
     change.state = state
     change.decided_by = by
     change.decided_at = timezone.now()
     change.decision_comment = comment
     change.save(update_fields=["state", "decided_by", "decided_at", "decision_comment"])
+    record_event(
+        _CLOSING_ACTIONS[state],
+        actor=by,
+        source_ip=source_ip,
+        target=str(change),
+        detail={"comment": comment},
+    )
 
 
 def publish_emergency(

@@ -11,9 +11,9 @@ from apps.changes import services as changes
 from apps.configs import preflight, services
 from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
-from apps.ops.admin_site import HistoryAdmin
 from apps.rollouts.serializers import RolloutPlanSerializer
 from apps.rollouts.services import RolloutPlanNeedsDirectPublish
+from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs

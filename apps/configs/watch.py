@@ -191,7 +191,7 @@ class WatchEndpoint:
         else:
             try:
                 report = check_heartbeat(json.loads(body) if body else {})
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
                 await _respond(send, 400, {"detail": f"JSON parse error - {exc}"})
                 return
             except InvalidHeartbeat as exc:

@@ -53,6 +53,10 @@ def instruments() -> SimpleNamespace:
             "controller_notifications_received",
             "Change notifications the watch hubs of this controller received.",
         ),
+        heartbeats_recorded=Counter(
+            "controller_heartbeats_recorded",
+            "Agents' heartbeats written to the database in batches by the ASGI front.",
+        ),
     )
 
 

@@ -2,7 +2,6 @@
 
 import os
 import resource
-import sys
 import tempfile
 
 from gunicorn.app.base import BaseApplication
@@ -33,19 +32,6 @@ def raise_open_file_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return hard
     return soft
-
-
-def parse_bind(value: str) -> tuple[str, int]:
-    """Split HOST:PORT, raising ValueError with a readable message."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--bind must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def exit_with(message: str, code: int = 2) -> None:
-    sys.stderr.write(message.rstrip() + "\n")
-    sys.exit(code)
 
 
 def enable_multiprocess_metrics() -> str:

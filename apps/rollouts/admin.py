@@ -11,9 +11,9 @@ from django.utils.html import format_html
 
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.audit.models import AuditEntry
-from apps.ops.admin_site import HistoryAdmin
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
+from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
 

@@ -174,6 +174,21 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.fixture
+def fleet(stack, upstream, admin_user):
+    """A controller with Redis and two workers, each with an agent reporting every second, all
+    on version 1 (the upstream's /text): (admin, worker URLs)."""
+    _, redis_url, _ = stack.redis()
+    _, url = stack.controller(redis_url)
+    admin = Admin(url)
+    assert admin.create(upstream.url("/text")).status_code == 201
+    workers = [stack.worker(WORKER_BLOCK_PRIVATE_UPSTREAMS="0")[1] for _ in range(2)]
+    for n, worker in enumerate(workers):
+        stack.agent(url, [worker], f"agent-{n}", AGENT_HEARTBEAT_SECONDS="1")
+    wait_for_version(workers, 1, timeout=60)
+    return admin, workers
+
+
 def worker_version(worker_url: str) -> int | None:
     return requests.get(f"{worker_url}/health", timeout=5).json()["config_version"]
 

@@ -14,7 +14,7 @@ import requests
 
 from apps.agents.services import issue_registration_token, register_agent
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.e2e.conftest import Admin, wait_for_version
+from tests.e2e.conftest import Admin
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -28,20 +28,6 @@ def preflight(admin: Admin, config_url: str, **options) -> dict:
     )
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-@pytest.fixture
-def fleet(stack, upstream, admin_user):
-    """A controller with Redis, two workers and an agent for each, all on version 1."""
-    _, redis_url, _ = stack.redis()
-    _, url = stack.controller(redis_url)
-    admin = Admin(url)
-    assert admin.create(upstream.url("/text")).status_code == 201
-    workers = [stack.worker(WORKER_BLOCK_PRIVATE_UPSTREAMS="0")[1] for _ in range(2)]
-    for n, worker in enumerate(workers):
-        stack.agent(url, [worker], f"agent-{n}")
-    wait_for_version(workers, 1, timeout=60)
-    return admin, workers
 
 
 def test_preflight_of_a_good_url_is_ok_with_status_200(fleet, upstream):

@@ -26,7 +26,7 @@ class FakeClock:
 
 class RecordingStop(threading.Event):
     """A stop flag whose wait() advances the fake clock instead of sleeping, records every
-    timeout, and sets itself after `limit` waits, so that Agent.run() ends on its own."""
+    timeout, and sets itself after `limit` waits, so that AgentDaemon.run() ends on its own."""
 
     def __init__(self, clock: FakeClock, limit: int) -> None:
         super().__init__()

@@ -118,17 +118,22 @@ def start_controller(
         base_env(**extra),
         "controller",
     )
-    url = f"http://127.0.0.1:{port}"
+    return process, wait_for_health(process, f"http://127.0.0.1:{port}", "/healthz", 30)
+
+
+def wait_for_health(process: Process, url: str, path: str, timeout: float) -> str:
+    """Wait until `url` + `path` answers 200; `url`. A process that does not get there is
+    stopped, and its output is in the failure."""
     try:
         wait_until(
-            lambda: requests.get(f"{url}/healthz", timeout=1).status_code == 200,
-            timeout=30,
-            message=f"controller on {url}",
+            lambda: requests.get(url + path, timeout=1).status_code == 200,
+            timeout=timeout,
+            message=f"{process.name} on {url}",
         )
     except AssertionError:
         process.stop()
-        raise AssertionError(f"controller did not start:\n{process.output()}") from None
-    return process, url
+        raise AssertionError(f"{process.name} did not start:\n{process.output()}") from None
+    return url
 
 
 def start_redis() -> tuple[Process, str, int]:
@@ -184,17 +189,7 @@ def start_worker(internal_key: str, *, port: int | None = None, **env: str) -> t
         base_env(INTERNAL_KEY=internal_key, **env),
         "worker",
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: requests.get(f"{url}/health", timeout=1).status_code == 200,
-            timeout=20,
-            message=f"worker on {url}",
-        )
-    except AssertionError:
-        process.stop()
-        raise AssertionError(f"worker did not start:\n{process.output()}") from None
-    return process, url
+    return process, wait_for_health(process, f"http://127.0.0.1:{port}", "/health", 20)
 
 
 def start_agent(

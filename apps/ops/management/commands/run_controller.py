@@ -3,16 +3,15 @@ import logging
 import shutil
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.ops.serving import (
     GunicornApplication,
     enable_multiprocess_metrics,
-    exit_with,
     mark_metrics_process_dead,
-    parse_bind,
     raise_open_file_limit,
 )
+from protocol.cli import UsageError, parse_bind
 
 logger = logging.getLogger("apps.ops")
 
@@ -34,10 +33,10 @@ class Command(BaseCommand):
     def handle(self, *args, bind: str, workers: int, **options):
         try:
             parse_bind(bind)
-        except ValueError as exc:
-            exit_with(str(exc))
+        except UsageError as exc:
+            raise CommandError(str(exc), returncode=2) from None
         if workers < 1:
-            exit_with("--workers must be at least 1")
+            raise CommandError("--workers must be at least 1.", returncode=2)
         open_files = raise_open_file_limit()
         logger.info(
             "controller listening on http://%s with %s worker(s), %s open files allowed",
@@ -45,34 +44,39 @@ class Command(BaseCommand):
             workers,
             open_files,
         )
-        logging_config = copy.deepcopy(settings.GUNICORN_LOGGING)
-        if not settings.CONTROLLER_ACCESS_LOG:
-            logging_config["loggers"]["gunicorn.access"] = {"handlers": [], "propagate": False}
         metrics_dir = enable_multiprocess_metrics()
         application = GunicornApplication(
             lambda: __import__("controller_site.asgi", fromlist=["application"]).application,
-            {
-                "bind": bind,
-                "workers": workers,
-                "worker_class": "apps.ops.asgi_worker.ControllerWorker",
-                # Async workers report to the arbiter from their event loop, so held watches
-                # (at most 60 s) do not count against this.
-                "timeout": settings.CONTROLLER_TIMEOUT,
-                "graceful_timeout": settings.CONTROLLER_GRACEFUL_TIMEOUT,
-                "keepalive": settings.CONTROLLER_KEEPALIVE,
-                "accesslog": "-" if settings.CONTROLLER_ACCESS_LOG else None,
-                "errorlog": "-",
-                "loglevel": settings.LOG_LEVEL.lower(),
-                # One line per event on stdout, as text or JSON (LOG_FORMAT), like Django's.
-                "logconfig_dict": logging_config,
-                # gunicorn's control socket sits at one path per user; nothing here uses it.
-                "control_socket_disable": True,
-                "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
-                "proc_name": "dcs-controller",
-                "child_exit": mark_metrics_process_dead,
-            },
+            gunicorn_options(bind, workers),
         )
         try:
             application.run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def gunicorn_options(bind: str, workers: int) -> dict:
+    """gunicorn's settings for the controller, from ours."""
+    logging_config = copy.deepcopy(settings.SERVER_LOGGING)
+    if not settings.CONTROLLER_ACCESS_LOG:
+        logging_config["loggers"]["gunicorn.access"] = {"handlers": [], "propagate": False}
+    return {
+        "bind": bind,
+        "workers": workers,
+        "worker_class": "apps.ops.gunicorn_worker.ControllerWorker",
+        # Async workers report to the arbiter from their event loop, so held watches
+        # (at most 60 s) do not count against this.
+        "timeout": settings.CONTROLLER_TIMEOUT,
+        "graceful_timeout": settings.CONTROLLER_GRACEFUL_TIMEOUT,
+        "keepalive": settings.CONTROLLER_KEEPALIVE,
+        "accesslog": "-" if settings.CONTROLLER_ACCESS_LOG else None,
+        "errorlog": "-",
+        "loglevel": settings.LOG_LEVEL.lower(),
+        # One line per event on stdout, as text or JSON (LOG_FORMAT), like Django's.
+        "logconfig_dict": logging_config,
+        # gunicorn's control socket sits at one path per user; nothing here uses it.
+        "control_socket_disable": True,
+        "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
+        "proc_name": "dcs-controller",
+        "child_exit": mark_metrics_process_dead,
+    }

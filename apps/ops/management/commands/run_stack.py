@@ -5,12 +5,29 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from agent.settings import AgentSettings
+from agent.settings import read_settings as read_agent_settings
 from agent.state import CorruptStateFile, StateDir
 from apps.accounts.management.commands.seed_admin import SEED_PASSWORD
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token
-from apps.ops.serving import parse_bind
 from apps.ops.stack import Child, ChildDied, PortInUse, Stack, check_port_free, internal_key_from
+from protocol.cli import UsageError, parse_bind
+from protocol.config_file import ConfigFile
+from protocol.settings import SettingsError, SettingsReader
+from worker.settings import WorkerSettings
+from worker.settings import read_settings as read_worker_settings
+
+
+def daemon_settings() -> tuple[WorkerSettings, AgentSettings]:
+    """The settings of the worker and the agent this command starts. run_stack takes no
+    settings file: they read the environment, as the children will."""
+    try:
+        worker = read_worker_settings(SettingsReader(ConfigFile(None, "worker")))
+        agent = read_agent_settings(SettingsReader(ConfigFile(None, "agent")))
+    except SettingsError as exc:
+        raise CommandError(str(exc), returncode=2) from None
+    return worker, agent
 
 
 class Command(BaseCommand):
@@ -20,6 +37,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        worker, agent = daemon_settings()
         parser.add_argument(
             "--controller-bind",
             default=settings.CONTROLLER_BIND,
@@ -27,67 +45,34 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--worker-bind",
-            default=settings.WORKER_BIND,
+            default=worker.bind,
             help="HOST:PORT of the worker (WORKER_BIND).",
         )
         parser.add_argument(
             "--state-dir",
-            default=settings.AGENT_STATE_DIR,
+            default=agent.state_dir,
             help="The agent's state dir (AGENT_STATE_DIR).",
         )
 
     def handle(self, *args, controller_bind: str, worker_bind: str, state_dir: str, **options):
-        if settings.CONFIG_FILE.path:
-            # One file cannot serve three processes: `bind` alone means a different address to
-            # each. Each process takes its own file instead.
-            raise CommandError(
-                f"run_stack does not take a settings file ({settings.CONFIG_FILE.path}, from "
-                "--config or CONFIG_FILE): it runs the local stack from the environment. To run "
-                "from files, start each process with its own: run_controller --config "
-                "config/config.yaml, run_worker --config config/worker-config.yaml, run_agent "
-                "--config config/agent-config.yaml.",
-                returncode=2,
-            )
-        try:
-            controller_host, controller_port = parse_bind(controller_bind)
-            worker_host, worker_port = parse_bind(worker_bind)
-            check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
-            check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
-        except (ValueError, PortInUse) as exc:
-            raise CommandError(str(exc), returncode=2) from None
-
+        controller_url, worker_url = check_binds(controller_bind, worker_bind)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_admin")
-        internal_key = settings.INTERNAL_KEY or internal_key_from(settings.VAR_DIR)
-        registration_token = self._registration_token_if_needed(state_dir)
-
-        controller_url = f"http://{_url_host(controller_host)}:{controller_port}"
-        worker_url = f"http://{_url_host(worker_host)}:{worker_port}"
+        internal_key = daemon_settings()[0].internal_key or internal_key_from(settings.VAR_DIR)
         env = {"INTERNAL_KEY": internal_key}
         agent_env = dict(env)
+        registration_token = self._registration_token_if_needed(state_dir)
         if registration_token:
             # Through the environment, not the command line: `ps` shows arguments to everyone.
             agent_env["REGISTRATION_TOKEN"] = registration_token
-        out = sys.stdout.buffer
+        agent_args = ["--controller-url", controller_url, "--worker-url", worker_url]
         stack = Stack(
             [
                 Child("controller", ["run_controller", "--bind", controller_bind], env),
                 Child("worker", ["run_worker", "--bind", worker_bind], env),
-                Child(
-                    "agent",
-                    [
-                        "run_agent",
-                        "--controller-url",
-                        controller_url,
-                        "--worker-url",
-                        worker_url,
-                        "--state-dir",
-                        state_dir,
-                    ],
-                    agent_env,
-                ),
+                Child("agent", ["run_agent", *agent_args, "--state-dir", state_dir], agent_env),
             ],
-            out,
+            sys.stdout.buffer,
             prefix=settings.LOG_FORMAT != "json",
         )
 
@@ -127,6 +112,33 @@ class Command(BaseCommand):
         token, _ = issue_registration_token()
         self.stdout.write("Issued a registration token for the local agent.")
         return token
+
+
+def check_binds(controller_bind: str, worker_bind: str) -> tuple[str, str]:
+    """The controller's and the worker's URLs; CommandError (status 2) for a settings file,
+    a bad HOST:PORT or a port in use, before anything starts."""
+    if settings.CONFIG_FILE.path:
+        # One file cannot serve three processes: `bind` alone means a different address to
+        # each. Each process takes its own file instead.
+        raise CommandError(
+            f"run_stack does not take a settings file ({settings.CONFIG_FILE.path}, from "
+            "--config or CONFIG_FILE): it runs the local stack from the environment. To run "
+            "from files, start each process with its own: run_controller --config "
+            "config/config.yaml, run_worker --config config/worker-config.yaml, run_agent "
+            "--config config/agent-config.yaml.",
+            returncode=2,
+        )
+    try:
+        controller_host, controller_port = parse_bind(controller_bind)
+        worker_host, worker_port = parse_bind(worker_bind)
+        check_port_free(controller_host, controller_port, "controller", "CONTROLLER_BIND")
+        check_port_free(worker_host, worker_port, "worker", "WORKER_BIND")
+    except (UsageError, PortInUse) as exc:
+        raise CommandError(str(exc), returncode=2) from None
+    return (
+        f"http://{_url_host(controller_host)}:{controller_port}",
+        f"http://{_url_host(worker_host)}:{worker_port}",
+    )
 
 
 def _url_host(host: str) -> str:

@@ -4,8 +4,17 @@ address of every admin request made known to the audit log."""
 from functools import wraps
 
 from django.contrib import admin
-from django.contrib.admin.apps import AdminConfig
 from django.utils import timezone
+
+from apps.accounts.roles import EDITOR, OPERATOR, has_role, roles_of
+from apps.agents.services import STATUSES, count_by_status
+from apps.audit.models import AuditEntry
+from apps.audit.signals import admin_request_ip
+from apps.changes.models import ChangeRequest
+from apps.configs.services import get_current_config, state_of
+from apps.rollouts.models import Rollout
+from apps.rollouts.services import get_latest_rollout, measure
+from controller_site.request_info import client_ip
 
 # How many of the latest changes the dashboard lists: changes to the configuration, revocations
 # and edits in the admin. Logins and registrations are routine and stay in the audit log.
@@ -19,9 +28,6 @@ class ControllerAdminSite(admin.AdminSite):
     index_template = "admin/dashboard.html"
 
     def admin_view(self, view, cacheable=False):
-        from apps.audit.signals import admin_request_ip
-        from controller_site.request_info import client_ip
-
         protected = super().admin_view(view, cacheable)
 
         # Django records admin changes as LogEntry rows, which carry no request; the audit
@@ -41,14 +47,6 @@ class ControllerAdminSite(admin.AdminSite):
 
 
 def dashboard_context(request) -> dict:
-    from apps.accounts.roles import EDITOR, OPERATOR, has_role, roles_of
-    from apps.agents.services import STATUSES, count_by_status
-    from apps.audit.models import AuditEntry
-    from apps.changes.models import ChangeRequest
-    from apps.configs.services import get_current_config, state_of
-    from apps.rollouts.models import Rollout
-    from apps.rollouts.services import get_latest_rollout, measure
-
     config = get_current_config()
     rollout = get_latest_rollout()
     if rollout is not None and rollout.state not in Rollout.SPLIT_STATES:
@@ -110,7 +108,3 @@ class HistoryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
-
-
-class ControllerAdminConfig(AdminConfig):
-    default_site = "apps.ops.admin_site.ControllerAdminSite"

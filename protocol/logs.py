@@ -48,3 +48,55 @@ class SkipProbes(logging.Filter):
         if not any(path in message for path in self.PATHS):
             return True
         return not (" 200 " in message or message.endswith(" 200"))
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def read_log_settings(reader) -> tuple[str, str]:
+    """LOG_LEVEL and LOG_FORMAT, the two logging settings every process reads."""
+    level = reader.str("LOG_LEVEL", "INFO").upper()
+    fmt = reader.str("LOG_FORMAT", "text").lower()
+    if fmt not in LOG_FORMATS:
+        raise reader.error(f"LOG_FORMAT must be text or json: {fmt!r}")
+    return level, fmt
+
+
+def logging_config(level: str, fmt: str) -> dict:
+    """A dictConfig: one line per event on stdout, as text or JSON, at `level`."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "text": {
+                "()": "protocol.logs.LineFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            },
+            "json": {"()": "protocol.logs.JsonFormatter"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": fmt,
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # Python warnings (Django routes them to logging) are events like any other.
+            "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def server_logging_config(config: dict) -> dict:
+    """`config` plus an `access` handler for an HTTP server's access lines, which drops the
+    successful probes and scrapes (SkipProbes)."""
+    return {
+        **config,
+        "filters": {"skip_probes": {"()": "protocol.logs.SkipProbes"}},
+        "handlers": {
+            **config["handlers"],
+            "access": {**config["handlers"]["console"], "filters": ["skip_probes"]},
+        },
+    }
