@@ -129,23 +129,23 @@ def environment(overlay: str, container: dict) -> dict[str, str]:
     return env
 
 
-# Loads controller_site/settings.py afresh for each environment in one interpreter, as a
-# process does at start-up: the error, or the names of the settings it read.
+# Reads each environment's settings in one interpreter as the process at hand does at start-up:
+# the controller (and migrate, seed_admin) loads controller_site/settings.py afresh; the worker
+# and the agent read only their own settings (worker/settings.py, agent/settings.py). The
+# error, or the names of the settings it read.
 SETTINGS_PROBE = """
 import json, os, runpy, sys
+from protocol.settings import read_role_settings
+import agent.settings, worker.settings
+readers = {"worker": worker.settings.read_settings, "agent": agent.settings.read_settings}
 results = []
 for env in json.load(sys.stdin):
     os.environ.clear()
     os.environ.update(env)
+    role = env["CONFIG_ROLE"]
     try:
-        role = env["CONFIG_ROLE"]
-        if role in ("worker", "agent"):
-            # The worker and the agent read their own settings, without Django.
-            from protocol.config_file import ConfigFile
-            from protocol.settings import SettingsReader
-            reader = SettingsReader(ConfigFile(None, role))
-            __import__(role + ".settings", fromlist=["read_settings"]).read_settings(reader)
-            read = reader.sources
+        if role in readers:
+            read = read_role_settings(role, readers[role])[1]
         else:
             read = runpy.run_path("controller_site/settings.py")["SETTING_SOURCES"]
         results.append({"read": sorted(read)})
@@ -216,9 +216,8 @@ def test_every_variable_set_is_read_and_none_required_is_missing(overlay):
 
 
 def test_a_variable_nothing_reads_or_a_missing_one_would_be_noticed():
-    key = PRODUCTION_SECRETS["SECRET_KEY"]
     typo, missing = settings_read(
-        [("worker", {"SECRET_KEY": key, "WORKER_TREADS": "4"}), ("controller", {"DEBUG": "0"})]
+        [("worker", {"WORKER_TREADS": "4"}), ("controller", {"DEBUG": "0"})]
     )
     assert "WORKER_THREADS" in typo["read"] and "WORKER_TREADS" not in typo["read"]
     assert "SECRET_KEY is required" in missing["error"]
