@@ -83,8 +83,7 @@ build-all: build-static build-schema docker-build ## Static files, schema and th
 
 # Docker (the seed's Option 1) ---------------------------------------------------------------
 .env:
-	cp .env.example .env
-	@echo "Wrote .env from .env.example: change its secrets before going beyond a laptop."
+	$(PYTHON) deploy/write_env.py .env.example .env
 
 docker-build: .env ## Build the one image every role runs
 	$(COMPOSE) build

@@ -16,6 +16,7 @@ from protocol.cli import UsageError, parse_bind
 from protocol.config_file import ConfigFileError
 from protocol.labels import InvalidLabels, parse_label_pairs
 from protocol.logs import logging_config
+from protocol.secrets import weakness
 from protocol.settings import SettingsError, read_role_settings
 
 HELP = (
@@ -102,6 +103,9 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
     metrics_bind = options.get("metrics_bind") or settings.metrics_bind
     if metrics_bind:
         parse_bind(metrics_bind, "--metrics-bind")
+    problem = weakness("INTERNAL_KEY", settings.internal_key)
+    if problem:
+        raise UsageError(f"{problem} (it signs every push to the workers).")
     agent_class, extra = AgentDaemon, {}
     if metrics_bind:
         agent_class, extra = MeasuredAgentDaemon, {"registry": CollectorRegistry()}

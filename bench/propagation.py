@@ -17,7 +17,7 @@ import requests
 
 from bench.common import bench_env, reset_state, setup_django, start_controller, summary
 
-INTERNAL_KEY = "bench-internal-key-0123456789"
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
 
 
 def run(changes: int, watch: bool) -> list[float]:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from protocol import signing  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
-KEY = "bench-internal-key"
+KEY = "bench-internal-key-0123456789abcdef"
 UPSTREAM_BODY = b"203.0.113.7\n"
 
 
@@ -222,6 +222,8 @@ def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> None:
         "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-secret"),
         "INTERNAL_KEY": KEY,
         "WORKER_THREADS": str(args.threads),
+        # The bench's upstream listens on 127.0.0.1, which a worker refuses by default.
+        "WORKER_BLOCK_PRIVATE_UPSTREAMS": "0",
         "VAR_DIR": tempfile.mkdtemp(prefix="worker-bench-"),
         "LOG_LEVEL": "WARNING",
     }

@@ -42,6 +42,23 @@ class ControllerAdminSite(admin.AdminSite):
 
         return with_client_ip
 
+    def login(self, request, extra_context=None):
+        # The login throttle (apps.accounts.backends) counts admin logins with the API's; when
+        # it refused the attempt, say so with 429 rather than as a wrong password.
+        from apps.accounts.backends import RETRY_AFTER_ATTRIBUTE
+
+        response = super().login(request, extra_context)
+        wait = getattr(request, RETRY_AFTER_ATTRIBUTE, None)
+        if wait is None:
+            return response
+        form = getattr(response, "context_data", {}).get("form")
+        if form is not None:
+            form.errors.clear()
+            form.add_error(None, f"Too many failed logins; try again in {wait} s.")
+        response.status_code = 429
+        response["Retry-After"] = str(wait)
+        return response
+
     def index(self, request, extra_context=None):
         return super().index(request, {**dashboard_context(request), **(extra_context or {})})
 

@@ -62,3 +62,19 @@ def document_plain_views(result, generator, request, public):
             "get": {"tags": ["operations"], "security": [{}], **operation}
         }
     return result
+
+
+def document_body_limit(result, generator, request, public):
+    """Every request body is capped in front of the application (CONTROLLER_MAX_BODY_BYTES):
+    say so wherever an operation takes one."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "413",
+                    {
+                        "description": "Request body over CONTROLLER_MAX_BODY_BYTES (1 MiB by "
+                        "default); refused before it is read."
+                    },
+                )
+    return result

@@ -4,6 +4,7 @@ Everything is read from the environment here and nowhere else. Unset variables f
 embedded defaults: SQLite under var/ and local-memory cache, so a first run needs no services.
 """
 
+import contextlib
 import os
 import secrets
 from datetime import timedelta
@@ -33,15 +34,27 @@ env_list = _settings.list
 _record = _settings.record
 
 
+def _make_var_dir() -> None:
+    # Private from the start: it holds the SQLite database (live refresh tokens) and the keys.
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists: never readable by others, not even
+    for the moment between writing it and a chmod."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _development_secret_key() -> str:
     # With DEBUG on, a key is generated once and kept so sessions survive restarts.
     path = VAR_DIR / "secret_key"
-    if path.exists():
+    if path.exists() and path.read_text().strip():
         return path.read_text().strip()
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _make_var_dir()
+    _private_file(path)
     key = secrets.token_urlsafe(50)
     path.write_text(key)
-    path.chmod(0o600)
     return key
 
 
@@ -138,10 +151,11 @@ if DATABASE_URL:
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _make_var_dir()
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's SQLite backend, creating the file 0600 (see controller_site/sqlite).
+            "ENGINE": "controller_site.sqlite",
             "NAME": VAR_DIR / "controller.sqlite3",
             # IMMEDIATE takes the write lock when a transaction starts, so concurrent config
             # changes queue instead of failing with "database is locked" halfway through.
@@ -223,8 +237,9 @@ else:
     NOTIFY_CHANNEL = None
 
 AUTH_USER_MODEL = "accounts.User"
-# Django's permissions (what the admin checks) follow from the roles, not from per-group rows.
-AUTHENTICATION_BACKENDS = ["apps.accounts.roles.RoleBackend"]
+# Django's permissions (what the admin checks) follow from the roles, not from per-group rows;
+# passwords are checked behind the login throttle (apps/accounts/backends.py).
+AUTHENTICATION_BACKENDS = ["apps.accounts.backends.ThrottledRoleBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -270,7 +285,7 @@ NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "apps.accounts.auth.AdminJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Each view names the role each method needs (apps.accounts.roles).
@@ -279,17 +294,29 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controller_site.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
-    "DEFAULT_THROTTLE_RATES": {
-        "login_failures": env_str("LOGIN_FAILURE_RATE", "10/min"),
-    },
     "UNAUTHENTICATED_USER": None,
 }
+
+
+def _rate(name: str, default: str) -> tuple[int, int]:
+    """A rate such as 10/min as (count, window in seconds)."""
+    text = env_str(name, default)
+    count, _, period = text.partition("/")
+    seconds = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600, "d": 86400}
+    if not count.strip().isdigit() or int(count) < 1 or period.strip() not in seconds:
+        raise ImproperlyConfigured(f"{name} must look like 10/min (per s, min, h or d): {text!r}")
+    return int(count), seconds[period.strip()]
+
+
+# Failed logins (API and admin alike) allowed per window, counted per client address and per
+# account; past that, every attempt (the right password too) gets 429 until the window ends.
+LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = _rate("LOGIN_FAILURE_RATE", "10/min")
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 15, minimum=1)),
@@ -323,6 +350,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "controller_site.schema.document_invalid_page",
         "controller_site.schema.document_plain_views",
+        "controller_site.schema.document_body_limit",
     ],
     "APPEND_COMPONENTS": {
         "securitySchemes": {
@@ -365,6 +393,9 @@ CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum
 CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
 CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# A request body over this many bytes gets 413 before the application reads it (1 MiB: a
+# config change or a heartbeat is well under a kilobyte).
+CONTROLLER_MAX_BODY_BYTES = env_int("CONTROLLER_MAX_BODY_BYTES", 1024 * 1024, minimum=1)
 
 # seed_admin defaults: the seed design's admin.
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")

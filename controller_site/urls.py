@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from apps.accounts.views import LoginView, RefreshView
+from apps.accounts.views import LoginView, LogoutView, RefreshView
 from apps.agents.views import (
     AgentListView,
     AgentRevokeView,
@@ -41,6 +41,7 @@ handler403 = "apps.accounts.views.permission_denied"
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
     path("login/refresh", RefreshView.as_view(), name="login-refresh"),
+    path("logout", LogoutView.as_view(), name="logout"),
     path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
     path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
     path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),

@@ -8,6 +8,7 @@ reported with the file and the key, and stops the process before anything starts
 
 import difflib
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -167,21 +168,60 @@ def _readable_by_others(path: Path) -> bool:
         return False
 
 
+# Query parameters whose values are secrets (?password=, ?sslpassword=, ?token=, ?api_key=).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of a URL (user:password@host) and the values of secret-looking
+    query parameters replaced by ********."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    if sep and "@" in rest.split("/", 1)[0]:
+        credentials, _, host = rest.rpartition("@")
+        if ":" in credentials:
+            rest = f"{credentials.split(':', 1)[0]}:********@{host}"
+    base, mark, query = rest.partition("?")
+    if mark:
+        fragment = ""
+        if "#" in query:
+            query, _, fragment = query.partition("#")
+            fragment = "#" + fragment
+        items = []
+        for item in query.split("&"):
+            key, eq, _ = item.partition("=")
+            items.append(f"{key}=********" if eq and _SECRET_PARAMETER.search(key) else item)
+        rest = f"{base}?{'&'.join(items)}{fragment}"
+    return f"{scheme}{sep}{rest}"
+
+
+def _shown(name: str, value) -> str:
+    """A value as an error message may show it: never a secret's."""
+    if is_secret(name):
+        return f"a {type(value).__name__} (not shown: {name} is a secret)"
+    if isinstance(value, str):
+        return repr(mask_url(value))
+    if isinstance(value, list):
+        return repr([mask_url(item) if isinstance(item, str) else item for item in value])
+    return repr(value)
+
+
 def convert(file: ConfigFile, name: str, kind: str):
     """The file's value for `name` as `kind` (str, int, float, bool, list, url, urls)."""
     value = file.values[name]
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        raise file.error(name, f"must be true or false, got {value!r}")
+        raise file.error(name, f"must be true or false, got {_shown(name, value)}")
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise file.error(name, f"must be a whole number, got {value!r}")
+        raise file.error(name, f"must be a whole number, got {_shown(name, value)}")
     if kind == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        raise file.error(name, f"must be a number, got {value!r}")
+        raise file.error(name, f"must be a number, got {_shown(name, value)}")
     if kind == "labels":
         # A mapping (`labels: {ring: canary}`) or the environment's form, "ring=canary,zone=a".
         if isinstance(value, dict):
@@ -192,14 +232,14 @@ def convert(file: ConfigFile, name: str, kind: str):
     if kind in ("list", "urls"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise file.error(name, f"must be a list of strings, got {value!r}")
+            raise file.error(name, f"must be a list of strings, got {_shown(name, value)}")
         items = [item.strip() for item in items if item.strip()]
         if kind == "urls":
             for item in items:
                 _check_url(file, name, item)
         return items
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise file.error(name, f"must be a string, got {value!r}")
+        raise file.error(name, f"must be a string, got {_shown(name, value)}")
     value = str(value)
     if kind == "url":
         _check_url(file, name, value)
@@ -208,7 +248,7 @@ def convert(file: ConfigFile, name: str, kind: str):
 
 def _check_url(file: ConfigFile, name: str, value: str) -> None:
     if not _is_url(value):
-        raise file.error(name, f"must be a URL such as http://host:port, got {value!r}")
+        raise file.error(name, f"must be a URL such as http://host:port, got {_shown(name, value)}")
 
 
 def _is_url(value: str) -> bool:

@@ -91,6 +91,10 @@ def check_config_url(value: object) -> str:
         raise InvalidConfig("config_url", "Must be a string holding an absolute http or https URL.")
     if len(value) > MAX_URL_LENGTH:
         raise InvalidConfig("config_url", f"Must be at most {MAX_URL_LENGTH} characters.")
+    # The URL pattern lets a NUL, other control characters and lone surrogates through in the
+    # path; PostgreSQL cannot store them, SQLite would, and libcurl cannot fetch them.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidConfig("config_url", "Must not contain control or surrogate characters.")
     if not is_http_url(value):
         raise InvalidConfig("config_url", "Must be an absolute http or https URL.")
     parts = urlsplit(value)

@@ -2,11 +2,13 @@
 
 v1 is HMAC-SHA256 over "<t>.<raw body>" with the shared INTERNAL_KEY. The timestamp inside the
 signed text bounds a replay to the tolerance window, and the worker's version check refuses an
-older config even inside that window.
+older config even inside that window, and SeenSignatures refuses a signature it has already
+accepted within it, so a captured push cannot be sent again at all.
 """
 
 import hashlib
 import hmac
+import threading
 import time
 
 SIGNATURE_HEADER = "X-Signature"
@@ -47,3 +49,29 @@ def verify(header: str | None, body: bytes, key: str, now: float | None = None) 
         raise BadSignature("X-Signature timestamp is more than 300 s from the worker's clock")
     if not hmac.compare_digest(_digest(key, timestamp, body), given):
         raise BadSignature("X-Signature does not match the body")
+
+
+class SeenSignatures:
+    """The signatures accepted in the last tolerance window: a repeat is a replay.
+
+    A signature older than the window is refused as stale anyway, so each is kept only until
+    then; only valid signatures are kept, so the memory is bounded by the genuine pushes.
+    """
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, header: str, now: float | None = None) -> None:
+        """Keep `header` (already verified); raise BadSignature when it was seen before."""
+        current = time.time() if now is None else now
+        fields = dict(part.strip().partition("=")[::2] for part in header.split(","))
+        # Keyed on what was signed, not on the header's spelling (spaces around the commas).
+        key = f"{fields['t']}:{fields['v1']}"
+        with self._lock:
+            if self._expiry.get(key, 0) > current:
+                raise BadSignature("X-Signature was already used: a replayed push")
+            for seen, until in list(self._expiry.items()):
+                if until <= current:
+                    del self._expiry[seen]
+            self._expiry[key] = int(fields["t"]) + TOLERANCE_SECONDS + 1

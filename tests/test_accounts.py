@@ -1,5 +1,5 @@
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from apps.accounts.models import User
@@ -57,13 +57,50 @@ def test_repeated_failures_are_throttled_and_forged_forwarded_for_does_not_help(
 ):
     for _ in range(10):
         assert login(api, password="wrong").status_code == 401
-    assert login(api, password="wrong").status_code == 429
+    refused = login(api, password="wrong")
+    assert refused.status_code == 429
+    assert 1 <= int(refused["Retry-After"]) <= 60
     forged = login(api, password="wrong", HTTP_X_FORWARDED_FOR="203.0.113.9")
     assert forged.status_code == 429
     # Even the right password waits until the window passes: a guesser learns nothing.
     assert login(api).status_code == 429
-    other_client = login(APIClient(), REMOTE_ADDR="10.1.1.1")
-    assert other_client.status_code == 200
+    # The account is locked from every address, so rotating addresses does not help ...
+    assert login(APIClient(), REMOTE_ADDR="10.1.1.1").status_code == 429
+    # ... and this address is locked for every account.
+    User.objects.create_user(email="other@example.com", password=ADMIN_PASSWORD)
+    assert login(api, email="other@example.com").status_code == 429
+    assert login(APIClient(), email="other@example.com", REMOTE_ADDR="10.1.1.2").status_code == 200
+
+
+def test_failures_spread_over_addresses_are_throttled_per_account(api, admin_user):
+    for n in range(10):
+        assert login(APIClient(), password="wrong", REMOTE_ADDR=f"10.2.0.{n}").status_code == 401
+    assert login(APIClient(), REMOTE_ADDR="10.2.0.99").status_code == 429
+
+
+def test_the_throttle_window_ends(api, admin_user, settings):
+    from apps.accounts.models import LoginAttempts
+
+    for _ in range(11):
+        login(api, password="wrong")
+    assert login(api).status_code == 429
+    LoginAttempts.objects.update(window_ends=0)
+    assert login(api).status_code == 200
+
+
+def test_admin_login_page_shares_the_throttle(client, admin_user):
+    for _ in range(10):
+        page = client.post(
+            "/admin/login/", {"username": ADMIN_EMAIL, "password": "wrong"}, REMOTE_ADDR="10.3.0.1"
+        )
+        assert page.status_code == 200  # the form again, with an error
+    refused = client.post("/admin/login/", {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    assert refused.status_code == 429
+    assert "Too many failed logins" in refused.content.decode()
+    assert int(refused["Retry-After"]) >= 1
+    assert "_auth_user_id" not in client.session
+    # The API's door is the same door.
+    assert login(APIClient()).status_code == 429
 
 
 def test_successful_logins_are_not_throttled(api, admin_user):
@@ -84,20 +121,70 @@ def test_refresh_rotates_and_the_old_refresh_token_is_refused(api, admin_user):
     )
 
 
+def test_logout_ends_the_refresh_token(api, admin_user):
+    refresh = login(api).json()["refresh"]
+    assert api.post("/logout", {"refresh": refresh}, format="json").status_code == 204
+    assert api.post("/login/refresh", {"refresh": refresh}, format="json").status_code == 401
+    assert api.post("/logout", {"refresh": refresh}, format="json").status_code == 401
+    assert api.post("/logout", {"refresh": "garbage"}, format="json").status_code == 401
+    assert api.post("/logout", {}, format="json").status_code == 400
+
+
+def test_a_password_change_ends_every_token_issued_before(api, admin_user):
+    before = login(api).json()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {before['access']}")
+    assert api.get("/agents").status_code == 200
+    user = User.objects.get(email=ADMIN_EMAIL)
+    user.set_password("A-new-Password-42")
+    user.save()
+    assert api.get("/agents").status_code == 401
+    assert (
+        api.post("/login/refresh", {"refresh": before["refresh"]}, format="json").status_code == 401
+    )
+    after = login(APIClient(), password="A-new-Password-42").json()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {after['access']}")
+    assert api.get("/agents").status_code == 200
+
+
+def test_changepassword_command_ends_tokens(api, admin_user, monkeypatch):
+    access = login(api).json()["access"]
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "Another-Password-77")
+    call_command("changepassword", ADMIN_EMAIL)
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    assert api.get("/agents").status_code == 401
+
+
 def test_refresh_with_garbage_is_401(api):
     assert api.post("/login/refresh", {"refresh": "garbage"}, format="json").status_code == 401
 
 
 def test_seed_admin_is_idempotent_and_warns_about_defaults(capsys):
-    call_command("seed_admin")
+    call_command("seed_admin", allow_default_password=True)
     first = capsys.readouterr()
     assert "Created admin admin@distributed-system.com" in first.out
     assert "WARNING" in first.err
-    call_command("seed_admin")
+    call_command("seed_admin", allow_default_password=True)
     assert "already exists; nothing changed" in capsys.readouterr().out
     admin = User.objects.get()
     assert admin.is_staff and admin.is_superuser
     assert admin.check_password("Admin123!@#")
+
+
+def test_seed_admin_refuses_the_default_and_weak_passwords_with_debug_off(settings):
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="published default"):
+        call_command("seed_admin")
+    with pytest.raises(CommandError, match="too weak"):
+        call_command("seed_admin", password="password")
+    assert not User.objects.exists()
+    call_command("seed_admin", password="Admin123!@#", allow_default_password=True)
+    assert User.objects.get().check_password("Admin123!@#")
+
+
+def test_seed_admin_takes_the_default_with_debug_on(settings):
+    settings.DEBUG = True
+    call_command("seed_admin")
+    assert User.objects.get().check_password("Admin123!@#")
 
 
 def test_seed_admin_takes_email_and_password_flags(capsys):
@@ -109,6 +196,6 @@ def test_seed_admin_takes_email_and_password_flags(capsys):
 
 
 def test_seeded_admin_can_log_in(api):
-    call_command("seed_admin")
+    call_command("seed_admin", allow_default_password=True)
     response = login(api, email="admin@distributed-system.com", password="Admin123!@#")
     assert response.status_code == 200

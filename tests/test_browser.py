@@ -80,7 +80,7 @@ def run_action(page, live_server, changelist: str, pk, action: str, confirm: str
 
 
 def test_operator_tour_of_the_admin(page, live_server):
-    call_command("seed_admin")
+    call_command("seed_admin", allow_default_password=True)
 
     # Log in as the seeded admin; the admin's stylesheet is served.
     page.goto(f"{live_server.url}/admin/")

@@ -3,11 +3,10 @@ own), rejecting, cancelling, staleness, and the superuser's emergency publish.""
 
 import pytest
 from rest_framework.test import APIClient
-from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR, VIEWER
-from apps.accounts.services import set_roles
+from apps.accounts.services import issue_tokens, set_roles
 from apps.audit.models import AuditEntry
 from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
@@ -21,7 +20,8 @@ def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
     user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
     set_roles(user, roles)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    # As POST /login issues them: bound to the user's password.
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
     client.user = user
     return client
 

@@ -15,6 +15,7 @@ from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from protocol import signing
 from protocol.config_file import ALIASES
+from tests.e2e.security import record_attack
 from tests.support.processes import ROOT, TEST_SECRET_KEY, Process, free_port, wait_until
 
 # Settings that the agent and the worker read: from the commands and the Worker and Agent blocks
@@ -50,7 +51,7 @@ EXAMPLES = {
     "worker": ROOT / "config" / "worker-config.yaml",
     "agent": ROOT / "config" / "agent-config.yaml",
 }
-KEY = "config-file-tests-internal-key"
+KEY = "config-file-tests-internal-key-0123456789"
 # Variables that would configure a process behind its file's back.
 PROCESS_VARIABLES = re.compile(
     r"^(DATABASE_URL|REDIS_URL|SECRET_KEY|INTERNAL_KEY|CONFIG_FILE|CONFIG_ROLE|CONTROLLER_URL"
@@ -147,6 +148,37 @@ def test_secrets_are_masked_including_passwords_inside_urls(tmp_path):
     rows = effective(result.stdout)
     assert rows["SECRET_KEY"] == ("file", "********")
     assert rows["REDIS_URL"] == ("file", "redis://user:********@127.0.0.1:6379/2")
+
+
+def test_passwords_in_url_queries_and_secrets_in_type_errors_are_masked(tmp_path):
+    path = write(
+        tmp_path,
+        f"secret_key: {TEST_SECRET_KEY}\n"
+        "redis_url: redis://127.0.0.1:6379/2?password=query-pass&socket_timeout=3\n",
+    )
+    result = manage("show_settings", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "query-pass" not in result.stdout
+    rows = effective(result.stdout)
+    assert rows["REDIS_URL"] == (
+        "file",
+        "redis://127.0.0.1:6379/2?password=********&socket_timeout=3",
+    )
+    # A secret of the wrong type: the error names the key and the type, never the value.
+    for text in (
+        f"secret_key: [{TEST_SECRET_KEY}]\n",
+        f"secret_key: {TEST_SECRET_KEY}\nadmin_password: [hunter2-list-secret]\n",
+        f"secret_key: {TEST_SECRET_KEY}\ndatabase_url: 'nota url?password=typo-secret'\n",
+    ):
+        result = manage("show_settings", "--config", str(write(tmp_path, text)))
+        assert result.returncode == 2, result.stderr
+        for secret in (TEST_SECRET_KEY, "hunter2-list-secret", "typo-secret"):
+            assert secret not in result.stderr, result.stderr
+    record_attack(
+        "secrets-in-output",
+        "the query password and every secret value were masked; errors named the key and type",
+        masked_url=rows["REDIS_URL"][1],
+    )
 
 
 def test_a_world_readable_file_with_secrets_is_warned_about(tmp_path):

@@ -43,6 +43,7 @@ async def post(app, token: str | None, body, content_type=b"application/json"):
     """One POST /agent/heartbeat through the ASGI app; (status, decoded body or None)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = [(b"content-type", content_type)] if content_type else []
+    headers.append((b"host", b"localhost"))  # as every server sends it (ALLOWED_HOSTS)
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {"type": "http", "method": "POST", "path": "/agent/heartbeat", "headers": headers}

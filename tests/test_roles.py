@@ -15,11 +15,10 @@ from django.core.management import CommandError, call_command
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
-from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
 from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR, OPERATOR, ROLES, VIEWER, has_role
-from apps.accounts.services import set_roles
+from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
@@ -42,6 +41,7 @@ HOLDERS = ["none", *ROLES, SUPERUSER]
 API_RULES = {
     ("login", "POST"): PUBLIC,
     ("login-refresh", "POST"): PUBLIC,
+    ("logout", "POST"): PUBLIC,
     ("config-admin", "GET"): ANY_ROLE,
     ("config-admin", "POST"): EDITOR,
     ("config-admin", "PUT"): EDITOR,
@@ -177,7 +177,8 @@ def make_user(holder: str, email: str | None = None) -> User:
 
 def api_as(user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    # As POST /login issues them: bound to the user's password.
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
     return client
 
 
@@ -503,7 +504,7 @@ def admin_objects(world, admin_user):
     """One object of every registered model, to open its pages."""
     from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
-    RefreshToken.for_user(admin_user).blacklist()
+    issue_tokens(admin_user).blacklist()
     _, record = issue_registration_token()
     return {
         "accounts.user": admin_user,

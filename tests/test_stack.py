@@ -85,6 +85,8 @@ def test_run_stack_serves_hit_from_the_configured_url_and_a_second_run_reuses_ev
         assert "curl" in output and f"{worker}/hit" in output
         # A custom password is not printed, only named.
         assert "(the ADMIN_PASSWORD you set)" in output
+        # The local demo fetches a local upstream, so it says it let the worker do so.
+        assert "WORKER_BLOCK_PRIVATE_UPSTREAMS is off for this local demo" in output
 
         assert login(controller, WRONG_PASSWORD).status_code == 401
         answer = login(controller)

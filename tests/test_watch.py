@@ -44,6 +44,8 @@ async def call(
 ) -> tuple[int, dict, float]:
     """One GET through the ASGI app, as a server would make it."""
     headers = list(headers)
+    if not any(name == b"host" for name, _ in headers):
+        headers.append((b"host", b"localhost"))
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {

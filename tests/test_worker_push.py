@@ -383,7 +383,9 @@ def test_an_unauthenticated_body_is_refused_before_it_is_read(app):
 
 def test_pushes_are_counted_by_result(app):
     push(app, config_body(2))
-    push(app, config_body(2))
+    # The same config signed anew (the same signature again would be a replay).
+    again = json.dumps(config_body(2)).encode()
+    push(app, again, headers=signed_headers(again, now=time.time() - 1))
     push(app, config_body(1))
     push(app, config_body(3), headers={"X-Internal-Key": "wrong"})
     push(app, b"{")

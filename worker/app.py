@@ -133,6 +133,7 @@ class WorkerApp:
         self.clock = clock
         self.started = time.monotonic()
         self.store = ConfigStore()
+        self.seen_signatures = signing.SeenSignatures()
         self.metrics = WorkerMetrics()
         self.hit_counts = HitCounts()
         self.upstream = UpstreamClient(
@@ -279,6 +280,7 @@ class WorkerApp:
             body = _read_body(environ, MAX_PUSH_BYTES)
             try:
                 signing.verify(signature, body, self._internal_key, now=self.clock())
+                self.seen_signatures.remember(signature, now=self.clock())
             except signing.BadSignature as exc:
                 raise Unauthorized(str(exc)) from None
             return body

@@ -8,6 +8,7 @@ import sys
 from protocol.cli import UsageError, parse_bind
 from protocol.config_file import ConfigFileError
 from protocol.logs import logging_config, server_logging_config
+from protocol.secrets import weakness
 from protocol.settings import SettingsError, read_role_settings
 from worker.app import WorkerApp
 from worker.server import serve
@@ -52,6 +53,9 @@ def run(options: dict, config_path: str | None = None) -> int:
     try:
         settings = read_worker_settings(config_path)
         bind, threads = resolve(options, settings)
+        problem = weakness("INTERNAL_KEY", settings.internal_key)
+        if problem:
+            raise UsageError(f"{problem} (it proves a push comes from the agent).")
         app = WorkerApp(
             internal_key=settings.internal_key,
             require_signature=settings.require_signature,

@@ -8,6 +8,7 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from protocol.config import check_config
 
@@ -35,6 +36,17 @@ class PushedConfig:
     uuid: str
 
 
+def mask_query(url: str) -> str:
+    """`url` with every query value replaced by ***: the names stay, to show the shape."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = "&".join(
+        f"{item.partition('=')[0]}=***" if item else item for item in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=masked))
+
+
 @dataclass(frozen=True)
 class HeldConfig:
     """The configuration in force, with the time it arrived."""
@@ -47,7 +59,8 @@ class HeldConfig:
 
     def as_dict(self) -> dict:
         return {
-            "config_url": self.config_url,
+            # GET /config answers anyone: the query may carry a token, so its values are masked.
+            "config_url": mask_query(self.config_url),
             "pooling_interval": self.pooling_interval,
             "version": self.version,
             "uuid": self.uuid,

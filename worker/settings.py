@@ -45,7 +45,7 @@ def read_settings(reader: SettingsReader) -> WorkerSettings:
         max_body_bytes=reader.int("WORKER_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1),
         # When on, GET /hit refuses upstreams that resolve to private, loopback, link-local or
         # reserved addresses (502), so a pushed URL cannot reach into the worker's own network.
-        block_private_upstreams=reader.bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", False),
+        block_private_upstreams=reader.bool("WORKER_BLOCK_PRIVATE_UPSTREAMS", True),
         log_level=log_level,
         log_format=log_format,
     )

@@ -46,11 +46,23 @@ class UpstreamResponse(NamedTuple):
     content_type: str | None
 
 
+# IPv6 ranges that carry an IPv4 address inside (6to4, Teredo, NAT64, IPv4-compatible) or are
+# not for public unicast: a 2002:7f00:1:: would otherwise reach 127.0.0.1 through a 6to4 relay.
+# Refused whole, whatever the address inside.
+BLOCKED_V6 = tuple(
+    ipaddress.ip_network(net)
+    for net in ("2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48", "::/96", "fc00::/7")
+)
+
+
 def is_private_address(address: str) -> bool:
     """True for any address that is not a public unicast one (private, loopback, reserved...)."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in net for net in BLOCKED_V6):
+            return True
     return (
         ip.is_private
         or ip.is_loopback
@@ -165,7 +177,13 @@ class UpstreamClient:
         handle = transfer.handle
         body = _Body(self.max_body_bytes)
         transfer.refused = None
-        handle.setopt(pycurl.URL, url)
+        try:
+            handle.setopt(pycurl.URL, url)
+        except (ValueError, UnicodeEncodeError, pycurl.error):
+            # A NUL or a character libcurl cannot take: nothing to fetch.
+            raise UpstreamUnreachable(
+                f"upstream {without_query(url)!a} is not a URL libcurl can fetch"
+            ) from None
         handle.setopt(pycurl.WRITEFUNCTION, body.write)
         try:
             handle.perform()
@@ -178,7 +196,7 @@ class UpstreamClient:
         return UpstreamResponse(
             status=handle.getinfo(pycurl.RESPONSE_CODE),
             body=b"".join(body.chunks),
-            content_type=handle.getinfo(pycurl.CONTENT_TYPE),
+            content_type=_content_type(handle, url),
         )
 
     def _failure(
@@ -211,6 +229,19 @@ class UpstreamClient:
         if code in (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST):
             return UpstreamUnreachable(f"upstream {shown} is unreachable: {message}")
         return UpstreamUnreachable(f"upstream {shown} sent no usable answer: {message}")
+
+
+def _content_type(handle: pycurl.Curl, url: str) -> str | None:
+    """The upstream's Content-Type, which is passed on as ours: printable ASCII only, as a
+    header value must be (a byte that is not would break the answer to /hit)."""
+    raw = handle.getinfo_raw(pycurl.CONTENT_TYPE)
+    if raw is None:
+        return None
+    if not all(0x20 <= byte < 0x7F or byte == 0x09 for byte in raw):
+        raise UpstreamUnreachable(
+            f"upstream {without_query(url)} sent a Content-Type that is not printable ASCII"
+        )
+    return raw.decode("ascii")
 
 
 def _discard(chunk: bytes) -> None:

@@ -43,3 +43,20 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+
+class LoginAttempts(models.Model):
+    """Login attempts counted in a fixed window for one subject: `ip:<address>` or
+    `account:<email>`. Kept in the database, which every controller process shares and which is
+    there with or without Redis, and incremented atomically (see services.reserve_login)."""
+
+    subject = models.CharField(max_length=300, unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Unix time at which the window closes and the count starts again from zero.
+    window_ends = models.FloatField()
+
+    class Meta:
+        db_table = "login_attempts"
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.attempts}"

@@ -1,11 +1,19 @@
-"""Giving and taking roles (the admin's user page and `manage.py grant_role` both come here), and
-what a login and a token refresh add to simplejwt's own work: the entry in the audit log."""
+"""Giving and taking roles (the admin's user page and `manage.py grant_role` both come here);
+what a login and a token refresh add to simplejwt's own work: the entry in the audit log, the
+login throttle, and the password stamp that every token carries."""
 
+import math
+import random
+import time
+
+from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils.crypto import salted_hmac
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from apps.accounts.models import User
+from apps.accounts.models import LoginAttempts, User
 from apps.accounts.roles import ROLES
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
@@ -79,3 +87,84 @@ def record_token_refresh(refresh_token: str, *, source_ip: str | None) -> None:
         actor=User.objects.filter(pk=user_id).first() or f"user:{user_id}",
         source_ip=source_ip,
     )
+
+
+# The JWT claim that ties a token to the password it was issued under.
+PASSWORD_CLAIM = "pwd"  # noqa: S105 - a claim name, not a secret
+_PURGE_CHANCE = 0.01
+
+
+def login_subjects(*, ip: str | None, email: str) -> list[str]:
+    """What a login attempt counts against: the client address and the account tried."""
+    subjects = [f"account:{email.strip().lower()[:250]}"]
+    if ip:
+        subjects.append(f"ip:{ip}")
+    return subjects
+
+
+def reserve_login(subjects: list[str]) -> int | None:
+    """Count one attempt against each subject before the password is checked; None when it may
+    go ahead, else the seconds until the window of a subject over the limit ends.
+
+    Counting before checking is what makes the limit hold under concurrency: of N parallel
+    guesses exactly LOGIN_FAILURE_LIMIT reach the password check. A login that succeeds gives
+    its count back (release_login); one refused here gives back the counts it took elsewhere.
+    """
+    now = time.time()
+    waits = []
+    for subject in subjects:
+        attempts, window_ends = _count_attempt(subject, now)
+        if attempts > settings.LOGIN_FAILURE_LIMIT:
+            waits.append(window_ends - now)
+    if random.random() < _PURGE_CHANCE:
+        # Windows that have closed are only history; dropping them keeps the table small.
+        LoginAttempts.objects.filter(window_ends__lt=now).delete()
+    if not waits:
+        return None
+    release_login(subjects)
+    return max(1, math.ceil(max(waits)))
+
+
+def release_login(subjects: list[str]) -> None:
+    """Give back the attempts reserve_login counted (the login succeeded, or never ran)."""
+    # One row per statement, in the order reserve_login counted them: a single UPDATE of both
+    # rows may lock them in either order (its scan follows where the rows lie on disk), and two
+    # such at once can deadlock.
+    for subject in subjects:
+        LoginAttempts.objects.filter(subject=subject, attempts__gt=0).update(
+            attempts=F("attempts") - 1
+        )
+
+
+# One statement, so that two processes counting at once cannot both read the old count: insert
+# the first attempt of a window, or add one to the open window. PostgreSQL and SQLite both run
+# INSERT ... ON CONFLICT ... RETURNING; the ORM has no conditional upsert.
+_COUNT_ATTEMPT = """
+    INSERT INTO login_attempts (subject, attempts, window_ends) VALUES (%s, 1, %s)
+    ON CONFLICT (subject) DO UPDATE SET
+        attempts = CASE WHEN login_attempts.window_ends > %s
+            THEN login_attempts.attempts + 1 ELSE 1 END,
+        window_ends = CASE WHEN login_attempts.window_ends > %s
+            THEN login_attempts.window_ends ELSE excluded.window_ends END
+    RETURNING attempts, window_ends
+"""
+
+
+def _count_attempt(subject: str, now: float) -> tuple[int, float]:
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNT_ATTEMPT, [subject, now + settings.LOGIN_FAILURE_WINDOW, now, now])
+        attempts, window_ends = cursor.fetchone()
+    return attempts, window_ends
+
+
+def password_stamp(user) -> str:
+    """Changes whenever the user's password changes (API, admin or changepassword), so a token
+    carrying the old stamp is refused."""
+    return salted_hmac("apps.accounts.password-stamp", user.password).hexdigest()[:20]
+
+
+def issue_tokens(user) -> RefreshToken:
+    """A refresh token (its .access_token is the access token) bound to the current password."""
+    refresh = RefreshToken.for_user(user)
+    refresh[PASSWORD_CLAIM] = password_stamp(user)
+    return refresh

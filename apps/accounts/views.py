@@ -1,50 +1,41 @@
 from django.conf import settings
 from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
-from rest_framework.exceptions import AuthenticationFailed
-from rest_framework.throttling import SimpleRateThrottle
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed, Throttled
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.views import TokenObtainPairView
 
 from apps.accounts import services
+from apps.accounts.backends import RETRY_AFTER_ATTRIBUTE
+from apps.accounts.models import User
 from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES, roles_of
 from controller_site.request_info import client_ip
-
-
-class LoginFailureThrottle(SimpleRateThrottle):
-    """Counts failed logins per client address; only failures are recorded, by the view."""
-
-    scope = "login_failures"
-
-    def get_cache_key(self, request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-    def allow_request(self, request, view) -> bool:
-        self.key = self.get_cache_key(request, view)
-        self.history = self.cache.get(self.key) or []
-        self.now = self.timer()
-        while self.history and self.history[-1] <= self.now - self.duration:
-            self.history.pop()
-        return len(self.history) < self.num_requests
-
-    def record_failure(self) -> None:
-        self.history.insert(0, self.now)
-        self.cache.set(self.key, self.history, self.duration)
 
 
 class LoginSerializer(TokenObtainPairSerializer):
     def validate(self, attrs):
         attrs[self.username_field] = attrs[self.username_field].strip().lower()
-        data = super().validate(attrs)
-        # A failure is recorded by the user_login_failed signal that authenticate() sends.
-        services.record_login(
-            self.user, source_ip=client_ip(self.context.get("request")), via="api"
-        )
+        request = self.context.get("request")
+        try:
+            # A failure is recorded by the user_login_failed signal that authenticate() sends.
+            super(TokenObtainPairSerializer, self).validate(attrs)
+        except AuthenticationFailed:
+            wait = getattr(request, RETRY_AFTER_ATTRIBUTE, None)
+            if wait is not None:
+                raise Throttled(wait, "Too many failed logins; try again later.") from None
+            raise
+        services.record_login(self.user, source_ip=client_ip(request), via="api")
+        refresh = services.issue_tokens(self.user)
         lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
         return {
-            "access": data["access"],
-            "refresh": data["refresh"],
+            "access": str(refresh.access_token),
+            "refresh": str(refresh),
             "token_type": "Bearer",
             "expires_in": int(lifetime.total_seconds()),
             # Read afresh on every request: a role given or taken counts from the next call.
@@ -75,58 +66,111 @@ class RefreshResponseSerializer(serializers.Serializer):
 
 class LoginView(TokenObtainPairView):
     serializer_class = LoginSerializer
-    throttle_classes = [LoginFailureThrottle]
 
     @extend_schema(
         tags=["auth"],
         summary="Log in with email and password",
+        description=(
+            "Failed logins are counted per client address and per account "
+            "(LOGIN_FAILURE_RATE, 10 a minute by default); past the limit every attempt, the "
+            "right password included, gets 429 with Retry-After until the window ends."
+        ),
         responses={
             200: LoginResponseSerializer,
             400: OpenApiResponse(description="Malformed body."),
             401: OpenApiResponse(description="Wrong email or password (same answer for both)."),
-            429: OpenApiResponse(description="Too many failed attempts from this client."),
-        },
-    )
-    def post(self, request, *args, **kwargs):
-        try:
-            return super().post(request, *args, **kwargs)
-        except AuthenticationFailed:
-            for throttle in self.get_throttles():
-                if isinstance(throttle, LoginFailureThrottle) and hasattr(throttle, "key"):
-                    throttle.record_failure()
-            raise
-
-    def get_throttles(self):
-        # One instance per request, so the failure is recorded on the one that looked.
-        if not hasattr(self, "_throttles"):
-            self._throttles = super().get_throttles()
-        return self._throttles
-
-
-class RefreshSerializer(TokenRefreshSerializer):
-    def validate(self, attrs):
-        data = super().validate(attrs)
-        services.record_token_refresh(
-            data.get("refresh", attrs["refresh"]), source_ip=client_ip(self.context.get("request"))
-        )
-        return data
-
-
-class RefreshView(TokenRefreshView):
-    serializer_class = RefreshSerializer
-
-    @extend_schema(
-        tags=["auth"],
-        summary="Exchange a refresh token for new tokens",
-        description="The refresh token is rotated: the one sent is refused afterwards.",
-        responses={
-            200: RefreshResponseSerializer,
-            400: OpenApiResponse(),
-            401: OpenApiResponse(description="Expired, invalid or already used."),
+            429: OpenApiResponse(
+                description="Too many failed attempts from this client or for this account."
+            ),
         },
     )
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
+
+
+class RefreshBodySerializer(serializers.Serializer):
+    refresh = serializers.CharField()
+
+
+def claim_refresh_token(text: str) -> User:
+    """Check a refresh token and use it up, atomically: of many requests presenting the same
+    token at once, exactly one gets the user; the others get 401."""
+    try:
+        refresh = RefreshToken(text)
+    except TokenError as exc:
+        raise InvalidToken(str(exc)) from None
+    user = User.objects.filter(pk=refresh.get("user_id")).first()
+    if user is None or not user.is_active:
+        raise AuthenticationFailed("No active account found for the given token.")
+    if refresh.get(services.PASSWORD_CLAIM) != services.password_stamp(user):
+        raise InvalidToken("The password has changed since this token was issued.")
+    # The blacklist entry is unique per token: the insert that wins is the one claim.
+    _, claimed = refresh.blacklist()
+    if not claimed:
+        raise InvalidToken("Token is blacklisted")
+    return user
+
+
+class RefreshView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["auth"],
+        summary="Exchange a refresh token for new tokens",
+        description=(
+            "The refresh token is rotated: the one sent is refused afterwards. Of concurrent "
+            "requests with the same token exactly one succeeds."
+        ),
+        request=RefreshBodySerializer,
+        responses={
+            200: RefreshResponseSerializer,
+            400: OpenApiResponse(description="Malformed body."),
+            401: OpenApiResponse(
+                description="Expired, invalid, already used, logged out, or issued before the "
+                "password was changed."
+            ),
+        },
+    )
+    def post(self, request):
+        body = RefreshBodySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = claim_refresh_token(body.validated_data["refresh"])
+        refresh = services.issue_tokens(user)
+        services.record_token_refresh(str(refresh), source_ip=client_ip(request))
+        return Response({"access": str(refresh.access_token), "refresh": str(refresh)})
+
+    def get_authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+
+class LogoutView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["auth"],
+        summary="Log out: end the session of a refresh token",
+        description=(
+            "The refresh token is refused from now on. Access tokens already issued from it "
+            "keep working until they expire (JWT_ACCESS_MINUTES); changing the password ends "
+            "every token at once."
+        ),
+        request=RefreshBodySerializer,
+        responses={
+            204: None,
+            400: OpenApiResponse(description="Malformed body."),
+            401: OpenApiResponse(description="Expired, invalid or already used."),
+        },
+    )
+    def post(self, request):
+        body = RefreshBodySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        claim_refresh_token(body.validated_data["refresh"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def get_authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
 
 
 def permission_denied(request, exception=None):

@@ -8,6 +8,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.auth import AdminJWTAuthentication
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
@@ -30,6 +31,10 @@ UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
 
 class RegistrationTokenView(APIView):
+    # The JWT only, never the admin's session cookie: this GET (kept as the seed has it) issues
+    # a credential, and a cross-site link or image would otherwise carry the cookie and make it
+    # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
+    authentication_classes = [AdminJWTAuthentication]
     # A GET that makes something: issuing tokens is an operator's power, not a read.
     role_rules = {"GET": OPERATOR}
 

@@ -20,6 +20,7 @@ import time
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import QueryDict
+from django.http.request import split_domain_port, validate_host
 
 from apps.agents.auth import (
     active_agent,
@@ -117,9 +118,9 @@ class WatchEndpoint:
             await self.fallback(scope, receive, send)
         elif scope["method"] == "GET" and scope["path"] in FAST_PATHS:
             handler = self._watch if scope["path"] == WATCH_PATH else self._config
-            await self._measured(handler, scope, receive, send)
+            await self._measured(_guarded(handler), scope, receive, send)
         elif scope["method"] == "POST" and scope["path"] == HEARTBEAT_PATH:
-            await self._measured(self._heartbeat, scope, receive, send)
+            await self._measured(_guarded(self._heartbeat), scope, receive, send)
         else:
             await self.fallback(scope, receive, send)
 
@@ -304,6 +305,44 @@ class WatchEndpoint:
             return await waiter.future
         finally:
             timer.cancel()
+
+
+def _guarded(handler):
+    """`handler` behind the checks Django's middleware makes for every other path: the Host
+    header against ALLOWED_HOSTS, and the redirect to HTTPS when SECURE_SSL_REDIRECT is on."""
+
+    async def guarded(scope, receive, send) -> None:
+        host = _header(scope, b"host")
+        if host is None:
+            server = scope.get("server") or ("", None)
+            host = str(server[0] or "")
+        domain, _ = split_domain_port(host)
+        allowed = settings.ALLOWED_HOSTS
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]  # as Django's HttpRequest.get_host
+        if not domain or not validate_host(domain, allowed):
+            logger.warning("refused %s with Host %r: not in ALLOWED_HOSTS", scope["path"], host)
+            await _respond(send, 400, {"detail": "Invalid Host header."})
+            return
+        if settings.SECURE_SSL_REDIRECT and not _is_secure(scope):
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = f"https://{host}{scope['path']}" + (f"?{query}" if query else "")
+            await _respond(send, 301, {"detail": "Use HTTPS."}, [(b"location", location.encode())])
+            return
+        await handler(scope, receive, send)
+
+    return guarded
+
+
+def _is_secure(scope) -> bool:
+    if scope.get("scheme") == "https":
+        return True
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, value = proxy_header
+        header = name.removeprefix("HTTP_").lower().replace("_", "-").encode()
+        return (_header(scope, header) or "").split(",")[0].strip() == value
+    return False
 
 
 def _expire(future: asyncio.Future) -> None:

@@ -10,6 +10,7 @@ by the collector next to the /metrics view (views.py), so every process reports 
 answer. This module imports no app, so that every app can count its events here.
 """
 
+import threading
 import time
 from functools import cache
 from types import SimpleNamespace
@@ -25,8 +26,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 90)
 
 
-@cache
+_made = threading.Lock()
+
+
 def instruments() -> SimpleNamespace:
+    # Requests that arrive together in a fresh process (a burst of logins, say) would each make
+    # the metrics and register them twice, which prometheus_client refuses: one makes them.
+    with _made:
+        return _instruments()
+
+
+@cache
+def _instruments() -> SimpleNamespace:
     return SimpleNamespace(
         requests=Counter(
             "controller_requests",

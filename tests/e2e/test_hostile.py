@@ -4,6 +4,7 @@ worker, and bodies and headers far over any sane size."""
 import contextlib
 import json
 import socket
+import time
 
 import pytest
 import requests
@@ -18,14 +19,17 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent
+from tests.conftest import ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
+from tests.e2e.security import record_attack
 from tests.support.worker import config_body, signed_headers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-AGENT_PATHS = {"/config/version", "/config/agent", "/agent/heartbeat"}
+AGENT_PATHS = {"/config/version", "/config/agent", "/agent/heartbeat", "/agent/preflight"}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -52,6 +56,9 @@ def fuzz_operation(operation, url: str, credentials: str, calls: dict, failures:
         if isinstance(case.query, dict) and isinstance(case.query.get("wait"), int):
             # A held watch only costs time here; its hold is tested elsewhere.
             case.query["wait"] = min(case.query["wait"], 1)
+        if isinstance(case.body, dict) and isinstance(case.body.get("timeout_seconds"), int):
+            # Likewise a pre-flight's wait for its agents (tested in test_preflight_api.py).
+            case.body["timeout_seconds"] = min(case.body["timeout_seconds"], 1)
         response = case.call(base_url=url, headers={"Authorization": credentials}, timeout=20)
         calls["count"] += 1
         calls["5xx"] += response.status_code >= 500
@@ -81,6 +88,10 @@ def test_schemathesis_over_the_openapi_schema(stack, upstream, admin_user):
             credentials = f"Bearer {issue_registration_token()[0]}"
         else:
             credentials = admin.session.headers["Authorization"]
+        if operation.path == "/config/admin/preflight":
+            # A pre-flight waits up to its timeout_seconds for live agents' answers, and the
+            # agent here holds no watch: with no agent live, every valid body is 409 at once.
+            Agent.objects.update(last_seen=None)
 
         fuzz_operation(operation, url, credentials, calls, failures)
 
@@ -210,4 +221,170 @@ def test_oversized_bodies_and_headers_are_refused_cleanly(stack, admin_user):
         "Oversized bodies (5 MiB to the controller, 1 MiB to the worker) and headers (one of "
         "100 kB, or 1000 of them) were refused with a 4xx or a closed connection.",
         oversized_refusals="; ".join(f"{k} -> {v}" for k, v in refused.items()),
+    )
+
+
+def test_a_worker_refuses_private_upstreams_by_default(stack, admin_user):
+    _, controller = stack.controller(None)
+    # Unset: the worker's own default.
+    _, worker = stack.worker(WORKER_BLOCK_PRIVATE_UPSTREAMS=None)
+    targets = {
+        "loopback": f"{controller}/metrics",
+        "6to4 for 127.0.0.1": "http://[2002:7f00:1::]:9/",
+        "NAT64 for 127.0.0.1": "http://[64:ff9b::7f00:1]:9/",
+    }
+    answers = {}
+    for version, (name, url) in enumerate(targets.items(), start=2):
+        body = json.dumps({**config_body(version=version), "config_url": url}).encode()
+        pushed = requests.post(
+            f"{worker}/config", data=body, headers=signed_headers(body, INTERNAL_KEY), timeout=10
+        )
+        assert pushed.status_code == 200, pushed.text
+        hit = requests.get(f"{worker}/hit", timeout=30)
+        answers[name] = hit.status_code
+        assert hit.status_code == 502, (name, hit.status_code, hit.text[:300])
+        assert "WORKER_BLOCK_PRIVATE_UPSTREAMS" in hit.json()["detail"]
+        assert "dcs_" not in hit.text
+    record_attack(
+        "ssrf-private-upstream",
+        "GET /hit refused each with 502 naming WORKER_BLOCK_PRIVATE_UPSTREAMS; nothing of the "
+        "controller's /metrics came back",
+        **answers,
+    )
+
+
+def test_request_bodies_over_the_cap_are_refused_unread(stack, admin_user):
+    _, url = stack.controller(None)
+    port = int(url.rsplit(":", 1)[1])
+    results = {}
+    # 300 MB declared: refused at once, having sent only the headers and 64 kB.
+    for path in ("/healthz", "/login", "/config/version", "/config/agent"):
+        method = "GET" if path.startswith("/config/") else "POST"
+        started = time.monotonic()
+        raw = raw_request(
+            port,
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode()
+            + b"x" * 65536,
+        )
+        results[f"{method} {path} 300 MB declared"] = status_of(raw)
+        assert status_of(raw) == 413, raw[:300]
+        assert time.monotonic() - started < 10
+    # Chunked, with no declared length: read up to the cap, then refused.
+    chunk = b"x" * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"
+    raw = raw_request(
+        port,
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks,
+    )
+    results["POST /login 1.25 MiB chunked"] = status_of(raw)
+    assert status_of(raw) == 413, raw[:300]
+    # Within the cap, a chunked body still reaches the view whole.
+    body = json.dumps({"email": admin_user.email, "password": ADMIN_PASSWORD}).encode()
+    raw = raw_request(
+        port,
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+    )
+    assert status_of(raw) == 200, raw[:300]
+    record_attack(
+        "oversized-bodies",
+        "413 before the body was read (declared length) or once the cap was passed (chunked); "
+        "a body within the cap still served",
+        **results,
+    )
+
+
+def test_a_hostile_upstream_or_url_is_a_clean_refusal(stack, upstream, admin_user):
+    _, controller = stack.controller(None)
+    _, worker = stack.worker()
+    admin = Admin(controller)
+    results = {}
+    body = json.dumps(config_body(version=2, url=upstream.url("/bad-type"))).encode()
+    assert requests.post(
+        f"{worker}/config", data=body, headers=signed_headers(body, INTERNAL_KEY), timeout=10
+    ).ok
+    hit = requests.get(f"{worker}/hit", timeout=30)
+    results["/hit, upstream Content-Type not UTF-8"] = hit.status_code
+    assert hit.status_code == 502, hit.text[:300]
+    assert "Content-Type" in hit.json()["detail"]
+    for name, url in (
+        ("NUL", "http://a.example/x\u0000y"),
+        ("lone surrogate", "http://a.example/\ud800"),
+    ):
+        body = json.dumps(config_body(version=3, url=url)).encode()
+        pushed = requests.post(
+            f"{worker}/config", data=body, headers=signed_headers(body, INTERNAL_KEY), timeout=10
+        )
+        results[f"worker push, {name} in config_url"] = pushed.status_code
+        assert pushed.status_code == 400, pushed.text[:300]
+        created = admin.create(url)
+        results[f"POST /config/admin, {name} in config_url"] = created.status_code
+        assert created.status_code == 400, created.text[:300]
+        assert "config_url" in created.json()
+    assert admin.session.get(f"{controller}/config/admin", timeout=10).status_code == 404
+    assert requests.get(f"{worker}/config", timeout=10).json()["version"] == 2
+    record_attack(
+        "hostile-upstream-and-urls",
+        "502 for the upstream's broken Content-Type; 400 for a NUL or lone surrogate in "
+        "config_url at the worker and the controller, nothing stored",
+        **results,
+    )
+
+
+def test_deeply_nested_json_is_400_everywhere(stack, admin_user):
+    _, url = stack.controller(None)
+    admin = Admin(url)
+    agent_token = register_agent(token=issue_registration_token()[0])[1]
+    nested = b"[" * 50_000 + b"]" * 50_000
+    calls = [
+        ("post", "/login", {}),
+        ("post", "/login/refresh", {}),
+        ("post", "/logout", {}),
+        ("post", "/agent/register", {"Authorization": f"Bearer {issue_registration_token()[0]}"}),
+        ("post", "/agent/heartbeat", {"Authorization": f"Bearer {agent_token}"}),
+        ("post", "/config/admin", dict(admin.session.headers)),
+        ("put", "/config/admin", dict(admin.session.headers)),
+        ("post", "/config/admin/rollback", dict(admin.session.headers)),
+    ]
+    statuses = {}
+    for method, path, headers in calls:
+        answer = requests.request(
+            method,
+            url + path,
+            data=nested,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        statuses[f"{method.upper()} {path}"] = answer.status_code
+        assert answer.status_code == 400, (path, answer.status_code, answer.text[:300])
+    record_attack(
+        "nested-json",
+        "400 from every endpoint that takes a body",
+        **statuses,
+    )
+
+
+def test_the_fast_agent_paths_check_host_and_https(stack):
+    agent_token = register_agent(token=issue_registration_token()[0])[1]
+    bearer = {"Authorization": f"Bearer {agent_token}"}
+    _, url = stack.controller(None, ALLOWED_HOSTS="127.0.0.1,config.example.com")
+    results = {}
+    for path in ("/config/version", "/config/agent"):
+        answer = requests.get(url + path, headers={**bearer, "Host": "evil.example"}, timeout=10)
+        results[f"{path} Host: evil.example"] = answer.status_code
+        assert answer.status_code == 400, (path, answer.status_code, answer.text)
+        assert requests.get(url + path, headers=bearer, timeout=10).status_code in (200, 404)
+    _, secure = stack.controller(None, SECURE_SSL_REDIRECT="1")
+    for path in ("/config/version?version=1", "/config/agent"):
+        answer = requests.get(secure + path, headers=bearer, timeout=10, allow_redirects=False)
+        results[f"{path} over http with SECURE_SSL_REDIRECT"] = answer.status_code
+        assert answer.status_code == 301, (path, answer.status_code)
+        assert answer.headers["Location"] == f"https://{secure.removeprefix('http://')}{path}"
+    record_attack(
+        "fast-paths-host-and-https",
+        "400 for a Host outside ALLOWED_HOSTS; 301 to https with SECURE_SSL_REDIRECT, as every "
+        "other path",
+        **results,
     )

@@ -83,7 +83,7 @@ class SimulatedAgent:
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
                 self.writer.write(
-                    f"GET {target} HTTP/1.1\r\nHost: controller\r\n"
+                    f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     f"Authorization: Bearer {self.token}\r\n{extra}\r\n".encode()
                 )
                 status_line = await self.reader.readline()

@@ -122,7 +122,7 @@ async def _watch(port: int, token: str, known: int, wait: int = 30) -> tuple[int
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(
-            f"GET /config/version?version={known}&wait={wait} HTTP/1.1\r\nHost: c\r\n"
+            f"GET /config/version?version={known}&wait={wait} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
         )
         status = int((await reader.readline()).split()[1])

@@ -184,6 +184,10 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 def start_worker(internal_key: str, *, port: int | None = None, **env: str) -> tuple[Process, str]:
     """`run_worker` on a free port (or the port of a worker it replaces)."""
     port = port or free_port()
+    # The suite's upstreams listen on 127.0.0.1, which a worker refuses by default; None
+    # leaves a setting unset, to see its default.
+    env.setdefault("WORKER_BLOCK_PRIVATE_UPSTREAMS", "0")
+    env = {name: value for name, value in env.items() if value is not None}
     process = Process(
         manage("run_worker", "--bind", f"127.0.0.1:{port}"),
         base_env(INTERNAL_KEY=internal_key, **env),

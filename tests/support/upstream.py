@@ -30,6 +30,9 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._send(404, b"no such thing", "text/plain")
         elif path == "/broken":
             self._send(500, b"upstream failed", "text/html")
+        elif path == "/bad-type":
+            # Bytes that are not UTF-8 (nor printable ASCII) in the Content-Type value.
+            self._send(200, b"raw", "text/plain; name=\xff\xfe")
         elif path == "/no-type":
             self._send(200, b"raw", None)
         elif path == "/empty":

@@ -16,7 +16,7 @@ import requests
 from protocol import signing
 from tests.support.processes import ROOT, free_port
 
-KEY = "test-internal-key-0123456789"
+KEY = "test-internal-key-0123456789abcdef"
 # A database nobody listens on: a worker that touched the database would fail at once.
 NO_DATABASE_URL = "postgres://nobody@127.0.0.1:1/none"
 # The worker's counter of POST /config requests (every outcome).
@@ -159,6 +159,8 @@ def worker_env(tmp_path: Path, overrides: dict[str, str | None] | None = None) -
         VAR_DIR=str(tmp_path / "var"),
         PYTHONUNBUFFERED="1",
         DEBUG="0",
+        # The tests' upstreams listen on 127.0.0.1, which a worker refuses by default.
+        WORKER_BLOCK_PRIVATE_UPSTREAMS="0",
     )
     for name, value in (overrides or {}).items():
         if value is None:

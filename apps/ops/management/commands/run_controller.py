@@ -11,6 +11,7 @@ from apps.ops.serving import (
     mark_metrics_process_dead,
     raise_open_file_limit,
 )
+from controller_site.secrets_check import refuse_weak_secrets
 from protocol.cli import UsageError, parse_bind
 
 logger = logging.getLogger("apps.ops")
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, bind: str, workers: int, **options):
+        refuse_weak_secrets("SECRET_KEY")
         try:
             parse_bind(bind)
         except UsageError as exc:

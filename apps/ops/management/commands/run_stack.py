@@ -1,3 +1,4 @@
+import os
 import signal
 import sys
 
@@ -60,6 +61,11 @@ class Command(BaseCommand):
         call_command("seed_admin")
         internal_key = daemon_settings()[0].internal_key or internal_key_from(settings.VAR_DIR)
         env = {"INTERNAL_KEY": internal_key}
+        worker_env = dict(env)
+        local_upstreams = not os.environ.get("WORKER_BLOCK_PRIVATE_UPSTREAMS", "").strip()
+        if local_upstreams:
+            # The local demo fetches local URLs; a deployed worker refuses them by default.
+            worker_env["WORKER_BLOCK_PRIVATE_UPSTREAMS"] = "0"
         agent_env = dict(env)
         registration_token = self._registration_token_if_needed(state_dir)
         if registration_token:
@@ -69,7 +75,7 @@ class Command(BaseCommand):
         stack = Stack(
             [
                 Child("controller", ["run_controller", "--bind", controller_bind], env),
-                Child("worker", ["run_worker", "--bind", worker_bind], env),
+                Child("worker", ["run_worker", "--bind", worker_bind], worker_env),
                 Child("agent", ["run_agent", *agent_args, "--state-dir", state_dir], agent_env),
             ],
             sys.stdout.buffer,
@@ -82,6 +88,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         controller, worker, agent = stack.children
+        if local_upstreams:
+            stack.say(
+                "run_stack: WORKER_BLOCK_PRIVATE_UPSTREAMS is off for this local demo, so /hit "
+                "may fetch local and private addresses; it is on by default everywhere else."
+            )
         try:
             stack.start(controller, f"{controller_url}/healthz")
             stack.start(worker, f"{worker_url}/health")

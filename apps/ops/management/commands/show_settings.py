@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agent.settings import read_settings as read_agent_settings
-from protocol.config_file import is_secret
+from protocol.config_file import is_secret, mask_url
 from protocol.settings import SettingsError, read_role_settings
 from worker.settings import read_settings as read_worker_settings
 
@@ -16,18 +16,8 @@ def mask(name: str, value) -> str:
     if is_secret(name):
         return "********"
     if isinstance(value, list):
-        return ", ".join(_mask_url(str(item)) for item in value)
-    return _mask_url(str(value))
-
-
-def _mask_url(text: str) -> str:
-    # Passwords inside URLs (postgres://user:pass@host) are secrets too.
-    if "://" in text and "@" in text:
-        scheme, _, rest = text.partition("://")
-        credentials, _, host = rest.rpartition("@")
-        if ":" in credentials:
-            text = f"{scheme}://{credentials.split(':', 1)[0]}:********@{host}"
-    return text
+        return ", ".join(mask_url(str(item)) for item in value)
+    return mask_url(str(value))
 
 
 class Command(BaseCommand):

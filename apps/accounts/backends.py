@@ -1,0 +1,31 @@
+"""Password authentication with the login throttle, for every door that checks a password with
+a request at hand: POST /login and the admin's login page."""
+
+from django.core.exceptions import PermissionDenied
+
+from apps.accounts import services
+from apps.accounts.roles import RoleBackend
+from controller_site.request_info import client_ip
+
+# Set on the request when the throttle refused the attempt: the seconds to wait.
+RETRY_AFTER_ATTRIBUTE = "login_retry_after"
+
+
+class ThrottledRoleBackend(RoleBackend):
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if request is None:
+            # Management commands and tests that log in directly: no client to throttle.
+            return super().authenticate(request, username, password, **kwargs)
+        email = username if username is not None else kwargs.get("email")
+        if email is None or password is None:
+            return None
+        subjects = services.login_subjects(ip=client_ip(request), email=str(email))
+        wait = services.reserve_login(subjects)
+        if wait is not None:
+            setattr(request, RETRY_AFTER_ATTRIBUTE, wait)
+            # Stops authenticate() here: no other backend gets to check the password.
+            raise PermissionDenied("too many failed logins")
+        user = super().authenticate(request, username, password, **kwargs)
+        if user is not None:
+            services.release_login(subjects)
+        return user

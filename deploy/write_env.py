@@ -1,0 +1,38 @@
+"""Write .env from .env.example with fresh random secrets (`make docker-up` runs it once).
+
+The example's placeholders are published with the repository, and the controller, worker and
+agent refuse them with DEBUG off; every secret here is made anew instead. Standard library only,
+so it runs before any virtualenv exists.
+"""
+
+import os
+import secrets
+import sys
+
+# Each secret and the length of its random value (bytes before URL-safe base64).
+FRESH = {"SECRET_KEY": 50, "INTERNAL_KEY": 32, "POSTGRES_PASSWORD": 24, "ADMIN_PASSWORD": 18}
+
+
+def render(example: str) -> str:
+    lines = []
+    for line in example.splitlines():
+        name, sep, _ = line.partition("=")
+        if sep and not line.lstrip().startswith("#") and name.strip() in FRESH:
+            line = f"{name.strip()}={secrets.token_urlsafe(FRESH[name.strip()])}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(source: str, target: str) -> int:
+    with open(source) as file:
+        text = render(file.read())
+    # 0600 from the moment it exists: it holds every secret of the deployment.
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    print(f"Wrote {target} with fresh random secrets ({', '.join(FRESH)}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*(sys.argv[1:3] or [".env.example", ".env"])))
