@@ -29,7 +29,8 @@ install: $(VENV)/.installed ## Create .venv and install the pinned requirements
 
 # Quickstart ---------------------------------------------------------------------------------
 run: install ## Migrate, seed and run controller (8080), worker (8082) and an agent; Ctrl-C stops
-	$(DEV_ENV) $(PY) manage.py run_stack
+	# exec: the stack takes the shell's place, so the SIGTERM make passes on reaches it.
+	exec env $(DEV_ENV) $(PY) manage.py run_stack
 
 test: install lint ## Install, lint, validate the OpenAPI schema and run the whole test suite
 	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
@@ -73,7 +74,8 @@ run-agent: install $(VAR_DIR)/internal_key ## Run an agent against the local con
 
 # Build --------------------------------------------------------------------------------------
 build-static: install ## Collect static files (admin, API docs) into STATIC_ROOT for whitenoise
-	$(TEST_ENV) $(PY) manage.py collectstatic --noinput
+	# With the manifest storage, so that staticfiles.json is written and hashed names are used.
+	$(TEST_ENV) STATICFILES_MANIFEST=1 $(PY) manage.py collectstatic --noinput
 
 build-schema: install ## Write the OpenAPI schema to docs/openapi.yaml
 	@mkdir -p docs
@@ -106,11 +108,14 @@ docker-scale: .env ## Also start a second controller behind the same Redis (port
 # Documentation ------------------------------------------------------------------------------
 docs-serve: run-controller ## Serve the API docs: Swagger UI at /api/docs/, Redoc at /api/redoc/
 
-docs-view: install ## Open Swagger UI (the controller must be running)
-	$(PY) -m webbrowser http://127.0.0.1:8080/api/docs/
+# The controller's address as run-controller binds it: CONTROLLER_BIND, else 127.0.0.1:8080.
+DOCS_HOST = $${CONTROLLER_BIND:-127.0.0.1:8080}
 
-docs-redoc: install ## Open Redoc (the controller must be running)
-	$(PY) -m webbrowser http://127.0.0.1:8080/api/redoc/
+docs-view: install ## Open Swagger UI on CONTROLLER_BIND (the controller must be running)
+	$(PY) -m webbrowser "http://$(DOCS_HOST)/api/docs/"
+
+docs-redoc: install ## Open Redoc on CONTROLLER_BIND (the controller must be running)
+	$(PY) -m webbrowser "http://$(DOCS_HOST)/api/redoc/"
 
 diagrams: ## Render docs/deployment.dot to SVG and PNG (Debian's graphviz)
 	dot -Tsvg docs/deployment.dot -o docs/deployment.svg

@@ -13,7 +13,7 @@ from agent.daemon import AgentDaemon
 from agent.metrics import MeasuredAgentDaemon, serve_metrics
 from agent.settings import AgentSettings, read_settings
 from protocol.cli import UsageError, parse_bind
-from protocol.config_file import ConfigFileError
+from protocol.config_file import ConfigFileError, add_config_argument
 from protocol.labels import InvalidLabels, parse_label_pairs
 from protocol.logs import logging_config
 from protocol.secrets import weakness
@@ -26,6 +26,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument("--controller-url", help="Controller base URL (CONTROLLER_URL).")
     parser.add_argument(
         "--worker-url",

@@ -6,17 +6,20 @@ Real processes: `run_controller` on PostgreSQL and Redis. Each client is an admi
 JWT and keep-alive connection, sending PUT /config/admin with a new config_url as fast as the
 answers come back. Every change is a new version: a row lock on the current version, an insert
 of the next one and an audit row in one transaction, then the cached state refreshed and a
-Redis publish after the commit. Reports changes/s and the PUT's latency.
+Redis publish after the commit. Reports changes/s and the PUT's latency; the results go to
+docs/bench/change_rate.json (see bench/results.py).
 """
 
 import argparse
 import os
+import statistics
 import threading
 import time
 
 import requests
 
-from bench.common import reset_state, setup_django, start_controller, summary
+from bench import results
+from bench.common import describe, reset_state, setup_django, start_controller
 
 
 def run(clients: int, seconds: float, workers: int) -> tuple[float, list[float], int]:
@@ -77,13 +80,59 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     setup_django()
-    print(f"load average before: {os.getloadavg()}")
+    started = results.start()
+    runs = []
     for clients in args.clients:
         rate, latencies, errors = run(clients, args.seconds, args.workers)
         print(
             f"{clients} clients: {rate:.1f} changes/s, errors {errors}, PUT latency "
-            f"{summary(latencies)}; load average {os.getloadavg()[0]:.2f}"
+            f"{describe(latencies)}; load average {os.getloadavg()[0]:.2f}"
         )
+        runs.append(
+            {
+                "clients": clients,
+                "changes_per_second": rate,
+                "errors": errors,
+                "latencies_s": latencies,
+                "load_after": round(os.getloadavg()[0], 2),
+            }
+        )
+    results.save(
+        "change_rate", {"seconds": args.seconds, "workers": args.workers, "runs": runs}, started
+    )
+
+
+def render(figures: dict) -> str:
+    lines = [
+        f"Each row: {figures['seconds']:g} s of changes, controller with {figures['workers']} "
+        "processes.",
+        "",
+        "| admins at once | changes/s | errors | PUT p50 | PUT p99 | PUT max "
+        "| load average after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in figures["runs"]:
+        ms = [value * 1000 for value in run["latencies_s"]]
+        p99 = results.p99_or_none(ms)
+        lines.append(
+            f"| {run['clients']} | {run['changes_per_second']:.1f} | {run['errors']} | "
+            f"{statistics.median(ms):.1f} ms | "
+            + (f"{p99:.1f} ms" if p99 is not None else "-")
+            + f" | {max(ms):.1f} ms | {run['load_after']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(figures: dict) -> list[tuple[str, ...]]:
+    rates = [run["changes_per_second"] for run in figures["runs"]]
+    return [
+        (
+            "config changes a second, controller and database (any number of admins)",
+            "(report)",
+            f"{min(rates):.0f}–{max(rates):.0f}",
+            "",
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -110,18 +110,16 @@ def make_agents(count: int) -> list[str]:
     return tokens
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+def describe(values: list[float]) -> str:
+    """One line for the console: min, p50, p99 (only for more than 100 values) and max."""
+    from bench.results import p99_or_none
 
-
-def summary(values: list[float]) -> str:
     ms = [v * 1000 for v in values]
+    p99 = p99_or_none(ms)
     return (
         f"min {min(ms):.1f} ms, p50 {statistics.median(ms):.1f} ms, "
-        f"p99 {percentile(ms, 0.99):.1f} ms, "
-        f"max {max(ms):.1f} ms (n={len(ms)})"
+        + (f"p99 {p99:.1f} ms, " if p99 is not None else "")
+        + f"max {max(ms):.1f} ms (n={len(ms)})"
     )
 
 

@@ -25,14 +25,14 @@ import requests
 
 from bench.common import (
     controller_with_agents,
+    describe,
     exchange,
     machine_note,
-    percentile,
     rss_kib,
     setup_many_connections,
-    summary,
     wait_until_all_held,
 )
+from bench.results import percentile
 
 KNOWN = 1
 REPORT = json.dumps(
@@ -180,9 +180,9 @@ def run(count: int, workers: int, fetch: bool) -> dict:
     }
     print(
         f"N={count} ({result['mode']}): holding {len(fleet.holding)}/{count}, errors "
-        f"{len(fleet.errors)}, fetched {fleet.fetched}; told: {summary(fleet.told or [0])}; "
-        f"holding: {summary(fleet.holding or [0])}; heartbeats answered: "
-        f"{summary(fleet.answered or [0])}; all reports recorded "
+        f"{len(fleet.errors)}, fetched {fleet.fetched}; told: {describe(fleet.told or [0])}; "
+        f"holding: {describe(fleet.holding or [0])}; heartbeats answered: "
+        f"{describe(fleet.answered or [0])}; all reports recorded "
         f"{result['all_reports_recorded_s']} s after the change; RSS {result['rss_idle_mib']} → "
         f"{result['rss_holding_mib']} MiB, {result['kib_per_held_watch']} KiB per held watch; "
         f"load average {note['load_average']}"

@@ -10,6 +10,8 @@ interleaved in one run so both see the same machine load, with 1 and with 16 con
 Each client keeps one persistent connection to each server, as a real client would. In the split
 layout the worker has CPU 0 to itself and the clients and upstream run on the other CPUs; in the
 shared layout everything competes for every CPU. The worker's CPU time per hit is reported too.
+Each layout runs `--runs` times (3) with a fresh worker; the results go to
+docs/bench/worker_hit.json (see bench/results.py).
 """
 
 import argparse
@@ -33,6 +35,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results  # noqa: E402
+from bench.results import percentile  # noqa: E402
 from protocol import signing  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
@@ -88,11 +92,6 @@ class Client:
         if response.status != 200 or not body:
             raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
         return elapsed
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def measure_hit(worker_port: int, upstream_port: int, clients: int, per_client: int) -> dict:
@@ -212,7 +211,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> None:
+def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> dict:
     """Start a worker, measure, stop it. `split`: the worker gets CPU 0 to itself and the
     clients and upstream the others, as when they are different machines; `shared`: everything
     shares every CPU."""
@@ -248,6 +247,7 @@ def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> None:
                 n=args.requests, **floor
             )
         )
+        hits = []
         for clients, per_client in ((1, args.requests), (16, max(50, args.requests // 16))):
             before = cpu_seconds(worker.pid)
             result = measure_hit(worker_port, upstream_port, clients, per_client)
@@ -262,11 +262,18 @@ def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> None:
                 "added p50 {added_p50_ms:.2f} ms p99 {added_p99_ms:.2f} ms | "
                 "{hits_per_second:.0f} hits/s | worker CPU {cpu_ms:.3f} ms per hit".format(**result)
             )
+            hits.append(result)
         health = measure_health(worker_port, 16, args.seconds)
         print(
             "GET /health, {clients} clients, {seconds:g} s: "
             "{requests_per_second:.0f} requests/s".format(**health)
         )
+        return {
+            "layout": layout,
+            "health_latency": {"requests": args.requests, **floor},
+            "hits": hits,
+            "health_throughput": health,
+        }
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -284,6 +291,7 @@ def main() -> None:
     parser.add_argument(
         "--layout", choices=("split", "shared", "both"), default="both", help="CPU placement"
     )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each layout")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     layouts = ("split", "shared") if args.layout == "both" else (args.layout,)
@@ -298,6 +306,8 @@ def main() -> None:
         target=serve_upstream, args=(upstream_port,), daemon=True
     )
     upstream.start()
+    started = results.start()
+    runs = []
     try:
         wait_ready(upstream_port, upstream)
         print(
@@ -306,10 +316,105 @@ def main() -> None:
         for layout in layouts:
             if layout == "shared":
                 os.sched_setaffinity(upstream.pid, set(cpus))
-            run_layout(layout, args, upstream_port, cpus)
+            runs += [run_layout(layout, args, upstream_port, cpus) for _ in range(args.runs)]
     finally:
         upstream.terminate()
         upstream.join(5)
+    figures = {"threads": args.threads, "cpus": len(cpus), "runs": runs}
+    results.save("worker_hit", figures, started)
+
+
+TARGET_MS = 1.0
+
+
+def _by(figures: dict, layout: str, clients: int) -> list[dict]:
+    """The hit measurements of one layout and client count, one per run, by added p50."""
+    found = [
+        hit
+        for run in figures["runs"]
+        if run["layout"] == layout
+        for hit in run["hits"]
+        if hit["clients"] == clients
+    ]
+    return sorted(found, key=lambda hit: hit["added_p50_ms"])
+
+
+def _range(values: list[float], unit: str = "ms", digits: int = 2) -> str:
+    low, high = min(values), max(values)
+    if len(values) == 1 or f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{low:.{digits}f} {unit}"
+    return f"{low:.{digits}f}–{high:.{digits}f} {unit}"
+
+
+def render(figures: dict) -> str:
+    layouts = list(dict.fromkeys(run["layout"] for run in figures["runs"]))
+    runs = sum(1 for run in figures["runs"] if run["layout"] == layouts[0])
+    lines = [
+        f"{runs} run(s) of each layout, a fresh worker ({figures['threads']} threads) each time; "
+        "each row shows the run with the middle added p50, the range in brackets covers every "
+        "run.",
+        "",
+        "| layout | measurement | direct p50 | via worker p50 | added p50 | added p99 "
+        "| worker CPU per hit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for layout in layouts:
+        for clients in (1, 16):
+            hits = _by(figures, layout, clients)
+            if not hits:
+                continue
+            middle = hits[len(hits) // 2]
+            added = _range([hit["added_p50_ms"] for hit in hits])
+            lines.append(
+                f"| {layout} | `GET /hit`, {clients} client(s), {middle['requests']} requests | "
+                f"{middle['direct_p50_ms']:.2f} ms | {middle['hit_p50_ms']:.2f} ms | "
+                f"**{middle['added_p50_ms']:.2f} ms** ({added}) | "
+                f"{middle['added_p99_ms']:.2f} ms | {middle['cpu_ms']:.2f} ms |"
+            )
+    lines += ["", "| measurement | result |", "|---|---|"]
+    for layout in layouts:
+        mine = [run for run in figures["runs"] if run["layout"] == layout]
+        latency = [run["health_latency"] for run in mine]
+        lines.append(
+            f"| `GET /health`, 1 client, {latency[0]['requests']} requests ({layout}) | "
+            f"p50 {_range([each['p50_ms'] for each in latency])}, "
+            f"p99 {_range([each['p99_ms'] for each in latency])} |"
+        )
+        throughput = [run["health_throughput"] for run in mine]
+        lines.append(
+            f"| `GET /health`, {throughput[0]['clients']} clients, "
+            f"{throughput[0]['seconds']:g} s ({layout}) | "
+            f"{_range([each['requests_per_second'] for each in throughput], 'requests/s', 0)} |"
+        )
+        hits = _by(figures, layout, 16)
+        lines.append(
+            f"| `GET /hit` throughput with 16 clients ({layout}) | "
+            f"{_range([hit['hits_per_second'] for hit in hits], 'hits/s', 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(figures: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for layout, clients, label, target in (
+        ("split", 1, "1 client", True),
+        ("split", 16, "16 clients, worker on a core of its own", True),
+        ("shared", 16, "16 clients, everything on the same 2 cores", False),
+    ):
+        hits = _by(figures, layout, clients)
+        if not hits:
+            continue
+        added = [hit["added_p50_ms"] for hit in hits]
+        met = max(added) <= TARGET_MS
+        rows.append(
+            (
+                f"worker: `GET /hit` added latency, p50, {label}",
+                f"≤ {TARGET_MS:g} ms" if target else "(report)",
+                _range(added),
+                ("met" if met else "**not met**") if target else "see Worker",
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from protocol.logs import logging_config, read_log_settings, server_logging_conf
 from protocol.settings import SettingsReader
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 
 
 CONFIG_FILE = config_file.current()
@@ -32,6 +31,11 @@ env_int = _settings.int
 env_float = _settings.float
 env_list = _settings.list
 _record = _settings.record
+
+
+# Local state (the development database and keys, the agent's state): VAR_DIR, or var_dir in a
+# settings file.
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
 
 
 def _make_var_dir() -> None:
@@ -67,7 +71,7 @@ if SECRET_KEY is None:
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
             "or set DEBUG=1 for local development."
         )
-    SECRET_KEY = _development_secret_key()
+    SECRET_KEY = _record("SECRET_KEY", "var", _development_secret_key())
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -402,7 +406,7 @@ ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@distributed-system.com")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD", "Admin123!@#")
 
 # Logging ---------------------------------------------------------------------------------------
-# One line per event on stdout; LOG_FORMAT=json writes JSON objects instead of text. The HTTP
+# One line per event on stderr; LOG_FORMAT=json writes JSON objects instead of text. The HTTP
 # servers' loggers (gunicorn's and uvicorn's for the controller, granian's for the worker) get the
 # same handler (SERVER_LOGGING), so access lines follow suit.
 LOG_LEVEL, LOG_FORMAT = read_log_settings(_settings)

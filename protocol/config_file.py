@@ -60,6 +60,16 @@ def check_role(role: str) -> str:
     return role
 
 
+def add_config_argument(parser) -> None:
+    """List `--config FILE` in a command's --help. manage.py has already taken the flag off the
+    command line (settings are read before any command parses its flags), so this only shows it."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML settings file, like CONFIG_FILE; read before the command starts.",
+    )
+
+
 def take_config_file(argv: list[str]) -> str | None:
     """Remove `--config FILE` or `--config=FILE` from the command line and return FILE.
 

@@ -1,4 +1,4 @@
-"""Log formatters: every event is exactly one line on stdout, as text or as a JSON object.
+"""Log formatters: every event is exactly one line on stderr, as text or as a JSON object.
 
 Collectors (Docker, journald, Loki) split a stream on newlines, so a traceback spread over many
 lines turns into many unrelated events. Both formatters keep an event on one line.
@@ -63,7 +63,8 @@ def read_log_settings(reader) -> tuple[str, str]:
 
 
 def logging_config(level: str, fmt: str) -> dict:
-    """A dictConfig: one line per event on stdout, as text or JSON, at `level`."""
+    """A dictConfig: one line per event on stderr, as text or JSON, at `level`. stdout is left
+    to what a command prints for its caller to read (create_registration_token's token)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -78,7 +79,7 @@ def logging_config(level: str, fmt: str) -> dict:
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": fmt,
-                "stream": "ext://sys.stdout",
+                "stream": "ext://sys.stderr",
             },
         },
         "root": {"handlers": ["console"], "level": level},

@@ -41,15 +41,24 @@ def pytest_runtest_setup(item):
         unavailable("this test needs Redis (set REDIS_URL)")
 
 
+def clear_cache() -> None:
+    """Delete the keys this cache made, and only those: `cache.clear()` on Redis would empty
+    the whole database REDIS_URL names, whatever else it holds."""
+    if hasattr(cache, "delete_pattern"):
+        cache.delete_pattern("*")
+    else:
+        cache.clear()  # the in-process cache, private to this test run
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state():
-    cache.clear()
+    clear_cache()
     # Test databases reuse version numbers, which a running controller never does.
     config_body.cache_clear()
     agent_auth._known.clear()
     agent_auth._last_seen_written.clear()
     yield
-    cache.clear()
+    clear_cache()
 
 
 @pytest.fixture
@@ -121,3 +130,83 @@ def make_worker(tmp_path):
     yield make
     for worker in started:
         worker.stop()
+
+
+class ServedAnswer:
+    def __init__(self, status: int, headers: list, body: bytes) -> None:
+        self.status_code = status
+        self.headers = {name.decode().lower(): value.decode() for name, value in headers}
+        self.content = body
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+    def __getitem__(self, name: str) -> str:
+        return self.headers[name.lower()]
+
+
+class ServedClient:
+    """GETs through the ASGI application production serves (`controller_site.asgi`), where
+    GET /config/version and GET /config/agent are answered in front of Django; an APIClient
+    reaches the DRF views behind it instead. The database work runs on other threads, so tests
+    using this need `django_db(transaction=True)`."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.authorization = f"Bearer {token}" if token else None
+
+    def get(self, path: str, **headers: str) -> ServedAnswer:
+        import asyncio
+
+        return asyncio.run(self._get(path, headers))
+
+    async def _get(self, path: str, extra: dict[str, str]) -> ServedAnswer:
+        import asyncio
+
+        from controller_site.asgi import application
+
+        path, _, query = path.partition("?")
+        headers = [(b"host", b"testserver")]
+        if self.authorization:
+            headers.append((b"authorization", self.authorization.encode()))
+        for name, value in extra.items():  # Django's test-client names: HTTP_IF_NONE_MATCH
+            headers.append(
+                (name.removeprefix("HTTP_").replace("_", "-").lower().encode(), value.encode())
+            )
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        # The served class with the served fallback; a hub of its own for this event loop.
+        app = type(application)(application.fallback)
+        sent: list[dict] = []
+        requested = False
+
+        async def receive() -> dict:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays until the answer is in
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        try:
+            await app(scope, receive, send)
+        finally:
+            await app.hub.stop()
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return ServedAnswer(start["status"], start.get("headers", []), body)

@@ -268,3 +268,41 @@ def test_preflight_button_checks_the_url_first(operator):
     assert response.status_code == 200
     assert "config_url" in response.context["form"].errors
     assert ConfigVersion.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("page", "action"),
+    [
+        ("/admin/configs/configversion/", "rollback_to_version"),
+        ("/admin/agents/agent/", "revoke_agents"),
+    ],
+)
+def test_rollback_and_revoke_refuse_a_missing_csrf_token_and_a_get(
+    admin_user, publish, page, action
+):
+    from django.test import Client
+
+    first = publish(URL, 30)
+    publish(URL, 60)
+    agent = make_agent("csrf")
+    selected = first.pk if action == "rollback_to_version" else agent.pk
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    form = {"action": action, "_selected_action": [selected], "confirmed": "yes"}
+
+    def unchanged() -> bool:
+        return (
+            ConfigVersion.objects.count() == 2 and Agent.objects.get(pk=agent.pk).revoked_at is None
+        )
+
+    assert browser.post(page, form).status_code == 403
+    assert unchanged()
+    assert browser.get(page, form).status_code in (200, 302)
+    assert unchanged()
+    # The same form with the page's CSRF token is carried out: the refusals above were CSRF's.
+    browser.get(page)
+    done = browser.post(
+        page, {**form, "csrfmiddlewaretoken": browser.cookies["csrftoken"].value}, follow=True
+    )
+    assert done.status_code == 200
+    assert not unchanged()

@@ -16,7 +16,7 @@ from tests.support.agent import (
     write_cached_config,
     write_credentials,
 )
-from tests.support.processes import free_port
+from tests.support.processes import dead_port
 from tests.support.worker import KEY
 
 
@@ -260,9 +260,10 @@ def test_controller_down_workers_keep_serving_and_retries_back_off_to_the_cap(
     worker = make_worker()
     write_credentials(tmp_path / "state")
     write_cached_config(tmp_path / "state", upstream.url("/text"), version=3)
-    agent = make_agent([worker], controller=f"http://127.0.0.1:{free_port()}", backoff_cap=8)
-    stop = RecordingStop(clock, limit=7)
-    agent.run(stop)
+    with dead_port() as port:
+        agent = make_agent([worker], controller=f"http://127.0.0.1:{port}", backoff_cap=8)
+        stop = RecordingStop(clock, limit=7)
+        agent.run(stop)
 
     assert stop.waits == [1, 2, 4, 8, 8, 8, 8]
     assert worker.version() == 3
@@ -283,8 +284,9 @@ def test_an_agent_restarted_while_the_controller_is_down_brings_up_an_empty_work
     make_agent([make_worker()], token=new_token()).run_once()
 
     empty = make_worker()
-    restarted = make_agent([empty], controller=f"http://127.0.0.1:{free_port()}")
-    restarted.run_once()
+    with dead_port() as port:
+        restarted = make_agent([empty], controller=f"http://127.0.0.1:{port}")
+        restarted.run_once()
     assert empty.version() == 1
     assert empty.hit().text == "203.0.113.7\n"
     assert "controller unreachable" in caplog.text

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from agent.daemon import AgentDaemon
+from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token
 from apps.configs.services import publish_config
 from tests.support.agent import (
@@ -74,7 +75,10 @@ def test_sigterm_stops_run_agent_quickly_and_leaves_the_cache_intact(
     process = run_agent(tmp_path, live_server.url, worker.base_url, REGISTRATION_TOKEN=token)
     try:
         wait_until(lambda: (tmp_path / "state" / "config.json").exists(), timeout=20)
-        time.sleep(0.3)
+        # The cache is written before the push, and the heartbeat that reports v1 follows it:
+        # once the controller has it, the agent is back in its watch.
+        wait_until(lambda: worker.version() == 1, timeout=20)
+        wait_until(lambda: AgentRecord.objects.filter(applied_version=1).exists(), timeout=20)
     except AssertionError:
         pytest.fail(f"no config.json: {stop_and_time(process)[2]}")
     returncode, elapsed, output = stop_and_time(process)
@@ -95,9 +99,9 @@ def test_sigterm_abandons_a_held_watch(stub_controller, make_worker, tmp_path):
     write_credentials(tmp_path / "state")
     process = run_agent(tmp_path, stub_controller.url, worker.base_url)
     try:
-        # The reconciliation at start (GET /config/agent), then the watch.
+        # The reconciliation at start (GET /config/agent), then the watch, which the stub's
+        # handler holds once it has noted it.
         wait_until(lambda: len(stub_controller.requests) >= 2, timeout=20)
-        time.sleep(0.3)  # the watch is now held by the controller
     finally:
         returncode, elapsed, output = stop_and_time(process)
 

@@ -223,13 +223,15 @@ def test_concurrent_changes_of_different_fields_both_survive(admin_api):
     for round_ in range(5):
         barrier = threading.Barrier(2)
         interval, url = 200 + round_, f"{URL}/{round_}"
+        statuses: list[int] = []
 
-        def change(body: dict, barrier: threading.Barrier = barrier) -> None:
+        def change(body: dict, barrier: threading.Barrier = barrier, statuses=statuses) -> None:
             client = APIClient()
             client.credentials(HTTP_AUTHORIZATION=token)
             barrier.wait()
             try:
-                assert client.put("/config/admin", body, format="json").status_code == 200
+                # Asserted in the main thread: an assertion here would only be a warning.
+                statuses.append(client.put("/config/admin", body, format="json").status_code)
             finally:
                 connection.close()
 
@@ -241,5 +243,6 @@ def test_concurrent_changes_of_different_fields_both_survive(admin_api):
             thread.start()
         for thread in threads:
             thread.join()
+        assert statuses == [200, 200]
         current = ConfigVersion.objects.order_by("-version").first()
         assert (current.config_url, current.pooling_interval) == (url, interval)

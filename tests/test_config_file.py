@@ -524,3 +524,40 @@ def test_compose_runs_the_worker_and_the_agent_from_the_mounted_example_files():
         in_container = command[command.index("--config") + 1]
         mount = f"./{example.relative_to(ROOT)}:{in_container}:ro"
         assert mount in services[service]["volumes"], service
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "run_controller",
+        "run_worker",
+        "run_agent",
+        "show_settings",
+        "seed_admin",
+        "create_registration_token",
+    ],
+)
+def test_every_command_lists_config_file_in_its_help(command):
+    result = manage(command, "--help", env={"SECRET_KEY": TEST_SECRET_KEY})
+    assert result.returncode == 0, result.stderr
+    assert "--config FILE" in result.stdout
+
+
+def test_var_dir_from_a_settings_file_is_used_and_shown(tmp_path):
+    state = tmp_path / "state"
+    path = write(tmp_path, f"var_dir: {state}\ndebug: true\n")
+    result = manage("show_settings", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    rows = effective(result.stdout)
+    assert rows["VAR_DIR"] == ("file", str(state))
+    # With DEBUG on and no SECRET_KEY, the development key is made and kept there.
+    assert rows["SECRET_KEY"] == ("var", "********")
+    assert (state / "secret_key").exists()
+
+
+def test_show_settings_names_the_var_dir_of_the_environment(tmp_path):
+    result = manage("show_settings", env={"VAR_DIR": str(tmp_path / "v"), "DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+    rows = effective(result.stdout)
+    assert rows["VAR_DIR"] == ("env", str(tmp_path / "v"))
+    assert rows["SECRET_KEY"] == ("var", "********")

@@ -372,7 +372,7 @@ def test_a_revocation_made_by_another_process_is_honoured_within_a_second(
     revocation written by another controller process is refused here within that time."""
     agent, _ = registered_agent
     clock = [1000.0]
-    monkeypatch.setattr(agent_auth.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(agent_auth, "clock", lambda: clock[0])
     assert agent_api.get("/config/version").status_code == 200
     # Another process revokes: the row changes, but this process's memory is not told.
     Agent.objects.filter(pk=agent.pk).update(revoked_at=timezone.now())
@@ -389,7 +389,7 @@ def test_a_revocation_in_this_process_is_honoured_at_once(
     admin_api, registered_agent, agent_api, monkeypatch
 ):
     agent, _ = registered_agent
-    monkeypatch.setattr(agent_auth.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(agent_auth, "clock", lambda: 1000.0)
     assert agent_api.get("/config/version").status_code == 200
     assert admin_api.post(f"/agents/{agent.pk}/revoke").status_code == 200
     assert agent_api.get("/config/version").status_code == 401

@@ -14,7 +14,14 @@ from apps.configs import hub as hub_module
 from apps.configs import notifications, watch
 from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
-from tests.support.processes import restart_redis, start_controller, start_redis, wait_until
+from tests.support.processes import (
+    restart_redis,
+    server_errors,
+    start_controller,
+    start_redis,
+    wait_until,
+    watches_held,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -94,7 +101,13 @@ def run_watch(query: str, token: str | None, during=None):
         try:
             task = asyncio.ensure_future(call(app, token, query))
             if during is not None:
-                await asyncio.sleep(0.3)
+                # The watch must be held when `during` runs: a change made before would be
+                # answered as a stale version and prove nothing about waking a held watch.
+                deadline = time.monotonic() + 15
+                while not app.hub.waiters:
+                    assert not task.done(), task.result()
+                    assert time.monotonic() < deadline, "the watch was never held"
+                    await asyncio.sleep(0.01)
                 await asyncio.to_thread(closing_connection(during), app)
             return await task
         finally:
@@ -326,7 +339,7 @@ def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_tok
         )
         results = []
         thread = hold(url_a, agent_token, 1, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held")
         changed = requests.put(
             f"{url_b}/config/admin", json={"pooling_interval": 77}, headers=headers, timeout=5
         )
@@ -359,7 +372,7 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         )
         results = []
         thread = hold(url_a, agent_token, 1, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held")
         redis.stop()
         time.sleep(0.5)
         changed = requests.put(
@@ -380,15 +393,15 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         )
         results = []
         thread = hold(url_a, agent_token, 2, 30, results)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url_a) == 1, message="the watch held again")
         requests.put(
             f"{url_b}/config/admin", json={"pooling_interval": 62}, headers=headers, timeout=5
         )
         thread.join(20)
         assert results and results[0][:2] == (200, content(3, 62))
         assert results[0][2] < 1.5
-        for process in (first, second):
-            assert " 500 " not in process.output()
+        for url in (url_a, url_b):
+            assert server_errors(url) == 0
     finally:
         for process in (first, second, redis):
             if process is not None:

@@ -11,7 +11,7 @@ import time
 import pycurl
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import dead_port
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import KEY, call, config_body, push
 from worker.app import WorkerApp
@@ -98,7 +98,8 @@ def test_hit_refuses_a_fourth_redirect_with_502(upstream):
 
 
 def test_hit_is_502_when_the_upstream_is_unreachable():
-    response = call(configured(f"http://127.0.0.1:{free_port()}/"), "GET", "/hit")
+    with dead_port() as port:
+        response = call(configured(f"http://127.0.0.1:{port}/"), "GET", "/hit")
 
     assert response.status_code == 502
     assert "unreachable" in response.json()["detail"]
@@ -175,10 +176,10 @@ def test_hit_refuses_an_upstream_certificate_it_cannot_verify(upstream, tmp_path
 
 def test_hit_ignores_proxies_from_the_environment(upstream, monkeypatch):
     # libcurl would otherwise send the GET to whatever http_proxy names.
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
-
-    response = call(configured(upstream.url("/text")), "GET", "/hit")
+    with dead_port() as port:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        response = call(configured(upstream.url("/text")), "GET", "/hit")
 
     assert response.status_code == 200
     assert response.body == b"203.0.113.7\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, free_port
+from tests.support.processes import ROOT, dead_port, free_port, wait_until
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import (
     KEY,
@@ -69,9 +69,9 @@ def test_hit_passes_the_upstream_answer_through(worker, upstream, path, status, 
 
 
 def test_hit_is_502_when_the_upstream_is_unreachable(worker):
-    point_at(worker, f"http://127.0.0.1:{free_port()}/")
-
-    response = requests.get(worker.url("/hit"))
+    with dead_port() as port:
+        point_at(worker, f"http://127.0.0.1:{port}/")
+        response = requests.get(worker.url("/hit"), timeout=10)
 
     assert response.status_code == 502
     assert "unreachable" in response.json()["detail"]
@@ -128,6 +128,8 @@ def test_pushes_are_authenticated(worker, upstream):
 
 
 def test_an_older_push_is_409(worker, upstream):
+    # Two pushes, so that an older version exists (>= 1) whichever test ran before this one.
+    point_at(worker, upstream.url("/text"))
     version = point_at(worker, upstream.url("/text"))
 
     response = worker.push(config_body(version - 1, url=upstream.url("/json")))
@@ -149,6 +151,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
         next(_versions)
     url = upstream.url("/text")
     going_back = []
+    statuses = []
     done = threading.Event()
 
     def pusher(mine):
@@ -158,13 +161,15 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
                 response = session.post(
                     worker.url("/config"), data=raw, headers={"X-Internal-Key": KEY}
                 )
-                assert response.status_code in (200, 409)
+                statuses.append(response.status_code)
 
     def reader():
         last = 0
         with requests.Session() as session:
             while not done.is_set():
-                version = session.get(worker.url("/health")).json()["config_version"]
+                held = session.get(worker.url("/health"), timeout=10).json()["config_version"]
+                # A worker that holds nothing yet (this test run alone) answers null: version 0.
+                version = 0 if held is None else held
                 if version < last:
                     going_back.append((last, version))
                 last = version
@@ -179,6 +184,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
     for thread in readers:
         thread.join()
 
+    assert len(statuses) == len(versions) and set(statuses) <= {200, 409}, statuses
     assert requests.get(worker.url("/config")).json()["version"] == versions[-1]
     assert going_back == []
 
@@ -262,16 +268,23 @@ def test_sigterm_lets_a_hit_in_flight_finish(tmp_path):
             target=lambda: answers.append(requests.get(process.url("/hit"), timeout=10))
         )
         in_flight.start()
-        time.sleep(0.5)  # the hit is now waiting on the upstream
+        # The upstream has the hit's request and holds it until released.
+        wait_until(lambda: upstream.requests == 1, timeout=10, message="the hit at the upstream")
 
         process.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # The port closes at once on SIGTERM: from then on the hit is one the worker must finish.
+        wait_until(lambda: port_closed(process.port), timeout=10, message="the port closed")
         upstream.release.set()
         in_flight.join(10)
         returncode = process.process.wait(timeout=10)
 
     assert [(answer.status_code, answer.content) for answer in answers] == [(200, b"late")]
     assert returncode == 0
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def run_worker_to_exit(tmp_path, bind: str, env: dict | None = None):
@@ -308,8 +321,21 @@ def test_a_port_in_use_exits_1_with_a_clear_message(tmp_path):
         result = run_worker_to_exit(tmp_path, f"127.0.0.1:{port}")
 
     assert result.returncode == 1
-    assert f"Cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use (Address already in use)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_port_another_worker_holds_exits_1_and_the_first_keeps_serving(tmp_path, worker):
+    # The first worker's server binds with SO_REUSEPORT, which would let a second one share the
+    # port and answer half of the requests with a different configuration.
+    version = requests.get(worker.url("/health"), timeout=5).json()["config_version"]
+    result = run_worker_to_exit(tmp_path, f"127.0.0.1:{worker.port}")
+
+    assert result.returncode == 1, result.stderr
+    assert f"port {worker.port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    for _ in range(20):
+        assert requests.get(worker.url("/health"), timeout=5).json()["config_version"] == version
 
 
 def test_oversized_headers_are_431_and_large_bodies_still_arrive(worker):

@@ -5,8 +5,8 @@ import argparse
 import logging.config
 import sys
 
-from protocol.cli import UsageError, parse_bind
-from protocol.config_file import ConfigFileError
+from protocol.cli import PortInUse, UsageError, check_port_free, parse_bind
+from protocol.config_file import ConfigFileError, add_config_argument
 from protocol.logs import logging_config, server_logging_config
 from protocol.secrets import weakness
 from protocol.settings import SettingsError, read_role_settings
@@ -26,6 +26,7 @@ MISSING_KEY = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument("--bind", default=None, help="HOST:PORT to listen on (WORKER_BIND).")
     parser.add_argument(
         "--threads", type=int, default=None, help="Server threads (WORKER_THREADS)."
@@ -68,6 +69,13 @@ def run(options: dict, config_path: str | None = None) -> int:
         return _fail(str(exc), 2)
     except ValueError as exc:
         return _fail(f"Invalid worker settings: {exc}.", 2)
+    host, _, port = bind.rpartition(":")
+    try:
+        # granian binds with SO_REUSEPORT, so a port another worker holds would be shared
+        # silently, two configurations behind one address: refuse any port already taken.
+        check_port_free(host.strip("[]"), int(port), "worker", "--bind or WORKER_BIND")
+    except PortInUse as exc:
+        return _fail(str(exc), 1)
     logging_settings = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(logging_settings)
     try:

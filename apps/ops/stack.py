@@ -12,7 +12,6 @@ import ctypes
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,24 +27,8 @@ STOP_GRACE_SECONDS = 20
 START_TIMEOUT_SECONDS = 60
 
 
-class PortInUse(Exception):
-    """A port the stack needs is taken by another program."""
-
-
 class ChildDied(Exception):
     """A child process exited while the stack was running."""
-
-
-def check_port_free(host: str, port: int, role: str, setting: str) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise PortInUse(
-                f"port {port} on {host} is already in use ({exc.strerror}); the {role} needs "
-                f"it. Stop the program holding it, or pick another port with {setting}."
-            ) from None
 
 
 def internal_key_from(var_dir: Path) -> str:

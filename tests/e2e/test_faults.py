@@ -15,7 +15,14 @@ from apps.agents.services import issue_registration_token, register_agent
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import Admin, wait_for_version, worker_version
 from tests.e2e.reliability import record
-from tests.support.processes import PostgresCluster, base_env, manage, wait_until
+from tests.support.processes import (
+    PostgresCluster,
+    base_env,
+    manage,
+    server_errors,
+    wait_until,
+    watches_held,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -111,13 +118,14 @@ def test_controller_stopped(stack, upstream, admin_user):
     ]
     wait_for_version(workers, 1)
 
+    errors_5xx = server_errors(url)
     controller.stop()
     stand_in = StandIn(port)
     outage = 8.0
     with Hitter(workers) as hitter:
         time.sleep(outage / 2)
         # A change the agents cannot see yet, made through a second controller.
-        _, second_url = stack.controller(redis_url)
+        second, second_url = stack.controller(redis_url)
         changed = Admin(second_url).change(config_url=upstream.url("/text?v2"))
         assert changed.status_code == 200 and changed.json()["version"] == 2
         time.sleep(max(0.0, outage - (time.monotonic() - stand_in.attempts[0])))
@@ -127,6 +135,7 @@ def test_controller_stopped(stack, upstream, admin_user):
         wait_for_version(workers, 2, timeout=BACKOFF_CAP + 15)
         recover = time.monotonic() - restarted
         hitter.wait_for("2")
+    errors_5xx += server_errors(second_url) + server_errors(url)
 
     # Every /hit was served, from v1 while the controller was away and v2 once it came back.
     assert hitter.statuses and not hitter.failures
@@ -152,8 +161,9 @@ def test_controller_stopped(stack, upstream, admin_user):
         f"after the restart.",
         recover_s=recover,
         served=len(hitter.statuses),
-        errors_5xx=0,
-        versions_lost=0,
+        failed=len(hitter.failures),
+        unexpected_5xx=errors_5xx,
+        versions_lost=len({"1", "2"} - hitter.versions),
         agent_retries=len(delays),
         largest_retry_delay_s=max(delays),
         attempts_seen_by_stand_in=len(stand_in.attempts),
@@ -168,6 +178,7 @@ def test_agent_restarted_while_the_controller_is_down(stack, upstream, admin_use
     assert Admin(url).create(upstream.url("/text?v1")).status_code == 201
     wait_for_version([worker_url], 1)
 
+    errors_5xx = server_errors(url)
     controller.stop()
     agent.stop()
     worker.stop()
@@ -184,7 +195,7 @@ def test_agent_restarted_while_the_controller_is_down(stack, upstream, admin_use
     wait_until(served, timeout=10, interval=0.05, message="the worker serves the cached v1")
     recover = time.monotonic() - restarted
     with Hitter([worker_url]) as hitter:
-        time.sleep(1)
+        wait_until(lambda: len(hitter.statuses) >= 10, timeout=10, message="ten hits answered")
     assert not hitter.failures
     assert recover < 5
     record(
@@ -192,9 +203,10 @@ def test_agent_restarted_while_the_controller_is_down(stack, upstream, admin_use
         "The restarted agent put its cached config on the empty worker with the controller "
         "still down; /hit answered from v1.",
         recover_s=recover,
-        served=len(hitter.statuses) + 1,
-        errors_5xx=0,
-        versions_lost=0,
+        served=len(hitter.statuses),
+        failed=len(hitter.failures),
+        unexpected_5xx=errors_5xx,
+        versions_lost=len({"1"} - hitter.versions),
     )
 
 
@@ -209,22 +221,22 @@ def test_worker_restarted(stack, upstream, admin_user):
 
     worker.stop()
     stack.worker(port=int(worker_url.rsplit(":", 1)[1]))
-    restarted = time.monotonic()
     # The agent holds a watch of up to pooling_interval, and meanwhile checks its workers every
     # AGENT_WORKER_CHECK_SECONDS: the empty worker is filled long before the watch ends.
     recover = wait_for_version([worker_url], 1, timeout=interval * 17 / 16 + 5)
     with Hitter([worker_url]) as hitter:
-        time.sleep(0.5)
+        wait_until(lambda: len(hitter.statuses) >= 5, timeout=10, message="five hits answered")
     assert not hitter.failures
     record(
         "worker-restarted",
         f"The agent found the empty worker while holding its watch (pooling_interval "
         f"{interval} s, workers checked every {check} s) and pushed v1 again, with no admin "
         f"action.",
-        recover_s=time.monotonic() - restarted - 0.5,
+        recover_s=recover,
         served=len(hitter.statuses),
-        errors_5xx=0,
-        versions_lost=0,
+        failed=len(hitter.failures),
+        unexpected_5xx=server_errors(url),
+        versions_lost=len({"1"} - hitter.versions),
         cycle_s=interval,
         worker_check_s=check,
     )
@@ -288,11 +300,14 @@ def test_redis_stopped_and_started(stack, upstream, admin_user):
     wait_for_version([worker_url], 1)
     token = register_agent(token=issue_registration_token()[0])[1]
     statuses: list[int] = []
+    delivered = {1}
 
     with VersionMonitor(url, token) as monitor, Hitter([worker_url], interval=0.2) as hitter:
         held: list = []
+        # The agent holds one watch; this test's is the second.
+        wait_until(lambda: watches_held(url) >= 1, message="the agent's watch held")
         watch = _hold_watch(url, token, 1, held)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url) >= 2, message="the test's watch held")
         redis.stop()
         stopped = time.monotonic()
         time.sleep(0.5)
@@ -307,9 +322,11 @@ def test_redis_stopped_and_started(stack, upstream, admin_user):
         assert held[0][1]["version"] == 2
         assert held[0][1]["config_url"] == upstream.url("/text?v2")
         wait_for_version([worker_url], 2)
+        delivered.add(2)
         changed = admin.change(pooling_interval=31)
         statuses.append(changed.status_code)
         wait_for_version([worker_url], 3)
+        delivered.add(3)
 
         redis = stack.restart_redis(redis_port)
         restarted = time.monotonic()
@@ -320,26 +337,29 @@ def test_redis_stopped_and_started(stack, upstream, admin_user):
         )
         resubscribed = time.monotonic() - restarted
         held = []
+        wait_until(lambda: watches_held(url) >= 1, message="the agent's watch held again")
         watch = _hold_watch(url, token, 3, held)
-        time.sleep(0.5)
+        wait_until(lambda: watches_held(url) >= 2, message="the test's second watch held")
         changed = admin.change(config_url=upstream.url("/text?v4"))
         statuses.append(changed.status_code)
         watch.join(15)
         assert held and held[0][0] == 200 and held[0][1]["version"] == 4, held
         assert held[0][2] < 2.0
         wait_for_version([worker_url], 4)
+        delivered.add(4)
         statuses.append(Admin(url).session.get(f"{url}/config/admin", timeout=5).status_code)
         outage = restarted - stopped
 
-    assert statuses == [200, 200, 200, 401] or all(s == 200 for s in statuses[:3])
+    assert statuses == [200, 200, 200, 200]
     codes = [status for status, _ in monitor.answers]
     assert codes and all(code == 200 for code in codes), sorted(set(codes))
     versions = [version for _, version in monitor.answers]
     assert versions == sorted(versions), "the version went backwards"
     assert versions[-1] == 4
     assert not hitter.failures
-    errors = re.findall(r'" 5\d\d ', controller.output())
-    assert not errors, controller.output()[-3000:]
+    errors_5xx = server_errors(url)
+    assert errors_5xx == 0, controller.output()[-3000:]
+    failed = [code for code in codes if code != 200] + hitter.failures
     record(
         "redis-stopped",
         "Logins, changes and held watches went on without Redis (the watch hub re-read the "
@@ -347,10 +367,11 @@ def test_redis_stopped_and_started(stack, upstream, admin_user):
         "reported version only rose.",
         recover_s=resubscribed,
         served=len(monitor.answers) + len(hitter.statuses),
-        errors_5xx=0,
-        versions_lost=0,
+        failed=len(failed),
+        unexpected_5xx=errors_5xx,
+        versions_lost=len({1, 2, 3, 4} - delivered),
         redis_outage_s=outage,
-        versions_delivered=4,
+        versions_delivered=len(delivered),
     )
 
 
@@ -421,7 +442,7 @@ def test_postgres_stopped(stack, upstream, postgres):
             ("get", "/config/agent", {"headers": agent_headers}),
         ]:
             answer = requests.request(method, f"{url}{path}", timeout=15, **kwargs)
-            answers.append((path, answer.status_code))
+            answers.append((f"{method.upper()} {path}", answer.status_code))
             _clean_503(answer)
         assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
         time.sleep(1)
@@ -429,11 +450,15 @@ def test_postgres_stopped(stack, upstream, postgres):
 
         postgres.start()
         restarted = time.monotonic()
-        wait_until(
-            lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200,
-            timeout=20,
-            message="readyz back to 200",
-        )
+
+        def ready() -> bool:
+            answer = requests.get(f"{url}/readyz", timeout=5)
+            if answer.status_code != 200:
+                _clean_503(answer)
+                answers.append(("GET /readyz", answer.status_code))
+            return answer.status_code == 200
+
+        wait_until(ready, timeout=20, message="readyz back to 200")
         recover = time.monotonic() - restarted
         changed = admin.change(config_url=upstream.url("/text?v2"))
         assert changed.status_code == 200, changed.text
@@ -442,6 +467,12 @@ def test_postgres_stopped(stack, upstream, postgres):
 
     assert hitter.statuses and not hitter.failures
     assert hitter.versions == {"1", "2"}
+    # The controller counted every 503 it answered (this test's and the agent's, all by
+    # design while the database was away) and no other 5xx.
+    seen = sum(1 for _, status in answers if status == 503)
+    by_design = server_errors(url) - server_errors(url, except_status="503")
+    assert by_design >= seen > 0, (by_design, answers)
+    unexpected = server_errors(url, except_status="503")
     record(
         "postgres-stopped",
         "/readyz and every API call answered a clean 503 JSON (no stack trace) while the "
@@ -449,9 +480,11 @@ def test_postgres_stopped(stack, upstream, postgres):
         "the next change reached the worker.",
         recover_s=recover,
         served=len(hitter.statuses),
-        errors_5xx=0,
-        versions_lost=0,
-        endpoints_answering_clean_503=len(answers),
+        failed=len(hitter.failures),
+        unexpected_5xx=unexpected,
+        versions_lost=len({"1", "2"} - hitter.versions),
+        clean_503s_by_design=by_design,
+        endpoints_answering_clean_503=len({path for path, _ in answers}),
     )
 
 

@@ -15,7 +15,7 @@ import requests
 from apps.agents.services import issue_registration_token, register_agent
 from tests.e2e.conftest import Admin, wait_for_version
 from tests.e2e.reliability import record
-from tests.support.processes import wait_until
+from tests.support.processes import server_errors, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -50,15 +50,18 @@ def test_concurrent_changes(stack, upstream, admin_user):
         return len(agents) == 3 and all(agent["applied_version"] == 50 for agent in agents)
 
     wait_until(applied, timeout=30, message="every agent reports v50")
+    statuses = [answer.status_code for answer in answers]
     record(
         "concurrent-changes",
         "50 concurrent changes got versions 1..50, each exactly once; every agent ended on "
         "v50 and its worker too.",
         recover_s=converged,
-        served=50,
-        errors_5xx=0,
-        versions_lost=0,
-        changes_per_s=50 / elapsed,
+        served=len(statuses),
+        failed=sum(1 for status in statuses if status != 201),
+        unexpected_5xx=server_errors(url),
+        versions_lost=len(set(range(1, 51)) - {entry["version"] for entry in history["results"]}),
+        changes=len(versions),
+        changes_per_s=len(versions) / elapsed,
     )
 
 
@@ -219,8 +222,9 @@ def test_load(stack, upstream, admin_user):
         f"final version, controller memory flat.",
         recover_s=converged,
         served=tally["requests"],
-        errors_5xx=0,
-        versions_lost=0,
+        failed=tally["errors"] + tally["5xx"],
+        unexpected_5xx=max(tally["5xx"], server_errors(url)),
+        versions_lost=sum(1 for agent in agents if agent.known != final["version"]),
         agents=AGENTS,
         seconds=LOAD_SECONDS,
         changes=len(admin_statuses),

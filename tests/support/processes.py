@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,9 +20,20 @@ TEST_SECRET_KEY = "test-only-not-secret-key-0123456789abcdefghijklmnop"
 
 
 def free_port() -> int:
+    """A port free right now. Another program may take it before it is bound: the starters
+    below try again on another port when that happens (see `start_listening`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dead_port():
+    """A port where nothing answers for as long as the block runs: bound here and never
+    listened on, so every connection is refused and no other program can listen there."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def test_database_url() -> str:
@@ -76,10 +88,27 @@ class Process:
         return self.popen.returncode
 
 
-def wait_until(check, timeout: float = 15.0, interval: float = 0.05, message: str = ""):
+class ProcessExited(AssertionError):
+    """The process a wait was for exited: what answered, if anything, was not it."""
+
+
+def wait_until(
+    check,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    message: str = "",
+    process: "Process | None" = None,
+):
+    """Wait until `check()` is true. With `process`, stop as soon as that process has exited:
+    an answer on its port would come from another program."""
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise ProcessExited(
+                f"{process.name} exited with {process.popen.returncode} while waiting: "
+                f"{message}\n{process.output()[-3000:]}"
+            )
         try:
             result = check()
             if result:
@@ -105,35 +134,92 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address HEX_IP:HEX_PORT, state 0A = LISTEN, inode in field 9
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _process_tree(pid: int) -> list[int]:
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return tree
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether the process `pid`, or one of its children, holds the listening socket of `port`:
+    an answer on the port is then its answer, not another program's."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    for each in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{each}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        return True
+    return False
+
+
+def start_listening(
+    start, port: int | None, health_path: str, name: str, timeout: float
+) -> tuple["Process", str]:
+    """Start a server with `start(port)` and wait until it answers `health_path` from a socket
+    it holds itself, checking all along that it is still running (an answer from another
+    program on the port does not count). On a port
+    picked here, a server that lost its port to another program between the pick and its bind
+    is started again on another; a port the caller named is never changed."""
+    for attempt in range(3):
+        chosen = port or free_port()
+        process = start(chosen)
+        url = f"http://127.0.0.1:{chosen}"
+        try:
+            wait_until(
+                lambda url=url, chosen=chosen, process=process: (
+                    requests.get(url + health_path, timeout=1).status_code == 200
+                    and listens_on(process.popen.pid, chosen)
+                ),
+                timeout=timeout,
+                message=f"{name} on {url}",
+                process=process,
+            )
+            if process.alive():
+                return process, url
+        except AssertionError:
+            pass
+        process.stop()
+        output = process.output()
+        if port is None and attempt < 2 and "already in use" in output:
+            continue
+        raise AssertionError(f"{name} did not start:\n{output}")
+    raise AssertionError(f"{name} did not start")
+
+
 def start_controller(
     *, redis_url: str | None, workers: int = 1, port: int | None = None, **env: str
 ) -> tuple[Process, str]:
     """`run_controller` on the test database; `port` restarts one where a stopped one was."""
-    port = port or free_port()
     extra = {"DATABASE_URL": env.pop("DATABASE_URL", None) or test_database_url(), **env}
     if redis_url:
         extra["REDIS_URL"] = redis_url
-    process = Process(
-        manage("run_controller", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
-        base_env(**extra),
-        "controller",
-    )
-    return process, wait_for_health(process, f"http://127.0.0.1:{port}", "/healthz", 30)
 
-
-def wait_for_health(process: Process, url: str, path: str, timeout: float) -> str:
-    """Wait until `url` + `path` answers 200; `url`. A process that does not get there is
-    stopped, and its output is in the failure."""
-    try:
-        wait_until(
-            lambda: requests.get(url + path, timeout=1).status_code == 200,
-            timeout=timeout,
-            message=f"{process.name} on {url}",
+    def start(chosen: int) -> Process:
+        return Process(
+            manage("run_controller", "--bind", f"127.0.0.1:{chosen}", "--workers", str(workers)),
+            base_env(**extra),
+            "controller",
         )
-    except AssertionError:
-        process.stop()
-        raise AssertionError(f"{process.name} did not start:\n{process.output()}") from None
-    return url
+
+    return start_listening(start, port, "/healthz", "controller", timeout=30)
 
 
 def start_redis() -> tuple[Process, str, int]:
@@ -146,7 +232,9 @@ def start_redis() -> tuple[Process, str, int]:
         dict(os.environ),
         "redis",
     )
-    wait_until(lambda: _redis_ping(port), timeout=10, message="private redis-server")
+    wait_until(
+        lambda: _redis_ping(port), timeout=10, message="private redis-server", process=process
+    )
     return process, f"redis://127.0.0.1:{port}/0", port
 
 
@@ -156,7 +244,12 @@ def restart_redis(port: int) -> Process:
         dict(os.environ),
         "redis",
     )
-    wait_until(lambda: _redis_ping(port), timeout=10, message="private redis-server restart")
+    wait_until(
+        lambda: _redis_ping(port),
+        timeout=10,
+        message="private redis-server restart",
+        process=process,
+    )
     return process
 
 
@@ -167,6 +260,30 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# What a running controller counted
+
+
+def server_errors(controller_url: str, *, except_status: str | None = None) -> int:
+    """5xx answers the controller counted (`controller_requests_total`, every process of it),
+    leaving out `except_status` where the scenario requires that answer."""
+    text = requests.get(f"{controller_url}/metrics", timeout=10).text
+    total = 0
+    for line in text.splitlines():
+        status = re.search(r'status="(5\d\d)"', line)
+        if line.startswith("controller_requests_total{") and status and status[1] != except_status:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def watches_held(controller_url: str) -> int:
+    """Watches the controller holds right now (`controller_watches_held`, every process)."""
+    text = requests.get(f"{controller_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("controller_watches_held"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 # Workers, agents and a private PostgreSQL, for the end-to-end suite ----------------------------
@@ -183,17 +300,20 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 def start_worker(internal_key: str, *, port: int | None = None, **env: str) -> tuple[Process, str]:
     """`run_worker` on a free port (or the port of a worker it replaces)."""
-    port = port or free_port()
+
     # The suite's upstreams listen on 127.0.0.1, which a worker refuses by default; None
     # leaves a setting unset, to see its default.
     env.setdefault("WORKER_BLOCK_PRIVATE_UPSTREAMS", "0")
     env = {name: value for name, value in env.items() if value is not None}
-    process = Process(
-        manage("run_worker", "--bind", f"127.0.0.1:{port}"),
-        base_env(INTERNAL_KEY=internal_key, **env),
-        "worker",
-    )
-    return process, wait_for_health(process, f"http://127.0.0.1:{port}", "/health", 20)
+
+    def start(chosen: int) -> Process:
+        return Process(
+            manage("run_worker", "--bind", f"127.0.0.1:{chosen}"),
+            base_env(INTERNAL_KEY=internal_key, **env),
+            "worker",
+        )
+
+    return start_listening(start, port, "/health", "worker", timeout=20)
 
 
 def start_agent(

@@ -14,7 +14,7 @@ from wsgiref.util import setup_testing_defaults
 import requests
 
 from protocol import signing
-from tests.support.processes import ROOT, free_port
+from tests.support.processes import ROOT, free_port, listens_on
 
 KEY = "test-internal-key-0123456789abcdef"
 # A database nobody listens on: a worker that touched the database would fail at once.
@@ -83,7 +83,9 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited with {self.process.returncode}: {self.log()}")
             try:
-                if requests.get(self.base_url + "/health", timeout=0.5).status_code == 200:
+                answered = requests.get(self.base_url + "/health", timeout=0.5).status_code
+                # Only this process's answer counts, not another program's on the same port.
+                if answered == 200 and listens_on(self.process.pid, self.port):
                     return self
             except requests.RequestException:
                 pass

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.models import User
+from protocol.config_file import add_config_argument
 
 SEED_EMAIL = "admin@distributed-system.com"
 SEED_PASSWORD = "Admin123!@#"  # noqa: S105 - the seed design's documented default
@@ -17,6 +18,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument("--email", default=settings.ADMIN_EMAIL)
         parser.add_argument("--password", default=settings.ADMIN_PASSWORD)
         parser.add_argument(

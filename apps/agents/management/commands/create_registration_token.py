@@ -2,12 +2,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.agents.services import issue_registration_token
+from protocol.config_file import add_config_argument
 
 
 class Command(BaseCommand):
     help = "Issue a one-time agent registration token and print it (it is not shown again)."
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument("--ttl", type=int, default=None, help="Lifetime in seconds.")
 
     def handle(self, *args, ttl: int | None, **options):

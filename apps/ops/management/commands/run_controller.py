@@ -13,6 +13,7 @@ from apps.ops.serving import (
 )
 from controller_site.secrets_check import refuse_weak_secrets
 from protocol.cli import UsageError, parse_bind
+from protocol.config_file import add_config_argument
 
 logger = logging.getLogger("apps.ops")
 
@@ -21,6 +22,7 @@ class Command(BaseCommand):
     help = "Run the controller: gunicorn with uvicorn workers serving the ASGI application."
 
     def add_arguments(self, parser):
+        add_config_argument(parser)
         parser.add_argument(
             "--bind", default=settings.CONTROLLER_BIND, help="HOST:PORT (CONTROLLER_BIND)."
         )

@@ -12,8 +12,8 @@ from agent.state import CorruptStateFile, StateDir
 from apps.accounts.management.commands.seed_admin import SEED_PASSWORD
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token
-from apps.ops.stack import Child, ChildDied, PortInUse, Stack, check_port_free, internal_key_from
-from protocol.cli import UsageError, parse_bind
+from apps.ops.stack import Child, ChildDied, Stack, internal_key_from
+from protocol.cli import PortInUse, UsageError, check_port_free, parse_bind
 from protocol.config_file import ConfigFile
 from protocol.settings import SettingsError, SettingsReader
 from worker.settings import WorkerSettings

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agent.settings import read_settings as read_agent_settings
-from protocol.config_file import is_secret, mask_url
+from protocol.config_file import add_config_argument, is_secret, mask_url
 from protocol.settings import SettingsError, read_role_settings
 from worker.settings import read_settings as read_worker_settings
 
@@ -22,6 +22,9 @@ def mask(name: str, value) -> str:
 
 class Command(BaseCommand):
     help = "Print the effective settings and where each came from (env, file or default)."
+
+    def add_arguments(self, parser):
+        add_config_argument(parser)
 
     def handle(self, *args, **options):
         path, role = settings.CONFIG_FILE.path, settings.CONFIG_FILE.role

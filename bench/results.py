@@ -1,0 +1,172 @@
+"""Benchmark results as data, and docs/PERFORMANCE.md's tables rendered from them.
+
+Every benchmark ends with `save(name, figures, started)`: its figures, the command that made
+them, the commit, the machine, the date and the load average at the start and the end go to
+docs/bench/<name>.json. Each benchmark module also defines
+
+    render(figures) -> str          the markdown of its section's tables
+    summary(figures) -> list[tuple] rows (benchmark, target, measured, verdict) of the summary
+
+and docs/PERFORMANCE.md holds, for each benchmark, a block
+
+    <!-- bench:<name> -->
+    ...generated...
+    <!-- /bench:<name> -->
+
+which `python -m bench.results` rewrites from the JSON (the prose around the blocks is
+written by hand), plus one `<!-- bench:summary -->` block made of every benchmark's summary
+rows. tests/test_performance_doc.py checks that the page is exactly what this renders.
+"""
+
+import importlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "docs" / "bench"
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+BLOCK = re.compile(r"<!-- bench:(?P<name>[a-z_]+) -->\n.*?<!-- /bench:(?P=name) -->", re.S)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at `fraction` of the sorted sample (nearest rank)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def p99_or_none(values: list[float]) -> float | None:
+    """p99 only where it differs from the maximum by construction: below 101 values the
+    nearest rank of 0.99 is the last one, so the maximum is what is reported instead."""
+    return percentile(values, 0.99) if len(values) > 100 else None
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+
+
+def machine() -> dict:
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        kib = int(meminfo.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(kib / 1024 / 1024),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def start() -> dict:
+    """What a benchmark notes before it starts measuring."""
+    return {"started_at": time.time(), "load_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def save(name: str, figures: dict, started: dict) -> Path:
+    commit = _git("rev-parse", "HEAD")
+    # Local changes to the code measured; the results files themselves do not count.
+    dirty = bool(
+        _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)docs/bench",
+            ":(exclude)docs/PERFORMANCE.md",
+        )
+    )
+    result = {
+        "benchmark": name,
+        "command": " ".join(["python -m", f"bench.{name}", *sys.argv[1:]]),
+        "commit": commit,
+        "dirty": dirty,
+        "date": datetime.fromtimestamp(started["started_at"], UTC).isoformat(timespec="minutes"),
+        "machine": machine(),
+        "load_start": started["load_start"],
+        "load_end": [round(v, 2) for v in os.getloadavg()],
+        "figures": figures,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS_DIR / f"{name}.json").read_text())
+
+
+def provenance(result: dict) -> str:
+    """The line under each block's tables: where, when and at which commit they were measured."""
+    m = result["machine"]
+    when = result["date"].replace("T", " ").replace("+00:00", " UTC")
+    local = " with local changes" if result["dirty"] else ""
+    return (
+        f"Measured at commit `{result['commit'][:12]}`{local}, {when}, with "
+        f"`{result['command']}`; {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['python']}; load average (1 min) "
+        f"{result['load_start'][0]:.2f} at the start, {result['load_end'][0]:.2f} at the end."
+    )
+
+
+def render_block(name: str) -> str:
+    result = load(name)
+    module = importlib.import_module(f"bench.{name}")
+    return f"{module.render(result['figures']).rstrip()}\n\n{provenance(result)}"
+
+
+def render_summary(names: list[str]) -> str:
+    lines = ["| benchmark | target | measured | |", "|---|---|---|---|"]
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        for row in module.summary(load(name)["figures"]):
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def rendered(page: str) -> str:
+    """`page` with every block rewritten from the results."""
+    names = [match["name"] for match in BLOCK.finditer(page) if match["name"] != "summary"]
+
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        body = render_summary(names) if name == "summary" else render_block(name)
+        return f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
+
+    return BLOCK.sub(block, page)
+
+
+def main() -> int:
+    page = DOC.read_text()
+    new = rendered(page)
+    if "--check" in sys.argv:
+        if new != page:
+            sys.stderr.write(
+                f"{DOC.relative_to(ROOT)} differs from its results: run python -m bench.results\n"
+            )
+            return 1
+        return 0
+    DOC.write_text(new)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""docs/PERFORMANCE.md's tables are what the benchmarks' JSON under docs/bench/ renders, each
+naming the commit it was measured at; each check is also shown failing on a broken input."""
+
+import copy
+import json
+import re
+
+import pytest
+
+from bench import propagation, results
+
+BLOCKS = [match["name"] for match in results.BLOCK.finditer(results.DOC.read_text())]
+BENCHMARKS = [name for name in BLOCKS if name != "summary"]
+
+
+def test_the_page_is_exactly_what_the_results_render():
+    page = results.DOC.read_text()
+    assert page == results.rendered(page)
+
+
+def test_every_result_has_a_block_and_every_block_a_result():
+    files = sorted(path.stem for path in results.RESULTS_DIR.glob("*.json"))
+    assert sorted(BENCHMARKS) == files
+    assert "summary" in BLOCKS
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_block_names_the_commit_machine_and_load_of_its_run(name):
+    result = results.load(name)
+    assert re.fullmatch(r"[0-9a-f]{40}", result["commit"])
+    assert result["dirty"] is False, f"{name} was measured with local changes"
+    for key in ("cpus", "cpu_model", "memory_gib", "kernel", "python"):
+        assert result["machine"][key], key
+    assert len(result["load_start"]) == 3 and len(result["load_end"]) == 3
+    block = re.search(
+        rf"<!-- bench:{name} -->\n(.*?)<!-- /bench:{name} -->", results.DOC.read_text(), re.S
+    )[1]
+    assert f"Measured at commit `{result['commit'][:12]}`" in block
+    assert f"{result['load_start'][0]:.2f} at the start" in block
+
+
+def test_a_hand_edited_figure_or_a_changed_result_is_caught(tmp_path, monkeypatch):
+    page = results.DOC.read_text()
+    # A figure typed into a table no longer matches the rendering.
+    table_line = next(line for line in page.splitlines() if line.startswith("| watch (default)"))
+    edited = page.replace(table_line, table_line.replace("|", "| 1.0 ms |", 1), 1)
+    assert results.rendered(edited) != edited
+    # A result that changes under the page: the page is no longer its rendering.
+    for name in BENCHMARKS:
+        (tmp_path / f"{name}.json").write_text((results.RESULTS_DIR / f"{name}.json").read_text())
+    changed = json.loads((tmp_path / "propagation.json").read_text())
+    changed["figures"]["watch_s"] = [value * 10 for value in changed["figures"]["watch_s"]]
+    (tmp_path / "propagation.json").write_text(json.dumps(changed))
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert results.rendered(page) != page
+
+
+def test_a_block_without_results_fails_to_render(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        results.rendered("<!-- bench:propagation -->\n<!-- /bench:propagation -->\n")
+
+
+def test_a_missed_target_is_not_called_met():
+    figures = copy.deepcopy(results.load("propagation")["figures"])
+    figures["watch_s"] = [0.5] * 50
+    (row, *_) = propagation.summary(figures)
+    assert row[3] == "**not met**" and row[2] == "500 ms"
+
+
+def test_p99_is_only_given_for_samples_over_100():
+    assert results.p99_or_none(list(range(50))) is None
+    assert results.p99_or_none(list(range(1000))) == 989
