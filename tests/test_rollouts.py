@@ -420,11 +420,54 @@ class TestStatusAndMetrics:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_plan_is_refused_while_approvals_are_required(admin_api, publish, settings):
+def test_a_plan_rides_a_change_request_and_rolls_out_when_approved(publish, settings):
+    from rest_framework.test import APIClient
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    from apps.accounts.models import User
+    from apps.accounts.roles import APPROVER, EDITOR
+    from apps.accounts.services import set_roles
+    from apps.changes.models import ChangeRequest
+
+    def client_for(email, role):
+        user = User.objects.create_user(email=email, password=None)
+        set_roles(user, [role])
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+        return client
+
     publish(URL, 30)
     settings.CONFIG_APPROVALS_REQUIRED = 1
-    response = admin_api.post(
+    editor, approver = client_for("ed@example.com", EDITOR), client_for("ap@example.com", APPROVER)
+    proposed = editor.post(
         "/config/admin", {"config_url": NEW_URL, "pooling_interval": 30, "rollout": PLAN}, "json"
+    )
+    assert proposed.status_code == 202, proposed.content
+    change = proposed.json()
+    assert change["rollout"]["waves"] == PLAN["waves"]
+    assert ChangeRequest.objects.get().rollout["waves"] == PLAN["waves"]
+    assert ConfigVersion.objects.count() == 1 and not Rollout.objects.exists()
+    approved = approver.post(f"/config/admin/changes/{change['id']}/approve", {}, "json")
+    assert approved.status_code == 200, approved.content
+    assert approved.json()["published_version"] == 2
+    rollout = Rollout.objects.get(version=2)
+    assert rollout.waves == PLAN["waves"]
+    assert rollout.state == Rollout.ROLLING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_is_refused_with_an_emergency(admin_api, publish):
+    publish(URL, 30)
+    response = admin_api.post(
+        "/config/admin",
+        {
+            "config_url": NEW_URL,
+            "pooling_interval": 30,
+            "rollout": PLAN,
+            "emergency": True,
+            "reason": "now",
+        },
+        "json",
     )
     assert response.status_code == 400
     assert "direct publish" in response.json()["detail"]

@@ -12,7 +12,6 @@ from apps.configs import preflight, services
 from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
 from apps.rollouts.serializers import RolloutPlanSerializer
-from apps.rollouts.services import RolloutPlanNeedsDirectPublish
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -172,9 +171,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                 }
                 try:
                     if changes.approvals_required():
-                        if plan is not None:
-                            raise RolloutPlanNeedsDirectPublish()
-                        return self._propose(request, current, values)
+                        return self._propose(request, current, {**values, "rollout": plan})
                     config, created = self._publish(request, current, {**values, "rollout": plan})
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)

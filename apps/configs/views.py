@@ -70,7 +70,7 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     emergency, reason = values.pop("emergency", False), values.pop("reason", "")
     plan = values.pop("rollout", None)
     who = {"source_ip": client_ip(request)}
-    if plan is not None and (emergency or changes.approvals_required()):
+    if plan is not None and emergency:
         raise RolloutPlanNeedsDirectPublish()
     direct = {"if_match": request.headers.get("If-Match"), "rollout": plan}
     if emergency:
@@ -78,7 +78,10 @@ def _write(request, values: dict, *, partial: bool) -> Response:
             actor=request.user, reason=reason, partial=partial, **values, **who
         )
     elif changes.approvals_required():
-        change = changes.propose_change(author=request.user, partial=partial, **values, **who)
+        # The request carries the plan: its version rolls out by it once approved.
+        change = changes.propose_change(
+            author=request.user, partial=partial, **values, **who, **direct
+        )
         if change is not None:
             return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
         config, created = services.get_current_config(), False
