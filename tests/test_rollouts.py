@@ -422,18 +422,17 @@ class TestStatusAndMetrics:
 @pytest.mark.django_db(transaction=True)
 def test_a_plan_rides_a_change_request_and_rolls_out_when_approved(publish, settings):
     from rest_framework.test import APIClient
-    from rest_framework_simplejwt.tokens import RefreshToken
 
     from apps.accounts.models import User
     from apps.accounts.roles import APPROVER, EDITOR
-    from apps.accounts.services import set_roles
+    from apps.accounts.services import issue_tokens, set_roles
     from apps.changes.models import ChangeRequest
 
     def client_for(email, role):
         user = User.objects.create_user(email=email, password=None)
         set_roles(user, [role])
         client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
         return client
 
     publish(URL, 30)
