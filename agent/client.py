@@ -121,13 +121,20 @@ class ControllerClient:
             raise ControllerUnavailable(f"{what}: the answer is not a JSON object")
         return data
 
-    def register(self, registration_token: str, *, name: str = "", hostname: str = "") -> dict:
+    def register(
+        self,
+        registration_token: str,
+        *,
+        name: str = "",
+        hostname: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> dict:
         """POST /agent/register; returns {"agent_id", "agent_token", "pooling_interval", ...}."""
         response = self._request(
             "POST",
             "/agent/register",
             token=registration_token,
-            json={"name": name, "hostname": hostname},
+            json={"name": name, "hostname": hostname, "labels": labels or {}},
         )
         if response.status_code != 201:
             raise ControllerUnavailable(f"registration: HTTP {response.status_code}")
@@ -212,16 +219,27 @@ class ControllerClient:
         return self._json(response, "GET /config/agent")
 
     def heartbeat(
-        self, *, applied_version: int | None, workers: list[dict], hits: list[dict]
+        self,
+        *,
+        applied_version: int | None,
+        workers: list[dict],
+        hits: list[dict],
+        labels: dict[str, str] | None = None,
     ) -> None:
-        """POST /agent/heartbeat with what the agent applied, what each worker runs and the
-        workers' hits per version since the previous heartbeat."""
+        """POST /agent/heartbeat with what the agent applied, what each worker runs, the
+        workers' hits per version since the previous heartbeat and the agent's labels (the
+        controller keeps the latest)."""
         response = self._request(
             "POST",
             "/agent/heartbeat",
             token=self.agent_token,
             session=self.report_session,
-            json={"applied_version": applied_version, "workers": workers, "hits": hits},
+            json={
+                "applied_version": applied_version,
+                "workers": workers,
+                "hits": hits,
+                "labels": labels or {},
+            },
         )
         if response.status_code != 204:
             raise ControllerUnavailable(

@@ -14,6 +14,7 @@ from agent.metrics import MeasuredAgentDaemon, serve_metrics
 from agent.settings import AgentSettings, read_settings
 from protocol.cli import UsageError, parse_bind
 from protocol.config_file import ConfigFileError, add_config_argument
+from protocol.labels import InvalidLabels, parse_label_pairs
 from protocol.logs import logging_config
 from protocol.secrets import weakness
 from protocol.settings import SettingsError, read_role_settings
@@ -49,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="Seconds between reports to the controller (AGENT_HEARTBEAT_SECONDS).",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        dest="labels",
+        metavar="KEY=VALUE",
+        help="A label of this agent, for rollouts to pick canaries by; repeat for several "
+        "(AGENT_LABELS, a comma list). Given here, they replace AGENT_LABELS.",
     )
     parser.add_argument("--once", action="store_true", help="Run one cycle and exit.")
     parser.add_argument(
@@ -86,6 +95,12 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
             "AGENT_DEFAULT_INTERVAL, AGENT_BACKOFF_CAP, AGENT_WORKER_CHECK_SECONDS and "
             "AGENT_HEARTBEAT_SECONDS (--heartbeat-seconds) must be positive."
         )
+    labels = settings.labels
+    if options.get("labels"):
+        try:
+            labels = parse_label_pairs(options["labels"])
+        except InvalidLabels as exc:
+            raise UsageError(f"--label: {exc}") from None
     metrics_bind = options.get("metrics_bind") or settings.metrics_bind
     if metrics_bind:
         parse_bind(metrics_bind, "--metrics-bind")
@@ -108,6 +123,7 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
         heartbeat_seconds=heartbeat_seconds,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        labels=labels,
         **extra,
     )
     return agent, metrics_bind

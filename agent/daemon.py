@@ -107,6 +107,7 @@ class AgentDaemon:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         name: str | None = None,
+        labels: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -141,6 +142,7 @@ class AgentDaemon:
         self.default_interval = default_interval
         self.hostname = socket.gethostname()
         self.name = name or self.hostname
+        self.labels = dict(labels or {})
 
         self.credentials: dict | None = None
         self.config: dict | None = None  # the newest config the agent holds
@@ -194,7 +196,10 @@ class AgentDaemon:
             return False
         try:
             answer = self.controller.register(
-                self.registration_token, name=self.name, hostname=self.hostname
+                self.registration_token,
+                name=self.name,
+                hostname=self.hostname,
+                labels=self.labels,
             )
         except TokenRefused:
             self.registration_token = None
@@ -382,6 +387,7 @@ class AgentDaemon:
                     for worker in self.workers
                 ],
                 hits=hits_since(snapshots),
+                labels=self.labels,
             )
         except TokenRefused:
             self._token_refused()

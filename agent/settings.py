@@ -29,6 +29,7 @@ class AgentSettings:
     connect_timeout: float
     read_timeout: float
     metrics_bind: str | None
+    labels: dict[str, str]
     log_level: str
     log_format: str
 
@@ -62,6 +63,8 @@ def read_settings(reader: SettingsReader) -> AgentSettings:
         # HOST:PORT for Prometheus metrics; off by default, as the seed's agent has no
         # public endpoint.
         metrics_bind=reader.str("AGENT_METRICS_BIND"),
+        # Sent at registration and with every heartbeat; rollouts pick their canaries by them.
+        labels=reader.labels("AGENT_LABELS"),
         log_level=log_level,
         log_format=log_format,
     )

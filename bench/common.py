@@ -86,7 +86,9 @@ def reset_state() -> None:
     from apps.accounts.models import User
     from apps.agents.models import Agent, RegistrationToken
     from apps.configs.models import ConfigVersion
+    from apps.rollouts.models import Rollout
 
+    Rollout.objects.all().delete()
     RegistrationToken.objects.all().delete()
     Agent.objects.all().delete()
     ConfigVersion.objects.all().delete()

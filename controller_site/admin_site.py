@@ -12,6 +12,8 @@ from apps.audit.models import AuditEntry
 from apps.audit.signals import admin_request_ip
 from apps.changes.models import ChangeRequest
 from apps.configs.services import get_current_config, state_of
+from apps.rollouts.models import Rollout
+from apps.rollouts.services import get_latest_rollout, measure
 from controller_site.request_info import client_ip
 
 # How many of the latest changes the dashboard lists: changes to the configuration, revocations
@@ -62,8 +64,12 @@ class ControllerAdminSite(admin.AdminSite):
 
 
 def dashboard_context(request) -> dict:
-
     config = get_current_config()
+    rollout = get_latest_rollout()
+    if rollout is not None and rollout.state not in Rollout.SPLIT_STATES:
+        rollout = None
+    if rollout is not None:
+        rollout.measured = measure(rollout)
     state = state_of(config)
     counts = count_by_status(state, timezone.now())
     changes = AuditEntry.objects.filter(
@@ -71,6 +77,12 @@ def dashboard_context(request) -> dict:
             AuditEntry.CONFIG_CREATED,
             AuditEntry.CONFIG_UPDATED,
             AuditEntry.CONFIG_ROLLED_BACK,
+            AuditEntry.ROLLOUT_STARTED,
+            AuditEntry.ROLLOUT_PROMOTED,
+            AuditEntry.ROLLOUT_PAUSED,
+            AuditEntry.ROLLOUT_RESUMED,
+            AuditEntry.ROLLOUT_COMPLETED,
+            AuditEntry.ROLLOUT_ABORTED,
             AuditEntry.CONFIG_EMERGENCY,
             AuditEntry.AGENT_REVOKED,
             AuditEntry.ADMIN_ADDED,
@@ -88,6 +100,7 @@ def dashboard_context(request) -> dict:
     )
     return {
         "current_config": config,
+        "active_rollout": rollout,
         "current_emergency": emergency,
         "pending_changes": ChangeRequest.objects.filter(state=ChangeRequest.PENDING).count(),
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],

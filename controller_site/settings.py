@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.audit",
     "apps.changes",
+    "apps.rollouts",
 ]
 
 MIDDLEWARE = [
@@ -344,6 +345,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Rollouts and change requests both have a `state`: each its own enum in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "RolloutStateEnum": "apps.rollouts.models.STATES",
+        "ChangeRequestStateEnum": "apps.changes.models.ChangeRequest.STATES",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "controller_site.schema.document_invalid_page",
@@ -370,6 +376,10 @@ REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # How long a process trusts its own memory of an agent token before asking the database again:
 # this bounds how long a revoked token keeps working.
+# How often each controller process checks whether a rolling rollout can start its next wave.
+ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
+if ROLLOUT_TICK_SECONDS <= 0:
+    raise ImproperlyConfigured(f"ROLLOUT_TICK_SECONDS must be positive: {ROLLOUT_TICK_SECONDS}")
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)

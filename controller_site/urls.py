@@ -28,6 +28,13 @@ from apps.configs.views import (
     PreflightView,
 )
 from apps.ops.views import healthz, metrics, readyz
+from apps.rollouts.views import (
+    RolloutAbortView,
+    RolloutPauseView,
+    RolloutPromoteView,
+    RolloutResumeView,
+    RolloutView,
+)
 
 handler403 = "apps.accounts.views.permission_denied"
 
@@ -38,6 +45,11 @@ urlpatterns = [
     path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
     path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
     path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
+    path("config/admin/rollout", RolloutView.as_view(), name="rollout"),
+    path("config/admin/rollout/promote", RolloutPromoteView.as_view(), name="rollout-promote"),
+    path("config/admin/rollout/pause", RolloutPauseView.as_view(), name="rollout-pause"),
+    path("config/admin/rollout/resume", RolloutResumeView.as_view(), name="rollout-resume"),
+    path("config/admin/rollout/abort", RolloutAbortView.as_view(), name="rollout-abort"),
     path("config/admin/preflight", PreflightView.as_view(), name="config-preflight"),
     path("config/admin/changes", ChangeListView.as_view(), name="changes"),
     path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),

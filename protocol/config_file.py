@@ -23,7 +23,11 @@ ROLES = {"run_controller": "controller", "run_agent": "agent", "run_worker": "wo
 ALIASES = {
     "controller": {"bind": "CONTROLLER_BIND", "workers": "CONTROLLER_WORKERS"},
     "worker": {"bind": "WORKER_BIND", "threads": "WORKER_THREADS"},
-    "agent": {"state_dir": "AGENT_STATE_DIR", "worker_urls": "WORKER_URL"},
+    "agent": {
+        "state_dir": "AGENT_STATE_DIR",
+        "worker_urls": "WORKER_URL",
+        "labels": "AGENT_LABELS",
+    },
 }
 SECRET_ENDINGS = ("SECRET_KEY", "PASSWORD", "INTERNAL_KEY", "TOKEN")
 
@@ -228,6 +232,13 @@ def convert(file: ConfigFile, name: str, kind: str):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         raise file.error(name, f"must be a number, got {_shown(name, value)}")
+    if kind == "labels":
+        # A mapping (`labels: {ring: canary}`) or the environment's form, "ring=canary,zone=a".
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, str):
+            return value
+        raise file.error(name, f"must be a mapping of label names to values, got {value!r}")
     if kind in ("list", "urls"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):

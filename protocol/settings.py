@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 from protocol.config_file import ConfigFile, convert
+from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
 
 
 class SettingsError(ValueError):
@@ -39,6 +40,20 @@ class SettingsReader:
 
     def str(self, name: str, default: str | None = None, kind: str = "str") -> str | None:
         source, value = self._lookup(name, kind, default)
+        return self.record(name, source, value)
+
+    def labels(self, name: str) -> dict[str, str]:
+        """Agent labels: `ring=canary,zone=a` in the environment, a mapping in the file."""
+        source, value = self._lookup(name, "labels", {})
+        try:
+            if isinstance(value, str):
+                value = parse_label_pairs([pair for pair in value.split(",") if pair.strip()])
+            else:
+                value = check_labels(value)
+        except InvalidLabels as exc:
+            if source == "file":
+                raise self.file.error(name, str(exc)) from None
+            raise self.error(f"{name}: {exc}") from None
         return self.record(name, source, value)
 
     def bool(self, name: str, default: bool = False) -> bool:

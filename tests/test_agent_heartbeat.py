@@ -198,8 +198,8 @@ def test_record_heartbeats_adds_the_hits_of_a_batch(registered_agent):
 
     agent = registered_agent[0]
     now = timezone.now()
-    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 5, 1)])})
-    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 1, 1), HIT(1, 9, 0)])})
+    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 5, 1)], None)})
+    record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 1, 1), HIT(1, 9, 0)], None)})
 
     assert hits_rows(agent) == {1: (9, 0), 2: (6, 2)}
     assert Agent.objects.get(pk=agent.pk).applied_version == 2

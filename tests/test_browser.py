@@ -167,6 +167,106 @@ def test_operator_tour_of_the_admin(page, live_server):
     assert token not in page.content()
 
 
+def test_rollout_page_in_the_admin(page, live_server):
+    from apps.agents.services import record_heartbeat
+    from apps.audit.models import AuditEntry
+    from apps.configs.services import publish_config
+    from apps.rollouts.models import Rollout
+    from apps.rollouts.services import advance_rollouts, measure
+
+    call_command("seed_admin")
+    fleet = []
+    for index in range(8):
+        token, _ = issue_registration_token()
+        labels = {"ring": "canary"} if index < 2 else {"ring": "main"}
+        fleet.append(register_agent(token=token, name=f"edge-{index}", labels=labels)[0])
+    publish_config(config_url=URL, pooling_interval=30)
+    for agent in fleet:
+        record_heartbeat(agent, applied_version=1, workers=[])
+
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", SEED_EMAIL)
+    page.fill("#id_password", SEED_PASSWORD)
+    page.click('input[type="submit"]')
+    page.wait_for_selector("#dashboard")
+    assert page.query_selector("#rollout-banner") is None
+
+    # A bad plan is refused on the form, naming the field, and nothing is stored.
+    page.click("text=Change configuration")
+    page.fill("#id_config_url", URL + "/v2")
+    page.check("#id_staged")
+    page.fill("#id_canary_labels", "ring=canary")
+    page.fill("#id_waves", "50,40")
+    page.click('input[value="Save as a new version"]')
+    assert "rise" in page.inner_text(".field-waves")
+    assert ConfigVersion.objects.count() == 1
+
+    # The plan from the change form starts a rollout: canaries first.
+    page.fill("#id_waves", "50,100")
+    page.fill("#id_bake_seconds", "0")
+    page.click('input[value="Save as a new version"]')
+    page.wait_for_selector("ul.messagelist")
+    rollout = Rollout.objects.get()
+    assert (rollout.version, rollout.wave, rollout.waves) == (2, 0, [50, 100])
+
+    # The canaries apply it, wave 1 starts, and all but one of its agents apply it too: the
+    # chart has something to show.
+    for agent in fleet[:2]:
+        record_heartbeat(agent, applied_version=2, workers=[])
+    advance_rollouts()
+    assert Rollout.objects.get().wave == 1
+    wave_one = [a for a in measure(Rollout.objects.get()).agents if a["targeted"]][2:]
+    assert len(wave_one) == 3  # 50% of the 6 others
+    for info in wave_one[1:]:
+        record_heartbeat(Agent.objects.get(pk=info["id"]), applied_version=2, workers=[])
+    advance_rollouts()
+    assert Rollout.objects.get().wave == 1
+
+    # The dashboard shows it at the top, with a way in.
+    page.goto(f"{live_server.url}/admin/")
+    banner = page.inner_text("#rollout-banner")
+    assert "Rollout of version 2 is rolling" in banner
+    assert "wave 1 of 2" in banner
+    page.click("#rollout-banner a")
+    page.wait_for_selector("#rollout")
+    assert page.inner_text("#rollout-state") == "rolling"
+    assert page.inner_text("#rollout-wave") == "1"
+    assert page.query_selector("#rollout-chart polyline#applied-line") is not None
+    assert len(page.query_selector_all("#rollout-chart .wave-mark")) == 2
+    assert page.inner_text("#bar-applied .count") == "4"
+    assert page.inner_text("#bar-applying .count") == "1"
+    assert wave_one[0]["name"] in page.inner_text("#stragglers")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-rollout.png"), full_page=True)
+
+    # Pause, with a reason, through the confirmation page (a POST with the CSRF token).
+    page.click("#control-pause")
+    assert "No new wave starts" in page.inner_text("#control-explanation")
+    page.fill("#id_reason", "checking the error rate")
+    page.click("#confirm-control")
+    page.wait_for_selector("ul.messagelist")
+    assert page.inner_text("#rollout-state") == "paused"
+    assert page.query_selector("#control-pause") is None
+    entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_PAUSED)
+    assert (entry.actor, entry.detail["reason"]) == (SEED_EMAIL, "checking the error rate")
+
+    # Backing out of a confirmation changes nothing.
+    page.click("#control-abort")
+    page.click("text=No, take me back")
+    page.wait_for_selector("#rollout")
+    assert Rollout.objects.get().state == "paused"
+
+    # Abort: everyone back on version 1's content, as version 3.
+    page.click("#control-abort")
+    page.click("#confirm-control")
+    page.wait_for_selector("ul.messagelist")
+    assert page.inner_text("#rollout-state") == "aborted"
+    newest = ConfigVersion.objects.order_by("-version").first()
+    assert (newest.version, newest.config_url, newest.rolled_back_from) == (3, URL, 1)
+    page.goto(f"{live_server.url}/admin/")
+    assert page.query_selector("#rollout-banner") is None
+
+
 def log_in(page, live_server, email: str, password: str) -> None:
     page.context.clear_cookies()
     page.goto(f"{live_server.url}/admin/")

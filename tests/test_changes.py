@@ -525,3 +525,19 @@ def test_the_dashboard_counts_pending_requests_and_shows_an_emergency_in_red(
         "<td>by root@example.com, without approval: upstream on fire</td></tr>"
     ) in html
     assert '<tr class="emergency">' in html  # the entry in the last changes
+
+
+def test_a_proposal_with_an_if_match_that_is_not_current_is_412_and_stores_nothing(
+    approvals, editor, v1, publish
+):
+    publish(URL, 45)
+    answer = editor.put(
+        "/config/admin", {"pooling_interval": 60}, format="json", HTTP_IF_MATCH='"1"'
+    )
+    assert answer.status_code == 412
+    assert answer.json()["current_version"] == 2
+    assert not ChangeRequest.objects.exists()
+    fresh = editor.put(
+        "/config/admin", {"pooling_interval": 60}, format="json", HTTP_IF_MATCH='"2"'
+    )
+    assert fresh.status_code == 202

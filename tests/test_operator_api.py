@@ -196,8 +196,9 @@ def test_a_rollback_is_announced_to_agents_like_any_change(
         "config_url": URL,
         "uuid": str(ConfigVersion.objects.get(version=3).uuid),
     }
-    assert heard[-1] == {"type": "config", **third}
-    assert cache.get(CURRENT_STATE_KEY) == third
+    served = {**third, "revision": 0, "rollout": None}
+    assert heard[-1] == {"type": "config", **served}
+    assert cache.get(CURRENT_STATE_KEY) == served
     assert agent_api.get("/config/version").json() == third
 
 

@@ -25,6 +25,7 @@ from apps.audit.models import AuditEntry
 from apps.changes.models import Approval, ChangeRequest
 from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
+from apps.rollouts.models import Rollout
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +57,11 @@ API_RULES = {
     ("agents", "GET"): ANY_ROLE,
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
+    ("rollout", "GET"): ANY_ROLE,
+    ("rollout-promote", "POST"): OPERATOR,
+    ("rollout-pause", "POST"): OPERATOR,
+    ("rollout-resume", "POST"): OPERATOR,
+    ("rollout-abort", "POST"): OPERATOR,
     ("changes", "GET"): ANY_ROLE,
     ("change", "GET"): ANY_ROLE,
     ("change-approve", "POST"): APPROVER,
@@ -104,6 +110,15 @@ ADMIN_RULES = {
         "delete": OPERATOR,
         "delete_selected": OPERATOR,
         "agents_registrationtoken_issue": OPERATOR,
+    },
+    # A rollout's page is read-only; its controls (promote, pause, resume, abort) are its own.
+    "rollouts.rollout": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": ANY_ROLE,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "rollouts_rollout_control": OPERATOR,
     },
     "changes.changerequest": {
         "view": ANY_ROLE,
@@ -253,12 +268,26 @@ def calls(world, user) -> dict:
         ("agents", "GET"): ("get", "/agents", None),
         ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
         ("audit", "GET"): ("get", "/audit", None),
+        ("rollout", "GET"): ("get", "/config/admin/rollout", None),
+        ("rollout-promote", "POST"): ("post", "/config/admin/rollout/promote", None),
+        ("rollout-pause", "POST"): ("post", "/config/admin/rollout/pause", None),
+        ("rollout-resume", "POST"): ("post", "/config/admin/rollout/resume", None),
+        ("rollout-abort", "POST"): ("post", "/config/admin/rollout/abort", None),
         ("changes", "GET"): ("get", "/config/admin/changes", None),
         ("change", "GET"): ("get", f"/config/admin/changes/{change}", None),
         ("change-approve", "POST"): ("post", f"/config/admin/changes/{change}/approve", {}),
         ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
         ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
     }
+
+
+def start_rollout(state: str = Rollout.ROLLING) -> Rollout:
+    """Version 3 rolling out in waves (the rollout endpoints need one), in `state`."""
+    from apps.configs.services import publish_config
+
+    publish_config(config_url=URL + "/staged", pooling_interval=30, rollout={"waves": [50, 100]})
+    Rollout.objects.filter(version=3).update(state=state)
+    return Rollout.objects.get(version=3)
 
 
 ROLE_GOVERNED = sorted(key for key, rule in API_RULES.items() if rule in (*ROLES, ANY_ROLE))
@@ -269,6 +298,7 @@ def stored_state() -> tuple:
         list(ConfigVersion.objects.values_list("version", "config_url", "pooling_interval")),
         RegistrationToken.objects.count(),
         Agent.objects.filter(revoked_at__isnull=False).count(),
+        list(Rollout.objects.values_list("version", "state", "wave")),
         list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
         Approval.objects.count(),
     )
@@ -280,6 +310,8 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     user = make_user(holder)
     method, path, body = calls(world, user)[endpoint]
     rule = API_RULES[endpoint]
+    if endpoint[0].startswith("rollout"):
+        start_rollout(Rollout.PAUSED if endpoint[0] == "rollout-resume" else Rollout.ROLLING)
     before = stored_state()
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
@@ -480,6 +512,10 @@ def admin_objects(world, admin_user):
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
         "audit.auditentry": AuditEntry.objects.first(),
+        # A record of a rollout, made directly: publishing one would make the change stale.
+        "rollouts.rollout": Rollout.objects.create(
+            version=2, previous_version=1, waves=[100], state=Rollout.COMPLETED
+        ),
         "changes.changerequest": world["change"],
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
@@ -497,6 +533,7 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "auth_user_password_change": f"{base}{obj.pk}/password/",
         "configs_configversion_change_config": f"{base}change-config/",
         "agents_registrationtoken_issue": f"{base}issue/",
+        "rollouts_rollout_control": f"{base}{obj.pk}/control/pause/",
         "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
         "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
         "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",

@@ -26,6 +26,8 @@ from tests.support.processes import (
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 URL = "http://upstream.example/task"
+# A held watch answers its agent's own target; these hub tests hold one for this agent.
+AGENT_ID = "00000000-0000-0000-0000-000000000001"
 
 
 def content(version: int, pooling_interval: int, config_url: str = URL) -> dict:
@@ -222,6 +224,7 @@ def test_an_older_notification_never_moves_a_watch_backwards():
         five = {"version": 5, "pooling_interval": 30, "config_url": URL, "uuid": "u5"}
         hub.advance(five)
         waiter = hub_module.Waiter(5, loop.create_future())
+        waiter.agent_id = AGENT_ID
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", **five, "version": 4, "uuid": "u4"})
         assert not waiter.future.done()
@@ -236,6 +239,7 @@ def test_a_notification_of_an_older_release_wakes_watches_without_the_content():
 
     async def scenario():
         waiter = hub_module.Waiter(1, asyncio.get_running_loop().create_future())
+        waiter.agent_id = AGENT_ID
         hub.waiters.add(waiter)
         hub.deliver({"type": "config", "version": 2, "pooling_interval": 30})
         bare = {"version": 2, "pooling_interval": 30, "config_url": None, "uuid": None}

@@ -30,6 +30,7 @@ ROLE_DESCRIPTIONS = {
 _READ = frozenset(
     {
         "configs.view_configversion",
+        "rollouts.view_rollout",
         "changes.view_changerequest",
         "agents.view_agent",
         "agents.view_registrationtoken",

@@ -13,6 +13,7 @@ from apps.agents import services
 from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.configs.services import get_current_state
 from controller_site.request_info import client_ip
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 BADGE_COLOURS = {
     "in_sync": "#2e7d32",
@@ -37,23 +38,47 @@ class StatusFilter(admin.SimpleListFilter):
         )
 
 
+class LabelFilter(admin.SimpleListFilter):
+    """Filter by one label pair, among those the agents carry."""
+
+    title = "label"
+    parameter_name = "label"
+
+    def lookups(self, request, model_admin):
+        pairs = set()
+        for labels in Agent.objects.exclude(labels={}).values_list("labels", flat=True)[:5000]:
+            pairs.update(f"{key}={value}" for key, value in labels.items())
+        return [(pair, pair) for pair in sorted(pairs)]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            labels = parse_label_pairs([self.value()])
+        except InvalidLabels:
+            return queryset.none()
+        return services.filter_by_labels(queryset, labels)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = [
         "__str__",
         "hostname",
         "status_badge",
+        "label_list",
         "last_seen",
         "applied_version",
         "worker_states",
         "target_hits",
         "created_at",
     ]
-    list_filter = [StatusFilter]
+    list_filter = [StatusFilter, LabelFilter]
     search_fields = ["id", "name", "hostname"]
     readonly_fields = [
         "id",
         "status_badge",
+        "label_list",
         "created_at",
         "last_seen",
         "applied_version",
@@ -101,6 +126,16 @@ class AgentAdmin(admin.ModelAdmin):
             "#b71c1c" if failed else "inherit",
             failed,
             f"{rate:.0%}",
+        )
+
+    @admin.display(description="labels")
+    def label_list(self, obj: Agent) -> str:
+        if not obj.labels:
+            return "—"
+        return format_html_join(
+            " ",
+            '<code class="agent-label">{}={}</code>',
+            sorted(obj.labels.items()),
         )
 
     @admin.display(description="workers")

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.ops import metrics
+from protocol.labels import InvalidLabels, check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def merge_hits(*reports: list[dict]) -> list[dict]:
 
 
 def check_heartbeat(data) -> dict:
-    """{"applied_version", "workers", "hits"} from a decoded heartbeat body, or InvalidHeartbeat.
+    """{"applied_version", "workers", "hits", "labels"} from a decoded heartbeat body, or
+    InvalidHeartbeat.
 
     The one statement of the rules: the API view's serializer calls it too. Values must have
     their JSON types (a version is a number, `ok` is true or false), as the agent sends them."""
@@ -154,12 +156,19 @@ def check_heartbeat(data) -> dict:
             hits = _check_list(data["hits"], _check_hit, MAX_HIT_VERSIONS)
         except InvalidHeartbeat as exc:
             errors["hits"] = exc.errors
+    # Left out, the stored labels stay as they are (an agent older than labels sends none).
+    labels = data.get("labels")
+    if labels is not None:
+        try:
+            labels = check_labels(labels)
+        except InvalidLabels as exc:
+            errors["labels"] = [str(exc)]
     if errors:
         raise InvalidHeartbeat(errors)
-    return {"applied_version": applied, "workers": checked, "hits": hits}
+    return {"applied_version": applied, "workers": checked, "hits": hits, "labels": labels}
 
 
-# A report waiting for its batch: (seen at, applied_version, workers, hits).
+# A report waiting for its batch: (seen at, applied_version, workers, hits, labels or None).
 Report = tuple
 
 
@@ -220,6 +229,8 @@ class HeartbeatRecorder:
             report["applied_version"],
             report["workers"],
             hits,
+            # The newest labels sent in this window, else those of an earlier report in it.
+            report.get("labels") or (earlier[4] if earlier is not None else None),
         )
         if len(self.pending) >= self.batch_size and self._early is None and self._timer:
             # A full batch does not wait for the window to end.
@@ -273,7 +284,11 @@ class HeartbeatRecorder:
                 self.pending[agent_id] = report
             elif report[3]:
                 # The newer report wins, and the hits that were not written go with it.
-                self.pending[agent_id] = (*newer[:3], merge_hits(report[3], newer[3]))
+                self.pending[agent_id] = (
+                    *newer[:3],
+                    merge_hits(report[3], newer[3]),
+                    newer[4] if newer[4] is not None else report[4],
+                )
 
     # Agents -----------------------------------------------------------------------------
 

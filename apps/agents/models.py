@@ -15,6 +15,8 @@ class Agent(models.Model):
     last_seen = models.DateTimeField(null=True, blank=True)
     applied_version = models.PositiveIntegerField(null=True, blank=True)
     workers = models.JSONField(default=list, blank=True)
+    # The labels the agent sent last (`ring: canary`); rollouts pick their canaries by them.
+    labels = models.JSONField(default=dict, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

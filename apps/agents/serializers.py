@@ -10,6 +10,7 @@ from apps.agents.heartbeats import (
 )
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES
+from protocol.labels import InvalidLabels, check_labels
 
 
 class RegistrationTokenSerializer(serializers.Serializer):
@@ -23,9 +24,28 @@ class TokenQuerySerializer(serializers.Serializer):
     )
 
 
+class LabelsField(serializers.DictField):
+    """A mapping of label names to values under the agent's label rules."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("child", serializers.CharField())
+        kwargs.setdefault(
+            "help_text",
+            "Label names and values: 1 to 63 of A-Z a-z 0-9 _ . -, at most 16 labels.",
+        )
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return check_labels(data)
+        except InvalidLabels as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class RegisterSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     hostname = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+    labels = LabelsField(required=False, default=dict)
 
 
 class RegisteredSerializer(serializers.Serializer):
@@ -63,6 +83,9 @@ class HeartbeatSerializer(serializers.Serializer):
         help_text="Hits per version on the agent's workers since its previous heartbeat.",
     )
 
+    # Left out, the stored labels stay as they are (an agent older than labels sends none).
+    labels = LabelsField(required=False)
+
     def to_internal_value(self, data):
         try:
             return check_heartbeat(data)
@@ -80,6 +103,12 @@ class AgentSerializer(serializers.ModelSerializer):
     is_active = serializers.BooleanField(read_only=True)
     status = serializers.ChoiceField(choices=STATUSES, read_only=True)
     workers = WorkerStateSerializer(many=True, read_only=True)
+    labels = serializers.DictField(child=serializers.CharField(), read_only=True)
+    target_version = serializers.IntegerField(
+        read_only=True,
+        help_text="The version the controller answers this agent: during a rollout, the new "
+        "version once the agent's wave started, the previous one before; 0 before any config.",
+    )
     hits = VersionHitsSerializer(
         source="target_hits",
         read_only=True,
@@ -101,5 +130,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "is_active",
             "revoked_at",
             "status",
+            "labels",
+            "target_version",
             "hits",
         ]

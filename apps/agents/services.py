@@ -8,6 +8,7 @@ from functools import partial
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 from rest_framework import status
 
@@ -17,6 +18,7 @@ from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, ne
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.notifications import publish_revocation
+from apps.rollouts.targets import target_of
 from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,12 @@ def issue_registration_token(
 
 
 def register_agent(
-    *, token: str, name: str = "", hostname: str = "", source_ip: str | None = None
+    *,
+    token: str,
+    name: str = "",
+    hostname: str = "",
+    labels: dict[str, str] | None = None,
+    source_ip: str | None = None,
 ) -> tuple[Agent, str]:
     """Consume a registration token and create an agent; returns (agent, agent token)."""
     now = timezone.now()
@@ -69,7 +76,11 @@ def register_agent(
             raise InvalidRegistrationToken()
         agent_token = new_token(AGENT_PREFIX)
         agent = Agent.objects.create(
-            name=name, hostname=hostname, token_hash=hash_token(agent_token), last_seen=now
+            name=name,
+            hostname=hostname,
+            labels=labels or {},
+            token_hash=hash_token(agent_token),
+            last_seen=now,
         )
         used = RegistrationToken.objects.filter(token_hash=digest)
         used.update(used_by=agent)
@@ -81,6 +92,7 @@ def register_agent(
             detail={
                 "name": name,
                 "hostname": hostname,
+                "labels": labels or {},
                 "registration_token": used.values_list("pk", flat=True).first(),
             },
         )
@@ -89,14 +101,24 @@ def register_agent(
 
 
 def record_heartbeat(
-    agent: Agent, *, applied_version: int | None, workers: list[dict], hits: list[dict] = ()
+    agent: Agent,
+    *,
+    applied_version: int | None,
+    workers: list[dict],
+    hits: list[dict] = (),
+    labels: dict[str, str] | None = None,
 ) -> None:
     now = timezone.now()
+    changes = {"last_seen": now, "applied_version": applied_version, "workers": workers}
+    if labels is not None:
+        changes["labels"] = labels
     with transaction.atomic():
-        Agent.objects.filter(pk=agent.pk).update(
-            last_seen=now, applied_version=applied_version, workers=workers
-        )
+        Agent.objects.filter(pk=agent.pk).update(**changes)
         add_hits([(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now)
+    if labels is not None and labels != agent.labels:
+        # The watch reads labels from this process's memory of the token: a new label (a
+        # canary ring, say) counts from the next request on, not after the cache runs out.
+        forget_agent(agent)
 
 
 # Adds to the totals rather than setting them: each heartbeat carries the hits since the one
@@ -166,22 +188,25 @@ def hits_of(agents: list[Agent], versions: dict) -> dict:
     }
 
 
-# Four arrays of one element per report, joined by position: the statement's text does not grow
-# with the batch, and PostgreSQL plans it once. (The table is Agent's db_table.)
+# Five arrays of one element per report, joined by position: the statement's text does not grow
+# with the batch, and PostgreSQL plans it once. (The table is Agent's db_table.) A report without
+# labels keeps the stored ones.
 RECORD_HEARTBEATS_SQL = """
     UPDATE agents AS agent
-    SET last_seen = report.seen, applied_version = report.applied, workers = report.workers
-    FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[], %s::jsonb[])
-        AS report (id, seen, applied, workers)
+    SET last_seen = report.seen, applied_version = report.applied, workers = report.workers,
+        labels = COALESCE(report.labels, agent.labels)
+    FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[], %s::jsonb[], %s::jsonb[])
+        AS report (id, seen, applied, workers, labels)
     WHERE agent.id = report.id
 """
 
 
 def record_heartbeats(reports: dict) -> None:
-    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits)}, in
-    one statement, and their hits in one more: after a change the whole fleet reports within a
-    second. The hits are added after the agents are written, so a batch that fails at either
-    statement is written again whole without counting a hit twice."""
+    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits,
+    labels)}, in one statement, and their hits in one more: after a change the whole fleet
+    reports within a second. The hits are added after the agents are written, so a batch that
+    fails at either statement is written again whole without counting a hit twice. A report
+    without labels (None) keeps the stored ones."""
     if not reports:
         return
     _update_agents(reports)
@@ -197,26 +222,34 @@ def record_heartbeats(reports: dict) -> None:
 
 def _update_agents(reports: dict) -> None:
     if connection.vendor != "postgresql":
-        # The embedded SQLite: Django's bulk update, one CASE statement.
-        Agent.objects.bulk_update(
-            [
-                Agent(pk=pk, last_seen=seen, applied_version=applied, workers=workers)
-                for pk, (seen, applied, workers, _) in reports.items()
-            ],
-            ["last_seen", "applied_version", "workers"],
-        )
+        # The embedded SQLite: Django's bulk update, one CASE statement per set of fields.
+        for fields, rows in (
+            (["last_seen", "applied_version", "workers"], list(reports.items())),
+            (["labels"], [(pk, r) for pk, r in reports.items() if r[4] is not None]),
+        ):
+            Agent.objects.bulk_update(
+                [
+                    Agent(
+                        pk=pk,
+                        last_seen=seen,
+                        applied_version=applied,
+                        workers=workers,
+                        labels=labels,
+                    )
+                    for pk, (seen, applied, workers, _, labels) in rows
+                ],
+                fields,
+            )
         return
-    ids, seen, applied, workers = [], [], [], []
-    for pk, (seen_at, applied_version, worker_states, _) in reports.items():
+    ids, seen, applied, workers, labels = [], [], [], [], []
+    for pk, (seen_at, applied_version, worker_states, _, agent_labels) in reports.items():
         ids.append(str(pk))
         seen.append(seen_at)
         applied.append(applied_version)
         workers.append(json.dumps(worker_states))
+        labels.append(None if agent_labels is None else json.dumps(agent_labels))
     with connection.cursor() as cursor:
-        cursor.execute(
-            RECORD_HEARTBEATS_SQL,
-            [ids, seen, applied, workers],
-        )
+        cursor.execute(RECORD_HEARTBEATS_SQL, [ids, seen, applied, workers, labels])
 
 
 def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:
@@ -259,9 +292,14 @@ def agent_status(agent: Agent, state: dict, now=None) -> str:
     now = now or timezone.now()
     if agent.last_seen is None or agent.last_seen < stale_before(state, now):
         return "stale"
-    if (agent.applied_version or 0) < state["version"]:
+    if (agent.applied_version or 0) < target_version(agent, state):
         return "behind"
     return "in_sync"
+
+
+def target_version(agent: Agent, state: dict) -> int:
+    """The version the controller answers this agent now (a rollout may hold it back)."""
+    return target_of(state, agent.pk, agent.labels)["version"]
 
 
 def status_condition(status: str, state: dict, now) -> Q:
@@ -269,9 +307,14 @@ def status_condition(status: str, state: dict, now) -> Q:
     revoked = Q(revoked_at__isnull=False)
     stale = ~revoked & (Q(last_seen__isnull=True) | Q(last_seen__lt=stale_before(state, now)))
     fresh = ~revoked & Q(last_seen__gte=stale_before(state, now))
-    # An agent that never reported counts as version 0, as in agent_status.
-    behind = Q(applied_version__lt=state["version"])
-    if state["version"] > 0:
+    # An agent that never reported counts as version 0, as in agent_status. While a rollout
+    # splits the fleet, the database cannot tell who is targeted (a hash decides): the filter
+    # and the counts then take the previous version as the bar, and each agent's own status
+    # (agent_status) is exact.
+    split = state.get("rollout")
+    bar = split["previous"]["version"] if split else state["version"]
+    behind = Q(applied_version__lt=bar)
+    if bar > 0:
         behind |= Q(applied_version__isnull=True)
     conditions = {
         "revoked": revoked,
@@ -280,6 +323,17 @@ def status_condition(status: str, state: dict, now) -> Q:
         "in_sync": fresh & ~behind,
     }
     return conditions[status]
+
+
+def filter_by_labels(agents: QuerySet, labels: dict[str, str]) -> QuerySet:
+    """Agents carrying every one of `labels`. A key lookup rather than JSON containment, which
+    SQLite (the embedded default) lacks."""
+    for index, (key, value) in enumerate(labels.items()):
+        alias = f"_label_{index}"
+        agents = agents.annotate(**{alias: KeyTextTransform(key, "labels")}).filter(
+            **{alias: value}
+        )
+    return agents
 
 
 def filter_by_status(agents: QuerySet, status: str, state: dict, now) -> QuerySet:

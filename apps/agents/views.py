@@ -25,6 +25,7 @@ from apps.agents.serializers import (
 from apps.agents.tokens import bearer_token
 from apps.configs.services import get_current_state
 from controller_site.request_info import client_ip
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
 
@@ -131,6 +132,14 @@ class AgentListView(generics.ListAPIView):
         summary="Agents and what they run",
         parameters=[
             OpenApiParameter("status", enum=list(services.STATUSES), required=False),
+            OpenApiParameter(
+                "label",
+                str,
+                required=False,
+                many=True,
+                description="KEY=VALUE; only agents carrying that label. Repeat to require "
+                "several.",
+            ),
         ],
         responses={
             200: AgentSerializer(many=True),
@@ -146,14 +155,23 @@ class AgentListView(generics.ListAPIView):
         wanted = request.query_params.get("status")
         if wanted is not None and wanted not in services.STATUSES:
             raise serializers.ValidationError({"status": [f"Must be one of {services.STATUSES}."]})
+        try:
+            labels = parse_label_pairs(request.query_params.getlist("label"))
+        except InvalidLabels as exc:
+            raise serializers.ValidationError({"label": [str(exc)]}) from None
         state, now = get_current_state(), timezone.now()
         agents = self.get_queryset()
         if wanted is not None:
             agents = services.filter_by_status(agents, wanted, state, now)
+        if labels:
+            agents = services.filter_by_labels(agents, labels)
         page = self.paginate_queryset(agents)
-        hits = services.hits_of(page, {agent.pk: state["version"] for agent in page})
+        # The hits of the version each agent should run: during a rollout, its own target.
+        targets = {agent.pk: services.target_version(agent, state) for agent in page}
+        hits = services.hits_of(page, targets)
         for agent in page:
             agent.status = services.agent_status(agent, state, now)
+            agent.target_version = targets[agent.pk]
             agent.target_hits = hits.get(str(agent.pk))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
@@ -177,4 +195,5 @@ class AgentRevokeView(APIView):
         services.revoke_agent(agent, actor=request.user, source_ip=client_ip(request))
         agent.refresh_from_db()
         agent.status = "revoked"
+        agent.target_version = services.target_version(agent, get_current_state())
         return Response(AgentSerializer(agent).data)

@@ -29,6 +29,13 @@ class AuditEntry(models.Model):
     REGISTRATION_TOKEN_ISSUED = "registration_token.issued"  # noqa: S105 - an action name
     AGENT_REGISTERED = "agent.registered"
     AGENT_REVOKED = "agent.revoked"
+    ROLLOUT_STARTED = "rollout.started"
+    ROLLOUT_WAVE_STARTED = "rollout.wave_started"
+    ROLLOUT_PROMOTED = "rollout.promoted"
+    ROLLOUT_PAUSED = "rollout.paused"
+    ROLLOUT_RESUMED = "rollout.resumed"
+    ROLLOUT_COMPLETED = "rollout.completed"
+    ROLLOUT_ABORTED = "rollout.aborted"
     ADMIN_ADDED = "admin.added"
     ADMIN_CHANGED = "admin.changed"
     ADMIN_DELETED = "admin.deleted"
@@ -49,6 +56,13 @@ class AuditEntry(models.Model):
         (REGISTRATION_TOKEN_ISSUED, "Registration token issued"),
         (AGENT_REGISTERED, "Agent registered"),
         (AGENT_REVOKED, "Agent revoked"),
+        (ROLLOUT_STARTED, "Rollout started"),
+        (ROLLOUT_WAVE_STARTED, "Rollout wave started"),
+        (ROLLOUT_PROMOTED, "Rollout promoted"),
+        (ROLLOUT_PAUSED, "Rollout paused"),
+        (ROLLOUT_RESUMED, "Rollout resumed"),
+        (ROLLOUT_COMPLETED, "Rollout completed"),
+        (ROLLOUT_ABORTED, "Rollout aborted"),
         (ADMIN_ADDED, "Added in the admin"),
         (ADMIN_CHANGED, "Changed in the admin"),
         (ADMIN_DELETED, "Deleted in the admin"),

@@ -19,9 +19,10 @@ from apps.changes.errors import (
     UnknownChange,
 )
 from apps.changes.models import Approval, ChangeRequest
-from apps.configs.errors import BaseVersionGone, NoConfigYet
+from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.services import content_of, lock_newest, publish_config
+from apps.configs.services import content_of, if_match_allows, lock_newest, publish_config
+from apps.rollouts.services import NothingToRollOutFrom
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def propose_change(
     config_url: str | None = None,
     pooling_interval: int | None = None,
     rollout: dict | None = None,
+    if_match: str | None = None,
 ) -> ChangeRequest | None:
     """Record a proposed configuration, based on the current version, for approvers to decide.
     A field left as None keeps the current value; `partial` (a PUT) needs a current version.
@@ -65,6 +67,11 @@ def propose_change(
         newest = lock_newest()
         if newest is None and (partial or config_url is None or pooling_interval is None):
             raise NoConfigYet()
+        current = newest.version if newest else 0
+        if if_match is not None and not if_match_allows(if_match, current):
+            raise StaleVersion(current)
+        if rollout is not None and newest is None:
+            raise NothingToRollOutFrom()
         url = newest.config_url if config_url is None else config_url
         interval = newest.pooling_interval if pooling_interval is None else pooling_interval
         if newest is not None and newest.same_content(url, interval):
@@ -159,6 +166,7 @@ def _publish(change: ChangeRequest, *, approver, source_ip: str | None) -> Confi
         ),
         base_version=change.base_version,
         change_request=change,
+        rollout=change.rollout,
         audit_detail={
             "change_request": change.pk,
             "author": change.author.email if change.author else None,

@@ -11,8 +11,11 @@ from apps.changes import services as changes
 from apps.configs import preflight, services
 from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
+from apps.rollouts.serializers import RolloutPlanSerializer
 from controller_site.admin_site import HistoryAdmin
+from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
+from protocol.labels import InvalidLabels, parse_label_pairs
 from protocol.rules import (
     MAX_POOLING_INTERVAL,
     MAX_URL_LENGTH,
@@ -34,6 +37,51 @@ class ConfigChangeForm(forms.Form):
         help_text=f"Seconds, {MIN_POOLING_INTERVAL} to {MAX_POOLING_INTERVAL}; agents follow "
         "a change at once.",
     )
+    staged = forms.BooleanField(
+        required=False,
+        label="Roll out in stages",
+        help_text="Canaries first, then waves of the other agents, instead of everyone at once.",
+    )
+    canary_labels = forms.CharField(
+        required=False,
+        help_text="Agents carrying all these labels go first, e.g. ring=canary (comma list). "
+        "Empty: no canaries.",
+    )
+    waves = forms.CharField(
+        required=False,
+        initial="100",
+        help_text="Cumulative percentages of the other agents, rising, ending at 100; e.g. 25,100.",
+    )
+    bake_seconds = forms.IntegerField(
+        required=False,
+        initial=0,
+        help_text="Seconds each wave runs, once applied by its live agents, before the next.",
+    )
+
+    def rollout_plan(self) -> dict | None:
+        """The plan, checked by the API's own rules; None when not staged. Problems become
+        errors of the form's fields."""
+        values = self.cleaned_data
+        if not values.get("staged"):
+            return None
+        plan = {"bake_seconds": values.get("bake_seconds") or 0}
+        try:
+            pairs = [p for p in (values.get("canary_labels") or "").split(",") if p.strip()]
+            plan["canary_labels"] = parse_label_pairs(pairs)
+        except InvalidLabels as exc:
+            self.add_error("canary_labels", str(exc))
+            return None
+        try:
+            plan["waves"] = [int(w) for w in (values.get("waves") or "100").split(",") if w.strip()]
+        except ValueError:
+            self.add_error("waves", "Whole numbers separated by commas, e.g. 25,100.")
+            return None
+        checked = RolloutPlanSerializer(data=plan)
+        if not checked.is_valid():
+            for name, problems in checked.errors.items():
+                self.add_error(name if name in self.fields else None, " ".join(map(str, problems)))
+            return None
+        return checked.validated_data
 
 
 def _previous(field: str) -> Subquery:
@@ -115,13 +163,21 @@ class ConfigVersionAdmin(HistoryAdmin):
             trial = self._preflight(form, request.POST.get("config_url", ""))
         elif request.method == "POST":
             form = ConfigChangeForm(request.POST)
+            plan = form.rollout_plan() if form.is_valid() else None
             if form.is_valid():
+                values = {
+                    "config_url": form.cleaned_data["config_url"],
+                    "pooling_interval": form.cleaned_data["pooling_interval"],
+                }
                 try:
                     if changes.approvals_required():
-                        return self._propose(request, current, form.cleaned_data)
-                    config, created = self._publish(request, current, form.cleaned_data)
+                        return self._propose(request, current, {**values, "rollout": plan})
+                    config, created = self._publish(request, current, {**values, "rollout": plan})
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
+                except ServiceError as exc:
+                    # A rollout in progress (409), or one with nothing to roll out from.
+                    form.add_error(None, exc.detail)
                 else:
                     if created:
                         self.message_user(request, f"Version {config.version} is now current.")

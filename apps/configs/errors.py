@@ -37,3 +37,19 @@ class BaseVersionGone(ServiceError):
     def __init__(self, current_version: int) -> None:
         super().__init__(f"The current version is {current_version} now.")
         self.current_version = current_version
+
+
+class StaleVersion(ServiceError):
+    """An `If-Match` naming a version that is no longer the newest: someone changed it since."""
+
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            f"The configuration changed since you read it: the current version is "
+            f"{current_version}. Read it again and re-apply your change."
+        )
+        self.current_version = current_version
+
+    def body(self) -> dict:
+        return {"detail": self.detail, "current_version": self.current_version}

@@ -26,7 +26,8 @@ from apps.agents.models import Agent
 from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
 from apps.ops import metrics
-from protocol.config import ConfigState
+from apps.rollouts.services import advance_rollouts
+from apps.rollouts.targets import target_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,21 @@ PREFLIGHT_FIELDS = ("id", "config_url", "timeout_seconds")
 
 
 class Waiter:
-    """One held request: woken with the new state, or with None when its agent is revoked."""
+    """One held request: woken with its agent's new answer, or with None when its agent is
+    revoked (or when the state moved before its agent was known)."""
 
-    __slots__ = ("known", "agent_id", "future")
+    __slots__ = ("known", "agent_id", "labels", "future")
 
     def __init__(self, known: int, future: asyncio.Future) -> None:
         self.known = known
         self.agent_id: str | None = None
+        self.labels: dict = {}
         self.future = future
+
+
+def stamp(state: dict) -> tuple[int, int]:
+    """The order of served states: by version, then by the revision of its rollout."""
+    return state["version"], state.get("revision") or 0
 
 
 class Hub:
@@ -52,7 +60,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
-        self.latest: ConfigState = state_of(None)
+        self.latest: dict = state_of(None)
         self.redis_healthy = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -67,6 +75,7 @@ class Hub:
         if settings.REDIS_URL:
             self._tasks.append(asyncio.create_task(self._listen_redis()))
         self._tasks.append(asyncio.create_task(self._recheck_database()))
+        self._tasks.append(asyncio.create_task(self._advance_rollouts()))
 
     async def stop(self) -> None:
         notifications.set_local_listener(None)
@@ -96,32 +105,44 @@ class Hub:
         if message.get("type") == "config":
             # A controller of an older release announces only the version and the interval: the
             # answer then lacks the content, and the agents fetch it from /config/agent.
-            state = ConfigState(
-                version=message.get("version"),
-                pooling_interval=message.get("pooling_interval"),
-                config_url=message.get("config_url"),
-                uuid=message.get("uuid"),
-            )
-            if isinstance(state["version"], int):
+            state = {
+                "version": message.get("version"),
+                "pooling_interval": message.get("pooling_interval"),
+                "config_url": message.get("config_url"),
+                "uuid": message.get("uuid"),
+                "revision": message.get("revision") or 0,
+                "rollout": message.get("rollout"),
+            }
+            if isinstance(state["version"], int) and isinstance(state["revision"], int):
                 self.advance(state)
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
         elif message.get("type") == "preflight":
             self.offer_preflight(message)
 
-    def advance(self, state: ConfigState) -> None:
-        """Wake every waiter that knows an older version. Versions only rise: a late, older
-        notification (two processes publishing at once) wakes nobody."""
-        if state["version"] <= self.latest["version"]:
-            if state["version"] == self.latest["version"] and self.latest["uuid"] is None:
+    def advance(self, state: dict) -> None:
+        """Wake every waiter whose answer is now another version than it knows. States only
+        move forward: a late, older notification (two processes publishing at once) wakes
+        nobody. During a rollout each waiter's answer is its agent's target (canary, started
+        wave or not), decided from the state alone, without a query; the answers stay one per
+        version."""
+        if stamp(state) <= stamp(self.latest):
+            if stamp(state) == stamp(self.latest) and self.latest["uuid"] is None:
                 # The same version, now with its content (read after a bare notification).
                 self.latest = state
             return
         self.latest = state
         woken = 0
         for waiter in self.waiters:
-            if waiter.known != state["version"] and not waiter.future.done():
-                waiter.future.set_result(("changed", state))
+            if waiter.future.done():
+                continue
+            if waiter.agent_id is None:
+                # Still authenticating: it reads the newest state once it knows its agent.
+                waiter.future.set_result(("changed", None))
+                continue
+            answer = target_of(state, waiter.agent_id, waiter.labels)
+            if waiter.known != answer["version"]:
+                waiter.future.set_result(("changed", answer))
                 woken += 1
         if woken:
             logger.info("version %s: woke %s held watches", state["version"], woken)
@@ -214,6 +235,17 @@ class Hub:
             except DatabaseError as exc:
                 logger.warning("watch hub could not read the database: %s", exc)
 
+    async def _advance_rollouts(self) -> None:
+        """Move a rolling rollout on, about once a second. Every controller process does this;
+        the rollout's row lock makes exactly one of them act on each step, so no process of
+        our own has to lead, and a restarted controller carries on from the database."""
+        while True:
+            await asyncio.sleep(settings.ROLLOUT_TICK_SECONDS)
+            try:
+                await _advance_rollouts_once()
+            except DatabaseError as exc:
+                logger.warning("could not advance the rollout: %s", exc)
+
     async def _read_database_once(self) -> None:
         state = await _state_from_database()
         self.advance(state)
@@ -263,8 +295,13 @@ def with_database(function):
 
 
 @with_database
-def _state_from_database() -> ConfigState:
+def _state_from_database() -> dict:
     return state_of(get_current_config())
+
+
+@with_database
+def _advance_rollouts_once() -> None:
+    advance_rollouts()
 
 
 @with_database

@@ -2,6 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.configs.models import ConfigVersion
+from apps.rollouts.serializers import RolloutPlanSerializer
 from protocol.rules import InvalidConfig, check_config_url, check_pooling_interval
 
 
@@ -58,6 +59,11 @@ class ConfigWriteSerializer(serializers.Serializer):
         required=False,
         max_length=500,
         help_text="Why an emergency publish cannot wait for approval.",
+    )
+    rollout = RolloutPlanSerializer(
+        required=False,
+        help_text="Roll the new version out in stages (canaries, then waves) instead of to "
+        "every agent at once.",
     )
 
     def validate(self, attrs):
@@ -195,3 +201,8 @@ class VersionQuerySerializer(serializers.Serializer):
         max_value=60,
         help_text="Hold the request up to this many seconds until the version differs.",
     )
+
+
+class StaleVersionSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    current_version = serializers.IntegerField(help_text="The newest version now.")

@@ -21,9 +21,12 @@ from apps.configs.serializers import (
     PreflightAnswerSerializer,
     PreflightSerializer,
     RollbackSerializer,
+    StaleVersionSerializer,
     VersionQuerySerializer,
     VersionStateSerializer,
 )
+from apps.rollouts.services import RolloutPlanNeedsDirectPublish
+from apps.rollouts.targets import target_of
 from controller_site.request_info import client_ip
 
 ERRORS = {
@@ -37,10 +40,27 @@ CHANGE_PROPOSED = OpenApiResponse(
 )
 
 
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description='The ETag of the version the change is based on, for example "7". When a newer '
+    "version exists the answer is 412 and nothing is stored.",
+)
+STALE = OpenApiResponse(
+    response=StaleVersionSerializer,
+    description="If-Match names a version that is no longer the newest; nothing was stored.",
+)
+ROLLOUT_ACTIVE = OpenApiResponse(
+    description="A rollout is rolling or paused; promote it to the end or abort it first."
+)
+
+
 def _written(config: ConfigVersion, created: bool) -> Response:
     return Response(
         AdminConfigSerializer(config).data,
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        headers={"ETag": f'"{config.version}"'},
     )
 
 
@@ -48,22 +68,29 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
     required, a change request (202) that publishes nothing yet; otherwise a publish."""
     emergency, reason = values.pop("emergency", False), values.pop("reason", "")
+    plan = values.pop("rollout", None)
     who = {"source_ip": client_ip(request)}
+    if plan is not None and emergency:
+        raise RolloutPlanNeedsDirectPublish()
+    direct = {"if_match": request.headers.get("If-Match"), "rollout": plan}
     if emergency:
         config, created = changes.publish_emergency(
             actor=request.user, reason=reason, partial=partial, **values, **who
         )
     elif changes.approvals_required():
-        change = changes.propose_change(author=request.user, partial=partial, **values, **who)
+        # The request carries the plan: its version rolls out by it once approved.
+        change = changes.propose_change(
+            author=request.user, partial=partial, **values, **who, **direct
+        )
         if change is not None:
             return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
         config, created = services.get_current_config(), False
     elif partial:
-        config, created = services.update_config(actor=request.user, **values, **who)
+        config, created = services.update_config(actor=request.user, **values, **who, **direct)
     else:
-        config, created = services.publish_config(actor=request.user, **values, **who)
+        config, created = services.publish_config(actor=request.user, **values, **who, **direct)
     if partial:
-        return Response(AdminConfigSerializer(config).data)
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
     return _written(config, created)
 
 
@@ -75,6 +102,8 @@ class ConfigAdminView(APIView):
     @extend_schema(
         tags=["config"],
         summary="Current configuration",
+        description='Sends `ETag: "<version>"`; give it back as `If-Match` on a change to refuse '
+        "the change (412) if someone else changed the configuration meanwhile.",
         responses={
             200: AdminConfigSerializer,
             401: ERRORS[401],
@@ -86,7 +115,7 @@ class ConfigAdminView(APIView):
         config = services.get_current_config()
         if config is None:
             raise NoConfigYet()
-        return Response(AdminConfigSerializer(config).data)
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
 
     @extend_schema(
         tags=["config"],
@@ -94,12 +123,17 @@ class ConfigAdminView(APIView):
         description="Both fields required. 201 with a new version; 200 with the current config "
         "when the content equals it. While CONFIG_APPROVALS_REQUIRED is 1 or more: 202 with a "
         "change request, and nothing is published until approvers approve it; a superuser's "
-        '`"emergency": true` with a `reason` publishes at once all the same.',
+        '`"emergency": true` with a `reason` publishes at once all the same. With `rollout` '
+        "(a direct publish only), the version reaches the agents in stages (see GET "
+        "/config/admin/rollout). 409 while a rollout is rolling or paused.",
         request=ConfigWriteSerializer,
+        parameters=[IF_MATCH],
         responses={
             201: AdminConfigSerializer,
             200: AdminConfigSerializer,
             202: CHANGE_PROPOSED,
+            409: ROLLOUT_ACTIVE,
+            412: STALE,
             **ERRORS,
             403: forbidden(EDITOR),
         },
@@ -113,11 +147,15 @@ class ConfigAdminView(APIView):
         tags=["config"],
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed. "
-        "With approvals required, 202 with a change request, as for POST.",
+        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match "
+        "and 409 as for POST.",
         request=ConfigWriteSerializer(partial=True),
+        parameters=[IF_MATCH],
         responses={
             200: AdminConfigSerializer,
             202: CHANGE_PROPOSED,
+            409: ROLLOUT_ACTIVE,
+            412: STALE,
             404: OpenApiResponse(),
             **ERRORS,
             403: forbidden(EDITOR),
@@ -239,8 +277,10 @@ class ConfigVersionView(AgentEndpoint):
     @extend_schema(
         tags=["agent"],
         summary="Current version and its content (a long poll with version and wait)",
-        description="Answers the current version with its content (`config_url`, `uuid`, "
-        "`pooling_interval`), so an agent applies a change from this answer alone. With "
+        description="During a rollout, the agent's own target: the new version once its wave "
+        "started, the previous one before. Answers the current version with its content "
+        "(`config_url`, `uuid`, `pooling_interval`), so an agent applies a change from this "
+        "answer alone. With "
         "`version` and `wait`, the request is held until the version differs from `version` "
         "or `wait` seconds have passed (then the unchanged state is answered).",
         parameters=[VersionQuerySerializer],
@@ -257,7 +297,8 @@ class ConfigVersionView(AgentEndpoint):
     def get(self, request):
         query = VersionQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(services.get_current_state())
+        agent = request.user
+        return Response(target_of(services.get_current_state(), agent.pk, agent.labels))
 
 
 class ConfigAgentView(AgentEndpoint):
@@ -280,7 +321,9 @@ class ConfigAgentView(AgentEndpoint):
         },
     )
     def get(self, request):
-        version, etag, unchanged = services.read_for_agent(request.META.get("HTTP_IF_NONE_MATCH"))
+        version, etag, unchanged = services.read_for_agent(
+            request.META.get("HTTP_IF_NONE_MATCH"), request.user
+        )
         if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         config = ConfigVersion.objects.get(version=version)

@@ -26,6 +26,7 @@ from apps.agents.auth import (
     active_agent,
     find_agent,
     find_agents,
+    forget_agent,
     remembered_agent,
     token_digest,
     touch_last_seen,
@@ -35,7 +36,7 @@ from apps.agents.models import Agent
 from apps.agents.services import record_heartbeats
 from apps.agents.tokens import bearer_token
 from apps.configs.errors import NoConfigYet
-from apps.configs.hub import Hub, Waiter, with_database
+from apps.configs.hub import Hub, Waiter, stamp, with_database
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer, VersionQuerySerializer
 from apps.configs.services import (
@@ -43,6 +44,7 @@ from apps.configs.services import (
     read_for_agent,
 )
 from apps.ops import metrics
+from apps.rollouts.targets import target_of
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def _config_for_agent(token: str | None, if_none_match: str | None):
         return 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
     touch_last_seen(agent)
     try:
-        version, etag, unchanged = read_for_agent(if_none_match)
+        version, etag, unchanged = read_for_agent(if_none_match, agent)
     except NoConfigYet as refused:
         return 404, {"detail": refused.detail}, []
     headers = [(b"etag", etag.encode())]
@@ -197,6 +199,10 @@ class WatchEndpoint:
                 await _respond(send, 400, exc.errors)
                 return
             self.heartbeats.add(str(agent.pk), report)
+            if report["labels"] is not None and report["labels"] != agent.labels:
+                # This process remembers the agent with its labels, which pick its target
+                # during a rollout: read it afresh from the next request on.
+                forget_agent(agent)
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
@@ -243,14 +249,20 @@ class WatchEndpoint:
                 await _respond(send, 400, checked.errors)
                 return
             waiter.agent_id = str(agent.pk)
+            waiter.labels = agent.labels or {}
             self.hub.advance(state)
             # A notification may have outrun the cache refresh: trust the newer of the two.
-            if self.hub.latest["version"] > state["version"]:
+            if stamp(self.hub.latest) > stamp(state):
                 state = self.hub.latest
             preflight = self.hub.take_preflight(waiter.agent_id)
-            if known is None or wait == 0 or state["version"] != known or preflight:
-                await _respond(send, 200, state, preflight=preflight)
+            # During a rollout, the agent's own target: the new version or the previous one.
+            answer = target_of(state, waiter.agent_id, waiter.labels)
+            if known is None or wait == 0 or answer["version"] != known or preflight:
+                await _respond(send, 200, answer, preflight=preflight)
                 return
+            if waiter.future.done() and waiter.future.result()[0] == "changed":
+                # Woken before its agent was known, by a state already counted in the answer.
+                waiter.future = asyncio.get_running_loop().create_future()
             if waiter.future.done():
                 outcome, news = waiter.future.result()
             else:
@@ -277,9 +289,9 @@ class WatchEndpoint:
             elif outcome == "preflight":
                 # The state the agent knows, unchanged, and the request: it watches again at
                 # once, so a change made now reaches it as fast as ever.
-                await _respond(send, 200, state, preflight=news)
+                await _respond(send, 200, answer, preflight=news)
             else:
-                await _respond(send, 200, news if outcome == "changed" else state)
+                await _respond(send, 200, news if outcome == "changed" else answer)
         finally:
             self.hub.waiters.discard(waiter)
 

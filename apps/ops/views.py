@@ -96,6 +96,46 @@ class DatabaseStateCollector:
         for status, count in counts.items():
             agents.add_metric([status], count)
         yield agents
+        yield from self.collect_rollout()
+
+    def collect_rollout(self):
+        from apps.configs.services import get_current_state
+        from apps.rollouts.models import Rollout
+        from apps.rollouts.services import agents_by_target, get_latest_rollout
+
+        try:
+            rollout = get_latest_rollout()
+            by_target = agents_by_target(get_current_state())
+        except DatabaseError as exc:
+            logger.warning("metrics: database unavailable: %s", exc)
+            return
+        states = GaugeMetricFamily(
+            "controller_rollout_state",
+            "1 for the state of the current or last rollout, 0 for the others; all 0 before "
+            "the first rollout.",
+            labels=["state"],
+        )
+        for state, _ in Rollout.STATES:
+            states.add_metric([state], int(rollout is not None and rollout.state == state))
+        yield states
+        yield GaugeMetricFamily(
+            "controller_rollout_version",
+            "The version the current or last rollout rolls out; 0 before the first.",
+            value=rollout.version if rollout else 0,
+        )
+        yield GaugeMetricFamily(
+            "controller_rollout_wave",
+            "The rollout's newest started wave: 0 the canaries, k the k-th wave.",
+            value=rollout.wave if rollout else 0,
+        )
+        targets = GaugeMetricFamily(
+            "controller_agents_by_target_version",
+            "Agents not revoked, by the version the controller answers them now.",
+            labels=["version"],
+        )
+        for version, count in sorted(by_target.items()):
+            targets.add_metric([str(version)], count)
+        yield targets
 
 
 def render() -> bytes:

@@ -1,0 +1,471 @@
+"""Staged rollouts: how a publish starts one, how its waves advance, and the operator's promote,
+pause, resume and abort. Every change of a rollout's state happens in this module, under the
+rollout's row lock, with its audit entry in the same transaction and the agents told after the
+commit.
+
+Which agents get the new version is decided by one rule, `targets_new`: the canaries (agents
+carrying every canary label) from the start, and of the others those whose hash of (agent id,
+version) sorts at or before the rollout's `cutoff`. The cutoff is the hash of the last agent the
+started waves reach, so an agent keeps its place across restarts, a new agent lands in the wave
+its hash puts it in, and the watch answers each agent without a query.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import status
+
+from apps.agents.models import Agent
+from apps.audit.models import AuditEntry
+from apps.audit.services import record_event
+from apps.rollouts.models import Rollout
+from apps.rollouts.targets import agent_key, is_canary, target_of, targets_new
+from controller_site.errors import NotFoundError, ServiceError
+
+logger = logging.getLogger(__name__)
+
+# The admin's chart keeps at most this many points; older ones are thinned out.
+PROGRESS_POINTS = 500
+# Agents that have not reported for this many polling periods hold nothing back.
+STALE_PERIODS = 3
+
+
+class RolloutConflict(ServiceError):
+    """The rollout's state does not allow what was asked (409)."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+
+class RolloutInProgress(RolloutConflict):
+    def __init__(self, rollout: Rollout) -> None:
+        super().__init__(
+            f"The rollout of version {rollout.version} is {rollout.state} (wave {rollout.wave} "
+            f"of {rollout.last_wave}): promote it to the end, or abort it, before publishing "
+            f"again. POST /config/admin/rollback always goes through."
+        )
+        self.rollout = rollout
+
+
+class NoRollout(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__("No rollout has been started yet.")
+
+
+class NothingToRollOutFrom(ServiceError):
+    def __init__(self) -> None:
+        super().__init__(
+            "A rollout needs a current version to roll out from; publish the first version "
+            "without one."
+        )
+
+
+class RolloutPlanNeedsDirectPublish(ServiceError):
+    def __init__(self) -> None:
+        super().__init__(
+            "A rollout plan goes with a direct publish; while approvals are required (or for an "
+            "emergency) a change goes to every agent at once when published."
+        )
+
+
+# Who gets what ------------------------------------------------------------------------------
+
+
+def wave_size(percent: int, others: int) -> int:
+    """ceil(percent% of others), in whole numbers: 50% of 4 is exactly 2."""
+    return -(-percent * others // 100)
+
+
+def cutoff_for(rollout: Rollout, wave: int, agents: list[dict]) -> str:
+    """The hash of the last agent wave `wave` reaches among `agents`. Callers keep the larger
+    of this and the rollout's cutoff so far: the cutoff only moves forward, and an agent that
+    was given the new version is never sent back (agents joining or leaving move the k-th
+    hash, and workers refuse older versions anyway)."""
+    if wave == 0:
+        return ""
+    keys = sorted(
+        agent_key(agent["id"], rollout.version)
+        for agent in agents
+        if not is_canary(agent["labels"] or {}, rollout.canary_labels)
+    )
+    count = wave_size(rollout.waves[wave - 1], len(keys))
+    return keys[count - 1] if count else ""
+
+
+def fleet() -> list[dict]:
+    """The agents a rollout counts: every one not revoked."""
+    return list(
+        Agent.objects.filter(revoked_at__isnull=True).values(
+            "id", "name", "hostname", "labels", "last_seen", "applied_version"
+        )
+    )
+
+
+@dataclass
+class Progress:
+    """Where a rollout stands among the agents, at one moment."""
+
+    total: int = 0
+    targeted: int = 0
+    applied: int = 0
+    # Live agents of the started waves that have not applied the version yet.
+    waiting: list[dict] = field(default_factory=list)
+    # Agents of the started waves that have not reported lately; they hold nothing back.
+    stale: list[dict] = field(default_factory=list)
+    # Every agent with its target, for the status command and the admin page.
+    agents: list[dict] = field(default_factory=list)
+
+    @property
+    def wave_applied(self) -> bool:
+        return not self.waiting
+
+
+def stale_before(interval: int | None, now: datetime) -> datetime:
+    return now - timedelta(seconds=STALE_PERIODS * (interval or 10))
+
+
+def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Progress:
+    """Count the agents of the rollout's started waves, and which of them applied it."""
+    from apps.configs.models import ConfigVersion
+
+    now = now or timezone.now()
+    agents = fleet() if agents is None else agents
+    interval = (
+        ConfigVersion.objects.filter(version=rollout.version)
+        .values_list("pooling_interval", flat=True)
+        .first()
+    )
+    split = {"canary_labels": rollout.canary_labels, "cutoff": rollout.cutoff}
+    finished = rollout.state == Rollout.COMPLETED
+    stale_line = stale_before(interval, now)
+    progress = Progress(total=len(agents))
+    for agent in agents:
+        targeted = finished or targets_new(split, rollout.version, agent["id"], agent["labels"])
+        applied = (agent["applied_version"] or 0) >= rollout.version
+        stale = agent["last_seen"] is None or agent["last_seen"] < stale_line
+        agent = {**agent, "targeted": targeted, "applied": applied, "stale": stale}
+        progress.agents.append(agent)
+        if not targeted:
+            continue
+        progress.targeted += 1
+        if applied:
+            progress.applied += 1
+        elif stale:
+            progress.stale.append(agent)
+        else:
+            progress.waiting.append(agent)
+    return progress
+
+
+def agents_by_target(state: dict) -> dict[int, int]:
+    """How many agents (not revoked) the controller answers each version now."""
+    counts: dict[int, int] = {}
+    for agent in Agent.objects.filter(revoked_at__isnull=True).values("id", "labels"):
+        version = target_of(state, agent["id"], agent["labels"])["version"]
+        counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+# Starting ------------------------------------------------------------------------------------
+
+
+def guard_publish(
+    sender,
+    *,
+    newest,
+    rolling_back: bool,
+    rollout: dict | None,
+    actor=None,
+    source_ip=None,
+    reason: str = "",
+    expect_rollout: int | None = None,
+    **kwargs,
+) -> None:
+    """publish_config's `publishing` signal, under the writers' lock, before a version is made.
+    A publish during a rolling or paused rollout is refused; a rollback aborts whatever rollout
+    still splits the fleet and goes to everyone at once. `expect_rollout` (an abort) insists that
+    the rollout of that version is still the one splitting the fleet."""
+    if rollout is not None and newest is None:
+        raise NothingToRollOutFrom()
+    active = None
+    if newest is not None:
+        active = (
+            Rollout.objects.select_for_update()
+            .filter(version=newest.version, state__in=Rollout.SPLIT_STATES)
+            .first()
+        )
+    if expect_rollout is not None and (active is None or active.version != expect_rollout):
+        raise RolloutConflict(
+            f"The rollout of version {expect_rollout} has ended meanwhile; nothing was aborted."
+        )
+    if active is None:
+        return
+    if not rolling_back:
+        if active.state in Rollout.ACTIVE_STATES:
+            raise RolloutInProgress(active)
+        return
+    _finish(
+        active,
+        Rollout.ABORTED,
+        AuditEntry.ROLLOUT_ABORTED,
+        actor=actor,
+        source_ip=source_ip,
+        reason=reason or "rolled back",
+    )
+
+
+def start_rollout_of_plan(
+    sender, *, config, previous, rollout: dict | None, actor=None, source_ip=None, **kwargs
+) -> None:
+    """publish_config's `published` signal: a publish with a plan starts its rollout."""
+    if rollout is not None:
+        start_rollout(config, previous, rollout, actor=actor, source_ip=source_ip)
+
+
+def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -> Rollout:
+    """In the transaction that made `config`: the new version goes to the canaries (or the
+    first wave when there are none) and the others keep `previous`."""
+    if previous is None:
+        raise NothingToRollOutFrom()
+    now = timezone.now()
+    rollout = Rollout(
+        version=config.version,
+        previous_version=previous.version,
+        waves=plan.get("waves") or [100],
+        canary_labels=plan.get("canary_labels") or {},
+        bake_seconds=plan.get("bake_seconds") or 0,
+        started_at=now,
+        wave_started_at=now,
+        created_by=actor,
+        reason=plan.get("reason", ""),
+    )
+    rollout.wave = 0 if rollout.canary_labels else 1
+    agents = fleet()
+    rollout.cutoff = cutoff_for(rollout, rollout.wave, agents)
+    rollout.progress = [[0, 0]]
+    rollout.save()
+    _audit(
+        rollout,
+        AuditEntry.ROLLOUT_STARTED,
+        actor=actor,
+        source_ip=source_ip,
+        previous_version=rollout.previous_version,
+        waves=rollout.waves,
+        canary_labels=rollout.canary_labels,
+        bake_seconds=rollout.bake_seconds,
+    )
+    _record_wave(rollout, agents, actor=actor, source_ip=source_ip, how="started")
+    logger.info(
+        "rollout of v%s started: waves %s after canaries %s, bake %ss",
+        rollout.version,
+        rollout.waves,
+        rollout.canary_labels or "(none)",
+        rollout.bake_seconds,
+    )
+    return rollout
+
+
+# Advancing -----------------------------------------------------------------------------------
+
+
+def advance_rollouts(now=None) -> Rollout | None:
+    """One step of the rollout that is rolling, if any: start its next wave when the current
+    one is applied by all its live agents and has baked, complete it after the last, and keep
+    the cutoff in step with agents that joined or left. Each controller process calls this
+    about once a second; the row lock makes exactly one of them act on each step, and the
+    others skip the step rather than wait. Returns the rollout when this call changed it."""
+    with transaction.atomic():
+        rollout = (
+            Rollout.objects.select_for_update(skip_locked=True)
+            .filter(state=Rollout.ROLLING)
+            .order_by("-version")
+            .first()
+        )
+        if rollout is None:
+            return None
+        now = now or timezone.now()
+        agents = fleet()
+        progress = measure(rollout, agents, now)
+        changed = _note_progress(rollout, progress, now)
+        baked = now >= rollout.wave_started_at + timedelta(seconds=rollout.bake_seconds)
+        if progress.wave_applied and baked:
+            if rollout.wave >= rollout.last_wave:
+                _finish(rollout, Rollout.COMPLETED, AuditEntry.ROLLOUT_COMPLETED)
+                return rollout
+            rollout.wave += 1
+            rollout.wave_started_at = now
+            _record_wave(rollout, agents, how="advanced")
+            return rollout
+        cutoff = max(rollout.cutoff, cutoff_for(rollout, rollout.wave, agents))
+        if cutoff != rollout.cutoff:
+            # Agents registered: the same percentage now reaches further along the order.
+            rollout.cutoff = cutoff
+            rollout.revision += 1
+            changed = True
+            transaction.on_commit(_announce)
+        if changed:
+            rollout.save()
+            return rollout
+        return None
+
+
+def _note_progress(rollout: Rollout, progress: Progress, now) -> bool:
+    points = rollout.progress or []
+    if points and points[-1][1] == progress.applied:
+        return False
+    points.append([round((now - rollout.started_at).total_seconds(), 1), progress.applied])
+    if len(points) > PROGRESS_POINTS:
+        points = points[:1] + points[2::2] + points[-1:]
+    rollout.progress = points
+    return True
+
+
+def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: str) -> None:
+    """Start wave `rollout.wave`: new cutoff, saved, audited, and the agents told after commit."""
+    if rollout.pk is not None:
+        rollout.cutoff = max(rollout.cutoff, cutoff_for(rollout, rollout.wave, agents))
+        rollout.revision += 1
+        rollout.save()
+    progress = measure(rollout, agents)
+    _audit(
+        rollout,
+        AuditEntry.ROLLOUT_WAVE_STARTED,
+        actor=actor,
+        source_ip=source_ip,
+        percent=0 if rollout.wave == 0 else rollout.waves[rollout.wave - 1],
+        canaries=rollout.wave == 0,
+        agents_targeted=progress.targeted,
+        how=how,
+    )
+    logger.info(
+        "rollout of v%s: wave %s of %s started (%s agents targeted, %s)",
+        rollout.version,
+        rollout.wave,
+        rollout.last_wave,
+        progress.targeted,
+        how,
+    )
+    transaction.on_commit(_announce)
+
+
+def _finish(rollout, state: str, action: str, *, actor=None, source_ip=None, reason="") -> None:
+    rollout.state = state
+    rollout.finished_at = timezone.now()
+    rollout.revision += 1
+    if reason:
+        rollout.reason = reason
+    if state == Rollout.COMPLETED:
+        rollout.cutoff = ""
+    rollout.save()
+    _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason)
+    logger.info("rollout of v%s %s at wave %s", rollout.version, state, rollout.wave)
+    transaction.on_commit(_announce)
+
+
+def _announce() -> None:
+    from apps.configs.services import announce_current_state
+
+    announce_current_state()
+
+
+# The operator's controls ---------------------------------------------------------------------
+
+
+def get_latest_rollout() -> Rollout | None:
+    return Rollout.objects.select_related("created_by").order_by("-version").first()
+
+
+def _lock_latest() -> Rollout:
+    rollout = Rollout.objects.select_for_update().order_by("-version").first()
+    if rollout is None:
+        raise NoRollout()
+    return rollout
+
+
+def _refuse(rollout: Rollout, what: str) -> RolloutConflict:
+    return RolloutConflict(
+        f"Cannot {what} the rollout of version {rollout.version}: it is {rollout.state}."
+    )
+
+
+def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detail) -> None:
+    """One audit entry about the rollout, naming its version and wave."""
+    record_event(
+        action,
+        actor=actor,
+        source_ip=source_ip,
+        target=f"rollout v{rollout.version}",
+        detail={"version": rollout.version, "wave": rollout.wave, **detail},
+    )
+
+
+@transaction.atomic
+def promote_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+    """Start the next wave now, without waiting for the current one to apply or bake; on the
+    last wave, complete the rollout."""
+    rollout = _lock_latest()
+    if rollout.state not in Rollout.ACTIVE_STATES:
+        raise _refuse(rollout, "promote")
+    _audit(rollout, AuditEntry.ROLLOUT_PROMOTED, actor=actor, source_ip=source_ip, reason=reason)
+    if rollout.wave >= rollout.last_wave:
+        _finish(
+            rollout, Rollout.COMPLETED, AuditEntry.ROLLOUT_COMPLETED, actor=actor, reason=reason
+        )
+        return rollout
+    rollout.wave += 1
+    rollout.wave_started_at = timezone.now()
+    if reason:
+        rollout.reason = reason
+    _record_wave(rollout, fleet(), actor=actor, source_ip=source_ip, how="promoted")
+    return rollout
+
+
+@transaction.atomic
+def pause_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+    """Hold the rollout where it is: started waves keep the new version, no new wave starts."""
+    rollout = _lock_latest()
+    if rollout.state != Rollout.ROLLING:
+        raise _refuse(rollout, "pause")
+    rollout.state = Rollout.PAUSED
+    rollout.reason = reason
+    rollout.save()
+    _audit(rollout, AuditEntry.ROLLOUT_PAUSED, actor=actor, source_ip=source_ip, reason=reason)
+    return rollout
+
+
+@transaction.atomic
+def resume_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+    """Let a paused or halted rollout go on; the current wave's bake time counts from now."""
+    rollout = _lock_latest()
+    if rollout.state not in (Rollout.PAUSED, Rollout.HALTED):
+        raise _refuse(rollout, "resume")
+    rollout.state = Rollout.ROLLING
+    rollout.reason = reason
+    rollout.wave_started_at = timezone.now()
+    rollout.save()
+    _audit(rollout, AuditEntry.ROLLOUT_RESUMED, actor=actor, source_ip=source_ip, reason=reason)
+    return rollout
+
+
+def abort_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+    """Put every agent back on the previous version's content at once. Workers refuse older
+    versions, so this publishes a new version carrying the previous content, as a rollback
+    does; the history shows it as a rollback and the audit log as the rollout's abort."""
+    from apps.configs.services import rollback_config
+
+    rollout = get_latest_rollout()
+    if rollout is None:
+        raise NoRollout()
+    if rollout.state not in Rollout.SPLIT_STATES:
+        raise _refuse(rollout, "abort")
+    rollback_config(
+        version=rollout.previous_version,
+        actor=actor,
+        source_ip=source_ip,
+        reason=reason or "aborted",
+        expect_rollout=rollout.version,
+    )
+    rollout.refresh_from_db()
+    return rollout

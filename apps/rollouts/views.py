@@ -1,0 +1,109 @@
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, OPERATOR
+from apps.rollouts import services
+from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
+from controller_site.request_info import client_ip
+
+UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
+NONE_YET = OpenApiResponse(description="No rollout has been started yet.")
+
+
+def rollout_answer(rollout) -> Response:
+    progress = services.measure(rollout)
+    rollout.agents_total = progress.total
+    rollout.agents_targeted = progress.targeted
+    rollout.agents_applied = progress.applied
+    return Response(RolloutSerializer(rollout).data)
+
+
+class RolloutView(APIView):
+    role_rules = {"GET": ANY_ROLE}
+
+    @extend_schema(
+        tags=["rollouts"],
+        summary="The current or last rollout",
+        responses={
+            200: RolloutSerializer,
+            401: UNAUTHORIZED,
+            403: forbidden(ANY_ROLE),
+            404: NONE_YET,
+        },
+    )
+    def get(self, request):
+        rollout = services.get_latest_rollout()
+        if rollout is None:
+            raise services.NoRollout()
+        return rollout_answer(rollout)
+
+
+ACTION_ERRORS = {
+    400: OpenApiResponse(description="Bad reason."),
+    401: UNAUTHORIZED,
+    403: forbidden(OPERATOR),
+    404: NONE_YET,
+    409: OpenApiResponse(description="The rollout's state does not allow it."),
+}
+
+
+def _act(request, action) -> Response:
+    body = RolloutActionSerializer(data=request.data if request.body else {})
+    body.is_valid(raise_exception=True)
+    rollout = action(
+        actor=request.user, source_ip=client_ip(request), reason=body.validated_data["reason"]
+    )
+    return rollout_answer(rollout)
+
+
+def _schema(summary: str, description: str):
+    return extend_schema(
+        tags=["rollouts"],
+        summary=summary,
+        description=description,
+        request=RolloutActionSerializer,
+        responses={200: RolloutSerializer, **ACTION_ERRORS},
+    )
+
+
+class RolloutPromoteView(APIView):
+    role_rules = {"POST": OPERATOR}
+
+    @_schema(
+        "Start the next wave now",
+        "Starts the next wave without waiting for the current one to apply and bake; on the "
+        "last wave, completes the rollout. Rolling or paused rollouts only.",
+    )
+    def post(self, request):
+        return _act(request, services.promote_rollout)
+
+
+class RolloutPauseView(APIView):
+    role_rules = {"POST": OPERATOR}
+
+    @_schema("Pause the rollout", "Started waves keep the new version; no new wave starts.")
+    def post(self, request):
+        return _act(request, services.pause_rollout)
+
+
+class RolloutResumeView(APIView):
+    role_rules = {"POST": OPERATOR}
+
+    @_schema("Resume a paused or halted rollout", "The current wave's bake time counts from now.")
+    def post(self, request):
+        return _act(request, services.resume_rollout)
+
+
+class RolloutAbortView(APIView):
+    role_rules = {"POST": OPERATOR}
+
+    @_schema(
+        "Abort the rollout",
+        "Every agent goes back to the previous version's content at once: a new version "
+        "carrying that content is published, as a rollback does (workers refuse older version "
+        "numbers). The history shows it as a rollback, the audit log as the rollout's abort.",
+    )
+    def post(self, request):
+        return _act(request, services.abort_rollout)

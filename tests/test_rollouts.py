@@ -1,0 +1,490 @@
+"""Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
+
+import io
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models import F
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apps.agents.models import Agent
+from apps.agents.services import issue_registration_token, record_heartbeat, register_agent
+from apps.audit.models import AuditEntry
+from apps.configs.models import ConfigVersion
+from apps.rollouts import services
+from apps.rollouts.models import Rollout
+from apps.rollouts.targets import agent_key
+
+URL = "http://upstream.example/one"
+NEW_URL = "http://upstream.example/two"
+# Transactional tests throughout: a change's after-commit announcement (the cached state the
+# agents are answered from) runs as it does in production.
+PLAN = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds": 60}
+
+
+def bearer(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def make_fleet(canaries: int = 2, others: int = 4) -> list[tuple[Agent, str]]:
+    fleet = []
+    for index in range(canaries + others):
+        token, _ = issue_registration_token()
+        labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
+        fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
+    return fleet
+
+
+def served(token: str) -> int:
+    response = bearer(token).get("/config/version")
+    assert response.status_code == 200
+    return response.json()["version"]
+
+
+def apply(agents, version: int) -> None:
+    """The agents report that they applied `version`, as their heartbeat would."""
+    for agent, _ in agents:
+        record_heartbeat(agent, applied_version=version, workers=[])
+
+
+def targeted(fleet, version: int) -> list:
+    return [(agent, token) for agent, token in fleet if served(token) == version]
+
+
+def start(admin_api, publish, plan=PLAN, **body):
+    publish(URL, 30)
+    with_plan = {"config_url": NEW_URL, "pooling_interval": 30, "rollout": plan, **body}
+    response = admin_api.post("/config/admin", with_plan, "json")
+    assert response.status_code == 201, response.content
+    return response
+
+
+def bake(seconds: float) -> None:
+    """Let `seconds` of the current wave's bake time pass."""
+    Rollout.objects.update(wave_started_at=F("wave_started_at") - timedelta(seconds=seconds))
+
+
+def wave_entries() -> list[AuditEntry]:
+    return list(AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_WAVE_STARTED).order_by("at"))
+
+
+@pytest.mark.django_db(transaction=True)
+class TestPlans:
+    @pytest.mark.parametrize(
+        "plan",
+        [
+            {"waves": [50, 100], "colour": "blue"},
+            {"waves": [50, 50, 100]},
+            {"waves": [60, 40, 100]},
+            {"waves": [50, 101]},
+            {"waves": [0, 100]},
+            {"waves": [50]},
+            {"waves": []},
+            {"waves": list(range(5, 100, 9)) + [100]},
+            {"bake_seconds": -1},
+            {"bake_seconds": "soon"},
+            {"canary_labels": {"ring": "can ary"}},
+            {"waves": "all"},
+            "fast",
+        ],
+    )
+    def test_a_bad_plan_is_400_and_stores_nothing(self, admin_api, publish, plan):
+        publish(URL, 30)
+        audited = AuditEntry.objects.count()
+        response = admin_api.post(
+            "/config/admin",
+            {"config_url": NEW_URL, "pooling_interval": 30, "rollout": plan},
+            "json",
+        )
+        assert response.status_code == 400, response.content
+        assert "rollout" in response.json()
+        assert ConfigVersion.objects.count() == 1
+        assert not Rollout.objects.exists()
+        assert AuditEntry.objects.count() == audited
+
+    def test_every_field_has_a_default(self, admin_api, publish):
+        start(admin_api, publish, plan={})
+        rollout = Rollout.objects.get()
+        assert (rollout.waves, rollout.canary_labels, rollout.bake_seconds) == ([100], {}, 0)
+        assert rollout.wave == 1
+
+    def test_a_rollout_of_the_first_version_is_400(self, admin_api):
+        response = admin_api.post(
+            "/config/admin",
+            {"config_url": URL, "pooling_interval": 30, "rollout": PLAN},
+            "json",
+        )
+        assert response.status_code == 400
+        assert not ConfigVersion.objects.exists()
+
+    def test_without_a_plan_everyone_gets_the_change_at_once(self, admin_api, publish):
+        fleet = make_fleet()
+        publish(URL, 30)
+        publish(NEW_URL, 30)
+        assert {served(token) for _, token in fleet} == {2}
+        assert not Rollout.objects.exists()
+        assert admin_api.get("/config/admin/rollout").status_code == 404
+
+    def test_put_takes_a_plan_too(self, admin_api, publish):
+        make_fleet()
+        publish(URL, 30)
+        response = admin_api.put("/config/admin", {"pooling_interval": 60, "rollout": PLAN}, "json")
+        assert response.status_code == 200
+        assert Rollout.objects.get().version == 2
+
+
+@pytest.mark.django_db(transaction=True)
+class TestTargets:
+    def test_canaries_first_then_cumulative_waves_then_everyone(self, admin_api, publish):
+        fleet = make_fleet(canaries=2, others=4)
+        canaries, others = fleet[:2], fleet[2:]
+        start(admin_api, publish)
+
+        # It should give the new version to the canaries only, and the previous to the others,
+        # with the content and interval of their own version.
+        assert [served(token) for _, token in canaries] == [2, 2]
+        assert [served(token) for _, token in others] == [1, 1, 1, 1]
+        response = bearer(others[0][1]).get("/config/agent")
+        assert response["ETag"] == '"1"'
+        assert response.json()["config_url"] == URL
+        assert bearer(canaries[0][1]).get("/config/agent").json()["config_url"] == NEW_URL
+        body = admin_api.get("/config/admin/rollout").json()
+        assert body["state"] == "rolling"
+        assert body["wave"] == 0
+        assert (body["agents_total"], body["agents_targeted"], body["agents_applied"]) == (6, 2, 0)
+        assert (body["version"], body["previous_version"]) == (2, 1)
+
+        # It should not start wave 1 before the canaries applied it, nor before the bake time.
+        bake(61)
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 0
+        bake(-61)
+        apply(canaries, 2)
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 0
+        bake(61)
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 1
+
+        # 50% of the 4 others is exactly 2, those first in the hash order of (id, version).
+        first_half = targeted(others, 2)
+        assert len(first_half) == 2
+        order = sorted(others, key=lambda pair: agent_key(pair[0].pk, 2))
+        assert {a.pk for a, _ in first_half} == {a.pk for a, _ in order[:2]}
+        assert admin_api.get("/config/admin/rollout").json()["agents_targeted"] == 4
+
+        apply(first_half, 2)
+        bake(61)
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 2
+        assert {served(token) for _, token in fleet} == {2}
+
+        apply(others, 2)
+        services.advance_rollouts()
+        assert Rollout.objects.get().state == "rolling"
+        bake(61)
+        services.advance_rollouts()
+        body = admin_api.get("/config/admin/rollout").json()
+        assert body["state"] == "completed"
+        assert body["agents_applied"] == 6
+        assert [e.detail["wave"] for e in wave_entries()] == [0, 1, 2]
+        assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_COMPLETED).count() == 1
+
+    def test_agents_list_shows_each_agents_target(self, admin_api, publish):
+        fleet = make_fleet(canaries=1, others=2)
+        start(admin_api, publish)
+        items = {item["id"]: item for item in admin_api.get("/agents").json()["results"]}
+        assert items[str(fleet[0][0].pk)]["target_version"] == 2
+        assert items[str(fleet[1][0].pk)]["target_version"] == 1
+        # An agent on its target is in sync, whichever version that is.
+        apply(fleet[1:], 1)
+        assert admin_api.get("/agents").json()["results"][1]["status"] == "in_sync"
+        # The status filter and the dashboard's counts take the previous version as the bar.
+        in_sync = admin_api.get("/agents?status=in_sync").json()["results"]
+        assert {item["id"] for item in in_sync} == {str(a.pk) for a, _ in fleet[1:]}
+
+    def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
+        fleet = make_fleet(canaries=2, others=2)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
+        apply(fleet[:1], 2)
+        Agent.objects.filter(pk=fleet[1][0].pk).update(
+            last_seen=timezone.now() - timedelta(hours=1)
+        )
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 1
+
+    def test_an_agent_keeps_its_place_and_a_new_agent_joins_its_wave(self, admin_api, publish):
+        fleet = make_fleet(canaries=0, others=4)
+        start(admin_api, publish, plan={"waves": [50, 100], "bake_seconds": 600})
+        before = {a.pk for a, _ in targeted(fleet, 2)}
+        assert len(before) == 2
+        # A restart changes nothing the controller keys on: the same agents stay targeted.
+        services.advance_rollouts()
+        assert {a.pk for a, _ in targeted(fleet, 2)} == before
+        joined = make_fleet(canaries=0, others=4)
+        services.advance_rollouts()
+        # At least half of the 8 agents now, still a prefix of the hash order; nobody who had
+        # the new version loses it.
+        everyone = fleet + joined
+        now_targeted = {a.pk for a, _ in targeted(everyone, 2)}
+        assert before <= now_targeted
+        assert len(now_targeted) >= 4
+        order = [a.pk for a, _ in sorted(everyone, key=lambda p: agent_key(p[0].pk, 2))]
+        assert set(order[: len(now_targeted)]) == now_targeted
+
+
+@pytest.mark.django_db(transaction=True)
+class TestControls:
+    def test_controls_need_an_admin_and_a_rollout(self, api, admin_api, agent_api):
+        for action in ("promote", "pause", "resume", "abort"):
+            assert api.post(f"/config/admin/rollout/{action}").status_code == 401
+            assert agent_api.post(f"/config/admin/rollout/{action}").status_code == 401
+            assert admin_api.post(f"/config/admin/rollout/{action}").status_code == 404
+        assert api.get("/config/admin/rollout").status_code == 401
+
+    def test_pause_holds_promote_moves_resume_goes_on(self, admin_api, publish):
+        fleet = make_fleet()
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
+        response = admin_api.post("/config/admin/rollout/pause", {"reason": "looking"}, "json")
+        assert response.status_code == 200
+        assert response.json()["state"] == "paused"
+        assert response.json()["reason"] == "looking"
+        assert admin_api.post("/config/admin/rollout/pause").status_code == 409
+        apply(fleet, 2)
+        services.advance_rollouts()
+        assert Rollout.objects.get().wave == 0
+        response = admin_api.post("/config/admin/rollout/promote", {"reason": "fine"}, "json")
+        assert response.status_code == 200
+        assert (response.json()["state"], response.json()["wave"]) == ("paused", 1)
+        response = admin_api.post("/config/admin/rollout/resume")
+        assert response.json()["state"] == "rolling"
+        assert admin_api.post("/config/admin/rollout/resume").status_code == 409
+        services.advance_rollouts()
+        services.advance_rollouts()
+        assert Rollout.objects.get().state == "completed"
+        for action in ("promote", "pause", "resume", "abort"):
+            assert admin_api.post(f"/config/admin/rollout/{action}").status_code == 409
+        entry = AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_PAUSED).get()
+        assert entry.actor == "admin@example.com"
+        assert entry.detail["reason"] == "looking"
+        promoted = wave_entries()[1]
+        assert promoted.detail["how"] == "promoted"
+        assert promoted.actor == "admin@example.com"
+
+    def test_promote_on_the_last_wave_completes(self, admin_api, publish):
+        make_fleet()
+        start(admin_api, publish, plan={"waves": [100], "bake_seconds": 600})
+        response = admin_api.post("/config/admin/rollout/promote")
+        assert response.json()["state"] == "completed"
+
+    def test_abort_publishes_the_previous_content_to_everyone(self, admin_api, publish):
+        fleet = make_fleet()
+        start(admin_api, publish)
+        response = admin_api.post("/config/admin/rollout/abort", {"reason": "errors up"}, "json")
+        assert response.status_code == 200
+        assert response.json()["state"] == "aborted"
+        assert response.json()["reason"] == "errors up"
+        newest = ConfigVersion.objects.order_by("-version").first()
+        assert (newest.version, newest.config_url, newest.rolled_back_from) == (3, URL, 1)
+        assert {served(token) for _, token in fleet} == {3}
+        aborted = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_ABORTED)
+        assert aborted.detail["reason"] == "errors up"
+        assert aborted.actor == "admin@example.com"
+        assert AuditEntry.objects.filter(action=AuditEntry.CONFIG_ROLLED_BACK).count() == 1
+        assert admin_api.post("/config/admin/rollout/abort").status_code == 409
+
+    def test_a_publish_during_a_rollout_is_409_and_a_rollback_goes_through(
+        self, admin_api, publish
+    ):
+        fleet = make_fleet()
+        start(admin_api, publish)
+        audited = AuditEntry.objects.count()
+        for method, body in (
+            ("post", {"config_url": URL + "x", "pooling_interval": 30}),
+            ("put", {"pooling_interval": 99}),
+            ("post", {"config_url": URL + "x", "pooling_interval": 30, "rollout": PLAN}),
+        ):
+            response = getattr(admin_api, method)("/config/admin", body, "json")
+            assert response.status_code == 409
+            assert "version 2" in response.json()["detail"]
+        assert ConfigVersion.objects.count() == 2
+        assert AuditEntry.objects.count() == audited
+        admin_api.post("/config/admin/rollout/pause")
+        response = admin_api.post(
+            "/config/admin", {"config_url": URL + "y", "pooling_interval": 30}, "json"
+        )
+        assert response.status_code == 409
+
+        response = admin_api.post("/config/admin/rollback", {"version": 1}, "json")
+        assert response.status_code == 201
+        assert Rollout.objects.get().state == "aborted"
+        assert {served(token) for _, token in fleet} == {3}
+        assert (
+            admin_api.post(
+                "/config/admin", {"config_url": URL + "z", "pooling_interval": 30}, "json"
+            ).status_code
+            == 201
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_advances_start_each_wave_once():
+    fleet = make_fleet(canaries=2, others=4)
+    from apps.configs.services import publish_config
+
+    publish_config(config_url=URL, pooling_interval=30)
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout={**PLAN, "bake_seconds": 0})
+    apply(fleet, 2)
+    barrier = threading.Barrier(6)
+
+    def race():
+        try:
+            barrier.wait()
+            for _ in range(5):
+                services.advance_rollouts()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Rollout.objects.get().state == "completed"
+    assert [e.detail["wave"] for e in wave_entries()] == [0, 1, 2]
+    assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_COMPLETED).count() == 1
+
+
+def rollout_status(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command("rollout_status", *args, stdout=out)
+    except SystemExit as exc:
+        return exc.code, out.getvalue()
+    except CommandError as exc:
+        return exc.returncode, str(exc)
+    raise AssertionError("rollout_status always exits with a status")
+
+
+@pytest.mark.django_db(transaction=True)
+class TestStatusAndMetrics:
+    def test_rollout_status_reports_and_gates(self, admin_api, publish):
+        assert rollout_status()[0] == 1
+        fleet = make_fleet(canaries=1, others=2)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
+        code, out = rollout_status()
+        assert code == 1
+        assert "rollout of v2 (from v1): rolling, wave 0 of 2" in out
+        assert "canaries ring=canary; waves 50% 100%; bake 0 s" in out
+        assert "3 total, 1 targeted, 0 applied, 1 waiting" in out
+        assert "agent-0" in out and "applying" in out and "wave not started" in out
+        code, out = rollout_status("--wait", "--timeout", "1.5")
+        assert code == 1
+        assert "timed out" in out
+
+        apply(fleet, 2)
+        services.advance_rollouts()
+        services.advance_rollouts()
+        services.advance_rollouts()
+        code, out = rollout_status("--wait", "--timeout", "5")
+        assert code == 0, out
+        assert "completed" in out and "converged" in out
+
+    def test_rollout_status_fails_on_abort_and_bad_usage(self, admin_api, publish):
+        make_fleet()
+        start(admin_api, publish)
+        admin_api.post("/config/admin/rollout/abort")
+        code, out = rollout_status("--wait")
+        assert code == 1
+        assert "aborted" in out
+        assert rollout_status("--timeout", "5")[0] == 2
+        assert rollout_status("--wait", "--timeout", "-1")[0] == 2
+
+    def test_metrics_show_the_rollout_and_agents_per_target(self, admin_api, publish, api):
+        make_fleet(canaries=2, others=4)
+        text = api.get("/metrics").content.decode()
+        assert 'controller_rollout_state{state="rolling"} 0.0' in text
+        start(admin_api, publish)
+        text = api.get("/metrics").content.decode()
+        assert 'controller_rollout_state{state="rolling"} 1.0' in text
+        assert 'controller_rollout_state{state="completed"} 0.0' in text
+        assert "controller_rollout_version 2.0" in text
+        assert 'controller_agents_by_target_version{version="2"} 2.0' in text
+        assert 'controller_agents_by_target_version{version="1"} 4.0' in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_rides_a_change_request_and_rolls_out_when_approved(publish, settings):
+    from rest_framework.test import APIClient
+
+    from apps.accounts.models import User
+    from apps.accounts.roles import APPROVER, EDITOR
+    from apps.accounts.services import issue_tokens, set_roles
+    from apps.changes.models import ChangeRequest
+
+    def client_for(email, role):
+        user = User.objects.create_user(email=email, password=None)
+        set_roles(user, [role])
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
+        return client
+
+    publish(URL, 30)
+    settings.CONFIG_APPROVALS_REQUIRED = 1
+    editor, approver = client_for("ed@example.com", EDITOR), client_for("ap@example.com", APPROVER)
+    proposed = editor.post(
+        "/config/admin", {"config_url": NEW_URL, "pooling_interval": 30, "rollout": PLAN}, "json"
+    )
+    assert proposed.status_code == 202, proposed.content
+    change = proposed.json()
+    assert change["rollout"]["waves"] == PLAN["waves"]
+    assert ChangeRequest.objects.get().rollout["waves"] == PLAN["waves"]
+    assert ConfigVersion.objects.count() == 1 and not Rollout.objects.exists()
+    approved = approver.post(f"/config/admin/changes/{change['id']}/approve", {}, "json")
+    assert approved.status_code == 200, approved.content
+    assert approved.json()["published_version"] == 2
+    rollout = Rollout.objects.get(version=2)
+    assert rollout.waves == PLAN["waves"]
+    assert rollout.state == Rollout.ROLLING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_is_refused_with_an_emergency(admin_api, publish):
+    publish(URL, 30)
+    response = admin_api.post(
+        "/config/admin",
+        {
+            "config_url": NEW_URL,
+            "pooling_interval": 30,
+            "rollout": PLAN,
+            "emergency": True,
+            "reason": "now",
+        },
+        "json",
+    )
+    assert response.status_code == 400
+    assert "direct publish" in response.json()["detail"]
+    assert ConfigVersion.objects.count() == 1
+    assert not Rollout.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeats_through_the_fast_path_keep_labels_in_their_batch():
+    from apps.agents.services import record_heartbeats
+
+    fleet = make_fleet(canaries=1, others=1)
+    (canary, _), (other, _) = fleet
+    now = timezone.now()
+    record_heartbeats(
+        {canary.pk: (now, 3, [], [], {"ring": "main"}), other.pk: (now, 4, [], [], None)}
+    )
+    canary.refresh_from_db()
+    other.refresh_from_db()
+    assert (canary.labels, canary.applied_version) == ({"ring": "main"}, 3)
+    assert (other.labels, other.applied_version) == ({"ring": "main"}, 4)
