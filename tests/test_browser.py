@@ -174,7 +174,7 @@ def test_rollout_page_in_the_admin(page, live_server):
     from apps.rollouts.models import Rollout
     from apps.rollouts.services import advance_rollouts, measure
 
-    call_command("seed_admin")
+    call_command("seed_admin", allow_default_password=True)
     fleet = []
     for index in range(8):
         token, _ = issue_registration_token()

@@ -51,10 +51,11 @@ def find_agents(digests: list[str]) -> dict[str, Agent | None]:
     """The agents of many token digests in one query (None for an unknown one), remembered as
     find_agent remembers one."""
     found: dict[str, Agent | None] = dict.fromkeys(digests)
-    # Thousands at once right after a change: only what authentication needs is read (the
-    # rest, say the workers' JSON, would cost more to decode than the query itself).
+    # Thousands at once right after a change: only what authentication and the watch need is
+    # read (the rest, say the workers' JSON, would cost more to decode than the query itself).
+    # The watch reads `labels` on the event loop, where a deferred field cannot be loaded.
     for agent in Agent.objects.filter(token_hash__in=digests).only(
-        "id", "token_hash", "revoked_at"
+        "id", "token_hash", "revoked_at", "labels"
     ):
         found[agent.token_hash] = agent
     _remember(found)
