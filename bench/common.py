@@ -219,9 +219,10 @@ async def wait_until_all_held(count: int, timeout: float = 120) -> None:
             lambda: Agent.objects.filter(last_seen__isnull=False).count()
         )
         if held >= count:
-            break
+            await asyncio.sleep(1)
+            return
         await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+    raise RuntimeError(f"only {held} of {count} watches held after {timeout:.0f} s")
 
 
 def admin_headers(url: str) -> dict[str, str]:

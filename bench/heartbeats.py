@@ -120,7 +120,7 @@ async def steady(port: int, tokens: list[str], interval: float, seconds: float, 
                 token = tokens[(number + sent * connections) % len(tokens)]
                 writer.write(
                     (
-                        f"POST /agent/heartbeat HTTP/1.1\r\nHost: bench\r\n"
+                        f"POST /agent/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(REPORT)}\r\n\r\n{REPORT}"
                     ).encode()
