@@ -37,7 +37,6 @@ from bench.common import (
     exchange,
     rss_kib,
     setup_many_connections,
-    wait_until_all_held,
 )
 
 KNOWN = 1
@@ -64,7 +63,7 @@ def request(method: str, path: str, token: str, extra: str = "", body: bytes = b
 class Fleet:
     """The agents of one client process; each moment is noted on the monotonic clock."""
 
-    def __init__(self, port: int, fetch: bool) -> None:
+    def __init__(self, port: int, fetch: bool, ramp: int = 500) -> None:
         self.port = port
         self.fetch = fetch
         self.told: list[float] = []
@@ -72,15 +71,22 @@ class Fleet:
         self.answered: list[float] = []
         self.fetched = 0
         self.errors: list[str] = []
-        self.semaphore = asyncio.Semaphore(500)  # connection ramp: not all SYNs at once
+        # Connection ramp, shared out among the client processes: not all SYNs at once.
+        self.semaphore = asyncio.Semaphore(ramp)
 
     async def agent(self, token: str) -> None:
         async with self.semaphore:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError as exc:
-                self.errors.append(f"connect: {exc!r}")
-                return
+            for attempt in range(3):
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    break
+                except OSError as exc:
+                    # Refused or reset while thousands connect at once: again after a
+                    # second, as an agent retries with its backoff.
+                    if attempt == 2:
+                        self.errors.append(f"connect: {exc!r}")
+                        return
+                    await asyncio.sleep(1)
             watch = request("GET", f"/config/version?version={KNOWN}&wait=60", token)
             answer = asyncio.ensure_future(exchange(reader, writer, watch))
             await asyncio.sleep(0.002)
@@ -132,7 +138,7 @@ class Fleet:
             self.errors.append(f"no answer within {CLIENT_TIMEOUT_SECONDS} s")
 
 
-def client(port: int, tokens: list[str], fetch: bool, out) -> None:
+def client(port: int, tokens: list[str], fetch: bool, ramp: int, out) -> None:
     """One client process: its agents' moments and errors, sent back through `out`."""
     try:
         import uvloop
@@ -140,7 +146,7 @@ def client(port: int, tokens: list[str], fetch: bool, out) -> None:
         uvloop.install()
     except ImportError:
         pass
-    fleet = Fleet(port, fetch)
+    fleet = Fleet(port, fetch, ramp)
     asyncio.run(fleet.run(tokens))
     out.send(
         {
@@ -158,12 +164,13 @@ def start_clients(port: int, tokens: list[str], fetch: bool, per_process: int) -
     """Client processes of at most `per_process` agents each; returns (process, pipe) pairs.
     Forked before any event loop runs in this process."""
     context = multiprocessing.get_context("fork")
+    processes = -(-len(tokens) // per_process)
     clients = []
     for first in range(0, len(tokens), per_process):
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
             target=client,
-            args=(port, tokens[first : first + per_process], fetch, sender),
+            args=(port, tokens[first : first + per_process], fetch, 500 // processes, sender),
             daemon=True,
         )
         process.start()
@@ -201,10 +208,27 @@ async def all_reported(count: int, sent: float, timeout: float = 60) -> float | 
     return None
 
 
-async def change(count: int, url: str, headers: dict, pid: int) -> tuple[float, int, float | None]:
-    """Once every watch is held: the change. Returns (when the PUT was sent, the controller's
-    RSS while holding, seconds until every report was recorded)."""
-    await wait_until_all_held(count, timeout=300)
+async def held_watches(count: int, timeout: float) -> int:
+    """How many agents' watches are held (last_seen is written when a watch is authenticated,
+    just before it starts to wait), once all are or `timeout` has passed."""
+    from apps.agents.models import Agent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        held = await asyncio.to_thread(
+            lambda: Agent.objects.filter(last_seen__isnull=False).count()
+        )
+        if held >= count or time.monotonic() > deadline:
+            await asyncio.sleep(1)
+            return held
+        await asyncio.sleep(0.5)
+
+
+async def change(count: int, url: str, headers: dict, pid: int) -> tuple:
+    """Once every watch is held (or after five minutes, the missing ones then count as not
+    converged): the change. Returns (when the PUT was sent, watches held, the controller's RSS
+    while holding, seconds until every report was recorded)."""
+    held = await held_watches(count, timeout=300)
     rss_held = rss_kib(pid)
     sent = time.monotonic()
     response = await asyncio.to_thread(
@@ -215,7 +239,7 @@ async def change(count: int, url: str, headers: dict, pid: int) -> tuple[float, 
         timeout=30,
     )
     assert response.status_code == 200, response.text
-    return sent, rss_held, await all_reported(count, sent)
+    return sent, held, rss_held, await all_reported(count, sent)
 
 
 def spread(moments: list[float], sent: float) -> dict | None:
@@ -238,7 +262,9 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
     clients = start_clients(port, tokens, fetch, per_process)
     try:
         load = [round(v, 2) for v in os.getloadavg()]
-        sent, rss_held, recorded = asyncio.run(change(count, url, headers, controller.popen.pid))
+        sent, held, rss_held, recorded = asyncio.run(
+            change(count, url, headers, controller.popen.pid)
+        )
         fleet = gather_clients(clients)
     finally:
         for process, _ in clients:
@@ -250,6 +276,7 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
         "workers": workers,
         "client_processes": len(clients),
         "fetch": fetch,
+        "held_before_change": held,
         "converged": len(fleet["holding"]),
         "errors": len(fleet["errors"]),
         "first_errors": fleet["errors"][:5],
@@ -307,7 +334,8 @@ KIB_PER_HELD_WATCH = 16
 
 
 def per_held_watch(run: dict) -> float:
-    return (run["rss_held_kib"] - run["rss_idle_kib"]) / run["agents"]
+    held = run.get("held_before_change") or run["agents"]
+    return (run["rss_held_kib"] - run["rss_idle_kib"]) / held
 
 
 def _ms(spread_ms: dict | None, key: str) -> str:
@@ -319,17 +347,19 @@ def _ms(spread_ms: dict | None, key: str) -> str:
 
 def render(figures: dict) -> str:
     lines = [
-        "| N | answer | client processes | holding / errors | told p99 | holding p50 "
-        "| holding p99 | holding max | heartbeats answered, max | all reports recorded "
-        "| controller RSS idle → holding | per held watch | load average before the change |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | answer | client processes | held before the change | holding / errors "
+        "| told p99 | holding p50 | holding p99 | holding max | heartbeats answered, max "
+        "| all reports recorded | controller RSS idle → holding | per held watch "
+        "| load average before the change |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in figures["runs"]:
         recorded = run["all_reports_recorded_s"]
         lines.append(
             f"| {run['agents']:,} | "
             + ("fetch after it (`--fetch`)" if run["fetch"] else "carries the content")
-            + f" | {run['client_processes']} | {run['converged']:,} / {run['errors']:,} | "
+            + f" | {run['client_processes']} | {run.get('held_before_change', run['agents']):,} | "
+            f"{run['converged']:,} / {run['errors']:,} | "
             f"{_ms(run['told_ms'], 'p99')} | {_ms(run['holding_ms'], 'p50')} | "
             f"**{_ms(run['holding_ms'], 'p99')}** | **{_ms(run['holding_ms'], 'max')}** | "
             f"{_ms(run['answered_ms'], 'max')} | "
