@@ -32,7 +32,8 @@ from bench.common import ROOT, rss_kib
 from tests.support.agent import StubController, write_credentials
 from tests.support.processes import base_env, free_port, manage
 
-INTERNAL_KEY = "bench-internal-key-0123456789"
+# At least 32 characters: shorter keys are refused at start-up.
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
 # Memory targets are in MB (10^6 bytes), compared with the resident set in bytes.
 RSS_TARGET_MB = {"agent": 35, "worker": 90}
 STARTUP_TARGET_S = 1.0
