@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from redis.asyncio.sentinel import Sentinel
 
+from apps.agents.auth import sweep_revocations
 from apps.agents.models import Agent
 from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
@@ -76,6 +77,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._listen_redis()))
         self._tasks.append(asyncio.create_task(self._recheck_database()))
         self._tasks.append(asyncio.create_task(self._advance_rollouts()))
+        self._tasks.append(asyncio.create_task(self._sweep_revocations()))
 
     async def stop(self) -> None:
         notifications.set_local_listener(None)
@@ -246,6 +248,16 @@ class Hub:
             except DatabaseError as exc:
                 logger.warning("could not advance the rollout: %s", exc)
 
+    async def _sweep_revocations(self) -> None:
+        """Twice per AGENT_AUTH_CACHE_SECONDS: the revocations of the last minute, so that this
+        process may trust its memory of the other agents' tokens (apps.agents.auth)."""
+        while True:
+            try:
+                await _sweep_revocations_once()
+            except DatabaseError as exc:
+                logger.warning("could not read the agents' revocations: %s", exc)
+            await asyncio.sleep(settings.AGENT_AUTH_CACHE_SECONDS / 2)
+
     async def _read_database_once(self) -> None:
         state = await _state_from_database()
         self.advance(state)
@@ -297,6 +309,11 @@ def with_database(function):
 @with_database
 def _state_from_database() -> dict:
     return state_of(get_current_config())
+
+
+@with_database
+def _sweep_revocations_once() -> None:
+    sweep_revocations()
 
 
 @with_database
