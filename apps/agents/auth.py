@@ -30,8 +30,10 @@ TRUST_SECONDS = 300.0
 # Longer than any pause between two sweeps that keep the memory trusted, plus the time a
 # revoking transaction may take to commit and the skew between controller hosts' clocks.
 REVOCATION_LOOKBACK_SECONDS = 60.0
-# Until when the memory is known to hold no agent revoked since it was remembered.
+# Until when the memory is known to hold no agent revoked since it was remembered, and when
+# the last sweep started.
 _swept_until = 0.0
+_swept_at: float | None = None
 
 
 def find_agent(token: str) -> Agent | None:
@@ -91,17 +93,18 @@ def _remember(agents: dict[str, Agent | None]) -> None:
 def sweep_revocations() -> int:
     """Drop from this process's memory every agent revoked in the last
     REVOCATION_LOOKBACK_SECONDS, and trust the rest of it for AGENT_AUTH_CACHE_SECONDS more
-    (from the moment this started). After a pause longer than that (the database was
-    unreachable, say), the whole memory is dropped first: a revocation may have been missed.
-    Returns how many agents were dropped."""
-    global _swept_until
+    (from the moment this started). On the first sweep, and after a pause of more than half the
+    lookback since the last one (the database was unreachable, say), the whole memory is
+    dropped first: a revocation may have been missed. Returns how many agents were dropped."""
+    global _swept_until, _swept_at
     started = clock()
     since = timezone.now() - timedelta(seconds=REVOCATION_LOOKBACK_SECONDS)
     revoked = list(Agent.objects.filter(revoked_at__gte=since).values_list("token_hash", flat=True))
     with _lock:
-        if _swept_until < started:
+        if _swept_at is None or started - _swept_at > REVOCATION_LOOKBACK_SECONDS / 2:
             _known.clear()
         dropped = sum(_known.pop(digest, None) is not None for digest in revoked)
+        _swept_at = started
         _swept_until = started + settings.AGENT_AUTH_CACHE_SECONDS
     return dropped
 
