@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VAR_DIR ?= var
 COMPOSE ?= docker compose
-# Tests run with DEBUG off, as in production; this key signs nothing outside the test run.
-TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-not-secret-key-0123456789abcdefghijklmnop}
+# Tests run with DEBUG off, as in production, with a key made afresh for each run: a key
+# written here would be published, and the controller refuses published keys.
+TEST_ENV := SECRET_KEY=$${SECRET_KEY:-$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')}
 # Local development: DEBUG on (a secret key is made once under var/) unless the caller says.
 DEV_ENV := DEBUG=$${DEBUG:-1} VAR_DIR=$(VAR_DIR)
 # The worker and the agent share INTERNAL_KEY; locally it is made once and kept under var/.
@@ -14,7 +15,7 @@ KEY_ENV := INTERNAL_KEY=$${INTERNAL_KEY:-$$(cat $(VAR_DIR)/internal_key)}
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint format migrate-up seed-admin setup run-controller run-worker \
 	run-agent build-static build-schema build-all docker-build docker-up docker-down docker-logs \
-	docker-seed docker-scale docs-serve docs-view docs-redoc diagrams clean
+	docker-seed docker-scale k8s-dev-secrets docs-serve docs-view docs-redoc diagrams clean
 
 help: ## Show the available commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -86,6 +87,14 @@ build-all: build-static build-schema docker-build ## Static files, schema and th
 # Docker (the seed's Option 1) ---------------------------------------------------------------
 .env:
 	$(PYTHON) deploy/write_env.py .env.example .env
+
+# Kubernetes ---------------------------------------------------------------------------------
+K8S_DEV_SECRETS := deploy/kubernetes/overlays/dev/secrets.env
+
+$(K8S_DEV_SECRETS):
+	$(PYTHON) deploy/write_env.py $@.example $@
+
+k8s-dev-secrets: $(K8S_DEV_SECRETS) ## Write the dev overlay's secrets.env (git-ignored) once, fresh
 
 docker-build: .env ## Build the one image every role runs
 	$(COMPOSE) build

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -22,7 +23,8 @@ def setup_django() -> None:
 
     os.environ["DATABASE_URL"] = BENCH_DATABASE_URL
     os.environ["REDIS_URL"] = BENCH_REDIS_URL
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret-key-0123456789abcdefghijklmnop")
+    # Made afresh for each run: the controller refuses a key published in the repository.
+    os.environ.setdefault("SECRET_KEY", f"key-{secrets.token_hex(32)}")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
     name = BENCH_DATABASE_URL.rsplit("/", 1)[1]
     with psycopg.connect(BENCH_DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as db:

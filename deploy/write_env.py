@@ -1,8 +1,11 @@
-"""Write .env from .env.example with fresh random secrets (`make docker-up` runs it once).
+"""Write an env file from its example with fresh random secrets: `.env` for docker compose
+(`make docker-up` runs it once) and the Kubernetes dev overlay's `secrets.env`
+(`make k8s-dev-secrets`).
 
 The example's placeholders are published with the repository, and the controller, worker and
-agent refuse them with DEBUG off; every secret here is made anew instead. Standard library only,
-so it runs before any virtualenv exists.
+agent refuse them with DEBUG off; every secret here is made anew instead. A value may name a
+fresh secret as `${NAME}` (the dev overlay's DATABASE_URL carries the PostgreSQL password).
+Standard library only, so it runs before any virtualenv exists.
 """
 
 import os
@@ -14,11 +17,15 @@ FRESH = {"SECRET_KEY": 50, "INTERNAL_KEY": 32, "POSTGRES_PASSWORD": 24, "ADMIN_P
 
 
 def render(example: str) -> str:
+    fresh = {name: secrets.token_urlsafe(size) for name, size in FRESH.items()}
     lines = []
     for line in example.splitlines():
         name, sep, _ = line.partition("=")
-        if sep and not line.lstrip().startswith("#") and name.strip() in FRESH:
-            line = f"{name.strip()}={secrets.token_urlsafe(FRESH[name.strip()])}"
+        if sep and not line.lstrip().startswith("#"):
+            if name.strip() in FRESH:
+                line = f"{name.strip()}={fresh[name.strip()]}"
+            for secret, value in fresh.items():
+                line = line.replace(f"${{{secret}}}", value)
         lines.append(line)
     return "\n".join(lines) + "\n"
 

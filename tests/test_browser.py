@@ -286,6 +286,8 @@ def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_se
     log_in(page, live_server, "ed@example.com", "Long-Pass-7!")
     page.click("text=Change configuration")
     page.fill("#id_pooling_interval", "60")
+    # No way past review is offered to an editor.
+    assert page.locator('input[name="_emergency"]').count() == 0
     page.click('input[value="Propose for approval"]')
     page.wait_for_selector("ul.messagelist")
     assert "awaits approval" in page.inner_text("ul.messagelist")
@@ -312,3 +314,21 @@ def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_se
     assert page.inner_text("#current-interval") == "60 s"
     assert page.inner_text("#pending-changes .number") == "0"
     assert ConfigVersion.objects.get(version=2).created_by.email == "ed@example.com"
+
+    # A superuser publishes in an emergency from the same form: a reason is required, then the
+    # version is current at once, and the dashboard shows it in red with the reason.
+    call_command("seed_admin", allow_default_password=True)
+    log_in(page, live_server, SEED_EMAIL, SEED_PASSWORD)
+    page.click("text=Change configuration")
+    page.fill("#id_pooling_interval", "120")
+    emergency = 'input[value="Publish now (emergency, bypasses review)"]'
+    page.click(emergency)
+    assert "needs a reason" in page.inner_text("#emergency-publish .field-reason")
+    assert ConfigVersion.objects.count() == 2
+    page.fill("#id_reason", "upstream overloaded")
+    page.click(emergency)
+    page.wait_for_selector("ul.messagelist")
+    assert "Emergency publish: version 3 is now current" in page.inner_text("ul.messagelist")
+    page.goto(f"{live_server.url}/admin/")
+    assert page.inner_text("#current-version") == "3"
+    assert "upstream overloaded" in page.inner_text("#current-emergency")

@@ -2,6 +2,7 @@
 own), rejecting, cancelling, staleness, and the superuser's emergency publish."""
 
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
 from apps.accounts.models import User
@@ -541,3 +542,106 @@ def test_a_proposal_with_an_if_match_that_is_not_current_is_412_and_stores_nothi
         "/config/admin", {"pooling_interval": 60}, format="json", HTTP_IF_MATCH='"2"'
     )
     assert fresh.status_code == 202
+
+
+# The admin's emergency publish -----------------------------------------------------------
+
+CHANGE_FORM = "/admin/configs/configversion/change-config/"
+EMERGENCY_BUTTON = 'value="Publish now (emergency, bypasses review)" name="_emergency"'
+
+
+def csrf_client(user) -> Client:
+    """A browser's session: CSRF checked as in production, with the token a page of the admin
+    gives (its logout form), which every user of the admin has, even one the form refuses."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    browser.get("/admin/")
+    browser.csrf_token = browser.cookies["csrftoken"].value
+    return browser
+
+
+def post_emergency(browser: Client, **fields):
+    values = {"config_url": URL, "pooling_interval": "90", "reason": "upstream on fire"}
+    values.update(fields)
+    return browser.post(
+        CHANGE_FORM, {**values, "_emergency": "1", "csrfmiddlewaretoken": browser.csrf_token}
+    )
+
+
+def test_a_superuser_publishes_from_the_admin_form_in_an_emergency(
+    approvals, superuser, editor, v1, agent_api, django_capture_on_commit_callbacks
+):
+    pending = propose(editor, pooling_interval=60)
+    browser = csrf_client(superuser.user)
+    html = browser.get(CHANGE_FORM).content.decode()
+    assert EMERGENCY_BUTTON in html and 'name="reason"' in html
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = post_emergency(browser, reason="  upstream is down  ")
+    assert answer.status_code == 302
+    assert versions() == [(1, URL, 30), (2, URL, 90)]
+    assert agent_api.get("/config/version").json()["version"] == 2
+    # The same audit entry as the API's emergency publish.
+    entry = AuditEntry.objects.get(action=AuditEntry.CONFIG_EMERGENCY)
+    assert entry.actor == "root@example.com"
+    assert entry.detail["reason"] == "upstream is down"
+    assert entry.detail["after"]["pooling_interval"] == 90
+    assert entry.detail["made_stale"] == [pending["id"]]
+    assert ChangeRequest.objects.get(pk=pending["id"]).state == "stale"
+    page = browser.get(answer.url).content.decode()
+    assert "Emergency publish: version 2 is now current, without approval." in page
+
+
+def test_the_emergency_button_is_offered_to_superusers_only_and_only_with_approvals(
+    settings, client, superuser, v1
+):
+    for roles in ([EDITOR], [EDITOR, APPROVER, OPERATOR]):
+        settings.CONFIG_APPROVALS_REQUIRED = 1
+        admin_client_for(client, f"{len(roles)}@example.com", *roles)
+        html = client.get(CHANGE_FORM).content.decode()
+        assert "_emergency" not in html and 'name="reason"' not in html
+    client.force_login(superuser.user)
+    assert EMERGENCY_BUTTON in client.get(CHANGE_FORM).content.decode()
+    settings.CONFIG_APPROVALS_REQUIRED = 0
+    assert "_emergency" not in client.get(CHANGE_FORM).content.decode()
+
+
+@pytest.mark.parametrize("roles", [[APPROVER], [EDITOR], [EDITOR, APPROVER, OPERATOR]])
+def test_a_forged_emergency_post_from_a_non_superuser_is_403_and_stores_nothing(
+    approvals, v1, roles
+):
+    user = User.objects.create_user(email="forger@example.com", password=None)
+    set_roles(user, roles)
+    answer = post_emergency(csrf_client(user))
+    assert answer.status_code == 403
+    assert versions() == [(1, URL, 30)]
+    assert not ChangeRequest.objects.exists()
+    assert not AuditEntry.objects.filter(action=AuditEntry.CONFIG_EMERGENCY).exists()
+
+
+def test_an_emergency_post_without_the_csrf_token_is_403(approvals, superuser, v1):
+    browser = csrf_client(superuser.user)
+    browser.csrf_token = "forged" * 6
+    assert post_emergency(browser).status_code == 403
+    assert versions() == [(1, URL, 30)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"reason": ""}, "reason", "An emergency publish needs a reason."),
+        ({"reason": "   "}, "reason", "An emergency publish needs a reason."),
+        ({"reason": "r" * 501}, "reason", "at most 500 characters"),
+        ({"staged": "on"}, "staged", "A rollout plan goes with a direct publish"),
+        ({"pooling_interval": "5"}, "pooling_interval", "between 30 and 86400"),
+    ],
+)
+def test_a_bad_emergency_from_the_admin_is_a_form_error_and_stores_nothing(
+    approvals, superuser, v1, fields, field, message
+):
+    answer = post_emergency(csrf_client(superuser.user), **fields)
+    assert answer.status_code == 200
+    assert message in " ".join(answer.context["form"].errors[field])
+    assert EMERGENCY_BUTTON in answer.content.decode()
+    assert versions() == [(1, URL, 30)]
+    assert not ChangeRequest.objects.exists()
+    assert not AuditEntry.objects.filter(action=AuditEntry.CONFIG_EMERGENCY).exists()

@@ -7,18 +7,22 @@ is given is checked against the settings its process reads.
 
 import base64
 import functools
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from protocol.secrets import weakness
 from tests.conftest import unavailable
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, base_env, manage
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "production")
@@ -51,18 +55,57 @@ REQUIRED = {
 ROLES = {"run_controller": "controller", "run_worker": "worker", "run_agent": "agent"}
 
 
+# The keys the dev overlay once shipped in its kustomization.yaml, published with the history.
+FORMER_DEV_SECRETS = {
+    "SECRET_KEY": "dev-only-not-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
+    "INTERNAL_KEY": "dev-only-internal-key-0123456789abcdef",
+    "POSTGRES_PASSWORD": "dev-only-postgres",
+    "ADMIN_PASSWORD": "dev-only-admin-password-0123",
+}
+# Kept alive for the test run: the copy of deploy/kubernetes that the overlays are rendered from.
+_TREES: list[tempfile.TemporaryDirectory] = []
+
+
+def write_dev_secrets(tree) -> dict[str, str]:
+    """`make k8s-dev-secrets` in a copy of deploy/kubernetes: the same script, the same files."""
+    target = tree / "overlays" / "dev" / "secrets.env"
+    subprocess.run(
+        [sys.executable, "deploy/write_env.py", f"{target}.example", str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(
+        line.split("=", 1)
+        for line in target.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
 @functools.cache
-def render(overlay: str) -> list[dict]:
+def rendered_tree():
+    """A copy of deploy/kubernetes with the dev overlay's secrets.env written, as on a machine
+    that ran `make k8s-dev-secrets` (the repository holds no such file)."""
+    _TREES.append(tempfile.TemporaryDirectory(prefix="kustomize-"))
+    tree = Path(shutil.copytree(KUSTOMIZE, f"{_TREES[-1].name}/kubernetes"))
+    (tree / "overlays" / "dev" / "secrets.env").unlink(missing_ok=True)
+    write_dev_secrets(tree)
+    return tree
+
+
+def kustomize(path) -> subprocess.CompletedProcess:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         unavailable("kubectl is not installed (Debian: apt-get install kubernetes-client)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
+
+
+@functools.cache
+def render(overlay: str) -> list[dict]:
+    result = kustomize(rendered_tree() / "overlays" / overlay)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -310,3 +353,79 @@ def test_dev_runs_its_own_postgres_and_redis_and_production_does_not():
     assert secrets["REDIS_URL"].startswith("redis://redis:6379/")
     assert set(objects("production", "StatefulSet")) == {"distributed-config-worker"}
     assert not [n for n in objects("production", "Secret") if "secrets" in n]
+
+
+# Secrets and proxies -------------------------------------------------------------------------
+
+
+def test_the_dev_overlay_commits_no_secret_and_takes_fresh_ones_from_its_env_file(tmp_path):
+    dev = KUSTOMIZE / "overlays" / "dev"
+    generators = yaml.safe_load((dev / "kustomization.yaml").read_text())["secretGenerator"]
+    assert [(g["name"], g.get("literals"), g["env"]) for g in generators] == [
+        ("distributed-config-secrets", None, "secrets.env")
+    ]
+    assert "deploy/kubernetes/overlays/dev/secrets.env" in (
+        (ROOT / ".gitignore").read_text().splitlines()
+    )
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\t$(PYTHON) deploy/write_env.py $@.example $@\n" in makefile
+    # Without the generated file there is no Secret to fall back on: the overlay does not render.
+    bare = Path(shutil.copytree(KUSTOMIZE, tmp_path / "kubernetes"))
+    (bare / "overlays" / "dev" / "secrets.env").unlink(missing_ok=True)
+    refused = kustomize(bare / "overlays" / "dev")
+    assert refused.returncode != 0 and "secrets.env" in refused.stderr
+    # With it, every secret is fresh, strong, and made anew on each machine.
+    secrets = secrets_of("dev")
+    for name in ("SECRET_KEY", "INTERNAL_KEY"):
+        assert weakness(name, secrets[name]) is None, name
+    assert len(secrets["ADMIN_PASSWORD"]) >= 24
+    assert (
+        secrets["DATABASE_URL"]
+        == f"postgres://dcs:{secrets['POSTGRES_PASSWORD']}@postgres:5432/dcs"
+    )
+    assert len(secrets["POSTGRES_PASSWORD"]) >= 24
+    for value in secrets.values():
+        assert not value.startswith(("dev-only", "change-me")), value
+    other = write_dev_secrets(bare)
+    for name in ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD"):
+        assert other[name] != secrets[name], name
+
+
+FORMER_STAND_INS = [
+    *FORMER_DEV_SECRETS.items(),
+    # The Makefile's test key and the benchmarks' key, before each run made its own.
+    ("SECRET_KEY", "test-only-not-secret-key-0123456789abcdefghijklmnop"),
+    ("SECRET_KEY", "bench-only-not-secret-key-0123456789abcdefghijklmnop"),
+    ("INTERNAL_KEY", "dev-only-" + "x" * 40),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), FORMER_STAND_INS)
+def test_the_secret_check_refuses_every_dev_only_and_test_only_key(name, value):
+    assert "published in this repository" in weakness(name, value)
+
+
+def test_the_controller_refuses_to_start_with_the_former_dev_overlay_key(tmp_path):
+    env = base_env(DEBUG="0", VAR_DIR=str(tmp_path), SECRET_KEY=FORMER_DEV_SECRETS["SECRET_KEY"])
+    result = subprocess.run(
+        manage("run_controller", "--bind", "127.0.0.1:1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "SECRET_KEY is a value published in this repository" in result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_uvicorn_believes_forwarded_headers_only_from_the_pod_network(overlay):
+    deployment = objects(overlay, "Deployment")["distributed-config-controller"]
+    value = environment(overlay, pod_spec(deployment)["containers"][0])["FORWARDED_ALLOW_IPS"]
+    assert "*" not in value
+    networks = [ipaddress.ip_network(item.strip()) for item in value.split(",")]
+    assert networks and all(n.is_private and n.prefixlen >= 8 for n in networks), value
+    if overlay == "production":
+        # The overlay's own value, which its comment asks the operator to set to their range.
+        assert value == "10.244.0.0/16"

@@ -19,7 +19,13 @@ SECRET_NAMES = ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWO
 def _published_values() -> set[str]:
     """Every value this repository shows for a secret, in the files a deployer copies from."""
     found = set()
-    sources = [".env.example", "README.md", "Dockerfile", *map(str, ROOT.glob("config/*.yaml"))]
+    sources = [
+        ".env.example",
+        "deploy/kubernetes/overlays/dev/secrets.env.example",
+        "README.md",
+        "Dockerfile",
+        *map(str, ROOT.glob("config/*.yaml")),
+    ]
     for source in sources:
         text = (ROOT / source).read_text()
         for name in SECRET_NAMES:

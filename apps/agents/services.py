@@ -20,6 +20,7 @@ from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, ne
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.notifications import publish_revocation
+from apps.rollouts.services import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression
 from controller_site.errors import ServiceError
 
@@ -117,6 +118,7 @@ def record_heartbeat(
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(**changes)
         add_hits([(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now)
+    judge_rollout_health({item["version"] for item in hits})
     if labels is not None and labels != agent.labels:
         # The watch reads labels from this process's memory of the token: a new label (a
         # canary ring, say) counts from the next request on, not after the cache runs out.
@@ -220,6 +222,19 @@ def record_heartbeats(reports: dict) -> None:
         ],
         timezone.now(),
     )
+    judge_rollout_health({item["version"] for report in reports.values() for item in report[3]})
+
+
+def judge_rollout_health(versions: set[int]) -> None:
+    """Once hits are written: the rollout's health gate (apps.rollouts.health), which may halt
+    it. Its failure must not cost the heartbeats their record (a batch whose write raised is
+    written again, and its hits would count twice), so it is logged here and not raised."""
+    if not versions:
+        return
+    try:
+        evaluate_rollout_health(versions)
+    except Exception:  # noqa: BLE001 - the next batch with hits judges again
+        logger.exception("the rollout health check failed; the next heartbeats retry it")
 
 
 def _update_agents(reports: dict) -> None:

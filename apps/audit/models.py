@@ -36,6 +36,8 @@ class AuditEntry(models.Model):
     ROLLOUT_RESUMED = "rollout.resumed"
     ROLLOUT_COMPLETED = "rollout.completed"
     ROLLOUT_ABORTED = "rollout.aborted"
+    ROLLOUT_HALTED = "rollout.halted"
+    PREFLIGHT_REFUSED = "config.preflight_refused"
     ADMIN_ADDED = "admin.added"
     ADMIN_CHANGED = "admin.changed"
     ADMIN_DELETED = "admin.deleted"
@@ -63,6 +65,8 @@ class AuditEntry(models.Model):
         (ROLLOUT_RESUMED, "Rollout resumed"),
         (ROLLOUT_COMPLETED, "Rollout completed"),
         (ROLLOUT_ABORTED, "Rollout aborted"),
+        (ROLLOUT_HALTED, "Rollout halted by its failure rate"),
+        (PREFLIGHT_REFUSED, "Publish refused by its pre-flight"),
         (ADMIN_ADDED, "Added in the admin"),
         (ADMIN_CHANGED, "Changed in the admin"),
         (ADMIN_DELETED, "Deleted in the admin"),

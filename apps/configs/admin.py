@@ -6,12 +6,13 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from apps.accounts.roles import EDITOR, OPERATOR, has_role, role_needed_message
+from apps.accounts.roles import EDITOR, OPERATOR, SUPERUSER, has_role, role_needed_message
 from apps.changes import services as changes
 from apps.configs import preflight, services
 from apps.configs.errors import NoLiveAgent
 from apps.configs.models import ConfigVersion
 from apps.rollouts.serializers import RolloutPlanSerializer
+from apps.rollouts.services import RolloutPlanNeedsDirectPublish
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -57,6 +58,33 @@ class ConfigChangeForm(forms.Form):
         initial=0,
         help_text="Seconds each wave runs, once applied by its live agents, before the next.",
     )
+    # Superusers only (the form drops it for everyone else): the emergency publish's reason,
+    # kept in its audit entry as the API's `reason` is.
+    reason = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+        label="Reason for the emergency",
+        help_text="Required for an emergency publish: why it cannot wait for approval. "
+        "Kept in the audit log.",
+    )
+
+    def __init__(self, *args, offer_emergency: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not offer_emergency:
+            del self.fields["reason"]
+
+    def emergency_reason(self) -> str | None:
+        """The reason, checked as the API checks it; None (with the field's error) when the
+        form cannot make an emergency publish."""
+        reason = self.cleaned_data.get("reason", "")
+        if not reason:
+            self.add_error("reason", "An emergency publish needs a reason.")
+            return None
+        if self.cleaned_data.get("staged"):
+            self.add_error("staged", RolloutPlanNeedsDirectPublish().detail)
+            return None
+        return reason
 
     def rollout_plan(self) -> dict | None:
         """The plan, checked by the API's own rules; None when not staged. Problems become
@@ -159,10 +187,17 @@ class ConfigVersionAdmin(HistoryAdmin):
         trial = None
         if request.method == "POST" and "_preflight" in request.POST:
             # Try the URL on a few agents' workers; nothing is saved.
-            form = ConfigChangeForm(request.POST)
+            form = ConfigChangeForm(request.POST, offer_emergency=request.user.is_superuser)
             trial = self._preflight(form, request.POST.get("config_url", ""))
         elif request.method == "POST":
-            form = ConfigChangeForm(request.POST)
+            emergency = "_emergency" in request.POST
+            if emergency and not request.user.is_superuser:
+                # Refused before the form is read: nothing of a forged emergency is kept.
+                raise PermissionDenied(
+                    role_needed_message(SUPERUSER) + " An emergency publish skips approval."
+                )
+            form = ConfigChangeForm(request.POST, offer_emergency=request.user.is_superuser)
+            reason = form.emergency_reason() if emergency and form.is_valid() else None
             plan = form.rollout_plan() if form.is_valid() else None
             if form.is_valid():
                 values = {
@@ -170,6 +205,8 @@ class ConfigVersionAdmin(HistoryAdmin):
                     "pooling_interval": form.cleaned_data["pooling_interval"],
                 }
                 try:
+                    if emergency:
+                        return self._publish_emergency(request, current, values, reason)
                     if changes.approvals_required():
                         return self._propose(request, current, {**values, "rollout": plan})
                     config, created = self._publish(request, current, {**values, "rollout": plan})
@@ -194,7 +231,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                 if current
                 else {}
             )
-            form = ConfigChangeForm(initial=initial)
+            form = ConfigChangeForm(initial=initial, offer_emergency=request.user.is_superuser)
         context = {
             **self.admin_site.each_context(request),
             "title": "Change the configuration",
@@ -203,6 +240,10 @@ class ConfigVersionAdmin(HistoryAdmin):
             "current": current,
             "preflight": trial,
             "approvals_required": changes.approvals_required(),
+            # The way past review is offered only where there is review to bypass (and kept in
+            # view when an emergency publish was tried, to show its errors).
+            "offer_emergency": request.user.is_superuser
+            and (changes.approvals_required() or "_emergency" in request.POST),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
 
@@ -237,6 +278,31 @@ class ConfigVersionAdmin(HistoryAdmin):
             f"{changes.approvals_required()} approver(s) other than you approve it.",
         )
         return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
+
+    def _publish_emergency(
+        self, request, current, values: dict, reason: str
+    ) -> HttpResponseRedirect:
+        """The API's emergency publish: the same service function, so the same audit entry."""
+        config, created = changes.publish_emergency(
+            actor=request.user,
+            reason=reason,
+            source_ip=client_ip(request),
+            partial=current is not None,
+            **values,
+        )
+        if created:
+            self.message_user(
+                request,
+                f"Emergency publish: version {config.version} is now current, without approval.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Nothing changed: version {config.version} already has this content.",
+                messages.WARNING,
+            )
+        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
 
     def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
         who = {"actor": request.user, "source_ip": client_ip(request)}

@@ -53,3 +53,19 @@ class StaleVersion(ServiceError):
 
     def body(self) -> dict:
         return {"detail": self.detail, "current_version": self.current_version}
+
+
+class PreflightFailed(ServiceError):
+    """A publish whose plan asked for a pre-flight, and no agent's fetch of the URL succeeded."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+
+    def __init__(self, answer: dict) -> None:
+        super().__init__(
+            f"The pre-flight of {answer['config_url']} failed on every agent asked; nothing was "
+            f"published."
+        )
+        self.answer = answer
+
+    def body(self) -> dict:
+        return {"detail": self.detail, "preflight": self.answer}

@@ -19,9 +19,11 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.services import status_condition
+from apps.audit.models import AuditEntry
+from apps.audit.services import record_event
 from apps.configs import notifications
-from apps.configs.errors import NoLiveAgent, UnknownPreflight
-from apps.configs.services import get_current_state
+from apps.configs.errors import NoConfigYet, NoLiveAgent, PreflightFailed, UnknownPreflight
+from apps.configs.services import get_current_config, get_current_state
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,40 @@ def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10
         "; ".join(f"{r['agent_id']}: {r['error'] or 'HTTP ' + str(r['status'])}" for r in results),
     )
     return {"config_url": config_url, "ok": ok, "results": results}
+
+
+def preflight_before_publish(
+    config_url: str | None, *, actor=None, source_ip: str | None = None
+) -> dict:
+    """A plan's `"preflight": true`: run the pre-flight of the URL about to be published (the
+    current one when the change leaves it as it is), before anything is stored. When it is not
+    ok (PreflightFailed, 422) or no agent is live to run it (NoLiveAgent, 409), the refused
+    attempt is audited and nothing is published."""
+    if config_url is None:
+        current = get_current_config()
+        if current is None:
+            raise NoConfigYet()
+        config_url = current.config_url
+    try:
+        answer = run_preflight(config_url=config_url)
+    except NoLiveAgent:
+        _audit_refusal(config_url, "no agent is live to run the pre-flight", [], actor, source_ip)
+        raise
+    if not answer["ok"]:
+        _audit_refusal(config_url, "the pre-flight failed", answer["results"], actor, source_ip)
+        raise PreflightFailed(answer)
+    return answer
+
+
+def _audit_refusal(config_url: str, why: str, results: list, actor, source_ip) -> None:
+    record_event(
+        AuditEntry.PREFLIGHT_REFUSED,
+        actor=actor,
+        source_ip=source_ip,
+        target="config",
+        detail={"config_url": config_url, "why": why, "results": results},
+    )
+    logger.warning("publish of %s refused: %s", config_url, why)
 
 
 def record_preflight_result(agent: Agent, *, preflight_id: str, result: dict) -> None:

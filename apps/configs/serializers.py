@@ -176,6 +176,11 @@ class PreflightAnswerSerializer(serializers.Serializer):
     results = PreflightResultSerializer(many=True)
 
 
+class PreflightFailedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    preflight = PreflightAnswerSerializer(help_text="The pre-flight's answer, with its results.")
+
+
 class AgentPreflightResultSerializer(serializers.Serializer):
     """What an agent posts back: its worker's answer to a pre-flight."""
 

@@ -161,6 +161,7 @@ def publish_config(
     rollout: dict | None = None,
     reason: str = "",
     expect_rollout: int | None = None,
+    halt: dict | None = None,
 ) -> tuple[ConfigVersion, bool]:
     """Make the given content current. Returns (config, created); identical content is a no-op,
     and so is not audited. A field left as None keeps the current value: the merge happens under
@@ -175,7 +176,8 @@ def publish_config(
     (checked under the lock), nothing is stored and StaleVersion says which version is newest.
     `rollout` (a checked plan) gives the new version to the agents in waves instead of to all
     at once (see the `publishing` and `published` signals); `reason` and `expect_rollout` are
-    those of an abort, which is a rollback."""
+    those of an abort, which is a rollback, and `halt` (the health gate's numbers) makes it a
+    halt."""
     if config_url is not None:
         config_url = check_config_url(config_url)
     if pooling_interval is not None:
@@ -200,6 +202,7 @@ def publish_config(
                     source_ip=source_ip,
                     reason=reason,
                     expect_rollout=expect_rollout,
+                    halt=halt,
                 )
                 url = newest.config_url if config_url is None else config_url
                 interval = newest.pooling_interval if pooling_interval is None else pooling_interval
@@ -277,9 +280,10 @@ def rollback_config(
     source_ip: str | None = None,
     reason: str = "",
     expect_rollout: int | None = None,
+    halt: dict | None = None,
 ) -> tuple[ConfigVersion, bool]:
     """Make a new version whose content is that of `version`, for every agent at once; a
-    rollout still splitting the fleet is aborted."""
+    rollout still splitting the fleet is aborted (or halted, with `halt`)."""
     target = ConfigVersion.objects.filter(version=version).first()
     if target is None:
         raise UnknownVersion(version)
@@ -292,6 +296,7 @@ def rollback_config(
         audit_action=AuditEntry.CONFIG_ROLLED_BACK,
         reason=reason,
         expect_rollout=expect_rollout,
+        halt=halt,
     )
 
 

@@ -19,6 +19,7 @@ from apps.configs.serializers import (
     ConfigWriteSerializer,
     HistoryEntrySerializer,
     PreflightAnswerSerializer,
+    PreflightFailedSerializer,
     PreflightSerializer,
     RollbackSerializer,
     StaleVersionSerializer,
@@ -52,7 +53,14 @@ STALE = OpenApiResponse(
     description="If-Match names a version that is no longer the newest; nothing was stored.",
 )
 ROLLOUT_ACTIVE = OpenApiResponse(
-    description="A rollout is rolling or paused; promote it to the end or abort it first."
+    description="A rollout is rolling or paused; promote it to the end or abort it first. "
+    'With `"rollout": {"preflight": true}`, also when no agent is live to run the pre-flight.'
+)
+PREFLIGHT_FAILED = OpenApiResponse(
+    response=PreflightFailedSerializer,
+    description='The plan asked for a pre-flight (`"preflight": true`) and no agent\'s fetch '
+    "of the URL got a status below 500 without an error: nothing was stored or published; "
+    "`preflight` carries the results.",
 )
 
 
@@ -72,6 +80,8 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     who = {"source_ip": client_ip(request)}
     if plan is not None and emergency:
         raise RolloutPlanNeedsDirectPublish()
+    if plan is not None and plan.get("preflight"):
+        preflight.preflight_before_publish(values.get("config_url"), actor=request.user, **who)
     direct = {"if_match": request.headers.get("If-Match"), "rollout": plan}
     if emergency:
         config, created = changes.publish_emergency(
@@ -134,6 +144,7 @@ class ConfigAdminView(APIView):
             202: CHANGE_PROPOSED,
             409: ROLLOUT_ACTIVE,
             412: STALE,
+            422: PREFLIGHT_FAILED,
             **ERRORS,
             403: forbidden(EDITOR),
         },
@@ -156,6 +167,7 @@ class ConfigAdminView(APIView):
             202: CHANGE_PROPOSED,
             409: ROLLOUT_ACTIVE,
             412: STALE,
+            422: PREFLIGHT_FAILED,
             404: OpenApiResponse(),
             **ERRORS,
             403: forbidden(EDITOR),

@@ -68,6 +68,12 @@ def _instruments() -> SimpleNamespace:
             "controller_heartbeats_recorded",
             "Agents' heartbeats written to the database in batches by the ASGI front.",
         ),
+        rollouts_halted=Counter(
+            "controller_rollouts_halted",
+            "Rollouts stopped by their new version's failure rate, by what happened: halted "
+            "(every agent put back on the previous content) or paused (auto_rollback off).",
+            ["state"],
+        ),
     )
 
 

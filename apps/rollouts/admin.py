@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.audit.models import AuditEntry
 from apps.rollouts import services
+from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
@@ -33,7 +34,7 @@ CONTROLS = {
     ),
     "resume": (
         services.resume_rollout,
-        (Rollout.PAUSED, Rollout.HALTED),
+        (Rollout.PAUSED,),
         "Waves start again; the current wave's bake time counts from now.",
     ),
     "abort": (
@@ -157,6 +158,7 @@ class RolloutAdmin(HistoryAdmin):
                 name for name, (_, states, _) in CONTROLS.items() if rollout.state in states
             ]
         stale = sum(1 for agent in progress.agents if agent["stale"] and not agent["applied"])
+        new_hits, previous_hits = health_of(rollout)
         bars = [
             ("applied", progress.applied, "#2e7d32"),
             ("applying", len(progress.waiting), "#1565c0"),
@@ -182,6 +184,10 @@ class RolloutAdmin(HistoryAdmin):
             "wave_entries": waves,
             "chart": progress_chart(rollout, progress.total, waves),
             "controls": controls,
+            "health": [
+                (rollout.version, "new", new_hits),
+                (rollout.previous_version, "previous", previous_hits),
+            ],
             "stragglers": [a for a in progress.agents if a["targeted"] and not a["applied"]][:50],
         }
         return TemplateResponse(request, "admin/rollouts/rollout/detail.html", context)

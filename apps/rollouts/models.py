@@ -24,8 +24,9 @@ class Rollout(models.Model):
     # While a rollout is in one of these, the fleet is split between two versions and a new
     # publish is refused: it would strand the agents that have not reached this version yet.
     ACTIVE_STATES = (ROLLING, PAUSED)
-    # The agents keep their split targets in these; a halted rollout waits for an operator.
-    SPLIT_STATES = (ROLLING, PAUSED, HALTED)
+    # The agents keep their split targets in these. A halted rollout splits nothing: its halt
+    # published a new version carrying the previous content, to every agent at once.
+    SPLIT_STATES = (ROLLING, PAUSED)
 
     version = models.PositiveIntegerField(unique=True)
     previous_version = models.PositiveIntegerField()
@@ -52,6 +53,16 @@ class Rollout(models.Model):
     )
     # [seconds since the start, agents applied] each time the count moved: the admin's chart.
     progress = models.JSONField(default=list, blank=True)
+    # The health gate (apps.rollouts.health): when the new version's failed / (ok + failed) hits
+    # exceed max_failure_rate over at least min_hits hits, the rollout is halted and everyone
+    # goes back to the previous content, or only paused when auto_rollback is off.
+    auto_rollback = models.BooleanField(default=True)
+    max_failure_rate = models.FloatField(default=0.2)
+    min_hits = models.PositiveIntegerField(default=20)
+    # The new version's hit totals when an operator last resumed the rollout: the gate counts
+    # only the hits since, so a rollout resumed after a health pause is not paused again at once
+    # for the very hits the operator chose to accept. {"ok": N, "failed": N}, or {}.
+    hits_baseline = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-version"]

@@ -5,6 +5,37 @@ from apps.rollouts.models import Rollout
 
 MAX_WAVES = 10
 MAX_BAKE_SECONDS = 7 * 24 * 3600
+MAX_MIN_HITS = 10**9
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, as JSON has them: "yes", 1 and "true" are refused."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("Must be true or false.")
+        return data
+
+
+class RateField(serializers.FloatField):
+    """A JSON number from 0 to 1: a string, true or a NaN is refused."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(min_value=0, max_value=1, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float) or data != data:
+            raise serializers.ValidationError("Must be a number from 0 to 1.")
+        return super().to_internal_value(data)
+
+
+class CountField(serializers.IntegerField):
+    """A JSON whole number: "20", 20.0 and true are refused."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("Must be a whole number.")
+        return super().to_internal_value(data)
 
 
 class RolloutPlanSerializer(serializers.Serializer):
@@ -32,6 +63,34 @@ class RolloutPlanSerializer(serializers.Serializer):
         help_text="How long each wave runs, once applied by all its live agents, before the "
         "next starts.",
     )
+    auto_rollback = StrictBooleanField(
+        required=False,
+        default=True,
+        help_text="When the new version fails too often: true halts the rollout and puts every "
+        "agent back on the previous version's content at once; false only pauses it for an "
+        "operator.",
+    )
+    max_failure_rate = RateField(
+        required=False,
+        default=0.2,
+        help_text="The new version's failed / (ok + failed) hits, over all its agents, above "
+        "which the rollout is stopped (0 to 1), unless the previous version failed at least "
+        "as often.",
+    )
+    min_hits = CountField(
+        required=False,
+        default=20,
+        min_value=1,
+        max_value=MAX_MIN_HITS,
+        help_text="Hits of the new version needed before its failure rate is judged.",
+    )
+    preflight = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Pre-flight the URL on a few live agents first (as POST "
+        "/config/admin/preflight with its defaults): when no fetch succeeds, the publish is "
+        "refused with 422 and the results, and nothing is stored.",
+    )
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -50,7 +109,25 @@ class RolloutPlanSerializer(serializers.Serializer):
         return waves
 
 
+class HitsSerializer(serializers.Serializer):
+    ok = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    failure_rate = serializers.FloatField(
+        allow_null=True, help_text="failed / (ok + failed); null without hits."
+    )
+
+
+class RolloutHealthSerializer(serializers.Serializer):
+    version = HitsSerializer(
+        help_text="The new version's hits over all agents (since the last resume, if any)."
+    )
+    previous_version = HitsSerializer(help_text="The previous version's hits over all agents.")
+
+
 class RolloutSerializer(serializers.ModelSerializer):
+    health = RolloutHealthSerializer(
+        help_text="The hits the health gate judges: the new version's beside the previous one's."
+    )
     agents_total = serializers.IntegerField(help_text="Agents not revoked.")
     agents_targeted = serializers.IntegerField(help_text="Agents the started waves reach.")
     agents_applied = serializers.IntegerField(
@@ -67,6 +144,10 @@ class RolloutSerializer(serializers.ModelSerializer):
             "waves",
             "canary_labels",
             "bake_seconds",
+            "auto_rollback",
+            "max_failure_rate",
+            "min_hits",
+            "health",
             "agents_total",
             "agents_targeted",
             "agents_applied",

@@ -13,6 +13,7 @@ its hash puts it in, and the watch answers each agent without a query.
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -21,6 +22,8 @@ from rest_framework import status
 from apps.agents.models import Agent
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.ops import metrics
+from apps.rollouts.health import health_of, hits_of_versions, judge
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, is_canary, target_of, targets_new
 from controller_site.errors import NotFoundError, ServiceError
@@ -181,12 +184,14 @@ def guard_publish(
     source_ip=None,
     reason: str = "",
     expect_rollout: int | None = None,
+    halt: dict | None = None,
     **kwargs,
 ) -> None:
     """publish_config's `publishing` signal, under the writers' lock, before a version is made.
     A publish during a rolling or paused rollout is refused; a rollback aborts whatever rollout
-    still splits the fleet and goes to everyone at once. `expect_rollout` (an abort) insists that
-    the rollout of that version is still the one splitting the fleet."""
+    still splits the fleet and goes to everyone at once. `expect_rollout` (an abort, a halt)
+    insists that the rollout of that version is still the one splitting the fleet. `halt` (the
+    health gate's numbers) ends it as halted rather than aborted."""
     if rollout is not None and newest is None:
         raise NothingToRollOutFrom()
     active = None
@@ -205,6 +210,10 @@ def guard_publish(
     if not rolling_back:
         if active.state in Rollout.ACTIVE_STATES:
             raise RolloutInProgress(active)
+        return
+    if halt is not None:
+        _finish(active, Rollout.HALTED, AuditEntry.ROLLOUT_HALTED, **halt)
+        transaction.on_commit(partial(_count_stop, Rollout.HALTED))
         return
     _finish(
         active,
@@ -236,6 +245,9 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         waves=plan.get("waves") or [100],
         canary_labels=plan.get("canary_labels") or {},
         bake_seconds=plan.get("bake_seconds") or 0,
+        auto_rollback=plan.get("auto_rollback", True),
+        max_failure_rate=plan.get("max_failure_rate", 0.2),
+        min_hits=plan.get("min_hits", 20),
         started_at=now,
         wave_started_at=now,
         created_by=actor,
@@ -255,6 +267,9 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         waves=rollout.waves,
         canary_labels=rollout.canary_labels,
         bake_seconds=rollout.bake_seconds,
+        auto_rollback=rollout.auto_rollback,
+        max_failure_rate=rollout.max_failure_rate,
+        min_hits=rollout.min_hits,
     )
     _record_wave(rollout, agents, actor=actor, source_ip=source_ip, how="started")
     logger.info(
@@ -350,7 +365,9 @@ def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: s
     transaction.on_commit(_announce)
 
 
-def _finish(rollout, state: str, action: str, *, actor=None, source_ip=None, reason="") -> None:
+def _finish(
+    rollout, state: str, action: str, *, actor=None, source_ip=None, reason="", **detail
+) -> None:
     rollout.state = state
     rollout.finished_at = timezone.now()
     rollout.revision += 1
@@ -359,7 +376,7 @@ def _finish(rollout, state: str, action: str, *, actor=None, source_ip=None, rea
     if state == Rollout.COMPLETED:
         rollout.cutoff = ""
     rollout.save()
-    _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason)
+    _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason, **detail)
     logger.info("rollout of v%s %s at wave %s", rollout.version, state, rollout.wave)
     transaction.on_commit(_announce)
 
@@ -437,13 +454,17 @@ def pause_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
 
 @transaction.atomic
 def resume_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
-    """Let a paused or halted rollout go on; the current wave's bake time counts from now."""
+    """Let a paused rollout go on; the current wave's bake time counts from now, and the health
+    gate counts the new version's hits from now (a halted rollout is over: it put everyone back
+    on the previous content)."""
     rollout = _lock_latest()
-    if rollout.state not in (Rollout.PAUSED, Rollout.HALTED):
+    if rollout.state != Rollout.PAUSED:
         raise _refuse(rollout, "resume")
     rollout.state = Rollout.ROLLING
     rollout.reason = reason
     rollout.wave_started_at = timezone.now()
+    hits = hits_of_versions([rollout.version])[rollout.version]
+    rollout.hits_baseline = {"ok": hits.ok, "failed": hits.failed}
     rollout.save()
     _audit(rollout, AuditEntry.ROLLOUT_RESUMED, actor=actor, source_ip=source_ip, reason=reason)
     return rollout
@@ -468,4 +489,109 @@ def abort_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
         expect_rollout=rollout.version,
     )
     rollout.refresh_from_db()
+    return rollout
+
+
+# The health gate (apps.rollouts.health judges, these act) -------------------------------------
+
+
+def evaluate_rollout_health(versions) -> Rollout | None:
+    """Run the gate on the rolling or paused rollout, if hits of its new or previous version
+    were just recorded (`versions`). Returns the rollout when this call halted or paused it."""
+    versions = set(versions)
+    if not versions:
+        return None
+    rollout = (
+        Rollout.objects.filter(state__in=Rollout.ACTIVE_STATES)
+        .order_by("-version")
+        .only(
+            "pk",
+            "version",
+            "previous_version",
+            "state",
+            "reason",
+            "auto_rollback",
+            "max_failure_rate",
+            "min_hits",
+            "hits_baseline",
+        )
+        .first()
+    )
+    if rollout is None or not versions & {rollout.version, rollout.previous_version}:
+        return None
+    if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
+        # Paused already, and nothing more to do than wait for the operator.
+        return None
+    verdict = judge(rollout, *health_of(rollout))
+    if not verdict.stop:
+        if verdict.reason and rollout.state == Rollout.ROLLING:
+            # Kept up to date for the admin and rollout_status (an operator's pause reason is
+            # left alone); a conditional UPDATE, so no lock is waited for.
+            Rollout.objects.filter(pk=rollout.pk, state=Rollout.ROLLING).exclude(
+                reason=verdict.reason
+            ).update(reason=verdict.reason)
+        return None
+    detail = {
+        "reason": verdict.reason,
+        "hits": verdict.new.as_dict(),
+        "previous_hits": verdict.previous.as_dict(),
+        "max_failure_rate": rollout.max_failure_rate,
+        "min_hits": rollout.min_hits,
+    }
+    if rollout.auto_rollback:
+        return halt_rollout(rollout, detail)
+    return pause_unhealthy_rollout(rollout, detail)
+
+
+def _count_stop(state: str) -> None:
+    metrics.instruments().rollouts_halted.labels(state).inc()
+
+
+def halt_rollout(rollout: Rollout, detail: dict) -> Rollout | None:
+    """Halt the rollout and put every agent back on the previous version's content at once: a
+    rollback, as an abort is, that insists this rollout is still the one splitting the fleet.
+    Of several processes deciding at once, the first to take the writers' lock halts it; the
+    others find it ended and get None. `detail` (the numbers, with the `reason`) is audited."""
+    from apps.configs.services import rollback_config
+
+    try:
+        config, _ = rollback_config(
+            version=rollout.previous_version,
+            reason=detail["reason"],
+            expect_rollout=rollout.version,
+            halt=detail,
+        )
+    except RolloutConflict:
+        return None
+    rollout.refresh_from_db()
+    logger.warning(
+        "rollout of v%s halted: %s; every agent goes back to v%s's content as v%s",
+        rollout.version,
+        detail["reason"],
+        rollout.previous_version,
+        config.version,
+    )
+    return rollout
+
+
+def pause_unhealthy_rollout(rollout: Rollout, detail: dict) -> Rollout | None:
+    """The plan's auto_rollback is off: pause the rollout for an operator. The row lock and the
+    state in the WHERE make exactly one process pause it; one that waited finds it paused and
+    gets None."""
+    with transaction.atomic():
+        rollout = (
+            Rollout.objects.select_for_update().filter(pk=rollout.pk, state=Rollout.ROLLING).first()
+        )
+        if rollout is None:
+            return None
+        rollout.state = Rollout.PAUSED
+        rollout.reason = detail["reason"]
+        rollout.save()
+        _audit(rollout, AuditEntry.ROLLOUT_PAUSED, automatic=True, **detail)
+        transaction.on_commit(partial(_count_stop, Rollout.PAUSED))
+    logger.warning(
+        "rollout of v%s paused for an operator (auto_rollback off): %s",
+        rollout.version,
+        detail["reason"],
+    )
     return rollout

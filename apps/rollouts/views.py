@@ -5,6 +5,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.rollouts import services
+from apps.rollouts.health import health_of
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
 from controller_site.request_info import client_ip
 
@@ -17,6 +18,8 @@ def rollout_answer(rollout) -> Response:
     rollout.agents_total = progress.total
     rollout.agents_targeted = progress.targeted
     rollout.agents_applied = progress.applied
+    new, previous = health_of(rollout)
+    rollout.health = {"version": new.as_dict(), "previous_version": previous.as_dict()}
     return Response(RolloutSerializer(rollout).data)
 
 
@@ -91,7 +94,12 @@ class RolloutPauseView(APIView):
 class RolloutResumeView(APIView):
     role_rules = {"POST": OPERATOR}
 
-    @_schema("Resume a paused or halted rollout", "The current wave's bake time counts from now.")
+    @_schema(
+        "Resume a paused rollout",
+        "The current wave's bake time counts from now, and so do the hits the health gate "
+        "judges. A halted rollout cannot be resumed: it already put every agent back on the "
+        "previous content; publish again instead.",
+    )
     def post(self, request):
         return _act(request, services.resume_rollout)
 

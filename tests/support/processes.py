@@ -3,6 +3,7 @@
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -15,8 +16,22 @@ from pathlib import Path
 import requests
 from django.db import connection
 
+from protocol.secrets import weakness
+
 ROOT = Path(__file__).resolve().parents[2]
-TEST_SECRET_KEY = "test-only-not-secret-key-0123456789abcdefghijklmnop"
+
+
+def _test_secret_key() -> str:
+    """This run's key (`make test` makes one afresh), so that tokens signed in the test process
+    are good in the controllers it starts; a fresh one when it is unset or weak. Never one
+    written here: it would be published, and the controller refuses published keys."""
+    key = os.environ.get("SECRET_KEY")
+    if key and weakness("SECRET_KEY", key) is None:
+        return key
+    return f"key-{secrets.token_hex(32)}"  # letters first, so that YAML reads it as a string
+
+
+TEST_SECRET_KEY = _test_secret_key()
 
 
 def free_port() -> int:

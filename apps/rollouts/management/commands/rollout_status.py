@@ -9,6 +9,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from apps.rollouts import services
+from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
 
 POLL_SECONDS = 1.0
@@ -65,7 +66,8 @@ class Command(BaseCommand):
                 )
                 raise SystemExit(0)
             if rollout.state in (Rollout.HALTED, Rollout.ABORTED):
-                self.stdout.write(self.style.ERROR(f"the rollout was {rollout.state}"))
+                why = f": {rollout.reason}" if rollout.reason else ""
+                self.stdout.write(self.style.ERROR(f"the rollout was {rollout.state}{why}"))
                 raise SystemExit(1)
             if not options["wait"]:
                 raise SystemExit(1)
@@ -79,6 +81,8 @@ class Command(BaseCommand):
         canaries = ", ".join(f"{k}={v}" for k, v in sorted(rollout.canary_labels.items()))
         waves = " ".join(f"{percent}%" for percent in rollout.waves)
         stale = [agent for agent in progress.agents if agent["stale"]]
+        new, previous = health_of(rollout)
+        then = "halt and roll back" if rollout.auto_rollback else "pause"
         lines = [
             f"rollout of v{rollout.version} (from v{rollout.previous_version}): {rollout.state}, "
             f"wave {rollout.wave} of {rollout.last_wave}",
@@ -90,6 +94,9 @@ class Command(BaseCommand):
             f"  agents: {progress.total} total, {progress.targeted} targeted, "
             f"{progress.applied} applied, {len(progress.waiting)} waiting, "
             f"{progress.total - progress.targeted} not yet targeted, {len(stale)} stale",
+            f"  health: v{rollout.version} failure rate {new.describe()}, v"
+            f"{rollout.previous_version} {previous.describe()}; above "
+            f"{rollout.max_failure_rate:.2f} over at least {rollout.min_hits} hits: {then}",
         ]
         stragglers = [a for a in progress.agents if not a["applied"]]
         if stragglers:
