@@ -1,6 +1,7 @@
 """Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
 
 import io
+import re
 import threading
 from datetime import timedelta
 
@@ -308,6 +309,13 @@ class TestTargets:
         assert items["agent-0"] == {"version": 2, "ok": 3, "failed": 1}
         assert items["agent-1"] == {"version": 1, "ok": 17, "failed": 3}
 
+    def test_a_wave_that_falls_between_agents_takes_the_next_one(self, admin_api, publish):
+        fleet = make_fleet(canaries=0, others=5)
+        start(admin_api, publish, plan={"waves": [25, 100], "bake_seconds": 600})
+        # ceil(25% of 5 = 1.25) is 2: a share is rounded up, never down.
+        assert len(targeted(fleet, 2)) == 2
+        assert admin_api.get("/config/admin/rollout").json()["agents_targeted"] == 2
+
     def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
         fleet = make_fleet(canaries=2, others=2)
         start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
@@ -430,6 +438,26 @@ class TestControls:
             ).status_code
             == 201
         )
+
+
+@pytest.mark.parametrize(
+    "percent, others, size",
+    [
+        (50, 4, 2),
+        (25, 5, 2),
+        (20, 5, 1),
+        (10, 3, 1),
+        (33, 3, 1),
+        (34, 3, 2),
+        (1, 1000, 10),
+        (1, 1001, 11),
+        (1, 1, 1),
+        (100, 7, 7),
+        (100, 0, 0),
+    ],
+)
+def test_a_wave_is_the_ceiling_of_its_share(percent, others, size):
+    assert services.wave_size(percent, others) == size
 
 
 ALLOWED = {
@@ -570,6 +598,8 @@ class TestStatusAndMetrics:
         assert "canaries ring=canary; waves 50% 100%; bake 0 s" in out
         assert "3 total, 1 targeted, 0 applied, 1 waiting" in out
         assert "agent-0" in out and "applying" in out and "wave not started" in out
+        # Each straggler with its last heartbeat.
+        assert re.search(r"agent-0 \S+ on v0, last heartbeat \d\d:\d\d:\d\d \(\d+ s ago\)", out)
         code, out = rollout_status("--wait", "--timeout", "1.5")
         assert code == 1
         assert "timed out" in out
