@@ -2,37 +2,42 @@
 and how soon are all their reports recorded?
 
     python -m bench.convergence --agents 1000 10000 20000 [--workers 2] [--fetch]
+                                [--per-process 10000]
 
 Starts `run_controller` (PostgreSQL, Redis) on a free port and creates N agents with distinct
-tokens. One asyncio client behaves like N agents: each holds `GET /config/version?version=1&wait=60`
-on a keep-alive connection of its own; when the answer comes, the agent holds the new content if
-the answer carries it, and otherwise fetches `GET /config/agent` with `If-None-Match` on the same
-connection, as the agent does with a controller of an older release (`--fetch` makes every agent
-fetch, which is how agents converged before the answer carried the content). Then it reports
-with `POST /agent/heartbeat`, on the same connection again.
+tokens. Client processes (one per `--per-process` agents: a process may hold only as many
+connections as it may open files) behave like N agents: each agent holds
+`GET /config/version?version=1&wait=60` on a keep-alive connection of its own; when the answer
+comes, the agent holds the new content if the answer carries it, and otherwise fetches
+`GET /config/agent` with `If-None-Match` on the same connection, as the agent does with a
+controller of an older release (`--fetch` makes every agent fetch, which is how agents converged
+before the answer carried the content). Then it reports with `POST /agent/heartbeat`, on the same
+connection again. Each client process notes its moments on the machine's monotonic clock, which
+every process shares, and hands them back when its agents are done.
 
 Per agent: the time from sending the change's PUT until its watch answered ("told") and until
 the content was in hand. For the fleet: the time from the PUT until the database held every
-agent's report (applied_version 2), errors, and the controller's memory per held watch.
+agent's report (applied_version 2), errors, and the controller's memory per held watch. Results
+go to docs/bench/convergence.json (see bench/results.py).
 """
 
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import time
 
 import requests
 
+from bench import results
 from bench.common import (
     controller_with_agents,
     describe,
     exchange,
-    machine_note,
     rss_kib,
     setup_many_connections,
-    wait_until_all_held,
 )
-from bench.results import percentile
 
 KNOWN = 1
 REPORT = json.dumps(
@@ -41,6 +46,9 @@ REPORT = json.dumps(
         "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 2}],
     }
 ).encode()
+# How long a client process waits for the change and its agents' answers before giving up on
+# the agents still waiting (each counted as an error).
+CLIENT_TIMEOUT_SECONDS = 600
 
 
 def request(method: str, path: str, token: str, extra: str = "", body: bytes = b"") -> bytes:
@@ -53,7 +61,9 @@ def request(method: str, path: str, token: str, extra: str = "", body: bytes = b
 
 
 class Fleet:
-    def __init__(self, port: int, fetch: bool) -> None:
+    """The agents of one client process; each moment is noted on the monotonic clock."""
+
+    def __init__(self, port: int, fetch: bool, ramp: int = 500) -> None:
         self.port = port
         self.fetch = fetch
         self.told: list[float] = []
@@ -61,15 +71,22 @@ class Fleet:
         self.answered: list[float] = []
         self.fetched = 0
         self.errors: list[str] = []
-        self.semaphore = asyncio.Semaphore(500)  # connection ramp: not all SYNs at once
+        # Connection ramp, shared out among the client processes: not all SYNs at once.
+        self.semaphore = asyncio.Semaphore(ramp)
 
-    async def agent(self, token: str, changed: asyncio.Future) -> None:
+    async def agent(self, token: str) -> None:
         async with self.semaphore:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError as exc:
-                self.errors.append(f"connect: {exc!r}")
-                return
+            for attempt in range(3):
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    break
+                except OSError as exc:
+                    # Refused or reset while thousands connect at once: again after a
+                    # second, as an agent retries with its backoff.
+                    if attempt == 2:
+                        self.errors.append(f"connect: {exc!r}")
+                        return
+                    await asyncio.sleep(1)
             watch = request("GET", f"/config/version?version={KNOWN}&wait=60", token)
             answer = asyncio.ensure_future(exchange(reader, writer, watch))
             await asyncio.sleep(0.002)
@@ -105,14 +122,75 @@ class Fleet:
             if status != 204:
                 self.errors.append(f"heartbeat: {status} {body[:80]!r}")
                 return
-            sent = await changed
-            self.told.append(told - sent)
-            self.holding.append(holding - sent)
-            self.answered.append(time.monotonic() - sent)
+            self.told.append(told)
+            self.holding.append(holding)
+            self.answered.append(time.monotonic())
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.errors.append(f"{stage}: {exc!r}")
         finally:
             writer.close()
+
+    async def run(self, tokens: list[str]) -> None:
+        tasks = [asyncio.ensure_future(self.agent(token)) for token in tokens]
+        done, pending = await asyncio.wait(tasks, timeout=CLIENT_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+            self.errors.append(f"no answer within {CLIENT_TIMEOUT_SECONDS} s")
+
+
+def client(port: int, tokens: list[str], fetch: bool, ramp: int, out) -> None:
+    """One client process: its agents' moments and errors, sent back through `out`."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    fleet = Fleet(port, fetch, ramp)
+    asyncio.run(fleet.run(tokens))
+    out.send(
+        {
+            "told": fleet.told,
+            "holding": fleet.holding,
+            "answered": fleet.answered,
+            "fetched": fleet.fetched,
+            "errors": fleet.errors,
+        }
+    )
+    out.close()
+
+
+def start_clients(port: int, tokens: list[str], fetch: bool, per_process: int) -> list:
+    """Client processes of at most `per_process` agents each; returns (process, pipe) pairs.
+    Forked before any event loop runs in this process."""
+    context = multiprocessing.get_context("fork")
+    processes = -(-len(tokens) // per_process)
+    clients = []
+    for first in range(0, len(tokens), per_process):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=client,
+            args=(port, tokens[first : first + per_process], fetch, 500 // processes, sender),
+            daemon=True,
+        )
+        process.start()
+        sender.close()  # so that a client that dies is an EOFError here, not a hang
+        clients.append((process, receiver))
+    return clients
+
+
+def gather_clients(clients: list) -> dict:
+    merged = {"told": [], "holding": [], "answered": [], "fetched": 0, "errors": []}
+    for process, receiver in clients:
+        try:
+            part = receiver.recv()
+        except EOFError:
+            part = {"errors": [f"client process exited with code {process.exitcode}"]}
+        process.join(timeout=10)
+        for key in ("told", "holding", "answered", "errors"):
+            merged[key] += part.get(key, [])
+        merged["fetched"] += part.get("fetched", 0)
+    return merged
 
 
 async def all_reported(count: int, sent: float, timeout: float = 60) -> float | None:
@@ -130,14 +208,29 @@ async def all_reported(count: int, sent: float, timeout: float = 60) -> float | 
     return None
 
 
-async def converge(port: int, tokens: list[str], url: str, headers: dict, pid: int, fetch: bool):
-    fleet = Fleet(port, fetch)
-    changed = asyncio.get_running_loop().create_future()
-    tasks = [asyncio.ensure_future(fleet.agent(token, changed)) for token in tokens]
-    await wait_until_all_held(len(tokens))
+async def held_watches(count: int, timeout: float) -> int:
+    """How many agents' watches are held (last_seen is written when a watch is authenticated,
+    just before it starts to wait), once all are or `timeout` has passed."""
+    from apps.agents.models import Agent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        held = await asyncio.to_thread(
+            lambda: Agent.objects.filter(last_seen__isnull=False).count()
+        )
+        if held >= count or time.monotonic() > deadline:
+            await asyncio.sleep(1)
+            return held
+        await asyncio.sleep(0.5)
+
+
+async def change(count: int, url: str, headers: dict, pid: int) -> tuple:
+    """Once every watch is held (or after five minutes, the missing ones then count as not
+    converged): the change. Returns (when the PUT was sent, watches held, the controller's RSS
+    while holding, seconds until every report was recorded)."""
+    held = await held_watches(count, timeout=300)
     rss_held = rss_kib(pid)
     sent = time.monotonic()
-    changed.set_result(sent)
     response = await asyncio.to_thread(
         requests.put,
         f"{url}/config/admin",
@@ -146,52 +239,69 @@ async def converge(port: int, tokens: list[str], url: str, headers: dict, pid: i
         timeout=30,
     )
     assert response.status_code == 200, response.text
-    recorded = await all_reported(len(tokens), sent)
-    await asyncio.gather(*tasks)
-    return fleet, rss_held, recorded
+    return sent, held, rss_held, await all_reported(count, sent)
 
 
-def run(count: int, workers: int, fetch: bool) -> dict:
+def spread(moments: list[float], sent: float) -> dict | None:
+    """min, p50, p99 and max in milliseconds from `sent`; p99 only for more than 100 values."""
+    if not moments:
+        return None
+    ms = [(moment - sent) * 1000 for moment in moments]
+    p99 = results.p99_or_none(ms)
+    return {
+        "min": round(min(ms), 1),
+        "p50": round(results.percentile(ms, 0.5), 1),
+        "p99": None if p99 is None else round(p99, 1),
+        "max": round(max(ms), 1),
+    }
+
+
+def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
     controller, url, tokens, headers, rss_idle = controller_with_agents(count, workers)
     port = int(url.rsplit(":", 1)[1])
+    clients = start_clients(port, tokens, fetch, per_process)
     try:
-        note = machine_note()
-        fleet, rss_held, recorded = asyncio.run(
-            converge(port, tokens, url, headers, controller.popen.pid, fetch)
+        load = [round(v, 2) for v in os.getloadavg()]
+        sent, held, rss_held, recorded = asyncio.run(
+            change(count, url, headers, controller.popen.pid)
         )
+        fleet = gather_clients(clients)
     finally:
+        for process, _ in clients:
+            if process.is_alive():
+                process.kill()
         controller.stop()
-    ms = [v * 1000 for v in fleet.holding] or [float("nan")]
     result = {
         "agents": count,
         "workers": workers,
-        "mode": "fetch after the answer" if fetch else "content in the answer",
-        "converged": len(fleet.holding),
-        "errors": len(fleet.errors),
-        "fetched": fleet.fetched,
-        "told_p99_ms": round(percentile([v * 1000 for v in fleet.told] or [0], 0.99), 1),
-        "holding_p50_ms": round(percentile(ms, 0.5), 1),
-        "holding_p99_ms": round(percentile(ms, 0.99), 1),
-        "holding_max_ms": round(max(ms), 1),
-        "heartbeats_answered_max_ms": round(max(fleet.answered or [0]) * 1000, 1),
+        "client_processes": len(clients),
+        "fetch": fetch,
+        "held_before_change": held,
+        "converged": len(fleet["holding"]),
+        "errors": len(fleet["errors"]),
+        "first_errors": fleet["errors"][:5],
+        "fetched": fleet["fetched"],
+        "told_ms": spread(fleet["told"], sent),
+        "holding_ms": spread(fleet["holding"], sent),
+        "answered_ms": spread(fleet["answered"], sent),
         "all_reports_recorded_s": None if recorded is None else round(recorded, 2),
-        "rss_idle_mib": round(rss_idle / 1024),
-        "rss_holding_mib": round(rss_held / 1024),
-        "kib_per_held_watch": round((rss_held - rss_idle) / count, 1),
-        **note,
+        "rss_idle_kib": rss_idle,
+        "rss_held_kib": rss_held,
+        "load_before_change": load,
     }
     print(
-        f"N={count} ({result['mode']}): holding {len(fleet.holding)}/{count}, errors "
-        f"{len(fleet.errors)}, fetched {fleet.fetched}; told: {describe(fleet.told or [0])}; "
-        f"holding: {describe(fleet.holding or [0])}; heartbeats answered: "
-        f"{describe(fleet.answered or [0])}; all reports recorded "
-        f"{result['all_reports_recorded_s']} s after the change; RSS {result['rss_idle_mib']} → "
-        f"{result['rss_holding_mib']} MiB, {result['kib_per_held_watch']} KiB per held watch; "
-        f"load average {note['load_average']}"
+        f"N={count} ({'fetch after the answer' if fetch else 'content in the answer'}, "
+        f"{len(clients)} client process(es)): holding {len(fleet['holding'])}/{count}, errors "
+        f"{len(fleet['errors'])}, fetched {fleet['fetched']}; "
+        f"told: {describe([t - sent for t in fleet['told']] or [0])}; "
+        f"holding: {describe([t - sent for t in fleet['holding']] or [0])}; heartbeats answered: "
+        f"{describe([t - sent for t in fleet['answered']] or [0])}; all reports recorded "
+        f"{result['all_reports_recorded_s']} s after the change; RSS {rss_idle / 1024:.0f} → "
+        f"{rss_held / 1024:.0f} MiB, {per_held_watch(result):.1f} KiB per held watch; "
+        f"load average {load}"
     )
-    if fleet.errors:
-        print("  first errors:", fleet.errors[:5])
-    print(json.dumps(result))
+    if fleet["errors"]:
+        print("  first errors:", fleet["errors"][:5])
     return result
 
 
@@ -202,10 +312,135 @@ def main() -> None:
     parser.add_argument(
         "--fetch", action="store_true", help="every agent fetches GET /config/agent after waking"
     )
+    parser.add_argument(
+        "--per-process",
+        type=int,
+        default=10000,
+        help="agents per client process (each holds one connection per agent)",
+    )
     args = parser.parse_args()
     setup_many_connections()
-    for count in args.agents:
-        run(count, args.workers, args.fetch)
+    started = results.start()
+    runs = [run(count, args.workers, args.fetch, args.per_process) for count in args.agents]
+    results.save("convergence", {"runs": runs}, started)
+
+
+# Rendering (docs/PERFORMANCE.md) ---------------------------------------------------------------
+
+HOLDING_MAX_MS = {1000: 150, 10000: 1000, 20000: 2500}
+HOLDING_P99_MS = {10000: 750}
+REPORTS_WITHIN_S = 3
+KIB_PER_HELD_WATCH = 16
+
+
+def per_held_watch(run: dict) -> float:
+    held = run.get("held_before_change") or run["agents"]
+    return (run["rss_held_kib"] - run["rss_idle_kib"]) / held
+
+
+def _ms(spread_ms: dict | None, key: str) -> str:
+    if spread_ms is None or spread_ms.get(key) is None:
+        return "-"
+    value = spread_ms[key]
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def render(figures: dict) -> str:
+    lines = [
+        "| N | answer | client processes | held before the change | holding / errors "
+        "| told p99 | holding p50 | holding p99 | holding max | heartbeats answered, max "
+        "| all reports recorded | controller RSS idle → holding | per held watch "
+        "| load average before the change |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in figures["runs"]:
+        recorded = run["all_reports_recorded_s"]
+        lines.append(
+            f"| {run['agents']:,} | "
+            + ("fetch after it (`--fetch`)" if run["fetch"] else "carries the content")
+            + f" | {run['client_processes']} | {run.get('held_before_change', run['agents']):,} | "
+            f"{run['converged']:,} / {run['errors']:,} | "
+            f"{_ms(run['told_ms'], 'p99')} | {_ms(run['holding_ms'], 'p50')} | "
+            f"**{_ms(run['holding_ms'], 'p99')}** | **{_ms(run['holding_ms'], 'max')}** | "
+            f"{_ms(run['answered_ms'], 'max')} | "
+            + ("not all within 60 s" if recorded is None else f"**{recorded:.2f} s**")
+            + f" | {run['rss_idle_kib'] / 1024:.0f} → {run['rss_held_kib'] / 1024:.0f} MiB | "
+            f"{per_held_watch(run):.1f} KiB | "
+            + ", ".join(f"{v:.1f}" for v in run["load_before_change"])
+            + " |"
+        )
+    lines += [
+        "",
+        "p99 is given only for samples of more than 100 (a dash otherwise: the maximum is the "
+        "figure). Times run from sending the change's PUT.",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def summary(figures: dict) -> list[tuple[str, ...]]:
+    rows = []
+    content = [run for run in figures["runs"] if not run["fetch"]]
+    for run in content:
+        n = run["agents"]
+        complete = run["converged"] == n and run["errors"] == 0
+        holding = run["holding_ms"] or {}
+        worst = holding.get("max")
+        if n in HOLDING_P99_MS:
+            p99 = holding.get("p99")
+            met = (
+                complete
+                and p99 is not None
+                and p99 <= HOLDING_P99_MS[n]
+                and worst <= HOLDING_MAX_MS[n]
+            )
+            rows.append(
+                (
+                    f"one change → {n:,} agents holding the new content (p99 / max, errors)",
+                    f"≤ {HOLDING_P99_MS[n]:,} ms / ≤ {HOLDING_MAX_MS[n]:,} ms, 0",
+                    f"{_ms(holding, 'p99')} / {_ms(holding, 'max')}, {run['errors']:,}",
+                    _verdict(met),
+                )
+            )
+        elif n in HOLDING_MAX_MS:
+            met = complete and worst is not None and worst <= HOLDING_MAX_MS[n]
+            rows.append(
+                (
+                    f"one change → {n:,} agents holding the new content (max, errors)",
+                    f"≤ {HOLDING_MAX_MS[n]:,} ms, 0",
+                    f"{_ms(holding, 'max')}, {run['errors']:,}",
+                    _verdict(met),
+                )
+            )
+        recorded = run["all_reports_recorded_s"]
+        rows.append(
+            (
+                f"reports of {n:,} agents recorded after a change",
+                f"≤ {REPORTS_WITHIN_S} s",
+                "not all" if recorded is None else f"{recorded:.2f} s",
+                _verdict(recorded is not None and recorded <= REPORTS_WITHIN_S),
+            )
+        )
+    # Memory per watch: from the runs of 10,000 and more, where the idle process is a small part.
+    large = [run for run in content if run["agents"] >= 10000] or content
+    if large:
+        worst = max(per_held_watch(run) for run in large)
+        rows.append(
+            (
+                "controller memory per held watch ("
+                + ", ".join(f"{run['agents']:,}" for run in large)
+                + ")",
+                f"≤ {KIB_PER_HELD_WATCH} KiB",
+                f"{worst:.1f} KiB"
+                if len(large) == 1
+                else f"{min(per_held_watch(r) for r in large):.1f}–{worst:.1f} KiB",
+                _verdict(worst <= KIB_PER_HELD_WATCH),
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":

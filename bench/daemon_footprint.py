@@ -12,12 +12,12 @@ times. Each run starts the real processes through their interface, `manage.py ru
 - memory: the resident set (RSS) after `--idle` seconds of idling, the worker's main process
   and its serving process together.
 
-The machine's load average is printed with the figures: other work slows start-up more than it
-changes memory.
+The figures, with the machine's load average (other work slows start-up more than it changes
+memory), go to docs/bench/daemon_footprint.json, from which `python -m bench.results` renders
+the section of docs/PERFORMANCE.md (see bench/results.py).
 """
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,12 +27,16 @@ from pathlib import Path
 
 import requests
 
+from bench import results
 from bench.common import ROOT, rss_kib
 from tests.support.agent import StubController, write_credentials
 from tests.support.processes import base_env, free_port, manage
 
-INTERNAL_KEY = "bench-internal-key-0123456789"
-TARGETS = {"agent_rss_mib": 35, "worker_rss_mib": 90, "startup_s": 1.0}
+# At least 32 characters: shorter keys are refused at start-up.
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
+# Memory targets are in MB (10^6 bytes), compared with the resident set in bytes.
+RSS_TARGET_MB = {"agent": 35, "worker": 90}
+STARTUP_TARGET_S = 1.0
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -97,10 +101,10 @@ def measure_once(idle: float) -> dict:
             agent_start = _ready_after(f"http://127.0.0.1:{metrics_port}/metrics", agent, started)
             time.sleep(idle)
             return {
-                "worker_startup_s": worker_start,
-                "agent_startup_s": agent_start,
-                "worker_rss_mib": rss_kib(worker.pid) / 1024,
-                "agent_rss_mib": rss_kib(agent.pid) / 1024,
+                "worker_startup_s": round(worker_start, 4),
+                "agent_startup_s": round(agent_start, 4),
+                "worker_rss_kib": rss_kib(worker.pid),
+                "agent_rss_kib": rss_kib(agent.pid),
             }
         finally:
             _stop(agent)
@@ -114,20 +118,71 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle", type=float, default=3.0)
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    started = results.start()
     runs = [measure_once(args.idle) for _ in range(args.runs)]
-    load_after = os.getloadavg()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.runs} runs")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
-    for name in ("worker_rss_mib", "agent_rss_mib", "worker_startup_s", "agent_startup_s"):
-        values = [run[name] for run in runs]
-        target = TARGETS["startup_s" if name.endswith("startup_s") else name]
-        worst = max(values)
-        print(
-            f"{name:17} median {statistics.median(values):7.2f}  max {worst:7.2f}  "
-            f"target <= {target}  {'met' if worst <= target else 'NOT met'}"
-        )
+    figures = {"idle_s": args.idle, "runs": runs}
+    print(render(figures))
+    results.save("daemon_footprint", figures, started)
     return 0
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def _rss_met(kib: float, process: str) -> bool:
+    return kib * 1024 <= RSS_TARGET_MB[process] * 1_000_000
+
+
+def _rows(figures: dict) -> list[tuple[str, str, str, str, str]]:
+    """(what, median, max, target, verdict) for each figure; verdicts judge the maximum."""
+    runs = figures["runs"]
+    rows = []
+    for process, label in (
+        ("agent", "idle agent, RSS"),
+        ("worker", "idle worker, RSS, both processes"),
+    ):
+        values = [run[f"{process}_rss_kib"] for run in runs]
+        rows.append(
+            (
+                label,
+                _mib(statistics.median(values)),
+                _mib(max(values)),
+                f"≤ {RSS_TARGET_MB[process]} MB",
+                "met" if _rss_met(max(values), process) else "**not met**",
+            )
+        )
+    for process in ("agent", "worker"):
+        values = [run[f"{process}_startup_s"] for run in runs]
+        rows.append(
+            (
+                f"{process} start-up to ready",
+                f"{statistics.median(values):.2f} s",
+                f"{max(values):.2f} s",
+                f"< {STARTUP_TARGET_S:g} s",
+                "met" if max(values) < STARTUP_TARGET_S else "**not met**",
+            )
+        )
+    return rows
+
+
+def render(figures: dict) -> str:
+    lines = [
+        f"{len(figures['runs'])} runs, memory after {figures['idle_s']:g} s of idling.",
+        "",
+        "| | median | max | target | |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(figures)]
+    return "\n".join(lines)
+
+
+def summary(figures: dict) -> list[tuple[str, ...]]:
+    runs = len(figures["runs"])
+    return [
+        (f"{what} (max of {runs})", target, worst, verdict)
+        for what, _, worst, target, verdict in _rows(figures)
+    ]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ Starts `run_controller` (PostgreSQL, Redis) on a free port with N agents (distin
 2. steady load: every agent reports once per `--interval` seconds, spread evenly, from one
    asyncio client over 100 keep-alive connections; the controller's CPU time (all its
    processes, from /proc) as a share of the machine's cores.
+
+The controller's CPU seconds per 10,000 heartbeats (from the throughput run) depend far less on
+what else the machine is doing than the rates do. Results go to docs/bench/heartbeats.json (see
+bench/results.py).
 """
 
 import argparse
@@ -26,7 +30,8 @@ from pathlib import Path
 
 import requests
 
-from bench.common import controller_with_agents, machine_note, setup_django
+from bench import results
+from bench.common import controller_with_agents, setup_django
 
 REPORT = json.dumps(
     {"applied_version": 1, "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 1}]}
@@ -157,18 +162,83 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     setup_django()
+    started = results.start()
     controller, url, tokens, _, _ = controller_with_agents(args.agents, args.workers)
     pid = controller.popen.pid
     try:
-        note = machine_note()
-        result = {"throughput": throughput(url, tokens, args.seconds, pid)}
+        result = {
+            "agents": args.agents,
+            "workers": args.workers,
+            "seconds": args.seconds,
+            "throughput": throughput(url, tokens, args.seconds, pid),
+        }
         time.sleep(2)
         port = int(url.rsplit(":", 1)[1])
         result["steady"] = asyncio.run(steady(port, tokens, args.interval, args.seconds * 2, pid))
-        result.update(note, load_average_after=machine_note()["load_average"])
     finally:
         controller.stop()
     print(json.dumps(result, indent=2))
+    results.save("heartbeats", result, started)
+
+
+# Rendering (docs/PERFORMANCE.md) ---------------------------------------------------------------
+
+RECORDED_PER_S = 5000
+STEADY_CPU_SHARE = 0.25
+
+
+def render(figures: dict) -> str:
+    rate, steady_load = figures["throughput"], figures["steady"]
+    cpu_ms = rate["controller_cpu_ms_per_heartbeat"]
+    return "\n".join(
+        [
+            f"{figures['agents']:,} agents (distinct tokens), controller with "
+            f"{figures['workers']} processes.",
+            "",
+            "| measurement | result |",
+            "|---|---|",
+            f"| wrk, 64 connections, {figures['seconds']} s: requests/s answered "
+            f"| {rate['requests_per_s']:,} ({rate['requests']:,} requests, "
+            f"{rate['non_2xx']} non-2xx) |",
+            f"| heartbeats recorded/s (`controller_heartbeats_recorded_total`) "
+            f"| **{rate['recorded_per_s']:,}** ({rate['recorded']:,} recorded) |",
+            f"| controller CPU per heartbeat (both processes) | {cpu_ms:.3f} ms, "
+            f"**{cpu_ms * 10:.2f} CPU-s per 10,000** |",
+            f"| steady: {steady_load['agents']:,} agents at a {steady_load['interval_s']:g} s "
+            f"interval, controller CPU share of the machine "
+            f"| **{steady_load['controller_cpu_share_of_machine'] * 100:.1f}%** "
+            f"({steady_load['heartbeats_per_s']:,} reports/s answered, "
+            f"{steady_load['errors']} errors) |",
+        ]
+    )
+
+
+def summary(figures: dict) -> list[tuple[str, ...]]:
+    rate, steady_load = figures["throughput"], figures["steady"]
+    share = steady_load["controller_cpu_share_of_machine"]
+    return [
+        (
+            "heartbeats recorded per second, distinct tokens",
+            f"≥ {RECORDED_PER_S:,}",
+            f"{rate['recorded_per_s']:,}",
+            "met"
+            if rate["recorded_per_s"] >= RECORDED_PER_S and not rate["non_2xx"]
+            else "**not met**",
+        ),
+        (
+            f"steady {steady_load['agents']:,} agents at {steady_load['interval_s']:g} s: "
+            "controller CPU",
+            f"≤ {STEADY_CPU_SHARE:.0%}",
+            f"{share * 100:.1f}%",
+            "met" if share <= STEADY_CPU_SHARE and not steady_load["errors"] else "**not met**",
+        ),
+        (
+            "controller CPU per 10,000 heartbeats",
+            "(report)",
+            f"{rate['controller_cpu_ms_per_heartbeat'] * 10:.2f} s",
+            "",
+        ),
+    ]
 
 
 if __name__ == "__main__":

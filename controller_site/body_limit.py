@@ -8,6 +8,8 @@ with its Content-Length.
 
 import json
 
+from asgiref.sync import markcoroutinefunction
+
 TOO_LARGE = 413
 
 
@@ -17,18 +19,21 @@ class BodyLimit:
         self.max_bytes = max_bytes
         self.hub = getattr(app, "hub", None)  # the watch hub, for the server's shutdown
 
-    async def __call__(self, scope, receive, send) -> None:
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        # A plain function that hands back the coroutine to run: a request passed on as it is
+        # (every held watch) keeps no frame of this one alive.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
-            await self._refuse(send)
-            return
+            return self._refuse(send)
         if length is not None or not _chunked(scope):
             # Declared within the cap (the server never delivers more than declared), or none.
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._read_chunked(scope, receive, send)
+
+    async def _read_chunked(self, scope, receive, send) -> None:
         chunks, size = [], 0
         while True:
             message = await receive()

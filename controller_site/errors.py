@@ -2,11 +2,18 @@
 
 Each app defines its own errors (apps/configs/errors.py, ...) on ServiceError; the API's
 EXCEPTION_HANDLER answers them, the config rules' InvalidConfig and database failures here.
+A database failure raised outside the API's views (the admin, the session a middleware reads)
+reaches Django's handler500, `server_error` below, which answers it the same way.
 """
 
 import logging
+import sys
 
-from django.db import DatabaseError, DataError
+import psycopg
+from django.db import DataError
+from django.db import Error as DjangoDatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -14,6 +21,19 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from protocol.rules import InvalidConfig
 
 logger = logging.getLogger(__name__)
+
+DATABASE_DOWN = "The database is unavailable; try again shortly."
+RETRY_AFTER_SECONDS = "5"
+
+
+def is_database_failure(exc: BaseException | None) -> bool:
+    """Whether `exc` says the database could not answer: unreachable, a connection lost, no
+    pooled connection free within the pool's timeout, a statement or lock wait cancelled by the
+    statement timeout. Django's InterfaceError (a closed connection) is not a DatabaseError, and
+    the pool's errors are psycopg's own when raised outside Django's wrapper: all count."""
+    return isinstance(exc, DjangoDatabaseError | psycopg.Error) and not isinstance(
+        exc, DataError | psycopg.DataError
+    )
 
 
 class ServiceError(Exception):
@@ -46,12 +66,26 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             {"detail": "The request holds a value that cannot be stored."},
             status=status.HTTP_400_BAD_REQUEST,
         )
-    if isinstance(exc, DatabaseError):
+    if is_database_failure(exc):
         view = context.get("view")
         logger.error("database error in %s: %s", type(view).__name__, exc)
         return Response(
-            {"detail": "The database is unavailable; try again shortly."},
+            {"detail": DATABASE_DOWN},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     return drf_exception_handler(exc, context)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500. An overloaded or unreachable database is a moment to retry, not a
+    fault of the server: 503 with Retry-After, wherever in Django it was raised. Django calls
+    this inside its `except` block, so the exception is the one being handled; it has already
+    logged it with its traceback."""
+    if is_database_failure(sys.exc_info()[1]):
+        return JsonResponse(
+            {"detail": DATABASE_DOWN},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    return defaults.server_error(request)

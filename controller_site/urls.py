@@ -37,6 +37,7 @@ from apps.rollouts.views import (
 )
 
 handler403 = "apps.accounts.views.permission_denied"
+handler500 = "controller_site.errors.server_error"
 
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),

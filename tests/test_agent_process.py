@@ -17,7 +17,7 @@ from tests.support.agent import (
     subprocess_env,
     write_credentials,
 )
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT, manage, wait_until
 from tests.support.worker import KEY
 
 
@@ -160,3 +160,38 @@ def test_a_held_watch_is_followed_at_once_and_an_immediate_answer_waits_the_peri
         "version=0&wait=2",
         "",
     ]
+
+
+def test_without_credentials_or_a_token_it_says_what_it_needs_and_waits(
+    stub_controller, make_worker, tmp_path
+):
+    # What compose's `up -d` does before the operator has issued a token: the agent keeps
+    # running, registers nothing, and says how to give it a token.
+    worker = make_worker()
+    log = tmp_path / "agent.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            manage(
+                "run_agent",
+                "--controller-url",
+                stub_controller.url,
+                "--worker-url",
+                worker.base_url,
+                "--state-dir",
+                str(tmp_path / "state"),
+            ),
+            cwd=ROOT,
+            env=subprocess_env(tmp_path, INTERNAL_KEY=KEY),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_until(lambda: "no usable registration token" in log.read_text(), timeout=20)
+        assert "issue a registration token" in log.read_text()
+        assert process.poll() is None, log.read_text()
+    finally:
+        returncode, _, _ = stop_and_time(process)
+    assert returncode == 0, log.read_text()
+    assert not any(path == "/agent/register" for path, _ in stub_controller.requests)
+    assert not (tmp_path / "state" / "credentials.json").exists()

@@ -39,3 +39,38 @@ def test_the_png_is_there_and_every_document_links_the_pictures():
     assert "docs/DEPLOYMENT.md" in (ROOT / "README.md").read_text()
     for section in ("## Topology", "## Sizing", "## Timeouts that must line up", "## Upgrades"):
         assert section in deployment
+
+
+# A figure with a unit of time, memory or rate: what a measurement gives.
+MEASURED_FIGURE = re.compile(r"\d[\d,.]*\s*(ms|s|KiB|MiB|GiB|req/s|/s|%)(?![\w])")
+
+
+def _sizing_rows(deployment: str) -> list[list[str]]:
+    section = deployment.split("## Sizing", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_the_sizing_table_quotes_no_measured_figure_and_names_generated_tables():
+    deployment = (DOCS / "DEPLOYMENT.md").read_text()
+    performance = (DOCS / "PERFORMANCE.md").read_text()
+    sections = {
+        heading.split(":")[0]: body
+        for heading, body in re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", performance, re.M | re.S)
+    }
+    rows = _sizing_rows(deployment)
+    assert len(rows) >= 5
+    for quantity, measured, _rule in rows:
+        assert not MEASURED_FIGURE.search(measured), (quantity, measured)
+        named = re.match(r'"([^"]+)"', measured)
+        assert named, f"{quantity}: name the PERFORMANCE.md section its figure comes from"
+        body = sections.get(named[1])
+        assert body is not None, f"{quantity}: no section {named[1]!r} in PERFORMANCE.md"
+        assert "<!-- bench:" in body, f"{quantity}: section {named[1]!r} has no generated table"
+
+
+def test_a_figure_typed_into_the_sizing_table_is_caught():
+    deployment = (DOCS / "DEPLOYMENT.md").read_text()
+    quantity, measured, _ = _sizing_rows(deployment)[0]
+    typed = deployment.replace(measured, "10,000 watches answered within 0.9 s (p99)", 1)
+    assert any(MEASURED_FIGURE.search(row[1]) for row in _sizing_rows(typed))

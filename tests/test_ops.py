@@ -1,8 +1,12 @@
+import subprocess
+
 import pytest
 from django.core.management import call_command
 
 from apps.agents.models import RegistrationToken
 from apps.agents.tokens import hash_token
+from tests.support.processes import ROOT, base_env, manage
+from tests.support.processes import test_database_url as database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -56,3 +60,21 @@ def test_browsable_api_works_for_a_logged_in_admin(client, admin_user):
     assert response.status_code == 404
     assert b"<html" in response.content
     assert client.get("/agents", HTTP_ACCEPT="text/html").status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_create_registration_token_prints_only_the_token_on_stdout_and_logs_on_stderr():
+    # `make run-agent` reads the token from stdout: a log line there would become part of it.
+    result = subprocess.run(
+        manage("create_registration_token"),
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database_url(), LOG_LEVEL="INFO"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (token,) = result.stdout.splitlines()
+    assert RegistrationToken.objects.get().token_hash == hash_token(token)
+    assert "registration token issued" in result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import Process, base_env, free_port, manage, wait_until
+from tests.support.processes import ROOT, Process, base_env, free_port, manage, wait_until
 
 STACK_PASSWORD = "Stack-Admin-Secret-731!"
 WRONG_PASSWORD = "Wrong-Guess-Secret-902!"
@@ -187,7 +187,10 @@ def test_a_taken_port_is_named_in_a_clear_error(tmp_path):
         process.stop()
         output = process.log_path.read_text()
     assert code == 2, output
-    assert f"port {port}" in output and "controller" in output and "CONTROLLER_BIND" in output
+    # Word for word what the README quotes, for its example port.
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    quoted = re.search(r"`(port 8080 on 127\.0\.0\.1 is already in use[^`]*)`", readme)[1]
+    assert quoted.replace("8080", str(port)) in " ".join(output.split()), output
 
 
 @pytest.mark.timeout(180)

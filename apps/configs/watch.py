@@ -17,6 +17,7 @@ import logging
 import random
 import time
 
+from asgiref.sync import markcoroutinefunction
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import QueryDict
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 WATCH_PATH = "/config/version"
 CONFIG_PATH = "/config/agent"
 HEARTBEAT_PATH = "/agent/heartbeat"
-FAST_PATHS = (WATCH_PATH, CONFIG_PATH)
+# The longest wait a watch may ask for (VersionQuerySerializer says the same to a client).
+WAIT_MAX = 60
 # The fields of a version answer, in the order they are sent.
 STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
 DATABASE_DOWN = "The database is unavailable; try again shortly."
@@ -111,18 +113,21 @@ class WatchEndpoint:
             batch_size=settings.HEARTBEAT_BATCH_SIZE,
         )
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-        elif scope["type"] != "http":
-            await self.fallback(scope, receive, send)
-        elif scope["method"] == "GET" and scope["path"] in FAST_PATHS:
-            handler = self._watch if scope["path"] == WATCH_PATH else self._config
-            await self._measured(_guarded(handler), scope, receive, send)
-        elif scope["method"] == "POST" and scope["path"] == HEARTBEAT_PATH:
-            await self._measured(_guarded(self._heartbeat), scope, receive, send)
-        else:
-            await self.fallback(scope, receive, send)
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        # A plain function that hands back its handler's coroutine: each of the thousands of
+        # held watches keeps one coroutine frame fewer alive (a frame is some 300 bytes).
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "GET" and path == WATCH_PATH:
+                return self._watch(scope, receive, send)
+            if method == "GET" and path == CONFIG_PATH:
+                return self._measured(self._config, scope, receive, send)
+            if method == "POST" and path == HEARTBEAT_PATH:
+                return self._measured(self._heartbeat, scope, receive, send)
+        elif scope["type"] == "lifespan":
+            return self._lifespan(receive, send)
+        return self.fallback(scope, receive, send)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -156,7 +161,11 @@ class WatchEndpoint:
             await send(message)
 
         try:
-            await handler(scope, receive, counted_send)
+            refusal = _refusal(scope)
+            if refusal is not None:
+                await _respond(counted_send, *refusal)
+            else:
+                await handler(scope, receive, counted_send)
         finally:
             metrics.observe_request(
                 scope["path"], scope["method"], status, time.perf_counter() - started
@@ -224,114 +233,146 @@ class WatchEndpoint:
         await send({"type": "http.response.body", "body": payload})
 
     async def _watch(self, scope, receive, send) -> None:
-        await self._ensure_started()
-        query = QueryDict(scope.get("query_string", b"").decode("latin-1"))
-        checked = VersionQuerySerializer(data=query)
-        valid = checked.is_valid()
-        known = checked.validated_data.get("version") if valid else None
-        wait = checked.validated_data.get("wait", 0) if valid else 0
-        token = bearer_token(_header(scope, b"authorization"))
-
-        # Subscribe before reading, so a change committed in between still wakes us.
-        waiter = Waiter(-1 if known is None else known, asyncio.get_running_loop().create_future())
-        self.hub.waiters.add(waiter)
+        """GET /config/version. Thousands are held at once, so everything a held one keeps
+        alive counts: the Host check, the metrics and the wait are inline (no coroutine frame
+        of their own), the query is read without a serializer in the usual case, and the
+        served state and its answer are the hub's, shared by every watch."""
+        started = time.perf_counter()
+        status = "disconnected"
         try:
+            refusal = _refusal(scope)
+            if refusal is not None:
+                status = await _respond(send, *refusal)
+                return
+            await self._ensure_started()
+            known, wait, errors = watch_query(scope.get("query_string", b""))
+            token = bearer_token(_header(scope, b"authorization"))
+
+            # Subscribe before reading, so a change committed in between still wakes us.
+            loop = asyncio.get_running_loop()
+            waiter = Waiter(-1 if known is None else known, loop.create_future())
+            self.hub.waiters.add(waiter)
             try:
-                agent, state = await _authenticate_and_read(token)
-            except DatabaseError as exc:
-                logger.error("watch: database unavailable: %s", exc)
-                await _respond(send, 503, {"detail": DATABASE_DOWN})
-                return
-            if agent is None:
-                await _respond(send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE])
-                return
-            if not valid:
-                await _respond(send, 400, checked.errors)
-                return
-            waiter.agent_id = str(agent.pk)
-            waiter.labels = agent.labels or {}
-            self.hub.advance(state)
-            # A notification may have outrun the cache refresh: trust the newer of the two.
-            if stamp(self.hub.latest) > stamp(state):
-                state = self.hub.latest
-            preflight = self.hub.take_preflight(waiter.agent_id)
-            # During a rollout, the agent's own target: the new version or the previous one.
-            answer = target_of(state, waiter.agent_id, waiter.labels)
-            if known is None or wait == 0 or answer["version"] != known or preflight:
-                await _respond(send, 200, answer, preflight=preflight)
-                return
-            if waiter.future.done() and waiter.future.result()[0] == "changed":
-                # Woken before its agent was known, by a state already counted in the answer.
-                waiter.future = asyncio.get_running_loop().create_future()
-            if waiter.future.done():
-                outcome, news = waiter.future.result()
-            else:
-                held = metrics.instruments().watches
-                held.inc()
                 try:
-                    outcome, news = await self._hold(waiter, wait)
-                finally:
-                    held.dec()
-            if outcome == "revoked":
-                await _respond(send, 401, {"detail": "This agent has been revoked."})
-            elif outcome == "shutdown":
-                # This process is stopping. A 200 with the unchanged state would tell the agent
-                # that the controller held the watch for its whole wait, and the agent would
-                # wait as long again before asking (up to a minute, with any change made
-                # meanwhile unseen); "unavailable" makes it retry with its backoff, and so find
-                # another process or the restarted one within seconds.
-                await _respond(
-                    send,
-                    503,
-                    {"detail": "The controller is restarting; try again shortly."},
-                    [(b"retry-after", b"1")],
-                )
-            elif outcome == "preflight":
-                # The state the agent knows, unchanged, and the request: it watches again at
-                # once, so a change made now reaches it as fast as ever.
-                await _respond(send, 200, answer, preflight=news)
-            else:
-                await _respond(send, 200, news if outcome == "changed" else answer)
+                    agent, state = await _authenticate_and_read(token)
+                except DatabaseError as exc:
+                    logger.error("watch: database unavailable: %s", exc)
+                    status = await _respond(send, 503, {"detail": DATABASE_DOWN})
+                    return
+                if agent is None:
+                    status = await _respond(
+                        send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
+                    )
+                    return
+                if errors is not None:
+                    status = await _respond(send, 400, errors)
+                    return
+                waiter.agent_id = str(agent.pk)
+                waiter.labels = agent.labels or {}
+                agent = None
+                self.hub.advance(state)
+                # A notification may have outrun the cache refresh: trust the newer of the two.
+                # At the same stamp the hub's copy is the one kept, shared by every watch.
+                if stamp(self.hub.latest) >= stamp(state):
+                    state = self.hub.latest
+                preflight = self.hub.take_preflight(waiter.agent_id)
+                # During a rollout, the agent's own target: the new version or the previous one.
+                answer = target_of(state, waiter.agent_id, waiter.labels)
+                state = None
+                if known is None or wait == 0 or answer["version"] != known or preflight:
+                    status = await _respond(send, 200, answer, preflight=preflight)
+                    return
+                if waiter.future.done() and waiter.future.result()[0] == "changed":
+                    # Woken before its agent was known, by a state already counted in the answer.
+                    waiter.future = loop.create_future()
+                if waiter.future.done():
+                    outcome, news = waiter.future.result()
+                else:
+                    held = metrics.instruments().watches
+                    held.inc()
+                    # Up to wait/16 of jitter, so that many watches started together do not all
+                    # come back at the same instant. A timer rather than a task per request
+                    # keeps a wake-up cheap; a client that hangs up is noticed when its answer
+                    # is written.
+                    timer = loop.call_later(
+                        wait + random.uniform(0, wait / 16), _expire, waiter.future
+                    )
+                    try:
+                        outcome, news = await waiter.future
+                    finally:
+                        timer.cancel()
+                        held.dec()
+                if outcome == "revoked":
+                    status = await _respond(send, 401, {"detail": "This agent has been revoked."})
+                elif outcome == "shutdown":
+                    # This process is stopping. A 200 with the unchanged state would tell the
+                    # agent that the controller held the watch for its whole wait, and the
+                    # agent would wait as long again before asking (up to a minute, with any
+                    # change made meanwhile unseen); "unavailable" makes it retry with its
+                    # backoff, and so find another process or the restarted one within seconds.
+                    status = await _respond(
+                        send,
+                        503,
+                        {"detail": "The controller is restarting; try again shortly."},
+                        [(b"retry-after", b"1")],
+                    )
+                elif outcome == "preflight":
+                    # The state the agent knows, unchanged, and the request: it watches again
+                    # at once, so a change made now reaches it as fast as ever.
+                    status = await _respond(send, 200, answer, preflight=news)
+                else:
+                    status = await _respond(send, 200, news if outcome == "changed" else answer)
+            finally:
+                self.hub.waiters.discard(waiter)
         finally:
-            self.hub.waiters.discard(waiter)
-
-    async def _hold(self, waiter: Waiter, wait: int) -> tuple[str, dict | None]:
-        # Up to wait/16 of jitter, so that many watches started together do not all come back
-        # at the same instant. A timer rather than a task per request keeps a wake-up cheap; a
-        # client that hangs up is noticed when its answer is written.
-        timeout = wait + random.uniform(0, wait / 16)
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter.future)
-        try:
-            return await waiter.future
-        finally:
-            timer.cancel()
+            metrics.observe_request(WATCH_PATH, "GET", status, time.perf_counter() - started)
 
 
-def _guarded(handler):
-    """`handler` behind the checks Django's middleware makes for every other path: the Host
-    header against ALLOWED_HOSTS, and the redirect to HTTPS when SECURE_SSL_REDIRECT is on."""
+def watch_query(query_string: bytes) -> tuple[int | None, int, dict | None]:
+    """(version known, wait, None) from the watch's query, or (None, 0, errors) for a 400.
 
-    async def guarded(scope, receive, send) -> None:
-        host = _header(scope, b"host")
-        if host is None:
-            server = scope.get("server") or ("", None)
-            host = str(server[0] or "")
-        domain, _ = split_domain_port(host)
-        allowed = settings.ALLOWED_HOSTS
-        if settings.DEBUG and not allowed:
-            allowed = [".localhost", "127.0.0.1", "[::1]"]  # as Django's HttpRequest.get_host
-        if not domain or not validate_host(domain, allowed):
-            logger.warning("refused %s with Host %r: not in ALLOWED_HOSTS", scope["path"], host)
-            await _respond(send, 400, {"detail": "Invalid Host header."})
-            return
-        if settings.SECURE_SSL_REDIRECT and not _is_secure(scope):
-            query = scope.get("query_string", b"").decode("latin-1")
-            location = f"https://{host}{scope['path']}" + (f"?{query}" if query else "")
-            await _respond(send, 301, {"detail": "Use HTTPS."}, [(b"location", location.encode())])
-            return
-        await handler(scope, receive, send)
+    The usual query (`version=N&wait=S`, plain digits) is read directly; anything else goes
+    through VersionQuerySerializer, the one statement of the rules and their messages."""
+    fields: dict[bytes, int] = {}
+    for part in query_string.split(b"&") if query_string else ():
+        name, _, value = part.partition(b"=")
+        if name in (b"version", b"wait"):
+            if not value.isdigit() or len(value) > 9:
+                break
+            fields[name] = int(value)
+        elif b"%" in name or b"+" in name:
+            break  # an encoded name might be one of ours
+    else:
+        if fields.get(b"wait", 0) <= WAIT_MAX:
+            return fields.get(b"version"), fields.get(b"wait", 0), None
+    checked = VersionQuerySerializer(
+        data=QueryDict(query_string.decode("latin-1") if query_string else "")
+    )
+    if not checked.is_valid():
+        return None, 0, checked.errors
+    return checked.validated_data.get("version"), checked.validated_data.get("wait", 0), None
 
-    return guarded
+
+def _refusal(scope) -> tuple | None:
+    """What Django's middleware would answer instead of these paths' handlers, as arguments of
+    _respond, or None: the Host header checked against ALLOWED_HOSTS, and the redirect to
+    HTTPS when SECURE_SSL_REDIRECT is on."""
+    host = _header(scope, b"host")
+    if host is None:
+        server = scope.get("server") or ("", None)
+        host = str(server[0] or "")
+    domain, _ = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]  # as Django's HttpRequest.get_host
+    if not domain or not validate_host(domain, allowed):
+        logger.warning("refused %s with Host %r: not in ALLOWED_HOSTS", scope["path"], host)
+        return 400, {"detail": "Invalid Host header."}
+    if settings.SECURE_SSL_REDIRECT and not _is_secure(scope):
+        query = scope.get("query_string", b"").decode("latin-1")
+        location = f"https://{host}{scope['path']}" + (f"?{query}" if query else "")
+        return 301, {"detail": "Use HTTPS."}, [(b"location", location.encode())]
+    return None
 
 
 def _is_secure(scope) -> bool:
@@ -376,7 +417,8 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send, status: int, body: dict, extra_headers=None, preflight=None) -> None:
+async def _respond(send, status: int, body: dict, extra_headers=None, preflight=None) -> int:
+    """Send a JSON answer; returns its status (for the request metrics)."""
     if status == 200 and preflight:
         answer = {field: body.get(field) for field in STATE_FIELDS}
         payload, headers = _response(json.dumps({**answer, "preflight": preflight}))
@@ -388,6 +430,7 @@ async def _respond(send, status: int, body: dict, extra_headers=None, preflight=
         headers = [*headers, *extra_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+    return status
 
 
 @functools.lru_cache(maxsize=16)
