@@ -17,7 +17,7 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
-from apps.rollouts.targets import agent_key
+from apps.rollouts.targets import agent_key, target_of, target_version_expression
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -205,9 +205,108 @@ class TestTargets:
         # An agent on its target is in sync, whichever version that is.
         apply(fleet[1:], 1)
         assert admin_api.get("/agents").json()["results"][1]["status"] == "in_sync"
-        # The status filter and the dashboard's counts take the previous version as the bar.
         in_sync = admin_api.get("/agents?status=in_sync").json()["results"]
         assert {item["id"] for item in in_sync} == {str(a.pk) for a, _ in fleet[1:]}
+
+    def test_status_filter_and_counts_take_each_agents_own_target(
+        self, admin_api, publish, client, admin_user
+    ):
+        fleet = make_fleet(canaries=2, others=4)
+        canaries, others = fleet[:2], fleet[2:]
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+        apply(fleet, 1)
+        apply(canaries[:1], 2)
+
+        def listed(status: str) -> set[str]:
+            answer = admin_api.get(f"/agents?status={status}&page_size=100")
+            assert answer.status_code == 200
+            return {item["name"] for item in answer.json()["results"]}
+
+        def counted() -> dict:
+            client.force_login(admin_user)
+            fleet_counts = client.get("/admin/").context["fleet"]
+            return {status: count for status, _, count in fleet_counts}
+
+        # It should count a canary still on v1 as behind (its target is v2), and the others on
+        # v1 as in sync: their wave has not started.
+        assert listed("behind") == {"agent-1"}
+        assert listed("in_sync") == {"agent-0", "agent-2", "agent-3", "agent-4", "agent-5"}
+        assert counted() == {"in_sync": 5, "behind": 1, "stale": 0, "revoked": 0}
+        # The admin's filter is the same rule.
+        page = client.get("/admin/agents/agent/?status=behind")
+        assert [agent.name for agent in page.context["cl"].result_list] == ["agent-1"]
+
+        # Wave 1: half the others (by the hash order) now have v2 as target.
+        assert admin_api.post("/config/admin/rollout/promote").status_code == 200
+        first_half = {agent.name for agent, _ in targeted(others, 2)}
+        assert len(first_half) == 2
+        assert listed("behind") == {"agent-1", *first_half}
+        assert counted()["behind"] == 3
+        # Every filter agrees with each agent's own status in the list.
+        items = admin_api.get("/agents?page_size=100").json()["results"]
+        for status in ("in_sync", "behind", "stale"):
+            assert listed(status) == {i["name"] for i in items if i["status"] == status}
+
+    def test_the_database_answers_each_agent_the_target_the_watch_gives_it(
+        self, admin_api, publish
+    ):
+        fleet = make_fleet(canaries=3, others=25)
+        # Agents without the canary label's key at all, and one with another value.
+        Agent.objects.filter(pk__in=[a.pk for a, _ in fleet[3:8]]).update(labels={})
+        Agent.objects.filter(pk=fleet[8][0].pk).update(labels={"ring": "canaryx"})
+        agents = list(Agent.objects.values("id", "labels"))
+        order = sorted(agent_key(a["id"], 7) for a in agents)
+        split = 0
+        for canary_labels in ({"ring": "canary"}, {}, {"ring": "canary", "zone": "a"}):
+            for cutoff in ("", order[0], order[9], order[-2], order[-1], "8" + "0" * 63):
+                state = {
+                    "version": 7,
+                    "rollout": {
+                        "previous": {"version": 6},
+                        "canary_labels": canary_labels,
+                        "cutoff": cutoff,
+                    },
+                }
+                expected = {
+                    str(a["id"]): target_of(state, a["id"], a["labels"])["version"] for a in agents
+                }
+                computed = {
+                    str(pk): version
+                    for pk, version in Agent.objects.annotate(
+                        target=target_version_expression(state)
+                    ).values_list("pk", "target")
+                }
+                assert computed == expected, (canary_labels, cutoff)
+                split += set(expected.values()) == {6, 7}
+        # Most cases split the fleet between the two versions, so both answers are compared.
+        assert split >= 12
+
+    def test_admin_agents_list_shows_the_hits_of_each_agents_target(
+        self, admin_api, publish, client, admin_user
+    ):
+        fleet = make_fleet(canaries=1, others=1)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+        canary, other = fleet[0][0], fleet[1][0]
+        both = [{"version": 1, "ok": 40, "failed": 0}, {"version": 2, "ok": 3, "failed": 1}]
+        record_heartbeat(canary, applied_version=2, workers=[], hits=both)
+        both = [{"version": 1, "ok": 17, "failed": 3}, {"version": 2, "ok": 5, "failed": 5}]
+        record_heartbeat(other, applied_version=1, workers=[], hits=both)
+        client.force_login(admin_user)
+
+        page = client.get("/admin/agents/agent/")
+        shown = {
+            agent.name: page.context["cl"].model_admin.target_hits(agent)
+            for agent in page.context["cl"].result_list
+        }
+        # It should show the other agent's hits of v1, its target still, and the canary's of v2.
+        assert "17 ok" in shown["agent-1"] and "3 failed" in shown["agent-1"]
+        assert shown["agent-1"].startswith("v1: ")
+        assert "3 ok" in shown["agent-0"] and "1 failed" in shown["agent-0"]
+        assert shown["agent-0"].startswith("v2: ")
+        # The API says the same.
+        items = {i["name"]: i["hits"] for i in admin_api.get("/agents").json()["results"]}
+        assert items["agent-0"] == {"version": 2, "ok": 3, "failed": 1}
+        assert items["agent-1"] == {"version": 1, "ok": 17, "failed": 3}
 
     def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
         fleet = make_fleet(canaries=2, others=2)
