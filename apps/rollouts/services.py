@@ -515,8 +515,10 @@ def abort_rollout(
 
 
 def evaluate_rollout_health(versions) -> Rollout | None:
-    """Run the gate on the rolling or paused rollout, if hits of its new or previous version
-    were just recorded (`versions`). Returns the rollout when this call halted or paused it."""
+    """Run the gate on the rolling or paused rollout, if hits of its new version were just
+    recorded (`versions`: the versions of the hits in the batch written). The new version's
+    rate only moves with its own hits; the previous version's hits are read when it is judged.
+    Returns the rollout when this call halted or paused it."""
     versions = set(versions)
     if not versions:
         return None
@@ -536,7 +538,7 @@ def evaluate_rollout_health(versions) -> Rollout | None:
         )
         .first()
     )
-    if rollout is None or not versions & {rollout.version, rollout.previous_version}:
+    if rollout is None or rollout.version not in versions:
         return None
     if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
         # Paused already, and nothing more to do than wait for the operator.
