@@ -8,7 +8,7 @@ from typing import NamedTuple
 import requests
 
 from protocol.config import CONFIG_FIELDS, valid_config
-from protocol.signing import SIGNATURE_HEADER, sign
+from protocol.signing import REPLAYED_PUSH, SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,15 @@ class ControllerClient:
             )
 
 
+def _detail(response: requests.Response) -> str | None:
+    """The `detail` of a JSON error answer, if it has one."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data.get("detail") if isinstance(data, dict) else None
+
+
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -364,5 +373,8 @@ class WorkerClient:
         if response.status_code == 409:
             return False
         if response.status_code == 401:
+            if _detail(response) == REPLAYED_PUSH:
+                # Two agents of one worker woken by the same change push the same bytes.
+                return True
             raise PushRefused("the worker refused the signature: check INTERNAL_KEY on both sides")
         raise PushRefused(f"POST /config: HTTP {response.status_code} {response.text[:200]}")

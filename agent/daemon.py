@@ -293,6 +293,12 @@ class AgentDaemon:
 
     def sync_worker(self, worker: WorkerState) -> None:
         try:
+            if self._known_behind(worker):
+                # A new version reaches the worker in one request rather than two: the push
+                # answers whether it was taken, and a refused one is looked into below.
+                self._push(worker)
+                worker.due = 0.0
+                return
             worker.version, worker.hits = worker.client.health()
             worker.ok = True
             if self.config is not None:
@@ -321,6 +327,16 @@ class AgentDaemon:
             logger.info("worker %s reachable again", worker.url)
             worker.backoff.reset()
         worker.due = 0.0
+
+    def _known_behind(self, worker: WorkerState) -> bool:
+        """Whether the worker answered its last request holding a version older than the
+        agent's: then it needs the push, and no health check first."""
+        return (
+            self.config is not None
+            and worker.ok
+            and worker.version is not None
+            and worker.version < self.config["version"]
+        )
 
     def start_preflight(self, request: dict) -> threading.Thread | None:
         """Have one worker fetch the URL without applying it, and post the answer back, on a
@@ -579,6 +595,9 @@ class AgentDaemon:
             logger.warning(
                 "worker %s refused v%s as older than what it holds", worker.url, config["version"]
             )
+            # Another agent of the same worker pushed a newer one: learn which, so that the
+            # next cycle does not push again.
+            worker.version, worker.hits = worker.client.health()
         worker.ahead_logged = False
         self._mark_applied(config)
 

@@ -13,6 +13,10 @@ import time
 
 SIGNATURE_HEADER = "X-Signature"
 TOLERANCE_SECONDS = 300
+# The worker's refusal of a signature it has already accepted. The agent signs every push anew,
+# so it meets this only when another agent of the same worker (same key) pushed the very same
+# bytes within the same second: the worker has them.
+REPLAYED_PUSH = "X-Signature was already used: a replayed push"
 
 
 class BadSignature(Exception):
@@ -70,7 +74,7 @@ class SeenSignatures:
         key = f"{fields['t']}:{fields['v1']}"
         with self._lock:
             if self._expiry.get(key, 0) > current:
-                raise BadSignature("X-Signature was already used: a replayed push")
+                raise BadSignature(REPLAYED_PUSH)
             for seen, until in list(self._expiry.items()):
                 if until <= current:
                     del self._expiry[seen]

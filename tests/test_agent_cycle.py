@@ -1,15 +1,20 @@
 """The agent one cycle at a time, against the real controller (live_server) and real workers,
 with the clock in the test's hands."""
 
+import functools
 import json
 import stat
+import threading
+import time
 
 import pytest
 
+from agent.client import WorkerClient
 from agent.daemon import AgentDaemon
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
 from apps.configs.services import publish_config, update_config
+from protocol.signing import sign
 from tests.support.agent import (
     FakeClock,
     RecordingStop,
@@ -17,7 +22,7 @@ from tests.support.agent import (
     write_credentials,
 )
 from tests.support.processes import dead_port
-from tests.support.worker import KEY
+from tests.support.worker import KEY, config_body
 
 
 @pytest.fixture
@@ -401,3 +406,99 @@ def test_a_second_change_right_after_the_first_is_not_held_up(
     # No time passes: the agent asks again at once after a change, and finds the second one.
     assert agent.run_once() == 0
     assert worker.version() == 2
+
+
+def count_health_checks(agent) -> list:
+    """The GET /health requests the agent sends its first worker from now on."""
+    client = agent.workers[0].client
+    checked, health = [], client.health
+
+    def counted():
+        checked.append(client.url)
+        return health()
+
+    client.health = counted
+    return checked
+
+
+def test_a_new_version_reaches_a_worker_known_behind_in_one_request(
+    make_agent,
+    make_worker,
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish(interval=30)
+    agent = make_agent([worker], token=new_token())
+    agent.run_once()
+    assert worker.version() == 1
+    checked = count_health_checks(agent)
+
+    publish(path="/text?v2", interval=30)
+    clock.advance(30)
+    agent.run_once()
+    # It should push v2 without asking the worker first: it answered holding v1 last time.
+    assert worker.version() == 2
+    assert worker.pushes == 2
+    assert checked == []
+
+
+def test_a_push_refused_as_older_is_not_repeated(
+    make_agent,
+    make_worker,
+    new_token,
+    publish,
+    clock,
+):
+    worker = make_worker()
+    publish()
+    first, second = (make_agent([worker], state=name, token=new_token()) for name in "ab")
+    first.run_once()
+    second.run_once()
+    publish(path="/text?v2")
+    second.check_controller(threading.Event())
+    publish(path="/text?v3")
+    first.run_once()
+    assert worker.version() == 3
+
+    # The second agent still thinks the worker holds v1 and pushes its v2, which is refused.
+    second.sync_workers()
+    assert worker.version() == 3
+    assert worker.pushes == 3
+    # It should have learnt that the worker holds v3, and push nothing more.
+    assert second.workers[0].version == 3
+    second.sync_workers()
+    assert worker.pushes == 3
+
+
+def test_two_agents_pushing_the_same_config_in_the_same_second_both_succeed(
+    make_worker, monkeypatch
+):
+    worker = make_worker()
+    # Both agents of the worker sign within the same second: the same bytes, the same signature.
+    now = time.time()
+    monkeypatch.setattr("agent.client.sign", functools.partial(sign, now=now))
+    config = config_body(version=2)
+    first, second = (WorkerClient(worker.base_url, KEY) for _ in range(2))
+    assert first.push(config) is True
+    # The worker refuses the second as a replay; the agent knows the worker has these bytes.
+    assert second.push(config) is True
+    assert worker.version() == 2
+
+
+def test_the_agent_registers_with_its_labels_and_sends_them_in_heartbeats(
+    make_agent, make_worker, new_token, publish, clock
+):
+    worker = make_worker()
+    publish()
+    make_agent([worker], token=new_token(), labels={"ring": "canary"}).run_once()
+    record = AgentRecord.objects.get()
+    assert record.labels == {"ring": "canary"}
+
+    # Restarted with other labels, on its stored credentials: the next heartbeat carries them.
+    restarted = make_agent([worker], labels={"ring": "main", "zone": "eu-1"})
+    restarted.run_once()
+    record.refresh_from_db()
+    assert record.labels == {"ring": "main", "zone": "eu-1"}
+    assert AgentRecord.objects.count() == 1

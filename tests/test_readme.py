@@ -75,3 +75,14 @@ def test_every_variable_the_makefile_takes_from_its_caller_is_in_the_readme():
     assert {"PYTHON", "VENV", "COMPOSE", "PYTEST_ARGS"} <= variables
     missing = [name for name in sorted(variables) if f"`{name}`" not in make_table()]
     assert missing == []
+
+
+def test_every_setting_the_image_sets_is_in_the_readme():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    blocks = re.findall(r"^ENV ((?:[^\n]*\\\n)*[^\n]*)", dockerfile, re.M)
+    names = {name for block in blocks for name in re.findall(r"([A-Z_]+)=", block)}
+    # Python's and pip's own switches are the image's business, not settings of ours.
+    names = {name for name in names if not name.startswith(("PYTHON", "PIP_"))}
+    assert "HEALTHCHECK_URL" in names
+    missing = [name for name in sorted(names) if f"`{name}`" not in README]
+    assert missing == []

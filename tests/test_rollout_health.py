@@ -469,3 +469,62 @@ def test_a_preflight_with_no_live_agent_is_409_and_stores_nothing(admin_api, reg
     assert "No agent is live" in response.json()["detail"]
     assert ConfigVersion.objects.count() == 1
     assert AuditEntry.objects.get(action=AuditEntry.PREFLIGHT_REFUSED).detail["results"] == []
+
+
+# The admin's change form --------------------------------------------------------------------
+
+CHANGE_FORM = "/admin/configs/configversion/change-config/"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"max_failure_rate": "1.5"}, "max_failure_rate"),
+        ({"max_failure_rate": "-0.1"}, "max_failure_rate"),
+        ({"min_hits": "0"}, "min_hits"),
+        ({"min_hits": "many"}, "min_hits"),
+    ],
+)
+def test_the_change_form_applies_the_health_rules(client, admin_user, extra, field):
+    publish_config(config_url=URL, pooling_interval=30)
+    client.force_login(admin_user)
+    values = {"config_url": NEW_URL, "pooling_interval": "30", "staged": "on", **extra}
+    response = client.post(CHANGE_FORM, values)
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert ConfigVersion.objects.count() == 1
+
+
+@transactional
+def test_the_change_form_stores_the_health_plan(client, admin_user):
+    make_fleet()
+    publish_config(config_url=URL, pooling_interval=30)
+    client.force_login(admin_user)
+    form = client.get(CHANGE_FORM).context["form"]
+    assert (form["auto_rollback"].initial, form["max_failure_rate"].initial) == (True, 0.2)
+    values = {"config_url": NEW_URL, "pooling_interval": "30", "staged": "on"}
+    response = client.post(CHANGE_FORM, {**values, "max_failure_rate": "0.05", "min_hits": "50"})
+    assert response.status_code == 302
+    rollout = Rollout.objects.get()
+    # An unticked box is off: this plan only pauses.
+    assert (rollout.auto_rollback, rollout.max_failure_rate, rollout.min_hits) == (False, 0.05, 50)
+
+
+@transactional
+def test_the_change_forms_preflight_refuses_and_shows_the_results(
+    client, admin_user, agent_api, registered_agent
+):
+    publish_config(config_url=URL, pooling_interval=30)
+    client.force_login(admin_user)
+    answering = answer_preflight(agent_api, 503, None)
+    values = {"config_url": NEW_URL, "pooling_interval": "30", "staged": "on", "preflight": "on"}
+
+    page = client.post(CHANGE_FORM, values)
+    answering.join(20)
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "failed on every agent asked" in text
+    assert 'id="preflight-results"' in text and "<td>503</td>" in text
+    assert ConfigVersion.objects.count() == 1
+    assert AuditEntry.objects.filter(action=AuditEntry.PREFLIGHT_REFUSED).count() == 1

@@ -1,6 +1,7 @@
 """Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
 
 import io
+import re
 import threading
 from datetime import timedelta
 
@@ -17,7 +18,7 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
-from apps.rollouts.targets import agent_key
+from apps.rollouts.targets import agent_key, target_of, target_version_expression
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -205,9 +206,115 @@ class TestTargets:
         # An agent on its target is in sync, whichever version that is.
         apply(fleet[1:], 1)
         assert admin_api.get("/agents").json()["results"][1]["status"] == "in_sync"
-        # The status filter and the dashboard's counts take the previous version as the bar.
         in_sync = admin_api.get("/agents?status=in_sync").json()["results"]
         assert {item["id"] for item in in_sync} == {str(a.pk) for a, _ in fleet[1:]}
+
+    def test_status_filter_and_counts_take_each_agents_own_target(
+        self, admin_api, publish, client, admin_user
+    ):
+        fleet = make_fleet(canaries=2, others=4)
+        canaries, others = fleet[:2], fleet[2:]
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+        apply(fleet, 1)
+        apply(canaries[:1], 2)
+
+        def listed(status: str) -> set[str]:
+            answer = admin_api.get(f"/agents?status={status}&page_size=100")
+            assert answer.status_code == 200
+            return {item["name"] for item in answer.json()["results"]}
+
+        def counted() -> dict:
+            client.force_login(admin_user)
+            fleet_counts = client.get("/admin/").context["fleet"]
+            return {status: count for status, _, count in fleet_counts}
+
+        # It should count a canary still on v1 as behind (its target is v2), and the others on
+        # v1 as in sync: their wave has not started.
+        assert listed("behind") == {"agent-1"}
+        assert listed("in_sync") == {"agent-0", "agent-2", "agent-3", "agent-4", "agent-5"}
+        assert counted() == {"in_sync": 5, "behind": 1, "stale": 0, "revoked": 0}
+        # The admin's filter is the same rule.
+        page = client.get("/admin/agents/agent/?status=behind")
+        assert [agent.name for agent in page.context["cl"].result_list] == ["agent-1"]
+
+        # Wave 1: half the others (by the hash order) now have v2 as target.
+        assert admin_api.post("/config/admin/rollout/promote").status_code == 200
+        first_half = {agent.name for agent, _ in targeted(others, 2)}
+        assert len(first_half) == 2
+        assert listed("behind") == {"agent-1", *first_half}
+        assert counted()["behind"] == 3
+        # Every filter agrees with each agent's own status in the list.
+        items = admin_api.get("/agents?page_size=100").json()["results"]
+        for status in ("in_sync", "behind", "stale"):
+            assert listed(status) == {i["name"] for i in items if i["status"] == status}
+
+    def test_the_database_answers_each_agent_the_target_the_watch_gives_it(
+        self, admin_api, publish
+    ):
+        fleet = make_fleet(canaries=3, others=25)
+        # Agents without the canary label's key at all, and one with another value.
+        Agent.objects.filter(pk__in=[a.pk for a, _ in fleet[3:8]]).update(labels={})
+        Agent.objects.filter(pk=fleet[8][0].pk).update(labels={"ring": "canaryx"})
+        agents = list(Agent.objects.values("id", "labels"))
+        order = sorted(agent_key(a["id"], 7) for a in agents)
+        split = 0
+        for canary_labels in ({"ring": "canary"}, {}, {"ring": "canary", "zone": "a"}):
+            for cutoff in ("", order[0], order[9], order[-2], order[-1], "8" + "0" * 63):
+                state = {
+                    "version": 7,
+                    "rollout": {
+                        "previous": {"version": 6},
+                        "canary_labels": canary_labels,
+                        "cutoff": cutoff,
+                    },
+                }
+                expected = {
+                    str(a["id"]): target_of(state, a["id"], a["labels"])["version"] for a in agents
+                }
+                computed = {
+                    str(pk): version
+                    for pk, version in Agent.objects.annotate(
+                        target=target_version_expression(state)
+                    ).values_list("pk", "target")
+                }
+                assert computed == expected, (canary_labels, cutoff)
+                split += set(expected.values()) == {6, 7}
+        # Most cases split the fleet between the two versions, so both answers are compared.
+        assert split >= 12
+
+    def test_admin_agents_list_shows_the_hits_of_each_agents_target(
+        self, admin_api, publish, client, admin_user
+    ):
+        fleet = make_fleet(canaries=1, others=1)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+        canary, other = fleet[0][0], fleet[1][0]
+        both = [{"version": 1, "ok": 40, "failed": 0}, {"version": 2, "ok": 3, "failed": 1}]
+        record_heartbeat(canary, applied_version=2, workers=[], hits=both)
+        both = [{"version": 1, "ok": 17, "failed": 3}, {"version": 2, "ok": 5, "failed": 5}]
+        record_heartbeat(other, applied_version=1, workers=[], hits=both)
+        client.force_login(admin_user)
+
+        page = client.get("/admin/agents/agent/")
+        shown = {
+            agent.name: page.context["cl"].model_admin.target_hits(agent)
+            for agent in page.context["cl"].result_list
+        }
+        # It should show the other agent's hits of v1, its target still, and the canary's of v2.
+        assert "17 ok" in shown["agent-1"] and "3 failed" in shown["agent-1"]
+        assert shown["agent-1"].startswith("v1: ")
+        assert "3 ok" in shown["agent-0"] and "1 failed" in shown["agent-0"]
+        assert shown["agent-0"].startswith("v2: ")
+        # The API says the same.
+        items = {i["name"]: i["hits"] for i in admin_api.get("/agents").json()["results"]}
+        assert items["agent-0"] == {"version": 2, "ok": 3, "failed": 1}
+        assert items["agent-1"] == {"version": 1, "ok": 17, "failed": 3}
+
+    def test_a_wave_that_falls_between_agents_takes_the_next_one(self, admin_api, publish):
+        fleet = make_fleet(canaries=0, others=5)
+        start(admin_api, publish, plan={"waves": [25, 100], "bake_seconds": 600})
+        # ceil(25% of 5 = 1.25) is 2: a share is rounded up, never down.
+        assert len(targeted(fleet, 2)) == 2
+        assert admin_api.get("/config/admin/rollout").json()["agents_targeted"] == 2
 
     def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
         fleet = make_fleet(canaries=2, others=2)
@@ -333,6 +440,113 @@ class TestControls:
         )
 
 
+@pytest.mark.parametrize(
+    "percent, others, size",
+    [
+        (50, 4, 2),
+        (25, 5, 2),
+        (20, 5, 1),
+        (10, 3, 1),
+        (33, 3, 1),
+        (34, 3, 2),
+        (1, 1000, 10),
+        (1, 1001, 11),
+        (1, 1, 1),
+        (100, 7, 7),
+        (100, 0, 0),
+    ],
+)
+def test_a_wave_is_the_ceiling_of_its_share(percent, others, size):
+    assert services.wave_size(percent, others) == size
+
+
+ALLOWED = {
+    "promote": {"rolling", "paused"},
+    "pause": {"rolling"},
+    "resume": {"paused"},
+    "abort": {"rolling", "paused"},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("state", ["rolling", "paused", "completed", "halted", "aborted"])
+@pytest.mark.parametrize("action", sorted(ALLOWED))
+def test_each_control_is_409_in_a_state_that_does_not_allow_it(admin_api, publish, state, action):
+    make_fleet()
+    start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+    Rollout.objects.update(state=state)
+    audited, versions = AuditEntry.objects.count(), ConfigVersion.objects.count()
+
+    response = admin_api.post(f"/config/admin/rollout/{action}", {"reason": "r"}, "json")
+
+    if state in ALLOWED[action]:
+        assert response.status_code == 200, response.content
+        assert AuditEntry.objects.count() > audited
+        return
+    assert response.status_code == 409, response.content
+    assert f"it is {state}" in response.json()["detail"]
+    # It should change nothing: state, audit log, versions.
+    assert Rollout.objects.get().state == state
+    assert (AuditEntry.objects.count(), ConfigVersion.objects.count()) == (audited, versions)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestAdminControls:
+    def control(self, rollout: Rollout, action: str) -> str:
+        return f"/admin/rollouts/rollout/{rollout.pk}/control/{action}/"
+
+    def test_a_control_confirmed_for_an_older_rollout_leaves_the_newer_alone(
+        self, admin_api, publish, client, admin_user
+    ):
+        make_fleet()
+        start(admin_api, publish, plan={"waves": [100], "bake_seconds": 600})
+        older = Rollout.objects.get()
+        client.force_login(admin_user)
+        # The abort's confirmation page is opened while the rollout of v2 runs...
+        assert client.get(self.control(older, "abort")).status_code == 200
+        # ... v2 completes, and v3 starts rolling out meanwhile.
+        assert admin_api.post("/config/admin/rollout/promote").status_code == 200
+        answer = admin_api.put(
+            "/config/admin", {"pooling_interval": 45, "rollout": {"bake_seconds": 600}}, "json"
+        )
+        assert answer.status_code == 200 and answer.json()["version"] == 3
+        audited = AuditEntry.objects.count()
+
+        for action in ("abort", "pause", "promote"):
+            page = client.post(
+                self.control(older, action), {"confirmed": "yes", "reason": "x"}, follow=True
+            )
+            assert page.status_code == 200
+            # It should say why, and do nothing to the rollout of v3.
+            assert "no longer the current one" in page.content.decode()
+        assert Rollout.objects.get(version=3).state == "rolling"
+        assert Rollout.objects.get(version=3).wave == 1
+        assert ConfigVersion.objects.count() == 3
+        assert AuditEntry.objects.count() == audited
+
+    def test_a_control_needs_the_csrf_token_and_a_post(self, admin_api, publish, admin_user):
+        from django.test import Client
+
+        make_fleet()
+        start(admin_api, publish)
+        rollout = Rollout.objects.get()
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(admin_user)
+        page = self.control(rollout, "pause")
+        form = {"confirmed": "yes", "reason": "x"}
+
+        assert browser.post(page, form).status_code == 403
+        assert Rollout.objects.get().state == "rolling"
+        # A GET only shows the confirmation page.
+        assert browser.get(page, form).status_code == 200
+        assert Rollout.objects.get().state == "rolling"
+        # The same form with the page's CSRF token is carried out.
+        token = browser.cookies["csrftoken"].value
+        done = browser.post(page, {**form, "csrfmiddlewaretoken": token}, follow=True)
+        assert done.status_code == 200
+        assert Rollout.objects.get().state == "paused"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_advances_start_each_wave_once():
     fleet = make_fleet(canaries=2, others=4)
@@ -384,6 +598,8 @@ class TestStatusAndMetrics:
         assert "canaries ring=canary; waves 50% 100%; bake 0 s" in out
         assert "3 total, 1 targeted, 0 applied, 1 waiting" in out
         assert "agent-0" in out and "applying" in out and "wave not started" in out
+        # Each straggler with its last heartbeat.
+        assert re.search(r"agent-0 \S+ on v0, last heartbeat \d\d:\d\d:\d\d \(\d+ s ago\)", out)
         code, out = rollout_status("--wait", "--timeout", "1.5")
         assert code == 1
         assert "timed out" in out

@@ -12,6 +12,7 @@ from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.agents import services
 from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.configs.services import get_current_state
+from apps.rollouts.targets import target_version_expression
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
@@ -101,13 +102,13 @@ class AgentAdmin(admin.ModelAdmin):
         )
 
     def get_queryset(self, request):
-        # The hits of the version the agent should run, in the same query as the agents.
-        hits = AgentHits.objects.filter(
-            agent=OuterRef("pk"), version=get_current_state()["version"]
-        )
+        # The hits of the version the agent should run (during a rollout, its own target), in
+        # the same query as the agents.
+        hits = AgentHits.objects.filter(agent=OuterRef("pk"), version=OuterRef("target"))
         return (
             super()
             .get_queryset(request)
+            .annotate(target=target_version_expression(get_current_state()))
             .annotate(
                 target_ok=Subquery(hits.values("ok")[:1]),
                 target_failed=Subquery(hits.values("failed")[:1]),
@@ -121,7 +122,8 @@ class AgentAdmin(admin.ModelAdmin):
             return "—"
         rate = failed / (ok + failed) if ok + failed else 0.0
         return format_html(
-            '{} ok, <span style="color:{}">{} failed</span> ({})',
+            'v{}: {} ok, <span style="color:{}">{} failed</span> ({})',
+            obj.target,
             ok,
             "#b71c1c" if failed else "inherit",
             failed,

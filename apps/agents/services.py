@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 from django.utils import timezone
 from rest_framework import status
 
@@ -19,7 +21,7 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.notifications import publish_revocation
 from apps.rollouts.services import evaluate_rollout_health
-from apps.rollouts.targets import target_of
+from apps.rollouts.targets import target_of, target_version_expression
 from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -322,15 +324,10 @@ def status_condition(status: str, state: dict, now) -> Q:
     revoked = Q(revoked_at__isnull=False)
     stale = ~revoked & (Q(last_seen__isnull=True) | Q(last_seen__lt=stale_before(state, now)))
     fresh = ~revoked & Q(last_seen__gte=stale_before(state, now))
-    # An agent that never reported counts as version 0, as in agent_status. While a rollout
-    # splits the fleet, the database cannot tell who is targeted (a hash decides): the filter
-    # and the counts then take the previous version as the bar, and each agent's own status
-    # (agent_status) is exact.
-    split = state.get("rollout")
-    bar = split["previous"]["version"] if split else state["version"]
-    behind = Q(applied_version__lt=bar)
-    if bar > 0:
-        behind |= Q(applied_version__isnull=True)
+    # An agent that never reported counts as version 0, as in agent_status; the bar is each
+    # agent's own target, so during a rollout an agent whose wave has not started is in sync on
+    # the previous version.
+    behind = Q(LessThan(Coalesce("applied_version", 0), target_version_expression(state)))
     conditions = {
         "revoked": revoked,
         "stale": stale,

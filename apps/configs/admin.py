@@ -9,7 +9,7 @@ from django.urls import path, reverse
 from apps.accounts.roles import EDITOR, OPERATOR, SUPERUSER, has_role, role_needed_message
 from apps.changes import services as changes
 from apps.configs import preflight, services
-from apps.configs.errors import NoLiveAgent
+from apps.configs.errors import NoLiveAgent, PreflightFailed
 from apps.configs.models import ConfigVersion
 from apps.rollouts.serializers import RolloutPlanSerializer
 from apps.rollouts.services import RolloutPlanNeedsDirectPublish
@@ -58,6 +58,30 @@ class ConfigChangeForm(forms.Form):
         initial=0,
         help_text="Seconds each wave runs, once applied by its live agents, before the next.",
     )
+    auto_rollback = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Roll back when failing",
+        help_text="When the new version's hits fail too often: halt and put every agent back on "
+        "the previous content. Unticked: only pause for an operator.",
+    )
+    max_failure_rate = forms.FloatField(
+        required=False,
+        initial=0.2,
+        help_text="Failed / all hits of the new version above which the rollout stops, 0 to 1 "
+        "(unless the previous version failed as often).",
+    )
+    min_hits = forms.IntegerField(
+        required=False,
+        initial=20,
+        help_text="Hits of the new version needed before its failure rate is judged.",
+    )
+    preflight = forms.BooleanField(
+        required=False,
+        label="Pre-flight first",
+        help_text="Have a few agents' workers fetch the URL first; publish nothing when none "
+        "succeeds.",
+    )
     # Superusers only (the form drops it for everyone else): the emergency publish's reason,
     # kept in its audit entry as the API's `reason` is.
     reason = forms.CharField(
@@ -92,7 +116,13 @@ class ConfigChangeForm(forms.Form):
         values = self.cleaned_data
         if not values.get("staged"):
             return None
-        plan = {"bake_seconds": values.get("bake_seconds") or 0}
+        plan = {
+            "bake_seconds": values.get("bake_seconds") or 0,
+            "auto_rollback": bool(values.get("auto_rollback")),
+            "preflight": bool(values.get("preflight")),
+        }
+        for name, default in (("max_failure_rate", 0.2), ("min_hits", 20)):
+            plan[name] = default if values.get(name) is None else values[name]
         try:
             pairs = [p for p in (values.get("canary_labels") or "").split(",") if p.strip()]
             plan["canary_labels"] = parse_label_pairs(pairs)
@@ -207,11 +237,21 @@ class ConfigVersionAdmin(HistoryAdmin):
                 try:
                     if emergency:
                         return self._publish_emergency(request, current, values, reason)
+                    if plan is not None and plan["preflight"]:
+                        preflight.preflight_before_publish(
+                            check_config_url(values["config_url"]),
+                            actor=request.user,
+                            source_ip=client_ip(request),
+                        )
                     if changes.approvals_required():
                         return self._propose(request, current, {**values, "rollout": plan})
                     config, created = self._publish(request, current, {**values, "rollout": plan})
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
+                except PreflightFailed as exc:
+                    # The results are shown as the pre-flight button shows them.
+                    trial = exc.answer
+                    form.add_error(None, exc.detail)
                 except ServiceError as exc:
                     # A rollout in progress (409), or one with nothing to roll out from.
                     form.add_error(None, exc.detail)

@@ -162,18 +162,19 @@ def test_staged_rollout_with_two_controller_processes(stack, upstream, admin_use
     assert worker_version(workers[0]) == 3 and worker_version(workers[4]) == 2
     assert Agent.objects.count() == 6
 
+    # From the moment the abort is asked for, its own answer included.
+    aborting = time.monotonic()
     answer = admin.session.post(
         f"{url}/config/admin/rollout/abort", json={"reason": "canary errors"}, timeout=15
     )
-    # From the abort's answer: the previous content is then a committed version of its own.
-    aborted = time.monotonic()
     assert answer.status_code == 200 and answer.json()["state"] == "aborted", answer.text
+    # The previous content is a committed version of its own, 4.
     wait_for_version(workers, 4, timeout=10)
-    back = time.monotonic() - aborted
-    print(f"every worker on the previous content {back:.2f} s after the abort")
-    # At once, not after the 600 s bake: 0.3-0.5 s measured on this machine at a load of 6-8;
-    # the bound leaves room for a machine several times as loaded.
-    assert back < 5.0
+    back = time.monotonic() - aborting
+    print(f"every worker on the previous content {back:.2f} s after the abort was asked for")
+    # At once, not after the 600 s bake: each held watch is answered on the commit's
+    # notification and each agent pushes straight away, one request per worker.
+    assert back < 1.0
     newest = ConfigVersion.objects.get(version=4)
     assert (newest.config_url, newest.rolled_back_from) == (upstream.url("/text?v2"), 2)
     entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_ABORTED)
