@@ -183,6 +183,8 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     assert stops("halted") == halted_before + 1
     text = APIClient().get("/metrics").content.decode()
     assert 'controller_rollouts_halted_total{state="halted"}' in text
+    assert 'controller_rollout_hits{outcome="failed",version="new"} 19.0' in text
+    assert 'controller_rollout_hits{outcome="ok",version="previous"} 300.0' in text
 
     # More failed hits of the halted version change nothing.
     report(canary, 2, 0, 50)
