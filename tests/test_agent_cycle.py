@@ -485,3 +485,20 @@ def test_two_agents_pushing_the_same_config_in_the_same_second_both_succeed(
     # The worker refuses the second as a replay; the agent knows the worker has these bytes.
     assert second.push(config) is True
     assert worker.version() == 2
+
+
+def test_the_agent_registers_with_its_labels_and_sends_them_in_heartbeats(
+    make_agent, make_worker, new_token, publish, clock
+):
+    worker = make_worker()
+    publish()
+    make_agent([worker], token=new_token(), labels={"ring": "canary"}).run_once()
+    record = AgentRecord.objects.get()
+    assert record.labels == {"ring": "canary"}
+
+    # Restarted with other labels, on its stored credentials: the next heartbeat carries them.
+    restarted = make_agent([worker], labels={"ring": "main", "zone": "eu-1"})
+    restarted.run_once()
+    record.refresh_from_db()
+    assert record.labels == {"ring": "main", "zone": "eu-1"}
+    assert AgentRecord.objects.count() == 1

@@ -160,3 +160,44 @@ def test_run_agent_refuses_a_bad_label(tmp_path):
     )
     assert result.returncode == 2
     assert "--label" in result.stderr
+
+
+def test_label_flags_are_repeatable_and_replace_agent_labels(tmp_path, monkeypatch):
+    from agent.command import build_agent, read_agent_settings
+
+    monkeypatch.setenv("INTERNAL_KEY", "k" * 40)
+    monkeypatch.setenv("AGENT_LABELS", "ring=main,tier=2")
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    options = {
+        "controller_url": "http://127.0.0.1:9",
+        "worker_urls": ["http://127.0.0.1:9"],
+        "state_dir": str(tmp_path),
+    }
+    from_env, _ = build_agent(options, read_agent_settings(None))
+    assert from_env.labels == {"ring": "main", "tier": "2"}
+    flagged = {**options, "labels": ["ring=canary", "zone=eu-1"]}
+    from_flags, _ = build_agent(flagged, read_agent_settings(None))
+    assert from_flags.labels == {"ring": "canary", "zone": "eu-1"}
+
+
+def test_admin_shows_the_labels_and_filters_by_one(client, admin_user):
+    register({"ring": "canary", "zone": "a"})
+    register({"ring": "main"})
+    register()
+    client.force_login(admin_user)
+
+    page = client.get("/admin/agents/agent/")
+    html = page.content.decode()
+    assert '<code class="agent-label">ring=canary</code>' in html
+    assert '<code class="agent-label">zone=a</code>' in html
+    # The filter offers the pairs the agents carry.
+    assert "?label=ring%3Dcanary" in html and "?label=zone%3Da" in html
+
+    def listed(query: str) -> list[dict]:
+        found = client.get(f"/admin/agents/agent/?{query}").context["cl"].result_list
+        return [agent.labels for agent in found]
+
+    assert listed("label=ring%3Dcanary") == [{"ring": "canary", "zone": "a"}]
+    assert sorted(map(str, listed("label=ring%3Dmain"))) == ["{'ring': 'main'}"]
+    assert listed("label=ring%3Dnone") == []
+    assert listed("label=not-a-pair") == []

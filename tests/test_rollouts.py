@@ -1,6 +1,7 @@
 """Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
 
 import io
+import re
 import threading
 from datetime import timedelta
 
@@ -308,6 +309,13 @@ class TestTargets:
         assert items["agent-0"] == {"version": 2, "ok": 3, "failed": 1}
         assert items["agent-1"] == {"version": 1, "ok": 17, "failed": 3}
 
+    def test_a_wave_that_falls_between_agents_takes_the_next_one(self, admin_api, publish):
+        fleet = make_fleet(canaries=0, others=5)
+        start(admin_api, publish, plan={"waves": [25, 100], "bake_seconds": 600})
+        # ceil(25% of 5 = 1.25) is 2: a share is rounded up, never down.
+        assert len(targeted(fleet, 2)) == 2
+        assert admin_api.get("/config/admin/rollout").json()["agents_targeted"] == 2
+
     def test_a_stale_agent_holds_nothing_back(self, admin_api, publish):
         fleet = make_fleet(canaries=2, others=2)
         start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
@@ -432,6 +440,113 @@ class TestControls:
         )
 
 
+@pytest.mark.parametrize(
+    "percent, others, size",
+    [
+        (50, 4, 2),
+        (25, 5, 2),
+        (20, 5, 1),
+        (10, 3, 1),
+        (33, 3, 1),
+        (34, 3, 2),
+        (1, 1000, 10),
+        (1, 1001, 11),
+        (1, 1, 1),
+        (100, 7, 7),
+        (100, 0, 0),
+    ],
+)
+def test_a_wave_is_the_ceiling_of_its_share(percent, others, size):
+    assert services.wave_size(percent, others) == size
+
+
+ALLOWED = {
+    "promote": {"rolling", "paused"},
+    "pause": {"rolling"},
+    "resume": {"paused"},
+    "abort": {"rolling", "paused"},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("state", ["rolling", "paused", "completed", "halted", "aborted"])
+@pytest.mark.parametrize("action", sorted(ALLOWED))
+def test_each_control_is_409_in_a_state_that_does_not_allow_it(admin_api, publish, state, action):
+    make_fleet()
+    start(admin_api, publish, plan={**PLAN, "bake_seconds": 600})
+    Rollout.objects.update(state=state)
+    audited, versions = AuditEntry.objects.count(), ConfigVersion.objects.count()
+
+    response = admin_api.post(f"/config/admin/rollout/{action}", {"reason": "r"}, "json")
+
+    if state in ALLOWED[action]:
+        assert response.status_code == 200, response.content
+        assert AuditEntry.objects.count() > audited
+        return
+    assert response.status_code == 409, response.content
+    assert f"it is {state}" in response.json()["detail"]
+    # It should change nothing: state, audit log, versions.
+    assert Rollout.objects.get().state == state
+    assert (AuditEntry.objects.count(), ConfigVersion.objects.count()) == (audited, versions)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestAdminControls:
+    def control(self, rollout: Rollout, action: str) -> str:
+        return f"/admin/rollouts/rollout/{rollout.pk}/control/{action}/"
+
+    def test_a_control_confirmed_for_an_older_rollout_leaves_the_newer_alone(
+        self, admin_api, publish, client, admin_user
+    ):
+        make_fleet()
+        start(admin_api, publish, plan={"waves": [100], "bake_seconds": 600})
+        older = Rollout.objects.get()
+        client.force_login(admin_user)
+        # The abort's confirmation page is opened while the rollout of v2 runs...
+        assert client.get(self.control(older, "abort")).status_code == 200
+        # ... v2 completes, and v3 starts rolling out meanwhile.
+        assert admin_api.post("/config/admin/rollout/promote").status_code == 200
+        answer = admin_api.put(
+            "/config/admin", {"pooling_interval": 45, "rollout": {"bake_seconds": 600}}, "json"
+        )
+        assert answer.status_code == 200 and answer.json()["version"] == 3
+        audited = AuditEntry.objects.count()
+
+        for action in ("abort", "pause", "promote"):
+            page = client.post(
+                self.control(older, action), {"confirmed": "yes", "reason": "x"}, follow=True
+            )
+            assert page.status_code == 200
+            # It should say why, and do nothing to the rollout of v3.
+            assert "no longer the current one" in page.content.decode()
+        assert Rollout.objects.get(version=3).state == "rolling"
+        assert Rollout.objects.get(version=3).wave == 1
+        assert ConfigVersion.objects.count() == 3
+        assert AuditEntry.objects.count() == audited
+
+    def test_a_control_needs_the_csrf_token_and_a_post(self, admin_api, publish, admin_user):
+        from django.test import Client
+
+        make_fleet()
+        start(admin_api, publish)
+        rollout = Rollout.objects.get()
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(admin_user)
+        page = self.control(rollout, "pause")
+        form = {"confirmed": "yes", "reason": "x"}
+
+        assert browser.post(page, form).status_code == 403
+        assert Rollout.objects.get().state == "rolling"
+        # A GET only shows the confirmation page.
+        assert browser.get(page, form).status_code == 200
+        assert Rollout.objects.get().state == "rolling"
+        # The same form with the page's CSRF token is carried out.
+        token = browser.cookies["csrftoken"].value
+        done = browser.post(page, {**form, "csrfmiddlewaretoken": token}, follow=True)
+        assert done.status_code == 200
+        assert Rollout.objects.get().state == "paused"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_advances_start_each_wave_once():
     fleet = make_fleet(canaries=2, others=4)
@@ -483,6 +598,8 @@ class TestStatusAndMetrics:
         assert "canaries ring=canary; waves 50% 100%; bake 0 s" in out
         assert "3 total, 1 targeted, 0 applied, 1 waiting" in out
         assert "agent-0" in out and "applying" in out and "wave not started" in out
+        # Each straggler with its last heartbeat.
+        assert re.search(r"agent-0 \S+ on v0, last heartbeat \d\d:\d\d:\d\d \(\d+ s ago\)", out)
         code, out = rollout_status("--wait", "--timeout", "1.5")
         assert code == 1
         assert "timed out" in out

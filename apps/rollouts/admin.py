@@ -206,6 +206,7 @@ class RolloutAdmin(HistoryAdmin):
                     actor=request.user,
                     source_ip=client_ip(request),
                     reason=request.POST.get("reason", "")[:1000],
+                    version=rollout.version,
                 )
             except ServiceError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)

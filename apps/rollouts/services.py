@@ -394,11 +394,21 @@ def get_latest_rollout() -> Rollout | None:
     return Rollout.objects.select_related("created_by").order_by("-version").first()
 
 
-def _lock_latest() -> Rollout:
+def _lock_latest(version: int | None = None) -> Rollout:
     rollout = Rollout.objects.select_for_update().order_by("-version").first()
     if rollout is None:
         raise NoRollout()
+    _insist_on(rollout, version)
     return rollout
+
+
+def _insist_on(rollout: Rollout, version: int | None) -> None:
+    # A control confirmed on a page about one rollout must not act on a newer one.
+    if version is not None and rollout.version != version:
+        raise RolloutConflict(
+            f"The rollout of version {version} is no longer the current one (the rollout of "
+            f"version {rollout.version} is); nothing was done."
+        )
 
 
 def _refuse(rollout: Rollout, what: str) -> RolloutConflict:
@@ -419,10 +429,12 @@ def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detai
 
 
 @transaction.atomic
-def promote_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+def promote_rollout(
+    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+) -> Rollout:
     """Start the next wave now, without waiting for the current one to apply or bake; on the
     last wave, complete the rollout."""
-    rollout = _lock_latest()
+    rollout = _lock_latest(version)
     if rollout.state not in Rollout.ACTIVE_STATES:
         raise _refuse(rollout, "promote")
     _audit(rollout, AuditEntry.ROLLOUT_PROMOTED, actor=actor, source_ip=source_ip, reason=reason)
@@ -440,9 +452,11 @@ def promote_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
 
 
 @transaction.atomic
-def pause_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+def pause_rollout(
+    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+) -> Rollout:
     """Hold the rollout where it is: started waves keep the new version, no new wave starts."""
-    rollout = _lock_latest()
+    rollout = _lock_latest(version)
     if rollout.state != Rollout.ROLLING:
         raise _refuse(rollout, "pause")
     rollout.state = Rollout.PAUSED
@@ -453,11 +467,13 @@ def pause_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
 
 
 @transaction.atomic
-def resume_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+def resume_rollout(
+    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+) -> Rollout:
     """Let a paused rollout go on; the current wave's bake time counts from now, and the health
     gate counts the new version's hits from now (a halted rollout is over: it put everyone back
     on the previous content)."""
-    rollout = _lock_latest()
+    rollout = _lock_latest(version)
     if rollout.state != Rollout.PAUSED:
         raise _refuse(rollout, "resume")
     rollout.state = Rollout.ROLLING
@@ -470,7 +486,9 @@ def resume_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
     return rollout
 
 
-def abort_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
+def abort_rollout(
+    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+) -> Rollout:
     """Put every agent back on the previous version's content at once. Workers refuse older
     versions, so this publishes a new version carrying the previous content, as a rollback
     does; the history shows it as a rollback and the audit log as the rollout's abort."""
@@ -479,6 +497,7 @@ def abort_rollout(*, actor=None, source_ip=None, reason: str = "") -> Rollout:
     rollout = get_latest_rollout()
     if rollout is None:
         raise NoRollout()
+    _insist_on(rollout, version)
     if rollout.state not in Rollout.SPLIT_STATES:
         raise _refuse(rollout, "abort")
     rollback_config(
