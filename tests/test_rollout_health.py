@@ -368,6 +368,15 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     assert 'id="rollout-health"' in text and "no hits yet" in text
     assert 'id="control-resume"' not in text and 'id="control-abort"' not in text
 
+    # The dashboard says so while version 3, the previous content, is current.
+    dashboard = client.get("/admin/").content.decode()
+    assert 'id="halt-banner"' in dashboard
+    assert "The rollout of version 2 was halted" in dashboard
+    assert "failure rate 1.00 over 20 hits &gt; 0.20" in dashboard
+    assert "Rollout halted by its failure rate" in dashboard
+    publish_config(config_url=NEW_URL + "/fixed", pooling_interval=30)
+    assert 'id="halt-banner"' not in client.get("/admin/").content.decode()
+
 
 # A plan's pre-flight ------------------------------------------------------------------------
 
