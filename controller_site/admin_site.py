@@ -66,6 +66,15 @@ class ControllerAdminSite(admin.AdminSite):
 def dashboard_context(request) -> dict:
     config = get_current_config()
     rollout = get_latest_rollout()
+    # A halt stays in view while the version it put everyone back on is current.
+    halted = (
+        rollout
+        if rollout is not None
+        and rollout.state == Rollout.HALTED
+        and config is not None
+        and config.version == rollout.version + 1
+        else None
+    )
     if rollout is not None and rollout.state not in Rollout.SPLIT_STATES:
         rollout = None
     if rollout is not None:
@@ -83,6 +92,7 @@ def dashboard_context(request) -> dict:
             AuditEntry.ROLLOUT_RESUMED,
             AuditEntry.ROLLOUT_COMPLETED,
             AuditEntry.ROLLOUT_ABORTED,
+            AuditEntry.ROLLOUT_HALTED,
             AuditEntry.CONFIG_EMERGENCY,
             AuditEntry.AGENT_REVOKED,
             AuditEntry.ADMIN_ADDED,
@@ -101,6 +111,7 @@ def dashboard_context(request) -> dict:
     return {
         "current_config": config,
         "active_rollout": rollout,
+        "halted_rollout": halted,
         "current_emergency": emergency,
         "pending_changes": ChangeRequest.objects.filter(state=ChangeRequest.PENDING).count(),
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],

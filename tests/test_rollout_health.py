@@ -183,6 +183,8 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     assert stops("halted") == halted_before + 1
     text = APIClient().get("/metrics").content.decode()
     assert 'controller_rollouts_halted_total{state="halted"}' in text
+    assert 'controller_rollout_hits{outcome="failed",version="new"} 19.0' in text
+    assert 'controller_rollout_hits{outcome="ok",version="previous"} 300.0' in text
 
     # More failed hits of the halted version change nothing.
     report(canary, 2, 0, 50)
@@ -365,6 +367,15 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     assert "failure rate 1.00 over 20 hits &gt; 0.20" in text
     assert 'id="rollout-health"' in text and "no hits yet" in text
     assert 'id="control-resume"' not in text and 'id="control-abort"' not in text
+
+    # The dashboard says so while version 3, the previous content, is current.
+    dashboard = client.get("/admin/").content.decode()
+    assert 'id="halt-banner"' in dashboard
+    assert "The rollout of version 2 was halted" in dashboard
+    assert "failure rate 1.00 over 20 hits &gt; 0.20" in dashboard
+    assert "Rollout halted by its failure rate" in dashboard
+    publish_config(config_url=NEW_URL + "/fixed", pooling_interval=30)
+    assert 'id="halt-banner"' not in client.get("/admin/").content.decode()
 
 
 # A plan's pre-flight ------------------------------------------------------------------------

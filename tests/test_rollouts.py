@@ -633,6 +633,11 @@ class TestStatusAndMetrics:
         assert "controller_rollout_version 2.0" in text
         assert 'controller_agents_by_target_version{version="2"} 2.0' in text
         assert 'controller_agents_by_target_version{version="1"} 4.0' in text
+        # Wave 1: half the others by their hash.
+        assert admin_api.post("/config/admin/rollout/promote").status_code == 200
+        text = api.get("/metrics").content.decode()
+        assert 'controller_agents_by_target_version{version="2"} 4.0' in text
+        assert 'controller_agents_by_target_version{version="1"} 2.0' in text
 
 
 @pytest.mark.django_db(transaction=True)

@@ -100,12 +100,14 @@ class DatabaseStateCollector:
 
     def collect_rollout(self):
         from apps.configs.services import get_current_state
+        from apps.rollouts.health import health_of
         from apps.rollouts.models import Rollout
         from apps.rollouts.services import agents_by_target, get_latest_rollout
 
         try:
             rollout = get_latest_rollout()
             by_target = agents_by_target(get_current_state())
+            health = health_of(rollout) if rollout else None
         except DatabaseError as exc:
             logger.warning("metrics: database unavailable: %s", exc)
             return
@@ -136,6 +138,17 @@ class DatabaseStateCollector:
         for version, count in sorted(by_target.items()):
             targets.add_metric([str(version)], count)
         yield targets
+        hits = GaugeMetricFamily(
+            "controller_rollout_hits",
+            "The hits the health gate judges, of the rollout's new version (since the last "
+            "resume) and of its previous version, by outcome (ok, failed).",
+            labels=["version", "outcome"],
+        )
+        if health is not None:
+            for which, counted in zip(("new", "previous"), health, strict=True):
+                hits.add_metric([which, "ok"], counted.ok)
+                hits.add_metric([which, "failed"], counted.failed)
+        yield hits
 
 
 def render() -> bytes:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 from rest_framework import status
 
@@ -25,7 +26,7 @@ from apps.audit.services import record_event
 from apps.ops import metrics
 from apps.rollouts.health import health_of, hits_of_versions, judge
 from apps.rollouts.models import Rollout
-from apps.rollouts.targets import agent_key, is_canary, target_of, targets_new
+from apps.rollouts.targets import agent_key, is_canary, target_version_expression, targets_new
 from controller_site.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -163,12 +164,16 @@ def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Pro
 
 
 def agents_by_target(state: dict) -> dict[int, int]:
-    """How many agents (not revoked) the controller answers each version now."""
-    counts: dict[int, int] = {}
-    for agent in Agent.objects.filter(revoked_at__isnull=True).values("id", "labels"):
-        version = target_of(state, agent["id"], agent["labels"])["version"]
-        counts[version] = counts.get(version, 0) + 1
-    return counts
+    """How many agents (not revoked) the controller answers each version now, counted by the
+    database (one row per version, however large the fleet is at each scrape)."""
+    rows = (
+        Agent.objects.filter(revoked_at__isnull=True)
+        .annotate(target=target_version_expression(state))
+        .values("target")
+        .annotate(agents=Count("pk"))
+        .order_by()
+    )
+    return {row["target"]: row["agents"] for row in rows}
 
 
 # Starting ------------------------------------------------------------------------------------

@@ -195,7 +195,9 @@ def test_an_upstream_that_failed_before_does_not_halt_a_rollout_that_does_no_wor
 
     with Traffic(workers):
         wait_until(lambda: totals(1)[1] >= 40, timeout=30, message="v1's failures")
-        answer = publish(admin, upstream.url("/broken?v2"), {**CANARY_PLAN, "bake_seconds": 3})
+        # The gate judges v2 once it has min_hits, well within the two bakes of the rollout.
+        plan = {**CANARY_PLAN, "bake_seconds": 4, "min_hits": 10}
+        answer = publish(admin, upstream.url("/broken?v2"), plan)
         assert answer.status_code == 201, answer.text
         wait_until(lambda: rollout_state(2) == "completed", timeout=60, message="completion")
         wait_for_version(workers, 2, timeout=20)
