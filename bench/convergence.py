@@ -330,6 +330,7 @@ def main() -> None:
 HOLDING_MAX_MS = {1000: 150, 10000: 1000, 20000: 2500}
 HOLDING_P99_MS = {10000: 750}
 REPORTS_WITHIN_S = 3
+REPORTS_TARGET_UP_TO = 10000
 KIB_PER_HELD_WATCH = 16
 
 
@@ -416,12 +417,14 @@ def summary(figures: dict) -> list[tuple[str, ...]]:
                 )
             )
         recorded = run["all_reports_recorded_s"]
+        # The target is set for fleets of up to 10,000; larger ones are reported.
+        judged = n <= REPORTS_TARGET_UP_TO
         rows.append(
             (
                 f"reports of {n:,} agents recorded after a change",
-                f"≤ {REPORTS_WITHIN_S} s",
+                f"≤ {REPORTS_WITHIN_S} s" if judged else "(report)",
                 "not all" if recorded is None else f"{recorded:.2f} s",
-                _verdict(recorded is not None and recorded <= REPORTS_WITHIN_S),
+                _verdict(recorded is not None and recorded <= REPORTS_WITHIN_S) if judged else "",
             )
         )
     # Memory per watch: from the runs of 10,000 and more, where the idle process is a small part.
