@@ -3,6 +3,7 @@
 import hmac
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -14,12 +15,25 @@ from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
 
 # A process remembers each token's agent for AGENT_AUTH_CACHE_SECONDS, so a busy poller costs
 # no query per request while a revocation still takes effect within that time everywhere.
-_known: dict[str, tuple[float, Agent | None]] = {}
+# An active agent is trusted longer, up to TRUST_SECONDS, while the process also reads the
+# revocations of the last REVOCATION_LOOKBACK_SECONDS at least once every
+# AGENT_AUTH_CACHE_SECONDS (sweep_revocations, run by the ASGI front): a revoked token then
+# still stops working within that time, and a fleet reporting every 10 s costs no token
+# query per report. Each entry: (expires, agent or None, trusted until).
+_known: dict[str, tuple[float, Agent | None, float]] = {}
 _last_seen_written: dict[str, float] = {}
 _lock = threading.Lock()
 _KNOWN_LIMIT = 50_000
 # The clock of both memories; a test replaces this one name, not time.monotonic for everyone.
 clock = time.monotonic
+TRUST_SECONDS = 300.0
+# Longer than any pause between two sweeps that keep the memory trusted, plus the time a
+# revoking transaction may take to commit and the skew between controller hosts' clocks.
+REVOCATION_LOOKBACK_SECONDS = 60.0
+# Until when the memory is known to hold no agent revoked since it was remembered, and when
+# the last sweep started.
+_swept_until = 0.0
+_swept_at: float | None = None
 
 
 def find_agent(token: str) -> Agent | None:
@@ -42,7 +56,10 @@ def token_digest(token: str) -> str | None:
 def remembered_agent(digest: str) -> tuple[bool, Agent | None]:
     """(known, agent) from this process's memory, without a query."""
     cached = _known.get(digest)
-    if cached is not None and cached[0] > clock():
+    if cached is None:
+        return False, None
+    now = clock()
+    if cached[0] > now or (cached[1] is not None and cached[2] > now and _swept_until > now):
         return True, cached[1]
     return False, None
 
@@ -63,12 +80,33 @@ def find_agents(digests: list[str]) -> dict[str, Agent | None]:
 
 
 def _remember(agents: dict[str, Agent | None]) -> None:
-    expires = clock() + settings.AGENT_AUTH_CACHE_SECONDS
+    now = clock()
+    expires = now + settings.AGENT_AUTH_CACHE_SECONDS
+    trusted = now + TRUST_SECONDS
     with _lock:
         if len(_known) + len(agents) > _KNOWN_LIMIT:
             _known.clear()
         for digest, agent in agents.items():
-            _known[digest] = (expires, agent)
+            _known[digest] = (expires, agent, trusted)
+
+
+def sweep_revocations() -> int:
+    """Drop from this process's memory every agent revoked in the last
+    REVOCATION_LOOKBACK_SECONDS, and trust the rest of it for AGENT_AUTH_CACHE_SECONDS more
+    (from the moment this started). On the first sweep, and after a pause of more than half the
+    lookback since the last one (the database was unreachable, say), the whole memory is
+    dropped first: a revocation may have been missed. Returns how many agents were dropped."""
+    global _swept_until, _swept_at
+    started = clock()
+    since = timezone.now() - timedelta(seconds=REVOCATION_LOOKBACK_SECONDS)
+    revoked = list(Agent.objects.filter(revoked_at__gte=since).values_list("token_hash", flat=True))
+    with _lock:
+        if _swept_at is None or started - _swept_at > REVOCATION_LOOKBACK_SECONDS / 2:
+            _known.clear()
+        dropped = sum(_known.pop(digest, None) is not None for digest in revoked)
+        _swept_at = started
+        _swept_until = started + settings.AGENT_AUTH_CACHE_SECONDS
+    return dropped
 
 
 def active_agent(agent: Agent | None, digest: str) -> Agent | None:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from redis.asyncio.sentinel import Sentinel
 
+from apps.agents.auth import sweep_revocations
 from apps.agents.models import Agent
 from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
@@ -66,6 +68,7 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         # Pre-flight requests for agents holding no watch here, by agent id, until they expire.
         self.preflights: dict[str, dict] = {}
+        self.sweeper = RevocationSweeper()
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -76,6 +79,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._listen_redis()))
         self._tasks.append(asyncio.create_task(self._recheck_database()))
         self._tasks.append(asyncio.create_task(self._advance_rollouts()))
+        self.sweeper.start()
 
     async def stop(self) -> None:
         notifications.set_local_listener(None)
@@ -85,6 +89,7 @@ class Hub:
             # Bounded: a Redis client cancelled mid-read may never finish closing.
             await asyncio.wait(self._tasks, timeout=2)
         self._tasks.clear()
+        await asyncio.to_thread(self.sweeper.stop)
         self.release_all()
 
     def release_all(self) -> None:
@@ -256,6 +261,46 @@ class Hub:
             revoked = await _revoked_among(held)
             for agent_id in revoked:
                 self.cut(agent_id)
+
+
+class RevocationSweeper:
+    """Twice per AGENT_AUTH_CACHE_SECONDS, the revocations of the last minute, so that this
+    process may trust its memory of the other agents' tokens (apps.agents.auth). A thread of
+    its own: the event loop may be busy for a second answering thousands of watches at once,
+    which is when the memory matters most (every agent then reports)."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="revocation-sweeper", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            close_old_connections()
+            try:
+                sweep_revocations()
+                failing = False
+            except DatabaseError as exc:
+                if not failing:
+                    logger.warning("could not read the agents' revocations: %s", exc)
+                failing = True
+            finally:
+                connection.close()
+            self._stopping.wait(settings.AGENT_AUTH_CACHE_SECONDS / 2)
 
 
 def _subscriber_client():
