@@ -474,6 +474,12 @@ class AgentDaemon:
         if retries:
             # Come back in time to retry a worker that is down.
             wait = min(wait, max(0.0, min(retries) - self.clock()))
+        if self.controller_backoff.failures:
+            # Back from an outage: a short watch, so the controller's answer comes within a
+            # second and the heartbeats, which wait for it, start again. A full-length watch of
+            # an agent already up to date would leave the controller without its reports (what
+            # it applied, a rollout's next wave waits for that) for a whole watch period.
+            wait = 1
         known = self.config["version"] if self.config else 0
         # At least a second: a zero wait is answered at once and would make the loop spin.
         self.last_wait = wait = max(1, int(wait))

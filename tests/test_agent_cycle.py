@@ -502,3 +502,23 @@ def test_the_agent_registers_with_its_labels_and_sends_them_in_heartbeats(
     record.refresh_from_db()
     assert record.labels == {"ring": "main", "zone": "eu-1"}
     assert AgentRecord.objects.count() == 1
+
+
+def test_after_an_outage_the_first_watch_is_short_so_that_heartbeats_resume(
+    make_agent, make_worker, new_token, publish
+):
+    publish(interval=30)
+    agent = make_agent([make_worker()], token=new_token())
+    agent.run_once()
+    assert agent.config["version"] == 1
+    # What a controller outage leaves behind: heartbeats wait for the controller to answer.
+    agent.controller_backoff.failures = 3
+    assert not agent.heartbeats_on()
+
+    started = time.monotonic()
+    assert agent.check_controller(threading.Event())
+
+    # The agent is up to date, yet it did not hold a 30 s watch before reporting again.
+    assert agent.last_wait == 1
+    assert time.monotonic() - started < 10
+    assert agent.heartbeats_on()

@@ -1,7 +1,9 @@
 """A staged rollout as users run it: two controller processes, six agents with six workers, two of
-them canaries. Each worker's version is watched from outside, and the rollout's audit entries
-say when each wave started."""
+them canaries; and a controller stopped mid-rollout (SIGTERM, then SIGKILL) and started again,
+after which the rollout carries on by itself. Each worker's version is watched from outside, and
+the rollout's audit entries say when each wave started."""
 
+import signal
 import subprocess
 import time
 
@@ -182,3 +184,98 @@ def test_staged_rollout_with_two_controller_processes(stack, upstream, admin_use
     status = rollout_status()
     assert status.returncode == 1
     assert "aborted" in status.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_rollout_carries_on_after_the_controller_restarts(stack, upstream, admin_user, sig):
+    """The rollout's state is in the database and every controller process advances it on its
+    own clock, so a controller stopped during the canary wave and started again on the same
+    database moves it wave by wave to the end, with no promote, each wave started once."""
+    bake = 2
+    _, redis_url, _ = stack.redis()
+    controller, url = stack.controller(redis_url)
+    admin = Admin(url)
+    assert admin.create(upstream.url("/text?v1")).status_code == 201
+    workers = [stack.worker()[1] for _ in range(4)]
+    for index, worker in enumerate(workers):
+        stack.agent(
+            url,
+            [worker],
+            f"agent-{index}",
+            AGENT_LABELS="ring=canary" if index == 0 else "ring=main",
+            AGENT_HEARTBEAT_SECONDS="1",
+            # Back on the restarted controller within a second, not after a long backoff.
+            AGENT_BACKOFF_CAP="1",
+        )
+    canary, other_workers = workers[0], workers[1:]
+    wait_for_version(workers, 1, timeout=60)
+    wait_until(
+        lambda: Agent.objects.filter(labels={"ring": "canary"}).count() == 1,
+        timeout=20,
+        message="the canary registered with its label",
+    )
+
+    with VersionWatch(workers) as seen:
+        published = time.time()
+        answer = admin.session.post(
+            f"{url}/config/admin",
+            json={
+                "config_url": upstream.url("/text?v2"),
+                "pooling_interval": 30,
+                "rollout": {
+                    "canary_labels": {"ring": "canary"},
+                    "waves": [50, 100],
+                    "bake_seconds": bake,
+                },
+            },
+            timeout=15,
+        )
+        assert answer.status_code == 201, answer.text
+        wait_for_version([canary], 2, timeout=20)
+        rollout = admin.session.get(f"{url}/config/admin/rollout", timeout=10).json()
+        assert (rollout["state"], rollout["wave"]) == ("rolling", 0), rollout
+        controller.stop(sig)
+        assert not controller.alive()
+
+        # With no controller running the bake time passes and nothing moves: the canary wave
+        # is still the current one, and the other workers keep version 1.
+        time.sleep(max(0.0, published + bake + 0.5 - time.time()))
+        assert Rollout.objects.get(version=2).wave == 0
+        assert all(worker_version(w) == 1 for w in other_workers)
+
+        restarted = time.time()
+        stack.controller(redis_url, port=int(url.rsplit(":", 1)[1]))
+        observed = []
+
+        def completed() -> bool:
+            body = admin.session.get(f"{url}/config/admin/rollout", timeout=5).json()
+            observed.append((body["state"], body["wave"]))
+            return body["state"] == "completed"
+
+        # Nobody calls promote: the new process advances the rollout by itself, in about two
+        # bakes, and well within the 30 s watch an agent already up to date would hold before
+        # reporting to the restarted controller.
+        wait_until(completed, timeout=20, interval=0.1, message="the rollout completed")
+        wait_for_version(workers, 2, timeout=20)
+
+    # What the API said went only forward, ending on the last wave.
+    assert observed == sorted(observed, key=lambda o: (o[0] == "completed", o[1]))
+    assert observed[-1] == ("completed", 2)
+    waves = waves_started(2)
+    # Each wave started exactly once; the two after the canaries by the restarted controller.
+    assert [(entry.detail["wave"], entry.detail["how"]) for entry in waves] == [
+        (0, "started"),
+        (1, "advanced"),
+        (2, "advanced"),
+    ]
+    assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_COMPLETED).count() == 1
+    wave_at = [entry.at.timestamp() for entry in waves]
+    assert wave_at[1] >= restarted and wave_at[2] >= wave_at[1] + bake - 0.5
+    # Wave 1 is 50% of the three others, 2 of them; wave 2 the last. Each worker held version 1
+    # until its own wave started, the restart included.
+    first = [w for w in other_workers if seen.when(w, 2) < wave_at[2]]
+    assert len(first) == 2
+    for worker in other_workers:
+        wave = 1 if worker in first else 2
+        assert seen.when(worker, 2) >= wave_at[wave] - 0.2, (worker, wave)
+        assert seen.when(worker, 1) is not None
