@@ -24,6 +24,7 @@ from apps.configs.views import (
     ConfigAgentView,
     ConfigHistoryView,
     ConfigRollbackView,
+    ConfigStreamView,
     ConfigVersionView,
     PreflightView,
 )
@@ -70,6 +71,7 @@ urlpatterns = [
         name="change-cancel",
     ),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
+    path("config/stream", ConfigStreamView.as_view(), name="config-stream"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
     path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),
     path("agent/register", RegisterAgentView.as_view(), name="agent-register"),

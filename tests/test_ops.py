@@ -29,6 +29,7 @@ def test_openapi_schema_and_docs_are_served_without_internet(api):
         "/config/admin/history",
         "/config/admin/rollback",
         "/config/version",
+        "/config/stream",
         "/config/agent",
         "/agent/admin",
         "/agent/register",

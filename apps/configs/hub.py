@@ -67,6 +67,8 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         # Pre-flight requests for agents holding no watch here, by agent id, until they expire.
         self.preflights: dict[str, dict] = {}
+        # Set when the process stops: an event stream between two waits then ends too.
+        self.stopping = False
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Hub:
     def release_all(self) -> None:
         """Answer every held watch now with 503 (the process is stopping), so that its agent
         reconnects at once."""
+        self.stopping = True
         for waiter in list(self.waiters):
             if not waiter.future.done():
                 waiter.future.set_result(("shutdown", None))
@@ -148,6 +151,12 @@ class Hub:
                 woken += 1
         if woken:
             logger.info("version %s: woke %s held watches", state["version"], woken)
+
+    def latest_target_moved(self, waiter: Waiter) -> bool:
+        """Whether the newest state answers this waiter another version than it knows (a
+        re-armed stream checks this: a change while it was writing woke nobody)."""
+        answer = target_of(self.latest, waiter.agent_id, waiter.labels)
+        return answer["version"] != waiter.known
 
     def offer_preflight(self, message: dict) -> None:
         """Answer the held watches of the agents a pre-flight names with the request; keep it

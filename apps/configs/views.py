@@ -1,6 +1,9 @@
+import json
+
 from django.db.models import Q
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -9,7 +12,7 @@ from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
 from apps.changes import services as changes
 from apps.changes.serializers import ChangeRequestSerializer
-from apps.configs import preflight, services
+from apps.configs import preflight, services, watch
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
@@ -311,6 +314,69 @@ class ConfigVersionView(AgentEndpoint):
         query.is_valid(raise_exception=True)
         agent = request.user
         return Response(target_of(services.get_current_state(), agent.pk, agent.labels))
+
+
+class EventStreamRenderer(BaseRenderer):
+    """text/event-stream: the events as bytes; an error's detail as its JSON."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = None
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+class ConfigStreamView(AgentEndpoint):
+    """Served here only when the controller runs without its ASGI front (the schema, a plain
+    WSGI server): the events due now, then the end of the stream; the client reconnects with
+    Last-Event-ID. The long-lived stream is apps/configs/watch.py's."""
+
+    renderer_classes = [EventStreamRenderer, JSONRenderer]
+
+    @extend_schema(
+        tags=["agent"],
+        summary="Every new target version as an event, on one connection (Server-Sent Events)",
+        description="The watch of `GET /config/version` on one long-lived connection. Each event "
+        "is `id: <version>`, `event: config` and `data:` the JSON that `GET /config/version` "
+        "answers the agent (its own target during a rollout). On connect, the current target is "
+        "sent at once unless `Last-Event-ID` already names it; then each new target as it comes "
+        "(a change, the agent's rollout wave, a rollback or an abort). A comment line "
+        "(`: keep-alive`) every 15 s keeps it open through proxies; `event: preflight` carries a "
+        "pre-flight request for the agent; `event: revoked` ends the stream of a revoked agent; "
+        "the stream also ends when the controller stops (the client reconnects after `retry`).",
+        parameters=[
+            OpenApiParameter(
+                "Last-Event-ID",
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description="The last version the client received, for example 7.",
+            ),
+            # The renderer's format is an implementation detail, not a client's choice.
+            OpenApiParameter("format", exclude=True),
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                response=str, description="The event stream."
+            ),
+            400: OpenApiResponse(description="Last-Event-ID is not a version number."),
+            401: OpenApiResponse(description="Not an active agent's token."),
+        },
+    )
+    def get(self, request):
+        known, bad = watch.last_event_id(request.META.get("HTTP_LAST_EVENT_ID"))
+        if bad:
+            return Response(
+                {"detail": "Last-Event-ID must be a version number."},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        agent = request.user
+        answer = target_of(services.get_current_state(), agent.pk, agent.labels)
+        body = watch.STREAM_RETRY
+        if answer["version"] != known:
+            body += watch.stream_event(*(answer[field] for field in watch.STATE_FIELDS))
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return Response(body, content_type="text/event-stream", headers=headers)
 
 
 class ConfigAgentView(AgentEndpoint):

@@ -5,8 +5,10 @@ request path costs about a millisecond per woken request, so this one endpoint i
 in front of Django: it shares the authentication, the cached state and the query rules with the
 rest of the API and skips only the per-request middleware and view machinery.
 
-The requests wait on this process's Hub (hub.py), which hears of every change. The same front
-takes GET /config/agent and POST /agent/heartbeat, the other two requests every agent makes
+The requests wait on this process's Hub (hub.py), which hears of every change. GET /config/stream
+is the same wait on one long-lived connection (Server-Sent Events): every new target version is
+an event on it, without a new request after each change. The same front takes GET /config/agent
+and POST /agent/heartbeat, the other two requests every agent makes
 (heartbeats are written in batches: apps/agents/heartbeats.py).
 """
 
@@ -50,6 +52,17 @@ from apps.rollouts.targets import target_of
 logger = logging.getLogger(__name__)
 
 WATCH_PATH = "/config/version"
+STREAM_PATH = "/config/stream"
+# A comment line this often keeps an idle stream open through proxies that cut silent ones.
+KEEP_ALIVE_SECONDS = 15
+KEEP_ALIVE = b": keep-alive\n\n"
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+# Sent first on every stream: a client that lost it (the controller restarting) retries in 1 s.
+STREAM_RETRY = b"retry: 1000\n\n"
 CONFIG_PATH = "/config/agent"
 HEARTBEAT_PATH = "/agent/heartbeat"
 # The longest wait a watch may ask for (VersionQuerySerializer says the same to a client).
@@ -121,6 +134,8 @@ class WatchEndpoint:
             method, path = scope["method"], scope["path"]
             if method == "GET" and path == WATCH_PATH:
                 return self._watch(scope, receive, send)
+            if method == "GET" and path == STREAM_PATH:
+                return self._stream(scope, receive, send)
             if method == "GET" and path == CONFIG_PATH:
                 return self._measured(self._config, scope, receive, send)
             if method == "POST" and path == HEARTBEAT_PATH:
@@ -327,6 +342,103 @@ class WatchEndpoint:
         finally:
             metrics.observe_request(WATCH_PATH, "GET", status, time.perf_counter() - started)
 
+    async def _stream(self, scope, receive, send) -> None:
+        """GET /config/stream: one event per new target version of the agent, on one
+        connection. It is a watch that is re-armed after each answer: the same Waiter in the
+        hub's set (woken by the same change, cut by the same revocation, released by the same
+        shutdown), the same target rule and the same answer bytes, shared by every stream."""
+        started = time.perf_counter()
+        status = "disconnected"
+        try:
+            refusal = _refusal(scope)
+            if refusal is not None:
+                status = await _respond(send, *refusal)
+                return
+            await self._ensure_started()
+            known, bad_id = last_event_id(_header(scope, b"last-event-id"))
+            token = bearer_token(_header(scope, b"authorization"))
+            loop = asyncio.get_running_loop()
+            waiter = Waiter(-1, loop.create_future())
+            # Subscribed before the read, as a watch: a change in between is not missed.
+            self.hub.waiters.add(waiter)
+            try:
+                try:
+                    agent, state = await _authenticate_and_read(token)
+                except DatabaseError as exc:
+                    logger.error("stream: database unavailable: %s", exc)
+                    status = await _respond(send, 503, {"detail": DATABASE_DOWN})
+                    return
+                if agent is None:
+                    status = await _respond(
+                        send, 401, {"detail": REFUSED_AGENT}, [WWW_AUTHENTICATE]
+                    )
+                    return
+                if bad_id:
+                    status = await _respond(
+                        send, 400, {"detail": "Last-Event-ID must be a version number."}
+                    )
+                    return
+                waiter.agent_id = str(agent.pk)
+                waiter.labels = agent.labels or {}
+                agent = None
+                self.hub.advance(state)
+                state = None
+                start = {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
+                await send(start)
+                status = 200
+                await _send_chunk(send, STREAM_RETRY)
+                await self._stream_events(waiter, known, receive, send, loop)
+            finally:
+                self.hub.waiters.discard(waiter)
+        finally:
+            metrics.observe_request(STREAM_PATH, "GET", status, time.perf_counter() - started)
+
+    async def _stream_events(self, waiter: Waiter, known, receive, send, loop) -> None:
+        """Send the agent's target whenever it differs from the last one sent, until the client
+        leaves, the agent is revoked or the process stops."""
+        open_streams = metrics.instruments().streams
+        open_streams.inc()
+        # The client's hang-up, seen as it happens (a write to a closed connection is silently
+        # dropped by the server, so a quiet stream would otherwise be held forever).
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        gone.add_done_callback(lambda _: _settle(waiter.future, ("gone", None)))
+        try:
+            preflight = self.hub.take_preflight(waiter.agent_id)
+            while True:
+                # hub.latest is the newest state: whatever woke us, the answer is read from it.
+                answer = target_of(self.hub.latest, waiter.agent_id, waiter.labels)
+                if answer["version"] != known:
+                    known = answer["version"]
+                    await _send_chunk(send, stream_event(*(answer[f] for f in STATE_FIELDS)))
+                if preflight:
+                    await _send_chunk(send, preflight_event(preflight))
+                    preflight = None
+                if self.hub.stopping or gone.done():
+                    return
+                waiter.known = known
+                waiter.future = loop.create_future()
+                if self.hub.latest_target_moved(waiter):
+                    continue
+                timer = loop.call_later(KEEP_ALIVE_SECONDS, _expire, waiter.future)
+                try:
+                    outcome, news = await waiter.future
+                finally:
+                    timer.cancel()
+                if outcome == "timeout":
+                    await _send_chunk(send, KEEP_ALIVE)
+                elif outcome == "preflight":
+                    preflight = news
+                elif outcome == "revoked":
+                    await _send_chunk(send, REVOKED_EVENT)
+                    return
+                elif outcome in ("shutdown", "gone"):
+                    return
+        finally:
+            open_streams.dec()
+            gone.cancel()
+            # The end of the body: the server closes the response (or already did).
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
 
 def watch_query(query_string: bytes) -> tuple[int | None, int, dict | None]:
     """(version known, wait, None) from the watch's query, or (None, 0, errors) for a 400.
@@ -351,6 +463,48 @@ def watch_query(query_string: bytes) -> tuple[int | None, int, dict | None]:
     if not checked.is_valid():
         return None, 0, checked.errors
     return checked.validated_data.get("version"), checked.validated_data.get("wait", 0), None
+
+
+def last_event_id(value: str | None) -> tuple[int, bool]:
+    """(version the client holds, bad) from a Last-Event-ID header; -1 when it has none."""
+    if value is None or value.strip() == "":
+        return -1, False
+    value = value.strip()
+    if not value.isdigit() or len(value) > 9:
+        return -1, True
+    return int(value), False
+
+
+@functools.lru_cache(maxsize=16)
+def stream_event(
+    version: int, pooling_interval: int | None, config_url: str | None, uuid: str | None
+) -> bytes:
+    """One version's event: its data are the bytes a watch answers, encoded once per version
+    for every stream."""
+    payload, _ = version_answer(version, pooling_interval, config_url, uuid)
+    return b"id: %d\nevent: config\ndata: %s\n\n" % (version, payload)
+
+
+def preflight_event(request: dict) -> bytes:
+    # No id: a pre-flight request is not a version, and must not move the client's Last-Event-ID.
+    return b"event: preflight\ndata: %s\n\n" % json.dumps(request).encode()
+
+
+REVOKED_EVENT = b'event: revoked\ndata: {"detail": "This agent has been revoked."}\n\n'
+
+
+async def _send_chunk(send, chunk: bytes) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _until_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _refusal(scope) -> tuple | None:

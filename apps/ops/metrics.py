@@ -55,6 +55,11 @@ def _instruments() -> SimpleNamespace:
             "Watch requests (GET /config/version with wait) held open right now.",
             multiprocess_mode="livesum",
         ),
+        streams=Gauge(
+            "controller_streams_open",
+            "Event streams (GET /config/stream) open right now.",
+            multiprocess_mode="livesum",
+        ),
         notifications_sent=Counter(
             "controller_notifications_sent",
             "Change notifications sent to the watch hubs, by type (config, revoked).",
