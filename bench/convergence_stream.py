@@ -11,8 +11,9 @@ agents with distinct tokens, one change once every agent waits), one per mode:
   agent makes again after every change.
 - stream: each agent holds `GET /config/stream`, reads its first event (version 1), and waits
   on the same connection for the next one (version 2, the content in its data); then it reports
-  with `POST /agent/heartbeat` on a second connection (the stream occupies the first) and keeps
-  its stream: nothing is asked again.
+  with `POST /agent/heartbeat` on a second keep-alive connection, opened when its stream started
+  (the stream occupies the first; an agent reporting every 10 s keeps such a connection warm
+  within the controller's 75 s keep-alive), and keeps its stream: nothing is asked again.
 
 Per agent: from sending the PUT until the content was in hand ("holding") and until its report
 was answered. For the fleet: until the database held every report, and the controller's CPU
@@ -99,6 +100,12 @@ class Fleet:
                 waiting = asyncio.ensure_future(exchange(reader, writer, watch))
             else:
                 waiting = asyncio.ensure_future(self.first_event(reader, writer, token))
+                try:
+                    report = await open_connection(self.port)
+                except OSError as exc:
+                    self.errors.append(f"connect: {exc!r}")
+                    return
+                self.kept.append(report[1])
             await asyncio.sleep(0.002)
         self.kept.append(writer)
         stage = self.mode
@@ -124,11 +131,14 @@ class Fleet:
             if self.mode == "watch":
                 status, body = await exchange(reader, writer, beat)
             else:
-                beat_reader, beat_writer = await open_connection(self.port)
                 try:
-                    status, body = await exchange(beat_reader, beat_writer, beat)
-                finally:
-                    beat_writer.close()
+                    status, body = await exchange(*report, beat)
+                except (OSError, asyncio.IncompleteReadError):
+                    # Closed by the controller's keep-alive timeout: a new connection, as the
+                    # agent's HTTP session would open.
+                    report = await open_connection(self.port)
+                    self.kept.append(report[1])
+                    status, body = await exchange(*report, beat)
             if status != 204:
                 self.errors.append(f"heartbeat: {status} {body[:80]!r}")
                 return
