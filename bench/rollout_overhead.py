@@ -4,10 +4,10 @@ targets came in and on this tree, back to back on the same machine.
     python -m bench.rollout_overhead --before /path/to/checkout [--agents 1000 10000] [--rounds 1]
 
 `--before` is a checkout of the last commit without rollouts (1fd3dde, the newest commit that has
-the convergence benchmark and no rollouts), with a virtualenv in `.venv`. Each round runs
-`python -m bench.convergence --agents N` in that checkout and then in this one, for each N, each
-on a database of its own (the two schemas differ), and keeps the figures that each run prints as
-its JSON line. Results go to docs/bench/rollout_overhead.json.
+the convergence benchmark and no rollouts), with a virtualenv in `.venv`. Each round runs, for
+each N, `python -m bench.convergence --agents N` in that checkout (keeping the figures it prints
+as its JSON line) and then this tree's convergence run in this process, each on a database of its
+own (the two schemas differ). Results go to docs/bench/rollout_overhead.json.
 """
 
 import argparse
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bench import results
-from bench.common import BENCH_DATABASE_URL, ROOT
+from bench.common import BENCH_DATABASE_URL, setup_many_connections
 
 KEPT = (
     "agents",
@@ -31,8 +31,8 @@ KEPT = (
 )
 
 
-def run_tree(tree: Path, agents: int, database: str) -> dict:
-    """One convergence run in `tree`; the figures of its JSON line."""
+def run_before(tree: Path, agents: int, database: str) -> dict:
+    """One convergence run in the checkout before rollouts; the figures of its JSON line."""
     env = dict(os.environ, BENCH_DATABASE_URL=database)
     done = subprocess.run(
         [
@@ -56,6 +56,22 @@ def run_tree(tree: Path, agents: int, database: str) -> dict:
     return {key: figures[key] for key in KEPT}
 
 
+def run_here(agents: int) -> dict:
+    """One convergence run of this tree, without saving it as the convergence results."""
+    from bench import convergence
+
+    run = convergence.run(agents, workers=2, fetch=False, per_process=10000)
+    return {
+        "agents": run["agents"],
+        "converged": run["converged"],
+        "errors": run["errors"],
+        "holding_p50_ms": run["holding_ms"]["p50"],
+        "holding_p99_ms": run["holding_ms"]["p99"] or run["holding_ms"]["max"],
+        "holding_max_ms": run["holding_ms"]["max"],
+        "kib_per_held_watch": round(convergence.per_held_watch(run), 1),
+    }
+
+
 def commit_of(tree: Path) -> str:
     return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=True
@@ -69,14 +85,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     before = args.before.resolve()
+    setup_many_connections()
     started = results.start()
     runs = []
     for _ in range(args.rounds):
         for agents in args.agents:
-            for label, tree, suffix in (("before", before, "_before"), ("after", ROOT, "")):
-                figures = run_tree(tree, agents, BENCH_DATABASE_URL + suffix)
-                print(f"{label} N={agents}: {figures}", flush=True)
-                runs.append({"tree": label, **figures})
+            figures = run_before(before, agents, BENCH_DATABASE_URL + "_before")
+            print(f"before N={agents}: {figures}", flush=True)
+            runs.append({"tree": "before", **figures})
+            figures = run_here(agents)
+            print(f"after N={agents}: {figures}", flush=True)
+            runs.append({"tree": "after", **figures})
     results.save(
         "rollout_overhead",
         {"before_commit": commit_of(before), "runs": runs},
