@@ -11,6 +11,7 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from apps.agents import auth as agent_auth
 from apps.agents.heartbeats import HeartbeatRecorder
 from apps.agents.models import Agent
 from apps.agents.services import (
@@ -97,6 +98,28 @@ def test_a_heartbeat_is_204_at_once_and_stored_with_the_next_batch():
     assert agent.applied_version == 3
     assert agent.workers == WORKERS
     assert agent.last_seen is not None
+
+
+def test_a_watch_right_after_a_heartbeat_leaves_last_seen_to_the_batch():
+    """After a change every agent reports and watches again at once: the watch must not write
+    last_seen itself (10,000 single-row UPDATEs) when the heartbeat's batch writes it."""
+    (reported, token), (silent, _) = new_agents(2)
+
+    async def scenario(app):
+        status, _ = await post(app, token, {"applied_version": 3, "workers": WORKERS})
+        assert status == 204
+
+    with_app(scenario, flush_seconds=0.1)
+    reported.refresh_from_db()
+    assert reported.last_seen is not None  # written by the batch
+    with CaptureQueriesContext(connection) as queries:
+        agent_auth.touch_last_seen(reported)
+    assert [q["sql"] for q in queries.captured_queries] == []
+    with CaptureQueriesContext(connection) as queries:
+        agent_auth.touch_last_seen(silent)
+    assert len(queries.captured_queries) == 1
+    silent.refresh_from_db()
+    assert silent.last_seen is not None
 
 
 def test_many_agents_reporting_at_once_are_all_stored():

@@ -135,6 +135,13 @@ def touch_last_seen(agent: Agent) -> None:
     Agent.objects.filter(pk=agent.pk).update(last_seen=timezone.now())
 
 
+def note_last_seen_queued(agent_id: str) -> None:
+    """A heartbeat of this agent waits for its batch, which writes last_seen: the watch that
+    follows it (every agent watches again right after a change) need not write it too. Without
+    this, 10,000 agents watching again after a change made 10,000 single-row UPDATEs."""
+    _last_seen_written[agent_id] = clock()
+
+
 class AgentTokenAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer <agent token>`; anything else is 401."""
 

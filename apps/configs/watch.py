@@ -30,6 +30,7 @@ from apps.agents.auth import (
     find_agent,
     find_agents,
     forget_agent,
+    note_last_seen_queued,
     remembered_agent,
     token_digest,
     touch_last_seen,
@@ -223,6 +224,7 @@ class WatchEndpoint:
                 await _respond(send, 400, exc.errors)
                 return
             self.heartbeats.add(str(agent.pk), report)
+            note_last_seen_queued(str(agent.pk))
             if report["labels"] is not None and report["labels"] != agent.labels:
                 # This process remembers the agent with its labels, which pick its target
                 # during a rollout: read it afresh from the next request on.
