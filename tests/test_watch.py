@@ -154,18 +154,18 @@ def test_a_held_watch_returns_at_wait_when_nothing_changed(agent_token):
 
 def test_a_change_between_the_read_and_the_hold_is_not_missed(agent_token, monkeypatch):
     publish_config(config_url=URL, pooling_interval=30)
-    real = watch._authenticate_and_read
+    real = watch._touch_and_read
 
-    async def read_then_change(token):
-        agent, state = await real(token)
+    async def read_then_change(agent):
+        state = await real(agent)
         # The read saw version 1; the change lands before the request starts to wait.
         await asyncio.to_thread(
             closing_connection(publish_config), config_url=URL, pooling_interval=90
         )
         await asyncio.sleep(0.2)
-        return agent, state
+        return state
 
-    monkeypatch.setattr(watch, "_authenticate_and_read", read_then_change)
+    monkeypatch.setattr(watch, "_touch_and_read", read_then_change)
     status, body, elapsed = run_watch("version=1&wait=20", agent_token)
     assert status == 200
     assert body == content(2, 90)

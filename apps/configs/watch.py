@@ -80,13 +80,10 @@ _find_agents = with_database(find_agents)
 
 
 @with_database
-def _authenticate_and_read(token: str | None) -> tuple[Agent | None, dict | None]:
-    """The agent for `token` and the current state, in one hop to a worker thread."""
-    agent = find_agent(token) if token else None
-    if agent is None:
-        return None, None
+def _touch_and_read(agent: Agent) -> dict:
+    """Note the agent's contact and read the current state, in one hop to a worker thread."""
     touch_last_seen(agent)
-    return agent, get_current_state()
+    return get_current_state()
 
 
 @with_database
@@ -187,6 +184,22 @@ class WatchEndpoint:
                 scope["path"], scope["method"], status, time.perf_counter() - started
             )
 
+    async def _authenticate_and_read(self, token: str | None) -> tuple[Agent | None, dict | None]:
+        """The active agent of `token` and the current state. A token missing from the
+        process's memory is looked up with every other one missing at the same moment, as for
+        heartbeats: after a change, or when the memory's trust lapses under load, thousands of
+        agents watch again at once, and one query each made the fleet's reports wait for them."""
+        digest = token_digest(token) if token else None
+        if digest is None:
+            return None, None
+        known, agent = remembered_agent(digest)
+        if not known:
+            agent = await self.heartbeats.find(digest)
+        agent = active_agent(agent, digest)
+        if agent is None:
+            return None, None
+        return agent, await _touch_and_read(agent)
+
     async def _heartbeat(self, scope, receive, send) -> None:
         """POST /agent/heartbeat: checked here, answered 204, written with the next batch."""
         await self._ensure_started()
@@ -271,7 +284,7 @@ class WatchEndpoint:
             self.hub.waiters.add(waiter)
             try:
                 try:
-                    agent, state = await _authenticate_and_read(token)
+                    agent, state = await self._authenticate_and_read(token)
                 except DatabaseError as exc:
                     logger.error("watch: database unavailable: %s", exc)
                     status = await _respond(send, 503, {"detail": DATABASE_DOWN})
@@ -365,7 +378,7 @@ class WatchEndpoint:
             self.hub.waiters.add(waiter)
             try:
                 try:
-                    agent, state = await _authenticate_and_read(token)
+                    agent, state = await self._authenticate_and_read(token)
                 except DatabaseError as exc:
                     logger.error("stream: database unavailable: %s", exc)
                     status = await _respond(send, 503, {"detail": DATABASE_DOWN})
