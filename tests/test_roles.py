@@ -50,6 +50,7 @@ API_RULES = {
     ("config-preflight", "POST"): EDITOR,
     ("config-version", "GET"): AGENT,
     ("config-agent", "GET"): AGENT,
+    ("config-stream", "GET"): AGENT,
     ("registration-token", "GET"): OPERATOR,
     ("agent-register", "POST"): REGISTRATION,
     ("agent-heartbeat", "POST"): AGENT,

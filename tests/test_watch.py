@@ -7,6 +7,7 @@ import time
 
 import pytest
 import requests
+from django.conf import settings
 from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
@@ -103,8 +104,10 @@ def run_watch(query: str, token: str | None, during=None):
             if during is not None:
                 # The watch must be held when `during` runs: a change made before would be
                 # answered as a stale version and prove nothing about waking a held watch.
+                # With Redis, the hub must also be subscribed: a notice published before
+                # that is read from the database only at the next recheck.
                 deadline = time.monotonic() + 15
-                while not app.hub.waiters:
+                while not app.hub.waiters or (settings.REDIS_URL and not app.hub.redis_healthy):
                     assert not task.done(), task.result()
                     assert time.monotonic() < deadline, "the watch was never held"
                     await asyncio.sleep(0.01)

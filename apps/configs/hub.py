@@ -33,6 +33,7 @@ from apps.rollouts.targets import target_of
 logger = logging.getLogger(__name__)
 
 DB_RECHECK_SECONDS = 1.0
+REVOKED_KEPT = 100_000
 REDIS_RETRY_MAX_SECONDS = 5.0
 # What an agent gets of a pre-flight request in its watch's answer.
 PREFLIGHT_FIELDS = ("id", "config_url", "timeout_seconds")
@@ -61,6 +62,10 @@ class Hub:
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
+        # Agents revoked while this process runs. A watch is subscribed before its agent is
+        # known (so that no change is missed), and a revocation that arrives in between finds
+        # no waiter to cut: the watch checks here once its agent is known. Revocation is final.
+        self.revoked: set[str] = set()
         self.latest: dict = state_of(None)
         self.redis_healthy = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -185,6 +190,10 @@ class Hub:
         return {key: kept[key] for key in PREFLIGHT_FIELDS}
 
     def cut(self, agent_id: str | None) -> None:
+        if agent_id:
+            if len(self.revoked) >= REVOKED_KEPT:
+                self.revoked.clear()  # bounded; the token memory refuses them from then on
+            self.revoked.add(agent_id)
         for waiter in self.waiters:
             if waiter.agent_id == agent_id and not waiter.future.done():
                 waiter.future.set_result(("revoked", None))
@@ -202,8 +211,13 @@ class Hub:
                     logger.info("watch hub subscribed to %s", settings.NOTIFY_CHANNEL)
                 self.redis_healthy = True
                 delay = 0.2
-                # A change may have been published while we were not subscribed.
+                # A change, or a revocation, may have been published while we were not
+                # subscribed.
                 await self._read_database_once()
+                try:
+                    await self._cut_revoked_waiters()
+                except DatabaseError as exc:
+                    logger.warning("watch hub could not read the revocations: %s", exc)
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message.get("type") == "message":

@@ -298,6 +298,10 @@ class WatchEndpoint:
                     status = await _respond(send, 400, errors)
                     return
                 waiter.agent_id = str(agent.pk)
+                if waiter.agent_id in self.hub.revoked:
+                    # Revoked between the token's lookup and now: no cut will come.
+                    status = await _respond(send, 401, {"detail": "This agent has been revoked."})
+                    return
                 waiter.labels = agent.labels or {}
                 agent = None
                 self.hub.advance(state)
@@ -394,6 +398,10 @@ class WatchEndpoint:
                     )
                     return
                 waiter.agent_id = str(agent.pk)
+                if waiter.agent_id in self.hub.revoked:
+                    # Revoked between the token's lookup and now: no cut will come.
+                    status = await _respond(send, 401, {"detail": "This agent has been revoked."})
+                    return
                 waiter.labels = agent.labels or {}
                 agent = None
                 self.hub.advance(state)
