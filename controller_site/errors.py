@@ -7,11 +7,13 @@ reaches Django's handler500, `server_error` below, which answers it the same way
 """
 
 import logging
+import sqlite3
 import sys
 
 import psycopg
 from django.db import DataError
-from django.db import Error as DjangoDatabaseError
+from django.db import InterfaceError as DjangoInterfaceError
+from django.db import OperationalError as DjangoOperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import status
@@ -26,14 +28,32 @@ DATABASE_DOWN = "The database is unavailable; try again shortly."
 RETRY_AFTER_SECONDS = "5"
 
 
+# SQLite's answers that mean "not now" rather than "this query is wrong": another process holds
+# the database, or the file cannot be opened. Every other SQLite error is a bug in a query.
+SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+)
+
+
 def is_database_failure(exc: BaseException | None) -> bool:
     """Whether `exc` says the database could not answer: unreachable, a connection lost, no
     pooled connection free within the pool's timeout, a statement or lock wait cancelled by the
-    statement timeout. Django's InterfaceError (a closed connection) is not a DatabaseError, and
-    the pool's errors are psycopg's own when raised outside Django's wrapper: all count."""
-    return isinstance(exc, DjangoDatabaseError | psycopg.Error) and not isinstance(
-        exc, DataError | psycopg.DataError
-    )
+    statement timeout, SQLite busy. Those are a moment to retry (503). Every other database
+    error (a query the database refuses: malformed JSON, an unknown column, a constraint) is a
+    bug and must be seen as one, not answered as an outage. Django's InterfaceError (a closed
+    connection) is not a DatabaseError, and the pool's errors are psycopg's own when raised
+    outside Django's wrapper: both count."""
+    if isinstance(exc, DjangoInterfaceError | psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, DjangoOperationalError | psycopg.OperationalError):
+        return False
+    cause = exc.__cause__ if isinstance(exc, DjangoOperationalError) else exc
+    if isinstance(cause, sqlite3.OperationalError):
+        return str(cause).lower().startswith(SQLITE_UNAVAILABLE)
+    return True
 
 
 class ServiceError(Exception):

@@ -164,6 +164,10 @@ else:
             # IMMEDIATE takes the write lock when a transaction starts, so concurrent config
             # changes queue instead of failing with "database is locked" halfway through.
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+            # Tests use a file too, not Django's shared in-memory database: its table locks
+            # ignore the busy timeout, so concurrent writers there fail ("database table is
+            # locked") where the real file makes them wait their turn.
+            "TEST": {"NAME": str(VAR_DIR / "test-controller.sqlite3")},
         }
     }
 

@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 from django.core.cache import cache
@@ -110,6 +111,34 @@ def publish(db, django_capture_on_commit_callbacks):
             return publish_config(config_url=config_url, pooling_interval=pooling_interval)[0]
 
     return _publish
+
+
+class SentPreflights(list):
+    """The pre-flight requests the controller sent out, as the agents hear them."""
+
+    def wait_for_id(self, seconds: float = 10) -> str:
+        deadline = time.monotonic() + seconds
+        while not self and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self, "no pre-flight request was sent"
+        return self[-1]["id"]
+
+
+@pytest.fixture
+def sent_preflights(monkeypatch) -> SentPreflights:
+    """Every pre-flight request sent during the test, passed on as usual: a test answers one as
+    its agent would, whichever cache holds the requests (the local one has no key listing)."""
+    from apps.configs import notifications
+
+    sent = SentPreflights()
+    send = notifications.publish_preflight
+
+    def publish_preflight(request: dict) -> None:
+        sent.append(request)
+        send(request)
+
+    monkeypatch.setattr(notifications, "publish_preflight", publish_preflight)
+    return sent
 
 
 @pytest.fixture

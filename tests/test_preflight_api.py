@@ -72,7 +72,7 @@ def test_an_agent_that_does_not_answer_is_reported_with_an_error(registered_agen
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_answer_posted_by_the_agent_is_the_result(agent_api, registered_agent):
+def test_the_answer_posted_by_the_agent_is_the_result(agent_api, registered_agent, sent_preflights):
     agent = registered_agent[0]
     outcome = {}
 
@@ -84,14 +84,8 @@ def test_the_answer_posted_by_the_agent_is_the_result(agent_api, registered_agen
 
     asking = threading.Thread(target=ask)
     asking.start()
-    # The request is in the cache once it has gone out; the agent answers it.
-    deadline = time.monotonic() + 10
-    preflight_id = None
-    while preflight_id is None and time.monotonic() < deadline:
-        keys = cache.keys("preflight:*")
-        preflight_id = next((k.split(":")[1] for k in keys if k.count(":") == 1), None)
-        time.sleep(0.05)
-    assert preflight_id, "the pre-flight request was not stored"
+    # The agent answers the request once it has gone out.
+    preflight_id = sent_preflights.wait_for_id()
     body = {
         "id": preflight_id,
         "worker_url": "http://127.0.0.1:8082",

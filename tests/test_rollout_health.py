@@ -4,10 +4,8 @@ a plan's pre-flight refuses a URL before anything is stored."""
 
 import io
 import threading
-import time
 
 import pytest
-from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -25,6 +23,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
 from apps.ops import metrics
 from apps.rollouts.models import Rollout
+from tests.conftest import SentPreflights
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -381,27 +380,21 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
 # A plan's pre-flight ------------------------------------------------------------------------
 
 
-def answer_preflight(agent_api, status: int | None, error: str | None) -> threading.Thread:
+def answer_preflight(
+    agent_api, sent: SentPreflights, status: int | None, error: str | None
+) -> threading.Thread:
     """The agent's side: wait for the pre-flight request, then post this result."""
 
     def answer() -> None:
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                keys = [k for k in cache.keys("preflight:*") if k.count(":") == 1]
-                if keys:
-                    body = {
-                        "id": keys[0].split(":")[1],
-                        "worker_url": "http://127.0.0.1:8082",
-                        "status": status,
-                        "elapsed_ms": 3.5,
-                        "error": error,
-                    }
-                    assert agent_api.post("/agent/preflight", body, format="json").status_code == (
-                        204
-                    )
-                    return
-                time.sleep(0.05)
+            body = {
+                "id": sent.wait_for_id(),
+                "worker_url": "http://127.0.0.1:8082",
+                "status": status,
+                "elapsed_ms": 3.5,
+                "error": error,
+            }
+            assert agent_api.post("/agent/preflight", body, format="json").status_code == 204
         finally:
             connection.close()
 
@@ -412,10 +405,11 @@ def answer_preflight(agent_api, status: int | None, error: str | None) -> thread
 
 @transactional
 def test_a_failed_preflight_refuses_the_publish_with_422_and_stores_nothing(
-    admin_api, agent_api, registered_agent
+    admin_api, agent_api, registered_agent, sent_preflights
 ):
     publish_config(config_url=URL, pooling_interval=30)
-    answering = answer_preflight(agent_api, None, "upstream is unreachable: refused")
+    error = "upstream is unreachable: refused"
+    answering = answer_preflight(agent_api, sent_preflights, None, error)
 
     response = admin_api.post(
         "/config/admin",
@@ -449,9 +443,9 @@ def test_a_failed_preflight_refuses_the_publish_with_422_and_stores_nothing(
 
 
 @transactional
-def test_a_good_preflight_lets_the_publish_through(admin_api, agent_api):
+def test_a_good_preflight_lets_the_publish_through(admin_api, agent_api, sent_preflights):
     publish_config(config_url=URL, pooling_interval=30)
-    answering = answer_preflight(agent_api, 200, None)
+    answering = answer_preflight(agent_api, sent_preflights, 200, None)
 
     # A PUT that leaves the URL as it is pre-flights the current URL.
     response = admin_api.put(
@@ -523,11 +517,11 @@ def test_the_change_form_stores_the_health_plan(client, admin_user):
 
 @transactional
 def test_the_change_forms_preflight_refuses_and_shows_the_results(
-    client, admin_user, agent_api, registered_agent
+    client, admin_user, agent_api, registered_agent, sent_preflights
 ):
     publish_config(config_url=URL, pooling_interval=30)
     client.force_login(admin_user)
-    answering = answer_preflight(agent_api, 503, None)
+    answering = answer_preflight(agent_api, sent_preflights, 503, None)
     values = {"config_url": NEW_URL, "pooling_interval": "30", "staged": "on", "preflight": "on"}
 
     page = client.post(CHANGE_FORM, values)

@@ -7,9 +7,9 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Cast, Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 from rest_framework import status
@@ -339,12 +339,13 @@ def status_condition(status: str, state: dict, now) -> Q:
 
 def filter_by_labels(agents: QuerySet, labels: dict[str, str]) -> QuerySet:
     """Agents carrying every one of `labels`. A key lookup rather than JSON containment, which
-    SQLite (the embedded default) lacks."""
+    SQLite (the embedded default) lacks. The key's text is cast to text: compared bare, Django
+    reads the value as JSON on SQLite (`JSON_EXTRACT('canary', '$')`, malformed JSON)."""
     for index, (key, value) in enumerate(labels.items()):
         alias = f"_label_{index}"
-        agents = agents.annotate(**{alias: KeyTextTransform(key, "labels")}).filter(
-            **{alias: value}
-        )
+        agents = agents.annotate(
+            **{alias: Cast(KeyTextTransform(key, "labels"), TextField())}
+        ).filter(**{alias: value})
     return agents
 
 

@@ -49,6 +49,7 @@ from apps.configs.services import (
 )
 from apps.ops import metrics
 from apps.rollouts.targets import target_of
+from controller_site.errors import DATABASE_DOWN, is_database_failure
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ HEARTBEAT_PATH = "/agent/heartbeat"
 WAIT_MAX = 60
 # The fields of a version answer, in the order they are sent.
 STATE_FIELDS = ("version", "pooling_interval", "config_url", "uuid")
-DATABASE_DOWN = "The database is unavailable; try again shortly."
 REFUSED_AGENT = "Invalid or revoked agent token."
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="agent"')
 
@@ -215,6 +215,8 @@ class WatchEndpoint:
                 try:
                     agent = await self.heartbeats.find(digest)
                 except DatabaseError as exc:
+                    if not is_database_failure(exc):
+                        raise  # a bug in a query, not an outage: 500, with its traceback
                     logger.error("heartbeat: database unavailable: %s", exc)
                     await _respond(send, 503, {"detail": DATABASE_DOWN})
                     return
@@ -251,6 +253,8 @@ class WatchEndpoint:
         try:
             status, body, headers = await _config_for_agent(token, _header(scope, b"if-none-match"))
         except DatabaseError as exc:
+            if not is_database_failure(exc):
+                raise  # a bug in a query, not an outage: 500, with its traceback
             logger.error("config fetch: database unavailable: %s", exc)
             status, body, headers = 503, {"detail": DATABASE_DOWN}, []
         if isinstance(body, dict):
@@ -286,6 +290,8 @@ class WatchEndpoint:
                 try:
                     agent, state = await self._authenticate_and_read(token)
                 except DatabaseError as exc:
+                    if not is_database_failure(exc):
+                        raise  # a bug in a query, not an outage: 500, with its traceback
                     logger.error("watch: database unavailable: %s", exc)
                     status = await _respond(send, 503, {"detail": DATABASE_DOWN})
                     return
@@ -384,6 +390,8 @@ class WatchEndpoint:
                 try:
                     agent, state = await self._authenticate_and_read(token)
                 except DatabaseError as exc:
+                    if not is_database_failure(exc):
+                        raise  # a bug in a query, not an outage: 500, with its traceback
                     logger.error("stream: database unavailable: %s", exc)
                     status = await _respond(send, 503, {"detail": DATABASE_DOWN})
                     return
