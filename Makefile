@@ -37,9 +37,11 @@ test: install lint ## Install, lint, validate the OpenAPI schema and run the who
 	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff check and format check
+lint: install ## ruff check and format check, mypy over protocol/, agent/ and worker/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pre-commit validate-config .pre-commit-config.yaml
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

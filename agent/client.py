@@ -3,7 +3,7 @@ connect and a read timeout, and every failure turned into one of the small excep
 
 import json
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 import requests
 
@@ -256,7 +256,7 @@ def _detail(response: requests.Response) -> str | None:
     return data.get("detail") if isinstance(data, dict) else None
 
 
-def _count(value) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -6,6 +6,7 @@ import logging.config
 import signal
 import sys
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -107,7 +108,8 @@ def build_agent(options: dict, settings: AgentSettings) -> tuple[AgentDaemon, st
     problem = weakness("INTERNAL_KEY", settings.internal_key)
     if problem:
         raise UsageError(f"{problem} (it signs every push to the workers).")
-    agent_class, extra = AgentDaemon, {}
+    agent_class: type[AgentDaemon] = AgentDaemon
+    extra: dict[str, Any] = {}
     if metrics_bind:
         agent_class, extra = MeasuredAgentDaemon, {"registry": CollectorRegistry()}
     agent = agent_class(
@@ -138,7 +140,7 @@ def run(options: dict, config_path: str | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    if metrics_bind:
+    if metrics_bind and isinstance(agent, MeasuredAgentDaemon):
         try:
             serve_metrics(*parse_bind(metrics_bind, "--metrics-bind"), registry=agent.registry)
         except OSError as exc:

@@ -588,6 +588,7 @@ class AgentDaemon:
 
     def _push(self, worker: WorkerState) -> None:
         config = self.config
+        assert config is not None, "a worker is pushed to only once there is a config"
         if worker.version is None:
             logger.info("worker %s has no config", worker.url)
         else:

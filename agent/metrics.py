@@ -72,7 +72,7 @@ class MeasuredAgentDaemon(AgentDaemon):
         except Exception:
             self.pushes.labels("failed").inc()
             raise
-        applied = worker.version == self.config["version"]
+        applied = self.config is not None and worker.version == self.config["version"]
         self.pushes.labels("applied" if applied else "refused").inc()
 
     def check_controller(self, stop: threading.Event) -> bool:

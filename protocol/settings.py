@@ -5,11 +5,15 @@ controller_site/settings.py, the worker and the agent in their own settings.py, 
 Django. Each value's source is kept for `manage.py show_settings`.
 """
 
+import builtins
 import os
 from collections.abc import Callable
+from typing import TypeVar, overload
 
 from protocol.config_file import ConfigFile, convert
 from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
+
+Settings = TypeVar("Settings")
 
 
 class SettingsError(ValueError):
@@ -19,6 +23,9 @@ class SettingsError(ValueError):
 class SettingsReader:
     """Typed reads of one process's settings; `sources` maps each name read to (source, value),
     source being env, file or default."""
+
+    # The readers are named after the types they read, so inside the class the types themselves
+    # are spelled builtins.str and so on.
 
     def __init__(self, file: ConfigFile, error: type[Exception] = SettingsError) -> None:
         self.file = file
@@ -38,11 +45,24 @@ class SettingsReader:
         self.sources[name] = (source, value)
         return value
 
-    def str(self, name: str, default: str | None = None, kind: str = "str") -> str | None:
+    @overload
+    def str(
+        self, name: builtins.str, default: builtins.str, kind: builtins.str = "str"
+    ) -> builtins.str: ...
+
+    @overload
+    def str(
+        self, name: builtins.str, default: None = None, kind: builtins.str = "str"
+    ) -> builtins.str | None: ...
+
+    def str(
+        self, name: builtins.str, default: builtins.str | None = None, kind: builtins.str = "str"
+    ) -> builtins.str | None:
+        """The value, or `default`; a reader given a default never answers None."""
         source, value = self._lookup(name, kind, default)
         return self.record(name, source, value)
 
-    def labels(self, name: str) -> dict[str, str]:
+    def labels(self, name: builtins.str) -> dict[builtins.str, builtins.str]:
         """Agent labels: `ring=canary,zone=a` in the environment, a mapping in the file."""
         source, value = self._lookup(name, "labels", {})
         try:
@@ -56,7 +76,7 @@ class SettingsReader:
             raise self.error(f"{name}: {exc}") from None
         return self.record(name, source, value)
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         source, value = self._lookup(name, "bool", default)
         if source == "env":
             lowered = value.lower()
@@ -68,7 +88,9 @@ class SettingsReader:
                 raise self.error(f"{name} must be a boolean (1/0, true/false, on/off): {value!r}")
         return self.record(name, source, value)
 
-    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = None
+    ) -> builtins.int:
         source, value = self._lookup(name, "int", default)
         if source == "env":
             try:
@@ -81,7 +103,7 @@ class SettingsReader:
             raise self.error(f"{name} must be at least {minimum}: {value!r}")
         return self.record(name, source, value)
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
         source, value = self._lookup(name, "float", default)
         if source == "env":
             try:
@@ -90,7 +112,9 @@ class SettingsReader:
                 raise self.error(f"{name} must be a number: {value!r}") from None
         return self.record(name, source, value)
 
-    def list(self, name: str, default: list[str], kind: str = "list") -> list[str]:
+    def list(
+        self, name: builtins.str, default: builtins.list[builtins.str], kind: builtins.str = "list"
+    ) -> builtins.list[builtins.str]:
         source, value = self._lookup(name, kind, default)
         if source == "env":
             value = [item.strip() for item in value.split(",") if item.strip()]
@@ -98,8 +122,8 @@ class SettingsReader:
 
 
 def read_role_settings(
-    role: str, read_settings: Callable[["SettingsReader"], object], config_path: str | None = None
-) -> tuple[object, dict[str, tuple[str, object]]]:
+    role: str, read_settings: Callable[["SettingsReader"], Settings], config_path: str | None = None
+) -> tuple[Settings, dict[str, tuple[str, object]]]:
     """The worker's or the agent's settings, by its own `read_settings`, from the environment
     and its settings file (`config_path`, else CONFIG_FILE), and where each came from. Raises
     ConfigFileError or SettingsError, also for a key in the file that no setting reads."""

@@ -58,7 +58,7 @@ def run(options: dict, config_path: str | None = None) -> int:
         if problem:
             raise UsageError(f"{problem} (it proves a push comes from the agent).")
         app = WorkerApp(
-            internal_key=settings.internal_key,
+            internal_key=settings.internal_key or "",  # resolve() refused a missing key
             require_signature=settings.require_signature,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
