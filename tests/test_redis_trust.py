@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.core.cache import cache
+from django.utils.crypto import salted_hmac
 
 from apps.configs import hub as hub_module
 from apps.configs.services import CURRENT_STATE_KEY, get_current_state, publish_config
@@ -86,6 +87,10 @@ def test_every_value_the_controller_caches_comes_back_as_it_went(settings, monke
     }
     for value in (split_state, preflight_request, preflight_result):
         assert serializer.loads(serializer.dumps(value)) == value
+    # The seal is Django's salted HMAC, keyed from SECRET_KEY.
+    mac, _, payload = serializer.dumps(split_state).partition(b":")
+    expected = salted_hmac(sealed_module.CACHE_SALT, payload, algorithm="sha256").hexdigest()
+    assert mac == expected.encode()
     # Sealed with another SECRET_KEY, or copied out of Redis and written back much later: a miss.
     sealed = serializer.dumps(split_state)
     settings.SECRET_KEY = "another-" + settings.SECRET_KEY
