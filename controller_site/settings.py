@@ -210,8 +210,13 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
+            # Values are sealed JSON (apps/ops/sealed.py), never pickles. Version 2 of the keys:
+            # a controller of an older release reads and writes pickles under version 1, and
+            # neither reads the other's values while both run during an upgrade.
+            "VERSION": 2,
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SERIALIZER": "apps.ops.sealed.SealedJSONSerializer",
                 "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "IGNORE_EXCEPTIONS": True,

@@ -57,6 +57,7 @@ def _fresh_state():
     # Test databases reuse version numbers, which a running controller never does.
     config_body.cache_clear()
     agent_auth._known.clear()
+    agent_auth._unknown.clear()
     agent_auth._swept_until = 0.0
     agent_auth._swept_at = None
     agent_auth._last_seen_written.clear()

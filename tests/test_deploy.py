@@ -177,8 +177,83 @@ def test_dockerfile_one_non_root_image_with_cached_dependencies_static_files_and
         "manage.py",
     ]
     assert json.loads(re.search(r"^CMD (.+)$", DOCKERFILE, re.M).group(1)) == ["run_controller"]
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".env", ".venv", "var"} <= set(ignored)
+    assert docker_ignores(".env") and docker_ignores(".venv") and docker_ignores("var")
+
+
+def _dockerignore_pattern(pattern: str) -> re.Pattern:
+    """A .dockerignore line as Docker reads it (moby/patternmatcher): relative to the context,
+    `*` and `?` stay within one path segment, `**` spans any number of them."""
+    parts = []
+    rest = pattern.strip("/")
+    while rest:
+        if rest.startswith("**/"):
+            parts.append("(?:.*/)?")
+            rest = rest[3:]
+        elif rest.startswith("**"):
+            parts.append(".*")
+            rest = rest[2:]
+        elif rest[0] == "*":
+            parts.append("[^/]*")
+            rest = rest[1:]
+        elif rest[0] == "?":
+            parts.append("[^/]")
+            rest = rest[1:]
+        else:
+            parts.append(re.escape(rest[0]))
+            rest = rest[1:]
+    return re.compile("".join(parts) + r"\Z")
+
+
+def docker_ignores(path: str) -> bool:
+    """Whether `docker build` leaves `path` out of the context: the last line matching it, or
+    one of its parent directories, decides (a `!` line takes it back in)."""
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    segments = path.split("/")
+    candidates = ["/".join(segments[: n + 1]) for n in range(len(segments))]
+    ignored = False
+    for line in lines:
+        negated = line.startswith("!")
+        pattern = _dockerignore_pattern(line.removeprefix("!"))
+        if any(pattern.match(candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".env",
+        "config/.env",
+        "deploy/.env",
+        "deploy/kubernetes/overlays/dev/secrets.env",
+        "deploy/kubernetes/overlays/production/secrets.env",
+        "var/secret_key",
+        ".venv/bin/python",
+    ],
+)
+def test_the_image_leaves_out_every_secrets_file(path):
+    # make .env and make k8s-dev-secrets write real secrets next to the sources: `COPY . .`
+    # would otherwise bake them into an image anyone who pulls it can read.
+    assert docker_ignores(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "manage.py",
+        "requirements.txt",
+        "apps/configs/hub.py",
+        "config/worker-config.yaml",
+        "deploy/kubernetes/overlays/dev/secrets.env.example",
+        "templates/403.html",
+    ],
+)
+def test_the_image_keeps_the_sources(path):
+    assert not docker_ignores(path)
 
 
 def test_prometheus_scrapes_every_process_and_the_dashboard_uses_real_metrics():

@@ -21,6 +21,12 @@ def app():
 
 
 @pytest.fixture
+def plain_app():
+    """A worker that still takes the seed's plain X-Internal-Key (WORKER_REQUIRE_SIGNATURE off)."""
+    return WorkerApp(internal_key=KEY, require_signature=False)
+
+
+@pytest.fixture
 def app_with_v1(app):
     assert push(app, config_body(1)).status_code == 200
     return app
@@ -130,26 +136,28 @@ def test_malformed_signature_is_401(app_with_v1, header):
     assert held(app_with_v1) == before
 
 
-def test_plain_internal_key_is_accepted_when_signatures_are_not_required(app):
-    response = push(app, config_body(1), headers={"X-Internal-Key": KEY})
+def test_plain_internal_key_is_accepted_when_signatures_are_not_required(plain_app):
+    response = push(plain_app, config_body(1), headers={"X-Internal-Key": KEY})
 
     assert response.status_code == 200
     assert response.json() == {"applied": True, "version": 1}
 
 
 @pytest.mark.parametrize("given_key", ["wrong", KEY + "x", KEY[:-1], "", "\u00e9"])
-def test_wrong_plain_internal_key_is_401_and_changes_nothing(app_with_v1, given_key):
-    before = held(app_with_v1)
+def test_wrong_plain_internal_key_is_401_and_changes_nothing(plain_app, given_key):
+    assert push(plain_app, config_body(1)).status_code == 200
+    before = held(plain_app)
 
-    response = push(app_with_v1, config_body(2), headers={"X-Internal-Key": given_key})
+    response = push(plain_app, config_body(2), headers={"X-Internal-Key": given_key})
 
     assert response.status_code == 401
     assert response.json() == {"detail": "wrong X-Internal-Key"}
-    assert held(app_with_v1) == before
+    assert held(plain_app) == before
 
 
-def test_plain_internal_key_is_401_when_signatures_are_required():
-    app = WorkerApp(internal_key=KEY, require_signature=True)
+def test_plain_internal_key_is_401_by_default():
+    # The plain key is the same on every push: whoever saw one push may send it with any body.
+    app = WorkerApp(internal_key=KEY)
 
     response = push(app, config_body(1), headers={"X-Internal-Key": KEY})
 
@@ -355,7 +363,7 @@ def test_a_chunked_body_over_the_cap_is_413(app_with_v1):
         "POST",
         "/config",
         raw,
-        headers={"X-Internal-Key": KEY},
+        headers=signed_headers(raw),
         content_length=False,
         extra_environ={"wsgi.input_terminated": True},
     )

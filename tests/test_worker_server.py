@@ -20,6 +20,7 @@ from tests.support.worker import (
     KEY,
     WorkerProcess,
     config_body,
+    signed_headers,
     worker_env,
 )
 
@@ -122,7 +123,12 @@ def test_pushes_are_authenticated(worker, upstream):
     assert requests.post(worker.url("/config"), json=newer).status_code == 401
     assert requests.get(worker.url("/config")).json() == before
 
-    accepted = requests.post(worker.url("/config"), json=newer, headers={"X-Internal-Key": KEY})
+    # The right plain key too: by default only a signature proves a push.
+    plain = requests.post(worker.url("/config"), json=newer, headers={"X-Internal-Key": KEY})
+    assert plain.status_code == 401
+    assert requests.get(worker.url("/config")).json() == before
+
+    accepted = worker.push(newer)
     assert accepted.status_code == 200
     assert accepted.json() == {"applied": True, "version": newer["version"]}
 
@@ -159,7 +165,7 @@ def test_concurrent_pushes_and_reads_end_on_the_highest_version(worker, upstream
             for version in mine:
                 raw = json.dumps(config_body(version, url=url)).encode()
                 response = session.post(
-                    worker.url("/config"), data=raw, headers={"X-Internal-Key": KEY}
+                    worker.url("/config"), data=raw, headers=signed_headers(raw)
                 )
                 statuses.append(response.status_code)
 
@@ -224,12 +230,13 @@ def test_the_key_never_reaches_the_log(worker, upstream):
 
 
 def test_signature_required_and_private_upstreams_blocked_on_sqlite_defaults(tmp_path, upstream):
-    # No DATABASE_URL: the embedded SQLite default, which the worker must never open.
+    # No DATABASE_URL: the embedded SQLite default, which the worker must never open. Both
+    # protections are on without being asked for.
     port = free_port()
     env = {
         "DATABASE_URL": None,
-        "WORKER_REQUIRE_SIGNATURE": "1",
-        "WORKER_BLOCK_PRIVATE_UPSTREAMS": "1",
+        "WORKER_REQUIRE_SIGNATURE": None,
+        "WORKER_BLOCK_PRIVATE_UPSTREAMS": None,
         "WORKER_BIND": f"127.0.0.1:{port}",
     }
     with WorkerProcess(tmp_path, env, port=port, bind_flag=False) as process:
@@ -243,6 +250,20 @@ def test_signature_required_and_private_upstreams_blocked_on_sqlite_defaults(tmp
     assert hit.status_code == 502
     assert "WORKER_BLOCK_PRIVATE_UPSTREAMS" in hit.json()["detail"]
     assert not (tmp_path / "var" / "controller.sqlite3").exists()
+
+
+def test_the_plain_key_is_taken_only_when_turned_on_and_then_with_a_warning(tmp_path, upstream):
+    port = free_port()
+    env = {"WORKER_REQUIRE_SIGNATURE": "0", "WORKER_BIND": f"127.0.0.1:{port}"}
+    with WorkerProcess(tmp_path, env, port=port, bind_flag=False) as process:
+        body = config_body(1, url=upstream.url("/text"))
+        plain = requests.post(process.url("/config"), json=body, headers={"X-Internal-Key": KEY})
+        log = process.log()
+
+    assert plain.status_code == 200
+    assert "WARNING" in log
+    assert "WORKER_REQUIRE_SIGNATURE is off" in log
+    assert KEY not in log
 
 
 def test_sigterm_stops_the_worker_within_a_few_seconds(tmp_path):
@@ -347,7 +368,7 @@ def test_oversized_headers_are_431_and_large_bodies_still_arrive(worker):
     # A body is not held to the header limit: this one reaches the app, which names what is
     # missing from it.
     body = b'{"padding": "' + b"p" * 60_000 + b'"}'
-    response = requests.post(worker.url("/config"), data=body, headers={"X-Internal-Key": KEY})
+    response = requests.post(worker.url("/config"), data=body, headers=signed_headers(body))
     assert response.status_code == 400
     assert "config_url" in response.json()
 

@@ -114,7 +114,7 @@ class WorkerApp:
         self,
         *,
         internal_key: str,
-        require_signature: bool = False,
+        require_signature: bool = True,
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         max_body_bytes: int = 10 * 1024 * 1024,

@@ -2,6 +2,7 @@
 loads, so a worker process holds neither the controller's apps nor its settings."""
 
 import argparse
+import logging
 import logging.config
 import sys
 
@@ -18,6 +19,8 @@ HELP = (
     "Run the worker: hold the configuration the agent pushes and answer GET /hit by fetching "
     "its config_url (granian, one worker process, WORKER_THREADS threads)."
 )
+logger = logging.getLogger(__name__)
+
 MISSING_KEY = (
     "INTERNAL_KEY is not set. The worker accepts configuration only from an agent holding the "
     "same key: set INTERNAL_KEY to a long random string shared with the agent (for example: "
@@ -78,6 +81,12 @@ def run(options: dict, config_path: str | None = None) -> int:
         return _fail(str(exc), 1)
     logging_settings = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(logging_settings)
+    if not settings.require_signature:
+        logger.warning(
+            "WORKER_REQUIRE_SIGNATURE is off: pushes with the plain X-Internal-Key header are "
+            "accepted, which anyone who sees one can send again with any config. The agent "
+            "always signs; turn it on unless a client of the seed's still pushes here."
+        )
     try:
         serve(
             app,

@@ -30,8 +30,10 @@ def read_settings(reader: SettingsReader) -> WorkerSettings:
     return WorkerSettings(
         # The secret the agent proves it holds when it pushes a configuration.
         internal_key=reader.str("INTERNAL_KEY"),
-        # When on, pushes must carry X-Signature; the seed's plain X-Internal-Key is refused.
-        require_signature=reader.bool("WORKER_REQUIRE_SIGNATURE", False),
+        # On: pushes must carry X-Signature (over the body, once). Off: the seed's plain
+        # X-Internal-Key is accepted too, a key that anyone who sees one push can send again
+        # with any body; the agent always signs, so only a client of the seed's needs it off.
+        require_signature=reader.bool("WORKER_REQUIRE_SIGNATURE", True),
         bind=reader.str("WORKER_BIND", "127.0.0.1:8082"),
         threads=reader.int("WORKER_THREADS", 16, minimum=1),
         # A line per request; off by default, as it costs a busy worker more CPU than a hit

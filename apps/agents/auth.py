@@ -1,8 +1,10 @@
 """Agent-token authentication for the agent endpoints."""
 
+import contextlib
 import hmac
 import threading
 import time
+from collections import OrderedDict
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,11 +21,16 @@ from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
 # revocations of the last REVOCATION_LOOKBACK_SECONDS at least once every
 # AGENT_AUTH_CACHE_SECONDS (sweep_revocations, run by the ASGI front): a revoked token then
 # still stops working within that time, and a fleet reporting every 10 s costs no token
-# query per report. Each entry: (expires, agent or None, trusted until).
-_known: dict[str, tuple[float, Agent | None, float]] = {}
+# query per report. Each entry: (expires, agent, trusted until). Tokens that no agent holds
+# are remembered apart, until they expire, so that a flood of made-up tokens costs one query
+# each per AGENT_AUTH_CACHE_SECONDS at most and cannot push the fleet's agents out. Both
+# memories are bounded and, when full, forget the entry least recently used.
+_known: OrderedDict[str, tuple[float, Agent | None, float]] = OrderedDict()
+_unknown: OrderedDict[str, float] = OrderedDict()
 _last_seen_written: dict[str, float] = {}
 _lock = threading.Lock()
 _KNOWN_LIMIT = 50_000
+_UNKNOWN_LIMIT = 10_000
 # The clock of both memories; a test replaces this one name, not time.monotonic for everyone.
 clock = time.monotonic
 TRUST_SECONDS = 300.0
@@ -57,9 +64,14 @@ def remembered_agent(digest: str) -> tuple[bool, Agent | None]:
     """(known, agent) from this process's memory, without a query."""
     cached = _known.get(digest)
     if cached is None:
-        return False, None
+        expires = _unknown.get(digest)
+        return (True, None) if expires is not None and expires > clock() else (False, None)
     now = clock()
     if cached[0] > now or (cached[1] is not None and cached[2] > now and _swept_until > now):
+        # Most recently used: the last a full memory forgets. A sweep may have dropped it
+        # since the read above.
+        with contextlib.suppress(KeyError):
+            _known.move_to_end(digest)
         return True, cached[1]
     return False, None
 
@@ -84,10 +96,18 @@ def _remember(agents: dict[str, Agent | None]) -> None:
     expires = now + settings.AGENT_AUTH_CACHE_SECONDS
     trusted = now + TRUST_SECONDS
     with _lock:
-        if len(_known) + len(agents) > _KNOWN_LIMIT:
-            _known.clear()
         for digest, agent in agents.items():
-            _known[digest] = (expires, agent, trusted)
+            if agent is None:
+                _unknown[digest] = expires
+                _unknown.move_to_end(digest)
+            else:
+                _unknown.pop(digest, None)
+                _known[digest] = (expires, agent, trusted)
+                _known.move_to_end(digest)
+        while len(_known) > _KNOWN_LIMIT:
+            _known.popitem(last=False)
+        while len(_unknown) > _UNKNOWN_LIMIT:
+            _unknown.popitem(last=False)
 
 
 def sweep_revocations() -> int:
@@ -103,6 +123,7 @@ def sweep_revocations() -> int:
     with _lock:
         if _swept_at is None or started - _swept_at > REVOCATION_LOOKBACK_SECONDS / 2:
             _known.clear()
+            _unknown.clear()
         dropped = sum(_known.pop(digest, None) is not None for digest in revoked)
         _swept_at = started
         _swept_until = started + settings.AGENT_AUTH_CACHE_SECONDS

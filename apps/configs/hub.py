@@ -3,7 +3,9 @@
 Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
 waiting request from it; when Redis is absent or down it re-reads the database once a second
 while anyone is waiting, so no change is missed either way. The ASGI routes that hold the
-watches are in watch.py. The same subscription brings pre-flight requests
+watches are in watch.py. Every message read from Redis must carry the seal of a holder of
+SECRET_KEY (apps/ops/sealed.py); one that does not only makes the hub read the database again.
+The same subscription brings pre-flight requests
 (apps/configs/preflight.py), which answer a held watch with the state its agent already has and
 the request beside it.
 """
@@ -27,6 +29,7 @@ from apps.agents.models import Agent
 from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
 from apps.ops import metrics
+from apps.ops.sealed import open_message
 from apps.rollouts.services import advance_rollouts
 from apps.rollouts.targets import target_of
 
@@ -37,6 +40,8 @@ REVOKED_KEPT = 100_000
 REDIS_RETRY_MAX_SECONDS = 5.0
 # What an agent gets of a pre-flight request in its watch's answer.
 PREFLIGHT_FIELDS = ("id", "config_url", "timeout_seconds")
+# Refused notifications are logged at most this often (with how many since the last line).
+REFUSAL_LOG_SECONDS = 10.0
 
 
 class Waiter:
@@ -74,6 +79,10 @@ class Hub:
         self.preflights: dict[str, dict] = {}
         # Set when the process stops: an event stream between two waits then ends too.
         self.stopping = False
+        # A refused notification asks for one read of the database (see refuse()).
+        self.recheck_requested = False
+        self.refusal_logged_at = -REFUSAL_LOG_SECONDS
+        self.refused_unlogged = 0
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -171,6 +180,8 @@ class Hub:
             return
         request = {key: message.get(key) for key in PREFLIGHT_FIELDS}
         now = time.time()
+        if expires_at <= now:
+            return  # an old request sent again: nobody waits for its answer any more
         self.preflights = {
             agent_id: kept for agent_id, kept in self.preflights.items() if kept["expires_at"] > now
         }
@@ -240,20 +251,46 @@ class Hub:
                 await _quietly(client.aclose())
 
     def _deliver_raw(self, data: bytes) -> None:
+        """A message from Redis: acted on only with a valid seal (apps/ops/sealed.py), since
+        whoever can write to Redis can publish on the channel too."""
         try:
             message = json.loads(data)
-        except ValueError:
-            logger.warning("ignoring a malformed notification: %r", data[:200])
-            return
-        if isinstance(message, dict):
-            self.deliver(message)
+        except (ValueError, RecursionError):
+            message = None
+        opened = open_message(message) if isinstance(message, dict) else None
+        if opened is None:
+            self.refuse(data)
+        else:
+            self.deliver(opened)
+
+    def refuse(self, data: bytes) -> None:
+        """An unsealed notification changes nothing an agent receives. It may still say that
+        something changed (a controller of an older release, or with another SECRET_KEY,
+        sends such): the database is read again at the next recheck, at most once a second."""
+        metrics.instruments().notifications_refused.inc()
+        self.recheck_requested = True
+        self.refused_unlogged += 1
+        now = time.monotonic()
+        if now - self.refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            logger.warning(
+                "refused %s notification(s) on %s without a valid seal, such as %r: forged by "
+                "someone who can write to Redis, or sent by a controller with another "
+                "SECRET_KEY or of an older release. Nothing was served from it; the database "
+                "is read again instead.",
+                self.refused_unlogged,
+                settings.NOTIFY_CHANNEL,
+                bytes(data[:200]),
+            )
+            self.refusal_logged_at, self.refused_unlogged = now, 0
 
     async def _recheck_database(self) -> None:
-        """While Redis cannot be trusted and someone is waiting, poll the database each second."""
+        """While Redis cannot be trusted and someone is waiting, poll the database each second;
+        once after a refused notification too."""
         while True:
             await asyncio.sleep(DB_RECHECK_SECONDS)
-            if self.redis_healthy or not self.waiters:
+            if not self.waiters or (self.redis_healthy and not self.recheck_requested):
                 continue
+            self.recheck_requested = False
             try:
                 await self._read_database_once()
                 await self._cut_revoked_waiters()

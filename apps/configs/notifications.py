@@ -5,7 +5,6 @@ the change, hears it on its single subscription. Without Redis, the process that
 wakes its own watchers, and the others find the change by re-reading the database each second.
 """
 
-import json
 import logging
 import threading
 
@@ -13,6 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from apps.ops.metrics import instruments
+from apps.ops.sealed import seal_message
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ def _send(message: dict) -> None:
     instruments().notifications_sent.labels(message["type"]).inc()
     if settings.REDIS_URL:
         try:
+            # Sealed: a hub acts only on what a holder of SECRET_KEY sent.
             cache.client.get_client(write=True).publish(
-                settings.NOTIFY_CHANNEL, json.dumps(message)
+                settings.NOTIFY_CHANNEL, seal_message(message)
             )
             return
         except Exception as exc:  # noqa: BLE001 - any Redis failure: fall back, never fail

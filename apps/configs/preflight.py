@@ -78,14 +78,18 @@ def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10
     deadline = time.monotonic() + timeout_seconds
     found: dict = {}
     while True:
-        found = cache.get_many(list(keys.values()))
+        found = {
+            key: value
+            for key, value in cache.get_many(list(keys.values())).items()
+            if isinstance(value, dict)
+        }
         if len(found) == len(keys) or time.monotonic() >= deadline:
             break
         time.sleep(RESULT_POLL_SECONDS)
     results = []
     for agent_id, key in keys.items():
         result = found.get(key)
-        if result is None:
+        if not isinstance(result, dict):
             result = {
                 "worker_url": None,
                 "status": None,
@@ -142,6 +146,6 @@ def record_preflight_result(agent: Agent, *, preflight_id: str, result: dict) ->
     """Keep one agent's answer for the request waiting for it; UnknownPreflight when no
     pre-flight with this id asked this agent (or it expired)."""
     request = cache.get(_request_key(preflight_id))
-    if request is None or str(agent.pk) not in request["agents"]:
+    if not isinstance(request, dict) or str(agent.pk) not in request.get("agents", ()):
         raise UnknownPreflight()
     cache.set(_result_key(preflight_id, str(agent.pk)), result, KEEP_SECONDS)

@@ -74,7 +74,7 @@ def get_current_state() -> dict:
     state = cache.get(CURRENT_STATE_KEY)
     # A controller of an older release keeps less there: such an entry is read again from the
     # database rather than answered without its content or its rollout.
-    if state is not None and "uuid" in state and "revision" in state:
+    if isinstance(state, dict) and "uuid" in state and "revision" in state:
         return state
     state = state_of(get_current_config())
     # add, not set: a change committed since our read has already stored a newer state.

@@ -69,6 +69,11 @@ def _instruments() -> SimpleNamespace:
             "controller_notifications_received",
             "Change notifications the watch hubs of this controller received.",
         ),
+        notifications_refused=Counter(
+            "controller_notifications_refused",
+            "Messages on the notification channel refused for want of a valid seal (forged, "
+            "or from a controller with another SECRET_KEY or of an older release).",
+        ),
         heartbeats_recorded=Counter(
             "controller_heartbeats_recorded",
             "Agents' heartbeats written to the database in batches by the ASGI front.",

@@ -125,6 +125,19 @@ ATTACKS = {
         "type and a malformed URL carrying a password",
         "test_config_file.py::test_passwords_in_url_queries_and_secrets_in_type_errors_are_masked",
     ),
+    "redis-planted-pickle": Attack(
+        "1",
+        "a pickle that runs `id` written with a Redis client to the served-state cache key, "
+        "then GET /config/agent and GET /config/version on the controller",
+        "e2e/test_redis_trust.py::test_a_pickle_planted_in_the_cache_is_never_loaded",
+    ),
+    "redis-forged-notification": Attack(
+        "1",
+        "PUBLISH on the change channel, while an agent holds a watch, of a made-up config "
+        "version 1004 with an attacker's config_url, the same with a made-up seal, a pre-flight "
+        "for that agent and a revocation of it",
+        "e2e/test_redis_trust.py::test_a_forged_notification_changes_nothing_agents_receive",
+    ),
 }
 
 
