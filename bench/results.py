@@ -15,7 +15,9 @@ and docs/PERFORMANCE.md holds, for each benchmark, a block
 
 which `python -m bench.results` rewrites from the JSON (the prose around the blocks is
 written by hand), plus one `<!-- bench:summary -->` block made of every benchmark's summary
-rows. tests/test_performance_doc.py checks that the page is exactly what this renders.
+rows. tests/test_performance_doc.py checks that the page is exactly what this renders, and
+that the prose quotes no measured figure: it says what the tables show and points at them, and
+the only figures it carries are settings, targets and arithmetic on them (STATED).
 """
 
 import importlib
@@ -33,6 +35,51 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "bench"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 BLOCK = re.compile(r"<!-- bench:(?P<name>[a-z_]+) -->\n.*?<!-- /bench:(?P=name) -->", re.S)
+
+
+# A figure with a unit of time, memory or rate, a before -> after, or a range of them: what a
+# measurement gives. The prose may carry one only inside a phrase of STATED.
+MEASURED_FIGURE = re.compile(
+    r"\d[\d,.]*(?:\s*[–-]\s*\d[\d,.]*)?\s*"
+    r"(?:ms|s|µs|KiB|MiB|GiB|kB|MB|req/s|/s|%|x|times|a second|per second|samples)(?!\w)"
+    r"|\d[\d,.]*\s*(?:→|->)\s*\d"
+)
+# The figures the prose states rather than measures: benchmark settings, targets and
+# configuration, each in the phrase that says so (whitespace as in one line).
+STATED = (
+    "made 0.2–0.6 s after the previous one arrived",  # the benchmark's pace
+    "1,000 agents all holding the content within 150 ms; 10,000 with p99 ≤ 750 ms, max ≤ 1 s, "
+    "no error; 20,000 held watches all converging, no error, max ≤ 2.5 s; at most 16 KiB per "
+    "held watch; every report after a change recorded within 3 s.",  # targets
+    "agent reporting every 10 s keeps one warm within the controller's 75 s keep-alive",
+    "`HEARTBEAT_FLUSH_SECONDS` (0.1 s)",
+    "At a 10 s interval",
+    "Throughput: wrk, 2 threads, 64 connections, for 10 s,",
+    "every agent once per 10 s, spread evenly, over 100 keep-alive connections, for 20 s;",
+    "Targets: at least 5,000 heartbeats a second recorded; the 10,000 reports after a change "
+    "recorded within 3 s (the convergence run above); a steady 10,000 agents at 10 s within a "
+    "quarter of the controller's CPU.",
+    "answers come back, for 10 s.",
+    "**Target: at most 1 ms added at the median",
+    "16 / 2 = 8 times over. Any proxy on those cores would add 8 times its CPU per request; to "
+    "add at most 1 ms it would have to spend under 1/8 ms per request",
+    "a 1 s SYN retry",  # the kernel's
+    "after 2 s of idling",  # the benchmark's --idle
+)
+
+
+def typed_figures(page: str) -> list[str]:
+    """The measured-looking figures of `page` outside its generated blocks and its commands,
+    other than those STATED: each is a number typed in by hand that no test reads."""
+    prose = BLOCK.sub("", page)
+    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
+    prose = re.sub(r"[ \t]*\n[ \t]*", " ", prose)
+    for phrase in STATED:
+        prose = prose.replace(phrase, "")
+    return [
+        prose[max(0, match.start() - 40) : match.end() + 10].strip()
+        for match in MEASURED_FIGURE.finditer(prose)
+    ]
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -153,13 +200,24 @@ def rendered(page: str) -> str:
     return BLOCK.sub(block, page)
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main() -> int:
     page = DOC.read_text()
     new = rendered(page)
     if "--check" in sys.argv:
         if new != page:
             sys.stderr.write(
-                f"{DOC.relative_to(ROOT)} differs from its results: run python -m bench.results\n"
+                f"{_shown(DOC)} differs from its results: run python -m bench.results\n"
+            )
+            return 1
+        typed = typed_figures(page)
+        if typed:
+            sys.stderr.write(
+                f"{_shown(DOC)} quotes figures outside its tables (point at the table "
+                "instead):\n  " + "\n  ".join(typed) + "\n"
             )
             return 1
         return 0

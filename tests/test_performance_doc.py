@@ -85,3 +85,39 @@ def test_footprint_targets_are_judged_on_the_worst_run_in_megabytes():
 def test_p99_is_only_given_for_samples_over_100():
     assert results.p99_or_none(list(range(50))) is None
     assert results.p99_or_none(list(range(1000))) == 989
+
+
+def test_the_prose_quotes_no_measured_figure():
+    # Measured figures live in the generated blocks; the prose points at them.
+    assert results.typed_figures(results.DOC.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "**24.6 KiB per held watch before, 15.1 KiB after.**",
+        "reports recorded in 7.2–10.6 s",
+        "3.63 → 1.89 CPU-seconds",
+        "about 360 a second",
+        "the lookups at about 21% of the samples",
+        "Targets: 1,000 agents all holding the content within 90 ms.",
+    ],
+)
+def test_a_figure_typed_into_the_prose_is_refused(tmp_path, monkeypatch, capsys, typed):
+    page = tmp_path / "PERFORMANCE.md"
+    text = results.DOC.read_text()
+    page.write_text(text.replace("\n## Heartbeats", f"\nThe run gave {typed}\n\n## Heartbeats", 1))
+    assert results.typed_figures(page.read_text())
+    # The page's own check refuses it as well, with the figure named.
+    monkeypatch.setattr(results, "DOC", page)
+    monkeypatch.setattr(results.sys, "argv", ["bench.results", "--check"])
+    assert results.main() == 1
+    assert "quotes figures outside its tables" in capsys.readouterr().err
+
+
+def test_a_figure_in_a_generated_block_or_a_command_is_not_typed():
+    page = (
+        "Intro.\n\n```sh\npython -m bench.x --seconds 10\n```\n\n"
+        "<!-- bench:propagation -->\n| 1.5 ms | 24.6 KiB |\n<!-- /bench:propagation -->\n"
+    )
+    assert results.typed_figures(page) == []
