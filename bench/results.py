@@ -7,7 +7,16 @@ docs/bench/<name>.json. Each benchmark module also defines
     render(figures) -> str          the markdown of its section's tables
     summary(figures) -> list[tuple] rows (benchmark, target, measured, verdict) of the summary
 
-and docs/PERFORMANCE.md holds, for each benchmark, a block
+and may define `check(figures, required=...) -> list[str]`: where the summaries its figures keep
+(a p50, a max) do not follow from the raw samples kept beside them.
+
+`save` also keeps what the run's figures rendered to at the time (`derived`: the tables and the
+summary rows); `problems` refuses a file whose figures no longer render to that, or whose
+summaries do not follow from its samples, and the page is not rendered from such a file. Files
+of FORMAT 2 must carry both; files written before (no "format") are checked on what they carry
+(see RAW_SAMPLES for which keep their samples).
+
+docs/PERFORMANCE.md holds, for each benchmark, a block
 
     <!-- bench:<name> -->
     ...generated...
@@ -82,6 +91,33 @@ def typed_figures(page: str) -> list[str]:
     ]
 
 
+# Results files written from this format on keep `derived` and every raw sample their
+# benchmark's check asks for.
+FORMAT = 2
+# Of the files written before FORMAT 2, those whose figures are the raw samples themselves (or
+# per-run counters) and those that kept only summaries (a p50, a rate): for the latter, nothing
+# in the file can show that the summaries are what the run measured.
+RAW_SAMPLES = {
+    "propagation": "every change's delay",
+    "change_rate": "every change's latency, per run",
+    "watch_fanout": "every agent's latency, per run",
+    "daemon_footprint": "every run's RSS and start-up time",
+    "heartbeats": "the run's request and recorded counters",
+}
+SUMMARIES_ONLY = {
+    "convergence": "min/p50/p99/max per run; samples kept from FORMAT 2 on",
+    "convergence_stream": "min/p50/p99/max per run; samples kept from FORMAT 2 on",
+    "rollout_overhead": "p50/p99/max per run (the before tree's code writes no samples)",
+    "worker_hit": "p50/p99 per run",
+    "version_throughput": "wrk's own p50/p99 and rate",
+}
+
+
+class ResultsMismatch(ValueError):
+    """A results file whose figures do not follow from its samples, or no longer render to the
+    tables its run rendered."""
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The value at `fraction` of the sorted sample (nearest rank)."""
     ordered = sorted(values)
@@ -138,7 +174,9 @@ def save(name: str, figures: dict, started: dict) -> Path:
             ":(exclude)docs/PERFORMANCE.md",
         )
     )
+    module = importlib.import_module(f"bench.{name}")
     result = {
+        "format": FORMAT,
         "benchmark": name,
         "command": " ".join(["python -m", f"bench.{name}", *sys.argv[1:]]),
         "commit": commit,
@@ -148,12 +186,47 @@ def save(name: str, figures: dict, started: dict) -> Path:
         "load_start": started["load_start"],
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "figures": figures,
+        "derived": derived(module, figures),
     }
+    problems = check_figures(name, module, result)
+    if problems:
+        raise ResultsMismatch(f"{name}: " + "; ".join(problems))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+def derived(module, figures: dict) -> dict:
+    """What the figures render to: the section's tables and its summary rows."""
+    return {
+        "tables": module.render(figures).rstrip(),
+        "summary": [list(row) for row in module.summary(figures)],
+    }
+
+
+def check_figures(name: str, module, result: dict) -> list[str]:
+    current = result.get("format", 1) >= FORMAT
+    check = getattr(module, "check", None)
+    problems = [] if check is None else check(result["figures"], required=current)
+    kept = result.get("derived")
+    if kept is None:
+        if current:
+            problems.append("no derived tables and summary kept with the figures")
+    else:
+        now = derived(module, result["figures"])
+        if kept["tables"] != now["tables"]:
+            problems.append("the figures no longer render to the tables their run rendered")
+        if kept["summary"] != now["summary"]:
+            problems.append("the figures no longer give the summary their run gave")
+    return problems
+
+
+def problems(name: str) -> list[str]:
+    """Why docs/bench/<name>.json cannot stand behind its block; empty when it can."""
+    module = importlib.import_module(f"bench.{name}")
+    return [f"{name}: {problem}" for problem in check_figures(name, module, load(name))]
 
 
 def load(name: str) -> dict:
@@ -176,6 +249,9 @@ def provenance(result: dict) -> str:
 def render_block(name: str) -> str:
     result = load(name)
     module = importlib.import_module(f"bench.{name}")
+    refused = check_figures(name, module, result)
+    if refused:
+        raise ResultsMismatch(f"{name}: " + "; ".join(refused))
     return f"{module.render(result['figures']).rstrip()}\n\n{provenance(result)}"
 
 
@@ -206,7 +282,11 @@ def _shown(path: Path) -> str:
 
 def main() -> int:
     page = DOC.read_text()
-    new = rendered(page)
+    try:
+        new = rendered(page)
+    except ResultsMismatch as exc:
+        sys.stderr.write(f"refused: {exc}\n")
+        return 1
     if "--check" in sys.argv:
         if new != page:
             sys.stderr.write(
