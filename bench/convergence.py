@@ -242,11 +242,16 @@ async def change(count: int, url: str, headers: dict, pid: int) -> tuple:
     return sent, held, rss_held, await all_reported(count, sent)
 
 
-def spread(moments: list[float], sent: float) -> dict | None:
-    """min, p50, p99 and max in milliseconds from `sent`; p99 only for more than 100 values."""
-    if not moments:
+def samples_ms(moments: list[float], sent: float) -> list[float]:
+    """Each moment in milliseconds from `sent`, to a tenth, in order: kept in the results so
+    that the spreads can be computed again from them."""
+    return sorted(round((moment - sent) * 1000, 1) for moment in moments)
+
+
+def spread_of(ms: list[float]) -> dict | None:
+    """min, p50, p99 and max of millisecond samples; p99 only for more than 100 values."""
+    if not ms:
         return None
-    ms = [(moment - sent) * 1000 for moment in moments]
     p99 = results.p99_or_none(ms)
     return {
         "min": round(min(ms), 1),
@@ -254,6 +259,34 @@ def spread(moments: list[float], sent: float) -> dict | None:
         "p99": None if p99 is None else round(p99, 1),
         "max": round(max(ms), 1),
     }
+
+
+def spread(moments: list[float], sent: float) -> dict | None:
+    """min, p50, p99 and max in milliseconds from `sent`; p99 only for more than 100 values."""
+    return spread_of(samples_ms(moments, sent))
+
+
+SPREADS = ("told", "holding", "answered")
+
+
+def check(figures: dict, *, required: bool) -> list[str]:
+    """Where a run's spreads do not follow from its samples; with `required` (results of the
+    current format), a run kept without its samples too."""
+    return check_spreads(figures, SPREADS, required=required)
+
+
+def check_spreads(figures: dict, spreads: tuple[str, ...], *, required: bool) -> list[str]:
+    problems = []
+    for number, run in enumerate(figures["runs"], start=1):
+        samples = run.get("samples_ms")
+        if samples is None:
+            if required:
+                problems.append(f"run {number}: spreads kept without their samples")
+            continue
+        for key in spreads:
+            if spread_of(samples.get(key, [])) != run.get(f"{key}_ms"):
+                problems.append(f"run {number}: {key}_ms does not follow from its samples")
+    return problems
 
 
 def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
@@ -284,6 +317,7 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
         "told_ms": spread(fleet["told"], sent),
         "holding_ms": spread(fleet["holding"], sent),
         "answered_ms": spread(fleet["answered"], sent),
+        "samples_ms": {key: samples_ms(fleet[key], sent) for key in SPREADS},
         "all_reports_recorded_s": None if recorded is None else round(recorded, 2),
         "rss_idle_kib": rss_idle,
         "rss_held_kib": rss_held,

@@ -35,13 +35,16 @@ from bench.convergence import (
     CLIENT_TIMEOUT_SECONDS,
     KNOWN,
     REPORT,
+    check_spreads,
     held_watches,
     request,
+    samples_ms,
     spread,
 )
 from bench.heartbeats import cpu_seconds
 
 MODES = ("watch", "stream")
+SPREADS = ("holding", "answered")
 # How long the connections stay open after an agent is done: the watches asked again are then
 # held, as they would be, while the controller's CPU is measured.
 KEEP_SECONDS = 3
@@ -270,6 +273,7 @@ def run(count: int, mode: str, workers: int, per_process: int) -> dict:
         "first_errors": fleet["errors"][:5],
         "holding_ms": spread(fleet["holding"], sent),
         "answered_ms": spread(fleet["answered"], sent),
+        "samples_ms": {key: samples_ms(fleet[key], sent) for key in SPREADS},
         "all_reports_recorded_s": None if recorded is None else round(recorded, 2),
         "controller_cpu_s": round(cpu, 2),
         "rss_idle_kib": rss_idle,
@@ -323,6 +327,11 @@ def _ms(spread_ms: dict | None, key: str) -> str:
 def per_agent(run: dict) -> float:
     held = run.get("held_before_change") or run["agents"]
     return (run["rss_held_kib"] - run["rss_idle_kib"]) / held
+
+
+def check(figures: dict, *, required: bool) -> list[str]:
+    """Where a run's spreads do not follow from its samples (see convergence.check)."""
+    return check_spreads(figures, SPREADS, required=required)
 
 
 def render(figures: dict) -> str:

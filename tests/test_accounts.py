@@ -199,3 +199,69 @@ def test_seeded_admin_can_log_in(api):
     call_command("seed_admin", allow_default_password=True)
     response = login(api, email="admin@distributed-system.com", password="Admin123!@#")
     assert response.status_code == 200
+
+
+@pytest.mark.postgres  # SQLite's shared in-memory test database locks out parallel writers
+@pytest.mark.django_db(transaction=True)
+def test_parallel_attempts_are_each_counted_once(settings):
+    """Of many attempts at once, exactly LOGIN_FAILURE_LIMIT may go on to the password check:
+    each is counted in one statement, so none reads a count another is about to raise."""
+    import threading
+
+    from django.db import connection
+
+    from apps.accounts.models import LoginAttempts
+    from apps.accounts.services import reserve_login
+
+    subjects = ["account:parallel@example.com"]
+    contenders = 3 * settings.LOGIN_FAILURE_LIMIT
+    start = threading.Barrier(contenders)
+    waits, errors = [], []
+
+    def attempt() -> None:
+        try:
+            start.wait(timeout=30)
+            waits.append(reserve_login(subjects))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert waits.count(None) == settings.LOGIN_FAILURE_LIMIT
+    # The refused ones gave their count back; the ones let through keep theirs until they
+    # succeed.
+    stored = LoginAttempts.objects.get(subject=subjects[0]).attempts
+    assert stored == settings.LOGIN_FAILURE_LIMIT
+
+
+def test_an_attempt_is_counted_and_read_in_one_statement(settings, monkeypatch):
+    """What keeps the count exact under concurrency on any database: the statement that adds
+    the attempt is the one that returns the count, so no other process can come between a
+    read and a write."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.accounts import services
+    from apps.accounts.models import LoginAttempts
+    from apps.accounts.services import reserve_login
+
+    monkeypatch.setattr(services, "_PURGE_CHANCE", 0)  # the occasional clean-up is not counting
+    subjects = ["account:one@example.com", "ip:10.9.9.9"]
+    for expected in range(1, settings.LOGIN_FAILURE_LIMIT + 1):
+        with CaptureQueriesContext(connection) as queries:
+            assert reserve_login(subjects) is None
+        writes = [q["sql"] for q in queries if "login_attempts" in q["sql"]]
+        assert len(writes) == len(subjects), writes
+        for sql in writes:
+            assert sql.lstrip().upper().startswith("INSERT INTO"), sql
+            assert "ON CONFLICT" in sql and "RETURNING" in sql, sql
+        counts = LoginAttempts.objects.filter(subject__in=subjects).values_list("attempts")
+        assert sorted(counts) == [(expected,), (expected,)]
+    assert reserve_login(subjects) is not None

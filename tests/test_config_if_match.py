@@ -79,3 +79,14 @@ def test_without_if_match_a_change_goes_through_as_before(admin_api, publish):
     response = admin_api.put("/config/admin", {"pooling_interval": 40}, "json")
     assert response.status_code == 200
     assert response.json()["version"] == 2
+
+
+def test_star_with_no_config_yet_is_412_and_stores_nothing(admin_api):
+    # "*" means "whatever is there": with nothing published yet, there is nothing to match.
+    response = admin_api.post(
+        "/config/admin", {"config_url": URL, "pooling_interval": 30}, "json", HTTP_IF_MATCH="*"
+    )
+    assert response.status_code == 412, response.content
+    assert response.json()["current_version"] == 0
+    assert not ConfigVersion.objects.exists()
+    assert not AuditEntry.objects.filter(target__startswith="config").exists()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench import daemon_footprint, propagation, results
+from bench import convergence, daemon_footprint, propagation, results
 
 BLOCKS = [match["name"] for match in results.BLOCK.finditer(results.DOC.read_text())]
 BENCHMARKS = [name for name in BLOCKS if name != "summary"]
@@ -52,7 +52,9 @@ def test_a_hand_edited_figure_or_a_changed_result_is_caught(tmp_path, monkeypatc
     changed["figures"]["watch_s"] = [value * 10 for value in changed["figures"]["watch_s"]]
     (tmp_path / "propagation.json").write_text(json.dumps(changed))
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
-    assert results.rendered(page) != page
+    # ... and no longer follows what its run rendered: it is refused, not rendered.
+    with pytest.raises(results.ResultsMismatch, match="propagation"):
+        results.rendered(page)
 
 
 def test_a_block_without_results_fails_to_render(tmp_path, monkeypatch):
@@ -85,3 +87,136 @@ def test_footprint_targets_are_judged_on_the_worst_run_in_megabytes():
 def test_p99_is_only_given_for_samples_over_100():
     assert results.p99_or_none(list(range(50))) is None
     assert results.p99_or_none(list(range(1000))) == 989
+
+
+def test_the_prose_quotes_no_measured_figure():
+    # Measured figures live in the generated blocks; the prose points at them.
+    assert results.typed_figures(results.DOC.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "**24.6 KiB per held watch before, 15.1 KiB after.**",
+        "reports recorded in 7.2–10.6 s",
+        "3.63 → 1.89 CPU-seconds",
+        "about 360 a second",
+        "the lookups at about 21% of the samples",
+        "Targets: 1,000 agents all holding the content within 90 ms.",
+    ],
+)
+def test_a_figure_typed_into_the_prose_is_refused(tmp_path, monkeypatch, capsys, typed):
+    page = tmp_path / "PERFORMANCE.md"
+    text = results.DOC.read_text()
+    page.write_text(text.replace("\n## Heartbeats", f"\nThe run gave {typed}\n\n## Heartbeats", 1))
+    assert results.typed_figures(page.read_text())
+    # The page's own check refuses it as well, with the figure named.
+    monkeypatch.setattr(results, "DOC", page)
+    monkeypatch.setattr(results.sys, "argv", ["bench.results", "--check"])
+    assert results.main() == 1
+    assert "quotes figures outside its tables" in capsys.readouterr().err
+
+
+def test_a_figure_in_a_generated_block_or_a_command_is_not_typed():
+    page = (
+        "Intro.\n\n```sh\npython -m bench.x --seconds 10\n```\n\n"
+        "<!-- bench:propagation -->\n| 1.5 ms | 24.6 KiB |\n<!-- /bench:propagation -->\n"
+    )
+    assert results.typed_figures(page) == []
+
+
+# Results tied to their run -------------------------------------------------------------------
+
+
+def copy_results(tmp_path, monkeypatch) -> None:
+    for name in BENCHMARKS:
+        (tmp_path / f"{name}.json").write_text((results.RESULTS_DIR / f"{name}.json").read_text())
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+
+
+def edit(tmp_path, name: str, change) -> None:
+    path = tmp_path / f"{name}.json"
+    result = json.loads(path.read_text())
+    change(result)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_results_file_follows_from_what_its_run_kept(name):
+    assert results.problems(name) == []
+
+
+def test_every_results_file_says_whether_it_keeps_raw_samples():
+    assert sorted({**results.RAW_SAMPLES, **results.SUMMARIES_ONLY}) == sorted(BENCHMARKS)
+
+
+def _divide(value):
+    if isinstance(value, dict):
+        return {key: _divide(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_divide(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value / 10
+    return value
+
+
+def test_figures_divided_by_ten_and_rendered_again_are_refused(tmp_path, monkeypatch, capsys):
+    copy_results(tmp_path, monkeypatch)
+    edit(tmp_path, "propagation", lambda r: r.update(figures=_divide(r["figures"])))
+
+    assert any("no longer render" in problem for problem in results.problems("propagation"))
+    monkeypatch.setattr(results.sys, "argv", ["bench.results"])
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text(results.DOC.read_text())
+    monkeypatch.setattr(results, "DOC", page)
+    assert results.main() == 1
+    assert "refused: propagation" in capsys.readouterr().err
+    assert page.read_text() == results.DOC.read_text()  # nothing rewritten
+
+
+def test_an_edited_summary_of_a_file_without_samples_is_refused(tmp_path, monkeypatch):
+    copy_results(tmp_path, monkeypatch)
+    edit(tmp_path, "convergence", lambda r: r["figures"]["runs"][1]["holding_ms"].update(p99=1.0))
+    assert any("no longer" in problem for problem in results.problems("convergence"))
+
+
+def test_a_new_file_without_its_derived_tables_is_refused(tmp_path, monkeypatch):
+    copy_results(tmp_path, monkeypatch)
+    edit(tmp_path, "propagation", lambda r: (r.pop("derived"), r.update(format=results.FORMAT)))
+    assert results.problems("propagation") == [
+        "propagation: no derived tables and summary kept with the figures"
+    ]
+
+
+def _run_with_samples() -> dict:
+    samples = {
+        "told": [10.0, 12.5, 30.1],
+        "holding": [11.0, 13.5, 31.1, 40.0],
+        "answered": [20.0, 21.0, 22.0, 50.2],
+    }
+    run = {f"{key}_ms": convergence.spread_of(values) for key, values in samples.items()}
+    return {**run, "samples_ms": samples}
+
+
+def test_spreads_are_computed_again_from_the_samples_kept():
+    figures = {"runs": [_run_with_samples()]}
+    assert convergence.check(figures, required=True) == []
+    measured = figures["runs"][0]["holding_ms"]["p50"]
+    figures["runs"][0]["holding_ms"]["p50"] = measured / 10
+    assert convergence.check(figures, required=True) == [
+        "run 1: holding_ms does not follow from its samples"
+    ]
+    figures["runs"][0]["holding_ms"]["p50"] = measured
+    figures["runs"][0]["samples_ms"]["answered"] = [2.0, 2.1, 2.2, 5.0]  # samples divided
+    assert convergence.check(figures, required=True) == [
+        "run 1: answered_ms does not follow from its samples"
+    ]
+
+
+def test_spreads_without_samples_are_refused_only_in_the_new_format():
+    run = _run_with_samples()
+    del run["samples_ms"]
+    assert convergence.check({"runs": [run]}, required=False) == []
+    assert convergence.check({"runs": [run]}, required=True) == [
+        "run 1: spreads kept without their samples"
+    ]

@@ -10,7 +10,12 @@ from django.db import connection
 
 from apps.agents.models import Agent
 from apps.configs.errors import UnknownPreflight
-from apps.configs.preflight import _request_key, record_preflight_result, run_preflight
+from apps.configs.preflight import (
+    _request_key,
+    fetch_passed,
+    record_preflight_result,
+    run_preflight,
+)
 
 URL = "http://upstream.example/next"
 
@@ -69,6 +74,24 @@ def test_an_agent_that_does_not_answer_is_reported_with_an_error(registered_agen
             "error": "the agent did not answer within 1 s",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "passed"),
+    [
+        (200, None, True),
+        (404, None, True),
+        (499, None, True),
+        (500, None, False),
+        (503, None, False),
+        (None, None, False),
+        (200, "read timed out", False),
+        (None, "the agent did not answer within 10 s", False),
+    ],
+)
+def test_a_fetch_passes_only_with_an_answer_below_500_and_no_error(status, error, passed):
+    result = {"worker_url": "http://127.0.0.1:8082", "status": status, "elapsed_ms": 3.0}
+    assert fetch_passed({**result, "error": error}) is passed
 
 
 @pytest.mark.django_db(transaction=True)

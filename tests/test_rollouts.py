@@ -3,6 +3,7 @@
 import io
 import re
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,13 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.agents.models import Agent
-from apps.agents.services import issue_registration_token, record_heartbeat, register_agent
+from apps.agents.services import (
+    issue_registration_token,
+    record_heartbeat,
+    register_agent,
+    revoke_agent,
+)
+from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts import services
@@ -39,6 +46,29 @@ def make_fleet(canaries: int = 2, others: int = 4) -> list[tuple[Agent, str]]:
         token, _ = issue_registration_token()
         labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
         fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
+    return fleet
+
+
+def ids_in_order(count: int, version: int) -> list[uuid.UUID]:
+    """`count` fixed agent ids, sorted by their place in the order of `version`'s waves."""
+    ids = [uuid.UUID(int=n) for n in range(1, count + 1)]
+    return sorted(ids, key=lambda agent_id: agent_key(agent_id, version))
+
+
+def make_fleet_with_ids(ids: list[uuid.UUID], first: int = 0) -> list[tuple[Agent, str]]:
+    """Agents with the given ids (registration picks a random one), so that their place in a
+    rollout's order, and so the test, is the same on every run."""
+    fleet = []
+    for index, agent_id in enumerate(ids, start=first):
+        token = new_token(AGENT_PREFIX)
+        agent = Agent.objects.create(
+            id=agent_id,
+            name=f"agent-{index}",
+            labels={"ring": "main"},
+            token_hash=hash_token(token),
+            last_seen=timezone.now(),
+        )
+        fleet.append((agent, token))
     return fleet
 
 
@@ -327,23 +357,48 @@ class TestTargets:
         assert Rollout.objects.get().wave == 1
 
     def test_an_agent_keeps_its_place_and_a_new_agent_joins_its_wave(self, admin_api, publish):
-        fleet = make_fleet(canaries=0, others=4)
+        # Ids chosen so that every agent that joins sorts before the first four in the order
+        # of v2: the 4th of 8 hashes then falls before the 2nd of 4, and only the cutoff's
+        # refusal to move back keeps the first wave's agents on v2.
+        early, late = ids_in_order(8, version=2)[4:], ids_in_order(8, version=2)[:4]
+        fleet = make_fleet_with_ids(early)
         start(admin_api, publish, plan={"waves": [50, 100], "bake_seconds": 600})
         before = {a.pk for a, _ in targeted(fleet, 2)}
         assert len(before) == 2
         # A restart changes nothing the controller keys on: the same agents stay targeted.
         services.advance_rollouts()
         assert {a.pk for a, _ in targeted(fleet, 2)} == before
-        joined = make_fleet(canaries=0, others=4)
+        cutoff = Rollout.objects.get().cutoff
+        joined = make_fleet_with_ids(late, first=4)
         services.advance_rollouts()
-        # At least half of the 8 agents now, still a prefix of the hash order; nobody who had
-        # the new version loses it.
+        # Half of the 8 agents would be the 4 that joined; nobody who had the new version
+        # loses it, so the cutoff stays where it was, and the joined ones before it get v2.
         everyone = fleet + joined
         now_targeted = {a.pk for a, _ in targeted(everyone, 2)}
         assert before <= now_targeted
-        assert len(now_targeted) >= 4
+        assert len(now_targeted) == 6
+        assert Rollout.objects.get().cutoff == cutoff
         order = [a.pk for a, _ in sorted(everyone, key=lambda p: agent_key(p[0].pk, 2))]
         assert set(order[: len(now_targeted)]) == now_targeted
+
+    def test_agents_revoked_mid_rollout_never_send_the_next_wave_back(self, admin_api, publish):
+        # 6 agents, waves of 50% then 60%: the first wave reaches the 3rd hash of 6. With the
+        # 3 after it revoked, 60% of the 3 left is 2 agents, whose cutoff is the 2nd hash:
+        # the next wave must not move the cutoff back past the 3rd agent.
+        fleet = make_fleet_with_ids(ids_in_order(6, version=2))
+        start(admin_api, publish, plan={"waves": [50, 60, 100], "bake_seconds": 0})
+        first_wave = fleet[:3]
+        assert {a.pk for a, _ in targeted(fleet, 2)} == {a.pk for a, _ in first_wave}
+        cutoff = Rollout.objects.get().cutoff
+        apply(first_wave, 2)
+        for agent, _ in fleet[3:]:
+            revoke_agent(agent)
+        services.advance_rollouts()
+        rollout = Rollout.objects.get()
+        assert rollout.wave == 2
+        assert rollout.cutoff == cutoff
+        assert {a.pk for a, _ in targeted(first_wave, 2)} == {a.pk for a, _ in first_wave}
+        assert wave_entries()[-1].detail["agents_targeted"] == 3
 
 
 @pytest.mark.django_db(transaction=True)

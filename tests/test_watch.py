@@ -255,6 +255,42 @@ def test_a_notification_of_an_older_release_wakes_watches_without_the_content():
     asyncio.run(scenario())
 
 
+def preflight_message(agent_ids: list[str], expires_at: float) -> dict:
+    return {
+        "type": "preflight",
+        "id": "p1",
+        "config_url": URL,
+        "timeout_seconds": 5,
+        "agent_ids": agent_ids,
+        "expires_at": expires_at,
+    }
+
+
+def test_a_preflight_kept_for_an_agent_is_handed_once_until_it_expires(monkeypatch):
+    hub = hub_module.Hub()
+    now = time.time()
+    monkeypatch.setattr(hub_module.time, "time", lambda: now)
+    hub.offer_preflight(preflight_message([AGENT_ID, "other"], expires_at=now + 5))
+    request = {"id": "p1", "config_url": URL, "timeout_seconds": 5}
+    assert hub.take_preflight(AGENT_ID) == request
+    assert hub.take_preflight(AGENT_ID) is None
+    # The other agent's watch comes only after the request expired: it gets nothing.
+    monkeypatch.setattr(hub_module.time, "time", lambda: now + 5)
+    assert hub.take_preflight("other") is None
+
+
+def test_an_expired_preflight_is_never_handed_out(monkeypatch):
+    hub = hub_module.Hub()
+    now = time.time()
+    monkeypatch.setattr(hub_module.time, "time", lambda: now)
+    # Arrived late (its deadline passed on the way), or kept past its deadline.
+    hub.offer_preflight(preflight_message(["late"], expires_at=now - 1))
+    hub.offer_preflight(preflight_message(["kept"], expires_at=now + 1))
+    monkeypatch.setattr(hub_module.time, "time", lambda: now + 2)
+    assert hub.take_preflight("late") is None
+    assert hub.take_preflight("kept") is None
+
+
 def fetch_config(token, headers=()):
     async def scenario():
         app = watch.WatchEndpoint(fallback=None)

@@ -223,6 +223,46 @@ def test_an_older_version_is_409_and_never_rolls_back(app):
     assert held(app) == before
 
 
+def test_a_signed_push_sent_again_is_refused_as_a_replay():
+    app = WorkerApp(internal_key=KEY, require_signature=True)
+    raw = json.dumps(config_body(2)).encode()
+    headers = signed_headers(raw)
+    assert push(app, raw, headers).status_code == 200
+    before = held(app)
+
+    # A captured push, still inside its 300 s window, is sent again.
+    response = push(app, raw, headers)
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == signing.REPLAYED_PUSH
+    assert held(app) == before
+
+
+def test_a_replayed_signature_respelled_is_still_a_replay():
+    app = WorkerApp(internal_key=KEY, require_signature=True)
+    raw = json.dumps(config_body(2)).encode()
+    headers = signed_headers(raw)
+    assert push(app, raw, headers).status_code == 200
+    spaced = headers["X-Signature"].replace(",", " , ")
+    assert signing.verify(spaced, raw, KEY) is None  # the same signature, spelled otherwise
+
+    response = push(app, raw, {**headers, "X-Signature": spaced})
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == signing.REPLAYED_PUSH
+
+
+def test_the_replay_memory_forgets_a_signature_once_it_is_stale_anyway():
+    seen = signing.SeenSignatures()
+    now = time.time()
+    header = signing.sign(b"{}", KEY, now=now)
+    seen.remember(header, now=now)
+    with pytest.raises(signing.BadSignature, match="already used"):
+        seen.remember(header.replace(",", ", "), now=now + signing.TOLERANCE_SECONDS)
+    # Past the window verify() refuses it as stale; the memory need not keep it.
+    seen.remember(header, now=now + signing.TOLERANCE_SECONDS + 2)
+
+
 def test_concurrent_pushes_and_reads_end_on_the_highest_version(app):
     versions = list(range(1, 101))
     seen_going_back = []

@@ -97,7 +97,7 @@ def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10
                 "error": f"the agent did not answer within {timeout_seconds} s",
             }
         results.append({"agent_id": agent_id, **result})
-    ok = any(r["error"] is None and r["status"] is not None and r["status"] < 500 for r in results)
+    ok = any(fetch_passed(result) for result in results)
     logger.info(
         "pre-flight %s of %s: %s (%s)",
         preflight_id,
@@ -106,6 +106,13 @@ def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10
         "; ".join(f"{r['agent_id']}: {r['error'] or 'HTTP ' + str(r['status'])}" for r in results),
     )
     return {"config_url": config_url, "ok": ok, "results": results}
+
+
+def fetch_passed(result: dict) -> bool:
+    """Whether one agent's fetch shows the URL works: an answer below 500 and no error. A 4xx
+    passes (the upstream is there and answering); a 5xx, a timeout or no answer does not."""
+    status = result.get("status")
+    return result.get("error") is None and status is not None and status < 500
 
 
 def preflight_before_publish(

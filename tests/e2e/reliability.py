@@ -42,6 +42,12 @@ COLUMNS = {
 }
 # Claims every scenario makes about these counters when it records them.
 ZERO = ("failed", "unexpected_5xx", "versions_lost")
+# The figures a part computes from per-run counters it keeps (see counted_figures), and which.
+COUNTED = {"served": "outcomes", "failed": "outcomes", "versions_lost": "versions_published"}
+# Results files from FORMAT 2 on keep the per-run counters of COUNTED; docs/reliability.json
+# files without "format" were written before, and their served, failed and versions_lost cannot
+# be recomputed (the page says so).
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -243,13 +249,64 @@ def part_problems(key: str, part: str, figures: dict) -> list[str]:
     return problems
 
 
-def record(key: str, observed: str, **figures) -> None:
-    """Keep what the running test of scenario `key` measured; fail it if a claim is broken."""
+def counted_figures(counters: dict) -> dict:
+    """The figures a part's per-run counters give: `served` and `failed` from the tally of
+    the requests it checked (`outcomes`: how many got each outcome, and which outcomes are
+    failures), `versions_lost` from the versions it published and those it saw arrive."""
+    figures = {}
+    if "outcomes" in counters:
+        outcomes, failing = counters["outcomes"], set(counters.get("failed_outcomes", []))
+        figures["served"] = sum(outcomes.values())
+        figures["failed"] = sum(n for outcome, n in outcomes.items() if outcome in failing)
+    if "versions_published" in counters:
+        published, seen = counters["versions_published"], counters.get("versions_seen", [])
+        figures["versions_lost"] = len(set(published) - set(seen))
+    return figures
+
+
+def tally_outcomes(outcomes) -> dict[str, int]:
+    """How many times each outcome (a status code, a word) occurred, as `record` keeps it."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def record(
+    key: str,
+    observed: str,
+    *,
+    outcomes: dict[str, int] | None = None,
+    failed_outcomes=(),
+    versions: tuple | None = None,
+    **figures,
+) -> None:
+    """Keep what the running test of scenario `key` measured; fail it if a claim is broken.
+
+    `outcomes` (a tally of the requests checked, by outcome) with `failed_outcomes`, and
+    `versions` (published, seen) are the per-run counters: `served`, `failed` and
+    `versions_lost` are computed from them here, and kept beside them so that the results
+    file can be checked against its own counters."""
     if key not in SCENARIOS:
         raise KeyError(f"unknown scenario {key!r}: add it to SCENARIOS")
     part = _part_of_current_test()
     if part not in SCENARIOS[key].parts:
         raise KeyError(f"{part} is not a part of scenario {key!r}: add it to its parts")
+    counters: dict = {}
+    if outcomes is not None:
+        counters["outcomes"] = {str(k): v for k, v in sorted(outcomes.items())}
+        counters["failed_outcomes"] = sorted(
+            {str(o) for o in failed_outcomes} & set(counters["outcomes"])
+        )
+    if versions is not None:
+        published, seen = versions
+        counters["versions_published"] = sorted(str(v) for v in set(published))
+        counters["versions_seen"] = sorted(str(v) for v in set(seen) if v is not None)
+    derived = counted_figures(counters)
+    typed = sorted(set(derived) & set(figures))
+    if typed:
+        raise TypeError(f"{', '.join(typed)} come from the counters; do not pass them as well")
+    figures.update(derived)
     problems = part_problems(key, part, figures)
     assert not problems, problems
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -258,6 +315,7 @@ def record(key: str, observed: str, **figures) -> None:
         commit, dirty = current_commit()
         run = {
             "run_id": RUN_ID,
+            "format": FORMAT,
             "commit": commit,
             "dirty": dirty,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -266,10 +324,31 @@ def record(key: str, observed: str, **figures) -> None:
             "cpus": os.cpu_count(),
             "scenarios": {},
         }
-    run["scenarios"].setdefault(key, {})[part] = {"observed": observed, "figures": figures}
+    entry = {"observed": observed, "figures": figures}
+    if counters:
+        entry["counters"] = counters
+    run["scenarios"].setdefault(key, {})[part] = entry
     run["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     run["load_end"] = round(os.getloadavg()[0], 2)
     RUN_FILE.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+
+
+def counter_problems(key: str, part: str, entry: dict, *, required: bool) -> list[str]:
+    """Where a part's figures do not follow from its per-run counters; with `required` (a
+    results file of FORMAT 2 or later), also a counted figure kept without its counters."""
+    counters, figures = entry.get("counters") or {}, entry.get("figures", {})
+    problems = []
+    derived = counted_figures(counters)
+    for name, value in derived.items():
+        if figures.get(name) != value:
+            problems.append(
+                f"{key} ({part}): {name} is {figures.get(name)!r}, its counters give {value}"
+            )
+    if required:
+        for name, counter in COUNTED.items():
+            if name in figures and name not in derived:
+                problems.append(f"{key} ({part}): {name} is kept without its counters ({counter})")
+    return problems
 
 
 def problems_of(results: dict) -> list[str]:
@@ -303,6 +382,26 @@ def problems_of(results: dict) -> list[str]:
             if not parts[part].get("observed"):
                 problems.append(f"{key}: {part} observed nothing")
             problems += part_problems(key, part, parts[part].get("figures", {}))
+            problems += counter_problems(
+                key, part, parts[part], required=results.get("format", 1) >= FORMAT
+            )
+    return problems
+
+
+def page_problems(page: str, results: dict) -> list[str]:
+    """Where `page` differs from the rendering of `results`: each line that differs (a figure
+    typed into the page, a result changed under it); empty when the page is the rendering."""
+    expected = render(results).splitlines()
+    lines = page.splitlines()
+    problems = [
+        f"line {number}: {line!r}, the results render {want!r}"
+        for number, (line, want) in enumerate(zip(lines, expected, strict=False), start=1)
+        if line != want
+    ]
+    if len(lines) != len(expected):
+        problems.append(f"{len(lines)} lines, the results render {len(expected)}")
+    if not problems and page != render(results):
+        problems.append("the page differs from the rendering in its line ends")
     return problems
 
 
@@ -316,6 +415,22 @@ def _cell(value) -> str:
 
 def _sum(values: list):
     return sum(values) if values else None
+
+
+def _counters_note(results: dict) -> list[str]:
+    if results.get("format", 1) >= FORMAT:
+        return [
+            "Requests checked, failed requests and versions lost are computed from the per-run",
+            "counters kept beside them in `docs/reliability.json` (the tally of the requests",
+            "checked by outcome, the versions published and the versions seen), and",
+            "`tests/e2e/test_record.py` computes them again from those counters.",
+        ]
+    return [
+        "These results were recorded before each part kept its per-run counters: requests",
+        "checked, failed requests and versions lost are the totals the tests recorded, and",
+        "cannot be computed again from `docs/reliability.json`. The next whole run records",
+        "the counters with them.",
+    ]
 
 
 def render(results: dict) -> str:
@@ -356,6 +471,8 @@ def render(results: dict) -> str:
         "- **versions lost**: published versions that never reached where the scenario looked",
         "  for them (the workers' /hit answers, the history, the agents' final version).",
         "",
+        *_counters_note(results),
+        "",
         f"| {header} |",
         "|" + "---|" * (5 + len(COLUMNS)),
     ]
@@ -393,6 +510,9 @@ def render(results: dict) -> str:
         "  failed request, an unexpected 5xx or a lost version where the claim is 0, fewer",
         "  generated examples or requests than the claim needs), so every run of the suite, in",
         "  CI too, measures the claims again and fails on a regression.",
+        "- `record()` computes the requests checked and failed from the tally of outcomes the",
+        "  test passes it, and the versions lost from the versions published and seen, and",
+        "  keeps those counters with the figures.",
         "- One run writes one file, `tests/artifacts/reliability/latest.json`, with its commit",
         "  and time; the file of an earlier run is replaced, never merged.",
         "- After a whole run at a commit with no local changes,",
@@ -401,10 +521,10 @@ def render(results: dict) -> str:
         "  one whose counters break a claim.",
         "- `tests/e2e/test_record.py` checks that this page is exactly the rendering of",
         "  `docs/reliability.json` (every row, every cell), that the results are complete and",
-        "  hold every claim, that their commit is in this repository's history, and that they",
-        "  were measured with the current scenario definitions: changing a scenario makes the",
-        "  results stale and the test fails until the suite is run again and the page",
-        "  regenerated.",
+        "  hold every claim and follow from their per-run counters, that their commit is in",
+        "  this repository's history, and that they were measured with the current scenario",
+        "  definitions: changing a scenario makes the results stale and the test fails until",
+        "  the suite is run again and the page regenerated.",
         "",
     ]
     return "\n".join(lines)

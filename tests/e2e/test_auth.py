@@ -120,8 +120,8 @@ def test_only_the_right_credential_passes(stack, upstream, admin_user):
         f"{len(ENDPOINTS)} protected calls x 7 credentials (none, garbage, expired JWT, "
         f"registration token, agent token, admin JWT, revoked agent token): only the right one "
         f"passed; the 11th wrong password in a minute got 429.",
-        served=calls,
-        failed=len(wrong),
+        outcomes={"as its credential requires": calls - len(wrong), "otherwise": len(wrong)},
+        failed_outcomes=["otherwise"],
         unexpected_5xx=server_errors(url),
         brute_force_429s=statuses.count(429),
     )

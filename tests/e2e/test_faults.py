@@ -14,7 +14,7 @@ import requests
 from apps.agents.services import issue_registration_token, register_agent
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import Admin, wait_for_version, worker_version
-from tests.e2e.reliability import record
+from tests.e2e.reliability import record, tally_outcomes
 from tests.support.processes import (
     PostgresCluster,
     base_env,
@@ -67,6 +67,11 @@ class Hitter:
     @property
     def failures(self) -> list[int]:
         return [status for status in self.statuses if status != 200]
+
+    @property
+    def failed_outcomes(self) -> list[str]:
+        """Of the statuses seen (0: no answer), those that are failures: all but 200."""
+        return [str(status) for status in set(self.statuses) if status != 200]
 
     def wait_for(self, version: str, timeout: float = 5.0) -> None:
         """Wait until a hit answered with `version`: the workers holding it is not enough, the
@@ -160,10 +165,10 @@ def test_controller_stopped(stack, upstream, admin_user):
         f"backoff (cap {BACKOFF_CAP:g} s); the change made while they were cut off arrived "
         f"after the restart.",
         recover_s=recover,
-        served=len(hitter.statuses),
-        failed=len(hitter.failures),
+        outcomes=tally_outcomes(hitter.statuses),
+        failed_outcomes=hitter.failed_outcomes,
         unexpected_5xx=errors_5xx,
-        versions_lost=len({"1", "2"} - hitter.versions),
+        versions=({"1", "2"}, hitter.versions),
         agent_retries=len(delays),
         largest_retry_delay_s=max(delays),
         attempts_seen_by_stand_in=len(stand_in.attempts),
@@ -203,10 +208,10 @@ def test_agent_restarted_while_the_controller_is_down(stack, upstream, admin_use
         "The restarted agent put its cached config on the empty worker with the controller "
         "still down; /hit answered from v1.",
         recover_s=recover,
-        served=len(hitter.statuses),
-        failed=len(hitter.failures),
+        outcomes=tally_outcomes(hitter.statuses),
+        failed_outcomes=hitter.failed_outcomes,
         unexpected_5xx=errors_5xx,
-        versions_lost=len({"1"} - hitter.versions),
+        versions=({"1"}, hitter.versions),
     )
 
 
@@ -233,10 +238,10 @@ def test_worker_restarted(stack, upstream, admin_user):
         f"{interval} s, workers checked every {check} s) and pushed v1 again, with no admin "
         f"action.",
         recover_s=recover,
-        served=len(hitter.statuses),
-        failed=len(hitter.failures),
+        outcomes=tally_outcomes(hitter.statuses),
+        failed_outcomes=hitter.failed_outcomes,
         unexpected_5xx=server_errors(url),
-        versions_lost=len({"1"} - hitter.versions),
+        versions=({"1"}, hitter.versions),
         cycle_s=interval,
         worker_check_s=check,
     )
@@ -359,17 +364,17 @@ def test_redis_stopped_and_started(stack, upstream, admin_user):
     assert not hitter.failures
     errors_5xx = server_errors(url)
     assert errors_5xx == 0, controller.output()[-3000:]
-    failed = [code for code in codes if code != 200] + hitter.failures
     record(
         "redis-stopped",
         "Logins, changes and held watches went on without Redis (the watch hub re-read the "
         "database); both controller processes subscribed again once Redis was back; the "
         "reported version only rose.",
         recover_s=resubscribed,
-        served=len(monitor.answers) + len(hitter.statuses),
-        failed=len(failed),
+        # The monitor's answers and the hits, each tallied by status; only a 200 is right.
+        outcomes=tally_outcomes(codes + hitter.statuses),
+        failed_outcomes=[str(code) for code in set(codes + hitter.statuses) if code != 200],
         unexpected_5xx=errors_5xx,
-        versions_lost=len({1, 2, 3, 4} - delivered),
+        versions=({1, 2, 3, 4}, delivered),
         redis_outage_s=outage,
         versions_delivered=len(delivered),
     )
@@ -479,10 +484,10 @@ def test_postgres_stopped(stack, upstream, postgres):
         "workers kept answering /hit from v1; with the database back, /readyz turned 200 and "
         "the next change reached the worker.",
         recover_s=recover,
-        served=len(hitter.statuses),
-        failed=len(hitter.failures),
+        outcomes=tally_outcomes(hitter.statuses),
+        failed_outcomes=hitter.failed_outcomes,
         unexpected_5xx=unexpected,
-        versions_lost=len({"1", "2"} - hitter.versions),
+        versions=({"1", "2"}, hitter.versions),
         clean_503s_by_design=by_design,
         endpoints_answering_clean_503=len({path for path, _ in answers}),
     )

@@ -14,7 +14,7 @@ import requests
 
 from apps.agents.services import issue_registration_token, register_agent
 from tests.e2e.conftest import Admin, wait_for_version
-from tests.e2e.reliability import record
+from tests.e2e.reliability import record, tally_outcomes
 from tests.support.processes import server_errors, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -56,10 +56,10 @@ def test_concurrent_changes(stack, upstream, admin_user):
         "50 concurrent changes got versions 1..50, each exactly once; every agent ended on "
         "v50 and its worker too.",
         recover_s=converged,
-        served=len(statuses),
-        failed=sum(1 for status in statuses if status != 201),
+        outcomes=tally_outcomes(statuses),
+        failed_outcomes=[str(status) for status in set(statuses) if status != 201],
         unexpected_5xx=server_errors(url),
-        versions_lost=len(set(range(1, 51)) - {entry["version"] for entry in history["results"]}),
+        versions=(range(1, 51), [entry["version"] for entry in history["results"]]),
         changes=len(versions),
         changes_per_s=len(versions) / elapsed,
     )
@@ -221,10 +221,19 @@ def test_load(stack, upstream, admin_user):
         f"through {len(admin_statuses)} changes in {LOAD_SECONDS} s: no 5xx, every agent on the "
         f"final version, controller memory flat.",
         recover_s=converged,
-        served=tally["requests"],
-        failed=tally["errors"] + tally["5xx"],
+        # Every request made: answered below 500, answered 5xx, or no answer at all.
+        outcomes={
+            "answered": tally["requests"] - tally["5xx"],
+            "5xx": tally["5xx"],
+            "no answer": tally["errors"],
+        },
+        failed_outcomes=["5xx", "no answer"],
         unexpected_5xx=max(tally["5xx"], server_errors(url)),
-        versions_lost=sum(1 for agent in agents if agent.known != final["version"]),
+        # Per agent: the final version it was to get, and the one it holds.
+        versions=(
+            [f"{n}:{final['version']}" for n in range(len(agents))],
+            [f"{n}:{agent.known}" for n, agent in enumerate(agents)],
+        ),
         agents=AGENTS,
         seconds=LOAD_SECONDS,
         changes=len(admin_statuses),

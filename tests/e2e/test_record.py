@@ -9,7 +9,17 @@ import subprocess
 
 import pytest
 
-from tests.e2e.reliability import DOC, RESULTS, ROOT, SCENARIOS, problems_of, render
+from tests.e2e import reliability
+from tests.e2e.reliability import (
+    DOC,
+    FORMAT,
+    RESULTS,
+    ROOT,
+    SCENARIOS,
+    page_problems,
+    problems_of,
+    record,
+)
 
 E2E = ROOT / "tests" / "e2e"
 
@@ -19,7 +29,7 @@ def committed() -> dict:
 
 
 def test_the_page_is_exactly_the_rendering_of_the_committed_results():
-    assert DOC.read_text() == render(committed())
+    assert page_problems(DOC.read_text(), committed()) == []
 
 
 def test_the_committed_results_are_complete_and_hold_every_claim():
@@ -57,16 +67,29 @@ def test_every_part_names_a_test_that_exists_and_records_its_scenario():
 # The checks above, each failing on a broken input ------------------------------------------
 
 
-def test_a_hand_edited_cell_no_longer_matches_the_rendering():
-    page = render(committed())
-    row = next(line for line in page.splitlines() if line.startswith("| 5 |"))
+def test_a_hand_edited_cell_no_longer_matches_the_rendering(tmp_path):
+    page = tmp_path / "RELIABILITY.md"
+    text = DOC.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 5 |"))
     cells = row.split(" | ")
     cells[5] = "0.01"  # time to recover
     cells[6] = "999999"  # requests checked
-    edited = page.replace(row, " | ".join(cells))
-    assert edited != page
-    # The same comparison the first test makes, on the edited page.
-    assert edited != render(committed())
+    page.write_text(text.replace(row, " | ".join(cells)))
+    number = text.splitlines().index(row) + 1
+
+    # The check the first test makes, on the edited copy.
+    problems = page_problems(page.read_text(), committed())
+
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"line {number}: ") and "999999" in problems[0]
+
+
+def test_a_sentence_typed_into_the_page_or_a_line_dropped_is_caught(tmp_path):
+    page = tmp_path / "RELIABILITY.md"
+    page.write_text(DOC.read_text().replace("\n## How", "\nNo request ever failed.\n\n## How"))
+    assert any("No request ever failed" in p for p in page_problems(page.read_text(), committed()))
+    page.write_text(DOC.read_text().rstrip("\n"))
+    assert page_problems(page.read_text(), committed())
 
 
 @pytest.mark.parametrize(
@@ -97,3 +120,102 @@ def test_broken_results_are_refused(breakage, expected):
 
 def _figures(results: dict, key: str) -> dict:
     return next(iter(results["scenarios"][key].values()))["figures"]
+
+
+# Figures kept with the per-run counters they come from ---------------------------------------
+
+
+@pytest.fixture
+def run_file(tmp_path, monkeypatch):
+    """record() as the concurrent-changes test calls it, writing to a run file in tmp_path."""
+    monkeypatch.setattr(reliability, "ARTIFACTS", tmp_path)
+    monkeypatch.setattr(reliability, "RUN_FILE", tmp_path / "latest.json")
+    monkeypatch.setenv(
+        "PYTEST_CURRENT_TEST", "tests/e2e/test_load.py::test_concurrent_changes (call)"
+    )
+    record(
+        "concurrent-changes",
+        "50 changes.",
+        outcomes={"201": 50},
+        failed_outcomes=[],
+        versions=(range(1, 51), list(range(50, 0, -1))),
+        recover_s=1.5,
+        unexpected_5xx=0,
+        changes=50,
+        changes_per_s=20.0,
+    )
+    return tmp_path / "latest.json"
+
+
+def _part(results: dict) -> dict:
+    return results["scenarios"]["concurrent-changes"]["test_load.py::test_concurrent_changes"]
+
+
+def test_record_computes_the_counted_figures_and_keeps_their_counters(run_file):
+    results = json.loads(run_file.read_text())
+    assert results["format"] == FORMAT
+    part = _part(results)
+    assert {k: part["figures"][k] for k in ("served", "failed", "versions_lost")} == {
+        "served": 50,
+        "failed": 0,
+        "versions_lost": 0,
+    }
+    assert part["counters"]["outcomes"] == {"201": 50}
+    assert len(part["counters"]["versions_published"]) == 50
+    concurrent_problems = [p for p in problems_of(results) if p.startswith("concurrent-changes")]
+    assert concurrent_problems == []
+
+
+def test_a_failure_in_the_counters_breaks_the_claim_when_recorded(run_file, monkeypatch):
+    monkeypatch.setenv(
+        "PYTEST_CURRENT_TEST", "tests/e2e/test_load.py::test_concurrent_changes (call)"
+    )
+    with pytest.raises(AssertionError, match="failed is 1"):
+        record(
+            "concurrent-changes",
+            "49 of 50.",
+            outcomes={"201": 49, "500": 1},
+            failed_outcomes=["500"],
+            versions=(range(1, 51), range(1, 51)),
+            recover_s=1.5,
+            unexpected_5xx=0,
+            changes=50,
+            changes_per_s=20.0,
+        )
+    with pytest.raises(TypeError, match="come from the counters"):
+        record("concurrent-changes", "typed", outcomes={"201": 50}, served=50)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (lambda p: p["figures"].update(served=5), "served is 5, its counters give 50"),
+        (lambda p: p["figures"].update(served=500), "served is 500, its counters give 50"),
+        (lambda p: p["counters"]["outcomes"].update({"201": 5}), "its counters give 5"),
+        (lambda p: p["counters"]["versions_seen"].pop(), "versions_lost is 0, its counters give 1"),
+        (lambda p: p.pop("counters"), "served is kept without its counters"),
+        (lambda p: p["counters"].pop("versions_published"), "versions_lost is kept without"),
+    ],
+)
+def test_a_results_file_whose_figures_do_not_follow_from_its_counters_is_refused(
+    run_file, tmp_path, breakage, expected
+):
+    results = json.loads(run_file.read_text())
+    breakage(_part(results))
+    edited = tmp_path / "reliability.json"
+    edited.write_text(json.dumps(results))
+
+    problems = problems_of(json.loads(edited.read_text()))
+
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_file_written_before_the_counters_is_taken_without_them():
+    # docs/reliability.json may still be of the first format: its counted figures are the
+    # totals the tests recorded, which nothing can recompute (the page says so).
+    results = copy.deepcopy(committed())
+    if results.get("format", 1) >= FORMAT:
+        pytest.skip("the committed results keep their counters")
+    assert "cannot be computed again" in DOC.read_text()
+    results["format"] = FORMAT
+    assert any("kept without its counters" in problem for problem in problems_of(results))
