@@ -15,7 +15,7 @@ KEY_ENV := INTERNAL_KEY=$${INTERNAL_KEY:-$$(cat $(VAR_DIR)/internal_key)}
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint format migrate-up seed-admin setup run-controller run-worker \
 	run-agent build-static build-schema build-all docker-build docker-up docker-down docker-logs \
-	docker-seed docker-scale k8s-dev-secrets docs-serve docs-view docs-redoc diagrams clean
+	docker-seed docker-scale k8s-dev-secrets docs docs-serve docs-view docs-redoc diagrams clean
 
 help: ## Show the available commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ run: install ## Migrate, seed and run controller (8080), worker (8082) and an ag
 	# exec: the stack takes the shell's place, so the SIGTERM make passes on reaches it.
 	exec env $(DEV_ENV) $(PY) manage.py run_stack
 
-test: install lint ## Install, lint, validate the OpenAPI schema and run the whole test suite
+test: install lint docs ## Install, lint, build the docs, validate the OpenAPI schema, run the whole suite
 	$(TEST_ENV) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
@@ -117,6 +117,10 @@ docker-scale: .env ## Also start a second controller behind the same Redis (port
 	$(COMPOSE) -f docker-compose.yml -f docker-compose.scale.yml up -d
 
 # Documentation ------------------------------------------------------------------------------
+# Strict: a broken link or anchor, or a page left out of mkdocs.yml's navigation, fails the build.
+docs: install ## Build the manual (docs/, MkDocs) into site/, strictly
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 docs-serve: run-controller ## Serve the API docs: Swagger UI at /api/docs/, Redoc at /api/redoc/
 
 # The controller's address as run-controller binds it: CONTROLLER_BIND, else 127.0.0.1:8080.
@@ -132,5 +136,5 @@ diagrams: ## Render docs/deployment.dot to SVG and PNG (Debian's graphviz)
 	dot -Tsvg docs/deployment.dot -o docs/deployment.svg
 	dot -Tpng -Gdpi=110 docs/deployment.dot -o docs/deployment.png
 
-clean: ## Remove the local database, keys and agent state under var/, and collected static files
-	rm -rf $(VAR_DIR) staticfiles
+clean: ## Remove the local database, keys and agent state under var/, static files, the built docs
+	rm -rf $(VAR_DIR) staticfiles site

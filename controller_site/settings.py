@@ -431,7 +431,7 @@ SERVER_LOGGING["loggers"] = {
 
 # Production security ---------------------------------------------------------------------------
 # All off by default (a laptop speaks plain HTTP); turn them on behind TLS. `manage.py check
-# --deploy` is clean with the values that README "Production settings" lists.
+# --deploy` is clean with the values that docs/settings.md, "Production settings", lists.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 # Probes and Prometheus talk plain HTTP to the container itself, never through the TLS proxy.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]

@@ -7,8 +7,8 @@ Shared by the controller (SECRET_KEY, with DEBUG off) and the worker and the age
 MIN_SECRET_LENGTH = 32
 
 # Every example and placeholder value this repository shows for a secret (.env.example, the
-# sample settings files, the README, the Docker build). Anyone can read them, so a deployment
-# that kept one has no secret at all. tests/test_security.py checks that none is missed.
+# sample settings files, the README and docs/, the Docker build). Anyone can read them, so a
+# deployment that kept one has no secret at all. tests/test_security.py checks that none is missed.
 PUBLISHED_SECRETS = frozenset(
     {
         "change-me-to-a-long-random-string-of-fifty-characters-or-more",

@@ -145,7 +145,8 @@ def test_every_variable_the_compose_files_read_is_in_env_example():
 
 def _manage_commands_referenced() -> set[str]:
     found = set()
-    for name in ("Dockerfile", "Makefile", "README.md", "docker-compose.yml"):
+    pages = [str(path.relative_to(ROOT)) for path in ROOT.glob("docs/*.md")]
+    for name in ("Dockerfile", "Makefile", "README.md", "docker-compose.yml", *pages):
         found |= set(re.findall(r"manage\.py ([a-z_]+)", (ROOT / name).read_text()))
     # Compose and Dockerfile commands are arguments to the image's `python manage.py`.
     for compose in (COMPOSE, SCALE):

@@ -1,6 +1,6 @@
 """Who may do what: every endpoint of the URL map and every admin page and action, per role.
 
-The tables below are the rules as the README states them. A route, method, admin page or admin
+The tables below are the rules as docs/roles.md states them. A route, method, admin page or admin
 action that is not in them fails `test_every_*_has_a_rule`, so nothing new ships without a
 decision about who may use it.
 """
@@ -217,7 +217,7 @@ def test_every_endpoint_of_the_url_map_has_a_rule():
 
 def test_the_views_enforce_the_rules_of_the_table():
     # The behaviour is shown below, per role; this ties each view's declaration to the table,
-    # so a view cannot quietly move to a weaker role than the README's.
+    # so a view cannot quietly move to a weaker role than docs/roles.md's.
     for name, view in url_map():
         cls = getattr(view, "cls", None)
         for method in methods_of(view):

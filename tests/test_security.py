@@ -23,6 +23,7 @@ def _published_values() -> set[str]:
         ".env.example",
         "deploy/kubernetes/overlays/dev/secrets.env.example",
         "README.md",
+        *map(str, ROOT.glob("docs/*.md")),
         "Dockerfile",
         *map(str, ROOT.glob("config/*.yaml")),
     ]

@@ -187,9 +187,9 @@ def test_a_taken_port_is_named_in_a_clear_error(tmp_path):
         process.stop()
         output = process.log_path.read_text()
     assert code == 2, output
-    # Word for word what the README quotes, for its example port.
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    quoted = re.search(r"`(port 8080 on 127\.0\.0\.1 is already in use[^`]*)`", readme)[1]
+    # Word for word what the quickstart page quotes, for its example port.
+    page = " ".join((ROOT / "docs" / "quickstart.md").read_text().split())
+    quoted = re.search(r"`(port 8080 on 127\.0\.0\.1 is already in use[^`]*)`", page)[1]
     assert quoted.replace("8080", str(port)) in " ".join(output.split()), output
 
 
