@@ -167,7 +167,8 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     rollout = Rollout.objects.get()
     assert rollout.state == "halted"
     assert rollout.reason == (
-        "failure rate 0.95 over 20 hits > 0.20 (previous version: 0.00 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.95 "
+        "over 20 hits)"
     )
     # It should put every agent back on the previous content at once: a new version.
     newest = ConfigVersion.objects.order_by("-version").first()
@@ -177,6 +178,7 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     assert entry.actor == "system"
     assert entry.detail["reason"] == rollout.reason
     assert entry.detail["hits"] == {"ok": 1, "failed": 19, "failure_rate": 0.95}
+    assert (entry.detail["agents_judged"], entry.detail["agents_failing"]) == (1, [str(canary.pk)])
     assert entry.detail["previous_hits"]["ok"] == 300
     assert AuditEntry.objects.filter(action=AuditEntry.CONFIG_ROLLED_BACK).count() == 1
     assert not AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_ABORTED).exists()
@@ -213,7 +215,10 @@ def test_a_rate_at_the_limit_goes_on_and_one_more_failure_halts():
     assert Rollout.objects.get().state == "rolling"
     report(canary, 2, 0, 1)
     assert Rollout.objects.get().state == "halted"
-    assert Rollout.objects.get().reason.startswith("failure rate 0.40 over 5 hits > 0.25")
+    assert Rollout.objects.get().reason.startswith(
+        "1 of 1 agents with at least 4 hits of v2 fail more than 0.25 of them (the worst 0.40 "
+        "over 5 hits)"
+    )
 
 
 @transactional
@@ -229,27 +234,40 @@ def test_the_heartbeat_api_path_judges_too(agent_api, registered_agent):
 def test_an_upstream_failing_as_much_before_does_not_halt(admin_api):
     fleet = make_fleet(canaries=1, others=3)
     canary = fleet[0][0]
-    roll_out()
-    # The previous version failed 90% over the other agents' hits already.
-    for agent, _ in fleet[1:]:
-        report(agent, 1, 10, 90)
+    publish_config(config_url=URL, pooling_interval=30)
+    # The canary's own hits with the previous version failed 90% already.
+    report(canary, 1, 10, 90)
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
 
     report(canary, 2, 2, 18)
     rollout = Rollout.objects.get()
     assert rollout.state == "rolling"
     assert rollout.reason == (
-        "failure rate 0.90 over 20 hits > 0.20, but not halted: the previous version failed as "
-        "often or more (0.90 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.90 "
+        "over 20 hits), but not halted: each failed as often or more with the previous version"
     )
     assert not AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_HALTED).exists()
 
-    # Worse than the previous version: halted.
+    # Worse than its previous version: halted.
     report(canary, 2, 0, 20)
     rollout = Rollout.objects.get()
     assert rollout.state == "halted"
     assert rollout.reason == (
-        "failure rate 0.95 over 40 hits > 0.20 (previous version: 0.90 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.95 "
+        "over 40 hits)"
     )
+
+
+@transactional
+def test_other_agents_failing_before_do_not_excuse_the_canary():
+    fleet = make_fleet(canaries=1, others=3)
+    roll_out()
+    # The previous version failed 90% over the other agents' hits: an agent is compared with
+    # its own previous hits only, so no agent can excuse another.
+    for agent, _ in fleet[1:]:
+        report(agent, 1, 10, 90)
+    report(fleet[0][0], 2, 2, 18)
+    assert Rollout.objects.get().state == "halted"
 
 
 @transactional
@@ -280,7 +298,7 @@ def test_without_auto_rollback_the_rollout_is_paused_for_an_operator(admin_api):
     report(canary, 2, 0, 20)
     rollout = Rollout.objects.get()
     assert rollout.state == "paused"
-    assert rollout.reason.startswith("failure rate 1.00 over 20 hits > 0.20")
+    assert rollout.reason.startswith("1 of 1 agents with at least 20 hits of v2 fail more than")
     # Nothing was rolled back: the canary keeps the new version, the others the old one.
     assert ConfigVersion.objects.count() == 2
     assert served(canary_token) == 2 and served(fleet[1][1]) == 1
@@ -299,7 +317,7 @@ def test_without_auto_rollback_the_rollout_is_paused_for_an_operator(admin_api):
     # ...until the hits since the resume fail too often.
     report(canary, 2, 0, 10)
     assert Rollout.objects.get().state == "paused"
-    assert Rollout.objects.get().reason.startswith("failure rate 0.75 over 20 hits")
+    assert Rollout.objects.get().reason.endswith("(the worst 0.75 over 20 hits)")
     assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_PAUSED).count() == 2
 
 
@@ -364,7 +382,7 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     text = page.content.decode()
     assert 'class="halt-reason" id="halt-reason"' in text
     assert "#b71c1c" in text
-    assert "failure rate 1.00 over 20 hits &gt; 0.20" in text
+    assert "1 of 1 agents with at least 20 hits of v2 fail more than 0.20" in text
     assert 'id="rollout-health"' in text and "no hits yet" in text
     assert 'id="control-resume"' not in text and 'id="control-abort"' not in text
 
@@ -372,7 +390,7 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     dashboard = client.get("/admin/").content.decode()
     assert 'id="halt-banner"' in dashboard
     assert "The rollout of version 2 was halted" in dashboard
-    assert "failure rate 1.00 over 20 hits &gt; 0.20" in dashboard
+    assert "(the worst 1.00 over 20 hits)" in dashboard
     assert "Rollout halted by its failure rate" in dashboard
     publish_config(config_url=NEW_URL + "/fixed", pooling_interval=30)
     assert 'id="halt-banner"' not in client.get("/admin/").content.decode()
