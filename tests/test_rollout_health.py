@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from apps.agents.models import Agent
+from apps.agents.models import Agent, AgentHits
 from apps.agents.services import (
     issue_registration_token,
     record_heartbeat,
@@ -355,6 +355,137 @@ def test_concurrent_flushes_decide_exactly_once(auto_rollback):
         assert Rollout.objects.get().state == "paused"
         assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_PAUSED).count() == 1
         assert ConfigVersion.objects.count() == 2
+
+
+# Which hits count, and how much one agent weighs ---------------------------------------------
+
+
+def rejected(reason: str) -> float:
+    return metrics.instruments().heartbeat_hits_rejected.labels(reason)._value.get()
+
+
+def stored(agent: Agent) -> dict:
+    return {row.version: (row.ok, row.failed) for row in AgentHits.objects.filter(agent=agent)}
+
+
+@transactional
+def test_an_agent_the_rollout_has_not_reached_cannot_report_the_new_versions_hits(caplog):
+    fleet = make_fleet(canaries=1, others=3)
+    canary, other = fleet[0][0], fleet[1][0]
+    roll_out()
+    before = rejected("not_targeted")
+
+    report(other, 2, 0, 10**9)
+
+    # It should drop them: the rollout goes on, nothing of v2 is stored for that agent.
+    assert Rollout.objects.get().state == "rolling"
+    assert ConfigVersion.objects.count() == 2
+    assert stored(other) == {}
+    assert rejected("not_targeted") == before + 1
+    assert f"agent {other.pk} reported hits of v2, which the rollout has not given it" in (
+        caplog.text
+    )
+    # Its hits of the version it is on count, and so do the canary's of the new one.
+    report(other, 1, 30, 0)
+    report(canary, 2, 25, 0)
+    assert stored(other) == {1: (30, 0)} and stored(canary) == {2: (25, 0)}
+
+
+@transactional
+def test_hits_of_versions_that_do_not_exist_yet_are_dropped():
+    fleet = make_fleet(canaries=1, others=3)
+    canary, liar = fleet[0][0], fleet[1][0]
+    publish_config(config_url=URL, pooling_interval=30)
+    before = rejected("future_version")
+    # Sent in advance, for the next 100 versions: a billion good hits each.
+    hits = [{"version": v, "ok": 10**9, "failed": 0} for v in range(2, 102)]
+    record_heartbeats({liar.pk: (timezone.now(), 1, [], hits, None)})
+    assert stored(liar) == {}
+    assert rejected("future_version") == before + 100
+
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
+    report(canary, 2, 0, 40)
+    assert Rollout.objects.get().state == "halted"
+
+
+@transactional
+def test_hits_of_the_new_version_stored_before_its_rollout_started_do_not_count():
+    fleet = make_fleet(canaries=1, others=3)
+    canary = fleet[0][0]
+    publish_config(config_url=URL, pooling_interval=30)
+    # Left by a controller of an earlier release, which took hits of any version.
+    AgentHits.objects.create(agent=canary, version=2, ok=10**9, updated_at=timezone.now())
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
+
+    report(canary, 2, 0, 40)
+
+    assert Rollout.objects.get().state == "halted"
+    assert AuditEntry.objects.get(action=AuditEntry.ROLLOUT_HALTED).detail["hits"]["ok"] == 0
+
+
+def ten_canaries() -> tuple[list[Agent], Agent]:
+    """Ten canaries, the last of them lying, and the rollout of version 2 to them."""
+    fleet = [agent for agent, _ in make_fleet(canaries=10, others=2)]
+    roll_out()
+    return fleet[:9], fleet[9]
+
+
+@transactional
+def test_one_lying_canary_cannot_halt_a_healthy_rollout():
+    honest, liar = ten_canaries()
+    # It should not decide alone, even first and with a billion failures.
+    report(liar, 2, 0, 10**9)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "rolling"
+    assert rollout.reason.endswith(
+        "but not halted: one agent alone does not decide while the rollout targets others"
+    )
+    for agent in honest:
+        report(agent, 2, 40, 0)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "rolling"
+    assert rollout.reason == (
+        "1 of 10 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 1.00 "
+        "over 1000000000 hits), but not halted: 1 failing is not more than half of 10"
+    )
+
+
+@transactional
+def test_one_lying_canary_cannot_keep_a_failing_rollout_going():
+    honest, liar = ten_canaries()
+    report(liar, 2, 10**9, 0)
+    # Seven of the ten really fail, two are fine.
+    for agent in honest[:2]:
+        report(agent, 2, 40, 0)
+    for agent in honest[2:]:
+        report(agent, 2, 0, 40)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "halted"
+    entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_HALTED)
+    # Halted as soon as the failing agents outnumbered the others judged: 4 of 7.
+    assert (entry.detail["agents_judged"], len(entry.detail["agents_failing"])) == (7, 4)
+    assert rollout.reason.startswith("4 of 7 agents with at least 20 hits of v2 fail more than")
+
+
+@transactional
+def test_a_lying_agent_cannot_excuse_others_with_the_previous_versions_failures():
+    honest, liar = ten_canaries()
+    report(liar, 1, 0, 10**9)
+    for agent in honest[:3]:
+        report(agent, 2, 0, 40)
+    assert Rollout.objects.get().state == "halted"
+
+
+@transactional
+def test_a_revoked_agents_hits_no_longer_count():
+    from apps.agents.services import revoke_agent
+
+    honest, liar = ten_canaries()
+    report(liar, 2, 0, 40)
+    assert revoke_agent(liar)
+    # Two of two failing would halt it; the revoked agent's vote is gone with its token.
+    report(honest[0], 2, 0, 40)
+    assert Rollout.objects.get().state == "rolling"
 
 
 @transactional
