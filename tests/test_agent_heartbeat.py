@@ -86,8 +86,15 @@ def hits_rows(agent) -> dict:
     return {row.version: (row.ok, row.failed) for row in AgentHits.objects.filter(agent=agent)}
 
 
-def test_heartbeat_hits_add_up_per_agent_and_version(agent_api, registered_agent):
+def publish_versions(publish, count: int) -> None:
+    # Hits are taken only for versions that exist (tests/test_rollout_health.py).
+    for n in range(count):
+        publish(f"http://upstream.example/{n}")
+
+
+def test_heartbeat_hits_add_up_per_agent_and_version(agent_api, registered_agent, publish):
     agent, _ = registered_agent
+    publish_versions(publish, 3)
     first = [{"version": 2, "ok": 10, "failed": 1}, {"version": 3, "ok": 0, "failed": 4}]
     second = [{"version": 3, "ok": 5, "failed": 2}]
 
@@ -106,9 +113,10 @@ def test_heartbeat_without_hits_is_still_accepted(agent_api, registered_agent):
     assert hits_rows(registered_agent[0]) == {}
 
 
-def test_two_agents_keep_their_own_totals(agent_api, registered_agent, api):
+def test_two_agents_keep_their_own_totals(agent_api, registered_agent, api, publish):
     from apps.agents.services import issue_registration_token, register_agent
 
+    publish_versions(publish, 3)
     token, _ = issue_registration_token()
     other, other_token = register_agent(token=token, name="other")
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {other_token}")
@@ -191,11 +199,12 @@ def HIT(version, ok, failed):  # noqa: N802 - reads as a constructor
     return {"version": version, "ok": ok, "failed": failed}
 
 
-def test_record_heartbeats_adds_the_hits_of_a_batch(registered_agent):
+def test_record_heartbeats_adds_the_hits_of_a_batch(registered_agent, publish):
     from django.utils import timezone
 
     from apps.agents.services import record_heartbeats
 
+    publish_versions(publish, 2)
     agent = registered_agent[0]
     now = timezone.now()
     record_heartbeats({str(agent.pk): (now, 2, [], [HIT(2, 5, 1)], None)})

@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from apps.agents.models import Agent
+from apps.agents.models import Agent, AgentHits
 from apps.agents.services import (
     issue_registration_token,
     record_heartbeat,
@@ -166,7 +166,8 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     rollout = Rollout.objects.get()
     assert rollout.state == "halted"
     assert rollout.reason == (
-        "failure rate 0.95 over 20 hits > 0.20 (previous version: 0.00 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.95 "
+        "over 20 hits)"
     )
     # It should put every agent back on the previous content at once: a new version.
     newest = ConfigVersion.objects.order_by("-version").first()
@@ -176,6 +177,7 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
     assert entry.actor == "system"
     assert entry.detail["reason"] == rollout.reason
     assert entry.detail["hits"] == {"ok": 1, "failed": 19, "failure_rate": 0.95}
+    assert (entry.detail["agents_judged"], entry.detail["agents_failing"]) == (1, [str(canary.pk)])
     assert entry.detail["previous_hits"]["ok"] == 300
     assert AuditEntry.objects.filter(action=AuditEntry.CONFIG_ROLLED_BACK).count() == 1
     assert not AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_ABORTED).exists()
@@ -212,7 +214,10 @@ def test_a_rate_at_the_limit_goes_on_and_one_more_failure_halts():
     assert Rollout.objects.get().state == "rolling"
     report(canary, 2, 0, 1)
     assert Rollout.objects.get().state == "halted"
-    assert Rollout.objects.get().reason.startswith("failure rate 0.40 over 5 hits > 0.25")
+    assert Rollout.objects.get().reason.startswith(
+        "1 of 1 agents with at least 4 hits of v2 fail more than 0.25 of them (the worst 0.40 "
+        "over 5 hits)"
+    )
 
 
 @transactional
@@ -228,27 +233,40 @@ def test_the_heartbeat_api_path_judges_too(agent_api, registered_agent):
 def test_an_upstream_failing_as_much_before_does_not_halt(admin_api):
     fleet = make_fleet(canaries=1, others=3)
     canary = fleet[0][0]
-    roll_out()
-    # The previous version failed 90% over the other agents' hits already.
-    for agent, _ in fleet[1:]:
-        report(agent, 1, 10, 90)
+    publish_config(config_url=URL, pooling_interval=30)
+    # The canary's own hits with the previous version failed 90% already.
+    report(canary, 1, 10, 90)
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
 
     report(canary, 2, 2, 18)
     rollout = Rollout.objects.get()
     assert rollout.state == "rolling"
     assert rollout.reason == (
-        "failure rate 0.90 over 20 hits > 0.20, but not halted: the previous version failed as "
-        "often or more (0.90 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.90 "
+        "over 20 hits), but not halted: each failed as often or more with the previous version"
     )
     assert not AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_HALTED).exists()
 
-    # Worse than the previous version: halted.
+    # Worse than its previous version: halted.
     report(canary, 2, 0, 20)
     rollout = Rollout.objects.get()
     assert rollout.state == "halted"
     assert rollout.reason == (
-        "failure rate 0.95 over 40 hits > 0.20 (previous version: 0.90 over 300 hits)"
+        "1 of 1 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 0.95 "
+        "over 40 hits)"
     )
+
+
+@transactional
+def test_other_agents_failing_before_do_not_excuse_the_canary():
+    fleet = make_fleet(canaries=1, others=3)
+    roll_out()
+    # The previous version failed 90% over the other agents' hits: an agent is compared with
+    # its own previous hits only, so no agent can excuse another.
+    for agent, _ in fleet[1:]:
+        report(agent, 1, 10, 90)
+    report(fleet[0][0], 2, 2, 18)
+    assert Rollout.objects.get().state == "halted"
 
 
 @transactional
@@ -279,7 +297,7 @@ def test_without_auto_rollback_the_rollout_is_paused_for_an_operator(admin_api):
     report(canary, 2, 0, 20)
     rollout = Rollout.objects.get()
     assert rollout.state == "paused"
-    assert rollout.reason.startswith("failure rate 1.00 over 20 hits > 0.20")
+    assert rollout.reason.startswith("1 of 1 agents with at least 20 hits of v2 fail more than")
     # Nothing was rolled back: the canary keeps the new version, the others the old one.
     assert ConfigVersion.objects.count() == 2
     assert served(canary_token) == 2 and served(fleet[1][1]) == 1
@@ -298,7 +316,7 @@ def test_without_auto_rollback_the_rollout_is_paused_for_an_operator(admin_api):
     # ...until the hits since the resume fail too often.
     report(canary, 2, 0, 10)
     assert Rollout.objects.get().state == "paused"
-    assert Rollout.objects.get().reason.startswith("failure rate 0.75 over 20 hits")
+    assert Rollout.objects.get().reason.endswith("(the worst 0.75 over 20 hits)")
     assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_PAUSED).count() == 2
 
 
@@ -338,6 +356,137 @@ def test_concurrent_flushes_decide_exactly_once(auto_rollback):
         assert ConfigVersion.objects.count() == 2
 
 
+# Which hits count, and how much one agent weighs ---------------------------------------------
+
+
+def rejected(reason: str) -> float:
+    return metrics.instruments().heartbeat_hits_rejected.labels(reason)._value.get()
+
+
+def stored(agent: Agent) -> dict:
+    return {row.version: (row.ok, row.failed) for row in AgentHits.objects.filter(agent=agent)}
+
+
+@transactional
+def test_an_agent_the_rollout_has_not_reached_cannot_report_the_new_versions_hits(caplog):
+    fleet = make_fleet(canaries=1, others=3)
+    canary, other = fleet[0][0], fleet[1][0]
+    roll_out()
+    before = rejected("not_targeted")
+
+    report(other, 2, 0, 10**9)
+
+    # It should drop them: the rollout goes on, nothing of v2 is stored for that agent.
+    assert Rollout.objects.get().state == "rolling"
+    assert ConfigVersion.objects.count() == 2
+    assert stored(other) == {}
+    assert rejected("not_targeted") == before + 1
+    assert f"agent {other.pk} reported hits of v2, which the rollout has not given it" in (
+        caplog.text
+    )
+    # Its hits of the version it is on count, and so do the canary's of the new one.
+    report(other, 1, 30, 0)
+    report(canary, 2, 25, 0)
+    assert stored(other) == {1: (30, 0)} and stored(canary) == {2: (25, 0)}
+
+
+@transactional
+def test_hits_of_versions_that_do_not_exist_yet_are_dropped():
+    fleet = make_fleet(canaries=1, others=3)
+    canary, liar = fleet[0][0], fleet[1][0]
+    publish_config(config_url=URL, pooling_interval=30)
+    before = rejected("future_version")
+    # Sent in advance, for the next 100 versions: a billion good hits each.
+    hits = [{"version": v, "ok": 10**9, "failed": 0} for v in range(2, 102)]
+    record_heartbeats({liar.pk: (timezone.now(), 1, [], hits, None)})
+    assert stored(liar) == {}
+    assert rejected("future_version") == before + 100
+
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
+    report(canary, 2, 0, 40)
+    assert Rollout.objects.get().state == "halted"
+
+
+@transactional
+def test_hits_of_the_new_version_stored_before_its_rollout_started_do_not_count():
+    fleet = make_fleet(canaries=1, others=3)
+    canary = fleet[0][0]
+    publish_config(config_url=URL, pooling_interval=30)
+    # Left by a controller of an earlier release, which took hits of any version.
+    AgentHits.objects.create(agent=canary, version=2, ok=10**9, updated_at=timezone.now())
+    publish_config(config_url=NEW_URL, pooling_interval=30, rollout=PLAN)
+
+    report(canary, 2, 0, 40)
+
+    assert Rollout.objects.get().state == "halted"
+    assert AuditEntry.objects.get(action=AuditEntry.ROLLOUT_HALTED).detail["hits"]["ok"] == 0
+
+
+def ten_canaries() -> tuple[list[Agent], Agent]:
+    """Ten canaries, the last of them lying, and the rollout of version 2 to them."""
+    fleet = [agent for agent, _ in make_fleet(canaries=10, others=2)]
+    roll_out()
+    return fleet[:9], fleet[9]
+
+
+@transactional
+def test_one_lying_canary_cannot_halt_a_healthy_rollout():
+    honest, liar = ten_canaries()
+    # It should not decide alone, even first and with a billion failures.
+    report(liar, 2, 0, 10**9)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "rolling"
+    assert rollout.reason.endswith(
+        "but not halted: one agent alone does not decide while the rollout targets others"
+    )
+    for agent in honest:
+        report(agent, 2, 40, 0)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "rolling"
+    assert rollout.reason == (
+        "1 of 10 agents with at least 20 hits of v2 fail more than 0.20 of them (the worst 1.00 "
+        "over 1000000000 hits), but not halted: 1 failing is not more than half of 10"
+    )
+
+
+@transactional
+def test_one_lying_canary_cannot_keep_a_failing_rollout_going():
+    honest, liar = ten_canaries()
+    report(liar, 2, 10**9, 0)
+    # Seven of the ten really fail, two are fine.
+    for agent in honest[:2]:
+        report(agent, 2, 40, 0)
+    for agent in honest[2:]:
+        report(agent, 2, 0, 40)
+    rollout = Rollout.objects.get()
+    assert rollout.state == "halted"
+    entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_HALTED)
+    # Halted as soon as the failing agents outnumbered the others judged: 4 of 7.
+    assert (entry.detail["agents_judged"], len(entry.detail["agents_failing"])) == (7, 4)
+    assert rollout.reason.startswith("4 of 7 agents with at least 20 hits of v2 fail more than")
+
+
+@transactional
+def test_a_lying_agent_cannot_excuse_others_with_the_previous_versions_failures():
+    honest, liar = ten_canaries()
+    report(liar, 1, 0, 10**9)
+    for agent in honest[:3]:
+        report(agent, 2, 0, 40)
+    assert Rollout.objects.get().state == "halted"
+
+
+@transactional
+def test_a_revoked_agents_hits_no_longer_count():
+    from apps.agents.services import revoke_agent
+
+    honest, liar = ten_canaries()
+    report(liar, 2, 0, 40)
+    assert revoke_agent(liar)
+    # Two of two failing would halt it; the revoked agent's vote is gone with its token.
+    report(honest[0], 2, 0, 40)
+    assert Rollout.objects.get().state == "rolling"
+
+
 @transactional
 def test_hits_without_a_rollout_or_of_other_versions_decide_nothing():
     fleet = make_fleet()
@@ -363,7 +512,7 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     text = page.content.decode()
     assert 'class="halt-reason" id="halt-reason"' in text
     assert "#b71c1c" in text
-    assert "failure rate 1.00 over 20 hits &gt; 0.20" in text
+    assert "1 of 1 agents with at least 20 hits of v2 fail more than 0.20" in text
     assert 'id="rollout-health"' in text and "no hits yet" in text
     assert 'id="control-resume"' not in text and 'id="control-abort"' not in text
 
@@ -371,7 +520,7 @@ def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user)
     dashboard = client.get("/admin/").content.decode()
     assert 'id="halt-banner"' in dashboard
     assert "The rollout of version 2 was halted" in dashboard
-    assert "failure rate 1.00 over 20 hits &gt; 0.20" in dashboard
+    assert "(the worst 1.00 over 20 hits)" in dashboard
     assert "Rollout halted by its failure rate" in dashboard
     publish_config(config_url=NEW_URL + "/fixed", pooling_interval=30)
     assert 'id="halt-banner"' not in client.get("/admin/").content.decode()

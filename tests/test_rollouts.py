@@ -122,6 +122,10 @@ class TestPlans:
             {"bake_seconds": "soon"},
             {"canary_labels": {"ring": "can ary"}},
             {"waves": "all"},
+            {"wave_timeout_seconds": 0},
+            {"wave_timeout_seconds": "600"},
+            {"wave_timeout_seconds": 60.5},
+            {"wave_timeout_seconds": True},
             "fast",
         ],
     )
@@ -144,6 +148,7 @@ class TestPlans:
         rollout = Rollout.objects.get()
         assert (rollout.waves, rollout.canary_labels, rollout.bake_seconds) == ([100], {}, 0)
         assert rollout.wave == 1
+        assert rollout.wave_timeout_seconds is None
 
     def test_a_rollout_of_the_first_version_is_400(self, admin_api):
         response = admin_api.post(
@@ -355,6 +360,60 @@ class TestTargets:
         )
         services.advance_rollouts()
         assert Rollout.objects.get().wave == 1
+
+    def test_a_stalled_wave_waits_forever_without_a_timeout(self, admin_api, publish):
+        fleet = make_fleet(canaries=2, others=2)
+        start(admin_api, publish, plan={**PLAN, "bake_seconds": 0})
+        apply(fleet[:1], 2)
+        apply(fleet[1:], 1)
+        bake(30 * 24 * 3600)
+        services.advance_rollouts()
+        assert (Rollout.objects.get().state, Rollout.objects.get().wave) == ("rolling", 0)
+
+    def test_a_wave_past_its_timeout_pauses_naming_the_agents_that_did_not_apply(
+        self, admin_api, publish, client, admin_user
+    ):
+        fleet = make_fleet(canaries=3, others=2)
+        plan = {**PLAN, "bake_seconds": 0, "wave_timeout_seconds": 600}
+        start(admin_api, publish, plan=plan)
+        apply(fleet[:1], 2)
+        # Two canaries keep reporting the old version.
+        apply(fleet[1:], 1)
+        bake(590)
+        services.advance_rollouts()
+        assert Rollout.objects.get().state == "rolling"
+
+        bake(11)
+        services.advance_rollouts()
+
+        rollout = Rollout.objects.get()
+        assert (rollout.state, rollout.wave) == ("paused", 0)
+        assert rollout.reason == (
+            "wave 0 was not applied within 600 s: 2 of 3 agents still report an older version: "
+            "agent-1 (v1), agent-2 (v1)"
+        )
+        entry = AuditEntry.objects.get(action=AuditEntry.ROLLOUT_PAUSED)
+        assert (entry.actor, entry.detail["automatic"]) == ("system", True)
+        assert entry.detail["reason"] == rollout.reason
+        assert entry.detail["agents_not_applied"] == [str(fleet[1][0].pk), str(fleet[2][0].pk)]
+        body = admin_api.get("/config/admin/rollout").json()
+        assert (body["state"], body["reason"]) == ("paused", rollout.reason)
+        assert body["wave_timeout_seconds"] == 600
+        client.force_login(admin_user)
+        page = client.get(f"/admin/rollouts/rollout/{rollout.pk}/change/").content.decode()
+        assert "agent-1 (v1), agent-2 (v1)" in page
+        assert "Wave timeout: 600 s" in page
+        # Only canaries held it: nobody else got the new version meanwhile.
+        assert [served(token) for _, token in fleet[3:]] == [1, 1]
+
+        # The operator resumes: the wave has another 600 s from now, and goes on once applied.
+        assert admin_api.post("/config/admin/rollout/resume").status_code == 200
+        bake(300)
+        services.advance_rollouts()
+        assert Rollout.objects.get().state == "rolling"
+        apply(fleet[1:3], 2)
+        services.advance_rollouts()
+        assert (Rollout.objects.get().state, Rollout.objects.get().wave) == ("rolling", 1)
 
     def test_an_agent_keeps_its_place_and_a_new_agent_joins_its_wave(self, admin_api, publish):
         # Ids chosen so that every agent that joins sorts before the first four in the order

@@ -48,6 +48,11 @@ class AgentHits(models.Model):
     version = models.PositiveIntegerField()
     ok = models.PositiveBigIntegerField(default=0)
     failed = models.PositiveBigIntegerField(default=0)
+    # The totals when the rollout of this version started, or was last resumed: its health gate
+    # counts only the hits since. A rollout is of one version, so one pair per row is enough; a
+    # database default, as the heartbeats' batched INSERT leaves them out.
+    baseline_ok = models.PositiveBigIntegerField(default=0, db_default=0)
+    baseline_failed = models.PositiveBigIntegerField(default=0, db_default=0)
     updated_at = models.DateTimeField()
 
     class Meta:

@@ -20,8 +20,10 @@ from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, ne
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.notifications import publish_revocation
+from apps.configs.services import get_current_state
+from apps.ops import metrics
 from apps.rollouts.services import evaluate_rollout_health
-from apps.rollouts.targets import target_of, target_version_expression
+from apps.rollouts.targets import target_of, target_version_expression, targets_new
 from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,10 @@ def record_heartbeat(
         changes["labels"] = labels
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(**changes)
-        add_hits([(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now)
-    judge_rollout_health({item["version"] for item in hits})
+        versions = add_hits(
+            [(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now
+        )
+    judge_rollout_health(versions)
     if labels is not None and labels != agent.labels:
         # The watch reads labels from this process's memory of the token: a new label (a
         # canary ring, say) counts from the next request on, not after the cache runs out.
@@ -139,9 +143,9 @@ ADD_HITS_SQL = """
 """
 
 
-def add_hits(rows: list[tuple], now: datetime) -> None:
+def add_hits(rows: list[tuple], now: datetime) -> set[int]:
     """Add (agent_id, version, ok, failed) rows to the per-agent, per-version totals, in one
-    statement."""
+    statement, but for those accept_hits drops. Returns the versions written."""
     totals: dict[tuple, list[int]] = {}
     for agent_id, version, ok, failed in rows:
         if ok or failed:
@@ -149,8 +153,10 @@ def add_hits(rows: list[tuple], now: datetime) -> None:
             total = totals.setdefault((str(agent_id), version), [0, 0])
             total[0] += ok
             total[1] += failed
+    if totals:
+        totals = accept_hits(totals)
     if not totals:
-        return
+        return set()
     if connection.vendor != "postgresql":
         # The embedded SQLite: one update or insert per row, inside one transaction.
         with transaction.atomic():
@@ -161,7 +167,7 @@ def add_hits(rows: list[tuple], now: datetime) -> None:
                 AgentHits.objects.filter(pk=hits.pk).update(
                     ok=F("ok") + ok, failed=F("failed") + failed, updated_at=now
                 )
-        return
+        return {version for _, version in totals}
     keys = list(totals)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -174,6 +180,50 @@ def add_hits(rows: list[tuple], now: datetime) -> None:
                 [totals[key][1] for key in keys],
             ],
         )
+    return {version for _, version in keys}
+
+
+def accept_hits(totals: dict) -> dict:
+    """Of {(agent_id, version): [ok, failed]}, the hits of versions the agent has been answered:
+    the current version when its rollout has reached the agent, or any earlier one (the version
+    it was on before). Hits of a version above the current one (sent before it exists), or of a
+    rollout's new version from an agent its waves have not reached, are dropped, counted and
+    logged: one agent token must not judge a rollout it takes no part in."""
+    state = get_current_state()
+    newest, split = state["version"], state.get("rollout")
+    labels = {}
+    with_newest = {agent_id for agent_id, version in totals if version == newest}
+    if split is not None and with_newest:
+        # Canaries are told by their labels: one query for the agents that matter here.
+        labels = {
+            str(pk): agent_labels
+            for pk, agent_labels in Agent.objects.filter(pk__in=with_newest).values_list(
+                "pk", "labels"
+            )
+        }
+    accepted = {}
+    for (agent_id, version), counts in totals.items():
+        if version > newest:
+            reason, why = "future_version", f"above the current version (v{newest})"
+        elif (
+            version == newest
+            and split is not None
+            and not targets_new(split, newest, agent_id, labels.get(agent_id, {}))
+        ):
+            reason, why = "not_targeted", "which the rollout has not given it"
+        else:
+            accepted[(agent_id, version)] = counts
+            continue
+        metrics.instruments().heartbeat_hits_rejected.labels(reason).inc()
+        logger.warning(
+            "agent %s reported hits of v%s, %s: %s ok and %s failed dropped",
+            agent_id,
+            version,
+            why,
+            counts[0],
+            counts[1],
+        )
+    return accepted
 
 
 def hits_of(agents: list[Agent], versions: dict) -> dict:
@@ -214,7 +264,7 @@ def record_heartbeats(reports: dict) -> None:
     if not reports:
         return
     _update_agents(reports)
-    add_hits(
+    versions = add_hits(
         [
             (pk, item["version"], item["ok"], item["failed"])
             for pk, report in reports.items()
@@ -222,7 +272,7 @@ def record_heartbeats(reports: dict) -> None:
         ],
         timezone.now(),
     )
-    judge_rollout_health({item["version"] for report in reports.values() for item in report[3]})
+    judge_rollout_health(versions)
 
 
 def judge_rollout_health(versions: set[int]) -> None:

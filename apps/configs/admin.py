@@ -74,7 +74,7 @@ class ConfigChangeForm(forms.Form):
     min_hits = forms.IntegerField(
         required=False,
         initial=20,
-        help_text="Hits of the new version needed before its failure rate is judged.",
+        help_text="Hits of the new version an agent needs before its failure rate is judged.",
     )
     preflight = forms.BooleanField(
         required=False,

@@ -78,6 +78,13 @@ def _instruments() -> SimpleNamespace:
             "controller_heartbeats_recorded",
             "Agents' heartbeats written to the database in batches by the ASGI front.",
         ),
+        heartbeat_hits_rejected=Counter(
+            "controller_heartbeat_hits_rejected",
+            "Hit counts of a heartbeat dropped (per agent and version), by reason: "
+            "future_version (above the current version) or not_targeted (a rollout's new "
+            "version, from an agent its waves have not reached).",
+            ["reason"],
+        ),
         rollouts_halted=Counter(
             "controller_rollouts_halted",
             "Rollouts stopped by their new version's failure rate, by what happened: halted "

@@ -1,23 +1,33 @@
 """The health gate of a rollout: the fleet's own hits decide whether the new version goes on.
 
 Every worker counts its `GET /hit` outcomes per config version and the agents report them in
-their heartbeats; the controller keeps the totals per agent and version (AgentHits). Right after
-a batch of heartbeats with hits is written, `evaluate_rollout_health` (apps.rollouts.services,
-where every change of a rollout's state happens) asks `judge` here, which compares the new version's
-failure rate, over all its agents, with the plan's limit. Crossing it halts the rollout and puts
-every agent back on the previous version's content at once (the abort's mechanism, a rollback),
-or pauses it when the plan says `auto_rollback: false`. No daemon is needed: the decision is made
-by whichever controller process writes the heartbeat that crosses the line, and the writers' lock
-(a halt is a publish) or the rollout's row lock (a pause) lets exactly one process make it.
+their heartbeats; the controller keeps the totals per agent and version (AgentHits), and takes
+hits only for a version the agent has been answered (apps.agents.services.accept_hits). Right
+after a batch of heartbeats with hits is written, `evaluate_rollout_health` (apps.rollouts.services,
+where every change of a rollout's state happens) asks `judge` here. Crossing the line halts the
+rollout and puts every agent back on the previous version's content at once (the abort's
+mechanism, a rollback), or pauses it when the plan says `auto_rollback: false`. No daemon is
+needed: the decision is made by whichever controller process writes the heartbeat that crosses
+the line, and the writers' lock (a halt is a publish) or the rollout's row lock (a pause) lets
+exactly one process make it.
 
-The new version is judged beside the previous one: when the previous version, over every agent's
-hits with it, failed at least as often (and over at least `min_hits` hits), the fault is not the
-change's (the upstream was failing already), and the rollout goes on with the reason saying so.
+The gate judges the fleet, not the sum of what any one agent claims: an agent token is one
+stolen credential away, and one heartbeat may carry a billion hits. Each agent votes once:
+
+- an agent is judged once it has `min_hits` hits of the new version since the rollout started
+  (or was last resumed), and fails when its own failure rate is above `max_failure_rate` and
+  above its own failure rate with the previous version (when it has `min_hits` of those: the
+  upstream was failing already, and the change is not to blame);
+- the rollout stops when the failing agents are more than half of the judged ones and at least
+  two, or one that is the only agent the rollout targets.
+
+So one agent, whatever it reports, can neither stop a rollout that others find healthy nor keep
+one going that most of the judged agents find failing.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from apps.agents.models import AgentHits
 from apps.rollouts.models import Rollout
@@ -36,12 +46,6 @@ class Hits:
     def failure_rate(self) -> float | None:
         return self.failed / self.total if self.total else None
 
-    def since(self, baseline: dict) -> "Hits":
-        return Hits(
-            max(0, self.ok - baseline.get("ok", 0)),
-            max(0, self.failed - baseline.get("failed", 0)),
-        )
-
     def describe(self) -> str:
         if not self.total:
             return "no hits yet"
@@ -50,50 +54,113 @@ class Hits:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "failed": self.failed, "failure_rate": self.failure_rate}
 
+    def fails_more_than(self, other: "Hits") -> bool:
+        # Compared as whole numbers, so that equal rates are equal.
+        return self.failed * other.total > other.failed * self.total
 
-def hits_of_versions(versions: list[int]) -> dict[int, Hits]:
-    """Every agent's hits with each of `versions`, added up, in one query."""
-    rows = (
-        AgentHits.objects.filter(version__in=versions)
-        .values("version")
-        .annotate(ok=Sum("ok"), failed=Sum("failed"))
+
+def health_of(rollout: Rollout) -> tuple[Hits, Hits]:
+    """(the new version's hits since the rollout started or was last resumed, over the agents
+    not revoked; the previous version's hits over every agent), added up for the operator."""
+    new = (
+        AgentHits.objects.filter(version=rollout.version, agent__revoked_at__isnull=True)
+        .annotate(
+            ok_since=F("ok") - F("baseline_ok"), failed_since=F("failed") - F("baseline_failed")
+        )
+        .aggregate(ok=Sum("ok_since"), failed=Sum("failed_since"))
     )
-    found = {row["version"]: Hits(row["ok"] or 0, row["failed"] or 0) for row in rows}
-    return {version: found.get(version, Hits()) for version in versions}
+    previous = AgentHits.objects.filter(version=rollout.previous_version).aggregate(
+        ok=Sum("ok"), failed=Sum("failed")
+    )
+    return (
+        Hits(new["ok"] or 0, new["failed"] or 0),
+        Hits(previous["ok"] or 0, previous["failed"] or 0),
+    )
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One agent's view of the new version: its hits since the rollout started (or was resumed)
+    and, when it judged the new version as failing, its own hits of the previous version."""
+
+    agent_id: str
+    new: Hits
+    previous: Hits = field(default_factory=Hits)
+
+
+def votes_of(rollout: Rollout) -> list[Vote]:
+    """Every agent (not revoked) with hits of the new version: in one query, plus one for the
+    previous version's hits of the agents over the limit (the only ones it may excuse)."""
+    rows = AgentHits.objects.filter(
+        version=rollout.version, agent__revoked_at__isnull=True
+    ).values_list("agent_id", "ok", "failed", "baseline_ok", "baseline_failed")
+    votes = {
+        str(agent_id): Hits(ok - ok_before, failed - failed_before)
+        for agent_id, ok, failed, ok_before, failed_before in rows
+    }
+    over = [agent_id for agent_id, hits in votes.items() if _over(rollout, hits)]
+    previous = {}
+    if over:
+        previous = {
+            str(agent_id): Hits(ok, failed)
+            for agent_id, ok, failed in AgentHits.objects.filter(
+                version=rollout.previous_version, agent_id__in=over
+            ).values_list("agent_id", "ok", "failed")
+        }
+    return [
+        Vote(agent_id, hits, previous.get(agent_id, Hits())) for agent_id, hits in votes.items()
+    ]
+
+
+def _over(rollout: Rollout, hits: Hits) -> bool:
+    rate = hits.failure_rate
+    return hits.total >= rollout.min_hits and rate is not None and rate > rollout.max_failure_rate
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the gate makes of a rollout's hits: `stop` when it must halt (or pause); `reason`
-    says why in numbers, empty while there is nothing to say (too few hits, or healthy)."""
+    """What the gate makes of a rollout's votes: `stop` when it must halt (or pause); `reason`
+    says why in numbers, empty while there is nothing to say (too few hits, or healthy).
+    `failing` names the agents that voted against the new version."""
 
-    new: Hits
-    previous: Hits
     stop: bool
     reason: str
+    judged: int = 0
+    failing: tuple[str, ...] = ()
 
 
-def health_of(rollout: Rollout) -> tuple[Hits, Hits]:
-    """(the new version's hits since the last resume, the previous version's hits)."""
-    hits = hits_of_versions([rollout.version, rollout.previous_version])
-    return hits[rollout.version].since(rollout.hits_baseline or {}), hits[rollout.previous_version]
-
-
-def judge(rollout: Rollout, new: Hits, previous: Hits) -> Verdict:
-    """The gate's rule, on the hit totals alone."""
-    rate = new.failure_rate
-    if new.total < rollout.min_hits or rate is None or rate <= rollout.max_failure_rate:
-        return Verdict(new, previous, stop=False, reason="")
-    over = f"failure rate {new.describe()} > {rollout.max_failure_rate:.2f}"
-    beside = f"previous version: {previous.describe()}"
-    # "No more than the previous version": compared as whole numbers, so equal rates are equal.
-    no_worse = new.failed * previous.total <= previous.failed * new.total
-    if previous.total >= rollout.min_hits and no_worse:
-        return Verdict(
-            new,
-            previous,
-            stop=False,
-            reason=f"{over}, but not halted: the previous version failed as often or more "
-            f"({previous.describe()})",
-        )
-    return Verdict(new, previous, stop=True, reason=f"{over} ({beside})")
+def judge(rollout: Rollout, votes: list[Vote], alone=lambda agent_id: False) -> Verdict:
+    """The gate's rule (the module's docstring states it). `alone(agent_id)` says whether that
+    agent is the only one the rollout targets; it is asked only when a single agent fails."""
+    judged = [vote for vote in votes if vote.new.total >= rollout.min_hits]
+    over = [vote for vote in judged if _over(rollout, vote.new)]
+    if not over:
+        return Verdict(stop=False, reason="", judged=len(judged))
+    excused = [
+        vote
+        for vote in over
+        if vote.previous.total >= rollout.min_hits and not vote.new.fails_more_than(vote.previous)
+    ]
+    excused_ids = {vote.agent_id for vote in excused}
+    failing = [vote for vote in over if vote.agent_id not in excused_ids]
+    worst = max(over, key=lambda vote: (vote.new.failure_rate, vote.new.total))
+    said = (
+        f"{len(over)} of {len(judged)} agents with at least {rollout.min_hits} hits of "
+        f"v{rollout.version} fail more than {rollout.max_failure_rate:.2f} of them (the worst "
+        f"{worst.new.describe()})"
+    )
+    if excused and failing:
+        said += f", {len(excused)} of them as often or more with the previous version"
+    names = tuple(vote.agent_id for vote in failing)
+    majority = 2 * len(failing) > len(judged)
+    if majority and (len(failing) >= 2 or alone(failing[0].agent_id)):
+        return Verdict(stop=True, reason=said, judged=len(judged), failing=names)
+    if not failing:
+        why = "each failed as often or more with the previous version"
+    elif not majority:
+        why = f"{len(failing)} failing is not more than half of {len(judged)}"
+    else:
+        why = "one agent alone does not decide while the rollout targets others"
+    return Verdict(
+        stop=False, reason=f"{said}, but not halted: {why}", judged=len(judged), failing=names
+    )

@@ -53,16 +53,16 @@ class Rollout(models.Model):
     )
     # [seconds since the start, agents applied] each time the count moved: the admin's chart.
     progress = models.JSONField(default=list, blank=True)
-    # The health gate (apps.rollouts.health): when the new version's failed / (ok + failed) hits
-    # exceed max_failure_rate over at least min_hits hits, the rollout is halted and everyone
-    # goes back to the previous content, or only paused when auto_rollback is off.
+    # The health gate (apps.rollouts.health): each targeted agent whose own failed / (ok +
+    # failed) hits of the new version exceed max_failure_rate over at least min_hits hits votes
+    # against it; when such agents are a majority, the rollout is halted and everyone goes back
+    # to the previous content, or only paused when auto_rollback is off.
     auto_rollback = models.BooleanField(default=True)
     max_failure_rate = models.FloatField(default=0.2)
     min_hits = models.PositiveIntegerField(default=20)
-    # The new version's hit totals when an operator last resumed the rollout: the gate counts
-    # only the hits since, so a rollout resumed after a health pause is not paused again at once
-    # for the very hits the operator chose to accept. {"ok": N, "failed": N}, or {}.
-    hits_baseline = models.JSONField(default=dict, blank=True)
+    # Seconds a started wave may take to be applied by all its live agents; past them the
+    # rollout pauses, naming the agents that did not apply. None: it waits as long as it takes.
+    wave_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-version"]

@@ -73,16 +73,27 @@ class RolloutPlanSerializer(serializers.Serializer):
     max_failure_rate = RateField(
         required=False,
         default=0.2,
-        help_text="The new version's failed / (ok + failed) hits, over all its agents, above "
-        "which the rollout is stopped (0 to 1), unless the previous version failed at least "
-        "as often.",
+        help_text="An agent whose own failed / (ok + failed) hits of the new version are above "
+        "this (0 to 1), and above its own with the previous version, fails it; the rollout is "
+        "stopped when the failing agents are more than half of those judged and at least two "
+        "(or the only agent targeted).",
     )
     min_hits = CountField(
         required=False,
         default=20,
         min_value=1,
         max_value=MAX_MIN_HITS,
-        help_text="Hits of the new version needed before its failure rate is judged.",
+        help_text="Hits of the new version an agent needs before its failure rate is judged.",
+    )
+    wave_timeout_seconds = CountField(
+        required=False,
+        default=None,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_BAKE_SECONDS,
+        help_text="How long a started wave may take to be applied by all its live agents; "
+        "past it the rollout pauses, naming the agents that did not apply. Null (the default): "
+        "it waits as long as it takes.",
     )
     preflight = StrictBooleanField(
         required=False,
@@ -119,7 +130,8 @@ class HitsSerializer(serializers.Serializer):
 
 class RolloutHealthSerializer(serializers.Serializer):
     version = HitsSerializer(
-        help_text="The new version's hits over all agents (since the last resume, if any)."
+        help_text="The new version's hits over all agents, since the rollout started (or was "
+        "last resumed)."
     )
     previous_version = HitsSerializer(help_text="The previous version's hits over all agents.")
 
@@ -147,6 +159,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "auto_rollback",
             "max_failure_rate",
             "min_hits",
+            "wave_timeout_seconds",
             "health",
             "agents_total",
             "agents_targeted",

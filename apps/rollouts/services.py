@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.utils import timezone
 from rest_framework import status
 
-from apps.agents.models import Agent
+from apps.agents.models import Agent, AgentHits
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.ops import metrics
-from apps.rollouts.health import health_of, hits_of_versions, judge
+from apps.rollouts.health import health_of, judge, votes_of
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, is_canary, target_version_expression, targets_new
 from controller_site.errors import NotFoundError, ServiceError
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_POINTS = 500
 # Agents that have not reported for this many polling periods hold nothing back.
 STALE_PERIODS = 3
+# A reason or an audit entry names at most this many agents (and says how many more).
+AGENTS_NAMED = 20
 
 
 class RolloutConflict(ServiceError):
@@ -253,6 +255,7 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         auto_rollback=plan.get("auto_rollback", True),
         max_failure_rate=plan.get("max_failure_rate", 0.2),
         min_hits=plan.get("min_hits", 20),
+        wave_timeout_seconds=plan.get("wave_timeout_seconds"),
         started_at=now,
         wave_started_at=now,
         created_by=actor,
@@ -263,6 +266,7 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
     rollout.cutoff = cutoff_for(rollout, rollout.wave, agents)
     rollout.progress = [[0, 0]]
     rollout.save()
+    count_hits_from_now(rollout)
     _audit(
         rollout,
         AuditEntry.ROLLOUT_STARTED,
@@ -275,6 +279,7 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         auto_rollback=rollout.auto_rollback,
         max_failure_rate=rollout.max_failure_rate,
         min_hits=rollout.min_hits,
+        wave_timeout_seconds=rollout.wave_timeout_seconds,
     )
     _record_wave(rollout, agents, actor=actor, source_ip=source_ip, how="started")
     logger.info(
@@ -285,6 +290,15 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         rollout.bake_seconds,
     )
     return rollout
+
+
+def count_hits_from_now(rollout: Rollout) -> None:
+    """The health gate counts each agent's hits of the new version from now on: at the start
+    (hits a version had before it existed were never the fleet's) and at a resume (the operator
+    chose to accept those before)."""
+    AgentHits.objects.filter(version=rollout.version).update(
+        baseline_ok=F("ok"), baseline_failed=F("failed")
+    )
 
 
 # Advancing -----------------------------------------------------------------------------------
@@ -309,6 +323,9 @@ def advance_rollouts(now=None) -> Rollout | None:
         agents = fleet()
         progress = measure(rollout, agents, now)
         changed = _note_progress(rollout, progress, now)
+        if not progress.wave_applied and _wave_timed_out(rollout, now):
+            _pause_stalled_wave(rollout, progress)
+            return rollout
         baked = now >= rollout.wave_started_at + timedelta(seconds=rollout.bake_seconds)
         if progress.wave_applied and baked:
             if rollout.wave >= rollout.last_wave:
@@ -329,6 +346,43 @@ def advance_rollouts(now=None) -> Rollout | None:
             rollout.save()
             return rollout
         return None
+
+
+def _wave_timed_out(rollout: Rollout, now) -> bool:
+    timeout = rollout.wave_timeout_seconds
+    return timeout is not None and now >= rollout.wave_started_at + timedelta(seconds=timeout)
+
+
+def _agent_name(agent: dict) -> str:
+    return agent["name"] or agent["hostname"] or str(agent["id"])
+
+
+def _pause_stalled_wave(rollout: Rollout, progress: Progress) -> None:
+    """Under the row lock of advance_rollouts: the wave's time is up while live agents still
+    report an older version. A stalled agent would hold the rollout forever; an operator
+    decides (promote, resume for another wave_timeout_seconds, or abort)."""
+    waiting = progress.waiting
+    named = ", ".join(
+        f"{_agent_name(agent)} (v{agent['applied_version'] or 0})"
+        for agent in waiting[:AGENTS_NAMED]
+    )
+    if len(waiting) > AGENTS_NAMED:
+        named += f" and {len(waiting) - AGENTS_NAMED} more"
+    rollout.state = Rollout.PAUSED
+    rollout.reason = (
+        f"wave {rollout.wave} was not applied within {rollout.wave_timeout_seconds} s: "
+        f"{len(waiting)} of {progress.targeted} agents still report an older version: {named}"
+    )
+    rollout.save()
+    _audit(
+        rollout,
+        AuditEntry.ROLLOUT_PAUSED,
+        automatic=True,
+        reason=rollout.reason,
+        wave_timeout_seconds=rollout.wave_timeout_seconds,
+        agents_not_applied=[str(agent["id"]) for agent in waiting[:AGENTS_NAMED]],
+    )
+    logger.warning("rollout of v%s paused: %s", rollout.version, rollout.reason)
 
 
 def _note_progress(rollout: Rollout, progress: Progress, now) -> bool:
@@ -484,9 +538,8 @@ def resume_rollout(
     rollout.state = Rollout.ROLLING
     rollout.reason = reason
     rollout.wave_started_at = timezone.now()
-    hits = hits_of_versions([rollout.version])[rollout.version]
-    rollout.hits_baseline = {"ok": hits.ok, "failed": hits.failed}
     rollout.save()
+    count_hits_from_now(rollout)
     _audit(rollout, AuditEntry.ROLLOUT_RESUMED, actor=actor, source_ip=source_ip, reason=reason)
     return rollout
 
@@ -539,7 +592,8 @@ def evaluate_rollout_health(versions) -> Rollout | None:
             "auto_rollback",
             "max_failure_rate",
             "min_hits",
-            "hits_baseline",
+            "canary_labels",
+            "cutoff",
         )
         .first()
     )
@@ -548,7 +602,7 @@ def evaluate_rollout_health(versions) -> Rollout | None:
     if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
         # Paused already, and nothing more to do than wait for the operator.
         return None
-    verdict = judge(rollout, *health_of(rollout))
+    verdict = judge(rollout, votes_of(rollout), partial(_only_target, rollout))
     if not verdict.stop:
         if verdict.reason and rollout.state == Rollout.ROLLING:
             # Kept up to date for the admin and rollout_status (an operator's pause reason is
@@ -557,16 +611,45 @@ def evaluate_rollout_health(versions) -> Rollout | None:
                 reason=verdict.reason
             ).update(reason=verdict.reason)
         return None
+    new, previous = health_of(rollout)
     detail = {
         "reason": verdict.reason,
-        "hits": verdict.new.as_dict(),
-        "previous_hits": verdict.previous.as_dict(),
+        "agents_judged": verdict.judged,
+        "agents_failing": list(verdict.failing[:AGENTS_NAMED]),
+        "hits": new.as_dict(),
+        "previous_hits": previous.as_dict(),
         "max_failure_rate": rollout.max_failure_rate,
         "min_hits": rollout.min_hits,
     }
     if rollout.auto_rollback:
         return halt_rollout(rollout, detail)
     return pause_unhealthy_rollout(rollout, detail)
+
+
+def _only_target(rollout: Rollout, agent_id: str) -> bool:
+    """Whether `agent_id` is the only live agent (not revoked, heard from lately) that the
+    rollout gives its new version: then its vote alone may stop the rollout."""
+    from apps.configs.models import ConfigVersion
+
+    interval = (
+        ConfigVersion.objects.filter(version=rollout.version)
+        .values_list("pooling_interval", flat=True)
+        .first()
+    )
+    split = {
+        "previous": {"version": rollout.previous_version},
+        "canary_labels": rollout.canary_labels,
+        "cutoff": rollout.cutoff,
+    }
+    others = (
+        Agent.objects.filter(
+            revoked_at__isnull=True, last_seen__gte=stale_before(interval, timezone.now())
+        )
+        .exclude(pk=agent_id)
+        .annotate(target=target_version_expression({"version": rollout.version, "rollout": split}))
+        .filter(target=rollout.version)
+    )
+    return not others.exists()
 
 
 def _count_stop(state: str) -> None:

@@ -138,6 +138,26 @@ ATTACKS = {
         "for that agent and a revocation of it",
         "e2e/test_redis_trust.py::test_a_forged_notification_changes_nothing_agents_receive",
     ),
+    "gate-halt-by-untargeted-agent": Attack(
+        "2",
+        "during a canary wave, one heartbeat with a billion failed hits of the new version from "
+        "an agent the rollout has not reached",
+        "e2e/test_rollout_health.py::test_a_healthy_rollout_completes_after_a_refused_preflight",
+    ),
+    "gate-disabled-in-advance": Attack(
+        "3",
+        "a billion good hits for each of the next 100 versions, sent before they exist; then "
+        "a rollout whose canary really fails",
+        "e2e/test_rollout_health.py::test_a_failing_canary_halts_the_rollout_and_every_worker_"
+        "goes_back",
+    ),
+    "gate-lying-canary": Attack(
+        "3",
+        "one of ten canaries reports a billion failures of a healthy version, then a billion "
+        "successes of a version seven of the ten really fail",
+        "e2e/test_rollout_health.py::test_one_lying_canary_can_neither_halt_a_healthy_rollout_"
+        "nor_keep_a_failing_one_going",
+    ),
 }
 
 

@@ -87,7 +87,12 @@ class Command(BaseCommand):
             f"rollout of v{rollout.version} (from v{rollout.previous_version}): {rollout.state}, "
             f"wave {rollout.wave} of {rollout.last_wave}",
             f"  plan: canaries {canaries or '(none)'}; waves {waves}; bake "
-            f"{rollout.bake_seconds} s",
+            f"{rollout.bake_seconds} s"
+            + (
+                f"; wave timeout {rollout.wave_timeout_seconds} s"
+                if rollout.wave_timeout_seconds
+                else ""
+            ),
             f"  started {rollout.started_at:%Y-%m-%d %H:%M:%S} UTC, updated "
             f"{rollout.updated_at:%Y-%m-%d %H:%M:%S} UTC"
             + (f"; reason: {rollout.reason}" if rollout.reason else ""),
@@ -95,8 +100,9 @@ class Command(BaseCommand):
             f"{progress.applied} applied, {len(progress.waiting)} waiting, "
             f"{progress.total - progress.targeted} not yet targeted, {len(stale)} stale",
             f"  health: v{rollout.version} failure rate {new.describe()}, v"
-            f"{rollout.previous_version} {previous.describe()}; above "
-            f"{rollout.max_failure_rate:.2f} over at least {rollout.min_hits} hits: {then}",
+            f"{rollout.previous_version} {previous.describe()}; when most agents judged "
+            f"(at least two) fail above {rollout.max_failure_rate:.2f} over at least "
+            f"{rollout.min_hits} hits each: {then}",
         ]
         stragglers = [a for a in progress.agents if not a["applied"]]
         if stragglers:
