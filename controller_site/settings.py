@@ -397,6 +397,12 @@ CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum
 CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
 CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Watches and event streams held at once. Per agent token, in each process: a newer one ends the
+# agent's oldest (0: no cap, for benchmarks that share one token among many clients). Per
+# process: past it a new one is refused with 503; a 20,000-agent fleet on two processes holds
+# about 10,000 each, and a held watch costs some 20 KiB, so the default stays clear of both.
+CONTROLLER_MAX_WATCHES_PER_AGENT = env_int("CONTROLLER_MAX_WATCHES_PER_AGENT", 4, minimum=0)
+CONTROLLER_MAX_WATCHES = env_int("CONTROLLER_MAX_WATCHES", 30000, minimum=0)
 # A request body over this many bytes gets 413 before the application reads it (1 MiB: a
 # config change or a heartbeat is well under a kilobyte).
 CONTROLLER_MAX_BODY_BYTES = env_int("CONTROLLER_MAX_BODY_BYTES", 1024 * 1024, minimum=1)

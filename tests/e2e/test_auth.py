@@ -389,6 +389,32 @@ def test_logout_and_a_new_password_end_sessions(stack, admin_user):
     )
 
 
+def test_an_access_token_is_refused_after_logout(stack, admin_user):
+    _, url = stack.controller(None)
+    tokens = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=30
+    ).json()
+    refreshed = requests.post(
+        f"{url}/login/refresh", json={"refresh": tokens["refresh"]}, timeout=30
+    ).json()
+
+    def agents(access: str) -> int:
+        bearer = {"Authorization": f"Bearer {access}"}
+        return requests.get(f"{url}/agents", headers=bearer, timeout=30).status_code
+
+    assert (agents(tokens["access"]), agents(refreshed["access"])) == (200, 200)
+    logout = requests.post(f"{url}/logout", json={"refresh": refreshed["refresh"]}, timeout=30)
+    assert logout.status_code == 204
+    after = (agents(tokens["access"]), agents(refreshed["access"]))
+    assert after == (401, 401), after
+    record_attack(
+        "access-token-after-logout",
+        "both access tokens of the logged-out session got 401 at once, well before they expire",
+        access_after_logout=after[0],
+        refreshed_access_after_logout=after[1],
+    )
+
+
 def test_a_signed_push_cannot_be_sent_twice(stack):
     _, worker = stack.worker()
     body = json.dumps(config_body(version=2, url="http://a.example/x?token=s3cr3t&page=2")).encode()
