@@ -397,6 +397,13 @@ CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum
 CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
 CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# A connection that has not sent a whole request head this many seconds after it opened (or
+# after the first byte of a later request on it) is closed: half-sent heads hold no sockets.
+CONTROLLER_HEADER_TIMEOUT = env_float("CONTROLLER_HEADER_TIMEOUT", 10.0)
+if CONTROLLER_HEADER_TIMEOUT <= 0:
+    raise ImproperlyConfigured(
+        f"CONTROLLER_HEADER_TIMEOUT must be positive: {CONTROLLER_HEADER_TIMEOUT}"
+    )
 # Watches and event streams held at once. Per agent token, in each process: a newer one ends the
 # agent's oldest (0: no cap, for benchmarks that share one token among many clients). Per
 # process: past it a new one is refused with 503; a 20,000-agent fleet on two processes holds

@@ -481,3 +481,50 @@ def test_held_watches_are_capped_per_agent_and_per_process(stack):
         held_for_the_token=4,
         over_process_cap=503,
     )
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes `sock` within `timeout` (what it sent before is ignored)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_a_request_head_not_sent_in_time_is_closed(stack):
+    _, url = stack.controller(None, CONTROLLER_HEADER_TIMEOUT="1")
+    port = int(url.rsplit(":", 1)[1])
+    started = time.monotonic()
+    slow = []
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        slow.append(sock)
+    # The next request on a kept-alive connection has the same time for its head.
+    kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    first = kept.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:200]
+    kept.sendall(b"GET /healthz HTTP/1.1\r\n")
+    closed = [closed_by_server(sock, 10) for sock in [*slow, kept]]
+    elapsed = time.monotonic() - started
+    for sock in [*slow, kept]:
+        sock.close()
+    assert all(closed), closed.count(False)
+    assert elapsed < 8, elapsed
+    # A client that sends its head in time is served as ever.
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    record_attack(
+        "slow-request-head",
+        "every connection was closed by the controller once CONTROLLER_HEADER_TIMEOUT (1 s "
+        "here) had passed without a whole request head, also on a kept-alive connection; a "
+        "whole request was served",
+        connections=len(closed),
+        closed=sum(closed),
+        closed_within_s=round(elapsed, 1),
+    )
