@@ -283,9 +283,15 @@ WHITENOISE_MANIFEST_STRICT = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Behind N trusted proxies, the client address is the Nth from the right in X-Forwarded-For;
-# with 0 (the default) the header is ignored, so a forged one cannot dodge the login throttle.
-NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+# X-Forwarded-For is believed only from the proxies in FORWARDED_ALLOW_IPS (the server puts the
+# client's address in REMOTE_ADDR). Counting hops in the header (NUM_PROXIES) believed any peer,
+# so a client that reached the controller around its proxy chose the address the login
+# throttle and the audit log saw: it is refused rather than silently ignored.
+if os.environ.get("NUM_PROXIES", "0").strip() not in ("", "0"):
+    raise ImproperlyConfigured(
+        "NUM_PROXIES is no longer supported: it believed X-Forwarded-For from any peer. Remove "
+        "it and list your proxies' addresses or networks in FORWARDED_ALLOW_IPS instead."
+    )
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -303,7 +309,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
-    "NUM_PROXIES": NUM_PROXIES,
+    # DRF's own client address (its throttles): REMOTE_ADDR, never X-Forwarded-For.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": None,
 }
 
