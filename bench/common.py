@@ -63,6 +63,10 @@ def bench_env(**extra: str) -> dict[str, str]:
         REDIS_URL=BENCH_REDIS_URL,
         CONTROLLER_ACCESS_LOG="0",
         LOG_LEVEL="WARNING",
+        # Some benchmarks share a token among many clients, and they measure how many watches
+        # a process holds: no caps on held watches.
+        CONTROLLER_MAX_WATCHES_PER_AGENT="0",
+        CONTROLLER_MAX_WATCHES="0",
         **extra,
     )
 
@@ -78,6 +82,10 @@ def start_controller(workers: int, **extra: str):
         DATABASE_URL=BENCH_DATABASE_URL,
         CONTROLLER_ACCESS_LOG="0",
         LOG_LEVEL="WARNING",
+        # Some benchmarks share a token among many clients, and they measure how many watches
+        # a process holds: no caps on held watches.
+        CONTROLLER_MAX_WATCHES_PER_AGENT="0",
+        CONTROLLER_MAX_WATCHES="0",
         **extra,
     )
 

@@ -292,9 +292,15 @@ WHITENOISE_MANIFEST_STRICT = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Behind N trusted proxies, the client address is the Nth from the right in X-Forwarded-For;
-# with 0 (the default) the header is ignored, so a forged one cannot dodge the login throttle.
-NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+# X-Forwarded-For is believed only from the proxies in FORWARDED_ALLOW_IPS (the server puts the
+# client's address in REMOTE_ADDR). Counting hops in the header (NUM_PROXIES) believed any peer,
+# so a client that reached the controller around its proxy chose the address the login
+# throttle and the audit log saw: it is refused rather than silently ignored.
+if os.environ.get("NUM_PROXIES", "0").strip() not in ("", "0"):
+    raise ImproperlyConfigured(
+        "NUM_PROXIES is no longer supported: it believed X-Forwarded-For from any peer. Remove "
+        "it and list your proxies' addresses or networks in FORWARDED_ALLOW_IPS instead."
+    )
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -312,7 +318,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "controller_site.errors.exception_handler",
-    "NUM_PROXIES": NUM_PROXIES,
+    # DRF's own client address (its throttles): REMOTE_ADDR, never X-Forwarded-For.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -406,6 +413,19 @@ CONTROLLER_GRACEFUL_TIMEOUT = env_int("CONTROLLER_GRACEFUL_TIMEOUT", 15, minimum
 CONTROLLER_KEEPALIVE = env_int("CONTROLLER_KEEPALIVE", 75, minimum=1)
 CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# A connection that has not sent a whole request head this many seconds after it opened (or
+# after the first byte of a later request on it) is closed: half-sent heads hold no sockets.
+CONTROLLER_HEADER_TIMEOUT = env_float("CONTROLLER_HEADER_TIMEOUT", 10.0)
+if CONTROLLER_HEADER_TIMEOUT <= 0:
+    raise ImproperlyConfigured(
+        f"CONTROLLER_HEADER_TIMEOUT must be positive: {CONTROLLER_HEADER_TIMEOUT}"
+    )
+# Watches and event streams held at once. Per agent token, in each process: a newer one ends the
+# agent's oldest (0: no cap, for benchmarks that share one token among many clients). Per
+# process: past it a new one is refused with 503; a 20,000-agent fleet on two processes holds
+# about 10,000 each, and a held watch costs some 20 KiB, so the default stays clear of both.
+CONTROLLER_MAX_WATCHES_PER_AGENT = env_int("CONTROLLER_MAX_WATCHES_PER_AGENT", 4, minimum=0)
+CONTROLLER_MAX_WATCHES = env_int("CONTROLLER_MAX_WATCHES", 30000, minimum=0)
 # A request body over this many bytes gets 413 before the application reads it (1 MiB: a
 # config change or a heartbeat is well under a kilobyte).
 CONTROLLER_MAX_BODY_BYTES = env_int("CONTROLLER_MAX_BODY_BYTES", 1024 * 1024, minimum=1)

@@ -4,7 +4,8 @@
 
 The example's placeholders are published with the repository, and the controller, worker and
 agent refuse them with DEBUG off; every secret here is made anew instead. A value may name a
-fresh secret as `${NAME}` (the dev overlay's DATABASE_URL carries the PostgreSQL password).
+fresh secret as `${NAME}` (the dev overlay's DATABASE_URL and REDIS_URL carry the PostgreSQL and
+Redis passwords).
 Standard library only, so it runs before any virtualenv exists.
 """
 
@@ -13,7 +14,13 @@ import secrets
 import sys
 
 # Each secret and the length of its random value (bytes before URL-safe base64).
-FRESH = {"SECRET_KEY": 50, "INTERNAL_KEY": 32, "POSTGRES_PASSWORD": 24, "ADMIN_PASSWORD": 18}
+FRESH = {
+    "SECRET_KEY": 50,
+    "INTERNAL_KEY": 32,
+    "POSTGRES_PASSWORD": 24,
+    "REDIS_PASSWORD": 24,
+    "ADMIN_PASSWORD": 18,
+}
 
 
 def render(example: str) -> str:

@@ -130,6 +130,21 @@ def test_logout_ends_the_refresh_token(api, admin_user):
     assert api.post("/logout", {}, format="json").status_code == 400
 
 
+def test_logout_ends_the_access_tokens_of_its_session(api, admin_user):
+    first = login(api).json()
+    # A token refreshed within the session belongs to it too.
+    refreshed = api.post("/login/refresh", {"refresh": first["refresh"]}, format="json").json()
+    other = login(APIClient()).json()
+    for access in (first["access"], refreshed["access"], other["access"]):
+        assert api.get("/agents", HTTP_AUTHORIZATION=f"Bearer {access}").status_code == 200
+    assert api.post("/logout", {"refresh": refreshed["refresh"]}, format="json").status_code == 204
+    for access in (first["access"], refreshed["access"]):
+        refused = api.get("/agents", HTTP_AUTHORIZATION=f"Bearer {access}")
+        assert refused.status_code == 401, refused.content
+    # Another login's session is not this one.
+    assert api.get("/agents", HTTP_AUTHORIZATION=f"Bearer {other['access']}").status_code == 200
+
+
 def test_a_password_change_ends_every_token_issued_before(api, admin_user):
     before = login(api).json()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {before['access']}")

@@ -645,3 +645,60 @@ def test_a_bad_emergency_from_the_admin_is_a_form_error_and_stores_nothing(
     assert versions() == [(1, URL, 30)]
     assert not ChangeRequest.objects.exists()
     assert not AuditEntry.objects.filter(action=AuditEntry.CONFIG_EMERGENCY).exists()
+
+
+# Rollbacks and aborts while approvals are required --------------------------------------------
+
+
+def bypassed(action: str) -> dict | None:
+    return AuditEntry.objects.filter(action=action).latest("id").detail.get("approval_bypassed")
+
+
+def test_an_operators_rollback_publishes_at_once_audited_as_bypassing_approval(
+    approvals, v1, publish
+):
+    publish(URL + "/broken", 30)
+    operator = client_for("op@example.com", OPERATOR)
+    answer = operator.post("/config/admin/rollback", {"version": 1}, format="json")
+    assert answer.status_code == 201, answer.content
+    assert versions()[-1] == (3, URL, 30)
+    assert not ChangeRequest.objects.exists()
+    rule = bypassed(AuditEntry.CONFIG_ROLLED_BACK)
+    assert rule["approvals_required"] == 1
+    assert "restores content that was published before" in rule["rule"]
+
+
+def test_a_rollback_without_approvals_required_says_nothing_of_a_bypass(v1, publish):
+    publish(URL + "/broken", 30)
+    operator = client_for("op@example.com", OPERATOR)
+    assert operator.post("/config/admin/rollback", {"version": 1}, format="json").status_code == 201
+    assert bypassed(AuditEntry.CONFIG_ROLLED_BACK) is None
+
+
+def test_an_operators_abort_publishes_at_once_audited_as_bypassing_approval(approvals, v1):
+    from apps.configs.services import publish_config
+
+    plan = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds": 600}
+    publish_config(config_url=URL + "/new", pooling_interval=30, rollout=plan)
+    operator = client_for("op@example.com", OPERATOR)
+    answer = operator.post("/config/admin/rollout/abort", {"reason": "errors up"}, format="json")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["state"] == "aborted"
+    assert versions()[-1] == (3, URL, 30)
+    assert "restores content" in bypassed(AuditEntry.CONFIG_ROLLED_BACK)["rule"]
+
+
+def test_the_change_requests_list_shows_what_was_published_without_approval(
+    approvals, client, superuser, v1, publish
+):
+    publish(URL + "/broken", 30)
+    operator = client_for("op@example.com", OPERATOR)
+    assert operator.post("/config/admin/rollback", {"version": 1}, format="json").status_code == 201
+    emergency = {"config_url": URL + "/hotfix", "emergency": True, "reason": "outage"}
+    assert superuser.put("/config/admin", emergency, format="json").status_code == 200
+    client.force_login(superuser.user)
+    html = client.get("/admin/changes/changerequest/").content.decode()
+    section = html.split('id="published-without-approval"', 1)[1].split("</table>", 1)[0]
+    assert "config v3" in section and "op@example.com" in section
+    assert "restores content that was published before" in section
+    assert "config v4" in section and "emergency publish" in section and "outage" in section

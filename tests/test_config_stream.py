@@ -11,7 +11,7 @@ from apps.agents.services import issue_registration_token, register_agent, revok
 from apps.configs import watch
 from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
-from tests.test_watch import closing_connection
+from tests.test_watch import call, closing_connection
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -385,3 +385,86 @@ def test_through_django_the_events_due_now_are_answered_and_the_stream_ends():
     assert (current.status_code, parse(current.content)) == (200, [])
     assert client.get("/config/stream", HTTP_LAST_EVENT_ID="x").status_code == 400
     assert APIClient().get("/config/stream").status_code == 401
+
+
+def test_past_the_per_agent_cap_a_new_stream_or_watch_ends_the_agents_oldest(settings):
+    settings.CONTROLLER_MAX_WATCHES_PER_AGENT = 2
+    agent, token = agent_with()
+    other, other_token = agent_with()
+    publish_config(config_url=URL, pooling_interval=30)
+
+    async def body(app):
+        # One after the other: the order in which they are held decides which is the oldest.
+        first = Stream(app, token)
+        assert (await first.next())["id"] == "1"
+        second = Stream(app, token)
+        assert (await second.next())["id"] == "1"
+        theirs = Stream(app, other_token)
+        assert (await theirs.next())["id"] == "1"
+        # The third on the same token ends the first (a reconnect after a dropped connection
+        # is never refused), and leaves the other agent's alone.
+        third = Stream(app, token)
+        assert (await third.next())["id"] == "1"
+        assert (await first.next())["event"] == "replaced"
+        assert await first.next() is None
+        # A held long poll counts the same: it replaces the second stream.
+        poll = asyncio.ensure_future(call(app, token, "version=1&wait=30"))
+        assert (await second.next(5))["event"] == "replaced"
+        # The oldest is then the third stream, and after it the poll, answered 429.
+        fourth = Stream(app, token)
+        assert (await fourth.next())["id"] == "1"
+        assert (await third.next())["event"] == "replaced"
+        assert not poll.done()
+        fifth = Stream(app, token)
+        assert (await fifth.next())["id"] == "1"
+        status, answer, _ = await asyncio.wait_for(poll, 5)
+        assert status == 429, answer
+        assert "CONTROLLER_MAX_WATCHES_PER_AGENT" in answer["detail"]
+        assert app.hub.held.count == 3
+        assert len(app.hub.held.by_agent[str(agent.pk)]) == 2
+        await theirs.nothing_for(0.2)
+        for stream in (fourth, fifth, theirs):
+            await stream.hang_up()
+        assert app.hub.held.count == 0 and not app.hub.held.by_agent
+
+    scenario(body)
+
+
+def test_past_the_process_cap_a_new_stream_is_503_until_one_ends(settings):
+    settings.CONTROLLER_MAX_WATCHES = 2
+    _, token = agent_with()
+    _, other_token = agent_with()
+    publish_config(config_url=URL, pooling_interval=30)
+
+    async def body(app):
+        first, second = Stream(app, token), Stream(app, other_token)
+        for stream in (first, second):
+            assert (await stream.next())["id"] == "1"
+        refused = Stream(app, token)
+        await asyncio.wait_for(refused.task, 5)
+        assert refused.status == 503
+        assert refused.headers[b"retry-after"] == b"5"
+        await first.hang_up()
+        again = Stream(app, token)
+        assert (await again.next())["id"] == "1"
+        await again.hang_up()
+        await second.hang_up()
+        assert app.hub.held.count == 0
+
+    scenario(body)
+
+
+def test_a_cap_of_zero_is_no_cap(settings):
+    settings.CONTROLLER_MAX_WATCHES_PER_AGENT = 0
+    _, token = agent_with()
+    publish_config(config_url=URL, pooling_interval=30)
+
+    async def body(app):
+        streams = [Stream(app, token) for _ in range(6)]
+        for stream in streams:
+            assert (await stream.next())["id"] == "1"
+        for stream in streams:
+            await stream.nothing_for(0.05)
+            await stream.hang_up()
+
+    scenario(body)

@@ -350,7 +350,13 @@ def test_dev_runs_its_own_postgres_and_redis_and_production_does_not():
     assert {"postgres", "redis", "distributed-config-worker"} == set(dev)
     secrets = secrets_of("dev")
     assert "@postgres:5432/" in secrets["DATABASE_URL"]
-    assert secrets["REDIS_URL"].startswith("redis://redis:6379/")
+    # Redis asks for a password, which REDIS_URL carries and the readiness probe reads.
+    assert secrets["REDIS_URL"] == f"redis://:{secrets['REDIS_PASSWORD']}@redis:6379/0"
+    assert len(secrets["REDIS_PASSWORD"]) >= 24
+    redis = pod_spec(dev["redis"])["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    passwords = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in redis["env"]}
+    assert passwords == {"REDIS_PASSWORD": "REDIS_PASSWORD", "REDISCLI_AUTH": "REDIS_PASSWORD"}
     assert set(objects("production", "StatefulSet")) == {"distributed-config-worker"}
     assert not [n for n in objects("production", "Secret") if "secrets" in n]
 
@@ -387,7 +393,13 @@ def test_the_dev_overlay_commits_no_secret_and_takes_fresh_ones_from_its_env_fil
     for value in secrets.values():
         assert not value.startswith(("dev-only", "change-me")), value
     other = write_dev_secrets(bare)
-    for name in ("SECRET_KEY", "INTERNAL_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD"):
+    for name in (
+        "SECRET_KEY",
+        "INTERNAL_KEY",
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+        "ADMIN_PASSWORD",
+    ):
         assert other[name] != secrets[name], name
 
 
@@ -429,3 +441,120 @@ def test_uvicorn_believes_forwarded_headers_only_from_the_pod_network(overlay):
     if overlay == "production":
         # The overlay's own value, which its comment asks the operator to set to their range.
         assert value == "10.244.0.0/16"
+
+
+# Network policies ------------------------------------------------------------------------------
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, and matchExpressions with In) picks `labels`."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, other: dict, namespace: str) -> bool:
+    if "ipBlock" in peer:
+        if "ip" not in other:
+            return False
+        block = peer["ipBlock"]
+        address = ipaddress.ip_address(other["ip"])
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(cidr) for cidr in block.get("except", [])
+        )
+    if "ip" in other:
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = _selects(
+            peer["namespaceSelector"], {"kubernetes.io/metadata.name": other["namespace"]}
+        )
+    else:
+        in_namespace = other["namespace"] == namespace
+    return in_namespace and _selects(peer.get("podSelector", {}), other.get("labels", {}))
+
+
+def _allowed(policies: list[dict], pod: dict, other: dict, port: int, direction: str) -> bool:
+    """Whether traffic between `pod` (our namespace's) and `other` on TCP or UDP `port` is let
+    through in `direction` (Ingress: other to pod; Egress: pod to other), by the NetworkPolicy
+    rules (a pod selected by no policy of that direction is open)."""
+    namespace = pod["namespace"]
+    applying = [
+        p
+        for p in policies
+        if direction in p["spec"]["policyTypes"]
+        and _selects(p["spec"]["podSelector"], pod["labels"])
+    ]
+    if not applying:
+        return True
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for policy in applying:
+        for rule in policy["spec"].get(key, []):
+            ports = rule.get("ports")
+            if ports is not None and port not in [p["port"] for p in ports]:
+                continue
+            peers = rule.get(peers_key)
+            if peers is None or any(_peer_matches(peer, other, namespace) for peer in peers):
+                return True
+    return False
+
+
+def _pod(overlay: str, **labels: str) -> dict:
+    namespace = {"dev": "distributed-config-dev", "production": "distributed-config"}[overlay]
+    return {
+        "namespace": namespace,
+        "labels": {"app.kubernetes.io/name": "distributed-config", **labels},
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_through_only_the_listed_paths(overlay):
+    policies = list(objects(overlay, "NetworkPolicy").values())
+    controller = _pod(overlay, **{"app.kubernetes.io/component": "controller"})
+    worker = _pod(overlay, **{"app.kubernetes.io/component": "worker"})
+    migrate = _pod(overlay, **{"app.kubernetes.io/component": "migrate"})
+    ingress_nginx = {"namespace": "ingress-nginx", "labels": {"app.kubernetes.io/name": "x"}}
+    stranger = {"namespace": controller["namespace"], "labels": {"app": "something-else"}}
+    elsewhere = {"namespace": "default", "labels": {"app": "something-else"}}
+    dns = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
+    postgres = {
+        "namespace": controller["namespace"],
+        "labels": {"app.kubernetes.io/name": "postgres"},
+    }
+    redis = {"namespace": controller["namespace"], "labels": {"app.kubernetes.io/name": "redis"}}
+
+    # Ingress and agents reach the controller; nothing else does, on any port.
+    assert _allowed(policies, controller, ingress_nginx, 8080, "Ingress")
+    assert _allowed(policies, controller, worker, 8080, "Ingress")
+    for intruder in (stranger, elsewhere, migrate):
+        assert not _allowed(policies, controller, intruder, 8080, "Ingress"), intruder
+    assert not _allowed(policies, controller, ingress_nginx, 9000, "Ingress")
+    # The controller reaches PostgreSQL and Redis, and the DNS; not the worker, not the world.
+    for port in (5432, 6379):
+        assert _allowed(policies, controller, {"ip": "10.1.2.3"}, port, "Egress"), port
+    assert _allowed(policies, controller, dns, 53, "Egress")
+    assert not _allowed(policies, controller, worker, 8082, "Egress")
+    assert not _allowed(policies, controller, {"ip": "203.0.113.5"}, 443, "Egress")
+    # The agents reach the controller, the workers public upstreams only.
+    assert _allowed(policies, worker, controller, 8080, "Egress")
+    assert _allowed(policies, worker, {"ip": "203.0.113.5"}, 443, "Egress")
+    assert not _allowed(policies, worker, {"ip": "10.1.2.3"}, 5432, "Egress")
+    assert not _allowed(policies, worker, redis, 6379, "Egress")
+    # The Jobs reach PostgreSQL only.
+    assert _allowed(policies, migrate, {"ip": "10.1.2.3"}, 5432, "Egress")
+    assert not _allowed(policies, migrate, controller, 8080, "Egress")
+    # Every pod may ask the cluster DNS, and nothing else is open by default.
+    for pod in (controller, worker, migrate, stranger):
+        assert _allowed(policies, pod, dns, 53, "Egress"), pod
+    assert not _allowed(policies, stranger, elsewhere, 80, "Ingress")
+    if overlay == "dev":
+        # The dev overlay's own PostgreSQL and Redis answer the controller (and the Jobs) only.
+        assert _allowed(policies, postgres, controller, 5432, "Ingress")
+        assert _allowed(policies, postgres, migrate, 5432, "Ingress")
+        assert _allowed(policies, redis, controller, 6379, "Ingress")
+        for intruder in (worker, stranger, migrate):
+            assert not _allowed(policies, redis, intruder, 6379, "Ingress"), intruder
+        assert not _allowed(policies, postgres, worker, 5432, "Ingress")

@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from apps.ops.stack import internal_key_from
@@ -45,12 +46,19 @@ def test_every_secret_value_published_here_is_refused():
     assert PUBLISHED_SECRETS
 
 
-def test_compose_trusts_forwarded_for_only_from_configured_proxies():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.scale.yml"])
+def test_compose_trusts_forwarded_for_only_from_configured_proxies(file):
+    compose = yaml.safe_load((ROOT / file).read_text())
     for service in compose["services"].values():
         value = str((service.get("environment") or {}).get("FORWARDED_ALLOW_IPS", ""))
         assert "*" not in value, value
-    assert compose["x-app"]["environment"]["FORWARDED_ALLOW_IPS"].endswith(":-127.0.0.1}")
+        assert "NUM_PROXIES" not in (service.get("environment") or {})
+    if file == "docker-compose.yml":
+        assert compose["x-app"]["environment"]["FORWARDED_ALLOW_IPS"].endswith(":-127.0.0.1}")
+    else:
+        # The second controller's port is published like the first's: the same trust.
+        value = compose["services"]["controller-2"]["environment"]["FORWARDED_ALLOW_IPS"]
+        assert value == "${FORWARDED_ALLOW_IPS:-127.0.0.1}"
 
 
 def test_make_writes_env_with_fresh_secrets_rather_than_copying_placeholders():

@@ -60,3 +60,17 @@ class LoginAttempts(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.attempts}"
+
+
+class EndedSession(models.Model):
+    """A login session ended by POST /logout: access tokens carrying its id are refused until
+    the last of them has expired (`ends_at`), after which the row is of no use and is purged."""
+
+    session = models.CharField(max_length=64, unique=True)
+    ends_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "ended_session"
+
+    def __str__(self) -> str:
+        return self.session

@@ -10,10 +10,12 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.db.models import F
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from apps.accounts.models import LoginAttempts, User
+from apps.accounts.models import EndedSession, LoginAttempts, User
 from apps.accounts.roles import ROLES
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
@@ -91,6 +93,8 @@ def record_token_refresh(refresh_token: str, *, source_ip: str | None) -> None:
 
 # The JWT claim that ties a token to the password it was issued under.
 PASSWORD_CLAIM = "pwd"  # noqa: S105 - a claim name, not a secret
+# The login session a token belongs to: the same in every token from one login, across refreshes.
+SESSION_CLAIM = "sid"
 _PURGE_CHANCE = 0.01
 
 
@@ -163,8 +167,28 @@ def password_stamp(user) -> str:
     return salted_hmac("apps.accounts.password-stamp", user.password).hexdigest()[:20]
 
 
-def issue_tokens(user) -> RefreshToken:
-    """A refresh token (its .access_token is the access token) bound to the current password."""
+def issue_tokens(user, *, session: str | None = None) -> RefreshToken:
+    """A refresh token (its .access_token is the access token) bound to the current password
+    and to a login session: a login starts one, a refresh carries it on (`session`), and
+    POST /logout ends it, with every access token issued in it (end_session)."""
     refresh = RefreshToken.for_user(user)
     refresh[PASSWORD_CLAIM] = password_stamp(user)
+    refresh[SESSION_CLAIM] = session or refresh[api_settings.JTI_CLAIM]
     return refresh
+
+
+def end_session(refresh: RefreshToken) -> None:
+    """Refuse every access token of the refresh token's session from now on. An access token
+    lives ACCESS_TOKEN_LIFETIME at most, so the session is remembered that long; rows whose
+    time has passed are purged here, so the table holds only the sessions ended lately."""
+    session = refresh.get(SESSION_CLAIM)
+    if not session:
+        return  # issued before sessions existed: its access tokens expire within the lifetime
+    now = timezone.now()
+    EndedSession.objects.filter(ends_at__lt=now).delete()
+    lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
+    EndedSession.objects.get_or_create(session=session, defaults={"ends_at": now + lifetime})
+
+
+def session_ended(session: str | None) -> bool:
+    return bool(session) and EndedSession.objects.filter(session=session).exists()

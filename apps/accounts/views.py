@@ -92,9 +92,9 @@ class RefreshBodySerializer(serializers.Serializer):
     refresh = serializers.CharField()
 
 
-def claim_refresh_token(text: str) -> User:
+def claim_refresh_token(text: str) -> tuple[User, RefreshToken]:
     """Check a refresh token and use it up, atomically: of many requests presenting the same
-    token at once, exactly one gets the user; the others get 401."""
+    token at once, exactly one gets the user (and the token); the others get 401."""
     try:
         refresh = RefreshToken(text)
     except TokenError as exc:
@@ -108,7 +108,7 @@ def claim_refresh_token(text: str) -> User:
     _, claimed = refresh.blacklist()
     if not claimed:
         raise InvalidToken("Token is blacklisted")
-    return user
+    return user, refresh
 
 
 class RefreshView(APIView):
@@ -135,8 +135,8 @@ class RefreshView(APIView):
     def post(self, request):
         body = RefreshBodySerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        user = claim_refresh_token(body.validated_data["refresh"])
-        refresh = services.issue_tokens(user)
+        user, used = claim_refresh_token(body.validated_data["refresh"])
+        refresh = services.issue_tokens(user, session=used.get(services.SESSION_CLAIM))
         services.record_token_refresh(str(refresh), source_ip=client_ip(request))
         return Response({"access": str(refresh.access_token), "refresh": str(refresh)})
 
@@ -152,9 +152,9 @@ class LogoutView(APIView):
         tags=["auth"],
         summary="Log out: end the session of a refresh token",
         description=(
-            "The refresh token is refused from now on. Access tokens already issued from it "
-            "keep working until they expire (JWT_ACCESS_MINUTES); changing the password ends "
-            "every token at once."
+            "The refresh token is refused from now on, and so is every access token of its "
+            "login session (issued at the login or by a refresh since), until it would have "
+            "expired. Changing the password ends every session at once."
         ),
         request=RefreshBodySerializer,
         responses={
@@ -166,7 +166,8 @@ class LogoutView(APIView):
     def post(self, request):
         body = RefreshBodySerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        claim_refresh_token(body.validated_data["refresh"])
+        _, refresh = claim_refresh_token(body.validated_data["refresh"])
+        services.end_session(refresh)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def get_authenticate_header(self, request) -> str:

@@ -58,8 +58,16 @@ class ChangeRequestAdmin(HistoryAdmin):
     readonly_fields = fields
     change_form_template = "admin/changes/changerequest/change_form.html"
 
+    change_list_template = "admin/changes/changerequest/change_list.html"
+
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("author", "decided_by")
+
+    def changelist_view(self, request, extra_context=None):
+        # Rollbacks, aborts and emergencies publish without a request: listed beside them so
+        # that what skipped approval is seen where approvals are looked at.
+        extra = {**(extra_context or {}), "bypasses": services.recent_bypasses()}
+        return super().changelist_view(request, extra)
 
     @admin.display(description="state")
     def state_badge(self, obj: ChangeRequest) -> str:

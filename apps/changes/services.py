@@ -21,7 +21,13 @@ from apps.changes.errors import (
 from apps.changes.models import Approval, ChangeRequest
 from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.services import content_of, if_match_allows, lock_newest, publish_config
+from apps.configs.services import (
+    approval_bypass,
+    content_of,
+    if_match_allows,
+    lock_newest,
+    publish_config,
+)
 from apps.rollouts.services import NothingToRollOutFrom
 from protocol.rules import check_config_url, check_pooling_interval
 
@@ -230,6 +236,15 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
     )
 
 
+EMERGENCY_RULE = "a superuser's emergency publish, with its reason"
+
+
+def recent_bypasses(limit: int = 20):
+    """The latest publishes that skipped approval while it was required (rollbacks, aborts,
+    halts and emergencies), newest first, for the change requests' list."""
+    return AuditEntry.objects.filter(detail__has_key="approval_bypassed")[:limit]
+
+
 def publish_emergency(
     *,
     actor,
@@ -251,7 +266,7 @@ def publish_emergency(
         actor=actor,
         source_ip=source_ip,
         audit_action=AuditEntry.CONFIG_EMERGENCY,
-        audit_detail={"reason": reason},
+        audit_detail={"reason": reason, **(approval_bypass(EMERGENCY_RULE) or {})},
     )
     if created:
         logger.warning("emergency publish of version %s by %s: %s", config.version, actor, reason)

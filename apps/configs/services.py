@@ -3,6 +3,7 @@
 import logging
 from functools import partial
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.dispatch import Signal
@@ -273,6 +274,26 @@ def update_config(
     )
 
 
+# Why a publish that skipped approval was allowed to, as its audit entry states it.
+ROLLBACK_BYPASS_RULE = (
+    "a rollback (or a rollout's abort) restores content that was published before; an "
+    "operator may restore it without approval, so that an incident does not wait for approvers"
+)
+HALT_BYPASS_RULE = (
+    "the health gate halted a failing rollout and restored the previous content, which was "
+    "published before"
+)
+
+
+def approval_bypass(rule: str) -> dict | None:
+    """The audit detail of a publish that skipped approval while approvals are required
+    (None while they are not: nothing was skipped)."""
+    required = settings.CONFIG_APPROVALS_REQUIRED
+    if not required:
+        return None
+    return {"approval_bypassed": {"approvals_required": required, "rule": rule}}
+
+
 def rollback_config(
     *,
     version: int,
@@ -283,11 +304,18 @@ def rollback_config(
     halt: dict | None = None,
 ) -> tuple[ConfigVersion, bool]:
     """Make a new version whose content is that of `version`, for every agent at once; a
-    rollout still splitting the fleet is aborted (or halted, with `halt`)."""
+    rollout still splitting the fleet is aborted (or halted, with `halt`).
+
+    While approvals are required (CONFIG_APPROVALS_REQUIRED), a rollback still publishes at
+    once: it puts back content that was published before, and in an incident that must not
+    wait for approvers. Its audit entry says so (`approval_bypassed`, with the rule), and the
+    change requests' list in the admin shows it."""
     target = ConfigVersion.objects.filter(version=version).first()
     if target is None:
         raise UnknownVersion(version)
+    bypass = approval_bypass(ROLLBACK_BYPASS_RULE if actor is not None else HALT_BYPASS_RULE)
     return publish_config(
+        audit_detail=bypass,
         config_url=target.config_url,
         pooling_interval=target.pooling_interval,
         actor=actor,

@@ -219,7 +219,10 @@ class ConfigRollbackView(APIView):
         tags=["config"],
         summary="Roll back to a version",
         description="Makes a new version whose content is version N's (201), or answers 200 "
-        "when N's content is already current.",
+        "when N's content is already current. While CONFIG_APPROVALS_REQUIRED is 1 or more a "
+        "rollback still publishes at once: it restores content that was published before, and "
+        "an incident must not wait for approvers. Its audit entry says it bypassed approval "
+        "(`approval_bypassed`, with the rule), and the admin's change requests list shows it.",
         request=RollbackSerializer,
         responses={
             201: AdminConfigSerializer,

@@ -328,6 +328,9 @@ class WatchEndpoint:
                 if waiter.future.done():
                     outcome, news = waiter.future.result()
                 else:
+                    if not self.hub.held.hold(waiter):
+                        status = await _respond(send, *WATCHES_FULL)
+                        return
                     held = metrics.instruments().watches
                     held.inc()
                     # Up to wait/16 of jitter, so that many watches started together do not all
@@ -342,6 +345,7 @@ class WatchEndpoint:
                     finally:
                         timer.cancel()
                         held.dec()
+                        self.hub.held.release(waiter)
                 if outcome == "revoked":
                     status = await _respond(send, 401, {"detail": "This agent has been revoked."})
                 elif outcome == "shutdown":
@@ -356,6 +360,8 @@ class WatchEndpoint:
                         {"detail": "The controller is restarting; try again shortly."},
                         [(b"retry-after", b"1")],
                     )
+                elif outcome == "replaced":
+                    status = await _respond(send, *REPLACED)
                 elif outcome == "preflight":
                     # The state the agent knows, unchanged, and the request: it watches again
                     # at once, so a change made now reaches it as fast as ever.
@@ -412,6 +418,9 @@ class WatchEndpoint:
                     return
                 waiter.labels = agent.labels or {}
                 agent = None
+                if not self.hub.held.hold(waiter):
+                    status = await _respond(send, *WATCHES_FULL)
+                    return
                 self.hub.advance(state)
                 state = None
                 start = {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
@@ -421,6 +430,7 @@ class WatchEndpoint:
                 await self._stream_events(waiter, known, receive, send, loop)
             finally:
                 self.hub.waiters.discard(waiter)
+                self.hub.held.release(waiter)
         finally:
             metrics.observe_request(STREAM_PATH, "GET", status, time.perf_counter() - started)
 
@@ -444,6 +454,9 @@ class WatchEndpoint:
                 if preflight:
                     await _send_chunk(send, preflight_event(preflight))
                     preflight = None
+                if waiter.replaced:
+                    await _send_chunk(send, REPLACED_EVENT)
+                    return
                 if self.hub.stopping or gone.done():
                     return
                 waiter.known = known
@@ -461,6 +474,9 @@ class WatchEndpoint:
                     preflight = news
                 elif outcome == "revoked":
                     await _send_chunk(send, REVOKED_EVENT)
+                    return
+                elif outcome == "replaced":
+                    await _send_chunk(send, REPLACED_EVENT)
                     return
                 elif outcome in ("shutdown", "gone"):
                     return
@@ -522,6 +538,19 @@ def preflight_event(request: dict) -> bytes:
 
 
 REVOKED_EVENT = b'event: revoked\ndata: {"detail": "This agent has been revoked."}\n\n'
+# Answers of the caps on held watches (hub.HeldWatches), as arguments of _respond: the agent's
+# oldest watch, ended by a newer one (429, as for a client asking too much), and a new watch
+# while the process holds its maximum (503: another process, or this one shortly, takes it).
+REPLACED_DETAIL = (
+    "A newer watch of this agent took this one's place (CONTROLLER_MAX_WATCHES_PER_AGENT)."
+)
+REPLACED = (429, {"detail": REPLACED_DETAIL}, [(b"retry-after", b"1")])
+REPLACED_EVENT = b"event: replaced\ndata: %s\n\n" % json.dumps({"detail": REPLACED_DETAIL}).encode()
+WATCHES_FULL = (
+    503,
+    {"detail": "This controller holds as many watches as it may; try again shortly."},
+    [(b"retry-after", b"5")],
+)
 
 
 async def _send_chunk(send, chunk: bytes) -> None:

@@ -1,20 +1,82 @@
-"""The gunicorn worker class for the controller: uvicorn, plus a clean hand-off of held watches.
+"""The gunicorn worker class for the controller: uvicorn, plus a clean hand-off of held watches
+and a deadline for request heads.
 
 When a worker is told to stop, its held watches are answered at once (503, retry shortly), so
 their agents re-connect (to another worker or to the restarted one) instead of waiting for a
 cut connection and backing off.
+
+uvicorn has no limit on how long a client may take to send a request head: a client that sends
+half of one and then nothing holds its connection (and a file descriptor) until it gives up, so
+a few thousand such clients exhaust the process. HeadTimeoutProtocol closes a connection whose
+head is not complete within CONTROLLER_HEADER_TIMEOUT seconds of its first byte (of the
+connection, for a first request); an idle keep-alive connection is uvicorn's own timeout's.
 """
 
 import asyncio
+import logging
 import sys
 
+from django.conf import settings
 from gunicorn.arbiter import Arbiter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+logger = logging.getLogger("apps.ops")
+
+
+class HeadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol (httptools), closing a connection whose request head does not
+    arrive whole within CONTROLLER_HEADER_TIMEOUT."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_deadline: asyncio.TimerHandle | None = None
+        self._arm_head_deadline()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # The next request on a keep-alive connection: its head has the same time.
+        if self.head_deadline is None:
+            self._arm_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self.head_deadline = self.loop.call_later(
+            settings.CONTROLLER_HEADER_TIMEOUT, self._head_too_slow
+        )
+
+    def _disarm_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self.head_deadline = None
+        if not self.transport.is_closing():
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            logger.warning(
+                "closed the connection of %s: no whole request head within %s s "
+                "(CONTROLLER_HEADER_TIMEOUT)",
+                peer,
+                settings.CONTROLLER_HEADER_TIMEOUT,
+            )
+            self.transport.close()
+
 
 class ControllerWorker(UvicornWorker):
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "timeout_graceful_shutdown": 10}
+    CONFIG_KWARGS = {
+        "loop": "auto",
+        "http": HeadTimeoutProtocol,
+        "timeout_graceful_shutdown": 10,
+    }
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

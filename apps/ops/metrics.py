@@ -60,6 +60,13 @@ def _instruments() -> SimpleNamespace:
             "Event streams (GET /config/stream) open right now.",
             multiprocess_mode="livesum",
         ),
+        watch_limits=Counter(
+            "controller_watch_limit_hits",
+            "Watches and streams stopped by a cap, by cap: agent (the agent's oldest one ended, "
+            "CONTROLLER_MAX_WATCHES_PER_AGENT) or process (a new one refused with 503, "
+            "CONTROLLER_MAX_WATCHES).",
+            ["limit"],
+        ),
         notifications_sent=Counter(
             "controller_notifications_sent",
             "Change notifications sent to the watch hubs, by type (config, revoked).",

@@ -111,7 +111,9 @@ class RolloutAbortView(APIView):
         "Abort the rollout",
         "Every agent goes back to the previous version's content at once: a new version "
         "carrying that content is published, as a rollback does (workers refuse older version "
-        "numbers). The history shows it as a rollback, the audit log as the rollout's abort.",
+        "numbers). The history shows it as a rollback, the audit log as the rollout's abort. "
+        "Like a rollback it needs no approval while CONFIG_APPROVALS_REQUIRED is on: its audit "
+        "entry says it bypassed approval, and why that is allowed.",
     )
     def post(self, request):
         return _act(request, services.abort_rollout)

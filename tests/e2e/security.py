@@ -74,6 +74,27 @@ ATTACKS = {
         "password changed",
         "e2e/test_auth.py::test_logout_and_a_new_password_end_sessions",
     ),
+    "access-token-after-logout": Attack(
+        "10",
+        "an access token (and one refreshed from the same login) used after POST /logout",
+        "e2e/test_auth.py::test_an_access_token_is_refused_after_logout",
+    ),
+    "streams-per-token": Attack(
+        "6",
+        "40 event streams (GET /config/stream) and long polls held at once on one agent token",
+        "e2e/test_hostile.py::test_held_watches_are_capped_per_agent_and_per_process",
+    ),
+    "forged-forwarded-for-behind-proxy": Attack(
+        "7",
+        "wrong logins with a forged X-Forwarded-For, sent straight to a controller configured "
+        "for one proxy hop (the Kubernetes base's former NUM_PROXIES=1)",
+        "e2e/test_auth.py::test_forged_forwarded_for_is_ignored_when_sent_around_the_proxy",
+    ),
+    "slow-request-head": Attack(
+        "9",
+        "30 connections that send half a request head and then nothing",
+        "e2e/test_hostile.py::test_a_request_head_not_sent_in_time_is_closed",
+    ),
     "ssrf-private-upstream": Attack(
         "9",
         "a pushed config_url pointing at the controller's /metrics on 127.0.0.1, and at "

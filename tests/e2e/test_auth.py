@@ -27,6 +27,7 @@ from tests.e2e.security import record_attack
 from tests.support.processes import (
     ROOT,
     base_env,
+    free_port,
     manage,
     server_errors,
     wait_until,
@@ -237,6 +238,66 @@ def test_forged_forwarded_for_is_ignored_from_untrusted_peers(stack, admin_user)
     )
 
 
+# The pod networks the Kubernetes base trusts as its ingress: a test client on loopback is
+# outside them, as a pod or node that reaches a controller pod around the ingress is.
+BASE_PROXIES = "10.244.0.0/16,10.42.0.0/16"
+
+
+def test_forged_forwarded_for_is_ignored_when_sent_around_the_proxy(stack, admin_user):
+    # The base used to add NUM_PROXIES=1, which took the address from the header whoever sent
+    # it: a controller so configured now refuses to start, naming what replaces it.
+    port = free_port()
+    refused = subprocess.run(
+        manage("run_controller", "--bind", f"127.0.0.1:{port}"),
+        env=base_env(
+            FORWARDED_ALLOW_IPS=BASE_PROXIES, NUM_PROXIES="1", DATABASE_URL=database_url()
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "FORWARDED_ALLOW_IPS" in refused.stderr, refused.stderr[-2000:]
+    _, url = stack.controller(None, FORWARDED_ALLOW_IPS=BASE_PROXIES)
+    statuses = [
+        _post_from(
+            "127.0.0.1",
+            url,
+            "/login",
+            {"email": f"around{n}@example.com", "password": "x"},
+            {"X-Forwarded-For": f"198.51.100.{n}"},
+        )
+        for n in range(12)
+    ]
+    assert statuses == [401] * 10 + [429] * 2, statuses
+    seen = set(
+        AuditEntry.objects.filter(action=AuditEntry.LOGIN_FAILED).values_list(
+            "source_ip", flat=True
+        )
+    )
+    assert seen == {"127.0.0.1"}, seen
+    # From a peer inside a listed network (a CIDR range) the header is the client's address.
+    _, proxied = stack.controller(None, FORWARDED_ALLOW_IPS="127.0.0.0/30")
+    status = _post_from(
+        "127.0.0.2",
+        proxied,
+        "/login",
+        {"email": "behind-proxy@example.com", "password": "x"},
+        {"X-Forwarded-For": "203.0.113.9"},
+    )
+    assert status == 401
+    assert AuditEntry.objects.get(actor="behind-proxy@example.com").source_ip == "203.0.113.9"
+    record_attack(
+        "forged-forwarded-for-behind-proxy",
+        "a controller with NUM_PROXIES set refused to start; with the proxies' networks alone "
+        "the forged addresses were ignored (the 11th attempt got 429, the audit log has only "
+        "the real address); from a peer in a listed CIDR range the header was used",
+        num_proxies_start="refused",
+        refused_429=statuses.count(429),
+        audit_addresses=len(seen),
+    )
+
+
 def test_admin_login_is_throttled(stack, admin_user):
     _, url = stack.controller(None)
     session = requests.Session()
@@ -386,6 +447,32 @@ def test_logout_and_a_new_password_end_sessions(stack, admin_user):
         refresh_after_logout=after_logout,
         access_after_password_change=old_access,
         refresh_after_password_change=old_refresh,
+    )
+
+
+def test_an_access_token_is_refused_after_logout(stack, admin_user):
+    _, url = stack.controller(None)
+    tokens = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=30
+    ).json()
+    refreshed = requests.post(
+        f"{url}/login/refresh", json={"refresh": tokens["refresh"]}, timeout=30
+    ).json()
+
+    def agents(access: str) -> int:
+        bearer = {"Authorization": f"Bearer {access}"}
+        return requests.get(f"{url}/agents", headers=bearer, timeout=30).status_code
+
+    assert (agents(tokens["access"]), agents(refreshed["access"])) == (200, 200)
+    logout = requests.post(f"{url}/logout", json={"refresh": refreshed["refresh"]}, timeout=30)
+    assert logout.status_code == 204
+    after = (agents(tokens["access"]), agents(refreshed["access"]))
+    assert after == (401, 401), after
+    record_attack(
+        "access-token-after-logout",
+        "both access tokens of the logged-out session got 401 at once, well before they expire",
+        access_after_logout=after[0],
+        refreshed_access_after_logout=after[1],
     )
 
 

@@ -401,3 +401,133 @@ def test_the_fast_agent_paths_check_host_and_https(stack):
         "other path",
         **results,
     )
+
+
+def open_stream(port: int, token: str) -> tuple[socket.socket, bytes]:
+    """GET /config/stream on a raw connection; returns it with what came before the first
+    event's end (the status line, the headers and, on 200, the current version's event)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"GET /config/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    received = b""
+    while b"\n\n" not in received.partition(b"event: config")[2]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+        if received.startswith(b"HTTP/1.1 503") and b"\r\n\r\n" in received:
+            break
+    return sock, received
+
+
+def ended_with(sock: socket.socket, marker: bytes, timeout: float = 10) -> bool:
+    """Whether the server sends `marker` and then ends the response (its last chunk) within
+    `timeout`."""
+    sock.settimeout(timeout)
+    received = b""
+    with contextlib.suppress(OSError):
+        while not received.endswith(b"0\r\n\r\n") and (chunk := sock.recv(65536)):
+            received += chunk
+    sock.close()
+    return marker in received and received.endswith(b"0\r\n\r\n")
+
+
+def metric(url: str, name: str) -> float:
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_held_watches_are_capped_per_agent_and_per_process(stack):
+    from apps.configs.services import publish_config
+
+    publish_config(config_url="http://upstream.example/task", pooling_interval=30)
+    _, url = stack.controller(None, CONTROLLER_MAX_WATCHES="6")
+    port = int(url.rsplit(":", 1)[1])
+    tokens = [register_agent(token=issue_registration_token()[0])[1] for _ in range(3)]
+    # 40 streams on one token, one after the other: each new one past the default cap of 4
+    # ends that agent's oldest.
+    streams = []
+    for _ in range(40):
+        sock, head = open_stream(port, tokens[0])
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        streams.append(sock)
+    ended = [ended_with(sock, b"event: replaced") for sock in streams[:36]]
+    assert all(ended), ended.count(False)
+    assert metric(url, "controller_streams_open") == 4
+    assert metric(url, 'controller_watch_limit_hits_total{limit="agent"}') == 36
+    # The process holds at most 6: two more agents' streams fill it, the next is 503.
+    others = [open_stream(port, tokens[1])[0] for _ in range(2)]
+    sock, refused = open_stream(port, tokens[2])
+    sock.close()
+    assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+    assert b"retry-after: 5" in refused.lower()
+    # A connection that ends stops counting at once: the refused agent gets in.
+    others[0].close()
+    deadline = time.monotonic() + 10
+    while metric(url, "controller_streams_open") > 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sock, admitted = open_stream(port, tokens[2])
+    assert admitted.startswith(b"HTTP/1.1 200"), admitted[:200]
+    for held in [*streams[36:], others[1], sock]:
+        held.close()
+    record_attack(
+        "streams-per-token",
+        "at most 4 streams were held for the token: each one past that ended the agent's "
+        "oldest (event: replaced); past the process's cap of 6 a new stream got 503 with "
+        "Retry-After, and one more was taken once a connection ended",
+        streams_opened=40,
+        oldest_ended=sum(ended),
+        held_for_the_token=4,
+        over_process_cap=503,
+    )
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes `sock` within `timeout` (what it sent before is ignored)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_a_request_head_not_sent_in_time_is_closed(stack):
+    _, url = stack.controller(None, CONTROLLER_HEADER_TIMEOUT="1")
+    port = int(url.rsplit(":", 1)[1])
+    started = time.monotonic()
+    slow = []
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        slow.append(sock)
+    # The next request on a kept-alive connection has the same time for its head.
+    kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    first = kept.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:200]
+    kept.sendall(b"GET /healthz HTTP/1.1\r\n")
+    closed = [closed_by_server(sock, 10) for sock in [*slow, kept]]
+    elapsed = time.monotonic() - started
+    for sock in [*slow, kept]:
+        sock.close()
+    assert all(closed), closed.count(False)
+    assert elapsed < 8, elapsed
+    # A client that sends its head in time is served as ever.
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    record_attack(
+        "slow-request-head",
+        "every connection was closed by the controller once CONTROLLER_HEADER_TIMEOUT (1 s "
+        "here) had passed without a whole request head, also on a kept-alive connection; a "
+        "whole request was served",
+        connections=len(closed),
+        closed=sum(closed),
+        closed_within_s=round(elapsed, 1),
+    )
