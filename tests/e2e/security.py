@@ -75,23 +75,23 @@ ATTACKS = {
         "e2e/test_auth.py::test_logout_and_a_new_password_end_sessions",
     ),
     "access-token-after-logout": Attack(
-        "10",
+        "F10",
         "an access token (and one refreshed from the same login) used after POST /logout",
         "e2e/test_auth.py::test_an_access_token_is_refused_after_logout",
     ),
     "streams-per-token": Attack(
-        "6",
+        "F6",
         "40 event streams (GET /config/stream) and long polls held at once on one agent token",
         "e2e/test_hostile.py::test_held_watches_are_capped_per_agent_and_per_process",
     ),
     "forged-forwarded-for-behind-proxy": Attack(
-        "7",
+        "F7",
         "wrong logins with a forged X-Forwarded-For, sent straight to a controller configured "
         "for one proxy hop (the Kubernetes base's former NUM_PROXIES=1)",
         "e2e/test_auth.py::test_forged_forwarded_for_is_ignored_when_sent_around_the_proxy",
     ),
     "slow-request-head": Attack(
-        "9",
+        "F9",
         "30 connections that send half a request head and then nothing",
         "e2e/test_hostile.py::test_a_request_head_not_sent_in_time_is_closed",
     ),
@@ -147,33 +147,33 @@ ATTACKS = {
         "test_config_file.py::test_passwords_in_url_queries_and_secrets_in_type_errors_are_masked",
     ),
     "redis-planted-pickle": Attack(
-        "1",
+        "F1",
         "a pickle that runs `id` written with a Redis client to the served-state cache key, "
         "then GET /config/agent and GET /config/version on the controller",
         "e2e/test_redis_trust.py::test_a_pickle_planted_in_the_cache_is_never_loaded",
     ),
     "redis-forged-notification": Attack(
-        "1",
+        "F1",
         "PUBLISH on the change channel, while an agent holds a watch, of a made-up config "
         "version 1004 with an attacker's config_url, the same with a made-up seal, a pre-flight "
         "for that agent and a revocation of it",
         "e2e/test_redis_trust.py::test_a_forged_notification_changes_nothing_agents_receive",
     ),
     "gate-halt-by-untargeted-agent": Attack(
-        "2",
+        "F2",
         "during a canary wave, one heartbeat with a billion failed hits of the new version from "
         "an agent the rollout has not reached",
         "e2e/test_rollout_health.py::test_a_healthy_rollout_completes_after_a_refused_preflight",
     ),
     "gate-disabled-in-advance": Attack(
-        "3",
+        "F3",
         "a billion good hits for each of the next 100 versions, sent before they exist; then "
         "a rollout whose canary really fails",
         "e2e/test_rollout_health.py::test_a_failing_canary_halts_the_rollout_and_every_worker_"
         "goes_back",
     ),
     "gate-lying-canary": Attack(
-        "3",
+        "F3",
         "one of ten canaries reports a billion failures of a healthy version, then a billion "
         "successes of a version seven of the ten really fail",
         "e2e/test_rollout_health.py::test_one_lying_canary_can_neither_halt_a_healthy_rollout_"
