@@ -38,7 +38,7 @@ transactional = pytest.mark.django_db(transaction=True)
 def make_fleet(canaries: int = 1, others: int = 3) -> list[tuple[Agent, str]]:
     fleet = []
     for index in range(canaries + others):
-        token, _ = issue_registration_token()
+        token, _ = issue_registration_token(allow_agent_labels=True)
         labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
         fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
     return fleet

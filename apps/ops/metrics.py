@@ -73,6 +73,11 @@ def _instruments() -> SimpleNamespace:
             "controller_heartbeats_recorded",
             "Agents' heartbeats written to the database in batches by the ASGI front.",
         ),
+        heartbeat_labels_ignored=Counter(
+            "controller_heartbeat_labels_ignored",
+            "Heartbeats whose labels differed from the agent's stored ones and changed nothing: "
+            "only an operator sets an agent's labels.",
+        ),
         rollouts_halted=Counter(
             "controller_rollouts_halted",
             "Rollouts stopped by their new version's failure rate, by what happened: halted "

@@ -137,7 +137,9 @@ class Stack:
     ) -> Process:
         """An agent whose state lives in tmp_path/<name>; `register` gives it a fresh
         registration token (a restarted agent reuses its stored credentials instead)."""
-        token = issue_registration_token()[0] if register else None
+        # An agent started with labels (AGENT_LABELS) gets a token that takes them.
+        allow = "AGENT_LABELS" in env
+        token = issue_registration_token(allow_agent_labels=allow)[0] if register else None
         return self._keep(
             start_agent(
                 controller_url,
