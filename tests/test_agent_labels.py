@@ -513,3 +513,14 @@ def closing(function):
             connection.close()
 
     return run
+
+
+def test_create_registration_token_binds_labels(capsys):
+    from django.core.management import call_command
+
+    call_command("create_registration_token", "--label", "ring=canary", "--allow-agent-labels")
+    record = RegistrationToken.objects.get()
+    assert (record.labels, record.allow_agent_labels) == ({"ring": "canary"}, True)
+    token = capsys.readouterr().out.strip()
+    register_agent(token=token, labels={"ring": "main", "zone": "a"})
+    assert Agent.objects.get().labels == {"ring": "canary", "zone": "a"}
