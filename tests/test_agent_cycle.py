@@ -510,15 +510,18 @@ def test_the_agent_registers_with_its_labels_when_its_token_allows_them(
 
 
 def test_an_agent_with_labels_registers_with_a_plain_token_without_them(
-    make_agent, make_worker, new_token, publish, clock
+    make_agent, make_worker, new_token, publish, clock, caplog
 ):
     worker = make_worker()
     publish()
     agent = make_agent([worker], token=new_token(), labels={"ring": "canary"})
-    agent.run_once()
+    with caplog.at_level("WARNING", logger="agent.daemon"):
+        agent.run_once()
     record = AgentRecord.objects.get()
     assert record.labels == {}
     assert worker.version() == 1
+    # It says so, rather than believing it is a canary.
+    assert any("its registration token decides them" in r.getMessage() for r in caplog.records)
 
 
 def test_after_an_outage_the_first_watch_is_short_so_that_heartbeats_resume(
