@@ -176,41 +176,31 @@ def live_agents(count: int) -> list[Agent]:
     return [register_agent(token=issue_registration_token()[0])[0] for _ in range(count)]
 
 
-def answer_when_asked(answers: dict) -> threading.Thread:
-    """A thread that answers the next pre-flight for each agent in `answers` ({agent: result}),
-    as their POST /agent/preflight would, and leaves the others silent."""
+@pytest.fixture
+def answer_when_asked(monkeypatch):
+    """answer(answers): the agents in `answers` ({agent: result}) answer the next pre-flights
+    as their POST /agent/preflight would, the moment the request goes out; the others stay
+    silent."""
+    from apps.configs import preflight
 
-    def requests() -> list[str]:
-        return [k for k in cache.keys("preflight:*") if k.count(":") == 1]
+    def answer(answers: dict) -> None:
+        def publish(request: dict) -> None:
+            for agent, result in answers.items():
+                record_preflight_result(agent, preflight_id=request["id"], result=result)
 
-    earlier = set(requests())
+        monkeypatch.setattr(preflight.notifications, "publish_preflight", publish)
 
-    def run() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            keys = [k for k in requests() if k not in earlier]
-            if keys:
-                for agent, result in answers.items():
-                    record_preflight_result(
-                        agent, preflight_id=keys[0].split(":")[1], result=result
-                    )
-                return
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+    return answer
 
 
 OK_200 = {"worker_url": "http://127.0.0.1:8082", "status": 200, "elapsed_ms": 5.0, "error": None}
 
 
-def test_one_agents_ok_is_not_enough_when_the_others_do_not_answer(db):
+def test_one_agents_ok_is_not_enough_when_the_others_do_not_answer(db, answer_when_asked):
     fake, *silent = live_agents(3)
-    answering = answer_when_asked({fake: OK_200})
+    answer_when_asked({fake: OK_200})
 
     answer = run_preflight(config_url=URL, agents=3, timeout_seconds=1)
-    answering.join()
 
     assert answer["ok"] is False
     # Every agent asked is listed, the silent ones with why.
@@ -218,28 +208,28 @@ def test_one_agents_ok_is_not_enough_when_the_others_do_not_answer(db):
     assert sorted(r["status"] is None for r in answer["results"]) == [False, True, True]
 
 
-def test_a_majority_of_oks_passes_and_one_failure_fails_it(db):
+def test_a_majority_of_oks_passes_and_one_failure_fails_it(db, answer_when_asked):
     first, second, third = live_agents(3)
-    answering = answer_when_asked({first: OK_200, second: OK_200})
+    answer_when_asked({first: OK_200, second: OK_200})
     assert run_preflight(config_url=URL, agents=3, timeout_seconds=1)["ok"] is True
-    answering.join()
 
     refused = {**OK_200, "status": None, "error": "upstream refused"}
-    answering = answer_when_asked({first: OK_200, second: OK_200, third: refused})
+    answer_when_asked({first: OK_200, second: OK_200, third: refused})
     assert run_preflight(config_url=URL, agents=3, timeout_seconds=5)["ok"] is False
-    answering.join()
+    # A 5xx is a failure too.
+    answer_when_asked({first: OK_200, second: OK_200, third: {**OK_200, "status": 503}})
+    assert run_preflight(config_url=URL, agents=3, timeout_seconds=5)["ok"] is False
 
 
-def test_an_agents_error_names_no_address_the_url_resolved_to(db):
+def test_an_agents_error_names_no_address_the_url_resolved_to(db, answer_when_asked):
     (agent,) = live_agents(1)
     error = (
         "worker http://10.0.0.3:8082: upstream http://intranet.example/ is unreachable: "
         "Failed to connect to 10.1.2.3 port 80 after 0 ms; also fd00::17 and 127.0.0.1"
     )
-    answering = answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
+    answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
 
     answer = run_preflight(config_url="http://intranet.example/", agents=1, timeout_seconds=5)
-    answering.join()
 
     shown = answer["results"][0]["error"]
     for address in ("10.1.2.3", "fd00::17", "127.0.0.1", "10.0.0.3"):
@@ -247,13 +237,12 @@ def test_an_agents_error_names_no_address_the_url_resolved_to(db):
     assert "intranet.example" in shown and "[address]" in shown
 
 
-def test_an_address_written_in_the_url_itself_stays_in_the_error(db):
+def test_an_address_written_in_the_url_itself_stays_in_the_error(db, answer_when_asked):
     (agent,) = live_agents(1)
     error = "upstream http://10.9.8.7/ is unreachable: Failed to connect to 10.9.8.7 port 80"
-    answering = answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
+    answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
 
     answer = run_preflight(config_url="http://10.9.8.7/", agents=1, timeout_seconds=5)
-    answering.join()
 
     assert answer["results"][0]["error"] == error
 
