@@ -524,3 +524,15 @@ def test_create_registration_token_binds_labels(capsys):
     token = capsys.readouterr().out.strip()
     register_agent(token=token, labels={"ring": "main", "zone": "a"})
     assert Agent.objects.get().labels == {"ring": "canary", "zone": "a"}
+
+
+def test_the_admin_issues_a_token_with_labels(client, admin_user):
+    client.force_login(admin_user)
+    page = "/admin/agents/registrationtoken/issue/"
+    bad = client.post(page, {"ttl": 3600, "labels": "ring"})
+    assert bad.status_code == 200 and "must be KEY=VALUE" in bad.content.decode()
+    assert not RegistrationToken.objects.exists()
+    response = client.post(page, {"ttl": 3600, "labels": "ring=canary", "allow_agent_labels": "on"})
+    assert response.status_code == 200
+    record = RegistrationToken.objects.get()
+    assert (record.labels, record.allow_agent_labels) == ({"ring": "canary"}, True)
