@@ -223,6 +223,16 @@ class AgentDaemon:
             credentials["agent_id"],
             self.state.credentials_path,
         )
+        given = answer.get("labels")
+        if isinstance(given, dict) and self.labels and given != self.labels:
+            # The controller's labels are the operator's; ours were offered, not imposed.
+            logger.warning(
+                "the controller gave this agent the labels %s, not %s: its registration token "
+                "decides them (an operator changes them with PATCH /agents/%s)",
+                given,
+                self.labels,
+                credentials["agent_id"],
+            )
         interval = answer.get("pooling_interval")
         if self.config is None and isinstance(interval, int) and interval > 0:
             self.period = float(interval)

@@ -69,6 +69,10 @@ class ServiceError(Exception):
         """The answer's JSON; an error with more to say than `detail` adds its fields."""
         return {"detail": self.detail}
 
+    def headers(self) -> dict | None:
+        """Headers of the answer (a Retry-After, say); none by default."""
+        return None
+
 
 class NotFoundError(ServiceError):
     status_code = status.HTTP_404_NOT_FOUND
@@ -76,7 +80,7 @@ class NotFoundError(ServiceError):
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceError):
-        return Response(exc.body(), status=exc.status_code)
+        return Response(exc.body(), status=exc.status_code, headers=exc.headers())
     if isinstance(exc, InvalidConfig):
         return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DataError):

@@ -387,6 +387,10 @@ SPECTACULAR_SETTINGS = {
 # 0 (the default): editors publish directly, as before change requests existed.
 CONFIG_APPROVALS_REQUIRED = env_int("CONFIG_APPROVALS_REQUIRED", 0, minimum=0)
 
+# Pre-flights each user may ask for a minute (each has up to 20 agents' workers fetch a URL);
+# beyond it, 429 with Retry-After. 0: no limit.
+PREFLIGHT_RATE_PER_MINUTE = env_int("PREFLIGHT_RATE_PER_MINUTE", 10, minimum=0)
+
 # Registration tokens and agents.
 REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600

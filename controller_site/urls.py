@@ -6,6 +6,7 @@ from apps.accounts.views import LoginView, LogoutView, RefreshView
 from apps.agents.views import (
     AgentListView,
     AgentRevokeView,
+    AgentView,
     HeartbeatView,
     RegisterAgentView,
     RegistrationTokenView,
@@ -78,6 +79,7 @@ urlpatterns = [
     path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
     path("agent/preflight", AgentPreflightResultView.as_view(), name="agent-preflight"),
     path("agents", AgentListView.as_view(), name="agents"),
+    path("agents/<uuid:agent_id>", AgentView.as_view(), name="agent"),
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("audit", AuditLogView.as_view(), name="audit"),
     path("healthz", healthz, name="healthz"),

@@ -14,6 +14,7 @@ from agent.daemon import AgentDaemon
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
 from apps.configs.services import publish_config, update_config
+from apps.ops import metrics
 from protocol.signing import sign
 from tests.support.agent import (
     FakeClock,
@@ -487,21 +488,40 @@ def test_two_agents_pushing_the_same_config_in_the_same_second_both_succeed(
     assert worker.version() == 2
 
 
-def test_the_agent_registers_with_its_labels_and_sends_them_in_heartbeats(
+def test_the_agent_registers_with_its_labels_when_its_token_allows_them(
     make_agent, make_worker, new_token, publish, clock
 ):
     worker = make_worker()
     publish()
-    make_agent([worker], token=new_token(), labels={"ring": "canary"}).run_once()
+    token = issue_registration_token(allow_agent_labels=True)[0]
+    make_agent([worker], token=token, labels={"ring": "canary"}).run_once()
     record = AgentRecord.objects.get()
     assert record.labels == {"ring": "canary"}
+    ignored = metrics.instruments().heartbeat_labels_ignored._value.get()
 
-    # Restarted with other labels, on its stored credentials: the next heartbeat carries them.
+    # Restarted with other labels, on its stored credentials: its heartbeats still carry them,
+    # and they change nothing (only an operator changes an agent's labels); they are counted.
     restarted = make_agent([worker], labels={"ring": "main", "zone": "eu-1"})
     restarted.run_once()
     record.refresh_from_db()
-    assert record.labels == {"ring": "main", "zone": "eu-1"}
+    assert record.labels == {"ring": "canary"}
     assert AgentRecord.objects.count() == 1
+    assert metrics.instruments().heartbeat_labels_ignored._value.get() > ignored
+
+
+def test_an_agent_with_labels_registers_with_a_plain_token_without_them(
+    make_agent, make_worker, new_token, publish, clock, caplog
+):
+    worker = make_worker()
+    publish()
+    agent = make_agent([worker], token=new_token(), labels={"ring": "canary"})
+    with caplog.at_level("WARNING", logger="agent.daemon"):
+        agent.run_once()
+    record = AgentRecord.objects.get()
+    assert record.labels == {}
+    assert worker.version() == 1
+    # It says so, rather than believing it is a canary.
+    assert any("its registration token decides them" in r.getMessage() for r in caplog.records)
 
 
 def test_after_an_outage_the_first_watch_is_short_so_that_heartbeats_resume(

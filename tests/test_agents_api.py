@@ -80,7 +80,14 @@ def test_register_returns_agent_credentials_and_urls(admin_api, publish):
     )
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"agent_id", "agent_token", "version_url", "poll_url", "pooling_interval"}
+    assert set(body) == {
+        "agent_id",
+        "agent_token",
+        "version_url",
+        "poll_url",
+        "pooling_interval",
+        "labels",
+    }
     assert body["version_url"] == "http://testserver/config/version"
     assert body["poll_url"] == "http://testserver/config/agent"
     assert body["pooling_interval"] == 45

@@ -177,7 +177,7 @@ def test_rollout_page_in_the_admin(page, live_server):
     call_command("seed_admin", allow_default_password=True)
     fleet = []
     for index in range(8):
-        token, _ = issue_registration_token()
+        token, _ = issue_registration_token(allow_agent_labels=True)
         labels = {"ring": "canary"} if index < 2 else {"ring": "main"}
         fleet.append(register_agent(token=token, name=f"edge-{index}", labels=labels)[0])
     publish_config(config_url=URL, pooling_interval=30)

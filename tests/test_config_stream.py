@@ -31,8 +31,8 @@ def content(version: int) -> dict:
 
 
 def agent_with(labels: dict | None = None):
-    token, _ = issue_registration_token()
-    return register_agent(token=token, labels=labels or {})
+    token, _ = issue_registration_token(labels=labels)
+    return register_agent(token=token)
 
 
 def parse(chunk: bytes) -> list[dict]:

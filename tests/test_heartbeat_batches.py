@@ -214,13 +214,12 @@ def test_one_statement_stores_a_whole_batch():
     agents = new_agents(30)
     now = timezone.now()
     reports = {
-        # Fourth: the hits since the previous report; fifth: labels, left out (None).
+        # Fourth: the hits since the previous report.
         str(agent.pk): (
             now,
             n,
             [{"url": f"http://w{n}.example", "ok": n % 2 == 0, "version": n}],
             [],
-            None,
         )
         for n, (agent, _) in enumerate(agents)
     }

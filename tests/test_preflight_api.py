@@ -182,3 +182,114 @@ def test_bad_preflight_answer_is_400(agent_api, change):
 
 def test_preflight_answer_needs_the_agent_token(api):
     assert api.post("/agent/preflight", GOOD_ANSWER, format="json").status_code == 401
+
+
+# Who decides: a majority, and no failure ---------------------------------------------------
+
+
+def live_agents(count: int) -> list[Agent]:
+    from apps.agents.services import issue_registration_token, register_agent
+
+    return [register_agent(token=issue_registration_token()[0])[0] for _ in range(count)]
+
+
+@pytest.fixture
+def answer_when_asked(monkeypatch):
+    """answer(answers): the agents in `answers` ({agent: result}) answer the next pre-flights
+    as their POST /agent/preflight would, the moment the request goes out; the others stay
+    silent."""
+    from apps.configs import preflight
+
+    def answer(answers: dict) -> None:
+        def publish(request: dict) -> None:
+            for agent, result in answers.items():
+                record_preflight_result(agent, preflight_id=request["id"], result=result)
+
+        monkeypatch.setattr(preflight.notifications, "publish_preflight", publish)
+
+    return answer
+
+
+OK_200 = {"worker_url": "http://127.0.0.1:8082", "status": 200, "elapsed_ms": 5.0, "error": None}
+
+
+def test_one_agents_ok_is_not_enough_when_the_others_do_not_answer(db, answer_when_asked):
+    fake, *silent = live_agents(3)
+    answer_when_asked({fake: OK_200})
+
+    answer = run_preflight(config_url=URL, agents=3, timeout_seconds=1)
+
+    assert answer["ok"] is False
+    # Every agent asked is listed, the silent ones with why.
+    assert {r["agent_id"] for r in answer["results"]} == {str(a.pk) for a in (fake, *silent)}
+    assert sorted(r["status"] is None for r in answer["results"]) == [False, True, True]
+
+
+def test_a_majority_of_oks_passes_and_one_failure_fails_it(db, answer_when_asked):
+    first, second, third = live_agents(3)
+    answer_when_asked({first: OK_200, second: OK_200})
+    assert run_preflight(config_url=URL, agents=3, timeout_seconds=1)["ok"] is True
+
+    refused = {**OK_200, "status": None, "error": "upstream refused"}
+    answer_when_asked({first: OK_200, second: OK_200, third: refused})
+    assert run_preflight(config_url=URL, agents=3, timeout_seconds=5)["ok"] is False
+    # A 5xx is a failure too.
+    answer_when_asked({first: OK_200, second: OK_200, third: {**OK_200, "status": 503}})
+    assert run_preflight(config_url=URL, agents=3, timeout_seconds=5)["ok"] is False
+
+
+def test_an_agents_error_names_no_address_the_url_resolved_to(db, answer_when_asked):
+    (agent,) = live_agents(1)
+    error = (
+        "worker http://10.0.0.3:8082: upstream http://intranet.example/ is unreachable: "
+        "Failed to connect to 10.1.2.3 port 80 after 0 ms; also fd00::17 and 127.0.0.1"
+    )
+    answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
+
+    answer = run_preflight(config_url="http://intranet.example/", agents=1, timeout_seconds=5)
+
+    shown = answer["results"][0]["error"]
+    for address in ("10.1.2.3", "fd00::17", "127.0.0.1", "10.0.0.3"):
+        assert address not in shown
+    assert "intranet.example" in shown and "[address]" in shown
+
+
+def test_an_address_written_in_the_url_itself_stays_in_the_error(db, answer_when_asked):
+    (agent,) = live_agents(1)
+    error = "upstream http://10.9.8.7/ is unreachable: Failed to connect to 10.9.8.7 port 80"
+    answer_when_asked({agent: {**OK_200, "status": None, "error": error}})
+
+    answer = run_preflight(config_url="http://10.9.8.7/", agents=1, timeout_seconds=5)
+
+    assert answer["results"][0]["error"] == error
+
+
+def test_preflights_beyond_the_rate_per_user_are_429_with_retry_after(
+    admin_api, registered_agent, settings, monkeypatch
+):
+    from apps.accounts.models import User
+    from apps.accounts.services import issue_tokens
+    from apps.configs import preflight
+
+    settings.PREFLIGHT_RATE_PER_MINUTE = 2
+    monkeypatch.setattr(preflight, "clock", lambda: 1_000_000 * 60 + 15.0)
+    cache.clear()
+    # No agent is live: each pre-flight is a quick 409, and still counts.
+    Agent.objects.update(last_seen=None)
+    body = {"config_url": URL}
+    statuses = [
+        admin_api.post("/config/admin/preflight", body, format="json").status_code for _ in range(2)
+    ]
+    refused = admin_api.post("/config/admin/preflight", body, format="json")
+
+    assert statuses == [409, 409]
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == "45"
+    assert "at most 2 a minute" in refused.json()["detail"]
+    # Another user has a minute of their own.
+    other = User.objects.create_superuser(email="other@example.com", password=None)
+    admin_api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(other).access_token}")
+    assert admin_api.post("/config/admin/preflight", body, format="json").status_code == 409
+    # The next minute takes pre-flights again.
+    monkeypatch.setattr(preflight, "clock", lambda: 1_000_001 * 60 + 1.0)
+    assert admin_api.post("/config/admin/preflight", body, format="json").status_code == 409

@@ -43,7 +43,7 @@ def bearer(token: str) -> APIClient:
 def make_fleet(canaries: int = 2, others: int = 4) -> list[tuple[Agent, str]]:
     fleet = []
     for index in range(canaries + others):
-        token, _ = issue_registration_token()
+        token, _ = issue_registration_token(allow_agent_labels=True)
         labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
         fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
     return fleet
@@ -810,16 +810,14 @@ def test_a_plan_is_refused_with_an_emergency(admin_api, publish):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_heartbeats_through_the_fast_path_keep_labels_in_their_batch():
+def test_heartbeats_through_the_fast_path_keep_the_labels_in_their_batch():
     from apps.agents.services import record_heartbeats
 
     fleet = make_fleet(canaries=1, others=1)
     (canary, _), (other, _) = fleet
     now = timezone.now()
-    record_heartbeats(
-        {canary.pk: (now, 3, [], [], {"ring": "main"}), other.pk: (now, 4, [], [], None)}
-    )
+    record_heartbeats({canary.pk: (now, 3, [], []), other.pk: (now, 4, [], [])})
     canary.refresh_from_db()
     other.refresh_from_db()
-    assert (canary.labels, canary.applied_version) == ({"ring": "main"}, 3)
+    assert (canary.labels, canary.applied_version) == ({"ring": "canary"}, 3)
     assert (other.labels, other.applied_version) == ({"ring": "main"}, 4)

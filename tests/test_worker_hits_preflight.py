@@ -153,7 +153,19 @@ def test_preflight_keeps_the_private_address_block(upstream):
     body = preflight(app, {"config_url": upstream.url("/text")}).json()
 
     assert body["status"] is None
-    assert "non-public address 127.0.0.1" in body["error"]
+    assert "resolves to a private address" in body["error"]
+
+
+def test_a_refused_name_does_not_print_the_address_it_resolved_to(upstream):
+    app = WorkerApp(internal_key=KEY, block_private_upstreams=True)
+    by_name = upstream.url("/text").replace("127.0.0.1", "localhost")
+
+    body = preflight(app, {"config_url": by_name}).json()
+
+    assert body["status"] is None
+    assert "resolves to a private address" in body["error"]
+    assert "127.0.0.1" not in body["error"]
+    assert "::1" not in body["error"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ keeps its connections, so a connection to the upstream is opened once per thread
 """
 
 import ipaddress
+import logging
 import math
 import socket
 import threading
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 import certifi
 import pycurl
+
+logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 USER_AGENT = "distributed-config-worker/1"
@@ -204,9 +207,12 @@ class UpstreamClient:
     ) -> UpstreamError:
         shown = without_query(url)
         if refused is not None:
+            # The address goes to the worker's log only: the message travels back to whoever
+            # asked (a pre-flight's caller), who should not learn where the network leads.
+            logger.warning("upstream %s: connection to %s refused (non-public)", shown, refused)
             return UpstreamBlocked(
-                f"upstream {shown} connected to the non-public address {refused}, "
-                "refused by WORKER_BLOCK_PRIVATE_UPSTREAMS"
+                f"upstream {shown} resolves to a private address (private, loopback, "
+                "link-local or reserved), refused by WORKER_BLOCK_PRIVATE_UPSTREAMS"
             )
         if body.too_large or code == pycurl.E_FILESIZE_EXCEEDED:
             return UpstreamTooLarge(

@@ -61,8 +61,53 @@ class LabelFilter(admin.SimpleListFilter):
         return services.filter_by_labels(queryset, labels)
 
 
+def _pairs_text(labels: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+class LabelPairsField(forms.CharField):
+    """Labels typed as `ring=canary, zone=eu-1`, checked by the agents' label rules."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault(
+            "help_text",
+            "KEY=VALUE pairs separated by commas (ring=canary, zone=eu-1): 1 to 63 of "
+            "A-Z a-z 0-9 _ . -, at most 16.",
+        )
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        text = super().clean(value)
+        try:
+            return parse_label_pairs([pair for pair in text.split(",") if pair.strip()])
+        except InvalidLabels as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class AgentForm(forms.ModelForm):
+    # Not the model field: labels change through set_agent_labels (audited, and every process
+    # answers the agent by them at once), never by a plain save.
+    label_pairs = LabelPairsField(label="Labels")
+
+    class Meta:
+        model = Agent
+        fields = ["name", "hostname"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["label_pairs"] = _pairs_text(self.instance.labels or {})
+        self.fields[
+            "label_pairs"
+        ].help_text += (
+            " Rollouts pick their canaries by them; the labels an agent reports change nothing."
+        )
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
     list_display = [
         "__str__",
         "hostname",
@@ -87,8 +132,18 @@ class AgentAdmin(admin.ModelAdmin):
         "target_hits",
         "revoked_at",
     ]
-    fields = ["name", "hostname", *readonly_fields]
+    fields = ["name", "hostname", "label_pairs", *readonly_fields]
     actions = ["revoke_agents"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if "label_pairs" in form.changed_data:
+            services.set_agent_labels(
+                obj,
+                form.cleaned_data["label_pairs"],
+                actor=request.user,
+                source_ip=client_ip(request),
+            )
 
     @admin.display(description="status")
     def status_badge(self, obj: Agent) -> str:
@@ -205,6 +260,16 @@ class IssueTokenForm(forms.Form):
         max_value=settings.REGISTRATION_TOKEN_MAX_TTL,
         initial=settings.REGISTRATION_TOKEN_TTL,
     )
+    labels = LabelPairsField(
+        label="Labels",
+        help_text="Bound to the agent that registers with the token: KEY=VALUE pairs separated "
+        "by commas (ring=canary).",
+    )
+    allow_agent_labels = forms.BooleanField(
+        label="Also take the agent's own labels",
+        required=False,
+        help_text="Its --label values, except for names bound above. Off: they are left out.",
+    )
 
 
 @admin.register(RegistrationToken)
@@ -249,7 +314,11 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         form = IssueTokenForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             token, record = services.issue_registration_token(
-                actor=request.user, ttl=form.cleaned_data["ttl"], source_ip=client_ip(request)
+                actor=request.user,
+                ttl=form.cleaned_data["ttl"],
+                labels=form.cleaned_data["labels"],
+                allow_agent_labels=form.cleaned_data["allow_agent_labels"],
+                source_ip=client_ip(request),
             )
             self.message_user(request, "Registration token issued. Copy it now.", messages.SUCCESS)
         context = {

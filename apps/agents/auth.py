@@ -8,6 +8,7 @@ from collections import OrderedDict
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.views import APIView
@@ -111,15 +112,20 @@ def _remember(agents: dict[str, Agent | None]) -> None:
 
 
 def sweep_revocations() -> int:
-    """Drop from this process's memory every agent revoked in the last
-    REVOCATION_LOOKBACK_SECONDS, and trust the rest of it for AGENT_AUTH_CACHE_SECONDS more
+    """Drop from this process's memory every agent revoked, or whose labels were changed, in the
+    last REVOCATION_LOOKBACK_SECONDS, and trust the rest of it for AGENT_AUTH_CACHE_SECONDS more
     (from the moment this started). On the first sweep, and after a pause of more than half the
     lookback since the last one (the database was unreachable, say), the whole memory is
     dropped first: a revocation may have been missed. Returns how many agents were dropped."""
     global _swept_until, _swept_at
     started = clock()
     since = timezone.now() - timedelta(seconds=REVOCATION_LOOKBACK_SECONDS)
-    revoked = list(Agent.objects.filter(revoked_at__gte=since).values_list("token_hash", flat=True))
+    # An agent whose labels an operator changed is forgotten too: its labels pick its target.
+    revoked = list(
+        Agent.objects.filter(
+            Q(revoked_at__gte=since) | Q(labels_changed_at__gte=since)
+        ).values_list("token_hash", flat=True)
+    )
     with _lock:
         if _swept_at is None or started - _swept_at > REVOCATION_LOOKBACK_SECONDS / 2:
             _known.clear()
@@ -140,7 +146,8 @@ def active_agent(agent: Agent | None, digest: str) -> Agent | None:
 
 
 def forget_agent(agent: Agent) -> None:
-    """Drop this process's memory of the agent's token (used on revocation)."""
+    """Drop this process's memory of the agent's token (on revocation, and when its labels
+    change)."""
     with _lock:
         _known.pop(agent.token_hash, None)
 

@@ -156,7 +156,8 @@ def check_heartbeat(data) -> dict:
             hits = _check_list(data["hits"], _check_hit, MAX_HIT_VERSIONS)
         except InvalidHeartbeat as exc:
             errors["hits"] = exc.errors
-    # Left out, the stored labels stay as they are (an agent older than labels sends none).
+    # Optional, and they change nothing (apps/agents/labels.py): checked so that a body the rules
+    # refuse is refused whole, as before.
     labels = data.get("labels")
     if labels is not None:
         try:
@@ -168,7 +169,8 @@ def check_heartbeat(data) -> dict:
     return {"applied_version": applied, "workers": checked, "hits": hits, "labels": labels}
 
 
-# A report waiting for its batch: (seen at, applied_version, workers, hits, labels or None).
+# A report waiting for its batch: (seen at, applied_version, workers, hits). Its labels are not
+# kept: they change nothing (apps/agents/labels.py).
 Report = tuple
 
 
@@ -229,8 +231,6 @@ class HeartbeatRecorder:
             report["applied_version"],
             report["workers"],
             hits,
-            # The newest labels sent in this window, else those of an earlier report in it.
-            report.get("labels") or (earlier[4] if earlier is not None else None),
         )
         if len(self.pending) >= self.batch_size and self._early is None and self._timer:
             # A full batch does not wait for the window to end.
@@ -287,7 +287,6 @@ class HeartbeatRecorder:
                 self.pending[agent_id] = (
                     *newer[:3],
                     merge_hits(report[3], newer[3]),
-                    newer[4] if newer[4] is not None else report[4],
                 )
 
     # Agents -----------------------------------------------------------------------------

@@ -15,8 +15,12 @@ class Agent(models.Model):
     last_seen = models.DateTimeField(null=True, blank=True)
     applied_version = models.PositiveIntegerField(null=True, blank=True)
     workers = models.JSONField(default=list, blank=True)
-    # The labels the agent sent last (`ring: canary`); rollouts pick their canaries by them.
+    # `ring: canary`: rollouts pick their canaries by them, so only an operator sets them: bound
+    # at registration by the registration token, changed afterwards by set_agent_labels.
     labels = models.JSONField(default=dict, blank=True)
+    # When an operator last changed the labels: each controller process reads the recent changes
+    # with the revocations and forgets those agents, whose targets they may move.
+    labels_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -29,7 +33,12 @@ class Agent(models.Model):
                 fields=["revoked_at"],
                 name="agents_revoked",
                 condition=models.Q(revoked_at__isnull=False),
-            )
+            ),
+            models.Index(
+                fields=["labels_changed_at"],
+                name="agents_labels_changed",
+                condition=models.Q(labels_changed_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -79,6 +88,10 @@ class RegistrationToken(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The labels the agent registering with this token gets, chosen by the operator who issued
+    # it; the agent's own labels are taken too (never over these) only when this allows them.
+    labels = models.JSONField(default=dict, blank=True)
+    allow_agent_labels = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]

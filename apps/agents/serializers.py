@@ -13,17 +13,6 @@ from apps.agents.services import STATUSES
 from protocol.labels import InvalidLabels, check_labels
 
 
-class RegistrationTokenSerializer(serializers.Serializer):
-    registration_token = serializers.CharField(help_text="Shown once; store it now.")
-    expires_at = serializers.DateTimeField()
-
-
-class TokenQuerySerializer(serializers.Serializer):
-    ttl = serializers.IntegerField(
-        required=False, min_value=60, max_value=7 * 24 * 3600, help_text="Lifetime in seconds."
-    )
-
-
 class LabelsField(serializers.DictField):
     """A mapping of label names to values under the agent's label rules."""
 
@@ -42,6 +31,43 @@ class LabelsField(serializers.DictField):
             raise serializers.ValidationError(str(exc)) from None
 
 
+class RegistrationTokenSerializer(serializers.Serializer):
+    registration_token = serializers.CharField(help_text="Shown once; store it now.")
+    expires_at = serializers.DateTimeField()
+    labels = serializers.DictField(
+        child=serializers.CharField(), help_text="The labels the agent registering with it gets."
+    )
+    allow_agent_labels = serializers.BooleanField(
+        help_text="Whether the agent's own labels are added to these (never over them)."
+    )
+
+
+class TokenQuerySerializer(serializers.Serializer):
+    ttl = serializers.IntegerField(
+        required=False, min_value=60, max_value=7 * 24 * 3600, help_text="Lifetime in seconds."
+    )
+
+
+class IssueTokenSerializer(TokenQuerySerializer):
+    labels = LabelsField(
+        required=False,
+        default=dict,
+        help_text="Labels bound to the agent that registers with the token (`ring: canary`). "
+        "Label names and values: 1 to 63 of A-Z a-z 0-9 _ . -, at most 16 labels.",
+    )
+    allow_agent_labels = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also take the labels the agent sends at registration (its --label values), "
+        "except for names the token's labels already bind. Off: the agent's own labels are "
+        "left out.",
+    )
+
+
+class AgentLabelsSerializer(serializers.Serializer):
+    labels = LabelsField(help_text="The agent's labels from now on, replacing all it had.")
+
+
 class RegisterSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     hostname = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
@@ -54,6 +80,10 @@ class RegisteredSerializer(serializers.Serializer):
     version_url = serializers.URLField()
     poll_url = serializers.URLField()
     pooling_interval = serializers.IntegerField(allow_null=True)
+    labels = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="The agent's labels, as its registration token decided them.",
+    )
 
 
 class WorkerStateSerializer(serializers.Serializer):
@@ -83,8 +113,11 @@ class HeartbeatSerializer(serializers.Serializer):
         help_text="Hits per version on the agent's workers since its previous heartbeat.",
     )
 
-    # Left out, the stored labels stay as they are (an agent older than labels sends none).
-    labels = LabelsField(required=False)
+    labels = LabelsField(
+        required=False,
+        help_text="The labels the agent was started with. They change nothing: only an "
+        "operator sets an agent's labels; differing ones are counted and logged.",
+    )
 
     def to_internal_value(self, data):
         try:

@@ -15,16 +15,18 @@ from django.utils import timezone
 from rest_framework import status
 
 from apps.agents.auth import forget_agent
+from apps.agents.labels import ignore_reported_labels
 from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
-from apps.configs.notifications import publish_revocation
+from apps.configs.notifications import publish_labels, publish_revocation
 from apps.configs.services import get_current_state
 from apps.ops import metrics
 from apps.rollouts.services import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
 from controller_site.errors import ServiceError
+from protocol.labels import MAX_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,25 @@ class InvalidRegistrationToken(ServiceError):
         super().__init__("Registration token is unknown, already used or expired.")
 
 
+class TooManyLabels(ServiceError):
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"The token's labels and the agent's together are {count}; at most {MAX_LABELS}."
+        )
+
+
 def issue_registration_token(
-    *, actor=None, ttl: int | None = None, source_ip: str | None = None
+    *,
+    actor=None,
+    ttl: int | None = None,
+    labels: dict[str, str] | None = None,
+    allow_agent_labels: bool = False,
+    source_ip: str | None = None,
 ) -> tuple[str, RegistrationToken]:
-    """Create a one-time registration token; the plain token is returned once and not stored."""
+    """Create a one-time registration token; the plain token is returned once and not stored.
+
+    The agent that registers with it gets `labels`; its own labels are added (never over these)
+    only with `allow_agent_labels`, else they are left out."""
     ttl = settings.REGISTRATION_TOKEN_TTL if ttl is None else ttl
     token = new_token(REGISTRATION_PREFIX)
     with transaction.atomic():
@@ -47,6 +64,8 @@ def issue_registration_token(
             token_hash=hash_token(token),
             expires_at=timezone.now() + timedelta(seconds=ttl),
             created_by=actor,
+            labels=labels or {},
+            allow_agent_labels=allow_agent_labels,
         )
         # The entry names the token by its row id: neither the token nor its hash is logged.
         record_event(
@@ -54,10 +73,30 @@ def issue_registration_token(
             actor=actor,
             source_ip=source_ip,
             target=f"registration token #{record.pk}",
-            detail={"expires_at": record.expires_at.isoformat(), "ttl": ttl},
+            detail={
+                "expires_at": record.expires_at.isoformat(),
+                "ttl": ttl,
+                "labels": record.labels,
+                "allow_agent_labels": allow_agent_labels,
+            },
         )
     logger.info("registration token issued, expires %s", record.expires_at.isoformat())
     return token, record
+
+
+def bound_labels(record: RegistrationToken, offered: dict[str, str]) -> tuple[dict, dict]:
+    """(the labels an agent registering with this token gets, those it offered that are left
+    out). The token's own labels always hold; the agent's are added only when it allows them."""
+    labels = dict(record.labels)
+    left_out = {}
+    for key, value in offered.items():
+        if record.allow_agent_labels and key not in labels:
+            labels[key] = value
+        elif labels.get(key) != value:
+            left_out[key] = value
+    if len(labels) > MAX_LABELS:
+        raise TooManyLabels(len(labels))
+    return labels, left_out
 
 
 def register_agent(
@@ -68,7 +107,9 @@ def register_agent(
     labels: dict[str, str] | None = None,
     source_ip: str | None = None,
 ) -> tuple[Agent, str]:
-    """Consume a registration token and create an agent; returns (agent, agent token)."""
+    """Consume a registration token and create an agent; returns (agent, agent token). The
+    agent's labels are the token's (bound_labels): `labels`, the agent's own, count only as far
+    as the token allows."""
     now = timezone.now()
     digest = hash_token(token)
     with transaction.atomic():
@@ -79,30 +120,73 @@ def register_agent(
         ).update(used_at=now)
         if won != 1:
             raise InvalidRegistrationToken()
+        record = RegistrationToken.objects.get(token_hash=digest)
+        agent_labels, left_out = bound_labels(record, labels or {})
         agent_token = new_token(AGENT_PREFIX)
         agent = Agent.objects.create(
             name=name,
             hostname=hostname,
-            labels=labels or {},
+            labels=agent_labels,
             token_hash=hash_token(agent_token),
             last_seen=now,
         )
-        used = RegistrationToken.objects.filter(token_hash=digest)
-        used.update(used_by=agent)
+        RegistrationToken.objects.filter(pk=record.pk).update(used_by=agent)
+        detail = {
+            "name": name,
+            "hostname": hostname,
+            "labels": agent_labels,
+            "registration_token": record.pk,
+        }
+        if left_out:
+            detail["labels_left_out"] = left_out
         record_event(
             AuditEntry.AGENT_REGISTERED,
             actor=agent,
             source_ip=source_ip,
             target=f"agent {agent.pk}",
-            detail={
-                "name": name,
-                "hostname": hostname,
-                "labels": labels or {},
-                "registration_token": used.values_list("pk", flat=True).first(),
-            },
+            detail=detail,
         )
     logger.info("agent %s registered (name=%r, hostname=%r)", agent.pk, name, hostname)
+    if left_out:
+        logger.warning(
+            "agent %s: labels %s left out: registration token #%s %s",
+            agent.pk,
+            ", ".join(f"{key}={value}" for key, value in sorted(left_out.items())),
+            record.pk,
+            "binds other values to them"
+            if record.allow_agent_labels
+            else "does not allow the agent's own labels",
+        )
     return agent, agent_token
+
+
+def set_agent_labels(
+    agent: Agent, labels: dict[str, str], *, actor=None, source_ip: str | None = None
+) -> bool:
+    """Replace an agent's labels (an operator's decision), audited. Every controller process
+    answers the agent by its new labels from its next request on, and a watch it holds is woken
+    when they move its target. Returns False when they were those already."""
+    with transaction.atomic():
+        before = (
+            Agent.objects.select_for_update().filter(pk=agent.pk).values_list("labels", flat=True)
+        ).first()
+        if before == labels:
+            return False
+        Agent.objects.filter(pk=agent.pk).update(labels=labels, labels_changed_at=timezone.now())
+        record_event(
+            AuditEntry.AGENT_LABELS_CHANGED,
+            actor=actor,
+            source_ip=source_ip,
+            target=f"agent {agent.pk}",
+            detail={"before": before, "after": labels},
+        )
+        transaction.on_commit(partial(publish_labels, agent.pk, labels))
+    # This process remembers the agent with its labels, which pick its target during a
+    # rollout; the others forget it at their next sweep (sweep_revocations).
+    forget_agent(agent)
+    agent.labels = labels
+    logger.info("agent %s: labels set to %s", agent.pk, labels)
+    return True
 
 
 def record_heartbeat(
@@ -113,20 +197,18 @@ def record_heartbeat(
     hits: list[dict] = (),
     labels: dict[str, str] | None = None,
 ) -> None:
+    """Store one heartbeat. Its labels change nothing (only an operator sets them): when they
+    differ from the stored ones, that is counted and logged (ignore_reported_labels)."""
     now = timezone.now()
-    changes = {"last_seen": now, "applied_version": applied_version, "workers": workers}
-    if labels is not None:
-        changes["labels"] = labels
     with transaction.atomic():
-        Agent.objects.filter(pk=agent.pk).update(**changes)
+        Agent.objects.filter(pk=agent.pk).update(
+            last_seen=now, applied_version=applied_version, workers=workers
+        )
         versions = add_hits(
             [(agent.pk, item["version"], item["ok"], item["failed"]) for item in hits], now
         )
     judge_rollout_health(versions)
-    if labels is not None and labels != agent.labels:
-        # The watch reads labels from this process's memory of the token: a new label (a
-        # canary ring, say) counts from the next request on, not after the cache runs out.
-        forget_agent(agent)
+    ignore_reported_labels(agent, labels)
 
 
 # Adds to the totals rather than setting them: each heartbeat carries the hits since the one
@@ -242,25 +324,22 @@ def hits_of(agents: list[Agent], versions: dict) -> dict:
     }
 
 
-# Five arrays of one element per report, joined by position: the statement's text does not grow
-# with the batch, and PostgreSQL plans it once. (The table is Agent's db_table.) A report without
-# labels keeps the stored ones.
+# Four arrays of one element per report, joined by position: the statement's text does not grow
+# with the batch, and PostgreSQL plans it once. (The table is Agent's db_table.)
 RECORD_HEARTBEATS_SQL = """
     UPDATE agents AS agent
-    SET last_seen = report.seen, applied_version = report.applied, workers = report.workers,
-        labels = COALESCE(report.labels, agent.labels)
-    FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[], %s::jsonb[], %s::jsonb[])
-        AS report (id, seen, applied, workers, labels)
+    SET last_seen = report.seen, applied_version = report.applied, workers = report.workers
+    FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[], %s::jsonb[])
+        AS report (id, seen, applied, workers)
     WHERE agent.id = report.id
 """
 
 
 def record_heartbeats(reports: dict) -> None:
-    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits,
-    labels)}, in one statement, and their hits in one more: after a change the whole fleet
-    reports within a second. The hits are added after the agents are written, so a batch that
-    fails at either statement is written again whole without counting a hit twice. A report
-    without labels (None) keeps the stored ones."""
+    """Store many agents' reports, {agent_id: (seen at, applied_version, workers, hits)}, in
+    one statement, and their hits in one more: after a change the whole fleet reports within a
+    second. The hits are added after the agents are written, so a batch that fails at either
+    statement is written again whole without counting a hit twice."""
     if not reports:
         return
     _update_agents(reports)
@@ -289,34 +368,23 @@ def judge_rollout_health(versions: set[int]) -> None:
 
 def _update_agents(reports: dict) -> None:
     if connection.vendor != "postgresql":
-        # The embedded SQLite: Django's bulk update, one CASE statement per set of fields.
-        for fields, rows in (
-            (["last_seen", "applied_version", "workers"], list(reports.items())),
-            (["labels"], [(pk, r) for pk, r in reports.items() if r[4] is not None]),
-        ):
-            Agent.objects.bulk_update(
-                [
-                    Agent(
-                        pk=pk,
-                        last_seen=seen,
-                        applied_version=applied,
-                        workers=workers,
-                        labels=labels,
-                    )
-                    for pk, (seen, applied, workers, _, labels) in rows
-                ],
-                fields,
-            )
+        # The embedded SQLite: Django's bulk update, one CASE statement per field.
+        Agent.objects.bulk_update(
+            [
+                Agent(pk=pk, last_seen=seen, applied_version=applied, workers=workers)
+                for pk, (seen, applied, workers, *_) in reports.items()
+            ],
+            ["last_seen", "applied_version", "workers"],
+        )
         return
-    ids, seen, applied, workers, labels = [], [], [], [], []
-    for pk, (seen_at, applied_version, worker_states, _, agent_labels) in reports.items():
+    ids, seen, applied, workers = [], [], [], []
+    for pk, (seen_at, applied_version, worker_states, *_) in reports.items():
         ids.append(str(pk))
         seen.append(seen_at)
         applied.append(applied_version)
         workers.append(json.dumps(worker_states))
-        labels.append(None if agent_labels is None else json.dumps(agent_labels))
     with connection.cursor() as cursor:
-        cursor.execute(RECORD_HEARTBEATS_SQL, [ids, seen, applied, workers, labels])
+        cursor.execute(RECORD_HEARTBEATS_SQL, [ids, seen, applied, workers])
 
 
 def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> bool:

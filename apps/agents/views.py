@@ -15,8 +15,10 @@ from apps.agents import services
 from apps.agents.auth import AgentEndpoint
 from apps.agents.models import Agent
 from apps.agents.serializers import (
+    AgentLabelsSerializer,
     AgentSerializer,
     HeartbeatSerializer,
+    IssueTokenSerializer,
     RegisteredSerializer,
     RegisterSerializer,
     RegistrationTokenSerializer,
@@ -36,7 +38,7 @@ class RegistrationTokenView(APIView):
     # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
     authentication_classes = [AdminJWTAuthentication]
     # A GET that makes something: issuing tokens is an operator's power, not a read.
-    role_rules = {"GET": OPERATOR}
+    role_rules = {"GET": OPERATOR, "POST": OPERATOR}
 
     @extend_schema(
         tags=["agents"],
@@ -55,7 +57,39 @@ class RegistrationTokenView(APIView):
         token, record = services.issue_registration_token(
             actor=request.user, ttl=query.validated_data.get("ttl"), source_ip=client_ip(request)
         )
-        return Response({"registration_token": token, "expires_at": record.expires_at})
+        return Response(_token_answer(token, record))
+
+    @extend_schema(
+        tags=["agents"],
+        summary="Issue a one-time registration token, with the labels its agent gets",
+        description="The agent that registers with the token gets `labels`. Its own labels "
+        "(`run_agent --label`) are added only with `allow_agent_labels`, and never over a name "
+        "the token binds; without it they are left out (and the registration's audit entry "
+        "names them).",
+        request=IssueTokenSerializer,
+        responses={
+            201: RegistrationTokenSerializer,
+            400: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
+    )
+    def post(self, request):
+        body = IssueTokenSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        token, record = services.issue_registration_token(
+            actor=request.user, source_ip=client_ip(request), **body.validated_data
+        )
+        return Response(_token_answer(token, record), status=status.HTTP_201_CREATED)
+
+
+def _token_answer(token: str, record) -> dict:
+    return {
+        "registration_token": token,
+        "expires_at": record.expires_at,
+        "labels": record.labels,
+        "allow_agent_labels": record.allow_agent_labels,
+    }
 
 
 class RegisterAgentView(APIView):
@@ -87,6 +121,7 @@ class RegisterAgentView(APIView):
                 "version_url": request.build_absolute_uri("/config/version"),
                 "poll_url": request.build_absolute_uri("/config/agent"),
                 "pooling_interval": get_current_state()["pooling_interval"],
+                "labels": agent.labels,
             },
             status=status.HTTP_201_CREATED,
         )
@@ -196,4 +231,40 @@ class AgentRevokeView(APIView):
         agent.refresh_from_db()
         agent.status = "revoked"
         agent.target_version = services.target_version(agent, get_current_state())
+        return Response(AgentSerializer(agent).data)
+
+
+class AgentView(APIView):
+    role_rules = {"PATCH": OPERATOR}
+
+    @extend_schema(
+        tags=["agents"],
+        summary="Change an agent's labels",
+        description="Replaces the agent's labels (they pick the canaries of a rollout); "
+        "audited. The agent is answered by its new labels from its next request on, and a "
+        "watch it holds is woken when they move its target. Labels an agent reports in its "
+        "heartbeats change nothing.",
+        request=AgentLabelsSerializer,
+        responses={
+            200: AgentSerializer,
+            400: OpenApiResponse(),
+            404: OpenApiResponse(),
+            401: UNAUTHORIZED,
+            403: forbidden(OPERATOR),
+        },
+    )
+    def patch(self, request, agent_id):
+        agent = get_object_or_404(Agent, pk=agent_id)
+        body = AgentLabelsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.set_agent_labels(
+            agent, body.validated_data["labels"], actor=request.user, source_ip=client_ip(request)
+        )
+        agent.refresh_from_db()
+        state = get_current_state()
+        agent.status = services.agent_status(agent, state, timezone.now())
+        agent.target_version = services.target_version(agent, state)
+        agent.target_hits = services.hits_of([agent], {agent.pk: agent.target_version}).get(
+            str(agent.pk)
+        )
         return Response(AgentSerializer(agent).data)

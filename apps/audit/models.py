@@ -29,6 +29,7 @@ class AuditEntry(models.Model):
     REGISTRATION_TOKEN_ISSUED = "registration_token.issued"  # noqa: S105 - an action name
     AGENT_REGISTERED = "agent.registered"
     AGENT_REVOKED = "agent.revoked"
+    AGENT_LABELS_CHANGED = "agent.labels_changed"
     ROLLOUT_STARTED = "rollout.started"
     ROLLOUT_WAVE_STARTED = "rollout.wave_started"
     ROLLOUT_PROMOTED = "rollout.promoted"
@@ -58,6 +59,7 @@ class AuditEntry(models.Model):
         (REGISTRATION_TOKEN_ISSUED, "Registration token issued"),
         (AGENT_REGISTERED, "Agent registered"),
         (AGENT_REVOKED, "Agent revoked"),
+        (AGENT_LABELS_CHANGED, "Agent labels changed"),
         (ROLLOUT_STARTED, "Rollout started"),
         (ROLLOUT_WAVE_STARTED, "Rollout wave started"),
         (ROLLOUT_PROMOTED, "Rollout promoted"),

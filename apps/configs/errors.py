@@ -56,14 +56,14 @@ class StaleVersion(ServiceError):
 
 
 class PreflightFailed(ServiceError):
-    """A publish whose plan asked for a pre-flight, and no agent's fetch of the URL succeeded."""
+    """A publish whose plan asked for a pre-flight, and the pre-flight did not pass."""
 
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
 
     def __init__(self, answer: dict) -> None:
         super().__init__(
-            f"The pre-flight of {answer['config_url']} failed on every agent asked; nothing was "
-            f"published."
+            f"The pre-flight of {answer['config_url']} did not pass (a majority of the agents "
+            f"asked must answer OK, and none fail); nothing was published."
         )
         self.answer = answer
 

@@ -187,6 +187,8 @@ class Hub:
             self.cut(message.get("agent_id"))
         elif message.get("type") == "preflight":
             self.offer_preflight(message)
+        elif message.get("type") == "labels":
+            self.relabel(message.get("agent_id"), message.get("labels"))
 
     def advance(self, state: dict) -> None:
         """Wake every waiter whose answer is now another version than it knows. States only
@@ -248,6 +250,20 @@ class Hub:
         if kept is None or kept["expires_at"] <= time.time():
             return None
         return {key: kept[key] for key in PREFLIGHT_FIELDS}
+
+    def relabel(self, agent_id: str | None, labels) -> None:
+        """An operator changed this agent's labels: the watches it holds are answered by them,
+        and woken now when they move its target (a canary ring added during a rollout)."""
+        if not agent_id or not isinstance(labels, dict):
+            return
+        for waiter in self.waiters:
+            if waiter.agent_id != agent_id:
+                continue
+            waiter.labels = labels
+            if not waiter.future.done():
+                answer = target_of(self.latest, waiter.agent_id, labels)
+                if waiter.known != answer["version"]:
+                    waiter.future.set_result(("changed", answer))
 
     def cut(self, agent_id: str | None) -> None:
         if agent_id:

@@ -63,6 +63,12 @@ def publish_revocation(agent_id) -> None:
     _send({"type": "revoked", "agent_id": str(agent_id)})
 
 
+def publish_labels(agent_id, labels: dict) -> None:
+    """Tell every process an operator changed an agent's labels: a watch it holds is answered
+    by them from now on."""
+    _send({"type": "labels", "agent_id": str(agent_id), "labels": labels})
+
+
 def publish_preflight(request: dict) -> None:
     """Hand a pre-flight request to every process, to pass on to the agents it names."""
     _send({"type": "preflight", **request})

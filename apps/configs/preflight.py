@@ -10,12 +10,18 @@ expires. The agent posts the result back (POST /agent/preflight); the results me
 where the waiting admin request reads them.
 """
 
+import ipaddress
 import logging
+import math
+import re
 import time
 import uuid
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
+from rest_framework import status
 
 from apps.agents.models import Agent
 from apps.agents.services import status_condition
@@ -24,6 +30,7 @@ from apps.audit.services import record_event
 from apps.configs import notifications
 from apps.configs.errors import NoConfigYet, NoLiveAgent, PreflightFailed, UnknownPreflight
 from apps.configs.services import get_current_config, get_current_state
+from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 RESULT_POLL_SECONDS = 0.05
 # Results and requests outlive the wait a little, for an answer that arrives just in time.
 KEEP_SECONDS = 30
+# The clock of the rate limit's minutes; a test replaces this one name.
+clock = time.time
 
 
 def _request_key(preflight_id: str) -> str:
@@ -50,8 +59,8 @@ def choose_agents(count: int) -> list[Agent]:
 
 def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10) -> dict:
     """Ask up to `agents` live agents to fetch `config_url` through one of their workers, and
-    wait up to `timeout_seconds` for their answers. {"config_url", "ok", "results"}; `ok` when
-    at least one fetch got a status below 500 without an error."""
+    wait up to `timeout_seconds` for their answers. {"config_url", "ok", "results"}, a result
+    for every agent asked (those that did not answer too); `ok` by `passes`."""
     chosen = choose_agents(agents)
     if not chosen:
         raise NoLiveAgent()
@@ -96,8 +105,10 @@ def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10
                 "elapsed_ms": None,
                 "error": f"the agent did not answer within {timeout_seconds} s",
             }
+        else:
+            result = {**result, "error": without_addresses(result["error"], config_url)}
         results.append({"agent_id": agent_id, **result})
-    ok = any(fetch_passed(result) for result in results)
+    ok = passes(results, answered={str(agent_id) for agent_id, key in keys.items() if key in found})
     logger.info(
         "pre-flight %s of %s: %s (%s)",
         preflight_id,
@@ -113,6 +124,82 @@ def fetch_passed(result: dict) -> bool:
     passes (the upstream is there and answering); a 5xx, a timeout or no answer does not."""
     status = result.get("status")
     return result.get("error") is None and status is not None and status < 500
+
+
+def passes(results: list[dict], *, answered: set[str]) -> bool:
+    """A majority of the agents asked answered OK (a status below 500, no error), and none of
+    those that answered failed. One agent's word is not enough: a stolen agent token could
+    answer 200 for a URL the real workers refuse."""
+    failed = [r for r in results if r["agent_id"] in answered and not fetch_passed(r)]
+    good = [r for r in results if r["agent_id"] in answered and fetch_passed(r)]
+    return not failed and len(good) * 2 > len(results)
+
+
+# IPv4 and IPv6 literals, as libcurl and the worker print the addresses they connected to.
+_ADDRESS = re.compile(
+    r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|\[?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}\]?)"
+    r"(?![\w.])"
+)
+
+
+def without_addresses(error: str | None, config_url: str) -> str | None:
+    """An agent's error with the addresses the URL resolved to left out: the caller learns that
+    the URL was refused or unreachable, not where the controller's network leads. An address
+    written in the URL itself is the caller's own and stays."""
+    if error is None:
+        return None
+    host = (urlsplit(config_url).hostname or "").lower()
+
+    def hide(match: re.Match) -> str:
+        text = match.group(0)
+        if text.strip("[]").lower() == host or not _is_address(text.strip("[]")):
+            return text
+        return "[address]"
+
+    return _ADDRESS.sub(hide, error)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class PreflightRateLimited(ServiceError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many pre-flights: at most {settings.PREFLIGHT_RATE_PER_MINUTE} a minute per "
+            f"user. Try again in {retry_after} s."
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def reserve_preflight(user) -> None:
+    """Count one pre-flight against the user's minute; PreflightRateLimited past
+    PREFLIGHT_RATE_PER_MINUTE (0: no limit). Each one has agents' workers fetch a URL, so a
+    script (or a stolen token) looping on it would have the fleet hammer a URL for it. Counted
+    in the cache, shared by every process with Redis."""
+    limit = settings.PREFLIGHT_RATE_PER_MINUTE
+    if not limit:
+        return
+    now = clock()
+    window = int(now // 60)
+    key = f"preflight-rate:{user.pk}:{window}"
+    cache.add(key, 0, 120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.set(key, 1, 120)
+        count = 1
+    if count > limit:
+        raise PreflightRateLimited(max(1, math.ceil((window + 1) * 60 - now)))
 
 
 def preflight_before_publish(

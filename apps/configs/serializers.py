@@ -165,13 +165,17 @@ class PreflightResultSerializer(serializers.Serializer):
     worker_url = serializers.CharField(allow_null=True)
     status = serializers.IntegerField(allow_null=True, help_text="The upstream's status.")
     elapsed_ms = serializers.FloatField(allow_null=True)
-    error = serializers.CharField(allow_null=True, help_text="Why there was no usable answer.")
+    error = serializers.CharField(
+        allow_null=True,
+        help_text="Why there was no usable answer; addresses the URL resolved to are left out.",
+    )
 
 
 class PreflightAnswerSerializer(serializers.Serializer):
     config_url = serializers.CharField()
     ok = serializers.BooleanField(
-        help_text="At least one fetch got a status below 500 without an error."
+        help_text="A majority of the agents asked answered OK (a status below 500, no error) "
+        "within the timeout, and none of them failed."
     )
     results = PreflightResultSerializer(many=True)
 

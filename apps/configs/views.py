@@ -251,7 +251,9 @@ class PreflightView(APIView):
         tags=["config"],
         summary="Try a URL on a few agents' workers before it ships",
         description="Up to `agents` live agents each have one of their workers fetch the URL "
-        "(without applying it); the answer waits up to `timeout_seconds` for them. The request "
+        "(without applying it); the answer waits up to `timeout_seconds` for them and lists "
+        "every agent asked, those that did not answer too. It passes (`ok`) only when a "
+        "majority of the agents asked answered OK and none failed. The request "
         "reaches the agents on the watch they hold, so it needs run_controller. Nothing is "
         "stored.",
         request=PreflightSerializer,
@@ -260,11 +262,16 @@ class PreflightView(APIView):
             **ERRORS,
             403: forbidden(EDITOR),
             409: OpenApiResponse(description="No agent is live."),
+            429: OpenApiResponse(
+                description="More than PREFLIGHT_RATE_PER_MINUTE pre-flights this minute by "
+                "this user; Retry-After says when the next one is taken."
+            ),
         },
     )
     def post(self, request):
         serializer = PreflightSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        preflight.reserve_preflight(request.user)
         return Response(preflight.run_preflight(**serializer.validated_data))
 
 

@@ -29,13 +29,13 @@ from apps.agents.auth import (
     active_agent,
     find_agent,
     find_agents,
-    forget_agent,
     note_last_seen_queued,
     remembered_agent,
     token_digest,
     touch_last_seen,
 )
 from apps.agents.heartbeats import HeartbeatRecorder, InvalidHeartbeat, check_heartbeat
+from apps.agents.labels import ignore_reported_labels
 from apps.agents.models import Agent
 from apps.agents.services import record_heartbeats
 from apps.agents.tokens import bearer_token
@@ -240,10 +240,8 @@ class WatchEndpoint:
                 return
             self.heartbeats.add(str(agent.pk), report)
             note_last_seen_queued(str(agent.pk))
-            if report["labels"] is not None and report["labels"] != agent.labels:
-                # This process remembers the agent with its labels, which pick its target
-                # during a rollout: read it afresh from the next request on.
-                forget_agent(agent)
+            # Labels are the operator's: reported ones that differ change nothing.
+            ignore_reported_labels(agent, report["labels"])
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 

@@ -92,6 +92,11 @@ def _instruments() -> SimpleNamespace:
             "version, from an agent its waves have not reached).",
             ["reason"],
         ),
+        heartbeat_labels_ignored=Counter(
+            "controller_heartbeat_labels_ignored",
+            "Heartbeats whose labels differed from the agent's stored ones and changed nothing: "
+            "only an operator sets an agent's labels.",
+        ),
         rollouts_halted=Counter(
             "controller_rollouts_halted",
             "Rollouts stopped by their new version's failure rate, by what happened: halted "

@@ -135,6 +135,18 @@ ATTACKS = {
         "GET /agent/admin with the admin's session cookie and no JWT (a cross-site link)",
         "e2e/test_auth.py::test_the_admin_session_cookie_cannot_issue_registration_tokens",
     ),
+    "agent-self-labels-canary": Attack(
+        "4",
+        "an agent started with --label ring=canary on a registration token that takes no "
+        "agent labels, reporting ring=canary in every heartbeat, during a canary rollout",
+        "e2e/test_labels.py::test_an_agent_cannot_make_itself_a_canary",
+    ),
+    "preflight-fake-ok": Attack(
+        "5",
+        "a registered agent of the attacker's answering status 200 to every pre-flight, while "
+        "the real workers could not fetch the URL",
+        "e2e/test_preflight.py::test_a_fake_agents_ok_does_not_pass_a_preflight",
+    ),
     "readable-files": Attack(
         "7",
         "a first run under umask 000: modes of var/, the SQLite database and the key files",

@@ -15,6 +15,7 @@ import requests
 from apps.agents.services import issue_registration_token, register_agent
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.conftest import Admin
+from tests.e2e.security import record_attack
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -66,6 +67,81 @@ def test_preflight_of_an_upstream_answering_500_is_not_ok(fleet, upstream):
 
     assert answer["ok"] is False
     assert [r["status"] for r in answer["results"]] == [500]
+
+
+def _fake_agent(url: str, stop: threading.Event) -> dict:
+    """An attacker's agent: registered, reporting version 1 (so it is live and asked), and
+    answering every pre-flight its watch hands it with status 200 without fetching anything."""
+    token = register_agent(token=issue_registration_token()[0], name="fake")[1]
+    auth = {"Authorization": f"Bearer {token}"}
+    beat = requests.post(
+        f"{url}/agent/heartbeat",
+        json={
+            "applied_version": 1,
+            "workers": [{"url": "http://127.0.0.1:1", "ok": True, "version": 1}],
+        },
+        headers=auth,
+        timeout=10,
+    )
+    assert beat.status_code == 204, beat.text
+    answered: dict = {"count": 0}
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                state = requests.get(
+                    f"{url}/config/version?version=1&wait=2", headers=auth, timeout=10
+                ).json()
+            except requests.RequestException:
+                continue
+            request = state.get("preflight")
+            if request:
+                reply = requests.post(
+                    f"{url}/agent/preflight",
+                    json={
+                        "id": request["id"],
+                        "worker_url": "http://127.0.0.1:1",
+                        "status": 200,
+                        "elapsed_ms": 1.0,
+                        "error": None,
+                    },
+                    headers=auth,
+                    timeout=10,
+                )
+                answered["count"] += reply.status_code == 204
+
+    answered["thread"] = threading.Thread(target=watch, daemon=True)
+    answered["thread"].start()
+    return answered
+
+
+def test_a_fake_agents_ok_does_not_pass_a_preflight(fleet):
+    admin, _ = fleet
+    stop = threading.Event()
+    fake = _fake_agent(admin.url, stop)
+    closed = f"http://127.0.0.1:{free_port()}/"
+    try:
+        answer = preflight(admin, closed, agents=3, timeout_seconds=20)
+    finally:
+        stop.set()
+        fake["thread"].join(15)
+
+    assert fake["count"] == 1
+    assert answer["ok"] is False
+    assert len(answer["results"]) == 3
+    statuses = sorted(str(r["status"]) for r in answer["results"])
+    assert statuses == ["200", "None", "None"]
+    errors = [r["error"] for r in answer["results"] if r["status"] is None]
+    assert all("unreachable" in error for error in errors)
+    record_attack(
+        "preflight-fake-ok",
+        "the pre-flight did not pass: the fake agent's 200 was listed with the real agents' "
+        "errors, and a majority of OK answers with no failure is needed",
+        agents_asked=len(answer["results"]),
+        fake_ok=1,
+        real_failures=len(errors),
+        ok=answer["ok"],
+    )
 
 
 def test_preflight_button_of_the_admin_change_form(fleet, upstream, admin_user):

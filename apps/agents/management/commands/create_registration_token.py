@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.agents.services import issue_registration_token
 from protocol.config_file import add_config_argument
+from protocol.labels import InvalidLabels, parse_label_pairs
 
 
 class Command(BaseCommand):
@@ -11,12 +12,30 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         add_config_argument(parser)
         parser.add_argument("--ttl", type=int, default=None, help="Lifetime in seconds.")
+        parser.add_argument(
+            "--label",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="A label the agent registering with the token gets (repeatable).",
+        )
+        parser.add_argument(
+            "--allow-agent-labels",
+            action="store_true",
+            help="Also take the agent's own labels, except for names --label binds.",
+        )
 
-    def handle(self, *args, ttl: int | None, **options):
+    def handle(self, *args, ttl: int | None, label: list[str], allow_agent_labels: bool, **options):
         if ttl is not None and not 60 <= ttl <= settings.REGISTRATION_TOKEN_MAX_TTL:
             raise CommandError(
                 f"--ttl must be between 60 and {settings.REGISTRATION_TOKEN_MAX_TTL} seconds."
             )
-        token, record = issue_registration_token(ttl=ttl)
+        try:
+            labels = parse_label_pairs(label)
+        except InvalidLabels as exc:
+            raise CommandError(f"--label: {exc}") from None
+        token, record = issue_registration_token(
+            ttl=ttl, labels=labels, allow_agent_labels=allow_agent_labels
+        )
         self.stderr.write(f"Expires at {record.expires_at.isoformat()}; shown only once.")
         self.stdout.write(token)
