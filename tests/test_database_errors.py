@@ -21,10 +21,8 @@ pytestmark = pytest.mark.django_db
 
 
 def register(labels: dict) -> str:
-    token, _ = issue_registration_token()
-    agent, _ = register_agent(
-        token=token, name=labels.get("zone", "a"), hostname="h", labels=labels
-    )
+    token, _ = issue_registration_token(labels=labels)
+    agent, _ = register_agent(token=token, name=labels.get("zone", "a"), hostname="h")
     return str(agent.pk)
 
 
