@@ -20,6 +20,7 @@ from apps.audit.models import AuditEntry
 from apps.configs import watch
 from apps.ops import metrics
 from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
+from tests.support.asgi import call
 from tests.support.processes import base_env, manage
 
 pytestmark = pytest.mark.django_db
@@ -392,27 +393,8 @@ async def asgi(app, token: str, method: str, path: str, query: str = "", body=No
     headers = [(b"host", b"localhost"), (b"authorization", f"Bearer {token}".encode())]
     if body is not None:
         headers.append((b"content-type", b"application/json"))
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "query_string": query.encode(),
-        "headers": headers,
-    }
-    messages = [{"type": "http.request", "body": json.dumps(body or {}).encode()}]
-    sent = []
-
-    async def receive():
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    payload = sent[1]["body"]
-    return sent[0]["status"], json.loads(payload) if payload else None
+    raw = json.dumps(body or {}).encode()
+    return await call(app, method, path, headers, raw, query)
 
 
 def with_front(scenario):

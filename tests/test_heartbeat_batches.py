@@ -21,6 +21,7 @@ from apps.agents.services import (
     revoke_agent,
 )
 from apps.configs import watch
+from tests.support.asgi import call
 from tests.support.processes import start_controller, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
@@ -47,21 +48,7 @@ async def post(app, token: str | None, body, content_type=b"application/json"):
     headers.append((b"host", b"localhost"))  # as every server sends it (ALLOWED_HOSTS)
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
-    scope = {"type": "http", "method": "POST", "path": "/agent/heartbeat", "headers": headers}
-    messages = [{"type": "http.request", "body": raw, "more_body": False}]
-    sent = []
-
-    async def receive():
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    payload = sent[1]["body"]
-    return sent[0]["status"], json.loads(payload) if payload else None
+    return await call(app, "POST", "/agent/heartbeat", headers, raw)
 
 
 def with_app(scenario, **recorder):

@@ -1,5 +1,6 @@
 """The configs app's refusals; controller_site.errors turns them into HTTP answers."""
 
+from django.conf import settings
 from rest_framework import status
 
 from controller_site.errors import NotFoundError, ServiceError
@@ -69,3 +70,19 @@ class PreflightFailed(ServiceError):
 
     def body(self) -> dict:
         return {"detail": self.detail, "preflight": self.answer}
+
+
+class PreflightRateLimited(ServiceError):
+    """Past PREFLIGHT_RATE_PER_MINUTE: 429, with when to try again."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many pre-flights: at most {settings.PREFLIGHT_RATE_PER_MINUTE} a minute per "
+            f"user. Try again in {retry_after} s."
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict:
+        return {"Retry-After": str(self.retry_after)}

@@ -21,16 +21,20 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework import status
 
 from apps.agents.models import Agent
 from apps.agents.services import status_condition
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs import notifications
-from apps.configs.errors import NoConfigYet, NoLiveAgent, PreflightFailed, UnknownPreflight
+from apps.configs.errors import (
+    NoConfigYet,
+    NoLiveAgent,
+    PreflightFailed,
+    PreflightRateLimited,
+    UnknownPreflight,
+)
 from apps.configs.services import get_current_config, get_current_state
-from controller_site.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -165,20 +169,6 @@ def _is_address(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class PreflightRateLimited(ServiceError):
-    status_code = status.HTTP_429_TOO_MANY_REQUESTS
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            f"Too many pre-flights: at most {settings.PREFLIGHT_RATE_PER_MINUTE} a minute per "
-            f"user. Try again in {retry_after} s."
-        )
-        self.retry_after = retry_after
-
-    def headers(self) -> dict:
-        return {"Retry-After": str(self.retry_after)}
 
 
 def reserve_preflight(user) -> None:
