@@ -228,8 +228,10 @@ def record_attack(key: str, outcome: str, **measured) -> None:
     RUN_FILE.write_text(json.dumps(run, indent=2, sort_keys=True))
 
 
-def _item_number(attack: Attack) -> int:
-    return int(attack.item.split(",")[0])
+def _item_number(attack: Attack) -> tuple[int, int]:
+    """The first list's items first (1, 2, ...), then the second's (F1, F2, ...)."""
+    first = attack.item.split(",")[0].strip()
+    return (1, int(first[1:])) if first.startswith("F") else (0, int(first))
 
 
 def _cell(text: str) -> str:
