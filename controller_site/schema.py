@@ -1,4 +1,38 @@
-"""OpenAPI post-processing shared by every app."""
+"""The OpenAPI schema's parts shared by every app: the answers each kind of view gives alike,
+and the post-processing of the whole document."""
+
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.utils import OpenApiResponse
+
+from apps.accounts.permissions import HasRole, forbidden, rule_for
+from apps.agents.auth import AgentEndpoint
+
+ADMIN_UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
+AGENT_UNAUTHORIZED = OpenApiResponse(description="Not an active agent's token.")
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """drf-spectacular's, with the answers every view of a kind gives added to those its
+    `extend_schema` lists, so that a view names only its own: an admin's view (HasRole) answers
+    401 without a valid JWT and 403 naming the role its `role_rules` ask for the method; an
+    agent's view (AgentEndpoint) answers 401 without an active agent token. What a view lists
+    for the same status wins."""
+
+    def _get_response_bodies(self, direction="response"):
+        # The step that turns a view's responses into the schema's. Not get_response_serializers:
+        # extend_schema replaces that one with the view's own list.
+        responses = super()._get_response_bodies(direction)
+        for code, response in self.shared_responses().items():
+            if code not in responses:
+                responses[code] = self._get_response_for_code(response, code, direction=direction)
+        return dict(sorted(responses.items()))
+
+    def shared_responses(self) -> dict:
+        if isinstance(self.view, AgentEndpoint):
+            return {"401": AGENT_UNAUTHORIZED}
+        if HasRole in self.view.permission_classes:
+            return {"401": ADMIN_UNAUTHORIZED, "403": forbidden(rule_for(self.view, self.method))}
+        return {}
 
 
 def document_invalid_page(result, generator, request, public):

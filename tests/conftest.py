@@ -56,13 +56,22 @@ def _fresh_state():
     clear_cache()
     # Test databases reuse version numbers, which a running controller never does.
     config_body.cache_clear()
-    agent_auth._known.clear()
-    agent_auth._unknown.clear()
-    agent_auth._swept_until = 0.0
-    agent_auth._swept_at = None
-    agent_auth._last_seen_written.clear()
+    agent_auth.reset()
     yield
     clear_cache()
+
+
+# bcrypt is slow by design (a fifth of a second a hash), and most tests log an admin in. They hash
+# with MD5; the rest keep the production list: those marked `bcrypt` (the hashing is what they
+# test, or a controller process, which hashes as production does, checks the password), and
+# every test under tests/e2e/ (its conftest).
+FAST_PASSWORD_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request, settings):
+    if request.node.get_closest_marker("bcrypt") is None:
+        settings.PASSWORD_HASHERS = [FAST_PASSWORD_HASHER, *settings.PASSWORD_HASHERS]
 
 
 @pytest.fixture
@@ -162,85 +171,3 @@ def make_worker(tmp_path):
     yield make
     for worker in started:
         worker.stop()
-
-
-class ServedAnswer:
-    def __init__(self, status: int, headers: list, body: bytes) -> None:
-        self.status_code = status
-        self.headers = {name.decode().lower(): value.decode() for name, value in headers}
-        self.content = body
-
-    def json(self):
-        import json
-
-        return json.loads(self.content)
-
-    def __getitem__(self, name: str) -> str:
-        return self.headers[name.lower()]
-
-
-class ServedClient:
-    """GETs through the ASGI application production serves (`controller_site.asgi`), where
-    GET /config/version and GET /config/agent are answered in front of Django; an APIClient
-    reaches the DRF views behind it instead. The database work runs on other threads, so tests
-    using this need `django_db(transaction=True)`."""
-
-    def __init__(self, token: str | None = None) -> None:
-        self.authorization = f"Bearer {token}" if token else None
-
-    def get(self, path: str, **headers: str) -> ServedAnswer:
-        import asyncio
-
-        return asyncio.run(self._get(path, headers))
-
-    async def _get(self, path: str, extra: dict[str, str]) -> ServedAnswer:
-        import asyncio
-
-        from controller_site.asgi import application
-
-        path, _, query = path.partition("?")
-        headers = [(b"host", b"testserver")]
-        if self.authorization:
-            headers.append((b"authorization", self.authorization.encode()))
-        for name, value in extra.items():  # Django's test-client names: HTTP_IF_NONE_MATCH
-            headers.append(
-                (name.removeprefix("HTTP_").replace("_", "-").lower().encode(), value.encode())
-            )
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        # The served stack (the body limit in front of the watch endpoint in front of Django),
-        # rebuilt with a hub of its own for this event loop.
-        watch = application.app
-        app = type(application)(type(watch)(watch.fallback), application.max_bytes)
-        sent: list[dict] = []
-        requested = False
-
-        async def receive() -> dict:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.Event().wait()  # the client stays until the answer is in
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        try:
-            await app(scope, receive, send)
-        finally:
-            await app.app.hub.stop()
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return ServedAnswer(start["status"], start.get("headers", []), body)

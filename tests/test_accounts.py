@@ -48,6 +48,7 @@ def test_login_with_non_json_body_is_400(api, admin_user):
     assert "detail" in response.json()
 
 
+@pytest.mark.bcrypt
 def test_passwords_are_stored_with_bcrypt(admin_user):
     assert User.objects.get(email=ADMIN_EMAIL).password.startswith("bcrypt_sha256$")
 

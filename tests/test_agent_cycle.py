@@ -71,6 +71,15 @@ def publish(upstream):
     return publish
 
 
+@pytest.fixture
+def agent_and_worker(make_agent, make_worker, new_token, publish):
+    """The usual start of a cycle test: version 1 published with a 30 s period, and a new agent
+    (not run yet) for one worker."""
+    worker = make_worker()
+    publish()
+    return make_agent([worker], token=new_token()), worker
+
+
 def check_in(agent, clock) -> float:
     """Seconds until the agent's next check of the controller. (run_once answers the earliest
     of all its due times, heartbeats included.)"""
@@ -124,15 +133,10 @@ def test_each_cycle_reports_the_applied_version_and_the_workers(
 
 
 def test_no_push_while_the_version_is_unchanged(
-    make_agent,
-    make_worker,
-    new_token,
-    publish,
+    agent_and_worker,
     clock,
 ):
-    worker = make_worker()
-    publish()
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     agent.run_once()
     assert worker.version() == 1
     assert worker.pushes == 1
@@ -144,16 +148,12 @@ def test_no_push_while_the_version_is_unchanged(
 
 
 def test_a_change_is_pushed_within_one_period(
-    make_agent,
-    make_worker,
-    new_token,
+    agent_and_worker,
     publish,
     clock,
     tmp_path,
 ):
-    worker = make_worker()
-    publish(interval=30)
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     # A change was seen: watch again at once, so that a second change is not held up.
     assert agent.run_once() == 0
     # This controller (WSGI) answers a watch at once: the agent then waits the whole period
@@ -170,15 +170,10 @@ def test_a_change_is_pushed_within_one_period(
 
 
 def test_a_new_pooling_interval_is_followed_without_restart(
-    make_agent,
-    make_worker,
-    new_token,
-    publish,
+    agent_and_worker,
     clock,
 ):
-    worker = make_worker()
-    publish(interval=30)
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     assert agent.run_once() == 0
     assert agent.run_once() <= 30
     assert check_in(agent, clock) == 30
@@ -205,16 +200,12 @@ def test_the_first_period_is_the_default_until_a_config_exists(
 
 
 def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
-    make_agent,
-    make_worker,
-    new_token,
+    agent_and_worker,
     publish,
     clock,
     tmp_path,
 ):
-    worker = make_worker()
-    publish()
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     agent.run_once()
 
     worker.stop()
@@ -237,15 +228,10 @@ def test_a_worker_that_was_down_gets_the_config_once_it_is_back(
 
 
 def test_a_worker_restarted_empty_is_repopulated_within_one_cycle(
-    make_agent,
-    make_worker,
-    new_token,
-    publish,
+    agent_and_worker,
     clock,
 ):
-    worker = make_worker()
-    publish()
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     agent.run_once()
 
     worker.stop()
@@ -318,16 +304,12 @@ def test_a_corrupt_config_cache_is_ignored_and_replaced(
 
 
 def test_a_revoked_agent_keeps_serving_its_cache_and_says_what_to_do(
-    make_agent,
-    make_worker,
-    new_token,
+    agent_and_worker,
     publish,
     clock,
     caplog,
 ):
-    worker = make_worker()
-    publish()
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     agent.run_once()
     agent_token = agent.credentials["agent_token"]
 
@@ -423,15 +405,11 @@ def count_health_checks(agent) -> list:
 
 
 def test_a_new_version_reaches_a_worker_known_behind_in_one_request(
-    make_agent,
-    make_worker,
-    new_token,
+    agent_and_worker,
     publish,
     clock,
 ):
-    worker = make_worker()
-    publish(interval=30)
-    agent = make_agent([worker], token=new_token())
+    agent, worker = agent_and_worker
     agent.run_once()
     assert worker.version() == 1
     checked = count_health_checks(agent)

@@ -10,7 +10,6 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
 from apps.agents import labels as agent_labels
@@ -21,15 +20,10 @@ from apps.configs import watch
 from apps.ops import metrics
 from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
 from tests.support.asgi import call
+from tests.support.clients import bearer
 from tests.support.processes import base_env, manage
 
 pytestmark = pytest.mark.django_db
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 def register(labels=None) -> tuple[Agent, str]:

@@ -10,17 +10,11 @@ from rest_framework.test import APIClient
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import agent_status, issue_registration_token, revoke_agent
 from apps.agents.tokens import hash_token
-from tests.conftest import ServedClient
+from tests.support.clients import ServedClient, bearer
 
 pytestmark = pytest.mark.django_db
 
 URL = "http://upstream.example/task"
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 # The agents' reads as the DRF views answer them (an APIClient) and as production serves them

@@ -15,6 +15,7 @@ from apps.agents.services import issue_registration_token, register_agent, revok
 from apps.audit.models import AuditEntry, AuditLogIsAppendOnly
 from apps.audit.services import record_event
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.clients import bearer
 
 pytestmark = pytest.mark.django_db
 
@@ -157,8 +158,7 @@ def test_registration_token_issue_is_recorded_without_the_token(admin_api):
 
 def test_agent_registration_and_revocation_are_recorded(admin_api):
     token = admin_api.get("/agent/admin").json()["registration_token"]
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    client = bearer(token)
     response = client.post(
         "/agent/register",
         {"name": "edge-1", "hostname": "h1"},

@@ -7,10 +7,11 @@ from rest_framework.test import APIClient
 
 from apps.accounts.models import User
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR, VIEWER
-from apps.accounts.services import issue_tokens, set_roles
+from apps.accounts.services import set_roles
 from apps.audit.models import AuditEntry
 from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
+from tests.support.clients import api_as
 
 pytestmark = pytest.mark.django_db
 
@@ -20,9 +21,7 @@ URL = "http://upstream.example/task"
 def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
     user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
     set_roles(user, roles)
-    client = APIClient()
-    # As POST /login issues them: bound to the user's password.
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
+    client = api_as(user)
     client.user = user
     return client
 

@@ -278,6 +278,7 @@ def test_a_real_controller_records_heartbeats_and_writes_the_pending_ones_when_s
     assert Agent.objects.filter(last_seen__isnull=True).count() == 0
 
 
+@pytest.mark.bcrypt  # a controller process checks the admin's password
 def test_heartbeats_through_a_real_controller_show_in_the_agent_list_within_a_second(
     admin_user,
 ):

@@ -5,7 +5,6 @@ from datetime import timedelta
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
 from apps.agents.models import Agent
@@ -21,6 +20,7 @@ from apps.configs import notifications
 from apps.configs.models import ConfigVersion
 from apps.configs.services import CURRENT_STATE_KEY
 from tests.conftest import ADMIN_EMAIL
+from tests.support.clients import bearer
 
 pytestmark = pytest.mark.django_db
 
@@ -328,8 +328,7 @@ def test_a_heartbeat_moves_an_agent_from_behind_to_in_sync(admin_api, publish):
     token, _ = issue_registration_token()
     agent, agent_token = register_agent(token=token, name="edge")
     assert admin_api.get("/agents").json()["results"][0]["status"] == "behind"
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {agent_token}")
+    client = bearer(agent_token)
     response = client.post(
         "/agent/heartbeat",
         {

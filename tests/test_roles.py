@@ -26,6 +26,7 @@ from apps.changes.models import Approval, ChangeRequest
 from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
+from tests.support.clients import api_as
 
 pytestmark = pytest.mark.django_db
 
@@ -176,13 +177,6 @@ def make_user(holder: str, email: str | None = None) -> User:
     user = User.objects.create_user(email=email, password=None)
     set_roles(user, [] if holder == "none" else [holder])
     return User.objects.get(pk=user.pk)
-
-
-def api_as(user: User) -> APIClient:
-    client = APIClient()
-    # As POST /login issues them: bound to the user's password.
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
-    return client
 
 
 def url_map(patterns=None, prefix=""):

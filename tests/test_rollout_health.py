@@ -13,10 +13,8 @@ from rest_framework.test import APIClient
 
 from apps.agents.models import Agent, AgentHits
 from apps.agents.services import (
-    issue_registration_token,
     record_heartbeat,
     record_heartbeats,
-    register_agent,
 )
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
@@ -24,6 +22,7 @@ from apps.configs.services import publish_config
 from apps.ops import metrics
 from apps.rollouts.models import Rollout
 from tests.conftest import SentPreflights
+from tests.support.fleet import make_fleet, served
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -32,23 +31,6 @@ PLAN = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds":
 # Transactional throughout but for the 400s: a change's after-commit announcement (the state the
 # agents are answered from) runs as it does in production, and threads see each other's writes.
 transactional = pytest.mark.django_db(transaction=True)
-
-
-def make_fleet(canaries: int = 1, others: int = 3) -> list[tuple[Agent, str]]:
-    fleet = []
-    for index in range(canaries + others):
-        token, _ = issue_registration_token(allow_agent_labels=True)
-        labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
-        fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
-    return fleet
-
-
-def served(token: str) -> int:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    response = client.get("/config/version")
-    assert response.status_code == 200
-    return response.json()["version"]
 
 
 def roll_out(**plan) -> Rollout:
@@ -117,7 +99,7 @@ def test_a_bad_health_field_is_400_and_stores_nothing(admin_api, field, value):
 
 @transactional
 def test_the_health_fields_have_defaults(admin_api):
-    make_fleet()
+    make_fleet(canaries=1, others=3)
     publish_config(config_url=URL, pooling_interval=30)
     response = admin_api.post(
         "/config/admin", {"config_url": NEW_URL, "pooling_interval": 30, "rollout": {}}, "json"
@@ -129,7 +111,7 @@ def test_the_health_fields_have_defaults(admin_api):
 
 @transactional
 def test_the_health_fields_are_stored_and_shown(admin_api):
-    make_fleet()
+    make_fleet(canaries=1, others=3)
     publish_config(config_url=URL, pooling_interval=30)
     plan = {**PLAN, "auto_rollback": False, "max_failure_rate": 0.5, "min_hits": 100}
     response = admin_api.post(
@@ -207,7 +189,7 @@ def test_a_failing_canary_halts_the_rollout_and_everyone_gets_the_previous_conte
 
 @transactional
 def test_a_rate_at_the_limit_goes_on_and_one_more_failure_halts():
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     roll_out(max_failure_rate=0.25, min_hits=4)
     canary = fleet[0][0]
     report(canary, 2, 3, 1)
@@ -271,7 +253,7 @@ def test_other_agents_failing_before_do_not_excuse_the_canary():
 
 @transactional
 def test_a_previous_version_with_too_few_hits_does_not_excuse_the_new_one():
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     roll_out()
     report(fleet[1][0], 1, 0, 5)  # 100% failed, but over 5 hits only
     report(fleet[0][0], 2, 0, 20)
@@ -280,7 +262,7 @@ def test_a_previous_version_with_too_few_hits_does_not_excuse_the_new_one():
 
 @transactional
 def test_an_operators_pause_does_not_save_a_failing_rollout(admin_api):
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     roll_out()
     assert admin_api.post("/config/admin/rollout/pause").status_code == 200
     report(fleet[0][0], 2, 0, 20)
@@ -289,7 +271,7 @@ def test_an_operators_pause_does_not_save_a_failing_rollout(admin_api):
 
 @transactional
 def test_without_auto_rollback_the_rollout_is_paused_for_an_operator(admin_api):
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     canary, canary_token = fleet[0]
     roll_out(auto_rollback=False)
     paused_before = stops("paused")
@@ -489,7 +471,7 @@ def test_a_revoked_agents_hits_no_longer_count():
 
 @transactional
 def test_hits_without_a_rollout_or_of_other_versions_decide_nothing():
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     publish_config(config_url=URL, pooling_interval=30)
     report(fleet[0][0], 1, 0, 100)
     assert ConfigVersion.objects.count() == 1
@@ -501,7 +483,7 @@ def test_hits_without_a_rollout_or_of_other_versions_decide_nothing():
 
 @transactional
 def test_the_admin_rollout_page_shows_the_halt_reason_in_red(client, admin_user):
-    fleet = make_fleet()
+    fleet = make_fleet(canaries=1, others=3)
     rollout = roll_out()
     report(fleet[0][0], 2, 0, 20)
     client.force_login(admin_user)
@@ -651,7 +633,7 @@ def test_the_change_form_applies_the_health_rules(client, admin_user, extra, fie
 
 @transactional
 def test_the_change_form_stores_the_health_plan(client, admin_user):
-    make_fleet()
+    make_fleet(canaries=1, others=3)
     publish_config(config_url=URL, pooling_interval=30)
     client.force_login(admin_user)
     form = client.get(CHANGE_FORM).context["form"]

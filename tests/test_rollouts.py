@@ -11,13 +11,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from apps.agents.models import Agent
 from apps.agents.services import (
-    issue_registration_token,
     record_heartbeat,
-    register_agent,
     revoke_agent,
 )
 from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
@@ -26,27 +23,14 @@ from apps.configs.models import ConfigVersion
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, target_of, target_version_expression
+from tests.support.clients import api_as, bearer
+from tests.support.fleet import make_fleet, served
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
 # Transactional tests throughout: a change's after-commit announcement (the cached state the
 # agents are answered from) runs as it does in production.
 PLAN = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds": 60}
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
-
-
-def make_fleet(canaries: int = 2, others: int = 4) -> list[tuple[Agent, str]]:
-    fleet = []
-    for index in range(canaries + others):
-        token, _ = issue_registration_token(allow_agent_labels=True)
-        labels = {"ring": "canary"} if index < canaries else {"ring": "main"}
-        fleet.append(register_agent(token=token, name=f"agent-{index}", labels=labels))
-    return fleet
 
 
 def ids_in_order(count: int, version: int) -> list[uuid.UUID]:
@@ -70,12 +54,6 @@ def make_fleet_with_ids(ids: list[uuid.UUID], first: int = 0) -> list[tuple[Agen
         )
         fleet.append((agent, token))
     return fleet
-
-
-def served(token: str) -> int:
-    response = bearer(token).get("/config/version")
-    assert response.status_code == 200
-    return response.json()["version"]
 
 
 def apply(agents, version: int) -> None:
@@ -756,19 +734,16 @@ class TestStatusAndMetrics:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_plan_rides_a_change_request_and_rolls_out_when_approved(publish, settings):
-    from rest_framework.test import APIClient
 
     from apps.accounts.models import User
     from apps.accounts.roles import APPROVER, EDITOR
-    from apps.accounts.services import issue_tokens, set_roles
+    from apps.accounts.services import set_roles
     from apps.changes.models import ChangeRequest
 
     def client_for(email, role):
         user = User.objects.create_user(email=email, password=None)
         set_roles(user, [role])
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_tokens(user).access_token}")
-        return client
+        return api_as(user)
 
     publish(URL, 30)
     settings.CONFIG_APPROVALS_REQUIRED = 1

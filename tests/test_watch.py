@@ -359,6 +359,7 @@ def admin_headers(url: str, admin_user) -> dict:
     return {"Authorization": f"Bearer {response.json()['access']}"}
 
 
+@pytest.mark.bcrypt  # a controller process checks the admin's password
 @pytest.mark.postgres
 def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_token, admin_user):
     redis, redis_url, _ = start_redis()
@@ -393,6 +394,7 @@ def test_a_change_through_one_controller_wakes_a_watch_held_by_another(agent_tok
                 process.stop()
 
 
+@pytest.mark.bcrypt  # a controller process checks the admin's password
 @pytest.mark.postgres
 def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
     agent_token, admin_user

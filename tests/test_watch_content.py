@@ -34,6 +34,7 @@ def requests_counted(controller_url: str, endpoint: str) -> int:
     return int(total)
 
 
+@pytest.mark.bcrypt  # a controller process checks the admin's password
 @pytest.mark.postgres
 def test_the_agent_applies_changes_from_the_watch_answer_without_fetching_them(
     admin_user,

@@ -44,6 +44,18 @@ _swept_until = 0.0
 _swept_at: float | None = None
 
 
+def reset() -> None:
+    """Forget every token this process remembers and every sweep it made, as a process that
+    just started: the memory outlives a test database's rows and its reused ids."""
+    global _swept_until, _swept_at
+    with _lock:
+        _known.clear()
+        _unknown.clear()
+        _last_seen_written.clear()
+        _swept_until = 0.0
+        _swept_at = None
+
+
 def find_agent(token: str) -> Agent | None:
     """The active agent holding `token`, or None."""
     digest = token_digest(token)

@@ -1,6 +1,11 @@
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.parsers import JSONParser
@@ -9,7 +14,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.auth import AdminJWTAuthentication
-from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.agents import services
 from apps.agents.auth import AgentEndpoint
@@ -29,8 +33,6 @@ from apps.configs.services import get_current_state
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
-UNAUTHORIZED = OpenApiResponse(description="Missing or invalid credentials.")
-
 
 class RegistrationTokenView(APIView):
     # The JWT only, never the admin's session cookie: this GET (kept as the seed has it) issues
@@ -47,8 +49,6 @@ class RegistrationTokenView(APIView):
         responses={
             200: RegistrationTokenSerializer,
             400: OpenApiResponse(),
-            401: UNAUTHORIZED,
-            403: forbidden(OPERATOR),
         },
     )
     def get(self, request):
@@ -70,8 +70,6 @@ class RegistrationTokenView(APIView):
         responses={
             201: RegistrationTokenSerializer,
             400: OpenApiResponse(),
-            401: UNAUTHORIZED,
-            403: forbidden(OPERATOR),
         },
     )
     def post(self, request):
@@ -102,7 +100,11 @@ class RegisterAgentView(APIView):
         summary="Register an agent with a registration token",
         description="Send `Authorization: Bearer <registration token>`. The token is used up.",
         request=RegisterSerializer,
-        responses={201: RegisteredSerializer, 400: OpenApiResponse(), 401: UNAUTHORIZED},
+        responses={
+            201: RegisteredSerializer,
+            400: OpenApiResponse(),
+            401: OpenApiResponse(description="Missing or invalid credentials."),
+        },
         auth=[{"registrationToken": []}],
     )
     def post(self, request):
@@ -145,7 +147,6 @@ class HeartbeatView(AgentEndpoint):
         responses={
             204: None,
             400: OpenApiResponse(),
-            401: UNAUTHORIZED,
             413: OpenApiResponse(description="The body is too large."),
             415: OpenApiResponse(description="The body is not JSON."),
         },
@@ -157,12 +158,8 @@ class HeartbeatView(AgentEndpoint):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class AgentListView(generics.ListAPIView):
-    serializer_class = AgentSerializer
-    queryset = Agent.objects.order_by("created_at")
-    role_rules = {"GET": ANY_ROLE}
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=["agents"],
         summary="Agents and what they run",
         parameters=[
@@ -179,12 +176,13 @@ class AgentListView(generics.ListAPIView):
         responses={
             200: AgentSerializer(many=True),
             400: OpenApiResponse(),
-            401: UNAUTHORIZED,
-            403: forbidden(ANY_ROLE),
         },
     )
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+)
+class AgentListView(generics.ListAPIView):
+    serializer_class = AgentSerializer
+    queryset = Agent.objects.order_by("created_at")
+    role_rules = {"GET": ANY_ROLE}
 
     def list(self, request, *args, **kwargs):
         wanted = request.query_params.get("status")
@@ -221,8 +219,6 @@ class AgentRevokeView(APIView):
         responses={
             200: AgentSerializer,
             404: OpenApiResponse(),
-            401: UNAUTHORIZED,
-            403: forbidden(OPERATOR),
         },
     )
     def post(self, request, agent_id):
@@ -249,8 +245,6 @@ class AgentView(APIView):
             200: AgentSerializer,
             400: OpenApiResponse(),
             404: OpenApiResponse(),
-            401: UNAUTHORIZED,
-            403: forbidden(OPERATOR),
         },
     )
     def patch(self, request, agent_id):

@@ -1,13 +1,17 @@
 import json
 
 from django.db.models import Q
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
 from apps.changes import services as changes
@@ -35,7 +39,6 @@ from controller_site.request_info import client_ip
 
 ERRORS = {
     400: OpenApiResponse(description="Invalid input; nothing was stored."),
-    401: OpenApiResponse(description="Missing or invalid admin JWT."),
 }
 
 CHANGE_PROPOSED = OpenApiResponse(
@@ -119,8 +122,6 @@ class ConfigAdminView(APIView):
         "the change (412) if someone else changed the configuration meanwhile.",
         responses={
             200: AdminConfigSerializer,
-            401: ERRORS[401],
-            403: forbidden(ANY_ROLE),
             404: OpenApiResponse(),
         },
     )
@@ -149,7 +150,6 @@ class ConfigAdminView(APIView):
             412: STALE,
             422: PREFLIGHT_FAILED,
             **ERRORS,
-            403: forbidden(EDITOR),
         },
     )
     def post(self, request):
@@ -173,7 +173,6 @@ class ConfigAdminView(APIView):
             422: PREFLIGHT_FAILED,
             404: OpenApiResponse(),
             **ERRORS,
-            403: forbidden(EDITOR),
         },
     )
     def put(self, request):
@@ -182,20 +181,19 @@ class ConfigAdminView(APIView):
         return _write(request, serializer.validated_data, partial=True)
 
 
+@extend_schema_view(
+    get=extend_schema(
+        tags=["config"],
+        summary="Version history",
+        responses={200: HistoryEntrySerializer(many=True)},
+    )
+)
 class ConfigHistoryView(generics.ListAPIView):
     """Every version, newest first, with the fields each one changed."""
 
     serializer_class = HistoryEntrySerializer
     queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
     role_rules = {"GET": ANY_ROLE}
-
-    @extend_schema(
-        tags=["config"],
-        summary="Version history",
-        responses={200: HistoryEntrySerializer(many=True), 403: forbidden(ANY_ROLE)},
-    )
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
@@ -229,7 +227,6 @@ class ConfigRollbackView(APIView):
             200: AdminConfigSerializer,
             404: OpenApiResponse(description="Unknown version."),
             **ERRORS,
-            403: forbidden(OPERATOR),
         },
     )
     def post(self, request):
@@ -260,7 +257,6 @@ class PreflightView(APIView):
         responses={
             200: PreflightAnswerSerializer,
             **ERRORS,
-            403: forbidden(EDITOR),
             409: OpenApiResponse(description="No agent is live."),
             429: OpenApiResponse(
                 description="More than PREFLIGHT_RATE_PER_MINUTE pre-flights this minute by "
@@ -284,7 +280,6 @@ class AgentPreflightResultView(AgentEndpoint):
         responses={
             204: None,
             400: OpenApiResponse(),
-            401: OpenApiResponse(description="Not an active agent's token."),
             404: OpenApiResponse(description="No such pre-flight is waiting for this agent."),
         },
     )
@@ -312,7 +307,6 @@ class ConfigVersionView(AgentEndpoint):
         responses={
             200: VersionStateSerializer,
             400: OpenApiResponse(description="Bad version or wait."),
-            401: OpenApiResponse(description="Not an active agent's token."),
             503: OpenApiResponse(
                 description="The database is unavailable, or the controller is stopping and "
                 "hands back the watch; retry shortly (Retry-After)."
@@ -370,7 +364,6 @@ class ConfigStreamView(AgentEndpoint):
                 response=str, description="The event stream."
             ),
             400: OpenApiResponse(description="Last-Event-ID is not a version number."),
-            401: OpenApiResponse(description="Not an active agent's token."),
         },
     )
     def get(self, request):
@@ -404,7 +397,6 @@ class ConfigAgentView(AgentEndpoint):
         responses={
             200: ConfigSerializer,
             304: OpenApiResponse(description="Unchanged since the given ETag."),
-            401: OpenApiResponse(description="Not an active agent's token."),
             404: OpenApiResponse(description="No configuration yet."),
         },
     )

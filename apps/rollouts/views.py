@@ -2,14 +2,12 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.permissions import forbidden
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.rollouts import services
 from apps.rollouts.health import health_of
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
 from controller_site.request_info import client_ip
 
-UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
 NONE_YET = OpenApiResponse(description="No rollout has been started yet.")
 
 
@@ -31,8 +29,6 @@ class RolloutView(APIView):
         summary="The current or last rollout",
         responses={
             200: RolloutSerializer,
-            401: UNAUTHORIZED,
-            403: forbidden(ANY_ROLE),
             404: NONE_YET,
         },
     )
@@ -45,8 +41,6 @@ class RolloutView(APIView):
 
 ACTION_ERRORS = {
     400: OpenApiResponse(description="Bad reason."),
-    401: UNAUTHORIZED,
-    403: forbidden(OPERATOR),
     404: NONE_YET,
     409: OpenApiResponse(description="The rollout's state does not allow it."),
 }

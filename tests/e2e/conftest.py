@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, unavailable
 from tests.support.processes import (
@@ -26,6 +27,11 @@ from tests.support.processes import (
 )
 
 INTERNAL_KEY = "e2e-internal-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing():
+    """Passwords hashed as in production here: the controller processes check them."""
 
 
 class Admin:
@@ -207,6 +213,29 @@ def wait_for_version(worker_urls: list[str], version: int, timeout: float = 20.0
         message=f"workers {worker_urls} at v{version}",
     )
     return time.monotonic() - started
+
+
+def start_canary_fleet(stack, url: str, **agent_env: str) -> list[str]:
+    """Four agents with a worker each on the controller at `url`, the first labelled
+    ring=canary and the others ring=main, reporting every second; back once every worker holds
+    version 1 and the canary is registered with its label. The worker URLs, the canary's first."""
+    workers = [stack.worker()[1] for _ in range(4)]
+    for index, worker in enumerate(workers):
+        stack.agent(
+            url,
+            [worker],
+            f"agent-{index}",
+            AGENT_LABELS="ring=canary" if index == 0 else "ring=main",
+            AGENT_HEARTBEAT_SECONDS="1",
+            **agent_env,
+        )
+    wait_for_version(workers, 1, timeout=60)
+    wait_until(
+        lambda: Agent.objects.filter(labels={"ring": "canary"}).count() == 1,
+        timeout=20,
+        message="the canary registered with its label",
+    )
+    return workers
 
 
 def unique_path() -> str:

@@ -14,7 +14,7 @@ from apps.agents.models import Agent
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
-from tests.e2e.conftest import Admin, wait_for_version, worker_version
+from tests.e2e.conftest import Admin, start_canary_fleet, wait_for_version, worker_version
 from tests.support.polling import Poller
 from tests.support.processes import base_env, manage, wait_until
 from tests.support.processes import test_database_url as database_url
@@ -196,24 +196,9 @@ def test_rollout_carries_on_after_the_controller_restarts(stack, upstream, admin
     controller, url = stack.controller(redis_url)
     admin = Admin(url)
     assert admin.create(upstream.url("/text?v1")).status_code == 201
-    workers = [stack.worker()[1] for _ in range(4)]
-    for index, worker in enumerate(workers):
-        stack.agent(
-            url,
-            [worker],
-            f"agent-{index}",
-            AGENT_LABELS="ring=canary" if index == 0 else "ring=main",
-            AGENT_HEARTBEAT_SECONDS="1",
-            # Back on the restarted controller within a second, not after a long backoff.
-            AGENT_BACKOFF_CAP="1",
-        )
+    # Back on the restarted controller within a second, not after a long backoff.
+    workers = start_canary_fleet(stack, url, AGENT_BACKOFF_CAP="1")
     canary, other_workers = workers[0], workers[1:]
-    wait_for_version(workers, 1, timeout=60)
-    wait_until(
-        lambda: Agent.objects.filter(labels={"ring": "canary"}).count() == 1,
-        timeout=20,
-        message="the canary registered with its label",
-    )
 
     with VersionWatch(workers) as seen:
         published = time.time()

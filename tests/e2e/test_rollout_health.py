@@ -22,7 +22,7 @@ from apps.agents.services import issue_registration_token
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
-from tests.e2e.conftest import Admin, wait_for_version
+from tests.e2e.conftest import Admin, start_canary_fleet, wait_for_version
 from tests.e2e.security import record_attack
 from tests.support.polling import Poller
 from tests.support.processes import base_env, free_port, manage, wait_until
@@ -99,22 +99,7 @@ def start_fleet(stack, first_url: str, controllers: int = 1) -> tuple[Admin, lis
     _, url = stack.controller(redis_url, workers=controllers)
     admin = Admin(url)
     assert admin.create(first_url).status_code == 201
-    workers = [stack.worker()[1] for _ in range(4)]
-    for index, worker in enumerate(workers):
-        stack.agent(
-            url,
-            [worker],
-            f"agent-{index}",
-            AGENT_LABELS="ring=canary" if index == 0 else "ring=main",
-            AGENT_HEARTBEAT_SECONDS="1",
-        )
-    wait_for_version(workers, 1, timeout=60)
-    wait_until(
-        lambda: Agent.objects.filter(labels={"ring": "canary"}).count() == 1,
-        timeout=20,
-        message="the canary registered with its label",
-    )
-    return admin, workers
+    return admin, start_canary_fleet(stack, url)
 
 
 def totals(version: int) -> tuple[int, int]:
