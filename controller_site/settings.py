@@ -4,9 +4,7 @@ Everything is read from the environment here and nowhere else. Unset variables f
 embedded defaults: SQLite under var/ and local-memory cache, so a first run needs no services.
 """
 
-import contextlib
 import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +12,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from controller_site.var_dir import development_secret_key, make_var_dir
 from protocol import config_file
 from protocol.logs import logging_config, read_log_settings, server_logging_config
 from protocol.settings import SettingsReader
@@ -38,30 +37,6 @@ _record = _settings.record
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
 
 
-def _make_var_dir() -> None:
-    # Private from the start: it holds the SQLite database (live refresh tokens) and the keys.
-    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _private_file(path: Path) -> None:
-    """Create `path` empty with mode 0600 unless it exists: never readable by others, not even
-    for the moment between writing it and a chmod."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
-def _development_secret_key() -> str:
-    # With DEBUG on, a key is generated once and kept so sessions survive restarts.
-    path = VAR_DIR / "secret_key"
-    if path.exists() and path.read_text().strip():
-        return path.read_text().strip()
-    _make_var_dir()
-    _private_file(path)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    return key
-
-
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
 if SECRET_KEY is None:
@@ -71,7 +46,7 @@ if SECRET_KEY is None:
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
             "or set DEBUG=1 for local development."
         )
-    SECRET_KEY = _record("SECRET_KEY", "var", _development_secret_key())
+    SECRET_KEY = _record("SECRET_KEY", "var", development_secret_key(VAR_DIR))
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -155,7 +130,7 @@ if DATABASE_URL:
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
-    _make_var_dir()
+    make_var_dir(VAR_DIR)
     DATABASES = {
         "default": {
             # Django's SQLite backend, creating the file 0600 (see controller_site/sqlite).
@@ -394,12 +369,15 @@ PREFLIGHT_RATE_PER_MINUTE = env_int("PREFLIGHT_RATE_PER_MINUTE", 10, minimum=0)
 # Registration tokens and agents.
 REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
-# How long a process trusts its own memory of an agent token before asking the database again:
-# this bounds how long a revoked token keeps working.
-# How often each controller process checks whether a rolling rollout can start its next wave.
+# The periodic jobs (apps/ops/jobs.py) run in every controller process unless this is off, for
+# a deployment that runs them apart (`manage.py run_jobs`). How often each checks whether a
+# rolling rollout can start its next wave.
+CONTROLLER_RUN_JOBS = env_bool("CONTROLLER_RUN_JOBS", True)
 ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
 if ROLLOUT_TICK_SECONDS <= 0:
     raise ImproperlyConfigured(f"ROLLOUT_TICK_SECONDS must be positive: {ROLLOUT_TICK_SECONDS}")
+# How long a process trusts its own memory of an agent token before asking the database again:
+# this bounds how long a revoked token keeps working.
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
 # last_seen is written at most this often per agent, so polling does not write on every call.
 AGENT_LAST_SEEN_WRITE_SECONDS = env_int("AGENT_LAST_SEEN_WRITE_SECONDS", 30, minimum=0)

@@ -7,7 +7,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
-from apps.configs.watch import config_body
+from apps.configs.agent_calls import config_body
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import KEY, WorkerProcess
 

@@ -16,7 +16,7 @@ from apps.agents import labels as agent_labels
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent, set_agent_labels
 from apps.audit.models import AuditEntry
-from apps.configs import watch
+from apps.configs import front
 from apps.ops import metrics
 from protocol.labels import InvalidLabels, check_labels, parse_label_pairs
 from tests.support.asgi import call
@@ -393,7 +393,7 @@ async def asgi(app, token: str, method: str, path: str, query: str = "", body=No
 
 def with_front(scenario):
     async def run():
-        app = watch.WatchEndpoint(fallback=None)
+        app = front.WatchEndpoint(fallback=None)
         await app.hub.start()
         try:
             return await scenario(app)

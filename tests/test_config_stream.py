@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
-from apps.configs import watch
+from apps.configs import front, watch
 from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
 from tests.test_watch import call, closing_connection
@@ -119,7 +119,7 @@ def scenario(body):
     """Run `body(app)` with a started endpoint, stopped afterwards."""
 
     async def run():
-        app = watch.WatchEndpoint(fallback=None)
+        app = front.WatchEndpoint(fallback=None)
         await app.hub.start()
         try:
             return await body(app)

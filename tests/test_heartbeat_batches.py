@@ -20,7 +20,7 @@ from apps.agents.services import (
     register_agent,
     revoke_agent,
 )
-from apps.configs import watch
+from apps.configs import answers, front
 from tests.support.asgi import call
 from tests.support.processes import start_controller, wait_until
 
@@ -55,7 +55,7 @@ def with_app(scenario, **recorder):
     """Run `scenario(app)` against a fresh ASGI front, stopped cleanly afterwards."""
 
     async def run():
-        app = watch.WatchEndpoint(fallback=None)
+        app = front.WatchEndpoint(fallback=None)
         for name, value in recorder.items():
             setattr(app.heartbeats, name, value)
         try:
@@ -139,7 +139,7 @@ def test_unknown_revoked_or_missing_tokens_are_401_and_store_nothing():
         assert (await post(app, "not-an-agent-token", body))[0] == 401
         status, answer = await post(app, revoked_token, body)
         assert status == 401
-        assert answer == {"detail": watch.REFUSED_AGENT}
+        assert answer == {"detail": answers.REFUSED_AGENT}
 
     with_app(scenario)
     assert Agent.objects.filter(applied_version__isnull=False).count() == 0

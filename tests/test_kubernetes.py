@@ -49,6 +49,7 @@ REQUIRED = {
     "run_controller": {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"},
     "run_worker": {"INTERNAL_KEY"},
     "run_agent": {"INTERNAL_KEY", "CONTROLLER_URL", "WORKER_URL", "AGENT_STATE_DIR"},
+    "run_jobs": {"SECRET_KEY", "DATABASE_URL", "REDIS_URL"},
     "migrate": {"SECRET_KEY", "DATABASE_URL"},
     "seed_admin": {"SECRET_KEY", "DATABASE_URL", "ADMIN_EMAIL", "ADMIN_PASSWORD"},
 }
@@ -328,6 +329,19 @@ def test_two_controllers_a_budget_an_autoscaler_and_an_ingress_that_waits_for_th
     assert ingress["spec"]["tls"][0]["secretName"]
     images = {c["image"] for _, c in our_containers("production")}
     assert images == {"registry.example.com/distributed-config:1.0.0"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_controllers_run_the_periodic_jobs_unless_their_own_deployment_is_scaled_up(overlay):
+    jobs = objects(overlay, "Deployment")["distributed-config-jobs"]
+    assert jobs["spec"]["replicas"] == 0
+    assert command_of(pod_spec(jobs)["containers"][0]) == "run_jobs"
+    controller = pod_spec(objects(overlay, "Deployment")["distributed-config-controller"])
+    assert environment(overlay, controller["containers"][0])["CONTROLLER_RUN_JOBS"] == "1"
+    # Its pod may reach PostgreSQL and Redis, as the controller's.
+    policy = objects(overlay, "NetworkPolicy")["distributed-config-periodic-jobs"]
+    ports = {rule["port"] for rule in policy["spec"]["egress"][0]["ports"]}
+    assert ports == {5432, 6379, 26379}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

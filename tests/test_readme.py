@@ -48,7 +48,9 @@ def optional_and_required(text: str) -> tuple[set[str], set[str]]:
     return optional, required
 
 
-@pytest.mark.parametrize("command", ["run_controller", "run_worker", "run_agent", "run_stack"])
+@pytest.mark.parametrize(
+    "command", ["run_controller", "run_worker", "run_agent", "run_stack", "run_jobs"]
+)
 def test_each_synopsis_lists_every_flag_of_the_command_all_of_them_optional(command):
     optional, required = optional_and_required(synopsis(command))
     assert required == set(), f"{command}: shown as required: {sorted(required)}"

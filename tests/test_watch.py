@@ -11,8 +11,8 @@ from django.conf import settings
 from django.db import connection
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
+from apps.configs import front, notifications, watch
 from apps.configs import hub as hub_module
-from apps.configs import notifications, watch
 from apps.configs.models import ConfigVersion
 from apps.configs.services import publish_config
 from tests.support.processes import (
@@ -97,7 +97,7 @@ def run_watch(query: str, token: str | None, during=None):
     """Run one watch on a fresh endpoint; `during(app)` runs in a thread while it is held."""
 
     async def scenario():
-        app = watch.WatchEndpoint(fallback=None)
+        app = front.WatchEndpoint(fallback=None)
         await app.hub.start()
         try:
             task = asyncio.ensure_future(call(app, token, query))
@@ -293,7 +293,7 @@ def test_an_expired_preflight_is_never_handed_out(monkeypatch):
 
 def fetch_config(token, headers=()):
     async def scenario():
-        app = watch.WatchEndpoint(fallback=None)
+        app = front.WatchEndpoint(fallback=None)
         return await call(app, token, "", path="/config/agent", headers=headers)
 
     return asyncio.run(scenario())

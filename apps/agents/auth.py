@@ -20,9 +20,9 @@ from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
 # no query per request while a revocation still takes effect within that time everywhere.
 # An active agent is trusted longer, up to TRUST_SECONDS, while the process also reads the
 # revocations of the last REVOCATION_LOOKBACK_SECONDS at least once every
-# AGENT_AUTH_CACHE_SECONDS (sweep_revocations, run by the ASGI front): a revoked token then
-# still stops working within that time, and a fleet reporting every 10 s costs no token
-# query per report. Each entry: (expires, agent, trusted until). Tokens that no agent holds
+# AGENT_AUTH_CACHE_SECONDS (sweep_revocations, run by each process's watch hub): a revoked
+# token then still stops working within that time, and a fleet reporting every 10 s costs no
+# token query per report. Each entry: (expires, agent, trusted until). Tokens that no agent holds
 # are remembered apart, until they expire, so that a flood of made-up tokens costs one query
 # each per AGENT_AUTH_CACHE_SECONDS at most and cannot push the fleet's agents out. Both
 # memories are bounded and, when full, forget the entry least recently used.

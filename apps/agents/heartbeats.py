@@ -2,7 +2,7 @@
 
 After a change, every agent reports within the same second, and at a 10 s interval a fleet of
 10,000 sends 1,000 reports a second. One UPDATE per report through Django's request path managed
-about 360 a second on two cores, so the ASGI front (apps/configs/watch.py) takes POST
+about 360 a second on two cores, so the ASGI front (apps/configs/front.py) takes POST
 /agent/heartbeat itself: the body is checked here without DRF, the token is looked up in the
 process's memory (or in one query for all the tokens missing from it), and the report waits in
 memory for the next batch, written as one statement every HEARTBEAT_FLUSH_SECONDS or

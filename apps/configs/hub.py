@@ -8,6 +8,11 @@ SECRET_KEY (apps/ops/sealed.py); one that does not only makes the hub read the d
 The same subscription brings pre-flight requests
 (apps/configs/preflight.py), which answer a held watch with the state its agent already has and
 the request beside it.
+
+The hub also does what this process, and no other, must do for itself about revoked agents: it
+cuts their held watches, and it reads the recent revocations into this process's memory of
+agent tokens (apps.agents.auth.sweep_revocations). Periodic work on the shared state, which any
+one process may do for all, is not here but in apps/ops/jobs.py.
 """
 
 import asyncio
@@ -16,6 +21,7 @@ import functools
 import json
 import logging
 import time
+from typing import Literal, TypedDict
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -30,8 +36,8 @@ from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
 from apps.ops import metrics
 from apps.ops.sealed import open_message
-from apps.rollouts.services import advance_rollouts
 from apps.rollouts.targets import target_of
+from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +50,38 @@ PREFLIGHT_FIELDS = ("id", "config_url", "timeout_seconds")
 REFUSAL_LOG_SECONDS = 10.0
 
 
+class RolloutSplit(TypedDict):
+    """While a rollout splits the fleet: who still gets the previous version
+    (apps.rollouts.targets)."""
+
+    previous: ConfigState
+    canary_labels: dict
+    cutoff: str
+
+
+class ServedState(ConfigState):
+    """What this process serves (apps.configs.services.state_of): the newest version's answer,
+    the revision of its rollout, and the split while a rollout is under way."""
+
+    revision: int
+    rollout: RolloutSplit | None
+
+
+# Why a held watch was woken: its agent's target changed (with the new answer), its agent was
+# revoked, a newer watch of its agent replaced it, a pre-flight request came for its agent (with
+# the request), the process is stopping; and the two its own timers set: its wait ended, or
+# (a stream) the client hung up.
+Outcome = Literal["changed", "revoked", "replaced", "preflight", "shutdown", "timeout", "gone"]
+Woken = tuple[Outcome, dict | None]
+
+
 class Waiter:
     """One held request: woken with its agent's new answer, or with None when its agent is
     revoked (or when the state moved before its agent was known)."""
 
     __slots__ = ("known", "agent_id", "labels", "future", "replaced")
 
-    def __init__(self, known: int, future: asyncio.Future) -> None:
+    def __init__(self, known: int, future: "asyncio.Future[Woken]") -> None:
         self.known = known
         self.agent_id: str | None = None
         self.labels: dict = {}
@@ -103,7 +134,7 @@ class HeldWatches:
             del self.by_agent[waiter.agent_id]
 
 
-def stamp(state: dict) -> tuple[int, int]:
+def stamp(state: ServedState) -> tuple[int, int]:
     """The order of served states: by version, then by the revision of its rollout."""
     return state["version"], state.get("revision") or 0
 
@@ -120,7 +151,7 @@ class Hub:
         # known (so that no change is missed), and a revocation that arrives in between finds
         # no waiter to cut: the watch checks here once its agent is known. Revocation is final.
         self.revoked: set[str] = set()
-        self.latest: dict = state_of(None)
+        self.latest: ServedState = state_of(None)
         self.redis_healthy = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -141,7 +172,6 @@ class Hub:
         if settings.REDIS_URL:
             self._tasks.append(asyncio.create_task(self._listen_redis()))
         self._tasks.append(asyncio.create_task(self._recheck_database()))
-        self._tasks.append(asyncio.create_task(self._advance_rollouts()))
         self._tasks.append(asyncio.create_task(self._sweep_revocations()))
 
     async def stop(self) -> None:
@@ -173,7 +203,7 @@ class Hub:
         if message.get("type") == "config":
             # A controller of an older release announces only the version and the interval: the
             # answer then lacks the content, and the agents fetch it from /config/agent.
-            state = {
+            state: ServedState = {
                 "version": message.get("version"),
                 "pooling_interval": message.get("pooling_interval"),
                 "config_url": message.get("config_url"),
@@ -190,7 +220,7 @@ class Hub:
         elif message.get("type") == "labels":
             self.relabel(message.get("agent_id"), message.get("labels"))
 
-    def advance(self, state: dict) -> None:
+    def advance(self, state: ServedState) -> None:
         """Wake every waiter whose answer is now another version than it knows. States only
         move forward: a late, older notification (two processes publishing at once) wakes
         nobody. During a rollout each waiter's answer is its agent's target (canary, started
@@ -362,17 +392,6 @@ class Hub:
             except DatabaseError as exc:
                 logger.warning("watch hub could not read the database: %s", exc)
 
-    async def _advance_rollouts(self) -> None:
-        """Move a rolling rollout on, about once a second. Every controller process does this;
-        the rollout's row lock makes exactly one of them act on each step, so no process of
-        our own has to lead, and a restarted controller carries on from the database."""
-        while True:
-            await asyncio.sleep(settings.ROLLOUT_TICK_SECONDS)
-            try:
-                await _advance_rollouts_once()
-            except DatabaseError as exc:
-                logger.warning("could not advance the rollout: %s", exc)
-
     async def _sweep_revocations(self) -> None:
         """Twice per AGENT_AUTH_CACHE_SECONDS, the revocations of the last minute, so that this
         process may trust its memory of the other agents' tokens (apps.agents.auth). A read
@@ -438,18 +457,13 @@ def with_database(function):
 
 
 @with_database
-def _state_from_database() -> dict:
+def _state_from_database() -> ServedState:
     return state_of(get_current_config())
 
 
 @with_database
 def _sweep_revocations_once() -> None:
     sweep_revocations()
-
-
-@with_database
-def _advance_rollouts_once() -> None:
-    advance_rollouts()
 
 
 @with_database

@@ -1,0 +1,109 @@
+"""The controller's periodic jobs: work on the shared state that someone must do every so often.
+
+A job is one small step, run again every so many seconds. Each step claims its work with a row
+lock taken by `select_for_update(skip_locked=True)`, so any number of processes may run the
+same jobs at once: the one that gets the row acts, the others skip that step rather than wait,
+and none of our processes has to lead. They run on a thread of every controller process,
+started with the ASGI lifespan (CONTROLLER_RUN_JOBS, on by default), and alone as
+`manage.py run_jobs`, for deployments that want them apart (then CONTROLLER_RUN_JOBS=0 on the
+controllers; running both is safe, only wasted).
+
+What each serving process must do for itself is not here: its memory of agent tokens is swept
+of revoked agents, and its held watches are cut, by its watch hub (apps/configs/hub.py), since
+no other process can do that in its place.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+
+from apps.rollouts.services import advance_rollouts
+
+logger = logging.getLogger(__name__)
+
+# The longest a runner waits between two looks at its jobs: a stop is honoured within this.
+MAX_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One periodic step: `step` is called every `every()` seconds (read from the settings
+    each time, so a test may change them)."""
+
+    name: str
+    every: Callable[[], float]
+    step: Callable[[], object]
+
+
+JOBS: tuple[Job, ...] = (
+    # Start a rolling rollout's next wave when the current one is applied and has baked,
+    # complete it after the last, pause it when a wave times out (apps/rollouts/services.py).
+    Job("advance rollouts", lambda: settings.ROLLOUT_TICK_SECONDS, advance_rollouts),
+)
+
+
+class JobRunner:
+    """Runs `jobs`, each when it is due, until `stop` is set: in the run_jobs command's main
+    thread (run) or on a thread of a controller process (start, then halt)."""
+
+    def __init__(self, jobs: tuple[Job, ...] = JOBS, stop: threading.Event | None = None) -> None:
+        self.jobs = jobs
+        self.stop = stop or threading.Event()
+        self.due = dict.fromkeys((job.name for job in jobs), 0.0)
+        self.failing: set[str] = set()
+        self._thread: threading.Thread | None = None
+
+    def run_due(self) -> float:
+        """Run every job that is due, once; the seconds until the next one is."""
+        for job in self.jobs:
+            if self.stop.is_set():
+                break
+            if time.monotonic() >= self.due[job.name]:
+                self._run(job)
+                self.due[job.name] = time.monotonic() + job.every()
+        return max(0.0, min(self.due.values()) - time.monotonic())
+
+    def _run(self, job: Job) -> None:
+        try:
+            job.step()
+        except DatabaseError as exc:
+            # The database is down or the statement timed out: the next step tries again.
+            if job.name not in self.failing:
+                logger.warning("job %r could not run: %s", job.name, exc)
+            self.failing.add(job.name)
+            return
+        except Exception:  # noqa: BLE001 - a bug in one job must not stop the others
+            logger.exception("job %r failed", job.name)
+            return
+        if job.name in self.failing:
+            logger.info("job %r runs again", job.name)
+            self.failing.discard(job.name)
+
+    def run(self) -> None:
+        """Run the jobs until `stop` is set; the step in progress finishes first."""
+        try:
+            while not self.stop.is_set():
+                # A connection broken or past its age is replaced before the next step.
+                close_old_connections()
+                wait = self.run_due()
+                self.stop.wait(min(wait, MAX_WAIT_SECONDS))
+        finally:
+            connection.close()
+
+    def start(self) -> None:
+        """Run the jobs on a thread of this process (the ASGI lifespan's start-up)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="periodic-jobs", daemon=True)
+            self._thread.start()
+
+    def halt(self, timeout: float = 5.0) -> None:
+        """Stop the thread, letting the step in progress finish (within `timeout`)."""
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
