@@ -23,7 +23,7 @@ from bench.common import describe, reset_state, setup_django, start_controller
 
 
 def run(clients: int, seconds: float, workers: int) -> tuple[float, list[float], int]:
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     reset_state()
     publish_config(config_url="http://127.0.0.1:9/bench/0", pooling_interval=30)

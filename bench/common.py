@@ -197,7 +197,7 @@ def controller_with_agents(count: int, workers: int):
     warmed up. Returns (process, URL, agent tokens, admin headers, idle RSS in KiB)."""
     import requests
 
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     reset_state()
     tokens = make_agents(count)

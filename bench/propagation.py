@@ -25,7 +25,7 @@ INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
 
 def run(changes: int, watch: bool) -> list[float]:
     from apps.agents.services import issue_registration_token
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
     from tests.support.processes import Process, manage, start_worker, wait_until
 
     reset_state()

@@ -47,7 +47,7 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     setup_django()
     started = results.start()
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     reset_state()
     (token,) = make_agents(1)

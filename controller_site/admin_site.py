@@ -13,7 +13,7 @@ from apps.audit.signals import admin_request_ip
 from apps.changes.models import ChangeRequest
 from apps.configs.services import get_current_config, state_of
 from apps.rollouts.models import Rollout
-from apps.rollouts.services import get_latest_rollout, measure
+from apps.rollouts.status import get_latest_rollout, measure
 from controller_site.request_info import client_ip
 
 # How many of the latest changes the dashboard lists: changes to the configuration, revocations

@@ -114,7 +114,7 @@ def agent_api(registered_agent):
 @pytest.fixture
 def publish(db, django_capture_on_commit_callbacks):
     """publish_config with its after-commit announcements run, as they are outside a test."""
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     def _publish(config_url: str = "http://upstream.example/task", pooling_interval: int = 30):
         with django_capture_on_commit_callbacks(execute=True):

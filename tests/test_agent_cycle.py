@@ -13,7 +13,7 @@ from agent.client import WorkerClient
 from agent.daemon import AgentDaemon
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token, revoke_agent
-from apps.configs.services import publish_config, update_config
+from apps.configs.actions import publish_config, update_config
 from apps.ops import metrics
 from protocol.signing import sign
 from tests.support.agent import (

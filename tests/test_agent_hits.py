@@ -14,7 +14,7 @@ from agent.client import WorkerClient
 from agent.daemon import AgentDaemon, WorkerState, hits_since
 from apps.agents.models import AgentHits
 from apps.agents.services import issue_registration_token
-from apps.configs.services import publish_config
+from apps.configs.actions import publish_config
 from tests.support.agent import FakeClock, StubController, subprocess_env, write_credentials
 from tests.support.processes import ROOT
 from tests.support.worker import KEY

@@ -376,7 +376,7 @@ PLAN = {"canary_labels": {"ring": "canary"}, "waves": [100], "bake_seconds": 600
 
 def canary_rollout() -> None:
     """Version 2 rolling out to the canaries first: a canary is answered 2, the others 1."""
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     publish_config(config_url="http://upstream.example/v1", pooling_interval=30)
     publish_config(config_url="http://upstream.example/v2", pooling_interval=30, rollout=PLAN)

@@ -11,7 +11,7 @@ import pytest
 from agent.daemon import AgentDaemon
 from apps.agents.models import Agent as AgentRecord
 from apps.agents.services import issue_registration_token
-from apps.configs.services import publish_config
+from apps.configs.actions import publish_config
 from tests.support.agent import (
     StubController,
     subprocess_env,

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent
+from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
-from apps.configs.services import publish_config
 from tests.conftest import unavailable
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -170,9 +170,10 @@ def test_operator_tour_of_the_admin(page, live_server):
 def test_rollout_page_in_the_admin(page, live_server):
     from apps.agents.services import record_heartbeat
     from apps.audit.models import AuditEntry
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
     from apps.rollouts.models import Rollout
-    from apps.rollouts.services import advance_rollouts, measure
+    from apps.rollouts.services import advance_rollouts
+    from apps.rollouts.status import measure
 
     call_command("seed_admin", allow_default_password=True)
     fleet = []

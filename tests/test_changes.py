@@ -675,7 +675,7 @@ def test_a_rollback_without_approvals_required_says_nothing_of_a_bypass(v1, publ
 
 
 def test_an_operators_abort_publishes_at_once_audited_as_bypassing_approval(approvals, v1):
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     plan = {"canary_labels": {"ring": "canary"}, "waves": [50, 100], "bake_seconds": 600}
     publish_config(config_url=URL + "/new", pooling_interval=30, rollout=plan)

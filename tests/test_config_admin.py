@@ -189,7 +189,7 @@ def test_concurrent_changes_get_consecutive_versions_without_gaps_or_duplicates(
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_first_creations_make_one_version_each():
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     writers = 12
     barrier = threading.Barrier(writers)

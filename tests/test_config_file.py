@@ -12,7 +12,7 @@ import requests
 import yaml
 
 from apps.agents.services import issue_registration_token
-from apps.configs.services import publish_config
+from apps.configs.actions import publish_config
 from protocol import signing
 from protocol.config_file import ALIASES
 from tests.e2e.security import record_attack

@@ -9,8 +9,8 @@ from rest_framework.test import APIClient
 
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import front, watch
+from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
-from apps.configs.services import publish_config
 from tests.test_watch import call, closing_connection
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

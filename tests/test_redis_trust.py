@@ -15,7 +15,8 @@ from django.core.cache import cache
 from django.utils.crypto import salted_hmac
 
 from apps.configs import hub as hub_module
-from apps.configs.services import CURRENT_STATE_KEY, get_current_state, publish_config
+from apps.configs.actions import publish_config
+from apps.configs.services import CURRENT_STATE_KEY, get_current_state
 from apps.ops import sealed as sealed_module
 from apps.ops.metrics import instruments
 from apps.ops.sealed import SealedJSONSerializer, seal_message

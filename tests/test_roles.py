@@ -282,7 +282,7 @@ def calls(world, user) -> dict:
 
 def start_rollout(state: str = Rollout.ROLLING) -> Rollout:
     """Version 3 rolling out in waves (the rollout endpoints need one), in `state`."""
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     publish_config(config_url=URL + "/staged", pooling_interval=30, rollout={"waves": [50, 100]})
     Rollout.objects.filter(version=3).update(state=state)

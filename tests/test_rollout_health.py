@@ -17,8 +17,8 @@ from apps.agents.services import (
     record_heartbeats,
 )
 from apps.audit.models import AuditEntry
+from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
-from apps.configs.services import publish_config
 from apps.ops import metrics
 from apps.rollouts.models import Rollout
 from tests.conftest import SentPreflights

@@ -642,7 +642,7 @@ class TestAdminControls:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_advances_start_each_wave_once():
     fleet = make_fleet(canaries=2, others=4)
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     publish_config(config_url=URL, pooling_interval=30)
     publish_config(config_url=NEW_URL, pooling_interval=30, rollout={**PLAN, "bake_seconds": 0})

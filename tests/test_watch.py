@@ -13,8 +13,8 @@ from django.db import connection
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import front, notifications, watch
 from apps.configs import hub as hub_module
+from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
-from apps.configs.services import publish_config
 from tests.support.processes import (
     restart_redis,
     server_errors,

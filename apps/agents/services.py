@@ -23,7 +23,7 @@ from apps.audit.services import record_event
 from apps.configs.notifications import publish_labels, publish_revocation
 from apps.configs.services import get_current_state
 from apps.ops import metrics
-from apps.rollouts.services import evaluate_rollout_health
+from apps.rollouts.health import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
 from controller_site.errors import ServiceError
 from protocol.labels import MAX_LABELS

@@ -1,10 +1,12 @@
-"""Change requests: proposing, approving, rejecting and cancelling, and the emergency publish that
-skips them. The API, the admin and the tests all come here; publishing itself is
-apps.configs.services.publish_config, under the same lock as every other writer."""
+"""How an editor's change reaches the agents: `request_config_change`, which the API and the
+admin both call, publishes it at once (to everyone, or by a rollout plan), publishes a
+superuser's emergency, or opens a change request while approvals are required; and the change
+requests' approving, rejecting and cancelling. The versions themselves are made by
+apps.configs.actions, under the same lock as every other writer."""
 
 import logging
+from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,21 +16,22 @@ from apps.changes.errors import (
     AlreadyApproved,
     ChangeIsStale,
     ChangeNotPending,
-    EmergencyNeedsSuperuser,
     NotYourDecision,
     UnknownChange,
 )
 from apps.changes.models import Approval, ChangeRequest
+from apps.configs.actions import (
+    approvals_required,
+    publish_change_request,
+    publish_config,
+    publish_emergency,
+    update_config,
+)
 from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion
 from apps.configs.models import ConfigVersion
-from apps.configs.services import (
-    approval_bypass,
-    content_of,
-    if_match_allows,
-    lock_newest,
-    publish_config,
-)
-from apps.rollouts.services import NothingToRollOutFrom
+from apps.configs.preflight import preflight_before_publish
+from apps.configs.services import content_of, get_current_config, if_match_allows, lock_newest
+from apps.rollouts.services import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -36,9 +39,64 @@ logger = logging.getLogger(__name__)
 FIELDS = ("config_url", "pooling_interval")
 
 
-def approvals_required() -> int:
-    """How many approvers must say yes; 0 means editors publish directly."""
-    return settings.CONFIG_APPROVALS_REQUIRED
+@dataclass(frozen=True)
+class ConfigChange:
+    """What request_config_change did: opened `change_request` (approvals are required, nothing
+    is published yet), or left `config` current, `created` when this call made it."""
+
+    config: ConfigVersion | None = None
+    created: bool = False
+    change_request: ChangeRequest | None = None
+
+
+def request_config_change(
+    actor,
+    values: dict,
+    *,
+    partial: bool = False,
+    plan: dict | None = None,
+    emergency: bool = False,
+    reason: str = "",
+    if_match: str | None = None,
+    source_ip: str | None = None,
+) -> ConfigChange:
+    """An editor's change of the configuration (`values`: config_url and pooling_interval, or
+    some of them when `partial`, which needs a current version). A superuser's `emergency`
+    publishes at once with its `reason`, whatever the approvals setting; while approvals are
+    required a change request opens, carrying the rollout plan its version will be published
+    with; otherwise it is published now, to every agent at once or by `plan`. A plan asking for
+    a pre-flight runs it first, and nothing is stored when it fails."""
+    if plan is not None and emergency:
+        raise RolloutPlanNeedsDirectPublish()
+    if plan is not None and plan.get("preflight"):
+        config_url = values.get("config_url")
+        preflight_before_publish(
+            None if config_url is None else check_config_url(config_url),
+            actor=actor,
+            source_ip=source_ip,
+        )
+    if emergency:
+        config, created = publish_emergency(
+            actor=actor, reason=reason, source_ip=source_ip, partial=partial, **values
+        )
+        return ConfigChange(config, created)
+    if approvals_required():
+        change = propose_change(
+            author=actor,
+            source_ip=source_ip,
+            partial=partial,
+            rollout=plan,
+            if_match=if_match,
+            **values,
+        )
+        if change is None:
+            return ConfigChange(get_current_config())
+        return ConfigChange(change_request=change)
+    publish = update_config if partial else publish_config
+    config, created = publish(
+        actor=actor, source_ip=source_ip, if_match=if_match, rollout=plan, **values
+    )
+    return ConfigChange(config, created)
 
 
 def content_of_change(change: ChangeRequest) -> dict:
@@ -162,26 +220,7 @@ def approve_change(
 
 
 def _publish(change: ChangeRequest, *, approver, source_ip: str | None) -> ConfigVersion:
-    config, created = publish_config(
-        config_url=change.config_url,
-        pooling_interval=change.pooling_interval,
-        actor=approver,
-        source_ip=source_ip,
-        audit_action=(
-            AuditEntry.CONFIG_UPDATED if change.base_version else AuditEntry.CONFIG_CREATED
-        ),
-        base_version=change.base_version,
-        change_request=change,
-        rollout=change.rollout,
-        audit_detail={
-            "change_request": change.pk,
-            "author": change.author.email if change.author else None,
-            "approvers": [
-                a.approver.email if a.approver else None
-                for a in change.approvals.select_related("approver")
-            ],
-        },
-    )
+    config = publish_change_request(change, approver=approver, source_ip=source_ip)
     change.state = ChangeRequest.PUBLISHED
     change.published_version = config.version
     change.decided_by = approver
@@ -236,41 +275,10 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
     )
 
 
-EMERGENCY_RULE = "a superuser's emergency publish, with its reason"
-
-
 def recent_bypasses(limit: int = 20):
     """The latest publishes that skipped approval while it was required (rollbacks, aborts,
     halts and emergencies), newest first, for the change requests' list."""
     return AuditEntry.objects.filter(detail__has_key="approval_bypassed")[:limit]
-
-
-def publish_emergency(
-    *,
-    actor,
-    reason: str,
-    source_ip: str | None = None,
-    partial: bool = False,
-    config_url: str | None = None,
-    pooling_interval: int | None = None,
-) -> tuple[ConfigVersion, bool]:
-    """A superuser publishes at once, whatever the approvals setting; audited as an emergency
-    with its reason. Pending requests become stale like after any publish."""
-    if not (actor is not None and actor.is_active and actor.is_superuser):
-        raise EmergencyNeedsSuperuser()
-    if partial and not ConfigVersion.objects.exists():
-        raise NoConfigYet()
-    config, created = publish_config(
-        config_url=config_url,
-        pooling_interval=pooling_interval,
-        actor=actor,
-        source_ip=source_ip,
-        audit_action=AuditEntry.CONFIG_EMERGENCY,
-        audit_detail={"reason": reason, **(approval_bypass(EMERGENCY_RULE) or {})},
-    )
-    if created:
-        logger.warning("emergency publish of version %s by %s: %s", config.version, actor, reason)
-    return config, created
 
 
 def diff_against_current(change: ChangeRequest) -> tuple[int, list[dict]]:

@@ -8,7 +8,7 @@ from django.urls import path, reverse
 
 from apps.accounts.roles import EDITOR, OPERATOR, SUPERUSER, has_role, role_needed_message
 from apps.changes import services as changes
-from apps.configs import preflight, services
+from apps.configs import actions, preflight, services
 from apps.configs.errors import NoLiveAgent, PreflightFailed
 from apps.configs.models import ConfigVersion
 from apps.rollouts.serializers import RolloutPlanSerializer
@@ -235,17 +235,15 @@ class ConfigVersionAdmin(HistoryAdmin):
                     "pooling_interval": form.cleaned_data["pooling_interval"],
                 }
                 try:
-                    if emergency:
-                        return self._publish_emergency(request, current, values, reason)
-                    if plan is not None and plan["preflight"]:
-                        preflight.preflight_before_publish(
-                            check_config_url(values["config_url"]),
-                            actor=request.user,
-                            source_ip=client_ip(request),
-                        )
-                    if changes.approvals_required():
-                        return self._propose(request, current, {**values, "rollout": plan})
-                    config, created = self._publish(request, current, {**values, "rollout": plan})
+                    outcome = changes.request_config_change(
+                        request.user,
+                        values,
+                        partial=current is not None,
+                        plan=plan,
+                        emergency=emergency,
+                        reason=reason or "",
+                        source_ip=client_ip(request),
+                    )
                 except InvalidConfig as exc:
                     form.add_error(exc.field, exc.message)
                 except PreflightFailed as exc:
@@ -256,15 +254,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                     # A rollout in progress (409), or one with nothing to roll out from.
                     form.add_error(None, exc.detail)
                 else:
-                    if created:
-                        self.message_user(request, f"Version {config.version} is now current.")
-                    else:
-                        self.message_user(
-                            request,
-                            f"Nothing changed: version {config.version} already has this content.",
-                            messages.WARNING,
-                        )
-                    return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+                    return self._done(request, outcome, emergency)
         else:
             initial = (
                 {"config_url": current.config_url, "pooling_interval": current.pooling_interval}
@@ -297,58 +287,34 @@ class ConfigVersionAdmin(HistoryAdmin):
             form.add_error(None, exc.detail)
         return None
 
-    def _propose(self, request, current, values: dict) -> HttpResponseRedirect:
-        """With approvals required the form makes a change request, as the API does."""
-        change = changes.propose_change(
-            author=request.user,
-            source_ip=client_ip(request),
-            partial=current is not None,
-            **values,
-        )
-        if change is None:
+    def _done(self, request, outcome: changes.ConfigChange, emergency: bool):
+        """Say what the change did, and go where it can be followed."""
+        if outcome.change_request is not None:
             self.message_user(
                 request,
-                f"Nothing changed: version {current.version} already has this content.",
+                f"Change request #{outcome.change_request.pk} awaits approval; nothing is "
+                f"published until {changes.approvals_required()} approver(s) other than you "
+                "approve it.",
+            )
+            return HttpResponseRedirect(
+                reverse("admin:changes_changerequest_change", args=[outcome.change_request.pk])
+            )
+        version = outcome.config.version
+        if not outcome.created:
+            self.message_user(
+                request,
+                f"Nothing changed: version {version} already has this content.",
                 messages.WARNING,
             )
-            return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
-        self.message_user(
-            request,
-            f"Change request #{change.pk} awaits approval; nothing is published until "
-            f"{changes.approvals_required()} approver(s) other than you approve it.",
-        )
-        return HttpResponseRedirect(reverse("admin:changes_changerequest_change", args=[change.pk]))
-
-    def _publish_emergency(
-        self, request, current, values: dict, reason: str
-    ) -> HttpResponseRedirect:
-        """The API's emergency publish: the same service function, so the same audit entry."""
-        config, created = changes.publish_emergency(
-            actor=request.user,
-            reason=reason,
-            source_ip=client_ip(request),
-            partial=current is not None,
-            **values,
-        )
-        if created:
+        elif emergency:
             self.message_user(
                 request,
-                f"Emergency publish: version {config.version} is now current, without approval.",
+                f"Emergency publish: version {version} is now current, without approval.",
                 messages.WARNING,
             )
         else:
-            self.message_user(
-                request,
-                f"Nothing changed: version {config.version} already has this content.",
-                messages.WARNING,
-            )
+            self.message_user(request, f"Version {version} is now current.")
         return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
-
-    def _publish(self, request, current, values: dict) -> tuple[ConfigVersion, bool]:
-        who = {"actor": request.user, "source_ip": client_ip(request)}
-        if current is None:
-            return services.publish_config(**values, **who)
-        return services.update_config(**values, **who)
 
     # Rollback -------------------------------------------------------------------------------
 
@@ -395,7 +361,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                     "confirm_label": "Yes, roll back",
                 },
             )
-        config, created = services.rollback_config(
+        config, created = actions.rollback_config(
             version=target.version, actor=request.user, source_ip=client_ip(request)
         )
         if created:

@@ -16,7 +16,7 @@ from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
 from apps.changes import services as changes
 from apps.changes.serializers import ChangeRequestSerializer
-from apps.configs import preflight, services, watch
+from apps.configs import actions, preflight, services, watch
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
@@ -33,7 +33,6 @@ from apps.configs.serializers import (
     VersionQuerySerializer,
     VersionStateSerializer,
 )
-from apps.rollouts.services import RolloutPlanNeedsDirectPublish
 from apps.rollouts.targets import target_of
 from controller_site.request_info import client_ip
 
@@ -81,33 +80,26 @@ def _written(config: ConfigVersion, created: bool) -> Response:
 def _write(request, values: dict, *, partial: bool) -> Response:
     """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
     required, a change request (202) that publishes nothing yet; otherwise a publish."""
-    emergency, reason = values.pop("emergency", False), values.pop("reason", "")
-    plan = values.pop("rollout", None)
-    who = {"source_ip": client_ip(request)}
-    if plan is not None and emergency:
-        raise RolloutPlanNeedsDirectPublish()
-    if plan is not None and plan.get("preflight"):
-        preflight.preflight_before_publish(values.get("config_url"), actor=request.user, **who)
-    direct = {"if_match": request.headers.get("If-Match"), "rollout": plan}
-    if emergency:
-        config, created = changes.publish_emergency(
-            actor=request.user, reason=reason, partial=partial, **values, **who
+    plan, emergency = values.pop("rollout", None), values.pop("emergency", False)
+    reason = values.pop("reason", "")
+    outcome = changes.request_config_change(
+        request.user,
+        values,
+        partial=partial,
+        plan=plan,
+        emergency=emergency,
+        reason=reason,
+        if_match=request.headers.get("If-Match"),
+        source_ip=client_ip(request),
+    )
+    if outcome.change_request is not None:
+        return Response(
+            ChangeRequestSerializer(outcome.change_request).data, status=status.HTTP_202_ACCEPTED
         )
-    elif changes.approvals_required():
-        # The request carries the plan: its version rolls out by it once approved.
-        change = changes.propose_change(
-            author=request.user, partial=partial, **values, **who, **direct
-        )
-        if change is not None:
-            return Response(ChangeRequestSerializer(change).data, status=status.HTTP_202_ACCEPTED)
-        config, created = services.get_current_config(), False
-    elif partial:
-        config, created = services.update_config(actor=request.user, **values, **who, **direct)
-    else:
-        config, created = services.publish_config(actor=request.user, **values, **who, **direct)
+    config = outcome.config
     if partial:
         return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
-    return _written(config, created)
+    return _written(config, outcome.created)
 
 
 class ConfigAdminView(APIView):
@@ -233,7 +225,7 @@ class ConfigRollbackView(APIView):
         serializer = RollbackSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return _written(
-            *services.rollback_config(
+            *actions.rollback_config(
                 version=serializer.validated_data["version"],
                 actor=request.user,
                 source_ip=client_ip(request),

@@ -99,10 +99,9 @@ class DatabaseStateCollector:
         yield from self.collect_rollout()
 
     def collect_rollout(self):
-        from apps.configs.services import get_current_state
         from apps.rollouts.health import health_of
         from apps.rollouts.models import Rollout
-        from apps.rollouts.services import agents_by_target, get_latest_rollout
+        from apps.rollouts.status import agents_by_target, get_latest_rollout
 
         try:
             rollout = get_latest_rollout()

@@ -11,7 +11,8 @@ from django.utils.html import format_html
 
 from apps.accounts.roles import OPERATOR, has_role, role_needed_message
 from apps.audit.models import AuditEntry
-from apps.rollouts import services
+from apps.configs import actions
+from apps.rollouts import services, status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
 from controller_site.admin_site import HistoryAdmin
@@ -38,7 +39,7 @@ CONTROLS = {
         "Waves start again; the current wave's bake time counts from now.",
     ),
     "abort": (
-        services.abort_rollout,
+        actions.abort_rollout,
         Rollout.SPLIT_STATES,
         "Every agent goes back to the previous version's content at once: a new version "
         "carrying that content is published, as a rollback does.",
@@ -145,13 +146,13 @@ class RolloutAdmin(HistoryAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         rollout = get_object_or_404(Rollout, pk=object_id)
-        progress = services.measure(rollout)
+        progress = status.measure(rollout)
         waves = list(
             AuditEntry.objects.filter(
                 action=AuditEntry.ROLLOUT_WAVE_STARTED, detail__version=rollout.version
             ).order_by("at")
         )
-        latest = services.get_latest_rollout()
+        latest = status.get_latest_rollout()
         controls = []
         if latest is not None and latest.pk == rollout.pk and self.has_control_permission(request):
             controls = [

@@ -3,10 +3,10 @@
 Every worker counts its `GET /hit` outcomes per config version and the agents report them in
 their heartbeats; the controller keeps the totals per agent and version (AgentHits), and takes
 hits only for a version the agent has been answered (apps.agents.services.accept_hits). Right
-after a batch of heartbeats with hits is written, `evaluate_rollout_health` (apps.rollouts.services,
-where every change of a rollout's state happens) asks `judge` here. Crossing the line halts the
-rollout and puts every agent back on the previous version's content at once (the abort's
-mechanism, a rollback), or pauses it when the plan says `auto_rollback: false`. No daemon is
+after a batch of heartbeats with hits is written, `evaluate_rollout_health` below asks `judge`.
+Crossing the line halts the rollout and puts every agent back on the previous version's content
+at once (apps.configs.actions.halt_rollout: the abort's mechanism, a rollback), or pauses it
+when the plan says `auto_rollback: false` (apps.rollouts.services). No daemon is
 needed: the decision is made by whichever controller process writes the heartbeat that crosses
 the line, and the writers' lock (a halt is a publish) or the rollout's row lock (a pause) lets
 exactly one process make it.
@@ -26,11 +26,17 @@ one going that most of the judged agents find failing.
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from django.db.models import F, Sum
+from django.utils import timezone
 
-from apps.agents.models import AgentHits
+from apps.agents.models import Agent, AgentHits
+from apps.configs.actions import halt_rollout
 from apps.rollouts.models import Rollout
+from apps.rollouts.services import AGENTS_NAMED, pause_unhealthy_rollout
+from apps.rollouts.status import interval_of, stale_before
+from apps.rollouts.targets import target_version_expression
 
 
 @dataclass(frozen=True)
@@ -164,3 +170,80 @@ def judge(rollout: Rollout, votes: list[Vote], alone=lambda agent_id: False) -> 
     return Verdict(
         stop=False, reason=f"{said}, but not halted: {why}", judged=len(judged), failing=names
     )
+
+
+# Acting on the verdict -----------------------------------------------------------------------
+
+
+def evaluate_rollout_health(versions) -> Rollout | None:
+    """Run the gate on the rolling or paused rollout, if hits of its new version were just
+    recorded (`versions`: the versions of the hits in the batch written). The new version's
+    rate only moves with its own hits; the previous version's hits are read when it is judged.
+    Returns the rollout when this call halted or paused it."""
+    versions = set(versions)
+    if not versions:
+        return None
+    rollout = (
+        Rollout.objects.filter(state__in=Rollout.ACTIVE_STATES)
+        .order_by("-version")
+        .only(
+            "pk",
+            "version",
+            "previous_version",
+            "state",
+            "reason",
+            "auto_rollback",
+            "max_failure_rate",
+            "min_hits",
+            "canary_labels",
+            "cutoff",
+        )
+        .first()
+    )
+    if rollout is None or rollout.version not in versions:
+        return None
+    if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
+        # Paused already, and nothing more to do than wait for the operator.
+        return None
+    verdict = judge(rollout, votes_of(rollout), partial(_only_target, rollout))
+    if not verdict.stop:
+        if verdict.reason and rollout.state == Rollout.ROLLING:
+            # Kept up to date for the admin and rollout_status (an operator's pause reason is
+            # left alone); a conditional UPDATE, so no lock is waited for.
+            Rollout.objects.filter(pk=rollout.pk, state=Rollout.ROLLING).exclude(
+                reason=verdict.reason
+            ).update(reason=verdict.reason)
+        return None
+    new, previous = health_of(rollout)
+    detail = {
+        "reason": verdict.reason,
+        "agents_judged": verdict.judged,
+        "agents_failing": list(verdict.failing[:AGENTS_NAMED]),
+        "hits": new.as_dict(),
+        "previous_hits": previous.as_dict(),
+        "max_failure_rate": rollout.max_failure_rate,
+        "min_hits": rollout.min_hits,
+    }
+    if rollout.auto_rollback:
+        return halt_rollout(rollout, detail)
+    return pause_unhealthy_rollout(rollout, detail)
+
+
+def _only_target(rollout: Rollout, agent_id: str) -> bool:
+    """Whether `agent_id` is the only live agent (not revoked, heard from lately) that the
+    rollout gives its new version: then its vote alone may stop the rollout."""
+    split = {
+        "previous": {"version": rollout.previous_version},
+        "canary_labels": rollout.canary_labels,
+        "cutoff": rollout.cutoff,
+    }
+    others = (
+        Agent.objects.filter(
+            revoked_at__isnull=True,
+            last_seen__gte=stale_before(interval_of(rollout), timezone.now()),
+        )
+        .exclude(pk=agent_id)
+        .annotate(target=target_version_expression({"version": rollout.version, "rollout": split}))
+        .filter(target=rollout.version)
+    )
+    return not others.exists()

@@ -1,7 +1,10 @@
-"""Staged rollouts: how a publish starts one, how its waves advance, and the operator's promote,
-pause, resume and abort. Every change of a rollout's state happens in this module, under the
-rollout's row lock, with its audit entry in the same transaction and the agents told after the
-commit.
+"""Staged rollouts: how a publish starts one and a rollback ends one, how its waves advance, and
+the operator's promote, pause and resume. Every change of a rollout's state happens in this
+module, under the rollout's row lock, with its audit entry in the same transaction and the agents
+told after the commit. The publishes that start and end rollouts (and the abort and the health
+gate's halt, which are rollbacks) are made by apps.configs.actions, which calls in here under the
+writers' lock; where a rollout stands is apps.rollouts.status, and its health gate
+apps.rollouts.health.
 
 Which agents get the new version is decided by one rule, `targets_new`: the canaries (agents
 carrying every canary label) from the start, and of the others those whose hash of (agent id,
@@ -11,30 +14,29 @@ its hash puts it in, and the watch answers each agent without a query.
 """
 
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import F
 from django.utils import timezone
 from rest_framework import status
 
-from apps.agents.models import Agent, AgentHits
+from apps.agents.models import AgentHits
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
+from apps.configs.models import ConfigVersion
+from apps.configs.services import announce_current_state
 from apps.ops import metrics
-from apps.rollouts.health import health_of, judge, votes_of
 from apps.rollouts.models import Rollout
-from apps.rollouts.targets import agent_key, is_canary, target_version_expression, targets_new
+from apps.rollouts.status import Progress, fleet, get_latest_rollout, measure
+from apps.rollouts.targets import agent_key, is_canary
 from controller_site.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
 
 # The admin's chart keeps at most this many points; older ones are thinned out.
 PROGRESS_POINTS = 500
-# Agents that have not reported for this many polling periods hold nothing back.
-STALE_PERIODS = 3
 # A reason or an audit entry names at most this many agents (and says how many more).
 AGENTS_NAMED = 20
 
@@ -100,123 +102,47 @@ def cutoff_for(rollout: Rollout, wave: int, agents: list[dict]) -> str:
     return keys[count - 1] if count else ""
 
 
-def fleet() -> list[dict]:
-    """The agents a rollout counts: every one not revoked."""
-    return list(
-        Agent.objects.filter(revoked_at__isnull=True).values(
-            "id", "name", "hostname", "labels", "last_seen", "applied_version"
-        )
-    )
-
-
-@dataclass
-class Progress:
-    """Where a rollout stands among the agents, at one moment."""
-
-    total: int = 0
-    targeted: int = 0
-    applied: int = 0
-    # Live agents of the started waves that have not applied the version yet.
-    waiting: list[dict] = field(default_factory=list)
-    # Agents of the started waves that have not reported lately; they hold nothing back.
-    stale: list[dict] = field(default_factory=list)
-    # Every agent with its target, for the status command and the admin page.
-    agents: list[dict] = field(default_factory=list)
-
-    @property
-    def wave_applied(self) -> bool:
-        return not self.waiting
-
-
-def stale_before(interval: int | None, now: datetime) -> datetime:
-    return now - timedelta(seconds=STALE_PERIODS * (interval or 10))
-
-
-def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Progress:
-    """Count the agents of the rollout's started waves, and which of them applied it."""
-    from apps.configs.models import ConfigVersion
-
-    now = now or timezone.now()
-    agents = fleet() if agents is None else agents
-    interval = (
-        ConfigVersion.objects.filter(version=rollout.version)
-        .values_list("pooling_interval", flat=True)
-        .first()
-    )
-    split = {"canary_labels": rollout.canary_labels, "cutoff": rollout.cutoff}
-    finished = rollout.state == Rollout.COMPLETED
-    stale_line = stale_before(interval, now)
-    progress = Progress(total=len(agents))
-    for agent in agents:
-        targeted = finished or targets_new(split, rollout.version, agent["id"], agent["labels"])
-        applied = (agent["applied_version"] or 0) >= rollout.version
-        stale = agent["last_seen"] is None or agent["last_seen"] < stale_line
-        agent = {**agent, "targeted": targeted, "applied": applied, "stale": stale}
-        progress.agents.append(agent)
-        if not targeted:
-            continue
-        progress.targeted += 1
-        if applied:
-            progress.applied += 1
-        elif stale:
-            progress.stale.append(agent)
-        else:
-            progress.waiting.append(agent)
-    return progress
-
-
-def agents_by_target(state: dict) -> dict[int, int]:
-    """How many agents (not revoked) the controller answers each version now, counted by the
-    database (one row per version, however large the fleet is at each scrape)."""
-    rows = (
-        Agent.objects.filter(revoked_at__isnull=True)
-        .annotate(target=target_version_expression(state))
-        .values("target")
-        .annotate(agents=Count("pk"))
-        .order_by()
-    )
-    return {row["target"]: row["agents"] for row in rows}
-
-
 # Starting ------------------------------------------------------------------------------------
 
 
-def guard_publish(
-    sender,
+def _split_rollout(newest: ConfigVersion | None) -> Rollout | None:
+    """The rollout of the newest version while it splits the fleet, locked."""
+    if newest is None:
+        return None
+    return (
+        Rollout.objects.select_for_update()
+        .filter(version=newest.version, state__in=Rollout.SPLIT_STATES)
+        .first()
+    )
+
+
+def refuse_publish_during_rollout(newest: ConfigVersion | None) -> None:
+    """Under the writers' lock, before a publish makes its version: while a rollout is rolling
+    or paused a publish would strand the agents that have not reached its version yet."""
+    active = _split_rollout(newest)
+    if active is not None and active.state in Rollout.ACTIVE_STATES:
+        raise RolloutInProgress(active)
+
+
+def end_split_rollout(
+    newest: ConfigVersion | None,
     *,
-    newest,
-    rolling_back: bool,
-    rollout: dict | None,
     actor=None,
-    source_ip=None,
+    source_ip: str | None = None,
     reason: str = "",
-    expect_rollout: int | None = None,
+    expect_version: int | None = None,
     halt: dict | None = None,
-    **kwargs,
 ) -> None:
-    """publish_config's `publishing` signal, under the writers' lock, before a version is made.
-    A publish during a rolling or paused rollout is refused; a rollback aborts whatever rollout
-    still splits the fleet and goes to everyone at once. `expect_rollout` (an abort, a halt)
-    insists that the rollout of that version is still the one splitting the fleet. `halt` (the
-    health gate's numbers) ends it as halted rather than aborted."""
-    if rollout is not None and newest is None:
-        raise NothingToRollOutFrom()
-    active = None
-    if newest is not None:
-        active = (
-            Rollout.objects.select_for_update()
-            .filter(version=newest.version, state__in=Rollout.SPLIT_STATES)
-            .first()
-        )
-    if expect_rollout is not None and (active is None or active.version != expect_rollout):
+    """Under the writers' lock, before a rollback makes its version: the rollback goes to every
+    agent at once, so the rollout still splitting the fleet is aborted. `expect_version` (an
+    abort, a halt) insists that the rollout of that version is still the one splitting the
+    fleet. `halt` (the health gate's numbers) ends it as halted rather than aborted."""
+    active = _split_rollout(newest)
+    if expect_version is not None and (active is None or active.version != expect_version):
         raise RolloutConflict(
-            f"The rollout of version {expect_rollout} has ended meanwhile; nothing was aborted."
+            f"The rollout of version {expect_version} has ended meanwhile; nothing was aborted."
         )
     if active is None:
-        return
-    if not rolling_back:
-        if active.state in Rollout.ACTIVE_STATES:
-            raise RolloutInProgress(active)
         return
     if halt is not None:
         _finish(active, Rollout.HALTED, AuditEntry.ROLLOUT_HALTED, **halt)
@@ -230,14 +156,6 @@ def guard_publish(
         source_ip=source_ip,
         reason=reason or "rolled back",
     )
-
-
-def start_rollout_of_plan(
-    sender, *, config, previous, rollout: dict | None, actor=None, source_ip=None, **kwargs
-) -> None:
-    """publish_config's `published` signal: a publish with a plan starts its rollout."""
-    if rollout is not None:
-        start_rollout(config, previous, rollout, actor=actor, source_ip=source_ip)
 
 
 def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -> Rollout:
@@ -341,7 +259,7 @@ def advance_rollouts(now=None) -> Rollout | None:
             rollout.cutoff = cutoff
             rollout.revision += 1
             changed = True
-            transaction.on_commit(_announce)
+            transaction.on_commit(announce_current_state)
         if changed:
             rollout.save()
             return rollout
@@ -421,7 +339,7 @@ def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: s
         progress.targeted,
         how,
     )
-    transaction.on_commit(_announce)
+    transaction.on_commit(announce_current_state)
 
 
 def _finish(
@@ -437,20 +355,10 @@ def _finish(
     rollout.save()
     _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason, **detail)
     logger.info("rollout of v%s %s at wave %s", rollout.version, state, rollout.wave)
-    transaction.on_commit(_announce)
-
-
-def _announce() -> None:
-    from apps.configs.services import announce_current_state
-
-    announce_current_state()
+    transaction.on_commit(announce_current_state)
 
 
 # The operator's controls ---------------------------------------------------------------------
-
-
-def get_latest_rollout() -> Rollout | None:
-    return Rollout.objects.select_related("created_by").order_by("-version").first()
 
 
 def _lock_latest(version: int | None = None) -> Rollout:
@@ -544,143 +452,23 @@ def resume_rollout(
     return rollout
 
 
-def abort_rollout(
-    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
-) -> Rollout:
-    """Put every agent back on the previous version's content at once. Workers refuse older
-    versions, so this publishes a new version carrying the previous content, as a rollback
-    does; the history shows it as a rollback and the audit log as the rollout's abort."""
-    from apps.configs.services import rollback_config
-
+def rollout_to_abort(version: int | None = None) -> Rollout:
+    """The rollout an operator's abort ends: the latest, if it still splits the fleet (and is
+    the rollout of `version`, when given). apps.configs.actions.abort_rollout does the rest."""
     rollout = get_latest_rollout()
     if rollout is None:
         raise NoRollout()
     _insist_on(rollout, version)
     if rollout.state not in Rollout.SPLIT_STATES:
         raise _refuse(rollout, "abort")
-    rollback_config(
-        version=rollout.previous_version,
-        actor=actor,
-        source_ip=source_ip,
-        reason=reason or "aborted",
-        expect_rollout=rollout.version,
-    )
-    rollout.refresh_from_db()
     return rollout
 
 
-# The health gate (apps.rollouts.health judges, these act) -------------------------------------
-
-
-def evaluate_rollout_health(versions) -> Rollout | None:
-    """Run the gate on the rolling or paused rollout, if hits of its new version were just
-    recorded (`versions`: the versions of the hits in the batch written). The new version's
-    rate only moves with its own hits; the previous version's hits are read when it is judged.
-    Returns the rollout when this call halted or paused it."""
-    versions = set(versions)
-    if not versions:
-        return None
-    rollout = (
-        Rollout.objects.filter(state__in=Rollout.ACTIVE_STATES)
-        .order_by("-version")
-        .only(
-            "pk",
-            "version",
-            "previous_version",
-            "state",
-            "reason",
-            "auto_rollback",
-            "max_failure_rate",
-            "min_hits",
-            "canary_labels",
-            "cutoff",
-        )
-        .first()
-    )
-    if rollout is None or rollout.version not in versions:
-        return None
-    if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
-        # Paused already, and nothing more to do than wait for the operator.
-        return None
-    verdict = judge(rollout, votes_of(rollout), partial(_only_target, rollout))
-    if not verdict.stop:
-        if verdict.reason and rollout.state == Rollout.ROLLING:
-            # Kept up to date for the admin and rollout_status (an operator's pause reason is
-            # left alone); a conditional UPDATE, so no lock is waited for.
-            Rollout.objects.filter(pk=rollout.pk, state=Rollout.ROLLING).exclude(
-                reason=verdict.reason
-            ).update(reason=verdict.reason)
-        return None
-    new, previous = health_of(rollout)
-    detail = {
-        "reason": verdict.reason,
-        "agents_judged": verdict.judged,
-        "agents_failing": list(verdict.failing[:AGENTS_NAMED]),
-        "hits": new.as_dict(),
-        "previous_hits": previous.as_dict(),
-        "max_failure_rate": rollout.max_failure_rate,
-        "min_hits": rollout.min_hits,
-    }
-    if rollout.auto_rollback:
-        return halt_rollout(rollout, detail)
-    return pause_unhealthy_rollout(rollout, detail)
-
-
-def _only_target(rollout: Rollout, agent_id: str) -> bool:
-    """Whether `agent_id` is the only live agent (not revoked, heard from lately) that the
-    rollout gives its new version: then its vote alone may stop the rollout."""
-    from apps.configs.models import ConfigVersion
-
-    interval = (
-        ConfigVersion.objects.filter(version=rollout.version)
-        .values_list("pooling_interval", flat=True)
-        .first()
-    )
-    split = {
-        "previous": {"version": rollout.previous_version},
-        "canary_labels": rollout.canary_labels,
-        "cutoff": rollout.cutoff,
-    }
-    others = (
-        Agent.objects.filter(
-            revoked_at__isnull=True, last_seen__gte=stale_before(interval, timezone.now())
-        )
-        .exclude(pk=agent_id)
-        .annotate(target=target_version_expression({"version": rollout.version, "rollout": split}))
-        .filter(target=rollout.version)
-    )
-    return not others.exists()
+# What the health gate decides (apps.rollouts.health judges) ---------------------------------
 
 
 def _count_stop(state: str) -> None:
     metrics.instruments().rollouts_halted.labels(state).inc()
-
-
-def halt_rollout(rollout: Rollout, detail: dict) -> Rollout | None:
-    """Halt the rollout and put every agent back on the previous version's content at once: a
-    rollback, as an abort is, that insists this rollout is still the one splitting the fleet.
-    Of several processes deciding at once, the first to take the writers' lock halts it; the
-    others find it ended and get None. `detail` (the numbers, with the `reason`) is audited."""
-    from apps.configs.services import rollback_config
-
-    try:
-        config, _ = rollback_config(
-            version=rollout.previous_version,
-            reason=detail["reason"],
-            expect_rollout=rollout.version,
-            halt=detail,
-        )
-    except RolloutConflict:
-        return None
-    rollout.refresh_from_db()
-    logger.warning(
-        "rollout of v%s halted: %s; every agent goes back to v%s's content as v%s",
-        rollout.version,
-        detail["reason"],
-        rollout.previous_version,
-        config.version,
-    )
-    return rollout
 
 
 def pause_unhealthy_rollout(rollout: Rollout, detail: dict) -> Rollout | None:

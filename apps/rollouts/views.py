@@ -3,7 +3,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.roles import ANY_ROLE, OPERATOR
-from apps.rollouts import services
+from apps.configs import actions
+from apps.rollouts import services, status
 from apps.rollouts.health import health_of
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
 from controller_site.request_info import client_ip
@@ -12,7 +13,7 @@ NONE_YET = OpenApiResponse(description="No rollout has been started yet.")
 
 
 def rollout_answer(rollout) -> Response:
-    progress = services.measure(rollout)
+    progress = status.measure(rollout)
     rollout.agents_total = progress.total
     rollout.agents_targeted = progress.targeted
     rollout.agents_applied = progress.applied
@@ -33,7 +34,7 @@ class RolloutView(APIView):
         },
     )
     def get(self, request):
-        rollout = services.get_latest_rollout()
+        rollout = status.get_latest_rollout()
         if rollout is None:
             raise services.NoRollout()
         return rollout_answer(rollout)
@@ -110,4 +111,4 @@ class RolloutAbortView(APIView):
         "entry says it bypassed approval, and why that is allowed.",
     )
     def post(self, request):
-        return _act(request, services.abort_rollout)
+        return _act(request, actions.abort_rollout)

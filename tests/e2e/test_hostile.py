@@ -442,7 +442,7 @@ def metric(url: str, name: str) -> float:
 
 
 def test_held_watches_are_capped_per_agent_and_per_process(stack):
-    from apps.configs.services import publish_config
+    from apps.configs.actions import publish_config
 
     publish_config(config_url="http://upstream.example/task", pooling_interval=30)
     _, url = stack.controller(None, CONTROLLER_MAX_WATCHES="6")

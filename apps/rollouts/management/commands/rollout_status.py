@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.utils import timezone
 
-from apps.rollouts import services
+from apps.rollouts import status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
 
@@ -50,11 +50,11 @@ class Command(BaseCommand):
         printed = None
         while True:
             close_old_connections()
-            rollout = services.get_latest_rollout()
+            rollout = status.get_latest_rollout()
             if rollout is None:
                 self.stdout.write("No rollout has been started yet.")
                 raise SystemExit(1)
-            progress = services.measure(rollout)
+            progress = status.measure(rollout)
             report = self.report(rollout, progress)
             if report != printed:
                 self.stdout.write(report)
@@ -76,7 +76,7 @@ class Command(BaseCommand):
                 raise SystemExit(1)
             time.sleep(POLL_SECONDS)
 
-    def report(self, rollout: Rollout, progress: services.Progress) -> str:
+    def report(self, rollout: Rollout, progress: status.Progress) -> str:
         now = timezone.now()
         canaries = ", ".join(f"{k}={v}" for k, v in sorted(rollout.canary_labels.items()))
         waves = " ".join(f"{percent}%" for percent in rollout.waves)
