@@ -58,15 +58,16 @@ class Traffic(Poller):
 
 
 def stolen_token(controller_url: str, labels: dict) -> tuple[str, str]:
-    """(agent id, agent token) of an agent registered with `labels`: what an attacker holds who
-    stole one agent's credentials."""
+    """(agent id, agent token) of an agent the operator registered with `labels`: what an
+    attacker holds who stole one agent's credentials."""
     answer = requests.post(
         f"{controller_url}/agent/register",
-        json={"name": "stolen", "labels": labels},
-        headers={"Authorization": f"Bearer {issue_registration_token()[0]}"},
+        json={"name": "stolen"},
+        headers={"Authorization": f"Bearer {issue_registration_token(labels=labels)[0]}"},
         timeout=30,
     )
     assert answer.status_code == 201, answer.text
+    assert answer.json()["labels"] == labels
     return answer.json()["agent_id"], answer.json()["agent_token"]
 
 
