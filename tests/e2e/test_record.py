@@ -210,12 +210,15 @@ def test_a_results_file_whose_figures_do_not_follow_from_its_counters_is_refused
     assert any(expected in problem for problem in problems), problems
 
 
-def test_a_file_written_before_the_counters_is_taken_without_them():
-    # docs/reliability.json may still be of the first format: its counted figures are the
-    # totals the tests recorded, which nothing can recompute (the page says so).
+def test_counters_are_required_from_the_second_format_on_and_not_before():
+    # A file of the first format kept the counted figures without the counters behind them
+    # (nothing can recompute those; the page says so); from FORMAT on, a figure without its
+    # counters is refused.
     results = copy.deepcopy(committed())
-    if results.get("format", 1) >= FORMAT:
-        pytest.skip("the committed results keep their counters")
-    assert "cannot be computed again" in DOC.read_text()
-    results["format"] = FORMAT
+    assert results.get("format") == FORMAT, "the committed results keep their counters"
+    for parts in results["scenarios"].values():
+        for entry in parts.values():
+            entry.pop("counters", None)
     assert any("kept without its counters" in problem for problem in problems_of(results))
+    results.pop("format")
+    assert not any("counters" in problem for problem in problems_of(results))
