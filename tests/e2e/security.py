@@ -136,13 +136,13 @@ ATTACKS = {
         "e2e/test_auth.py::test_the_admin_session_cookie_cannot_issue_registration_tokens",
     ),
     "agent-self-labels-canary": Attack(
-        "4",
+        "F4",
         "an agent started with --label ring=canary on a registration token that takes no "
         "agent labels, reporting ring=canary in every heartbeat, during a canary rollout",
         "e2e/test_labels.py::test_an_agent_cannot_make_itself_a_canary",
     ),
     "preflight-fake-ok": Attack(
-        "5",
+        "F5",
         "a registered agent of the attacker's answering status 200 to every pre-flight, while "
         "the real workers could not fetch the URL",
         "e2e/test_preflight.py::test_a_fake_agents_ok_does_not_pass_a_preflight",
