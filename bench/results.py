@@ -13,8 +13,8 @@ and may define `check(figures, required=...) -> list[str]`: where the summaries 
 `save` also keeps what the run's figures rendered to at the time (`derived`: the tables and the
 summary rows); `problems` refuses a file whose figures no longer render to that, or whose
 summaries do not follow from its samples, and the page is not rendered from such a file. Files
-of FORMAT 2 must carry both; files written before (no "format") are checked on what they carry
-(see RAW_SAMPLES for which keep their samples).
+of FORMAT 2 must carry both (see KEPT for what each keeps); files written before (no "format")
+are checked on what they carry.
 
 docs/PERFORMANCE.md holds, for each benchmark, a block
 
@@ -94,22 +94,20 @@ def typed_figures(page: str) -> list[str]:
 # Results files written from this format on keep `derived` and every raw sample their
 # benchmark's check asks for.
 FORMAT = 2
-# Of the files written before FORMAT 2, those whose figures are the raw samples themselves (or
-# per-run counters) and those that kept only summaries (a p50, a rate): for the latter, nothing
-# in the file can show that the summaries are what the run measured.
-RAW_SAMPLES = {
+# What each benchmark keeps that its summaries are computed from: where the figures are the raw
+# samples or counters themselves, the derived tables are computed from them; where they are
+# summaries (a p50, a rate), the module's `check` computes them again from the samples kept.
+KEPT = {
     "propagation": "every change's delay",
     "change_rate": "every change's latency, per run",
     "watch_fanout": "every agent's latency, per run",
     "daemon_footprint": "every run's RSS and start-up time",
     "heartbeats": "the run's request and recorded counters",
-}
-SUMMARIES_ONLY = {
-    "convergence": "min/p50/p99/max per run; samples kept from FORMAT 2 on",
-    "convergence_stream": "min/p50/p99/max per run; samples kept from FORMAT 2 on",
-    "rollout_overhead": "p50/p99/max per run (the before tree's code writes no samples)",
-    "worker_hit": "p50/p99 per run",
-    "version_throughput": "wrk's own p50/p99 and rate",
+    "convergence": "every agent's times; its check computes the spreads again",
+    "convergence_stream": "every agent's times; its check computes the spreads again",
+    "rollout_overhead": "every agent's holding time in both trees; its check computes the spreads",
+    "worker_hit": "every request's latency and the rate's count; its check computes them again",
+    "version_throughput": "wrk's counters and latency histogram; its check computes them again",
 }
 
 

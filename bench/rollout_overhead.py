@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import results
+from bench import convergence, results
 from bench.common import BENCH_DATABASE_URL, setup_many_connections
 
 KEPT = (
@@ -31,17 +31,50 @@ KEPT = (
 )
 
 
+# The convergence benchmark of the tree before keeps no samples: run it with its percentile
+# wrapped, so that the holding times it computes its p50 from (its only call at 0.5) are printed
+# too, as one more JSON line.
+CAPTURE = """
+import json, sys
+import bench.convergence as convergence
+kept = []
+real = convergence.percentile
+def percentile(values, fraction):
+    if fraction == 0.5:
+        kept.append(list(values))
+    return real(values, fraction)
+convergence.percentile = percentile
+sys.argv = ["bench.convergence", *sys.argv[1:]]
+convergence.main()
+print(json.dumps({"holding_samples_ms": kept[-1]}))
+"""
+
+
+def before_spread(samples: list[float]) -> dict:
+    """The holding figures as the tree before computes them from its samples."""
+    return {
+        "holding_p50_ms": round(results.percentile(samples, 0.5), 1),
+        "holding_p99_ms": round(results.percentile(samples, 0.99), 1),
+        "holding_max_ms": round(max(samples), 1),
+    }
+
+
+def after_spread(samples: list[float]) -> dict:
+    """The holding figures as this tree's convergence run computes them from its samples."""
+    spread = convergence.spread_of(samples)
+    return {
+        "holding_p50_ms": spread["p50"],
+        "holding_p99_ms": spread["p99"] or spread["max"],
+        "holding_max_ms": spread["max"],
+    }
+
+
 def run_before(tree: Path, agents: int, database: str) -> dict:
     """One convergence run in the checkout before rollouts; the figures of its JSON line."""
-    env = dict(os.environ, BENCH_DATABASE_URL=database)
+    # Its client names the host "bench", which its controller checks like any other.
+    env = dict(os.environ, BENCH_DATABASE_URL=database, ALLOWED_HOSTS="bench,localhost,127.0.0.1")
     done = subprocess.run(
-        [
-            str(tree / ".venv" / "bin" / "python"),
-            "-m",
-            "bench.convergence",
-            "--agents",
-            str(agents),
-        ],
+        [str(tree / ".venv" / "bin" / "python"), "-c", CAPTURE, "--agents", str(agents)],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -49,26 +82,28 @@ def run_before(tree: Path, agents: int, database: str) -> dict:
         timeout=900,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith('{"agents"')]
-    if done.returncode != 0 or not lines:
+    samples = [line for line in done.stdout.splitlines() if line.startswith('{"holding_samples')]
+    if done.returncode != 0 or not lines or not samples:
         sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
         raise SystemExit(f"the convergence run in {tree} failed (exit {done.returncode})")
     figures = json.loads(lines[-1])
-    return {key: figures[key] for key in KEPT}
+    return {
+        **{key: figures[key] for key in KEPT},
+        "holding_samples_ms": json.loads(samples[-1])["holding_samples_ms"],
+    }
 
 
 def run_here(agents: int) -> dict:
     """One convergence run of this tree, without saving it as the convergence results."""
-    from bench import convergence
-
     run = convergence.run(agents, workers=2, fetch=False, per_process=10000)
+    samples = run["samples_ms"]["holding"]
     return {
         "agents": run["agents"],
         "converged": run["converged"],
         "errors": run["errors"],
-        "holding_p50_ms": run["holding_ms"]["p50"],
-        "holding_p99_ms": run["holding_ms"]["p99"] or run["holding_ms"]["max"],
-        "holding_max_ms": run["holding_ms"]["max"],
+        **after_spread(samples),
         "kib_per_held_watch": round(convergence.per_held_watch(run), 1),
+        "holding_samples_ms": samples,
     }
 
 
@@ -117,6 +152,23 @@ def render(figures: dict) -> str:
             f"{run['holding_max_ms']:.0f} ms | {run['kib_per_held_watch']:.1f} KiB |"
         )
     return "\n".join(lines)
+
+
+def check(figures: dict, *, required: bool) -> list[str]:
+    """Where a run's p50, p99 and max do not follow from its holding times, each tree's by its
+    own rule; with `required` (results of the current format), a run kept without them too."""
+    problems = []
+    for number, run in enumerate(figures["runs"], start=1):
+        samples = run.get("holding_samples_ms")
+        if samples is None:
+            if required:
+                problems.append(f"run {number}: kept without its holding times")
+            continue
+        compute = before_spread if run["tree"] == "before" else after_spread
+        for key, value in compute(samples).items():
+            if run.get(key) != value:
+                problems.append(f"run {number}: {key} does not follow from its holding times")
+    return problems
 
 
 def summary(figures: dict) -> list[tuple[str, ...]]:

@@ -9,33 +9,78 @@ to docs/bench/version_throughput.json (see bench/results.py).
 """
 
 import argparse
-import re
+import math
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import requests
 
 from bench import results
 from bench.common import make_agents, reset_state, setup_django, start_controller
 
+# wrk's done() hook: its counters and every (latency in µs, count) of its histogram, which
+# holds each response's latency to the microsecond: the samples its percentiles come from.
+DUMP = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("COUNTS %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout))
+  io.write(string.format("WRK %d %d\\n", latency:percentile(50), latency:percentile(99)))
+  for i = 1, #latency do
+    local value, count = latency(i)
+    io.write(string.format("LATENCY %d %d\\n", value, count))
+  end
+end
+"""
 
-def wrk(url: str, seconds: int, headers: dict[str, str]) -> dict:
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency"]
+
+def wrk_percentile(histogram: list[list[int]], percent: float) -> int:
+    """wrk's own percentile (stats_percentile): the first latency whose running count reaches
+    the rank, C's round() being half away from zero."""
+    rank = math.floor(percent / 100 * sum(count for _, count in histogram) + 0.5 + 0.5)
+    total = 0
+    for value, count in sorted(histogram):
+        total += count
+        if total >= rank:
+            return value
+    return 0
+
+
+def case_figures(counts: dict, histogram: list[list[int]]) -> dict:
+    """A case's rate and latency, from wrk's counters and histogram as kept."""
+    return {
+        "requests_per_second": counts["requests"] / (counts["duration_us"] / 1e6),
+        "p50_ms": wrk_percentile(histogram, 50) / 1000,
+        "p99_ms": wrk_percentile(histogram, 99) / 1000,
+        "non_2xx_3xx": counts["status_errors"],
+    }
+
+
+def wrk(url: str, seconds: int, headers: dict[str, str], script: Path) -> dict:
+    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", str(script)]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    # The latency distribution's own lines, not the thread statistics that also show a "%".
-    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.MULTILINE).group(1)
-    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.MULTILINE).group(1)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests_per_second": rps,
-        "p50": p50,
-        "p99": p99,
-        "non_2xx_3xx": int(errors.group(1)) if errors else 0,
-    }
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
+    fields = next(line.split()[1:] for line in out.splitlines() if line.startswith("COUNTS "))
+    names = ("requests", "duration_us", "connect", "read", "write", "status_errors", "timeout")
+    counts = dict(zip(names, map(int, fields), strict=True))
+    histogram = [
+        [int(value), int(count)]
+        for _, value, count in (
+            line.split() for line in out.splitlines() if line.startswith("LATENCY ")
+        )
+    ]
+    own = next(line.split()[1:] for line in out.splitlines() if line.startswith("WRK "))
+    figures = case_figures(counts, histogram)
+    # The recomputation is wrk's rule; if it ever disagrees with wrk, the run says so.
+    if [figures["p50_ms"], figures["p99_ms"]] != [int(v) / 1000 for v in own]:
+        raise SystemExit(f"wrk's percentiles {own} µs differ from its histogram's: {figures}")
+    return {**figures, "counts": counts, "latency_histogram_us": histogram}
 
 
 def main() -> None:
@@ -69,8 +114,12 @@ def main() -> None:
             ),
         ]
         measured = []
-        for name, path, headers in cases:
-            measured.append({"request": name, **wrk(url + path, args.seconds, headers)})
+        with tempfile.TemporaryDirectory() as scratch:
+            script = Path(scratch) / "dump.lua"
+            script.write_text(DUMP)
+            for name, path, headers in cases:
+                case = wrk(url + path, args.seconds, headers, script)
+                measured.append({"request": name, **case})
         baseline = measured[0]["requests_per_second"]
         print(f"workers={args.workers}, 64 connections, {args.seconds} s each")
         for each in measured:
@@ -97,10 +146,25 @@ def render(figures: dict) -> str:
     for case in figures["cases"]:
         rps = case["requests_per_second"]
         lines.append(
-            f"| `{case['request']}` | {rps:,.0f} | {rps / baseline:.2f} | {case['p50']} | "
-            f"{case['p99']} | {case['non_2xx_3xx']} |"
+            f"| `{case['request']}` | {rps:,.0f} | {rps / baseline:.2f} | "
+            f"{case['p50_ms']:.2f} ms | {case['p99_ms']:.2f} ms | {case['non_2xx_3xx']} |"
         )
     return "\n".join(lines)
+
+
+def check(figures: dict, *, required: bool) -> list[str]:
+    """Where a case's rate or percentiles do not follow from wrk's counters and histogram; with
+    `required` (results of the current format), a case kept without them too."""
+    problems = []
+    for case in figures["cases"]:
+        if "counts" not in case:
+            if required:
+                problems.append(f"{case['request']}: kept without wrk's counters and histogram")
+            continue
+        for key, value in case_figures(case["counts"], case["latency_histogram_us"]).items():
+            if case.get(key) != value:
+                problems.append(f"{case['request']}: {key} does not follow from wrk's counts")
+    return problems
 
 
 def summary(figures: dict) -> list[tuple[str, ...]]:

@@ -119,31 +119,42 @@ def measure_hit(worker_port: int, upstream_port: int, clients: int, per_client: 
         thread.start()
     for thread in threads:
         thread.join()
-    ms = 1000
+    samples = {"direct": to_ms(direct), "hit": to_ms(via_worker)}
+    return {"clients": clients, **hit_figures(samples, clients), "samples_ms": samples}
+
+
+def to_ms(seconds: list[float]) -> list[float]:
+    """Samples as kept in the results file: milliseconds to the microsecond. Every summary is
+    computed from these, so that a check can compute it again."""
+    return [round(value * 1000, 3) for value in seconds]
+
+
+def hit_figures(samples: dict[str, list[float]], clients: int) -> dict:
+    direct, via_worker = samples["direct"], samples["hit"]
     return {
-        "clients": clients,
         "requests": len(via_worker),
         # Each client waits for the direct GET and the hit in turn: the hits' own rate is the
         # number of hits over the time spent in them, per client, times the clients.
-        "hits_per_second": len(via_worker) / sum(via_worker) * clients,
-        "direct_p50_ms": statistics.median(direct) * ms,
-        "direct_p99_ms": percentile(direct, 0.99) * ms,
-        "hit_p50_ms": statistics.median(via_worker) * ms,
-        "hit_p99_ms": percentile(via_worker, 0.99) * ms,
-        "added_p50_ms": (statistics.median(via_worker) - statistics.median(direct)) * ms,
-        "added_p99_ms": (percentile(via_worker, 0.99) - percentile(direct, 0.99)) * ms,
+        "hits_per_second": len(via_worker) / (sum(via_worker) / 1000) * clients,
+        "direct_p50_ms": statistics.median(direct),
+        "direct_p99_ms": percentile(direct, 0.99),
+        "hit_p50_ms": statistics.median(via_worker),
+        "hit_p99_ms": percentile(via_worker, 0.99),
+        "added_p50_ms": statistics.median(via_worker) - statistics.median(direct),
+        "added_p99_ms": percentile(via_worker, 0.99) - percentile(direct, 0.99),
     }
+
+
+def latency_figures(samples: list[float]) -> dict:
+    return {"p50_ms": statistics.median(samples), "p99_ms": percentile(samples, 0.99)}
 
 
 def measure_health_latency(worker_port: int, count: int) -> dict:
     client = Client(worker_port)
     for _ in range(50):
         client.get("/health")
-    latencies = [client.get("/health") for _ in range(count)]
-    return {
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-    }
+    samples = to_ms([client.get("/health") for _ in range(count)])
+    return {**latency_figures(samples), "samples_ms": samples}
 
 
 def measure_health(worker_port: int, clients: int, seconds: float) -> dict:
@@ -163,7 +174,12 @@ def measure_health(worker_port: int, clients: int, seconds: float) -> dict:
     stop.set()
     for thread in threads:
         thread.join()
-    return {"clients": clients, "seconds": seconds, "requests_per_second": sum(counts) / seconds}
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": sum(counts),
+        "requests_per_second": sum(counts) / seconds,
+    }
 
 
 def wait_ready(port: int, process) -> None:
@@ -244,7 +260,7 @@ def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> dict:
         floor = measure_health_latency(worker_port, args.requests)
         print(
             "GET /health, 1 client, {n} requests: p50 {p50_ms:.2f} ms p99 {p99_ms:.2f} ms".format(
-                n=args.requests, **floor
+                n=args.requests, p50_ms=floor["p50_ms"], p99_ms=floor["p99_ms"]
             )
         )
         hits = []
@@ -260,7 +276,9 @@ def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> dict:
                 "direct p50 {direct_p50_ms:.2f} ms p99 {direct_p99_ms:.2f} ms | "
                 "hit p50 {hit_p50_ms:.2f} ms p99 {hit_p99_ms:.2f} ms | "
                 "added p50 {added_p50_ms:.2f} ms p99 {added_p99_ms:.2f} ms | "
-                "{hits_per_second:.0f} hits/s | worker CPU {cpu_ms:.3f} ms per hit".format(**result)
+                "{hits_per_second:.0f} hits/s | worker CPU {cpu_ms:.3f} ms per hit".format(
+                    **{key: value for key, value in result.items() if key != "samples_ms"}
+                )
             )
             hits.append(result)
         health = measure_health(worker_port, 16, args.seconds)
@@ -392,6 +410,34 @@ def render(figures: dict) -> str:
             f"{_range([hit['hits_per_second'] for hit in hits], 'hits/s', 0)} |"
         )
     return "\n".join(lines)
+
+
+def check(figures: dict, *, required: bool) -> list[str]:
+    """Where a run's p50, p99 and rates do not follow from its samples and counters; with
+    `required` (results of the current format), a run kept without its samples too."""
+    problems = []
+    for number, run in enumerate(figures["runs"], 1):
+        measured = [("health latency", run["health_latency"], latency_figures)]
+        measured += [
+            (f"{hit['clients']} client(s)", hit, lambda s, c=hit["clients"]: hit_figures(s, c))
+            for hit in run["hits"]
+        ]
+        for label, kept, compute in measured:
+            samples = kept.get("samples_ms")
+            if samples is None:
+                if required:
+                    problems.append(f"run {number}, {label}: kept without its samples")
+                continue
+            for key, value in compute(samples).items():
+                if kept.get(key) != value:
+                    problems.append(f"run {number}, {label}: {key} does not follow from samples")
+        health = run["health_throughput"]
+        if "requests" in health:
+            if health["requests"] / health["seconds"] != health["requests_per_second"]:
+                problems.append(f"run {number}: GET /health rate does not follow from its count")
+        elif required:
+            problems.append(f"run {number}: GET /health rate kept without its count")
+    return problems
 
 
 def summary(figures: dict) -> list[tuple[str, ...]]:

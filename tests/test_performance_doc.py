@@ -146,8 +146,10 @@ def test_every_results_file_follows_from_what_its_run_kept(name):
     assert results.problems(name) == []
 
 
-def test_every_results_file_says_whether_it_keeps_raw_samples():
-    assert sorted({**results.RAW_SAMPLES, **results.SUMMARIES_ONLY}) == sorted(BENCHMARKS)
+def test_every_results_file_says_what_it_keeps_and_keeps_it():
+    assert sorted(results.KEPT) == sorted(BENCHMARKS)
+    for name in BENCHMARKS:
+        assert results.load(name)["format"] == results.FORMAT, name
 
 
 def _divide(value):
