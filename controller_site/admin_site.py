@@ -14,6 +14,8 @@ from apps.changes.models import ChangeRequest
 from apps.configs.services import get_current_config, state_of
 from apps.rollouts.models import Rollout
 from apps.rollouts.status import get_latest_rollout, measure
+from apps.scopes.services import default_scope
+from apps.scopes.status import matrix
 from controller_site.request_info import client_ip
 
 # How many of the latest changes the dashboard lists: changes to the configuration, revocations
@@ -121,6 +123,8 @@ def dashboard_context(request) -> dict:
         "can_publish": has_role(request.user, EDITOR),
         "can_operate": has_role(request.user, OPERATOR),
         "my_roles": roles_of(request.user),
+        "scope_matrix": matrix(),
+        "default_scope": default_scope(),
     }
 
 

@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from controller_site.var_dir import development_secret_key, make_var_dir
 from protocol import config_file
 from protocol.logs import logging_config, read_log_settings, server_logging_config
+from protocol.rules import SCOPE_NAME_RULE, is_scope_name
 from protocol.settings import SettingsReader
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.accounts",
+    "apps.scopes",
     "apps.configs",
     "apps.agents",
     "apps.ops",
@@ -340,6 +342,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RolloutStateEnum": "apps.rollouts.models.STATES",
         "ChangeRequestStateEnum": "apps.changes.models.ChangeRequest.STATES",
+        "RoleEnum": "apps.accounts.roles.ROLES",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -358,9 +361,21 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# Change requests: how many approvers must say yes before an editor's change is published.
-# 0 (the default): editors publish directly, as before change requests existed.
+# Change requests: how many approvers must say yes before an editor's change is published, in
+# an environment made without saying (each environment has its own, apps.scopes); the default
+# environment takes it when it is made. 0 (the default): editors publish directly.
 CONFIG_APPROVALS_REQUIRED = env_int("CONFIG_APPROVALS_REQUIRED", 0, minimum=0)
+
+# The scope the seed's routes (/config/admin, /agents, ...) act on, and where the data of a
+# controller from before applications and environments went on its upgrade.
+DEFAULT_APPLICATION = env_str("DEFAULT_APPLICATION", "default")
+DEFAULT_ENVIRONMENT = env_str("DEFAULT_ENVIRONMENT", "production")
+for _name, _value in (
+    ("DEFAULT_APPLICATION", DEFAULT_APPLICATION),
+    ("DEFAULT_ENVIRONMENT", DEFAULT_ENVIRONMENT),
+):
+    if not is_scope_name(_value):
+        raise ImproperlyConfigured(f"{_name} must be {SCOPE_NAME_RULE}: {_value!r}")
 
 # Pre-flights each user may ask for a minute (each has up to 20 agents' workers fetch a URL);
 # beyond it, 429 with Retry-After. 0: no limit.

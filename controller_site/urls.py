@@ -37,6 +37,12 @@ from apps.rollouts.views import (
     RolloutResumeView,
     RolloutView,
 )
+from apps.scopes.views import (
+    ApplicationListView,
+    ApplicationView,
+    EnvironmentListView,
+    EnvironmentView,
+)
 
 handler403 = "apps.accounts.views.permission_denied"
 handler500 = "controller_site.errors.server_error"
@@ -82,6 +88,10 @@ urlpatterns = [
     path("agents/<uuid:agent_id>", AgentView.as_view(), name="agent"),
     path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("audit", AuditLogView.as_view(), name="audit"),
+    path("apps", ApplicationListView.as_view(), name="applications"),
+    path("apps/<str:application>", ApplicationView.as_view(), name="application"),
+    path("envs", EnvironmentListView.as_view(), name="environments"),
+    path("envs/<str:environment>", EnvironmentView.as_view(), name="environment"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),

@@ -130,3 +130,14 @@ def check_uuid(value: object) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise InvalidConfig("uuid", "Must be a valid UUID.") from None
+
+
+# An application's or environment's name reads well in a URL, a metric label and a command line:
+# 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit (never taken for an
+# option).
+SCOPE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SCOPE_NAME_RULE = "1-63 characters of a-z, 0-9 and -, starting with a letter or a digit"
+
+
+def is_scope_name(name: str) -> bool:
+    return re.fullmatch(SCOPE_NAME_PATTERN, name) is not None

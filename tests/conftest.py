@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from apps.agents import auth as agent_auth
 from apps.configs.agent_calls import config_body
+from apps.scopes.services import forget_default_scope
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import KEY, WorkerProcess
 
@@ -57,6 +58,8 @@ def _fresh_state():
     # Test databases reuse version numbers, which a running controller never does.
     config_body.cache_clear()
     agent_auth.reset()
+    # A flushed database (a transactional test) made the default scope again, with a new id.
+    forget_default_scope()
     yield
     clear_cache()
 

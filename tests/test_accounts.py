@@ -16,7 +16,15 @@ def test_login_returns_tokens_with_type_and_lifetime(api, admin_user):
     response = login(api)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"access", "refresh", "token_type", "expires_in", "roles", "superuser"}
+    assert set(body) == {
+        "access",
+        "refresh",
+        "token_type",
+        "expires_in",
+        "roles",
+        "grants",
+        "superuser",
+    }
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 15 * 60
     assert body["roles"] == ["viewer", "editor", "approver", "operator"]

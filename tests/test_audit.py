@@ -232,7 +232,17 @@ def test_get_audit_lists_newest_first_and_filters(admin_api):
         AuditEntry.LOGIN_SUCCEEDED,
     ]
     row = body["results"][1]
-    assert set(row) == {"id", "at", "action", "actor", "source_ip", "target", "detail"}
+    assert set(row) == {
+        "id",
+        "at",
+        "action",
+        "actor",
+        "source_ip",
+        "target",
+        "application",
+        "environment",
+        "detail",
+    }
     assert row["detail"]["after"]["pooling_interval"] == 45
 
     only_updates = admin_api.get("/audit", {"action": AuditEntry.CONFIG_UPDATED}).json()

@@ -14,6 +14,7 @@ from apps.agents.services import issue_registration_token, register_agent
 from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
 from tests.conftest import unavailable
+from tests.support.scopes import set_approvals
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM_ARGS = [
@@ -278,7 +279,7 @@ def log_in(page, live_server, email: str, password: str) -> None:
 
 
 def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_server, settings):
-    settings.CONFIG_APPROVALS_REQUIRED = 1
+    set_approvals(1)
     publish_config(config_url=URL, pooling_interval=30)
     for email, role in (("ed@example.com", "editor"), ("ap@example.com", "approver")):
         call_command("grant_role", email, role, "--create", "--password", "Long-Pass-7!")
@@ -333,3 +334,39 @@ def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_se
     page.goto(f"{live_server.url}/admin/")
     assert page.inner_text("#current-version") == "3"
     assert "upstream overloaded" in page.inner_text("#current-emergency")
+
+
+def test_the_dashboard_shows_every_application_in_every_environment(page, live_server):
+    from apps.scopes.services import create_application, create_environment
+
+    call_command("seed_admin", allow_default_password=True)
+    create_environment("staging", order=-10)
+    create_application("payments", description="Card payments")
+    create_application("search")
+    publish_config(config_url=URL, pooling_interval=30)
+    now = timezone.now()
+    make_agent("edge-1", applied_version=1, last_seen=now)
+    make_agent("edge-2", applied_version=1, last_seen=now)
+    publish_config(config_url=URL + "/2", pooling_interval=30, rollout={"waves": [50, 100]})
+
+    log_in(page, live_server, SEED_EMAIL, SEED_PASSWORD)
+
+    headers = page.locator("#scope-matrix thead th").all_text_contents()
+    assert headers == ["Application", "staging", "production"]
+    rows = page.locator("#scope-matrix tbody th").all_text_contents()
+    assert rows == ["default", "payments", "search"]
+    cell = page.inner_text("#scope-default-production")
+    assert "v2" in cell and "rolling" in cell
+    # Two live agents, whichever wave each is in.
+    assert "/ 2 in sync" in cell
+    assert page.inner_text("#scope-payments-staging").strip() == "—"
+    assert page.inner_text("#scope-default-staging").strip() == "—"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-matrix.png"), full_page=True)
+
+    # An application's page lists each environment's scope.
+    page.click("#scope-matrix >> text=payments")
+    page.wait_for_selector("#application-scopes tbody tr:nth-child(2)")
+    scopes = page.locator("#application-scopes tbody tr").all_inner_texts()
+    assert [row.split("\t")[0] for row in scopes] == ["staging", "production"]
+    assert "none yet" in scopes[0]

@@ -12,6 +12,7 @@ from apps.audit.models import AuditEntry
 from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
 from tests.support.clients import api_as
+from tests.support.scopes import set_approvals
 
 pytestmark = pytest.mark.django_db
 
@@ -27,9 +28,8 @@ def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
 
 
 @pytest.fixture
-def approvals(settings):
-    settings.CONFIG_APPROVALS_REQUIRED = 1
-    return settings
+def approvals():
+    set_approvals(1)
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_the_first_config_is_published_through_a_request_too(approvals, editor, 
 def test_two_approvals_required_means_two_different_approvers(
     approvals, editor, approver, second_approver, v1
 ):
-    approvals.CONFIG_APPROVALS_REQUIRED = 2
+    set_approvals(2)
     change = propose(editor, pooling_interval=60)
     first = decide(approver, change["id"], "approve")
     assert first.status_code == 200
@@ -594,13 +594,13 @@ def test_the_emergency_button_is_offered_to_superusers_only_and_only_with_approv
     settings, client, superuser, v1
 ):
     for roles in ([EDITOR], [EDITOR, APPROVER, OPERATOR]):
-        settings.CONFIG_APPROVALS_REQUIRED = 1
+        set_approvals(1)
         admin_client_for(client, f"{len(roles)}@example.com", *roles)
         html = client.get(CHANGE_FORM).content.decode()
         assert "_emergency" not in html and 'name="reason"' not in html
     client.force_login(superuser.user)
     assert EMERGENCY_BUTTON in client.get(CHANGE_FORM).content.decode()
-    settings.CONFIG_APPROVALS_REQUIRED = 0
+    set_approvals(0)
     assert "_emergency" not in client.get(CHANGE_FORM).content.decode()
 
 

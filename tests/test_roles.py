@@ -16,7 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
-from apps.accounts.models import User
+from apps.accounts.models import ScopedRole, User
 from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR, OPERATOR, ROLES, VIEWER, has_role
 from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
@@ -26,6 +26,7 @@ from apps.changes.models import Approval, ChangeRequest
 from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
+from apps.scopes.models import Application, Environment
 from tests.support.clients import api_as
 
 pytestmark = pytest.mark.django_db
@@ -61,6 +62,15 @@ API_RULES = {
     ("agent", "PATCH"): OPERATOR,
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
+    ("applications", "GET"): ANY_ROLE,
+    ("applications", "POST"): OPERATOR,
+    ("application", "GET"): ANY_ROLE,
+    ("application", "PATCH"): OPERATOR,
+    # An environment's rules decide how many approvers a change needs: a superuser's.
+    ("environments", "GET"): ANY_ROLE,
+    ("environments", "POST"): SUPERUSER,
+    ("environment", "GET"): ANY_ROLE,
+    ("environment", "PATCH"): SUPERUSER,
     ("rollout", "GET"): ANY_ROLE,
     ("rollout-promote", "POST"): OPERATOR,
     ("rollout-pause", "POST"): OPERATOR,
@@ -89,6 +99,14 @@ ADMIN_RULES = {
         "delete": SUPERUSER,
         "delete_selected": SUPERUSER,
         "auth_user_password_change": SUPERUSER,
+    },
+    # Given and taken as a whole (each audited), never edited.
+    "accounts.scopedrole": {
+        "view": SUPERUSER,
+        "add": SUPERUSER,
+        "change": NOBODY,
+        "delete": SUPERUSER,
+        "delete_selected": SUPERUSER,
     },
     "configs.configversion": {
         "view": ANY_ROLE,
@@ -138,6 +156,22 @@ ADMIN_RULES = {
         "view": ANY_ROLE,
         "add": NOBODY,
         "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+    },
+    # Made through the same services as the API; never deleted (a scope's rows name them).
+    "scopes.application": {
+        "view": ANY_ROLE,
+        "add": OPERATOR,
+        "change": OPERATOR,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+    },
+    # An environment's rules decide how many approvers a change needs: a superuser's.
+    "scopes.environment": {
+        "view": ANY_ROLE,
+        "add": SUPERUSER,
+        "change": SUPERUSER,
         "delete": NOBODY,
         "delete_selected": NOBODY,
     },
@@ -218,7 +252,7 @@ def test_the_views_enforce_the_rules_of_the_table():
         cls = getattr(view, "cls", None)
         for method in methods_of(view):
             rule = API_RULES[(name, method)]
-            if rule in (*ROLES, ANY_ROLE):
+            if rule in (*ROLES, ANY_ROLE, SUPERUSER):
                 assert cls.role_rules[method] == rule, (name, method)
             elif cls is not None and issubclass(cls, APIView):
                 # Routes for agents, registration and the public: no role rule applies.
@@ -267,6 +301,14 @@ def calls(world, user) -> dict:
         ("agents", "GET"): ("get", "/agents", None),
         ("agent-revoke", "POST"): ("post", f"/agents/{world['agent'].pk}/revoke", None),
         ("audit", "GET"): ("get", "/audit", None),
+        ("applications", "GET"): ("get", "/apps", None),
+        ("applications", "POST"): ("post", "/apps", {"name": "payments"}),
+        ("application", "GET"): ("get", "/apps/default", None),
+        ("application", "PATCH"): ("patch", "/apps/default", {"description": "Edge"}),
+        ("environments", "GET"): ("get", "/envs", None),
+        ("environments", "POST"): ("post", "/envs", {"name": "staging"}),
+        ("environment", "GET"): ("get", "/envs/production", None),
+        ("environment", "PATCH"): ("patch", "/envs/production", {"approvals_required": 3}),
         ("rollout", "GET"): ("get", "/config/admin/rollout", None),
         ("rollout-promote", "POST"): ("post", "/config/admin/rollout/promote", None),
         ("rollout-pause", "POST"): ("post", "/config/admin/rollout/pause", None),
@@ -289,7 +331,9 @@ def start_rollout(state: str = Rollout.ROLLING) -> Rollout:
     return Rollout.objects.get(version=3)
 
 
-ROLE_GOVERNED = sorted(key for key, rule in API_RULES.items() if rule in (*ROLES, ANY_ROLE))
+ROLE_GOVERNED = sorted(
+    key for key, rule in API_RULES.items() if rule in (*ROLES, ANY_ROLE, SUPERUSER)
+)
 
 
 def stored_state() -> tuple:
@@ -301,6 +345,8 @@ def stored_state() -> tuple:
         list(Rollout.objects.values_list("version", "state", "wave")),
         list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
         Approval.objects.count(),
+        list(Application.objects.values_list("name", "description")),
+        list(Environment.objects.values_list("name", "approvals_required")),
     )
 
 
@@ -324,11 +370,10 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     else:
         assert answer.status_code == 403, answer.content
         assert answer.json() == {
-            "detail": (
-                "This needs one of the roles viewer, editor, approver, operator."
-                if rule == ANY_ROLE
-                else f"This needs the {rule} role."
-            ),
+            "detail": {
+                ANY_ROLE: "This needs one of the roles viewer, editor, approver, operator.",
+                SUPERUSER: "Only a superuser may do this.",
+            }.get(rule, f"This needs the {rule} role."),
             "required_role": rule,
         }
         assert stored_state() == before
@@ -508,6 +553,9 @@ def admin_objects(world, admin_user):
     _, record = issue_registration_token()
     return {
         "accounts.user": admin_user,
+        "accounts.scopedrole": ScopedRole.objects.create(
+            user=admin_user, role=VIEWER, environment=Environment.objects.get(name="production")
+        ),
         "configs.configversion": ConfigVersion.objects.get(version=1),
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
@@ -517,6 +565,8 @@ def admin_objects(world, admin_user):
             version=2, previous_version=1, waves=[100], state=Rollout.COMPLETED
         ),
         "changes.changerequest": world["change"],
+        "scopes.application": Application.objects.get(name="default"),
+        "scopes.environment": Environment.objects.get(name="production"),
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
     }

@@ -25,6 +25,7 @@ from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, target_of, target_version_expression
 from tests.support.clients import api_as, bearer
 from tests.support.fleet import make_fleet, served
+from tests.support.scopes import set_approvals
 
 URL = "http://upstream.example/one"
 NEW_URL = "http://upstream.example/two"
@@ -746,7 +747,7 @@ def test_a_plan_rides_a_change_request_and_rolls_out_when_approved(publish, sett
         return api_as(user)
 
     publish(URL, 30)
-    settings.CONFIG_APPROVALS_REQUIRED = 1
+    set_approvals(1)
     editor, approver = client_for("ed@example.com", EDITOR), client_for("ap@example.com", APPROVER)
     proposed = editor.post(
         "/config/admin", {"config_url": NEW_URL, "pooling_interval": 30, "rollout": PLAN}, "json"

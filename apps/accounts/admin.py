@@ -4,9 +4,9 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.contrib.auth.models import Group
 
-from apps.accounts.models import User
+from apps.accounts.models import ScopedRole, User
 from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES
-from apps.accounts.services import set_roles
+from apps.accounts.services import grant_scoped_role, set_roles, take_scoped_role
 from controller_site.request_info import client_ip
 
 # The roles are fixed groups whose powers are defined in code (apps.accounts.roles); editing a
@@ -86,3 +86,44 @@ class UserAdmin(BaseUserAdmin):
             acting_user=request.user,
             source_ip=client_ip(request),
         )
+
+
+@admin.register(ScopedRole)
+class ScopedRoleAdmin(admin.ModelAdmin):
+    """Roles held in part of the fleet: given and taken by a superuser through the audited
+    services, like the roles held everywhere."""
+
+    list_display = ["user", "role", "application", "environment", "granted_at"]
+    list_filter = ["role", "application", "environment"]
+    search_fields = ["user__email"]
+    fields = ["user", "role", "application", "environment"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # taken away and given again, so that each is audited as a whole
+
+    def save_model(self, request, obj, form, change) -> None:
+        grant_scoped_role(
+            obj.user,
+            obj.role,
+            application=obj.application,
+            environment=obj.environment,
+            acting_user=request.user,
+            source_ip=client_ip(request),
+        )
+        obj.pk = (
+            ScopedRole.objects.filter(
+                user=obj.user,
+                role=obj.role,
+                application=obj.application,
+                environment=obj.environment,
+            )
+            .values_list("pk", flat=True)
+            .first()
+        )
+
+    def delete_model(self, request, obj) -> None:
+        take_scoped_role(obj, acting_user=request.user, source_ip=client_ip(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for grant in queryset:
+            take_scoped_role(grant, acting_user=request.user, source_ip=client_ip(request))

@@ -1,14 +1,28 @@
 """Password authentication with the login throttle, for every door that checks a password with
 a request at hand: POST /login and the admin's login page."""
 
+from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 
 from apps.accounts import services
-from apps.accounts.roles import RoleBackend
+from apps.accounts.roles import ADMIN_PERMISSIONS, roles_of
 from controller_site.request_info import client_ip
 
 # Set on the request when the throttle refused the attempt: the seconds to wait.
 RETRY_AFTER_ATTRIBUTE = "login_retry_after"
+
+
+class RoleBackend(ModelBackend):
+    """Django's permissions from the roles table instead of per-group rows, so the admin and the
+    API cannot drift apart and a role means the same on every installation."""
+
+    def get_group_permissions(self, user_obj, obj=None) -> set[str]:
+        if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
+            return set()
+        granted: set[str] = set()
+        for role in roles_of(user_obj):
+            granted |= ADMIN_PERMISSIONS[role]
+        return granted
 
 
 class ThrottledRoleBackend(RoleBackend):

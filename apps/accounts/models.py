@@ -4,6 +4,8 @@ from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Permis
 from django.db import models
 from django.utils import timezone
 
+from apps.accounts.roles import ROLES
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
@@ -74,3 +76,39 @@ class EndedSession(models.Model):
 
     def __str__(self) -> str:
         return self.session
+
+
+class ScopedRole(models.Model):
+    """A role held in part of the fleet only: in one application (every environment of it), in
+    one environment (of every application), or in one application's environment. A role held
+    everywhere is a group membership instead (apps.accounts.roles)."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="scoped_roles")
+    role = models.CharField(max_length=16, choices=[(role, role) for role in ROLES])
+    application = models.ForeignKey(
+        "scopes.Application", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    environment = models.ForeignKey(
+        "scopes.Environment", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    granted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "scoped_role"
+        ordering = ["user", "role"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(application__isnull=False) | models.Q(environment__isnull=False),
+                name="scoped_role_names_a_scope",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} in {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        """`payments/staging`, `payments/*` or `*/production`."""
+        application = self.application.name if self.application_id else "*"
+        environment = self.environment.name if self.environment_id else "*"
+        return f"{application}/{environment}"

@@ -32,7 +32,9 @@ class HasRole(BasePermission):
             # DRF answers 401 with the authentication challenge.
             return False
         role = rule_for(view, request.method)
-        if has_role(user, role):
+        # The scope the view acts on, whose roles count too (apps.scopes.views).
+        scope = view.acting_scope() if hasattr(view, "acting_scope") else None
+        if has_role(user, role, scope):
             return True
         raise RoleRequired(role)
 

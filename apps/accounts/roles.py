@@ -6,8 +6,6 @@ without being in any group. Every role may read: the API's GET endpoints and the
 read-only; the viewer may do nothing more.
 """
 
-from django.contrib.auth.backends import ModelBackend
-
 VIEWER = "viewer"
 EDITOR = "editor"
 APPROVER = "approver"
@@ -35,14 +33,23 @@ _READ = frozenset(
         "agents.view_agent",
         "agents.view_registrationtoken",
         "audit.view_auditentry",
+        "scopes.view_application",
+        "scopes.view_environment",
     }
 )
 ADMIN_PERMISSIONS = {
     VIEWER: _READ,
     EDITOR: _READ,
     APPROVER: _READ,
-    # Operators look after the fleet: they may rename an agent and delete an unused token.
-    OPERATOR: _READ | {"agents.change_agent", "agents.delete_registrationtoken"},
+    # Operators look after the fleet: they may rename an agent, delete an unused token and add
+    # an application. An environment's rules (how many approvers) are a superuser's.
+    OPERATOR: _READ
+    | {
+        "agents.change_agent",
+        "agents.delete_registrationtoken",
+        "scopes.add_application",
+        "scopes.change_application",
+    },
 }
 
 
@@ -59,8 +66,23 @@ def roles_of(user) -> list[str]:
     return cached
 
 
-def has_role(user, role: str) -> bool:
-    """Whether the user may do what `role` (or ANY_ROLE, or SUPERUSER) allows."""
+def grants_of(user) -> list[tuple[str, int | None, int | None]]:
+    """The user's roles held in part of the fleet: (role, application id, environment id), an
+    id None for "every" (apps.accounts.models.ScopedRole)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return []
+    cached = getattr(user, "_scoped_grants", None)
+    if cached is None:
+        cached = user._scoped_grants = list(
+            user.scoped_roles.values_list("role", "application_id", "environment_id")
+        )
+    return cached
+
+
+def has_role(user, role: str, scope=None) -> bool:
+    """Whether the user may do what `role` (or ANY_ROLE, or SUPERUSER) allows: everywhere, or,
+    for an action on `scope` (a Scope), there. Reading (ANY_ROLE) where no scope is concerned
+    (the audit log, the list of applications) needs a role anywhere."""
     if user is None or not user.is_authenticated or not user.is_active:
         return False
     if user.is_superuser:
@@ -68,7 +90,17 @@ def has_role(user, role: str) -> bool:
     if role == SUPERUSER:
         return False
     held = roles_of(user)
-    return bool(held) if role == ANY_ROLE else role in held
+    if bool(held) if role == ANY_ROLE else role in held:
+        return True
+    grants = grants_of(user)
+    if scope is None:
+        return role == ANY_ROLE and bool(grants)
+    return any(
+        role in (ANY_ROLE, granted)
+        and application in (None, scope.application_id)
+        and environment in (None, scope.environment_id)
+        for granted, application, environment in grants
+    )
 
 
 def role_needed_message(role: str) -> str:
@@ -77,16 +109,3 @@ def role_needed_message(role: str) -> str:
     if role == SUPERUSER:
         return "Only a superuser may do this."
     return f"This needs the {role} role."
-
-
-class RoleBackend(ModelBackend):
-    """Django's permissions from the roles table instead of per-group rows, so the admin and the
-    API cannot drift apart and a role means the same on every installation."""
-
-    def get_group_permissions(self, user_obj, obj=None) -> set[str]:
-        if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
-            return set()
-        granted: set[str] = set()
-        for role in roles_of(user_obj):
-            granted |= ADMIN_PERMISSIONS[role]
-        return granted

@@ -15,7 +15,7 @@ from django.utils.crypto import salted_hmac
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from apps.accounts.models import EndedSession, LoginAttempts, User
+from apps.accounts.models import EndedSession, LoginAttempts, ScopedRole, User
 from apps.accounts.roles import ROLES
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
@@ -63,6 +63,92 @@ def set_roles(
             },
         )
     return added, removed
+
+
+def scoped_grants(user: User) -> list[dict]:
+    """The roles the user holds in part of the fleet, as /login tells them."""
+    return [
+        {
+            "role": grant.role,
+            "application": grant.application.name if grant.application_id else None,
+            "environment": grant.environment.name if grant.environment_id else None,
+        }
+        for grant in user.scoped_roles.select_related("application", "environment").order_by(
+            "role", "application__name", "environment__name"
+        )
+    ]
+
+
+def grant_scoped_role(
+    user: User,
+    role: str,
+    *,
+    application=None,
+    environment=None,
+    acting_user=None,
+    source_ip: str | None = None,
+) -> bool:
+    """Give the user `role` in one application, one environment, or one application's
+    environment (Application and Environment rows, at least one). Returns whether it is new;
+    audited as roles.changed."""
+    if role not in ROLES:
+        raise UnknownRole(role)
+    if application is None and environment is None:
+        raise ValueError("a scoped role names an application, an environment or both")
+    with transaction.atomic():
+        User.objects.select_for_update().get(pk=user.pk)  # one grant at a time per user
+        grant, created = ScopedRole.objects.get_or_create(
+            user=user, role=role, application=application, environment=environment
+        )
+        if created:
+            record_event(
+                AuditEntry.ROLES_CHANGED,
+                actor=acting_user,
+                source_ip=source_ip,
+                target=f"user {user.email}",
+                detail={"added": [role], "removed": [], "scope": grant.scope_label},
+            )
+    user.__dict__.pop("_scoped_grants", None)
+    return created
+
+
+def take_scoped_role(grant: ScopedRole, *, acting_user=None, source_ip=None) -> None:
+    """Take away one role held in part of the fleet; audited."""
+    with transaction.atomic():
+        label = grant.scope_label
+        if ScopedRole.objects.filter(pk=grant.pk).delete()[0]:
+            record_event(
+                AuditEntry.ROLES_CHANGED,
+                actor=acting_user,
+                source_ip=source_ip,
+                target=f"user {grant.user.email}",
+                detail={"added": [], "removed": [grant.role], "scope": label},
+            )
+    grant.user.__dict__.pop("_scoped_grants", None)
+
+
+def take_scoped_roles(
+    user: User, *, application=None, environment=None, acting_user=None, source_ip=None
+) -> list[str]:
+    """Take away every role the user holds in exactly that part of the fleet; audited."""
+    with transaction.atomic():
+        grants = ScopedRole.objects.filter(
+            user=user, application=application, environment=environment
+        )
+        held = set(grants.values_list("role", flat=True))
+        removed = [role for role in ROLES if role in held]
+        if removed:
+            label = grants.first().scope_label
+            grants.delete()
+            record_event(
+                AuditEntry.ROLES_CHANGED,
+                actor=acting_user,
+                source_ip=source_ip,
+                target=f"user {user.email}",
+                detail={"added": [], "removed": removed, "scope": label},
+            )
+    user.__dict__.pop("_scoped_grants", None)
+    return removed
 
 
 def grant_role(user: User, role: str, *, acting_user=None, source_ip: str | None = None):

@@ -40,8 +40,15 @@ class LoginSerializer(TokenObtainPairSerializer):
             "expires_in": int(lifetime.total_seconds()),
             # Read afresh on every request: a role given or taken counts from the next call.
             "roles": roles_of(self.user),
+            "grants": services.scoped_grants(self.user),
             "superuser": self.user.is_superuser,
         }
+
+
+class GrantSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    application = serializers.CharField(allow_null=True, help_text="Null: every application.")
+    environment = serializers.CharField(allow_null=True, help_text="Null: every environment.")
 
 
 class LoginResponseSerializer(serializers.Serializer):
@@ -53,6 +60,11 @@ class LoginResponseSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=ROLES),
         help_text="The caller's roles; a superuser has every one. Empty: the caller may log in "
         "and do nothing else.",
+    )
+    grants = GrantSerializer(
+        many=True,
+        help_text="The roles the caller holds in part of the fleet only, each with its scope; "
+        "`roles` are those held everywhere.",
     )
     superuser = serializers.BooleanField(
         help_text="Superusers may do everything, including an emergency publish."

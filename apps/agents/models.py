@@ -3,11 +3,17 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from apps.scopes.services import default_scope_id
+
 
 class Agent(models.Model):
     """A registered agent (the seed's `agents` table) and what it last reported."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The scope the agent serves: its token reads that scope's configuration and nothing else.
+    scope = models.ForeignKey(
+        "scopes.Scope", on_delete=models.PROTECT, related_name="+", default=default_scope_id
+    )
     name = models.CharField(max_length=200, blank=True)
     hostname = models.CharField(max_length=255, blank=True)
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -79,6 +85,10 @@ class RegistrationToken(models.Model):
     """A one-time token that lets one agent register; only its SHA-256 is kept."""
 
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # The scope of the agent that registers with it.
+    scope = models.ForeignKey(
+        "scopes.Scope", on_delete=models.PROTECT, related_name="+", default=default_scope_id
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)

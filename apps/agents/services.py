@@ -25,6 +25,7 @@ from apps.configs.services import get_current_state
 from apps.ops import metrics
 from apps.rollouts.health import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
+from apps.scopes.services import scope_names
 from controller_site.errors import ServiceError
 from protocol.labels import MAX_LABELS
 
@@ -73,6 +74,7 @@ def issue_registration_token(
             actor=actor,
             source_ip=source_ip,
             target=f"registration token #{record.pk}",
+            scope=scope_names(record.scope_id),
             detail={
                 "expires_at": record.expires_at.isoformat(),
                 "ttl": ttl,
@@ -144,6 +146,7 @@ def register_agent(
             actor=agent,
             source_ip=source_ip,
             target=f"agent {agent.pk}",
+            scope=scope_names(agent.scope_id),
             detail=detail,
         )
     logger.info("agent %s registered (name=%r, hostname=%r)", agent.pk, name, hostname)
@@ -178,6 +181,7 @@ def set_agent_labels(
             actor=actor,
             source_ip=source_ip,
             target=f"agent {agent.pk}",
+            scope=scope_names(agent.scope_id),
             detail={"before": before, "after": labels},
         )
         transaction.on_commit(partial(publish_labels, agent.pk, labels))
@@ -399,6 +403,7 @@ def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> b
                 actor=actor,
                 source_ip=source_ip,
                 target=f"agent {agent.pk}",
+                scope=scope_names(agent.scope_id),
                 detail={"name": agent.name, "hostname": agent.hostname},
             )
             # Cut the watch it may be holding, in every controller process.
@@ -471,8 +476,9 @@ def filter_by_status(agents: QuerySet, status: str, state: dict, now) -> QuerySe
     return agents.filter(status_condition(status, state, now))
 
 
-def count_by_status(state: dict, now) -> dict[str, int]:
-    """How many agents are in each status, in one query."""
-    return Agent.objects.aggregate(
+def count_by_status(state: dict, now, agents: QuerySet | None = None) -> dict[str, int]:
+    """How many agents (all, or of `agents`) are in each status, in one query."""
+    agents = Agent.objects.all() if agents is None else agents
+    return agents.aggregate(
         **{status: Count("pk", filter=status_condition(status, state, now)) for status in STATUSES}
     )

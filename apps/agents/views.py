@@ -30,11 +30,12 @@ from apps.agents.serializers import (
 )
 from apps.agents.tokens import bearer_token
 from apps.configs.services import get_current_state
+from apps.scopes.views import ActsOnDefaultScope
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
 
-class RegistrationTokenView(APIView):
+class RegistrationTokenView(ActsOnDefaultScope, APIView):
     # The JWT only, never the admin's session cookie: this GET (kept as the seed has it) issues
     # a credential, and a cross-site link or image would otherwise carry the cookie and make it
     # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
@@ -179,7 +180,7 @@ class HeartbeatView(AgentEndpoint):
         },
     )
 )
-class AgentListView(generics.ListAPIView):
+class AgentListView(ActsOnDefaultScope, generics.ListAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.order_by("created_at")
     role_rules = {"GET": ANY_ROLE}
@@ -209,7 +210,7 @@ class AgentListView(generics.ListAPIView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
-class AgentRevokeView(APIView):
+class AgentRevokeView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @extend_schema(
@@ -230,7 +231,7 @@ class AgentRevokeView(APIView):
         return Response(AgentSerializer(agent).data)
 
 
-class AgentView(APIView):
+class AgentView(ActsOnDefaultScope, APIView):
     role_rules = {"PATCH": OPERATOR}
 
     @extend_schema(

@@ -49,6 +49,10 @@ class AuditEntry(models.Model):
     CHANGE_CANCELLED = "change.cancelled"
     CHANGE_STALE = "change.stale"
     CONFIG_EMERGENCY = "config.emergency"
+    APPLICATION_CREATED = "application.created"
+    APPLICATION_CHANGED = "application.changed"
+    ENVIRONMENT_CREATED = "environment.created"
+    ENVIRONMENT_CHANGED = "environment.changed"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -79,6 +83,10 @@ class AuditEntry(models.Model):
         (CHANGE_CANCELLED, "Change cancelled"),
         (CHANGE_STALE, "Change went stale"),
         (CONFIG_EMERGENCY, "Emergency publish"),
+        (APPLICATION_CREATED, "Application created"),
+        (APPLICATION_CHANGED, "Application changed"),
+        (ENVIRONMENT_CREATED, "Environment created"),
+        (ENVIRONMENT_CHANGED, "Environment changed"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -88,6 +96,10 @@ class AuditEntry(models.Model):
     actor = models.CharField(max_length=254, db_index=True)
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     target = models.CharField(max_length=300, blank=True)
+    # The scope the entry is about, by name (text, like the actor, so that it outlives nothing);
+    # blank for what belongs to no scope (a login, a role, an application itself).
+    application = models.CharField(max_length=63, blank=True, db_index=True)
+    environment = models.CharField(max_length=63, blank=True, db_index=True)
     detail = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
 
     objects = AuditEntryQuerySet.as_manager()

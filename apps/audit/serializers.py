@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from apps.audit.models import AuditEntry
+from protocol.rules import SCOPE_NAME_PATTERN
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):
@@ -12,7 +13,17 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEntry
-        fields = ["id", "at", "action", "actor", "source_ip", "target", "detail"]
+        fields = [
+            "id",
+            "at",
+            "action",
+            "actor",
+            "source_ip",
+            "target",
+            "application",
+            "environment",
+            "detail",
+        ]
         read_only_fields = fields
 
 
@@ -24,4 +35,14 @@ class AuditQuerySerializer(serializers.Serializer):
         required=False,
         max_length=254,
         help_text="An admin's email, agent:<id> or system; case-insensitive.",
+    )
+    application = serializers.RegexField(
+        SCOPE_NAME_PATTERN,
+        required=False,
+        help_text="Only entries about this application's scopes.",
+    )
+    environment = serializers.RegexField(
+        SCOPE_NAME_PATTERN,
+        required=False,
+        help_text="Only entries about scopes of this environment.",
     )

@@ -28,11 +28,17 @@ def record_event(
     source_ip: str | None = None,
     target: str = "",
     detail: dict | None = None,
+    scope: tuple[str, str] | None = None,
 ) -> AuditEntry:
+    """`scope` is the (application, environment) the entry is about, by name; None for what
+    belongs to no scope."""
+    application, environment = scope or ("", "")
     return AuditEntry.objects.create(
         action=action,
         actor=actor_label(actor),
         source_ip=source_ip,
         target=target[:_TARGET_MAX],
         detail=detail or {},
+        application=application,
+        environment=environment,
     )

@@ -12,7 +12,8 @@ from apps.audit.serializers import AuditEntrySerializer, AuditQuerySerializer
         summary="Audit log",
         description="Logins, token refreshes, config changes and rollbacks, registration tokens, "
         "agent registrations and revocations, and changes made in the Django admin, newest "
-        "first, each with its actor, source address and time.",
+        "first, each with its actor, source address and time, and the application and environment "
+        "it is about (blank for what belongs to no scope: a login, a role).",
         parameters=[AuditQuerySerializer],
         responses={
             200: AuditEntrySerializer(many=True),
@@ -34,4 +35,7 @@ class AuditLogView(generics.ListAPIView):
             entries = entries.filter(action=query.validated_data["action"])
         if "actor" in query.validated_data:
             entries = entries.filter(actor__iexact=query.validated_data["actor"].strip())
+        for field in ("application", "environment"):
+            if field in query.validated_data:
+                entries = entries.filter(**{field: query.validated_data[field]})
         return entries

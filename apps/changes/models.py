@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.scopes.services import default_scope_id
+
 
 class ChangeRequestQuerySet(models.QuerySet):
     def make_stale(self, current_version: int, keep=None) -> list[int]:
@@ -34,6 +36,9 @@ class ChangeRequest(models.Model):
         (STALE, "stale"),
     ]
 
+    scope = models.ForeignKey(
+        "scopes.Scope", on_delete=models.PROTECT, related_name="+", default=default_scope_id
+    )
     state = models.CharField(max_length=10, choices=STATES, default=PENDING, db_index=True)
     # The version current when it was proposed (0: none yet). Once another version is
     # published the request is stale: its author decided against content that is gone.

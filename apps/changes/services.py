@@ -22,6 +22,7 @@ from apps.changes.errors import (
 from apps.changes.models import Approval, ChangeRequest
 from apps.configs.actions import (
     approvals_required,
+    current_policy,
     publish_change_request,
     publish_config,
     publish_emergency,
@@ -32,6 +33,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.preflight import preflight_before_publish
 from apps.configs.services import content_of, get_current_config, if_match_allows, lock_newest
 from apps.rollouts.services import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
+from apps.scopes.services import scope_names
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,11 @@ def request_config_change(
     a pre-flight runs it first, and nothing is stored when it fails."""
     if plan is not None and emergency:
         raise RolloutPlanNeedsDirectPublish()
+    policy = current_policy()
+    if plan is None and not emergency and policy.default_rollout is not None:
+        # The environment's rule; the first version has nothing to roll out from, and an
+        # emergency goes to everyone at once.
+        plan = policy.default_rollout if get_current_config() is not None else None
     if plan is not None and plan.get("preflight"):
         config_url = values.get("config_url")
         preflight_before_publish(
@@ -80,7 +87,7 @@ def request_config_change(
             actor=actor, reason=reason, source_ip=source_ip, partial=partial, **values
         )
         return ConfigChange(config, created)
-    if approvals_required():
+    if policy.approvals_required:
         change = propose_change(
             author=actor,
             source_ip=source_ip,
@@ -152,6 +159,7 @@ def propose_change(
             actor=author,
             source_ip=source_ip,
             target=str(change),
+            scope=scope_names(change.scope_id),
             detail={"current": content_of(newest), "proposed": content_of_change(change)},
         )
     logger.info("change request %s proposed by %s", change.pk, author)
@@ -182,6 +190,7 @@ def _make_stale(change_id, current_version: int, *, actor, source_ip: str | None
                 source_ip=source_ip,
                 target=f"change request #{change_id}",
                 detail={"current_version": current_version},
+                scope=scope_names(ChangeRequest.objects.get(pk=change_id).scope_id),
             )
 
 
@@ -207,6 +216,7 @@ def approve_change(
                 actor=approver,
                 source_ip=source_ip,
                 target=str(change),
+                scope=scope_names(change.scope_id),
                 detail={"comment": comment, "approvals": change.approvals.count()},
             )
             if change.approvals.count() >= approvals_required():
@@ -271,6 +281,7 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
         actor=by,
         source_ip=source_ip,
         target=str(change),
+        scope=scope_names(change.scope_id),
         detail={"comment": comment},
     )
 

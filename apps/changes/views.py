@@ -16,6 +16,7 @@ from apps.changes.serializers import (
     DecisionSerializer,
     StaleChangeSerializer,
 )
+from apps.scopes.views import ActsOnDefaultScope
 from controller_site.request_info import client_ip
 
 NOT_FOUND = OpenApiResponse(description="No such change request.")
@@ -51,7 +52,7 @@ def _queryset():
         },
     )
 )
-class ChangeListView(generics.ListAPIView):
+class ChangeListView(ActsOnDefaultScope, generics.ListAPIView):
     """Change requests, newest first."""
 
     serializer_class = ChangeRequestSerializer
@@ -66,7 +67,7 @@ class ChangeListView(generics.ListAPIView):
         return changes
 
 
-class ChangeDetailView(APIView):
+class ChangeDetailView(ActsOnDefaultScope, APIView):
     role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
@@ -107,7 +108,7 @@ def _decision_schema(summary: str, description: str):
     )
 
 
-class ApproveChangeView(APIView):
+class ApproveChangeView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": APPROVER}
 
     @_decision_schema(
@@ -120,7 +121,7 @@ class ApproveChangeView(APIView):
         return _decided(request, change_id, partial(services.approve_change, approver=request.user))
 
 
-class RejectChangeView(APIView):
+class RejectChangeView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": APPROVER}
 
     @_decision_schema(
@@ -131,7 +132,7 @@ class RejectChangeView(APIView):
         return _decided(request, change_id, partial(services.reject_change, approver=request.user))
 
 
-class CancelChangeView(APIView):
+class CancelChangeView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": EDITOR}
 
     @_decision_schema(

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from apps.audit.models import AuditEntry
@@ -31,6 +30,7 @@ from apps.rollouts.services import (
     rollout_to_abort,
     start_rollout,
 )
+from apps.scopes.services import default_scope_id, policy_of, scope_names
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def _make_version(
                     actor=actor,
                     source_ip=source_ip,
                     target=f"config v{config.version}",
+                    scope=scope_names(config.scope_id),
                     detail={**audited, **(detail or {})},
                 )
                 if plan is not None:
@@ -193,9 +194,14 @@ def update_config(
     )
 
 
+def current_policy():
+    """The rules of the default scope's environment (an Environment): how many approvers must
+    say yes (0: editors publish directly), and the rollout plan of a change naming none."""
+    return policy_of(default_scope_id())
+
+
 def approvals_required() -> int:
-    """How many approvers must say yes; 0 means editors publish directly."""
-    return settings.CONFIG_APPROVALS_REQUIRED
+    return current_policy().approvals_required
 
 
 def approval_bypass(rule: str) -> dict | None:

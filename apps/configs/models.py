@@ -3,12 +3,18 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from apps.scopes.services import default_scope_id
+
 
 class ConfigVersion(models.Model):
     """One immutable version of the configuration; the newest one is the current config."""
 
     uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    version = models.PositiveIntegerField(unique=True)
+    scope = models.ForeignKey(
+        "scopes.Scope", on_delete=models.PROTECT, related_name="+", default=default_scope_id
+    )
+    # Numbered from 1 in each scope.
+    version = models.PositiveIntegerField()
     config_url = models.CharField(max_length=2048)
     pooling_interval = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -22,6 +28,9 @@ class ConfigVersion(models.Model):
         db_table = "config"
         ordering = ["-version"]
         get_latest_by = "version"
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "version"], name="config_version_per_scope")
+        ]
 
     def __str__(self) -> str:
         return f"v{self.version}: {self.config_url} every {self.pooling_interval}s"

@@ -35,6 +35,7 @@ from apps.configs.errors import (
     UnknownPreflight,
 )
 from apps.configs.services import get_current_config, get_current_state
+from apps.scopes.services import default_scope_id, scope_names
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def _audit_refusal(config_url: str, why: str, results: list, actor, source_ip) -
         source_ip=source_ip,
         target="config",
         detail={"config_url": config_url, "why": why, "results": results},
+        scope=scope_names(default_scope_id()),
     )
     logger.warning("publish of %s refused: %s", config_url, why)
 

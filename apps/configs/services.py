@@ -43,11 +43,17 @@ def state_of(config: ConfigVersion | None) -> dict:
     newer state of the same version is told from an older one), and, while a rollout splits the
     fleet, what decides who still gets the previous version (apps.rollouts.targets)."""
     state = {**answer_of(config), "revision": 0, "rollout": None}
-    rollout = Rollout.objects.filter(version=config.version).first() if config else None
+    rollout = (
+        Rollout.objects.filter(scope_id=config.scope_id, version=config.version).first()
+        if config
+        else None
+    )
     if rollout is not None:
         state["revision"] = rollout.revision
         if rollout.state in Rollout.SPLIT_STATES:
-            previous = ConfigVersion.objects.filter(version=rollout.previous_version).first()
+            previous = ConfigVersion.objects.filter(
+                scope_id=config.scope_id, version=rollout.previous_version
+            ).first()
             state["rollout"] = rollout.split(answer_of(previous))
     return state
 

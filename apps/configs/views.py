@@ -34,6 +34,7 @@ from apps.configs.serializers import (
     VersionStateSerializer,
 )
 from apps.rollouts.targets import target_of
+from apps.scopes.views import ActsOnDefaultScope
 from controller_site.request_info import client_ip
 
 ERRORS = {
@@ -102,7 +103,7 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     return _written(config, outcome.created)
 
 
-class ConfigAdminView(APIView):
+class ConfigAdminView(ActsOnDefaultScope, APIView):
     """The current configuration, for admins."""
 
     role_rules = {"GET": ANY_ROLE, "POST": EDITOR, "PUT": EDITOR}
@@ -180,7 +181,7 @@ class ConfigAdminView(APIView):
         responses={200: HistoryEntrySerializer(many=True)},
     )
 )
-class ConfigHistoryView(generics.ListAPIView):
+class ConfigHistoryView(ActsOnDefaultScope, generics.ListAPIView):
     """Every version, newest first, with the fields each one changed."""
 
     serializer_class = HistoryEntrySerializer
@@ -202,7 +203,7 @@ class ConfigHistoryView(generics.ListAPIView):
         return page
 
 
-class ConfigRollbackView(APIView):
+class ConfigRollbackView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @extend_schema(
@@ -233,7 +234,7 @@ class ConfigRollbackView(APIView):
         )
 
 
-class PreflightView(APIView):
+class PreflightView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": EDITOR}
 
     @extend_schema(

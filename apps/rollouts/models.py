@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.scopes.services import default_scope_id
+
 # A rollout's states, named so the OpenAPI schema can tell them from a change request's.
 STATES = [
     ("rolling", "rolling"),
@@ -28,7 +30,10 @@ class Rollout(models.Model):
     # published a new version carrying the previous content, to every agent at once.
     SPLIT_STATES = (ROLLING, PAUSED)
 
-    version = models.PositiveIntegerField(unique=True)
+    scope = models.ForeignKey(
+        "scopes.Scope", on_delete=models.PROTECT, related_name="+", default=default_scope_id
+    )
+    version = models.PositiveIntegerField()
     previous_version = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=STATES, default=ROLLING, db_index=True)
     # The newest started wave: 0 is the canaries, k >= 1 is waves[k - 1] percent of the others.
@@ -67,6 +72,9 @@ class Rollout(models.Model):
     class Meta:
         ordering = ["-version"]
         get_latest_by = "version"
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "version"], name="one_rollout_per_version")
+        ]
 
     def __str__(self) -> str:
         return f"rollout of v{self.version} ({self.state}, wave {self.wave})"

@@ -31,6 +31,7 @@ from apps.ops import metrics
 from apps.rollouts.models import Rollout
 from apps.rollouts.status import Progress, fleet, get_latest_rollout, measure
 from apps.rollouts.targets import agent_key, is_canary
+from apps.scopes.services import scope_names
 from controller_site.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -391,6 +392,7 @@ def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detai
         actor=actor,
         source_ip=source_ip,
         target=f"rollout v{rollout.version}",
+        scope=scope_names(rollout.scope_id),
         detail={"version": rollout.version, "wave": rollout.wave, **detail},
     )
 

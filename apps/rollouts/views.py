@@ -7,6 +7,7 @@ from apps.configs import actions
 from apps.rollouts import services, status
 from apps.rollouts.health import health_of
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
+from apps.scopes.views import ActsOnDefaultScope
 from controller_site.request_info import client_ip
 
 NONE_YET = OpenApiResponse(description="No rollout has been started yet.")
@@ -22,7 +23,7 @@ def rollout_answer(rollout) -> Response:
     return Response(RolloutSerializer(rollout).data)
 
 
-class RolloutView(APIView):
+class RolloutView(ActsOnDefaultScope, APIView):
     role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
@@ -66,7 +67,7 @@ def _schema(summary: str, description: str):
     )
 
 
-class RolloutPromoteView(APIView):
+class RolloutPromoteView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(
@@ -78,7 +79,7 @@ class RolloutPromoteView(APIView):
         return _act(request, services.promote_rollout)
 
 
-class RolloutPauseView(APIView):
+class RolloutPauseView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema("Pause the rollout", "Started waves keep the new version; no new wave starts.")
@@ -86,7 +87,7 @@ class RolloutPauseView(APIView):
         return _act(request, services.pause_rollout)
 
 
-class RolloutResumeView(APIView):
+class RolloutResumeView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(
@@ -99,7 +100,7 @@ class RolloutResumeView(APIView):
         return _act(request, services.resume_rollout)
 
 
-class RolloutAbortView(APIView):
+class RolloutAbortView(ActsOnDefaultScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(

@@ -12,6 +12,7 @@ from apps.accounts.roles import APPROVER, EDITOR
 from apps.accounts.services import set_roles
 from apps.audit.models import AuditEntry
 from tests.e2e.conftest import wait_for_version, worker_version
+from tests.support.scopes import set_approvals
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -31,7 +32,8 @@ def session_of(url: str, email: str, *roles: str, superuser: bool = False) -> re
 
 
 def test_an_approved_change_reaches_the_worker_and_an_unapproved_one_does_not(stack, upstream):
-    _, url = stack.controller(None, CONFIG_APPROVALS_REQUIRED="1")
+    set_approvals(1)  # the environment's rule, read by the controller process
+    _, url = stack.controller(None)
     _, worker = stack.worker()
     stack.agent(url, [worker])
     editor = session_of(url, "editor@example.com", EDITOR)
