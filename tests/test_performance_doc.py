@@ -7,7 +7,15 @@ import re
 
 import pytest
 
-from bench import convergence, daemon_footprint, propagation, results
+from bench import (
+    convergence,
+    daemon_footprint,
+    propagation,
+    results,
+    rollout_overhead,
+    version_throughput,
+    worker_hit,
+)
 
 BLOCKS = [match["name"] for match in results.BLOCK.finditer(results.DOC.read_text())]
 BENCHMARKS = [name for name in BLOCKS if name != "summary"]
@@ -222,3 +230,88 @@ def test_spreads_without_samples_are_refused_only_in_the_new_format():
     assert convergence.check({"runs": [run]}, required=True) == [
         "run 1: spreads kept without their samples"
     ]
+
+
+def test_worker_hit_figures_are_computed_again_from_every_request_s_latency():
+    samples = {"direct": [0.2, 0.25, 0.3], "hit": [0.5, 0.6, 0.9]}
+    hit = {"clients": 1, **worker_hit.hit_figures(samples, 1), "samples_ms": samples}
+    health_samples = [0.2, 0.3, 0.4]
+    latency = worker_hit.latency_figures(health_samples)
+    run = {
+        "health_latency": {**latency, "samples_ms": health_samples},
+        "hits": [hit],
+        "health_throughput": {
+            "clients": 16,
+            "seconds": 5.0,
+            "requests": 1000,
+            "requests_per_second": 200.0,
+        },
+    }
+    figures = {"runs": [run]}
+    assert worker_hit.check(figures, required=True) == []
+    hit["added_p50_ms"] /= 10
+    assert worker_hit.check(figures, required=True) == [
+        "run 1, 1 client(s): added_p50_ms does not follow from samples"
+    ]
+    hit["added_p50_ms"] *= 10
+    run["health_latency"]["samples_ms"] = [value / 10 for value in health_samples]
+    assert "run 1, health latency: p50_ms does not follow from samples" in worker_hit.check(
+        figures, required=True
+    )
+    run["health_latency"]["samples_ms"] = health_samples
+    run["health_throughput"]["requests_per_second"] = 2000.0
+    assert worker_hit.check(figures, required=True) == [
+        "run 1: GET /health rate does not follow from its count"
+    ]
+    del run["health_throughput"]["requests"], hit["samples_ms"]
+    assert len(worker_hit.check(figures, required=True)) == 2
+    assert worker_hit.check(figures, required=False) == []
+
+
+def test_wrk_figures_are_computed_again_from_its_counters_and_histogram():
+    counts = {"requests": 1000, "duration_us": 5_000_000, "status_errors": 0}
+    histogram = [[900, 500], [1100, 490], [5000, 10]]
+    case = {"request": "GET /x", **version_throughput.case_figures(counts, histogram)}
+    case.update(counts=counts, latency_histogram_us=histogram)
+    # wrk's rule: the first latency whose running count reaches round(p% of the count + 0.5),
+    # rounding half away from zero: rank 501 for the p50 (past the 500 at 900 µs), 991 for the
+    # p99 (past the 990 up to 1,100 µs).
+    assert (case["p50_ms"], case["p99_ms"], case["requests_per_second"]) == (1.1, 5.0, 200.0)
+    figures = {"cases": [case]}
+    assert version_throughput.check(figures, required=True) == []
+    case["requests_per_second"] = 2000.0
+    assert version_throughput.check(figures, required=True) == [
+        "GET /x: requests_per_second does not follow from wrk's counts"
+    ]
+    case["requests_per_second"] = 200.0
+    case["latency_histogram_us"] = [[90, 500], [110, 490], [500, 10]]  # samples divided
+    assert len(version_throughput.check(figures, required=True)) == 2
+    del case["counts"]
+    assert version_throughput.check(figures, required=True) == [
+        "GET /x: kept without wrk's counters and histogram"
+    ]
+
+
+def test_rollout_overhead_holding_times_give_each_tree_s_figures_by_its_own_rule():
+    samples = [float(value) for value in range(1, 202)]
+    before = {"tree": "before", **rollout_overhead.before_spread(samples)}
+    after = {"tree": "after", **rollout_overhead.after_spread(samples)}
+    figures = {
+        "runs": [
+            {**before, "holding_samples_ms": samples},
+            {**after, "holding_samples_ms": samples},
+        ]
+    }
+    assert rollout_overhead.check(figures, required=True) == []
+    figures["runs"][1]["holding_p99_ms"] /= 10
+    assert rollout_overhead.check(figures, required=True) == [
+        "run 2: holding_p99_ms does not follow from its holding times"
+    ]
+    figures["runs"][1]["holding_p99_ms"] *= 10
+    figures["runs"][0]["holding_samples_ms"] = [value / 10 for value in samples]
+    assert len(rollout_overhead.check(figures, required=True)) == 3
+    del figures["runs"][0]["holding_samples_ms"]
+    assert rollout_overhead.check(figures, required=True) == [
+        "run 1: kept without its holding times"
+    ]
+    assert rollout_overhead.check(figures, required=False) == []
