@@ -12,7 +12,7 @@ from apps.audit.models import AuditEntry
 from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.scopes.models import Application, Environment
-from apps.scopes.services import create_application, create_environment
+from apps.scopes.services import create_application, create_environment, default_scope
 from tests.support.clients import api_as
 from tests.support.scopes import set_approvals
 
@@ -25,6 +25,8 @@ NEW_URL = "http://upstream.example/b"
 @pytest.fixture
 def fleet(publish):
     """default in staging and production, and a second application."""
+    # The migration made the default scope; a transactional test before may have flushed it.
+    default_scope()
     create_environment("staging", order=-10)
     create_application("payments")
     publish(URL, 30)

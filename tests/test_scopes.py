@@ -28,6 +28,12 @@ def client_for(email: str, *roles: str, superuser: bool = False):
     return api_as(user)
 
 
+@pytest.fixture(autouse=True)
+def _default_scope():
+    # The migration made it; a transactional test before this one flushed it away.
+    default_scope()
+
+
 @pytest.fixture
 def operator():
     return client_for("operator@example.com", OPERATOR)
