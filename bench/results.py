@@ -101,6 +101,7 @@ KEPT = {
     "propagation": "every change's delay",
     "change_rate": "every change's latency, per run",
     "watch_fanout": "every agent's latency, per run",
+    "scope_fanout": "every answered agent's latency, per change",
     "daemon_footprint": "every run's RSS and start-up time",
     "heartbeats": "the run's request and recorded counters",
     "convergence": "every agent's times; its check computes the spreads again",

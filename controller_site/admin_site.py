@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from apps.accounts.roles import EDITOR, OPERATOR, has_role, roles_of
+from apps.agents.models import Agent
 from apps.agents.services import STATUSES, count_by_status
 from apps.audit.models import AuditEntry
 from apps.audit.signals import admin_request_ip
@@ -66,8 +67,11 @@ class ControllerAdminSite(admin.AdminSite):
 
 
 def dashboard_context(request) -> dict:
-    config = get_current_config()
-    rollout = get_latest_rollout()
+    """The dashboard: the matrix of every scope, then the default scope's configuration,
+    rollout, change requests and agents."""
+    scope = default_scope()
+    config = get_current_config(scope.pk)
+    rollout = get_latest_rollout(scope.pk)
     # A halt stays in view while the version it put everyone back on is current.
     halted = (
         rollout
@@ -81,8 +85,8 @@ def dashboard_context(request) -> dict:
         rollout = None
     if rollout is not None:
         rollout.measured = measure(rollout)
-    state = state_of(config)
-    counts = count_by_status(state, timezone.now())
+    state = state_of(config, scope.pk)
+    counts = count_by_status(state, timezone.now(), Agent.objects.filter(scope=scope))
     changes = AuditEntry.objects.filter(
         action__in=[
             AuditEntry.CONFIG_CREATED,
@@ -105,7 +109,10 @@ def dashboard_context(request) -> dict:
     # An emergency publish stays visible while its version is current.
     emergency = (
         AuditEntry.objects.filter(
-            action=AuditEntry.CONFIG_EMERGENCY, target=f"config v{config.version}"
+            action=AuditEntry.CONFIG_EMERGENCY,
+            target=f"config v{config.version}",
+            application=scope.application.name,
+            environment=scope.environment.name,
         ).first()
         if config
         else None
@@ -115,7 +122,9 @@ def dashboard_context(request) -> dict:
         "active_rollout": rollout,
         "halted_rollout": halted,
         "current_emergency": emergency,
-        "pending_changes": ChangeRequest.objects.filter(state=ChangeRequest.PENDING).count(),
+        "pending_changes": ChangeRequest.objects.filter(
+            scope=scope, state=ChangeRequest.PENDING
+        ).count(),
         "fleet": [(status, status.replace("_", " "), counts[status]) for status in STATUSES],
         "fleet_total": sum(counts.values()),
         "recent_changes": list(changes),
@@ -124,7 +133,7 @@ def dashboard_context(request) -> dict:
         "can_operate": has_role(request.user, OPERATOR),
         "my_roles": roles_of(request.user),
         "scope_matrix": matrix(),
-        "default_scope": default_scope(),
+        "default_scope": scope,
     }
 
 

@@ -9,6 +9,10 @@ from apps.agents.auth import AgentEndpoint
 
 ADMIN_UNAUTHORIZED = OpenApiResponse(description="Missing or invalid admin JWT.")
 AGENT_UNAUTHORIZED = OpenApiResponse(description="Not an active agent's token.")
+UNKNOWN_SCOPE = OpenApiResponse(
+    description="No such application or environment (the answer names which), or nothing of "
+    "that id in this scope."
+)
 
 
 class AutoSchema(SpectacularAutoSchema):
@@ -30,9 +34,13 @@ class AutoSchema(SpectacularAutoSchema):
     def shared_responses(self) -> dict:
         if isinstance(self.view, AgentEndpoint):
             return {"401": AGENT_UNAUTHORIZED}
+        shared = {}
         if HasRole in self.view.permission_classes:
-            return {"401": ADMIN_UNAUTHORIZED, "403": forbidden(rule_for(self.view, self.method))}
-        return {}
+            shared = {"401": ADMIN_UNAUTHORIZED, "403": forbidden(rule_for(self.view, self.method))}
+        # A view of a scope (apps.scopes.views.ActsOnScope) under /apps/{app}/envs/{env}/.
+        if hasattr(self.view, "acting_scope") and "{application}" in self.path:
+            shared["404"] = UNKNOWN_SCOPE
+        return shared
 
 
 def document_invalid_page(result, generator, request, public):

@@ -47,46 +47,45 @@ from apps.scopes.views import (
 handler403 = "apps.accounts.views.permission_denied"
 handler500 = "controller_site.errors.server_error"
 
+# The routes that act on one scope: the seed's paths act on the default scope, and each has a
+# twin under /apps/{application}/envs/{environment}/ acting on that scope (apps.scopes.views).
+SCOPED = [
+    ("config/admin", ConfigAdminView, "config-admin"),
+    ("config/admin/history", ConfigHistoryView, "config-history"),
+    ("config/admin/rollback", ConfigRollbackView, "config-rollback"),
+    ("config/admin/rollout", RolloutView, "rollout"),
+    ("config/admin/rollout/promote", RolloutPromoteView, "rollout-promote"),
+    ("config/admin/rollout/pause", RolloutPauseView, "rollout-pause"),
+    ("config/admin/rollout/resume", RolloutResumeView, "rollout-resume"),
+    ("config/admin/rollout/abort", RolloutAbortView, "rollout-abort"),
+    ("config/admin/preflight", PreflightView, "config-preflight"),
+    ("config/admin/changes", ChangeListView, "changes"),
+    ("config/admin/changes/<int:change_id>", ChangeDetailView, "change"),
+    ("config/admin/changes/<int:change_id>/approve", ApproveChangeView, "change-approve"),
+    ("config/admin/changes/<int:change_id>/reject", RejectChangeView, "change-reject"),
+    ("config/admin/changes/<int:change_id>/cancel", CancelChangeView, "change-cancel"),
+    ("agent/admin", RegistrationTokenView, "registration-token"),
+    ("agents", AgentListView, "agents"),
+    ("agents/<uuid:agent_id>", AgentView, "agent"),
+    ("agents/<uuid:agent_id>/revoke", AgentRevokeView, "agent-revoke"),
+]
+SCOPE_PREFIX = "apps/<str:application>/envs/<str:environment>/"
+
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
     path("login/refresh", RefreshView.as_view(), name="login-refresh"),
     path("logout", LogoutView.as_view(), name="logout"),
-    path("config/admin", ConfigAdminView.as_view(), name="config-admin"),
-    path("config/admin/history", ConfigHistoryView.as_view(), name="config-history"),
-    path("config/admin/rollback", ConfigRollbackView.as_view(), name="config-rollback"),
-    path("config/admin/rollout", RolloutView.as_view(), name="rollout"),
-    path("config/admin/rollout/promote", RolloutPromoteView.as_view(), name="rollout-promote"),
-    path("config/admin/rollout/pause", RolloutPauseView.as_view(), name="rollout-pause"),
-    path("config/admin/rollout/resume", RolloutResumeView.as_view(), name="rollout-resume"),
-    path("config/admin/rollout/abort", RolloutAbortView.as_view(), name="rollout-abort"),
-    path("config/admin/preflight", PreflightView.as_view(), name="config-preflight"),
-    path("config/admin/changes", ChangeListView.as_view(), name="changes"),
-    path("config/admin/changes/<int:change_id>", ChangeDetailView.as_view(), name="change"),
-    path(
-        "config/admin/changes/<int:change_id>/approve",
-        ApproveChangeView.as_view(),
-        name="change-approve",
-    ),
-    path(
-        "config/admin/changes/<int:change_id>/reject",
-        RejectChangeView.as_view(),
-        name="change-reject",
-    ),
-    path(
-        "config/admin/changes/<int:change_id>/cancel",
-        CancelChangeView.as_view(),
-        name="change-cancel",
+    *(path(route, view.as_view(), name=name) for route, view, name in SCOPED),
+    *(
+        path(SCOPE_PREFIX + route, view.as_view(), name=f"scoped-{name}")
+        for route, view, name in SCOPED
     ),
     path("config/version", ConfigVersionView.as_view(), name="config-version"),
     path("config/stream", ConfigStreamView.as_view(), name="config-stream"),
     path("config/agent", ConfigAgentView.as_view(), name="config-agent"),
-    path("agent/admin", RegistrationTokenView.as_view(), name="registration-token"),
     path("agent/register", RegisterAgentView.as_view(), name="agent-register"),
     path("agent/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
     path("agent/preflight", AgentPreflightResultView.as_view(), name="agent-preflight"),
-    path("agents", AgentListView.as_view(), name="agents"),
-    path("agents/<uuid:agent_id>", AgentView.as_view(), name="agent"),
-    path("agents/<uuid:agent_id>/revoke", AgentRevokeView.as_view(), name="agent-revoke"),
     path("audit", AuditLogView.as_view(), name="audit"),
     path("apps", ApplicationListView.as_view(), name="applications"),
     path("apps/<str:application>", ApplicationView.as_view(), name="application"),

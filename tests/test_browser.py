@@ -337,8 +337,14 @@ def test_an_editor_proposes_and_another_user_approves_in_the_admin(page, live_se
 
 
 def test_the_dashboard_shows_every_application_in_every_environment(page, live_server):
-    from apps.scopes.services import create_application, create_environment
+    from apps.scopes.services import (
+        create_application,
+        create_environment,
+        default_scope,
+        get_scope,
+    )
 
+    default_scope()  # the migration made it; a transactional test before may have flushed it
     call_command("seed_admin", allow_default_password=True)
     create_environment("staging", order=-10)
     create_application("payments", description="Card payments")
@@ -348,6 +354,15 @@ def test_the_dashboard_shows_every_application_in_every_environment(page, live_s
     make_agent("edge-1", applied_version=1, last_seen=now)
     make_agent("edge-2", applied_version=1, last_seen=now)
     publish_config(config_url=URL + "/2", pooling_interval=30, rollout={"waves": [50, 100]})
+    # payments in production, on its own version 1, and search in staging on its version 2.
+    payments = get_scope("payments", "production")
+    publish_config(scope_id=payments.pk, config_url=URL + "/pay", pooling_interval=30)
+    make_agent("pay-1", applied_version=1, last_seen=now, scope=payments)
+    search = get_scope("search", "staging")
+    for version in (1, 2):
+        publish_config(scope_id=search.pk, config_url=f"{URL}/find{version}", pooling_interval=30)
+    make_agent("find-1", applied_version=2, last_seen=now, scope=search)
+    make_agent("find-2", applied_version=1, last_seen=now, scope=search)
 
     log_in(page, live_server, SEED_EMAIL, SEED_PASSWORD)
 
@@ -361,8 +376,25 @@ def test_the_dashboard_shows_every_application_in_every_environment(page, live_s
     assert "/ 2 in sync" in cell
     assert page.inner_text("#scope-payments-staging").strip() == "—"
     assert page.inner_text("#scope-default-staging").strip() == "—"
+    payments_cell = page.inner_text("#scope-payments-production")
+    assert "v1" in payments_cell and "1 / 1 in sync" in payments_cell
+    search_cell = page.inner_text("#scope-search-staging")
+    assert "v2" in search_cell and "1 / 2 in sync" in search_cell
+    assert page.inner_text("#scope-search-production").strip() == "—"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "admin-matrix.png"), full_page=True)
+    page.locator("#scope-matrix").screenshot(path=str(ARTIFACTS / "admin-matrix.png"))
+
+    # A cell leads to its scope's versions and to its agents, and to nothing of another scope.
+    page.click("#scope-search-staging a.version")
+    page.wait_for_selector("#result_list")
+    urls = page.locator("#result_list td.field-config_url").all_text_contents()
+    assert urls == [f"{URL}/find2", f"{URL}/find1"]
+    page.go_back()
+    page.click("#scope-search-staging a.agents")
+    page.wait_for_selector("#result_list")
+    names = page.locator("#result_list th.field-__str__").all_text_contents()
+    assert sorted(name.split(" ")[0] for name in names) == ["find-1", "find-2"]
+    page.go_back()
 
     # An application's page lists each environment's scope.
     page.click("#scope-matrix >> text=payments")

@@ -3,7 +3,6 @@ own), rejecting, cancelling, staleness, and the superuser's emergency publish.""
 
 import pytest
 from django.test import Client
-from rest_framework.test import APIClient
 
 from apps.accounts.models import User
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR, VIEWER
@@ -11,20 +10,12 @@ from apps.accounts.services import set_roles
 from apps.audit.models import AuditEntry
 from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
-from tests.support.clients import api_as
+from tests.support.clients import client_for
 from tests.support.scopes import set_approvals
 
 pytestmark = pytest.mark.django_db
 
 URL = "http://upstream.example/task"
-
-
-def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
-    user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
-    set_roles(user, roles)
-    client = api_as(user)
-    client.user = user
-    return client
 
 
 @pytest.fixture

@@ -1,26 +1,12 @@
 """GET /metrics: the controller's series, across gunicorn processes, and the agent's opt-in ones."""
 
-import re
 import threading
 
 import pytest
 import requests
 
+from tests.support.metrics import DEFAULT_SCOPE, sample
 from tests.support.processes import free_port, start_controller, wait_until
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        metric, _, value = line.rpartition(" ")
-        base, _, rest = metric.partition("{")
-        if base != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if all(found.get(key) == wanted for key, wanted in labels.items()):
-            return float(value)
-    return None
 
 
 @pytest.mark.django_db
@@ -32,12 +18,12 @@ def test_metrics_show_requests_version_agents_and_notifications(api, publish, re
     assert sample(text, "controller_requests_total", endpoint="/healthz", status="200") >= 1
     assert sample(text, "controller_requests_total", endpoint="unmatched", status="404") >= 1
     assert sample(text, "controller_request_duration_seconds_count", endpoint="/healthz") >= 1
-    assert sample(text, "controller_config_version") == 1
-    agents = sample(text, "controller_agents", status="never_seen") + sample(
-        text, "controller_agents", status="active"
+    assert sample(text, "controller_config_version", **DEFAULT_SCOPE) == 1
+    agents = sample(text, "controller_agents", status="never_seen", **DEFAULT_SCOPE) + sample(
+        text, "controller_agents", status="active", **DEFAULT_SCOPE
     )
     assert agents == 1
-    assert sample(text, "controller_agents", status="revoked") == 0
+    assert sample(text, "controller_agents", status="revoked", **DEFAULT_SCOPE) == 0
     assert sample(text, "controller_notifications_sent_total", type="config") >= 1
     assert sample(text, "controller_database_up") == 1
 

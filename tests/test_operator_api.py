@@ -18,7 +18,8 @@ from apps.agents.services import (
 )
 from apps.configs import notifications
 from apps.configs.models import ConfigVersion
-from apps.configs.services import CURRENT_STATE_KEY
+from apps.configs.services import state_key
+from apps.scopes.services import default_scope_id
 from tests.conftest import ADMIN_EMAIL
 from tests.support.clients import bearer
 
@@ -196,9 +197,9 @@ def test_a_rollback_is_announced_to_agents_like_any_change(
         "config_url": URL,
         "uuid": str(ConfigVersion.objects.get(version=3).uuid),
     }
-    served = {**third, "revision": 0, "rollout": None}
+    served = {**third, "revision": 0, "rollout": None, "scope": default_scope_id()}
     assert heard[-1] == {"type": "config", **served}
-    assert cache.get(CURRENT_STATE_KEY) == served
+    assert cache.get(state_key(default_scope_id())) == served
     assert agent_api.get("/config/version").json() == third
 
 

@@ -14,12 +14,14 @@ import pytest
 from django.core.cache import cache
 from django.utils.crypto import salted_hmac
 
+from apps.agents.models import Agent
 from apps.configs import hub as hub_module
 from apps.configs.actions import publish_config
-from apps.configs.services import CURRENT_STATE_KEY, get_current_state
+from apps.configs.services import get_current_state, state_key
 from apps.ops import sealed as sealed_module
 from apps.ops.metrics import instruments
 from apps.ops.sealed import SealedJSONSerializer, seal_message
+from apps.scopes.services import default_scope_id
 
 pytestmark = pytest.mark.django_db
 
@@ -43,10 +45,12 @@ def redis_client():
 def test_a_pickle_planted_in_the_cache_is_not_run_and_reads_as_a_miss(tmp_path, caplog):
     config, _ = publish_config(config_url=URL, pooling_interval=30)
     proof = tmp_path / "ran"
-    redis_client().set(cache.make_key(CURRENT_STATE_KEY), pickle.dumps(Planted(str(proof))))
+    redis_client().set(
+        cache.make_key(state_key(default_scope_id())), pickle.dumps(Planted(str(proof)))
+    )
 
     with caplog.at_level(logging.WARNING, logger="apps.ops.sealed"):
-        state = get_current_state()
+        state = get_current_state(default_scope_id())
 
     # It should not run the pickle, and should answer from the database as on a miss.
     assert not proof.exists()
@@ -57,12 +61,12 @@ def test_a_pickle_planted_in_the_cache_is_not_run_and_reads_as_a_miss(tmp_path, 
 @pytest.mark.redis
 def test_a_state_planted_as_plain_json_or_a_number_is_a_miss():
     publish_config(config_url=URL, pooling_interval=30)
-    key = cache.make_key(CURRENT_STATE_KEY)
+    key = cache.make_key(state_key(default_scope_id()))
     forged = {"version": 1004, "pooling_interval": 30, "config_url": "https://attacker.example/"}
     for planted in (json.dumps({**forged, "uuid": "u", "revision": 0, "rollout": None}), "42"):
         redis_client().set(key, planted)
 
-        assert get_current_state()["config_url"] == URL
+        assert get_current_state(default_scope_id())["config_url"] == URL
 
 
 def test_every_value_the_controller_caches_comes_back_as_it_went(settings, monkeypatch):
@@ -106,10 +110,10 @@ def test_every_value_the_controller_caches_comes_back_as_it_went(settings, monke
 
 def hub_with_a_waiter():
     hub = hub_module.Hub()
-    hub.advance({"version": 1, "pooling_interval": 30, "config_url": URL, "uuid": "u1"})
+    hub.advance({"version": 1, "pooling_interval": 30, "config_url": URL, "uuid": "u1", "scope": 1})
     waiter = hub_module.Waiter(1, asyncio.get_running_loop().create_future())
-    waiter.agent_id = AGENT_ID
-    hub.waiters.add(waiter)
+    hub.subscribe(waiter)
+    hub.place(waiter, Agent(pk=AGENT_ID, scope_id=1, labels={}))
     return hub, waiter
 
 
@@ -117,6 +121,7 @@ def test_the_hub_refuses_unsealed_messages_of_every_type(caplog):
     forged = [
         {"type": "config", "version": 1004, "pooling_interval": 30, "config_url": "https://x/"},
         {"type": "config", "version": 1005, "config_url": "https://x/", "mac": "0" * 64},
+        {"type": "config", "version": 1006, "config_url": "https://x/", "scope": 1},
         {
             "type": "preflight",
             "id": "f" * 32,
@@ -138,7 +143,7 @@ def test_the_hub_refuses_unsealed_messages_of_every_type(caplog):
             hub._deliver_raw(b"not json")
         # It should wake nobody, keep its state, keep no pre-flight, and ask for a re-read.
         assert not waiter.future.done()
-        assert hub.latest["version"] == 1 and hub.latest["config_url"] == URL
+        assert hub.latest_of(1)["version"] == 1 and hub.latest_of(1)["config_url"] == URL
         assert hub.take_preflight(AGENT_ID) is None and not hub.revoked
         assert hub.recheck_requested
 
@@ -162,7 +167,7 @@ def test_the_hub_acts_on_sealed_messages_and_not_on_an_expired_preflight():
         hub._deliver_raw(seal_message(expired).encode())
         assert not waiter.future.done()
         two = {"type": "config", "version": 2, "pooling_interval": 30, "config_url": URL}
-        hub._deliver_raw(seal_message({**two, "uuid": "u2", "revision": 0}).encode())
+        hub._deliver_raw(seal_message({**two, "uuid": "u2", "revision": 0, "scope": 1}).encode())
         outcome, answer = waiter.future.result()
         assert outcome == "changed" and answer["version"] == 2
         assert not hub.recheck_requested

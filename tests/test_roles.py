@@ -27,6 +27,7 @@ from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Application, Environment
+from controller_site.urls import SCOPED
 from tests.support.clients import api_as
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +89,15 @@ API_RULES = {
     ("swagger-ui", "GET"): PUBLIC,
     ("redoc", "GET"): PUBLIC,
 }
+# Each route acting on a scope has a twin under /apps/{app}/envs/{env}/, with the same rule.
+SCOPE_PREFIX = "/apps/default/envs/production"
+API_RULES.update(
+    {
+        (f"scoped-{name}", method): rule
+        for (name, method), rule in list(API_RULES.items())
+        if name in {name for _, _, name in SCOPED}
+    }
+)
 
 # model -> {page or action: rule}. Pages: the list (view), the add page, a POST to an object's
 # change page, an object's delete page; plus each model's own pages and actions.
@@ -280,7 +290,7 @@ def calls(world, user) -> dict:
     own = ChangeRequest.objects.create(
         base_version=2, config_url=URL, pooling_interval=75, author=user
     ).pk
-    return {
+    seed = {
         ("config-admin", "GET"): ("get", "/config/admin", None),
         ("config-admin", "POST"): (
             "post",
@@ -320,6 +330,13 @@ def calls(world, user) -> dict:
         ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
         ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
     }
+    # The twins act on the default scope too, the world's.
+    twins = {
+        (f"scoped-{name}", method): (verb, SCOPE_PREFIX + path, body)
+        for (name, method), (verb, path, body) in seed.items()
+        if (f"scoped-{name}", method) in API_RULES
+    }
+    return {**seed, **twins}
 
 
 def start_rollout(state: str = Rollout.ROLLING) -> Rollout:
@@ -356,16 +373,17 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     user = make_user(holder)
     method, path, body = calls(world, user)[endpoint]
     rule = API_RULES[endpoint]
-    if endpoint[0].startswith("rollout"):
-        start_rollout(Rollout.PAUSED if endpoint[0] == "rollout-resume" else Rollout.ROLLING)
+    route = endpoint[0].removeprefix("scoped-")
+    if route.startswith("rollout"):
+        start_rollout(Rollout.PAUSED if route == "rollout-resume" else Rollout.ROLLING)
     before = stored_state()
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
         assert answer.status_code in (200, 201), answer.content
-        if endpoint[0] == "config-preflight":
+        if route == "config-preflight":
             # A pre-flight asks the agents and stores nothing.
             assert stored_state() == before
-        elif method != "get" or endpoint[0] == "registration-token":
+        elif method != "get" or route == "registration-token":
             assert stored_state() != before
     else:
         assert answer.status_code == 403, answer.content

@@ -25,6 +25,7 @@ from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, target_of, target_version_expression
 from tests.support.clients import api_as, bearer
 from tests.support.fleet import make_fleet, served
+from tests.support.metrics import DEFAULT_SCOPE, sample
 from tests.support.scopes import set_approvals
 
 URL = "http://upstream.example/one"
@@ -716,21 +717,24 @@ class TestStatusAndMetrics:
         assert rollout_status("--wait", "--timeout", "-1")[0] == 2
 
     def test_metrics_show_the_rollout_and_agents_per_target(self, admin_api, publish, api):
+        def gauge(text: str, name: str, **labels: str) -> float | None:
+            return sample(text, name, **DEFAULT_SCOPE, **labels)
+
         make_fleet(canaries=2, others=4)
         text = api.get("/metrics").content.decode()
-        assert 'controller_rollout_state{state="rolling"} 0.0' in text
+        assert gauge(text, "controller_rollout_state", state="rolling") == 0
         start(admin_api, publish)
         text = api.get("/metrics").content.decode()
-        assert 'controller_rollout_state{state="rolling"} 1.0' in text
-        assert 'controller_rollout_state{state="completed"} 0.0' in text
-        assert "controller_rollout_version 2.0" in text
-        assert 'controller_agents_by_target_version{version="2"} 2.0' in text
-        assert 'controller_agents_by_target_version{version="1"} 4.0' in text
+        assert gauge(text, "controller_rollout_state", state="rolling") == 1
+        assert gauge(text, "controller_rollout_state", state="completed") == 0
+        assert gauge(text, "controller_rollout_version") == 2
+        assert gauge(text, "controller_agents_by_target_version", version="2") == 2
+        assert gauge(text, "controller_agents_by_target_version", version="1") == 4
         # Wave 1: half the others by their hash.
         assert admin_api.post("/config/admin/rollout/promote").status_code == 200
         text = api.get("/metrics").content.decode()
-        assert 'controller_agents_by_target_version{version="2"} 4.0' in text
-        assert 'controller_agents_by_target_version{version="1"} 2.0' in text
+        assert gauge(text, "controller_agents_by_target_version", version="2") == 4
+        assert gauge(text, "controller_agents_by_target_version", version="1") == 2
 
 
 @pytest.mark.django_db(transaction=True)

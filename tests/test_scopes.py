@@ -5,27 +5,19 @@ default scope's changes; the audit log's scope."""
 import pytest
 from django.db import IntegrityError, transaction
 
-from apps.accounts.models import User
 from apps.accounts.roles import EDITOR, OPERATOR, VIEWER
-from apps.accounts.services import set_roles
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Application, Environment, Scope
 from apps.scopes.services import default_scope
-from tests.support.clients import api_as
+from tests.support.clients import client_for
 from tests.support.scopes import set_approvals, set_default_rollout
 
 pytestmark = pytest.mark.django_db
 
 URL = "http://upstream.example/a"
 NEW_URL = "http://upstream.example/b"
-
-
-def client_for(email: str, *roles: str, superuser: bool = False):
-    user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
-    set_roles(user, roles)
-    return api_as(user)
 
 
 @pytest.fixture(autouse=True)

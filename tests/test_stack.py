@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.metrics import DEFAULT_SCOPE, sample
 from tests.support.processes import ROOT, Process, base_env, free_port, manage, wait_until
 
 STACK_PASSWORD = "Stack-Admin-Secret-731!"
@@ -120,8 +121,11 @@ def test_run_stack_serves_hit_from_the_configured_url_and_a_second_run_reuses_ev
         secrets_seen += [issued["registration_token"], registered.json()["agent_token"]]
 
         metrics = requests.get(f"{controller}/metrics", timeout=10).text
-        assert "controller_config_version 1.0" in metrics
-        agents = dict(re.findall(r'controller_agents\{status="(\w+)"\} (\d+)', metrics))
+        assert sample(metrics, "controller_config_version", **DEFAULT_SCOPE) == 1
+        agents = {
+            status: sample(metrics, "controller_agents", status=status, **DEFAULT_SCOPE)
+            for status in ("active", "never_seen")
+        }
         assert int(agents["active"]) + int(agents["never_seen"]) == 2, agents
         assert int(agents["active"]) >= 1, agents
         # The agent got the config from its reconciliation at start (GET /config/agent) or, when

@@ -10,6 +10,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import front, notifications, watch
 from apps.configs import hub as hub_module
@@ -224,33 +225,38 @@ def test_an_older_notification_never_moves_a_watch_backwards():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        five = {"version": 5, "pooling_interval": 30, "config_url": URL, "uuid": "u5"}
+        five = {"version": 5, "pooling_interval": 30, "config_url": URL, "uuid": "u5", "scope": 1}
         hub.advance(five)
         waiter = hub_module.Waiter(5, loop.create_future())
-        waiter.agent_id = AGENT_ID
-        hub.waiters.add(waiter)
+        hub.subscribe(waiter)
+        hub.place(waiter, Agent(pk=AGENT_ID, scope_id=1, labels={}))
         hub.deliver({"type": "config", **five, "version": 4, "uuid": "u4"})
         assert not waiter.future.done()
         hub.deliver({"type": "config", **five, "version": 6, "uuid": "u6"})
-        assert waiter.future.result() == ("changed", {**five, "version": 6, "uuid": "u6"})
+        outcome, answer = waiter.future.result()
+        assert outcome == "changed"
+        assert {**answer, "scope": 1} == {**five, "version": 6, "uuid": "u6"}
 
     asyncio.run(scenario())
 
 
-def test_a_notification_of_an_older_release_wakes_watches_without_the_content():
+def test_a_notification_of_an_older_release_wakes_nobody_and_asks_for_a_database_read():
+    """An older release names no scope: the hub cannot tell whose change it is, so it serves
+    nothing from it and reads the database at its next recheck."""
     hub = hub_module.Hub()
 
     async def scenario():
         waiter = hub_module.Waiter(1, asyncio.get_running_loop().create_future())
-        waiter.agent_id = AGENT_ID
-        hub.waiters.add(waiter)
+        hub.subscribe(waiter)
+        hub.place(waiter, Agent(pk=AGENT_ID, scope_id=1, labels={}))
         hub.deliver({"type": "config", "version": 2, "pooling_interval": 30})
-        bare = {"version": 2, "pooling_interval": 30, "config_url": None, "uuid": None}
-        assert waiter.future.result() == ("changed", bare)
-        # The same version read later with its content replaces the bare one.
-        full = {**bare, "config_url": URL, "uuid": "u2"}
+        assert not waiter.future.done()
+        assert hub.recheck_requested and 1 not in hub.latest
+        # The database's state, read at the recheck, wakes it.
+        full = {"version": 2, "pooling_interval": 30, "config_url": URL, "uuid": "u2", "scope": 1}
         hub.advance(full)
-        assert hub.latest == full
+        assert waiter.future.result()[0] == "changed"
+        assert hub.latest_of(1) == full
 
     asyncio.run(scenario())
 

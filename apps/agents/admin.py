@@ -2,7 +2,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import Case, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
@@ -34,9 +34,17 @@ class StatusFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() not in services.STATUSES:
             return queryset
-        return services.filter_by_status(
-            queryset, self.value(), get_current_state(), timezone.now()
-        )
+        now = timezone.now()
+        condition = Q(pk__in=[])
+        for scope_id, state in scope_states().items():
+            condition |= Q(scope_id=scope_id) & services.status_condition(self.value(), state, now)
+        return queryset.filter(condition)
+
+
+def scope_states() -> dict[int, dict]:
+    """The served state of every scope with an agent: each agent is judged by its own."""
+    scope_ids = Agent.objects.order_by().values_list("scope_id", flat=True).distinct()
+    return {scope_id: get_current_state(scope_id) for scope_id in scope_ids}
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -110,6 +118,7 @@ class AgentAdmin(admin.ModelAdmin):
     form = AgentForm
     list_display = [
         "__str__",
+        "scope",
         "hostname",
         "status_badge",
         "label_list",
@@ -119,7 +128,7 @@ class AgentAdmin(admin.ModelAdmin):
         "target_hits",
         "created_at",
     ]
-    list_filter = [StatusFilter, LabelFilter]
+    list_filter = ["scope", StatusFilter, LabelFilter]
     search_fields = ["id", "name", "hostname"]
     readonly_fields = [
         "id",
@@ -147,7 +156,7 @@ class AgentAdmin(admin.ModelAdmin):
 
     @admin.display(description="status")
     def status_badge(self, obj: Agent) -> str:
-        status = services.agent_status(obj, get_current_state())
+        status = services.agent_status(obj, get_current_state(obj.scope_id))
         return format_html(
             '<span class="agent-status status-{}" style="background:{};color:#fff;'
             'padding:2px 8px;border-radius:10px;white-space:nowrap">{}</span>',
@@ -163,7 +172,16 @@ class AgentAdmin(admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(target=target_version_expression(get_current_state()))
+            .annotate(
+                target=Case(
+                    *(
+                        When(scope_id=scope_id, then=target_version_expression(state))
+                        for scope_id, state in scope_states().items()
+                    ),
+                    default=Value(0),
+                    output_field=IntegerField(),
+                )
+            )
             .annotate(
                 target_ok=Subquery(hits.values("ok")[:1]),
                 target_failed=Subquery(hits.values("failed")[:1]),

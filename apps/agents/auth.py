@@ -95,9 +95,10 @@ def find_agents(digests: list[str]) -> dict[str, Agent | None]:
     found: dict[str, Agent | None] = dict.fromkeys(digests)
     # Thousands at once right after a change: only what authentication and the watch need is
     # read (the rest, say the workers' JSON, would cost more to decode than the query itself).
-    # The watch reads `labels` on the event loop, where a deferred field cannot be loaded.
+    # The watch reads `labels` and `scope_id` on the event loop, where a deferred field cannot
+    # be loaded.
     for agent in Agent.objects.filter(token_hash__in=digests).only(
-        "id", "token_hash", "revoked_at", "labels"
+        "id", "token_hash", "revoked_at", "labels", "scope"
     ):
         found[agent.token_hash] = agent
     _remember(found)

@@ -49,6 +49,18 @@ class TokenQuerySerializer(serializers.Serializer):
 
 
 class IssueTokenSerializer(TokenQuerySerializer):
+    application = serializers.CharField(
+        required=False,
+        max_length=63,
+        help_text="The application of the agent's scope; the default application when left out "
+        "(on /apps/{app}/envs/{env}/agent/admin, the path's, and a body naming another is "
+        "refused).",
+    )
+    environment = serializers.CharField(
+        required=False,
+        max_length=63,
+        help_text="The environment of the agent's scope; the default environment when left out.",
+    )
     labels = LabelsField(
         required=False,
         default=dict,

@@ -25,7 +25,7 @@ from apps.configs.services import get_current_state
 from apps.ops import metrics
 from apps.rollouts.health import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
-from apps.scopes.services import scope_names
+from apps.scopes.services import default_scope_id, scope_names
 from controller_site.errors import ServiceError
 from protocol.labels import MAX_LABELS
 
@@ -48,20 +48,24 @@ class TooManyLabels(ServiceError):
 
 def issue_registration_token(
     *,
+    scope_id: int | None = None,
     actor=None,
     ttl: int | None = None,
     labels: dict[str, str] | None = None,
     allow_agent_labels: bool = False,
     source_ip: str | None = None,
 ) -> tuple[str, RegistrationToken]:
-    """Create a one-time registration token; the plain token is returned once and not stored.
+    """Create a one-time registration token of a scope (the default scope when None); the plain
+    token is returned once and not stored.
 
-    The agent that registers with it gets `labels`; its own labels are added (never over these)
-    only with `allow_agent_labels`, else they are left out."""
+    The agent that registers with it belongs to the token's scope and gets `labels`; its own
+    labels are added (never over these) only with `allow_agent_labels`, else they are left
+    out."""
     ttl = settings.REGISTRATION_TOKEN_TTL if ttl is None else ttl
     token = new_token(REGISTRATION_PREFIX)
     with transaction.atomic():
         record = RegistrationToken.objects.create(
+            scope_id=scope_id or default_scope_id(),
             token_hash=hash_token(token),
             expires_at=timezone.now() + timedelta(seconds=ttl),
             created_by=actor,
@@ -126,6 +130,7 @@ def register_agent(
         agent_labels, left_out = bound_labels(record, labels or {})
         agent_token = new_token(AGENT_PREFIX)
         agent = Agent.objects.create(
+            scope_id=record.scope_id,
             name=name,
             hostname=hostname,
             labels=agent_labels,
@@ -275,26 +280,27 @@ def accept_hits(totals: dict) -> dict:
     it was on before). Hits of a version above the current one (sent before it exists), or of a
     rollout's new version from an agent its waves have not reached, are dropped, counted and
     logged: one agent token must not judge a rollout it takes no part in."""
-    state = get_current_state()
-    newest, split = state["version"], state.get("rollout")
-    labels = {}
-    with_newest = {agent_id for agent_id, version in totals if version == newest}
-    if split is not None and with_newest:
-        # Canaries are told by their labels: one query for the agents that matter here.
-        labels = {
-            str(pk): agent_labels
-            for pk, agent_labels in Agent.objects.filter(pk__in=with_newest).values_list(
-                "pk", "labels"
-            )
-        }
+    # Each agent is judged by its own scope's state: one query for the agents' scopes and
+    # labels (canaries are told by their labels), one cached state per scope.
+    agents = {
+        str(pk): (scope_id, agent_labels)
+        for pk, scope_id, agent_labels in Agent.objects.filter(
+            pk__in={agent_id for agent_id, _ in totals}
+        ).values_list("pk", "scope_id", "labels")
+    }
+    states = {scope_id: get_current_state(scope_id) for scope_id, _ in agents.values()}
     accepted = {}
     for (agent_id, version), counts in totals.items():
+        if agent_id not in agents:
+            continue  # deleted since its heartbeat: nothing to count against
+        scope_id, agent_labels = agents[agent_id]
+        newest, split = states[scope_id]["version"], states[scope_id].get("rollout")
         if version > newest:
             reason, why = "future_version", f"above the current version (v{newest})"
         elif (
             version == newest
             and split is not None
-            and not targets_new(split, newest, agent_id, labels.get(agent_id, {}))
+            and not targets_new(split, newest, agent_id, agent_labels or {})
         ):
             reason, why = "not_targeted", "which the rollout has not given it"
         else:

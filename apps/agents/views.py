@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -30,18 +31,37 @@ from apps.agents.serializers import (
 )
 from apps.agents.tokens import bearer_token
 from apps.configs.services import get_current_state
-from apps.scopes.views import ActsOnDefaultScope
+from apps.scopes.services import get_scope
+from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
 
-class RegistrationTokenView(ActsOnDefaultScope, APIView):
+class RegistrationTokenView(ActsOnScope, APIView):
+    """Issues registration tokens of the scope in the path, or, on the seed's route, of the
+    scope a POST body names (`application` and `environment`, each the default's when left
+    out), or of the default scope."""
+
     # The JWT only, never the admin's session cookie: this GET (kept as the seed has it) issues
     # a credential, and a cross-site link or image would otherwise carry the cookie and make it
     # issue tokens. The admin issues tokens from its own page, behind a CSRF-checked POST.
     authentication_classes = [AdminJWTAuthentication]
     # A GET that makes something: issuing tokens is an operator's power, not a read.
     role_rules = {"GET": OPERATOR, "POST": OPERATOR}
+
+    def acting_scope(self):
+        # Asked by HasRole before the body is validated: names of the wrong type leave the
+        # default scope here, and the serializer refuses them (400).
+        if not hasattr(self, "_acting_scope") and self.request.method == "POST":
+            data = self.request.data if isinstance(self.request.data, dict) else {}
+            application, environment = data.get("application"), data.get("environment")
+            names = [name for name in (application, environment) if isinstance(name, str)]
+            if names and self.scope_names[0] is None:
+                self._acting_scope = get_scope(
+                    application if isinstance(application, str) else settings.DEFAULT_APPLICATION,
+                    environment if isinstance(environment, str) else settings.DEFAULT_ENVIRONMENT,
+                )
+        return super().acting_scope()
 
     @extend_schema(
         tags=["agents"],
@@ -56,7 +76,10 @@ class RegistrationTokenView(ActsOnDefaultScope, APIView):
         query = TokenQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         token, record = services.issue_registration_token(
-            actor=request.user, ttl=query.validated_data.get("ttl"), source_ip=client_ip(request)
+            scope_id=self.scope_id,
+            actor=request.user,
+            ttl=query.validated_data.get("ttl"),
+            source_ip=client_ip(request),
         )
         return Response(_token_answer(token, record))
 
@@ -71,13 +94,26 @@ class RegistrationTokenView(ActsOnDefaultScope, APIView):
         responses={
             201: RegistrationTokenSerializer,
             400: OpenApiResponse(),
+            404: OpenApiResponse(
+                description="The body names an application or environment that does not exist."
+            ),
         },
     )
     def post(self, request):
         body = IssueTokenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        values = dict(body.validated_data)
+        scope = self.acting_scope()
+        for field, name in (
+            ("application", scope.application.name),
+            ("environment", scope.environment.name),
+        ):
+            if values.pop(field, name) != name:
+                raise serializers.ValidationError(
+                    {field: [f"This route issues tokens of {scope}; leave {field} out."]}
+                )
         token, record = services.issue_registration_token(
-            actor=request.user, source_ip=client_ip(request), **body.validated_data
+            scope_id=self.scope_id, actor=request.user, source_ip=client_ip(request), **values
         )
         return Response(_token_answer(token, record), status=status.HTTP_201_CREATED)
 
@@ -123,7 +159,7 @@ class RegisterAgentView(APIView):
                 "agent_token": agent_token,
                 "version_url": request.build_absolute_uri("/config/version"),
                 "poll_url": request.build_absolute_uri("/config/agent"),
-                "pooling_interval": get_current_state()["pooling_interval"],
+                "pooling_interval": get_current_state(agent.scope_id)["pooling_interval"],
                 "labels": agent.labels,
             },
             status=status.HTTP_201_CREATED,
@@ -180,7 +216,7 @@ class HeartbeatView(AgentEndpoint):
         },
     )
 )
-class AgentListView(ActsOnDefaultScope, generics.ListAPIView):
+class AgentListView(ActsOnScope, generics.ListAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.order_by("created_at")
     role_rules = {"GET": ANY_ROLE}
@@ -193,8 +229,8 @@ class AgentListView(ActsOnDefaultScope, generics.ListAPIView):
             labels = parse_label_pairs(request.query_params.getlist("label"))
         except InvalidLabels as exc:
             raise serializers.ValidationError({"label": [str(exc)]}) from None
-        state, now = get_current_state(), timezone.now()
-        agents = self.get_queryset()
+        state, now = get_current_state(self.scope_id), timezone.now()
+        agents = self.get_queryset().filter(scope_id=self.scope_id)
         if wanted is not None:
             agents = services.filter_by_status(agents, wanted, state, now)
         if labels:
@@ -210,7 +246,7 @@ class AgentListView(ActsOnDefaultScope, generics.ListAPIView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
-class AgentRevokeView(ActsOnDefaultScope, APIView):
+class AgentRevokeView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @extend_schema(
@@ -223,15 +259,15 @@ class AgentRevokeView(ActsOnDefaultScope, APIView):
         },
     )
     def post(self, request, agent_id):
-        agent = get_object_or_404(Agent, pk=agent_id)
+        agent = get_object_or_404(Agent, pk=agent_id, scope_id=self.scope_id)
         services.revoke_agent(agent, actor=request.user, source_ip=client_ip(request))
         agent.refresh_from_db()
         agent.status = "revoked"
-        agent.target_version = services.target_version(agent, get_current_state())
+        agent.target_version = services.target_version(agent, get_current_state(self.scope_id))
         return Response(AgentSerializer(agent).data)
 
 
-class AgentView(ActsOnDefaultScope, APIView):
+class AgentView(ActsOnScope, APIView):
     role_rules = {"PATCH": OPERATOR}
 
     @extend_schema(
@@ -249,14 +285,14 @@ class AgentView(ActsOnDefaultScope, APIView):
         },
     )
     def patch(self, request, agent_id):
-        agent = get_object_or_404(Agent, pk=agent_id)
+        agent = get_object_or_404(Agent, pk=agent_id, scope_id=self.scope_id)
         body = AgentLabelsSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         services.set_agent_labels(
             agent, body.validated_data["labels"], actor=request.user, source_ip=client_ip(request)
         )
         agent.refresh_from_db()
-        state = get_current_state()
+        state = get_current_state(self.scope_id)
         agent.status = services.agent_status(agent, state, timezone.now())
         agent.target_version = services.target_version(agent, state)
         agent.target_hits = services.hits_of([agent], {agent.pk: agent.target_version}).get(

@@ -31,6 +31,7 @@ class ChangeRequestAdmin(HistoryAdmin):
 
     list_display = [
         "__str__",
+        "scope",
         "state_badge",
         "author",
         "base_version",
@@ -40,7 +41,7 @@ class ChangeRequestAdmin(HistoryAdmin):
         "created_at",
         "published_version",
     ]
-    list_filter = ["state"]
+    list_filter = ["state", "scope"]
     search_fields = ["config_url", "author__email"]
     fields = [
         "state_badge",

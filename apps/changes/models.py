@@ -6,11 +6,13 @@ from apps.scopes.services import default_scope_id
 
 
 class ChangeRequestQuerySet(models.QuerySet):
-    def make_stale(self, current_version: int, keep=None) -> list[int]:
-        """Mark stale every pending request based on a version other than `current_version`
-        (but `keep`, the one being published); returns their ids. Runs in the transaction of the
-        publish, under the config writers' lock."""
-        pending = self.filter(state=ChangeRequest.PENDING).exclude(base_version=current_version)
+    def make_stale(self, scope_id: int, current_version: int, keep=None) -> list[int]:
+        """Mark stale every pending request of a scope based on a version other than
+        `current_version` (but `keep`, the one being published); returns their ids. Runs in the
+        transaction of the publish, under the scope's config writers' lock."""
+        pending = self.filter(scope_id=scope_id, state=ChangeRequest.PENDING).exclude(
+            base_version=current_version
+        )
         if keep is not None:
             pending = pending.exclude(pk=keep.pk)
         # Locked first, so a request rejected or cancelled meanwhile keeps that state.

@@ -32,8 +32,8 @@ from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.preflight import preflight_before_publish
 from apps.configs.services import content_of, get_current_config, if_match_allows, lock_newest
-from apps.rollouts.services import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
-from apps.scopes.services import scope_names
+from apps.rollouts.errors import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
+from apps.scopes.services import default_scope_id, scope_names
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def request_config_change(
     actor,
     values: dict,
     *,
+    scope_id: int | None = None,
     partial: bool = False,
     plan: dict | None = None,
     emergency: bool = False,
@@ -67,28 +68,37 @@ def request_config_change(
     publishes at once with its `reason`, whatever the approvals setting; while approvals are
     required a change request opens, carrying the rollout plan its version will be published
     with; otherwise it is published now, to every agent at once or by `plan`. A plan asking for
-    a pre-flight runs it first, and nothing is stored when it fails."""
+    a pre-flight runs it first, and nothing is stored when it fails. All of it in one scope (the
+    default scope when None), by the rules of its environment."""
     if plan is not None and emergency:
         raise RolloutPlanNeedsDirectPublish()
-    policy = current_policy()
+    scope_id = scope_id or default_scope_id()
+    policy = current_policy(scope_id)
     if plan is None and not emergency and policy.default_rollout is not None:
         # The environment's rule; the first version has nothing to roll out from, and an
         # emergency goes to everyone at once.
-        plan = policy.default_rollout if get_current_config() is not None else None
+        plan = policy.default_rollout if get_current_config(scope_id) is not None else None
     if plan is not None and plan.get("preflight"):
         config_url = values.get("config_url")
         preflight_before_publish(
             None if config_url is None else check_config_url(config_url),
+            scope_id=scope_id,
             actor=actor,
             source_ip=source_ip,
         )
     if emergency:
         config, created = publish_emergency(
-            actor=actor, reason=reason, source_ip=source_ip, partial=partial, **values
+            scope_id=scope_id,
+            actor=actor,
+            reason=reason,
+            source_ip=source_ip,
+            partial=partial,
+            **values,
         )
         return ConfigChange(config, created)
     if policy.approvals_required:
         change = propose_change(
+            scope_id=scope_id,
             author=actor,
             source_ip=source_ip,
             partial=partial,
@@ -97,11 +107,16 @@ def request_config_change(
             **values,
         )
         if change is None:
-            return ConfigChange(get_current_config())
+            return ConfigChange(get_current_config(scope_id))
         return ConfigChange(change_request=change)
     publish = update_config if partial else publish_config
     config, created = publish(
-        actor=actor, source_ip=source_ip, if_match=if_match, rollout=plan, **values
+        scope_id=scope_id,
+        actor=actor,
+        source_ip=source_ip,
+        if_match=if_match,
+        rollout=plan,
+        **values,
     )
     return ConfigChange(config, created)
 
@@ -117,6 +132,7 @@ def content_of_change(change: ChangeRequest) -> dict:
 
 def propose_change(
     *,
+    scope_id: int | None = None,
     author,
     source_ip: str | None = None,
     partial: bool = False,
@@ -125,7 +141,8 @@ def propose_change(
     rollout: dict | None = None,
     if_match: str | None = None,
 ) -> ChangeRequest | None:
-    """Record a proposed configuration, based on the current version, for approvers to decide.
+    """Record a proposed configuration of a scope (the default scope when None), based on its
+    current version, for approvers to decide.
     A field left as None keeps the current value; `partial` (a PUT) needs a current version.
     Returns None when the proposal equals the current configuration: nothing to decide."""
     if config_url is not None:
@@ -135,7 +152,8 @@ def propose_change(
     with transaction.atomic():
         # Under the writers' lock, so a publish cannot slip between reading the base version
         # and storing the request (it would not see this request to make it stale).
-        newest = lock_newest()
+        scope_id = scope_id or default_scope_id()
+        newest = lock_newest(scope_id)
         if newest is None and (partial or config_url is None or pooling_interval is None):
             raise NoConfigYet()
         current = newest.version if newest else 0
@@ -148,6 +166,7 @@ def propose_change(
         if newest is not None and newest.same_content(url, interval):
             return None
         change = ChangeRequest.objects.create(
+            scope_id=scope_id,
             base_version=newest.version if newest else 0,
             config_url=url,
             pooling_interval=interval,
@@ -166,9 +185,14 @@ def propose_change(
     return change
 
 
-def _locked_pending(change_id) -> ChangeRequest:
-    """The request, locked until the transaction ends, if it still waits for a decision."""
-    change = ChangeRequest.objects.select_for_update().filter(pk=change_id).first()
+def _locked_pending(change_id, scope_id: int | None) -> ChangeRequest:
+    """The request of a scope (the default scope when None), locked until the transaction
+    ends, if it still waits for a decision."""
+    change = (
+        ChangeRequest.objects.select_for_update()
+        .filter(pk=change_id, scope_id=scope_id or default_scope_id())
+        .first()
+    )
     if change is None:
         raise UnknownChange(change_id)
     if change.state != ChangeRequest.PENDING:
@@ -195,18 +219,23 @@ def _make_stale(change_id, current_version: int, *, actor, source_ip: str | None
 
 
 def approve_change(
-    change_id, *, approver, comment: str = "", source_ip: str | None = None
+    change_id,
+    *,
+    scope_id: int | None = None,
+    approver,
+    comment: str = "",
+    source_ip: str | None = None,
 ) -> ChangeRequest:
     """One approver's yes. When the approvals reach CONFIG_APPROVALS_REQUIRED the proposed
     content is published (with its rollout plan) in the same transaction as the approval."""
     try:
         with transaction.atomic():
-            change = _locked_pending(change_id)
+            change = _locked_pending(change_id, scope_id)
             if change.author_id is not None and change.author_id == approver.pk:
                 raise NotYourDecision("Nobody approves their own change request.")
             if change.approvals.filter(approver=approver).exists():
                 raise AlreadyApproved(change)
-            newest = lock_newest()
+            newest = lock_newest(change.scope_id)
             current = newest.version if newest else 0
             if current != change.base_version:
                 raise ChangeIsStale(change, current)
@@ -219,7 +248,7 @@ def approve_change(
                 scope=scope_names(change.scope_id),
                 detail={"comment": comment, "approvals": change.approvals.count()},
             )
-            if change.approvals.count() >= approvals_required():
+            if change.approvals.count() >= approvals_required(change.scope_id):
                 _publish(change, approver=approver, source_ip=source_ip)
     except (ChangeIsStale, BaseVersionGone) as exc:
         _make_stale(change_id, exc.current_version, actor=approver, source_ip=source_ip)
@@ -241,10 +270,15 @@ def _publish(change: ChangeRequest, *, approver, source_ip: str | None) -> Confi
 
 
 def reject_change(
-    change_id, *, approver, comment: str = "", source_ip: str | None = None
+    change_id,
+    *,
+    scope_id: int | None = None,
+    approver,
+    comment: str = "",
+    source_ip: str | None = None,
 ) -> ChangeRequest:
     with transaction.atomic():
-        change = _locked_pending(change_id)
+        change = _locked_pending(change_id, scope_id)
         if change.author_id is not None and change.author_id == approver.pk:
             raise NotYourDecision("Nobody rejects their own change request; cancel it instead.")
         _close(change, ChangeRequest.REJECTED, by=approver, comment=comment, source_ip=source_ip)
@@ -252,11 +286,16 @@ def reject_change(
 
 
 def cancel_change(
-    change_id, *, actor, comment: str = "", source_ip: str | None = None
+    change_id,
+    *,
+    scope_id: int | None = None,
+    actor,
+    comment: str = "",
+    source_ip: str | None = None,
 ) -> ChangeRequest:
     """The author withdraws a request (a superuser may withdraw anyone's)."""
     with transaction.atomic():
-        change = _locked_pending(change_id)
+        change = _locked_pending(change_id, scope_id)
         if change.author_id != actor.pk and not actor.is_superuser:
             raise NotYourDecision("Only the author cancels a change request.")
         _close(change, ChangeRequest.CANCELLED, by=actor, comment=comment, source_ip=source_ip)
@@ -293,8 +332,9 @@ def recent_bypasses(limit: int = 20):
 
 
 def diff_against_current(change: ChangeRequest) -> tuple[int, list[dict]]:
-    """(current version, the fields whose proposed value differs from the current one)."""
-    current = ConfigVersion.objects.order_by("-version").first()
+    """(current version of the request's scope, the fields whose proposed value differs from
+    the current one)."""
+    current = ConfigVersion.objects.filter(scope_id=change.scope_id).order_by("-version").first()
     rows = [
         {
             "field": field,

@@ -16,7 +16,7 @@ from apps.changes.serializers import (
     DecisionSerializer,
     StaleChangeSerializer,
 )
-from apps.scopes.views import ActsOnDefaultScope
+from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 
 NOT_FOUND = OpenApiResponse(description="No such change request.")
@@ -52,7 +52,7 @@ def _queryset():
         },
     )
 )
-class ChangeListView(ActsOnDefaultScope, generics.ListAPIView):
+class ChangeListView(ActsOnScope, generics.ListAPIView):
     """Change requests, newest first."""
 
     serializer_class = ChangeRequestSerializer
@@ -61,13 +61,13 @@ class ChangeListView(ActsOnDefaultScope, generics.ListAPIView):
     def get_queryset(self):
         query = ChangeQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
-        changes = _queryset().order_by("-id")
+        changes = _queryset().filter(scope_id=self.scope_id).order_by("-id")
         if "state" in query.validated_data:
             changes = changes.filter(state=query.validated_data["state"])
         return changes
 
 
-class ChangeDetailView(ActsOnDefaultScope, APIView):
+class ChangeDetailView(ActsOnScope, APIView):
     role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
@@ -79,17 +79,22 @@ class ChangeDetailView(ActsOnDefaultScope, APIView):
         },
     )
     def get(self, request, change_id: int):
-        change = _queryset().filter(pk=change_id).first()
+        change = _queryset().filter(pk=change_id, scope_id=self.scope_id).first()
         if change is None:
             raise UnknownChange(change_id)
         return Response(_detail(change))
 
 
-def _decided(request, change_id: int, decide) -> Response:
+def _decided(view: ActsOnScope, request, change_id: int, decide) -> Response:
     """approve, reject or cancel: a comment in, the change request with its diff out."""
     body = DecisionSerializer(data=request.data if request.body else {})
     body.is_valid(raise_exception=True)
-    change = decide(change_id, comment=body.validated_data["comment"], source_ip=client_ip(request))
+    change = decide(
+        change_id,
+        scope_id=view.scope_id,
+        comment=body.validated_data["comment"],
+        source_ip=client_ip(request),
+    )
     return Response(_detail(_queryset().get(pk=change.pk)))
 
 
@@ -108,7 +113,7 @@ def _decision_schema(summary: str, description: str):
     )
 
 
-class ApproveChangeView(ActsOnDefaultScope, APIView):
+class ApproveChangeView(ActsOnScope, APIView):
     role_rules = {"POST": APPROVER}
 
     @_decision_schema(
@@ -118,10 +123,12 @@ class ApproveChangeView(ActsOnDefaultScope, APIView):
         "`published_version` names the new version.",
     )
     def post(self, request, change_id: int):
-        return _decided(request, change_id, partial(services.approve_change, approver=request.user))
+        return _decided(
+            self, request, change_id, partial(services.approve_change, approver=request.user)
+        )
 
 
-class RejectChangeView(ActsOnDefaultScope, APIView):
+class RejectChangeView(ActsOnScope, APIView):
     role_rules = {"POST": APPROVER}
 
     @_decision_schema(
@@ -129,14 +136,18 @@ class RejectChangeView(ActsOnDefaultScope, APIView):
         "By an approver other than its author (the author cancels instead).",
     )
     def post(self, request, change_id: int):
-        return _decided(request, change_id, partial(services.reject_change, approver=request.user))
+        return _decided(
+            self, request, change_id, partial(services.reject_change, approver=request.user)
+        )
 
 
-class CancelChangeView(ActsOnDefaultScope, APIView):
+class CancelChangeView(ActsOnScope, APIView):
     role_rules = {"POST": EDITOR}
 
     @_decision_schema(
         "Cancel a change request", "By its author (or a superuser); 403 for anyone else."
     )
     def post(self, request, change_id: int):
-        return _decided(request, change_id, partial(services.cancel_change, actor=request.user))
+        return _decided(
+            self, request, change_id, partial(services.cancel_change, actor=request.user)
+        )

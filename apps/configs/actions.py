@@ -21,10 +21,9 @@ from apps.changes.models import ChangeRequest
 from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion, UnknownVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.services import announce_config, content_of, if_match_allows, lock_newest
+from apps.rollouts.errors import NothingToRollOutFrom, RolloutConflict
 from apps.rollouts.models import Rollout
 from apps.rollouts.services import (
-    NothingToRollOutFrom,
-    RolloutConflict,
     end_split_rollout,
     refuse_publish_during_rollout,
     rollout_to_abort,
@@ -65,6 +64,7 @@ class Rollback:
 
 
 def _make_version(
+    scope_id: int,
     config_url: str | None,
     pooling_interval: int | None,
     *,
@@ -77,7 +77,8 @@ def _make_version(
     change: ChangeRequest | None = None,
     rollback: Rollback | None = None,
 ) -> tuple[ConfigVersion, bool]:
-    """Make the given content current. Returns (config, created); identical content is a no-op,
+    """Make the given content current in a scope. Returns (config, created); identical content
+    is a no-op,
     and so is not audited. A field left as None keeps the current value: the merge happens under
     the lock, so two admins changing different fields at once both keep their change.
 
@@ -95,7 +96,7 @@ def _make_version(
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             with transaction.atomic():
-                newest = lock_newest()
+                newest = lock_newest(scope_id)
                 if newest is None and (config_url is None or pooling_interval is None):
                     raise NoConfigYet()
                 current_version = newest.version if newest else 0
@@ -121,6 +122,7 @@ def _make_version(
                 if newest is not None and newest.same_content(url, interval):
                     return newest, False
                 config = ConfigVersion.objects.create(
+                    scope_id=scope_id,
                     version=current_version + 1,
                     config_url=url,
                     pooling_interval=interval,
@@ -128,7 +130,7 @@ def _make_version(
                     rolled_back_from=rollback.version if rollback else None,
                 )
                 audited = {"before": content_of(newest), "after": content_of(config)}
-                made_stale = ChangeRequest.objects.make_stale(config.version, keep=change)
+                made_stale = ChangeRequest.objects.make_stale(scope_id, config.version, keep=change)
                 if made_stale:
                     audited["made_stale"] = made_stale
                 record_event(
@@ -136,7 +138,7 @@ def _make_version(
                     actor=actor,
                     source_ip=source_ip,
                     target=f"config v{config.version}",
-                    scope=scope_names(config.scope_id),
+                    scope=scope_names(scope_id),
                     detail={**audited, **(detail or {})},
                 )
                 if plan is not None:
@@ -152,6 +154,7 @@ def _make_version(
 
 def publish_config(
     *,
+    scope_id: int | None = None,
     config_url: str | None = None,
     pooling_interval: int | None = None,
     rollout: dict | None = None,
@@ -159,9 +162,11 @@ def publish_config(
     source_ip: str | None = None,
     if_match: str | None = None,
 ) -> tuple[ConfigVersion, bool]:
-    """Publish the given content (a field left as None keeps its value), to every agent at once
-    or by the `rollout` plan; refused while a rollout is rolling or paused."""
+    """Publish the given content (a field left as None keeps its value) in a scope (the default
+    scope when None), to every agent at once or by the `rollout` plan; refused while a rollout
+    is rolling or paused."""
     return _make_version(
+        scope_id or default_scope_id(),
         config_url,
         pooling_interval,
         action=AuditEntry.CONFIG_CREATED,
@@ -174,16 +179,20 @@ def publish_config(
 
 def update_config(
     *,
+    scope_id: int | None = None,
     actor=None,
     source_ip: str | None = None,
     if_match: str | None = None,
     rollout: dict | None = None,
     **changes,
 ) -> tuple[ConfigVersion, bool]:
-    """Change some fields of the current config; a field left out keeps its value."""
-    if not ConfigVersion.objects.exists():
+    """Change some fields of the current config of a scope (the default scope when None); a
+    field left out keeps its value."""
+    scope_id = scope_id or default_scope_id()
+    if not ConfigVersion.objects.filter(scope_id=scope_id).exists():
         raise NoConfigYet()
     return _make_version(
+        scope_id,
         changes.get("config_url"),
         changes.get("pooling_interval"),
         action=AuditEntry.CONFIG_UPDATED,
@@ -194,20 +203,21 @@ def update_config(
     )
 
 
-def current_policy():
-    """The rules of the default scope's environment (an Environment): how many approvers must
-    say yes (0: editors publish directly), and the rollout plan of a change naming none."""
-    return policy_of(default_scope_id())
+def current_policy(scope_id: int | None = None):
+    """The rules of a scope's environment (an Environment; the default scope's when None): how
+    many approvers must say yes (0: editors publish directly), and the rollout plan of a change
+    naming none."""
+    return policy_of(scope_id or default_scope_id())
 
 
-def approvals_required() -> int:
-    return current_policy().approvals_required
+def approvals_required(scope_id: int | None = None) -> int:
+    return current_policy(scope_id).approvals_required
 
 
-def approval_bypass(rule: str) -> dict | None:
-    """The audit detail of a publish that skipped approval while approvals are required
-    (None while they are not: nothing was skipped)."""
-    required = approvals_required()
+def approval_bypass(rule: str, scope_id: int) -> dict | None:
+    """The audit detail of a publish that skipped approval while the scope's environment
+    requires approvals (None while it does not: nothing was skipped)."""
+    required = approvals_required(scope_id)
     if not required:
         return None
     return {"approval_bypassed": {"approvals_required": required, "rule": rule}}
@@ -215,6 +225,7 @@ def approval_bypass(rule: str) -> dict | None:
 
 def publish_emergency(
     *,
+    scope_id: int | None = None,
     actor,
     reason: str,
     source_ip: str | None = None,
@@ -226,15 +237,17 @@ def publish_emergency(
     with its reason. Pending requests become stale like after any publish."""
     if not (actor is not None and actor.is_active and actor.is_superuser):
         raise EmergencyNeedsSuperuser()
-    if partial and not ConfigVersion.objects.exists():
+    scope_id = scope_id or default_scope_id()
+    if partial and not ConfigVersion.objects.filter(scope_id=scope_id).exists():
         raise NoConfigYet()
     config, created = _make_version(
+        scope_id,
         config_url,
         pooling_interval,
         action=AuditEntry.CONFIG_EMERGENCY,
         actor=actor,
         source_ip=source_ip,
-        detail={"reason": reason, **(approval_bypass(EMERGENCY_RULE) or {})},
+        detail={"reason": reason, **(approval_bypass(EMERGENCY_RULE, scope_id) or {})},
     )
     if created:
         logger.warning("emergency publish of version %s by %s: %s", config.version, actor, reason)
@@ -247,6 +260,7 @@ def publish_change_request(
     """The last approval of `change` publishes its content (with its rollout plan), in the
     approval's transaction; BaseVersionGone when a newer version was published meanwhile."""
     config, _ = _make_version(
+        change.scope_id,
         change.config_url,
         change.pooling_interval,
         action=AuditEntry.CONFIG_UPDATED if change.base_version else AuditEntry.CONFIG_CREATED,
@@ -266,24 +280,27 @@ def publish_change_request(
     return config
 
 
-def _roll_back(rollback: Rollback, *, actor=None, source_ip=None) -> tuple[ConfigVersion, bool]:
-    target = ConfigVersion.objects.filter(version=rollback.version).first()
+def _roll_back(
+    rollback: Rollback, scope_id: int, *, actor=None, source_ip=None
+) -> tuple[ConfigVersion, bool]:
+    target = ConfigVersion.objects.filter(scope_id=scope_id, version=rollback.version).first()
     if target is None:
         raise UnknownVersion(rollback.version)
-    bypass = approval_bypass(ROLLBACK_BYPASS_RULE if actor is not None else HALT_BYPASS_RULE)
+    rule = ROLLBACK_BYPASS_RULE if actor is not None else HALT_BYPASS_RULE
     return _make_version(
+        scope_id,
         target.config_url,
         target.pooling_interval,
         action=AuditEntry.CONFIG_ROLLED_BACK,
         actor=actor,
         source_ip=source_ip,
-        detail=bypass,
+        detail=approval_bypass(rule, scope_id),
         rollback=rollback,
     )
 
 
 def rollback_config(
-    *, version: int, actor=None, source_ip: str | None = None
+    *, version: int, scope_id: int | None = None, actor=None, source_ip: str | None = None
 ) -> tuple[ConfigVersion, bool]:
     """Make a new version whose content is that of `version`, for every agent at once; a
     rollout still splitting the fleet is aborted.
@@ -292,18 +309,26 @@ def rollback_config(
     once: it puts back content that was published before, and in an incident that must not
     wait for approvers. Its audit entry says so (`approval_bypassed`, with the rule), and the
     change requests' list in the admin shows it."""
-    return _roll_back(Rollback(version), actor=actor, source_ip=source_ip)
+    return _roll_back(
+        Rollback(version), scope_id or default_scope_id(), actor=actor, source_ip=source_ip
+    )
 
 
 def abort_rollout(
-    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+    *,
+    scope_id: int | None = None,
+    actor=None,
+    source_ip=None,
+    reason: str = "",
+    version: int | None = None,
 ) -> Rollout:
     """Put every agent back on the previous version's content at once. Workers refuse older
     versions, so this publishes a new version carrying the previous content, as a rollback
     does; the history shows it as a rollback and the audit log as the rollout's abort."""
-    rollout = rollout_to_abort(version)
+    rollout = rollout_to_abort(scope_id or default_scope_id(), version)
     _roll_back(
         Rollback(rollout.previous_version, reason=reason or "aborted", rollout=rollout.version),
+        rollout.scope_id,
         actor=actor,
         source_ip=source_ip,
     )
@@ -323,7 +348,8 @@ def halt_rollout(rollout: Rollout, detail: dict) -> Rollout | None:
                 reason=detail["reason"],
                 rollout=rollout.version,
                 halt=detail,
-            )
+            ),
+            rollout.scope_id,
         )
     except RolloutConflict:
         return None

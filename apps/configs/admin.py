@@ -11,8 +11,9 @@ from apps.changes import services as changes
 from apps.configs import actions, preflight, services
 from apps.configs.errors import NoLiveAgent, PreflightFailed
 from apps.configs.models import ConfigVersion
+from apps.rollouts.errors import RolloutPlanNeedsDirectPublish
 from apps.rollouts.serializers import RolloutPlanSerializer
-from apps.rollouts.services import RolloutPlanNeedsDirectPublish
+from apps.scopes.services import default_scope_id
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -143,7 +144,11 @@ class ConfigChangeForm(forms.Form):
 
 
 def _previous(field: str) -> Subquery:
-    return Subquery(ConfigVersion.objects.filter(version=OuterRef("version") - 1).values(field)[:1])
+    return Subquery(
+        ConfigVersion.objects.filter(
+            scope=OuterRef("scope"), version=OuterRef("version") - 1
+        ).values(field)[:1]
+    )
 
 
 @admin.register(ConfigVersion)
@@ -153,6 +158,7 @@ class ConfigVersionAdmin(HistoryAdmin):
 
     list_display = [
         "version",
+        "scope",
         "config_url",
         "pooling_interval",
         "changed",
@@ -161,6 +167,7 @@ class ConfigVersionAdmin(HistoryAdmin):
         "created_at",
     ]
     list_display_links = ["version"]
+    list_filter = ["scope"]
     search_fields = ["config_url"]
     readonly_fields = [f.name for f in ConfigVersion._meta.fields]
     actions = ["rollback_to_version"]
@@ -213,7 +220,7 @@ class ConfigVersionAdmin(HistoryAdmin):
     def change_config_view(self, request):
         if not self.has_publish_permission(request):
             raise PermissionDenied(role_needed_message(EDITOR))
-        current = services.get_current_config()
+        current = services.get_current_config(default_scope_id())
         trial = None
         if request.method == "POST" and "_preflight" in request.POST:
             # Try the URL on a few agents' workers; nothing is saved.
@@ -280,7 +287,7 @@ class ConfigVersionAdmin(HistoryAdmin):
     def _preflight(self, form: ConfigChangeForm, config_url: str) -> dict | None:
         try:
             check_config_url(config_url)
-            return preflight.run_preflight(config_url=config_url)
+            return preflight.run_preflight(config_url=config_url, scope_id=default_scope_id())
         except InvalidConfig as exc:
             form.add_error(exc.field, exc.message)
         except NoLiveAgent as exc:
@@ -327,7 +334,7 @@ class ConfigVersionAdmin(HistoryAdmin):
             return None
         target = queryset.get()
         if request.POST.get("confirmed") != "yes":
-            current = services.get_current_config()
+            current = services.get_current_config(target.scope_id)
             return TemplateResponse(
                 request,
                 "admin/confirm_action.html",
@@ -362,7 +369,10 @@ class ConfigVersionAdmin(HistoryAdmin):
                 },
             )
         config, created = actions.rollback_config(
-            version=target.version, actor=request.user, source_ip=client_ip(request)
+            version=target.version,
+            scope_id=target.scope_id,
+            actor=request.user,
+            source_ip=client_ip(request),
         )
         if created:
             self.message_user(

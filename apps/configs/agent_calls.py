@@ -59,13 +59,13 @@ def _config_for_agent(token: str | None, if_none_match: str | None):
     headers = [(b"etag", etag.encode())]
     if unchanged:
         return 304, None, headers
-    return 200, config_body(version), headers
+    return 200, config_body(agent.scope_id, version), headers
 
 
-@functools.lru_cache(maxsize=8)
-def config_body(version: int) -> bytes:
-    """The JSON of one version; a version never changes once made, so it is kept."""
-    config = ConfigVersion.objects.get(version=version)
+@functools.lru_cache(maxsize=64)
+def config_body(scope_id: int, version: int) -> bytes:
+    """The JSON of one version of a scope; a version never changes once made, so it is kept."""
+    config = ConfigVersion.objects.get(scope_id=scope_id, version=version)
     return json.dumps(ConfigSerializer(config).data).encode()
 
 

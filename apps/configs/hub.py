@@ -1,9 +1,12 @@
-"""The watch hub: wakes every watch held in this process when the configuration changes.
+"""The watch hub: wakes the watches held in this process when their scope's configuration
+changes.
 
 Each process runs one Hub. It keeps ONE Redis subscription for the whole process and wakes every
 waiting request from it; when Redis is absent or down it re-reads the database once a second
 while anyone is waiting, so no change is missed either way. The ASGI routes that hold the
-watches are in watch.py. Every message read from Redis must carry the seal of a holder of
+watches are in watch.py. It keeps the newest state of each scope it has heard of, and its held
+watches by scope once their agent is known, so that a change in one scope wakes that scope's
+watches only. Every message read from Redis must carry the seal of a holder of
 SECRET_KEY (apps/ops/sealed.py); one that does not only makes the hub read the database again.
 The same subscription brings pre-flight requests
 (apps/configs/preflight.py), which answer a held watch with the state its agent already has and
@@ -21,7 +24,7 @@ import functools
 import json
 import logging
 import time
-from typing import Literal, TypedDict
+from typing import TypedDict
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -34,6 +37,7 @@ from apps.agents.auth import sweep_revocations
 from apps.agents.models import Agent
 from apps.configs import notifications
 from apps.configs.services import get_current_config, state_of
+from apps.configs.waiters import HeldWatches, Waiter
 from apps.ops import metrics
 from apps.ops.sealed import open_message
 from apps.rollouts.targets import target_of
@@ -60,78 +64,13 @@ class RolloutSplit(TypedDict):
 
 
 class ServedState(ConfigState):
-    """What this process serves (apps.configs.services.state_of): the newest version's answer,
-    the revision of its rollout, and the split while a rollout is under way."""
+    """What this process serves of one scope (apps.configs.services.state_of): the newest
+    version's answer, the revision of its rollout, the split while a rollout is under way, and
+    the scope's id."""
 
     revision: int
     rollout: RolloutSplit | None
-
-
-# Why a held watch was woken: its agent's target changed (with the new answer), its agent was
-# revoked, a newer watch of its agent replaced it, a pre-flight request came for its agent (with
-# the request), the process is stopping; and the two its own timers set: its wait ended, or
-# (a stream) the client hung up.
-Outcome = Literal["changed", "revoked", "replaced", "preflight", "shutdown", "timeout", "gone"]
-Woken = tuple[Outcome, dict | None]
-
-
-class Waiter:
-    """One held request: woken with its agent's new answer, or with None when its agent is
-    revoked (or when the state moved before its agent was known)."""
-
-    __slots__ = ("known", "agent_id", "labels", "future", "replaced")
-
-    def __init__(self, known: int, future: "asyncio.Future[Woken]") -> None:
-        self.known = known
-        self.agent_id: str | None = None
-        self.labels: dict = {}
-        self.future = future
-        # Set when a newer watch of the same agent took its place (HeldWatches).
-        self.replaced = False
-
-
-class HeldWatches:
-    """The watches and streams this process holds, by agent, within two caps.
-
-    Per agent (CONTROLLER_MAX_WATCHES_PER_AGENT): a new watch beyond the cap ends the agent's
-    oldest one, which is woken with "replaced". The newest wins rather than being refused, so
-    an agent that reconnects after its connection dropped is never turned away because the
-    dead connection is still counted (a held long poll notices a hang-up only when it answers);
-    a stolen token still holds no more than the cap. Per process (CONTROLLER_MAX_WATCHES):
-    beyond it a new watch is refused, and the caller answers 503. A cap of 0 is no cap."""
-
-    def __init__(self, per_agent: int, total: int) -> None:
-        self.per_agent = per_agent
-        self.total = total
-        self.by_agent: dict[str, list[Waiter]] = {}
-        self.count = 0
-
-    def hold(self, waiter: Waiter) -> bool:
-        """Count `waiter` as held; False (nothing counted) when the process is full."""
-        if self.total and self.count >= self.total:
-            metrics.instruments().watch_limits.labels("process").inc()
-            return False
-        held = self.by_agent.setdefault(waiter.agent_id, [])
-        held.append(waiter)
-        self.count += 1
-        if self.per_agent and len(held) > self.per_agent:
-            oldest = held.pop(0)
-            self.count -= 1
-            oldest.replaced = True
-            if not oldest.future.done():
-                oldest.future.set_result(("replaced", None))
-            metrics.instruments().watch_limits.labels("agent").inc()
-        return True
-
-    def release(self, waiter: Waiter) -> None:
-        """The watch ended (answered, hung up, replaced): it no longer counts."""
-        held = self.by_agent.get(waiter.agent_id)
-        if held is None or waiter not in held:
-            return
-        held.remove(waiter)
-        self.count -= 1
-        if not held:
-            del self.by_agent[waiter.agent_id]
+    scope: int
 
 
 def stamp(state: ServedState) -> tuple[int, int]:
@@ -143,7 +82,10 @@ class Hub:
     """Wakes this process's held watches when the version moves past what they know."""
 
     def __init__(self) -> None:
+        # Every held request; those whose agent is not known yet; the others by scope.
         self.waiters: set[Waiter] = set()
+        self.pending: set[Waiter] = set()
+        self.by_scope: dict[int, set[Waiter]] = {}
         self.held = HeldWatches(
             settings.CONTROLLER_MAX_WATCHES_PER_AGENT, settings.CONTROLLER_MAX_WATCHES
         )
@@ -151,7 +93,8 @@ class Hub:
         # known (so that no change is missed), and a revocation that arrives in between finds
         # no waiter to cut: the watch checks here once its agent is known. Revocation is final.
         self.revoked: set[str] = set()
-        self.latest: ServedState = state_of(None)
+        # The newest state heard of each scope.
+        self.latest: dict[int, ServedState] = {}
         self.redis_healthy = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -192,6 +135,35 @@ class Hub:
             if not waiter.future.done():
                 waiter.future.set_result(("shutdown", None))
 
+    # Held requests ------------------------------------------------------------------------
+
+    def subscribe(self, waiter: Waiter) -> None:
+        """Hold `waiter` before its agent is known, so that a change meanwhile still wakes it."""
+        self.waiters.add(waiter)
+        self.pending.add(waiter)
+
+    def place(self, waiter: Waiter, agent: Agent) -> None:
+        """Its agent is known: from now on only its scope's changes wake it."""
+        waiter.agent_id = str(agent.pk)
+        waiter.scope_id = agent.scope_id
+        waiter.labels = agent.labels or {}
+        self.pending.discard(waiter)
+        self.by_scope.setdefault(agent.scope_id, set()).add(waiter)
+
+    def unsubscribe(self, waiter: Waiter) -> None:
+        self.waiters.discard(waiter)
+        self.pending.discard(waiter)
+        held = self.by_scope.get(waiter.scope_id) if waiter.scope_id is not None else None
+        if held is not None:
+            held.discard(waiter)
+            if not held:
+                del self.by_scope[waiter.scope_id]
+
+    def latest_of(self, scope_id: int) -> ServedState:
+        """The newest state heard of a scope; version 0 when none was."""
+        state = self.latest.get(scope_id)
+        return state if state is not None else state_of(None, scope_id)
+
     # Delivery ---------------------------------------------------------------------------
 
     def deliver_threadsafe(self, message: dict) -> None:
@@ -201,8 +173,11 @@ class Hub:
     def deliver(self, message: dict) -> None:
         metrics.instruments().notifications_received.inc()
         if message.get("type") == "config":
-            # A controller of an older release announces only the version and the interval: the
-            # answer then lacks the content, and the agents fetch it from /config/agent.
+            if not isinstance(message.get("scope"), int):
+                # A controller of an older release names no scope: its change is read from the
+                # database at the next recheck, for every scope held here.
+                self.recheck_requested = True
+                return
             state: ServedState = {
                 "version": message.get("version"),
                 "pooling_interval": message.get("pooling_interval"),
@@ -210,6 +185,7 @@ class Hub:
                 "uuid": message.get("uuid"),
                 "revision": message.get("revision") or 0,
                 "rollout": message.get("rollout"),
+                "scope": message["scope"],
             }
             if isinstance(state["version"], int) and isinstance(state["revision"], int):
                 self.advance(state)
@@ -221,24 +197,26 @@ class Hub:
             self.relabel(message.get("agent_id"), message.get("labels"))
 
     def advance(self, state: ServedState) -> None:
-        """Wake every waiter whose answer is now another version than it knows. States only
-        move forward: a late, older notification (two processes publishing at once) wakes
-        nobody. During a rollout each waiter's answer is its agent's target (canary, started
-        wave or not), decided from the state alone, without a query; the answers stay one per
-        version."""
-        if stamp(state) <= stamp(self.latest):
-            if stamp(state) == stamp(self.latest) and self.latest["uuid"] is None:
+        """Wake every waiter of the state's scope whose answer is now another version than it
+        knows. States only move forward: a late, older notification (two processes publishing
+        at once) wakes nobody. During a rollout each waiter's answer is its agent's target
+        (canary, started wave or not), decided from the state alone, without a query; the
+        answers stay one per version."""
+        scope_id = state["scope"]
+        latest = self.latest.get(scope_id)
+        if latest is not None and stamp(state) <= stamp(latest):
+            if stamp(state) == stamp(latest) and latest["uuid"] is None:
                 # The same version, now with its content (read after a bare notification).
-                self.latest = state
+                self.latest[scope_id] = state
             return
-        self.latest = state
-        woken = 0
-        for waiter in self.waiters:
-            if waiter.future.done():
-                continue
-            if waiter.agent_id is None:
-                # Still authenticating: it reads the newest state once it knows its agent.
+        self.latest[scope_id] = state
+        for waiter in self.pending:
+            # Still authenticating: it reads the newest state once it knows its agent.
+            if not waiter.future.done():
                 waiter.future.set_result(("changed", None))
+        woken = 0
+        for waiter in self.by_scope.get(scope_id, ()):
+            if waiter.future.done():
                 continue
             answer = target_of(state, waiter.agent_id, waiter.labels)
             if waiter.known != answer["version"]:
@@ -250,7 +228,7 @@ class Hub:
     def latest_target_moved(self, waiter: Waiter) -> bool:
         """Whether the newest state answers this waiter another version than it knows (a
         re-armed stream checks this: a change while it was writing woke nobody)."""
-        answer = target_of(self.latest, waiter.agent_id, waiter.labels)
+        answer = target_of(self.latest_of(waiter.scope_id), waiter.agent_id, waiter.labels)
         return answer["version"] != waiter.known
 
     def offer_preflight(self, message: dict) -> None:
@@ -291,7 +269,7 @@ class Hub:
                 continue
             waiter.labels = labels
             if not waiter.future.done():
-                answer = target_of(self.latest, waiter.agent_id, labels)
+                answer = target_of(self.latest_of(waiter.scope_id), waiter.agent_id, labels)
                 if waiter.known != answer["version"]:
                     waiter.future.set_result(("changed", answer))
 
@@ -409,8 +387,9 @@ class Hub:
             await asyncio.sleep(settings.AGENT_AUTH_CACHE_SECONDS / 2)
 
     async def _read_database_once(self) -> None:
-        state = await _state_from_database()
-        self.advance(state)
+        """The state of every scope with a watch held here, from the database."""
+        for state in await _states_from_database(list(self.by_scope)):
+            self.advance(state)
 
     async def _cut_revoked_waiters(self) -> None:
         held = {w.agent_id for w in self.waiters if w.agent_id}
@@ -457,8 +436,8 @@ def with_database(function):
 
 
 @with_database
-def _state_from_database() -> ServedState:
-    return state_of(get_current_config())
+def _states_from_database(scope_ids: list[int]) -> list[ServedState]:
+    return [state_of(get_current_config(scope_id), scope_id) for scope_id in scope_ids]
 
 
 @with_database

@@ -55,18 +55,22 @@ def _result_key(preflight_id: str, agent_id: str) -> str:
     return f"preflight:{preflight_id}:{agent_id}"
 
 
-def choose_agents(count: int) -> list[Agent]:
-    """Up to `count` live agents (in contact recently, not revoked), most recently seen first."""
-    state, now = get_current_state(), timezone.now()
+def choose_agents(scope_id: int, count: int) -> list[Agent]:
+    """Up to `count` live agents of a scope (in contact recently, not revoked), most recently
+    seen first."""
+    state, now = get_current_state(scope_id), timezone.now()
     live = status_condition("in_sync", state, now) | status_condition("behind", state, now)
-    return list(Agent.objects.filter(live).order_by("-last_seen")[:count])
+    return list(Agent.objects.filter(live, scope_id=scope_id).order_by("-last_seen")[:count])
 
 
-def run_preflight(*, config_url: str, agents: int = 3, timeout_seconds: int = 10) -> dict:
-    """Ask up to `agents` live agents to fetch `config_url` through one of their workers, and
-    wait up to `timeout_seconds` for their answers. {"config_url", "ok", "results"}, a result
-    for every agent asked (those that did not answer too); `ok` by `passes`."""
-    chosen = choose_agents(agents)
+def run_preflight(
+    *, config_url: str, scope_id: int | None = None, agents: int = 3, timeout_seconds: int = 10
+) -> dict:
+    """Ask up to `agents` live agents of a scope (the default scope when None) to fetch
+    `config_url` through one of their workers, and wait up to `timeout_seconds` for their
+    answers. {"config_url", "ok", "results"}, a result for every agent asked (those that did
+    not answer too); `ok` by `passes`."""
+    chosen = choose_agents(scope_id or default_scope_id(), agents)
     if not chosen:
         raise NoLiveAgent()
     preflight_id = uuid.uuid4().hex
@@ -194,36 +198,40 @@ def reserve_preflight(user) -> None:
 
 
 def preflight_before_publish(
-    config_url: str | None, *, actor=None, source_ip: str | None = None
+    config_url: str | None, *, scope_id: int, actor=None, source_ip: str | None = None
 ) -> dict:
     """A plan's `"preflight": true`: run the pre-flight of the URL about to be published (the
     current one when the change leaves it as it is), before anything is stored. When it is not
     ok (PreflightFailed, 422) or no agent is live to run it (NoLiveAgent, 409), the refused
     attempt is audited and nothing is published."""
     if config_url is None:
-        current = get_current_config()
+        current = get_current_config(scope_id)
         if current is None:
             raise NoConfigYet()
         config_url = current.config_url
     try:
-        answer = run_preflight(config_url=config_url)
+        answer = run_preflight(config_url=config_url, scope_id=scope_id)
     except NoLiveAgent:
-        _audit_refusal(config_url, "no agent is live to run the pre-flight", [], actor, source_ip)
+        why = "no agent is live to run the pre-flight"
+        _audit_refusal(scope_id, config_url, why, [], actor, source_ip)
         raise
     if not answer["ok"]:
-        _audit_refusal(config_url, "the pre-flight failed", answer["results"], actor, source_ip)
+        why = "the pre-flight failed"
+        _audit_refusal(scope_id, config_url, why, answer["results"], actor, source_ip)
         raise PreflightFailed(answer)
     return answer
 
 
-def _audit_refusal(config_url: str, why: str, results: list, actor, source_ip) -> None:
+def _audit_refusal(
+    scope_id: int, config_url: str, why: str, results: list, actor, source_ip
+) -> None:
     record_event(
         AuditEntry.PREFLIGHT_REFUSED,
         actor=actor,
         source_ip=source_ip,
         target="config",
         detail={"config_url": config_url, "why": why, "results": results},
-        scope=scope_names(default_scope_id()),
+        scope=scope_names(scope_id),
     )
     logger.warning("publish of %s refused: %s", config_url, why)
 

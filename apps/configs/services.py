@@ -1,6 +1,7 @@
 """Reading the configuration and telling the agents about it: the current version, the state the
 watch serves (with the split of a rollout in progress), the writers' lock, and the announcement
-after a commit. Every write is in apps.configs.actions."""
+after a commit, each of one scope (an application in an environment), named by its id. Every
+write is in apps.configs.actions."""
 
 import logging
 
@@ -15,14 +16,23 @@ from protocol.config import ConfigState
 
 logger = logging.getLogger(__name__)
 
-CURRENT_STATE_KEY = "config:current"
 # A safety net only: announce_config refreshes the key on every change. The timeout bounds how
 # long a value written while Redis was flapping could outlive a change whose refresh was lost.
 CURRENT_STATE_TIMEOUT = 60
 
 
-def get_current_config() -> ConfigVersion | None:
-    return ConfigVersion.objects.select_related("created_by").order_by("-version").first()
+def state_key(scope_id: int) -> str:
+    """The cache key of a scope's served state."""
+    return f"config:current:{scope_id}"
+
+
+def get_current_config(scope_id: int) -> ConfigVersion | None:
+    return (
+        ConfigVersion.objects.filter(scope_id=scope_id)
+        .select_related("created_by")
+        .order_by("-version")
+        .first()
+    )
 
 
 def answer_of(config: ConfigVersion | None) -> ConfigState:
@@ -38,11 +48,12 @@ def answer_of(config: ConfigVersion | None) -> ConfigState:
     )
 
 
-def state_of(config: ConfigVersion | None) -> dict:
-    """The served state: the newest version's answer, the revision of its rollout (so that a
-    newer state of the same version is told from an older one), and, while a rollout splits the
-    fleet, what decides who still gets the previous version (apps.rollouts.targets)."""
-    state = {**answer_of(config), "revision": 0, "rollout": None}
+def state_of(config: ConfigVersion | None, scope_id: int) -> dict:
+    """The served state of a scope: the newest version's answer, the revision of its rollout
+    (so that a newer state of the same version is told from an older one), and, while a rollout
+    splits the fleet, what decides who still gets the previous version (apps.rollouts.targets).
+    """
+    state = {**answer_of(config), "revision": 0, "rollout": None, "scope": scope_id}
     rollout = (
         Rollout.objects.filter(scope_id=config.scope_id, version=config.version).first()
         if config
@@ -58,16 +69,17 @@ def state_of(config: ConfigVersion | None) -> dict:
     return state
 
 
-def get_current_state() -> dict:
-    """The served state (state_of), from the cache when warm, else from the database."""
-    state = cache.get(CURRENT_STATE_KEY)
+def get_current_state(scope_id: int) -> dict:
+    """A scope's served state (state_of), from the cache when warm, else from the database."""
+    key = state_key(scope_id)
+    state = cache.get(key)
     # A controller of an older release keeps less there: such an entry is read again from the
     # database rather than answered without its content or its rollout.
-    if isinstance(state, dict) and "uuid" in state and "revision" in state:
+    if isinstance(state, dict) and "uuid" in state and state.get("scope") == scope_id:
         return state
-    state = state_of(get_current_config())
+    state = state_of(get_current_config(scope_id), scope_id)
     # add, not set: a change committed since our read has already stored a newer state.
-    cache.add(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
+    cache.add(key, state, timeout=CURRENT_STATE_TIMEOUT)
     return state
 
 
@@ -83,25 +95,25 @@ def read_for_agent(if_none_match: str | None, agent) -> tuple[int, str, bool]:
     """The decision behind GET /config/agent: (the agent's target version, its ETag, whether the
     agent's If-None-Match already names it, for a 304). Raises NoConfigYet before the first
     config."""
-    version = target_of(get_current_state(), agent.pk, agent.labels)["version"]
+    version = target_of(get_current_state(agent.scope_id), agent.pk, agent.labels)["version"]
     if version == 0:
         raise NoConfigYet()
     etag = f'"{version}"'
     return version, etag, etag_matches(if_none_match, etag)
 
 
-def announce_current_state() -> dict:
-    """Runs after a commit that changed what some agent is answered (a new version, a rollout's
-    wave): refresh the cached state and wake everyone watching."""
-    state = state_of(get_current_config())
-    cache.set(CURRENT_STATE_KEY, state, timeout=CURRENT_STATE_TIMEOUT)
+def announce_current_state(scope_id: int) -> dict:
+    """Runs after a commit that changed what some agent of a scope is answered (a new version, a
+    rollout's wave): refresh the scope's cached state and wake everyone watching it."""
+    state = state_of(get_current_config(scope_id), scope_id)
+    cache.set(state_key(scope_id), state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)
     return state
 
 
 def announce_config(config: ConfigVersion) -> None:
     """Runs after the commit of a new version."""
-    announce_current_state()
+    announce_current_state(config.scope_id)
     logger.info(
         "config version %s published: %s every %ss",
         config.version,
@@ -110,14 +122,16 @@ def announce_config(config: ConfigVersion) -> None:
     )
 
 
-def lock_newest() -> ConfigVersion | None:
-    """The newest version, with the writers' lock held until the transaction ends: every writer
-    takes it before deciding against the current version, so writers queue on one row."""
+def lock_newest(scope_id: int) -> ConfigVersion | None:
+    """A scope's newest version, with the scope's writers' lock held until the transaction
+    ends: every writer takes it before deciding against the current version, so the writers of
+    one scope queue on one row, and those of other scopes do not wait for them."""
+    versions = ConfigVersion.objects.filter(scope_id=scope_id)
     # The oldest version is locked, which is never changed; the newest is then read afresh and
     # sees whatever the previous writer committed.
-    if ConfigVersion.objects.select_for_update().order_by("version").first() is None:
+    if versions.select_for_update().order_by("version").first() is None:
         return None
-    return ConfigVersion.objects.order_by("-version").first()
+    return versions.order_by("-version").first()
 
 
 def content_of(config: ConfigVersion | None) -> dict | None:

@@ -1,6 +1,5 @@
 import json
 
-from django.db.models import Q
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -34,7 +33,7 @@ from apps.configs.serializers import (
     VersionStateSerializer,
 )
 from apps.rollouts.targets import target_of
-from apps.scopes.views import ActsOnDefaultScope
+from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 
 ERRORS = {
@@ -78,7 +77,7 @@ def _written(config: ConfigVersion, created: bool) -> Response:
     )
 
 
-def _write(request, values: dict, *, partial: bool) -> Response:
+def _write(request, scope_id: int, values: dict, *, partial: bool) -> Response:
     """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
     required, a change request (202) that publishes nothing yet; otherwise a publish."""
     plan, emergency = values.pop("rollout", None), values.pop("emergency", False)
@@ -86,6 +85,7 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     outcome = changes.request_config_change(
         request.user,
         values,
+        scope_id=scope_id,
         partial=partial,
         plan=plan,
         emergency=emergency,
@@ -103,7 +103,7 @@ def _write(request, values: dict, *, partial: bool) -> Response:
     return _written(config, outcome.created)
 
 
-class ConfigAdminView(ActsOnDefaultScope, APIView):
+class ConfigAdminView(ActsOnScope, APIView):
     """The current configuration, for admins."""
 
     role_rules = {"GET": ANY_ROLE, "POST": EDITOR, "PUT": EDITOR}
@@ -119,7 +119,7 @@ class ConfigAdminView(ActsOnDefaultScope, APIView):
         },
     )
     def get(self, request):
-        config = services.get_current_config()
+        config = services.get_current_config(self.scope_id)
         if config is None:
             raise NoConfigYet()
         return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
@@ -148,7 +148,7 @@ class ConfigAdminView(ActsOnDefaultScope, APIView):
     def post(self, request):
         serializer = ConfigWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _write(request, serializer.validated_data, partial=False)
+        return _write(request, self.scope_id, serializer.validated_data, partial=False)
 
     @extend_schema(
         tags=["config"],
@@ -171,7 +171,7 @@ class ConfigAdminView(ActsOnDefaultScope, APIView):
     def put(self, request):
         serializer = ConfigWriteSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        return _write(request, serializer.validated_data, partial=True)
+        return _write(request, self.scope_id, serializer.validated_data, partial=True)
 
 
 @extend_schema_view(
@@ -181,12 +181,15 @@ class ConfigAdminView(ActsOnDefaultScope, APIView):
         responses={200: HistoryEntrySerializer(many=True)},
     )
 )
-class ConfigHistoryView(ActsOnDefaultScope, generics.ListAPIView):
+class ConfigHistoryView(ActsOnScope, generics.ListAPIView):
     """Every version, newest first, with the fields each one changed."""
 
     serializer_class = HistoryEntrySerializer
-    queryset = ConfigVersion.objects.select_related("created_by").order_by("-version")
     role_rules = {"GET": ANY_ROLE}
+
+    def get_queryset(self):
+        versions = ConfigVersion.objects.filter(scope_id=self.scope_id)
+        return versions.select_related("created_by").order_by("-version")
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
@@ -194,16 +197,16 @@ class ConfigHistoryView(ActsOnDefaultScope, generics.ListAPIView):
             wanted = {entry.version - 1 for entry in page}
             previous = {
                 c.version: c
-                for c in ConfigVersion.objects.filter(Q(version__in=wanted)).only(
-                    "version", "config_url", "pooling_interval"
-                )
+                for c in ConfigVersion.objects.filter(
+                    scope_id=self.scope_id, version__in=wanted
+                ).only("version", "config_url", "pooling_interval")
             }
             for entry in page:
                 entry.changed = services.changed_fields(entry, previous.get(entry.version - 1))
         return page
 
 
-class ConfigRollbackView(ActsOnDefaultScope, APIView):
+class ConfigRollbackView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @extend_schema(
@@ -228,13 +231,14 @@ class ConfigRollbackView(ActsOnDefaultScope, APIView):
         return _written(
             *actions.rollback_config(
                 version=serializer.validated_data["version"],
+                scope_id=self.scope_id,
                 actor=request.user,
                 source_ip=client_ip(request),
             )
         )
 
 
-class PreflightView(ActsOnDefaultScope, APIView):
+class PreflightView(ActsOnScope, APIView):
     role_rules = {"POST": EDITOR}
 
     @extend_schema(
@@ -261,7 +265,9 @@ class PreflightView(ActsOnDefaultScope, APIView):
         serializer = PreflightSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         preflight.reserve_preflight(request.user)
-        return Response(preflight.run_preflight(**serializer.validated_data))
+        return Response(
+            preflight.run_preflight(scope_id=self.scope_id, **serializer.validated_data)
+        )
 
 
 class AgentPreflightResultView(AgentEndpoint):
@@ -310,7 +316,9 @@ class ConfigVersionView(AgentEndpoint):
         query = VersionQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         agent = request.user
-        return Response(target_of(services.get_current_state(), agent.pk, agent.labels))
+        return Response(
+            target_of(services.get_current_state(agent.scope_id), agent.pk, agent.labels)
+        )
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -367,7 +375,7 @@ class ConfigStreamView(AgentEndpoint):
                 status=status.HTTP_400_BAD_REQUEST,
             )
         agent = request.user
-        answer = target_of(services.get_current_state(), agent.pk, agent.labels)
+        answer = target_of(services.get_current_state(agent.scope_id), agent.pk, agent.labels)
         body = watch.STREAM_RETRY
         if answer["version"] != known:
             body += watch.stream_event(*(answer[field] for field in watch.STATE_FIELDS))
@@ -399,5 +407,5 @@ class ConfigAgentView(AgentEndpoint):
         )
         if unchanged:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        config = ConfigVersion.objects.get(version=version)
+        config = ConfigVersion.objects.get(scope_id=request.user.scope_id, version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})

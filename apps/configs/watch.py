@@ -47,9 +47,10 @@ from apps.configs.asgi import (
     settle,
     until_disconnect,
 )
-from apps.configs.hub import Hub, ServedState, Waiter, stamp, with_database
+from apps.configs.hub import Hub, ServedState, stamp, with_database
 from apps.configs.serializers import VersionQuerySerializer
 from apps.configs.services import get_current_state
+from apps.configs.waiters import Waiter
 from apps.ops import metrics
 from apps.rollouts.targets import target_of
 from controller_site.errors import is_database_failure
@@ -75,9 +76,10 @@ HUNG_UP = ("gone", None)
 
 @with_database
 def _touch_and_read(agent: Agent) -> ServedState:
-    """Note the agent's contact and read the current state, in one hop to a worker thread."""
+    """Note the agent's contact and read its scope's current state, in one hop to a worker
+    thread."""
     touch_last_seen(agent)
-    return get_current_state()
+    return get_current_state(agent.scope_id)
 
 
 class Watches:
@@ -123,11 +125,10 @@ class Watches:
             return None, await respond(send, *UNAUTHORIZED)
         if bad_query is not None:
             return None, await respond(send, 400, bad_query)
-        waiter.agent_id = str(agent.pk)
+        self.hub.place(waiter, agent)
         if waiter.agent_id in self.hub.revoked:
             # Revoked between the token's lookup and now: no cut will come.
             return None, await respond(send, *REVOKED)
-        waiter.labels = agent.labels or {}
         return state, 0
 
     async def watch(self, scope, receive, send) -> None:
@@ -147,7 +148,7 @@ class Watches:
             # Subscribe before reading, so a change committed in between still wakes us.
             loop = asyncio.get_running_loop()
             waiter = Waiter(-1 if known is None else known, loop.create_future())
-            self.hub.waiters.add(waiter)
+            self.hub.subscribe(waiter)
             try:
                 state, refused_with = await self.admit(waiter, scope, send, errors)
                 if state is None:
@@ -156,8 +157,9 @@ class Watches:
                 self.hub.advance(state)
                 # A notification may have outrun the cache refresh: trust the newer of the two.
                 # At the same stamp the hub's copy is the one kept, shared by every watch.
-                if stamp(self.hub.latest) >= stamp(state):
-                    state = self.hub.latest
+                latest = self.hub.latest_of(waiter.scope_id)
+                if stamp(latest) >= stamp(state):
+                    state = latest
                 preflight = self.hub.take_preflight(waiter.agent_id)
                 # During a rollout, the agent's own target: the new version or the previous one.
                 answer = target_of(state, waiter.agent_id, waiter.labels)
@@ -202,7 +204,7 @@ class Watches:
                 else:
                     status = await answer_version(send, news if outcome == "changed" else answer)
             finally:
-                self.hub.waiters.discard(waiter)
+                self.hub.unsubscribe(waiter)
         finally:
             metrics.observe_request(WATCH_PATH, "GET", status, time.perf_counter() - started)
 
@@ -224,7 +226,7 @@ class Watches:
             loop = asyncio.get_running_loop()
             waiter = Waiter(-1, loop.create_future())
             # Subscribed before the read, as a watch: a change in between is not missed.
-            self.hub.waiters.add(waiter)
+            self.hub.subscribe(waiter)
             try:
                 state, refused_with = await self.admit(waiter, scope, send, bad_query)
                 if state is None:
@@ -241,7 +243,7 @@ class Watches:
                 await send_chunk(send, STREAM_RETRY)
                 await self._stream_events(waiter, known, receive, send, loop)
             finally:
-                self.hub.waiters.discard(waiter)
+                self.hub.unsubscribe(waiter)
                 self.hub.held.release(waiter)
         finally:
             metrics.observe_request(STREAM_PATH, "GET", status, time.perf_counter() - started)
@@ -258,8 +260,11 @@ class Watches:
         try:
             preflight = self.hub.take_preflight(waiter.agent_id)
             while True:
-                # hub.latest is the newest state: whatever woke us, the answer is read from it.
-                answer = target_of(self.hub.latest, waiter.agent_id, waiter.labels)
+                # The hub's latest is the newest state: whatever woke us, the answer is read
+                # from it.
+                answer = target_of(
+                    self.hub.latest_of(waiter.scope_id), waiter.agent_id, waiter.labels
+                )
                 if answer["version"] != known:
                     known = answer["version"]
                     await send_chunk(send, stream_event(*(answer[f] for f in STATE_FIELDS)))

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -17,8 +17,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from apps.agents.models import Agent
+from apps.configs.models import ConfigVersion
 from apps.configs.services import get_current_state
 from apps.ops.metrics import CONTENT_TYPE, instruments, multiprocess_mode
+from apps.rollouts.health import health_of
+from apps.rollouts.models import Rollout
+from apps.rollouts.status import agents_by_target
+from apps.scopes.models import Scope
+
+# The agents' statuses the collector counts, in the order they are reported.
+STATUS_NAMES = ("active", "stale", "never_seen", "revoked")
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +68,13 @@ def metrics(request):
 
 
 class DatabaseStateCollector:
-    """The current config version and the agents by status, read when Prometheus scrapes."""
+    """Each scope's current config version, agents by status and rollout, read when Prometheus
+    scrapes, labelled by application and environment (a bounded set: the operators make them;
+    no agent is ever a label)."""
 
     def collect(self):
         try:
-            version = get_current_state()["version"]
-            seen_after = timezone.now() - timedelta(seconds=settings.METRICS_AGENT_STALE_SECONDS)
-            live = Q(revoked_at__isnull=True)
-            counts = Agent.objects.aggregate(
-                active=Count("pk", filter=live & Q(last_seen__gte=seen_after)),
-                stale=Count("pk", filter=live & Q(last_seen__lt=seen_after)),
-                never_seen=Count("pk", filter=live & Q(last_seen__isnull=True)),
-                revoked=Count("pk", filter=Q(revoked_at__isnull=False)),
-            )
+            scopes = read_scopes()
         except DatabaseError as exc:
             logger.warning("metrics: database unavailable: %s", exc)
             yield GaugeMetricFamily(
@@ -82,72 +84,112 @@ class DatabaseStateCollector:
         yield GaugeMetricFamily(
             "controller_database_up", "1 when the database answered the scrape.", value=1
         )
-        yield GaugeMetricFamily(
+        names = ["application", "environment"]
+        version = GaugeMetricFamily(
             "controller_config_version",
-            "The current configuration version; 0 before the first one.",
-            value=version,
+            "Each scope's current configuration version; 0 before the first one.",
+            labels=names,
         )
         agents = GaugeMetricFamily(
             "controller_agents",
-            "Registered agents by status: active (heard from within "
+            "Registered agents of each scope by status: active (heard from within "
             "METRICS_AGENT_STALE_SECONDS), stale, never_seen, revoked.",
-            labels=["status"],
+            labels=[*names, "status"],
         )
-        for status, count in counts.items():
-            agents.add_metric([status], count)
-        yield agents
-        yield from self.collect_rollout()
-
-    def collect_rollout(self):
-        from apps.rollouts.health import health_of
-        from apps.rollouts.models import Rollout
-        from apps.rollouts.status import agents_by_target, get_latest_rollout
-
-        try:
-            rollout = get_latest_rollout()
-            by_target = agents_by_target(get_current_state())
-            health = health_of(rollout) if rollout else None
-        except DatabaseError as exc:
-            logger.warning("metrics: database unavailable: %s", exc)
-            return
         states = GaugeMetricFamily(
             "controller_rollout_state",
-            "1 for the state of the current or last rollout, 0 for the others; all 0 before "
-            "the first rollout.",
-            labels=["state"],
+            "1 for the state of each scope's current or last rollout, 0 for the others; all 0 "
+            "before its first rollout.",
+            labels=[*names, "state"],
         )
-        for state, _ in Rollout.STATES:
-            states.add_metric([state], int(rollout is not None and rollout.state == state))
-        yield states
-        yield GaugeMetricFamily(
+        rollout_version = GaugeMetricFamily(
             "controller_rollout_version",
-            "The version the current or last rollout rolls out; 0 before the first.",
-            value=rollout.version if rollout else 0,
+            "The version each scope's current or last rollout rolls out; 0 before the first.",
+            labels=names,
         )
-        yield GaugeMetricFamily(
+        wave = GaugeMetricFamily(
             "controller_rollout_wave",
-            "The rollout's newest started wave: 0 the canaries, k the k-th wave.",
-            value=rollout.wave if rollout else 0,
+            "Each scope's rollout's newest started wave: 0 the canaries, k the k-th wave.",
+            labels=names,
         )
         targets = GaugeMetricFamily(
             "controller_agents_by_target_version",
-            "Agents not revoked, by the version the controller answers them now.",
-            labels=["version"],
+            "Agents not revoked of each scope, by the version the controller answers them now.",
+            labels=[*names, "version"],
         )
-        for version, count in sorted(by_target.items()):
-            targets.add_metric([str(version)], count)
-        yield targets
         hits = GaugeMetricFamily(
             "controller_rollout_hits",
-            "The hits the health gate judges, of the rollout's new version (since the last "
-            "resume) and of its previous version, by outcome (ok, failed).",
-            labels=["version", "outcome"],
+            "The hits the health gate judges, of each scope's rollout's new version (since the "
+            "last resume) and of its previous version, by outcome (ok, failed).",
+            labels=[*names, "version", "outcome"],
         )
-        if health is not None:
-            for which, counted in zip(("new", "previous"), health, strict=True):
-                hits.add_metric([which, "ok"], counted.ok)
-                hits.add_metric([which, "failed"], counted.failed)
-        yield hits
+        for scope in scopes:
+            named = [scope["application"], scope["environment"]]
+            version.add_metric(named, scope["version"])
+            for status, count in scope["agents"].items():
+                agents.add_metric([*named, status], count)
+            rollout = scope["rollout"]
+            for state, _ in Rollout.STATES:
+                running = int(rollout is not None and rollout.state == state)
+                states.add_metric([*named, state], running)
+            rollout_version.add_metric(named, rollout.version if rollout else 0)
+            wave.add_metric(named, rollout.wave if rollout else 0)
+            for target, count in sorted(scope["targets"].items()):
+                targets.add_metric([*named, str(target)], count)
+            if scope["health"] is not None:
+                for which, counted in zip(("new", "previous"), scope["health"], strict=True):
+                    hits.add_metric([*named, which, "ok"], counted.ok)
+                    hits.add_metric([*named, which, "failed"], counted.failed)
+        yield from (version, agents, states, rollout_version, wave, targets, hits)
+
+
+def read_scopes() -> list[dict]:
+    """What the collector reports of every scope, in a few queries whatever the fleet's size:
+    one each for the versions, the agents' counts and the latest rollouts, and per scope with
+    a rollout its health and, while it splits the fleet, its agents by target."""
+    seen_after = timezone.now() - timedelta(seconds=settings.METRICS_AGENT_STALE_SECONDS)
+    live = Q(revoked_at__isnull=True)
+    versions = dict(
+        ConfigVersion.objects.values("scope")
+        .annotate(newest=Max("version"))
+        .values_list("scope", "newest")
+    )
+    counts = {
+        row.pop("scope"): row
+        for row in Agent.objects.values("scope").annotate(
+            active=Count("pk", filter=live & Q(last_seen__gte=seen_after)),
+            stale=Count("pk", filter=live & Q(last_seen__lt=seen_after)),
+            never_seen=Count("pk", filter=live & Q(last_seen__isnull=True)),
+            revoked=Count("pk", filter=Q(revoked_at__isnull=False)),
+        )
+    }
+    latest = Rollout.objects.values("scope").annotate(newest=Max("version"))
+    wanted = Q(pk__in=[])
+    for row in latest:
+        wanted |= Q(scope_id=row["scope"], version=row["newest"])
+    rollouts = {rollout.scope_id: rollout for rollout in Rollout.objects.filter(wanted)}
+    described = []
+    for scope in Scope.objects.select_related("application", "environment").order_by("pk"):
+        agents = counts.get(scope.pk, dict.fromkeys(STATUS_NAMES, 0))
+        rollout = rollouts.get(scope.pk)
+        current = versions.get(scope.pk, 0)
+        if rollout is not None and rollout.state in Rollout.SPLIT_STATES:
+            by_target = agents_by_target(get_current_state(scope.pk))
+        else:
+            alive = agents["active"] + agents["stale"] + agents["never_seen"]
+            by_target = {current: alive} if alive else {}
+        described.append(
+            {
+                "application": scope.application.name,
+                "environment": scope.environment.name,
+                "version": current,
+                "agents": agents,
+                "rollout": rollout,
+                "targets": by_target,
+                "health": health_of(rollout) if rollout else None,
+            }
+        )
+    return described
 
 
 def render() -> bytes:

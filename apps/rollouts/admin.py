@@ -15,6 +15,7 @@ from apps.configs import actions
 from apps.rollouts import services, status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
+from apps.scopes.services import default_scope_id
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -105,6 +106,7 @@ class RolloutAdmin(HistoryAdmin):
 
     list_display = [
         "version",
+        "scope",
         "previous_version",
         "state_badge",
         "wave_of",
@@ -113,7 +115,7 @@ class RolloutAdmin(HistoryAdmin):
         "created_by",
     ]
     list_display_links = ["version"]
-    list_filter = ["state"]
+    list_filter = ["state", "scope"]
 
     @admin.display(description="state")
     def state_badge(self, obj: Rollout) -> str:
@@ -152,7 +154,7 @@ class RolloutAdmin(HistoryAdmin):
                 action=AuditEntry.ROLLOUT_WAVE_STARTED, detail__version=rollout.version
             ).order_by("at")
         )
-        latest = status.get_latest_rollout()
+        latest = status.get_latest_rollout(default_scope_id())
         controls = []
         if latest is not None and latest.pk == rollout.pk and self.has_control_permission(request):
             controls = [
@@ -204,6 +206,7 @@ class RolloutAdmin(HistoryAdmin):
         if request.method == "POST" and request.POST.get("confirmed") == "yes":
             try:
                 control(
+                    scope_id=rollout.scope_id,
                     actor=request.user,
                     source_ip=client_ip(request),
                     reason=request.POST.get("reason", "")[:1000],

@@ -68,14 +68,15 @@ class Hits:
 def health_of(rollout: Rollout) -> tuple[Hits, Hits]:
     """(the new version's hits since the rollout started or was last resumed, over the agents
     not revoked; the previous version's hits over every agent), added up for the operator."""
+    hits = AgentHits.objects.filter(agent__scope_id=rollout.scope_id)
     new = (
-        AgentHits.objects.filter(version=rollout.version, agent__revoked_at__isnull=True)
+        hits.filter(version=rollout.version, agent__revoked_at__isnull=True)
         .annotate(
             ok_since=F("ok") - F("baseline_ok"), failed_since=F("failed") - F("baseline_failed")
         )
         .aggregate(ok=Sum("ok_since"), failed=Sum("failed_since"))
     )
-    previous = AgentHits.objects.filter(version=rollout.previous_version).aggregate(
+    previous = hits.filter(version=rollout.previous_version).aggregate(
         ok=Sum("ok"), failed=Sum("failed")
     )
     return (
@@ -98,7 +99,7 @@ def votes_of(rollout: Rollout) -> list[Vote]:
     """Every agent (not revoked) with hits of the new version: in one query, plus one for the
     previous version's hits of the agents over the limit (the only ones it may excuse)."""
     rows = AgentHits.objects.filter(
-        version=rollout.version, agent__revoked_at__isnull=True
+        agent__scope_id=rollout.scope_id, version=rollout.version, agent__revoked_at__isnull=True
     ).values_list("agent_id", "ok", "failed", "baseline_ok", "baseline_failed")
     votes = {
         str(agent_id): Hits(ok - ok_before, failed - failed_before)
@@ -175,33 +176,35 @@ def judge(rollout: Rollout, votes: list[Vote], alone=lambda agent_id: False) -> 
 # Acting on the verdict -----------------------------------------------------------------------
 
 
-def evaluate_rollout_health(versions) -> Rollout | None:
-    """Run the gate on the rolling or paused rollout, if hits of its new version were just
-    recorded (`versions`: the versions of the hits in the batch written). The new version's
-    rate only moves with its own hits; the previous version's hits are read when it is judged.
-    Returns the rollout when this call halted or paused it."""
+def evaluate_rollout_health(versions) -> list[Rollout]:
+    """Run the gate on each rolling or paused rollout (one per scope at most) whose new version
+    had hits just recorded (`versions`: the versions of the hits in the batch written; a
+    rollout of another scope with the same version is judged too, on its own agents' hits,
+    which costs a few queries and changes nothing). The new version's rate only moves with its
+    own hits; the previous version's hits are read when it is judged. Returns the rollouts this
+    call halted or paused."""
     versions = set(versions)
     if not versions:
-        return None
-    rollout = (
-        Rollout.objects.filter(state__in=Rollout.ACTIVE_STATES)
-        .order_by("-version")
-        .only(
-            "pk",
-            "version",
-            "previous_version",
-            "state",
-            "reason",
-            "auto_rollback",
-            "max_failure_rate",
-            "min_hits",
-            "canary_labels",
-            "cutoff",
-        )
-        .first()
+        return []
+    rollouts = Rollout.objects.filter(state__in=Rollout.ACTIVE_STATES, version__in=versions).only(
+        "pk",
+        "scope",
+        "version",
+        "previous_version",
+        "state",
+        "reason",
+        "auto_rollback",
+        "max_failure_rate",
+        "min_hits",
+        "canary_labels",
+        "cutoff",
     )
-    if rollout is None or rollout.version not in versions:
-        return None
+    stopped = [judge_rollout(rollout) for rollout in rollouts]
+    return [rollout for rollout in stopped if rollout is not None]
+
+
+def judge_rollout(rollout: Rollout) -> Rollout | None:
+    """The gate on one rollout; returns it when this call halted or paused it."""
     if rollout.state == Rollout.PAUSED and not rollout.auto_rollback:
         # Paused already, and nothing more to do than wait for the operator.
         return None
@@ -239,6 +242,7 @@ def _only_target(rollout: Rollout, agent_id: str) -> bool:
     }
     others = (
         Agent.objects.filter(
+            scope_id=rollout.scope_id,
             revoked_at__isnull=True,
             last_seen__gte=stale_before(interval_of(rollout), timezone.now()),
         )

@@ -20,7 +20,6 @@ from functools import partial
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from rest_framework import status
 
 from apps.agents.models import AgentHits
 from apps.audit.models import AuditEntry
@@ -28,11 +27,11 @@ from apps.audit.services import record_event
 from apps.configs.models import ConfigVersion
 from apps.configs.services import announce_current_state
 from apps.ops import metrics
+from apps.rollouts.errors import NoRollout, NothingToRollOutFrom, RolloutConflict, RolloutInProgress
 from apps.rollouts.models import Rollout
 from apps.rollouts.status import Progress, fleet, get_latest_rollout, measure
 from apps.rollouts.targets import agent_key, is_canary
 from apps.scopes.services import scope_names
-from controller_site.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +39,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_POINTS = 500
 # A reason or an audit entry names at most this many agents (and says how many more).
 AGENTS_NAMED = 20
-
-
-class RolloutConflict(ServiceError):
-    """The rollout's state does not allow what was asked (409)."""
-
-    status_code = status.HTTP_409_CONFLICT
-
-
-class RolloutInProgress(RolloutConflict):
-    def __init__(self, rollout: Rollout) -> None:
-        super().__init__(
-            f"The rollout of version {rollout.version} is {rollout.state} (wave {rollout.wave} "
-            f"of {rollout.last_wave}): promote it to the end, or abort it, before publishing "
-            f"again. POST /config/admin/rollback always goes through."
-        )
-        self.rollout = rollout
-
-
-class NoRollout(NotFoundError):
-    def __init__(self) -> None:
-        super().__init__("No rollout has been started yet.")
-
-
-class NothingToRollOutFrom(ServiceError):
-    def __init__(self) -> None:
-        super().__init__(
-            "A rollout needs a current version to roll out from; publish the first version "
-            "without one."
-        )
-
-
-class RolloutPlanNeedsDirectPublish(ServiceError):
-    def __init__(self) -> None:
-        super().__init__(
-            "A rollout plan goes with a direct publish; while approvals are required (or for an "
-            "emergency) a change goes to every agent at once when published."
-        )
 
 
 # Who gets what ------------------------------------------------------------------------------
@@ -112,7 +74,7 @@ def _split_rollout(newest: ConfigVersion | None) -> Rollout | None:
         return None
     return (
         Rollout.objects.select_for_update()
-        .filter(version=newest.version, state__in=Rollout.SPLIT_STATES)
+        .filter(scope_id=newest.scope_id, version=newest.version, state__in=Rollout.SPLIT_STATES)
         .first()
     )
 
@@ -166,6 +128,7 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         raise NothingToRollOutFrom()
     now = timezone.now()
     rollout = Rollout(
+        scope_id=config.scope_id,
         version=config.version,
         previous_version=previous.version,
         waves=plan.get("waves") or [100],
@@ -181,7 +144,7 @@ def start_rollout(config, previous, plan: dict, *, actor=None, source_ip=None) -
         reason=plan.get("reason", ""),
     )
     rollout.wave = 0 if rollout.canary_labels else 1
-    agents = fleet()
+    agents = fleet(rollout.scope_id)
     rollout.cutoff = cutoff_for(rollout, rollout.wave, agents)
     rollout.progress = [[0, 0]]
     rollout.save()
@@ -215,7 +178,7 @@ def count_hits_from_now(rollout: Rollout) -> None:
     """The health gate counts each agent's hits of the new version from now on: at the start
     (hits a version had before it existed were never the fleet's) and at a resume (the operator
     chose to accept those before)."""
-    AgentHits.objects.filter(version=rollout.version).update(
+    AgentHits.objects.filter(agent__scope_id=rollout.scope_id, version=rollout.version).update(
         baseline_ok=F("ok"), baseline_failed=F("failed")
     )
 
@@ -223,23 +186,29 @@ def count_hits_from_now(rollout: Rollout) -> None:
 # Advancing -----------------------------------------------------------------------------------
 
 
-def advance_rollouts(now=None) -> Rollout | None:
-    """One step of the rollout that is rolling, if any: start its next wave when the current
-    one is applied by all its live agents and has baked, complete it after the last, and keep
-    the cutoff in step with agents that joined or left. Each controller process calls this
-    about once a second; the row lock makes exactly one of them act on each step, and the
-    others skip the step rather than wait. Returns the rollout when this call changed it."""
+def advance_rollouts(now=None) -> list[Rollout]:
+    """One step of every rolling rollout (one per scope at most): see advance_rollout. Returns
+    the rollouts this call changed."""
+    now = now or timezone.now()
+    rolling = Rollout.objects.filter(state=Rollout.ROLLING).values_list("pk", flat=True)
+    return [rollout for pk in list(rolling) if (rollout := advance_rollout(pk, now)) is not None]
+
+
+def advance_rollout(pk: int, now) -> Rollout | None:
+    """One step of a rollout, if it is still rolling: start its next wave when the current one
+    is applied by all its live agents and has baked, complete it after the last, and keep the
+    cutoff in step with agents that joined or left. Each controller process calls this about
+    once a second; the row lock makes exactly one of them act on each step, and the others
+    skip the step rather than wait. Returns the rollout when this call changed it."""
     with transaction.atomic():
         rollout = (
             Rollout.objects.select_for_update(skip_locked=True)
-            .filter(state=Rollout.ROLLING)
-            .order_by("-version")
+            .filter(pk=pk, state=Rollout.ROLLING)
             .first()
         )
         if rollout is None:
             return None
-        now = now or timezone.now()
-        agents = fleet()
+        agents = fleet(rollout.scope_id)
         progress = measure(rollout, agents, now)
         changed = _note_progress(rollout, progress, now)
         if not progress.wave_applied and _wave_timed_out(rollout, now):
@@ -260,7 +229,7 @@ def advance_rollouts(now=None) -> Rollout | None:
             rollout.cutoff = cutoff
             rollout.revision += 1
             changed = True
-            transaction.on_commit(announce_current_state)
+            transaction.on_commit(partial(announce_current_state, rollout.scope_id))
         if changed:
             rollout.save()
             return rollout
@@ -340,7 +309,7 @@ def _record_wave(rollout: Rollout, agents, *, actor=None, source_ip=None, how: s
         progress.targeted,
         how,
     )
-    transaction.on_commit(announce_current_state)
+    transaction.on_commit(partial(announce_current_state, rollout.scope_id))
 
 
 def _finish(
@@ -356,14 +325,16 @@ def _finish(
     rollout.save()
     _audit(rollout, action, actor=actor, source_ip=source_ip, reason=reason, **detail)
     logger.info("rollout of v%s %s at wave %s", rollout.version, state, rollout.wave)
-    transaction.on_commit(announce_current_state)
+    transaction.on_commit(partial(announce_current_state, rollout.scope_id))
 
 
 # The operator's controls ---------------------------------------------------------------------
 
 
-def _lock_latest(version: int | None = None) -> Rollout:
-    rollout = Rollout.objects.select_for_update().order_by("-version").first()
+def _lock_latest(scope_id: int, version: int | None = None) -> Rollout:
+    rollout = (
+        Rollout.objects.select_for_update().filter(scope_id=scope_id).order_by("-version").first()
+    )
     if rollout is None:
         raise NoRollout()
     _insist_on(rollout, version)
@@ -399,11 +370,11 @@ def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detai
 
 @transaction.atomic
 def promote_rollout(
-    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+    scope_id: int, *, actor=None, source_ip=None, reason: str = "", version: int | None = None
 ) -> Rollout:
     """Start the next wave now, without waiting for the current one to apply or bake; on the
     last wave, complete the rollout."""
-    rollout = _lock_latest(version)
+    rollout = _lock_latest(scope_id, version)
     if rollout.state not in Rollout.ACTIVE_STATES:
         raise _refuse(rollout, "promote")
     _audit(rollout, AuditEntry.ROLLOUT_PROMOTED, actor=actor, source_ip=source_ip, reason=reason)
@@ -416,16 +387,16 @@ def promote_rollout(
     rollout.wave_started_at = timezone.now()
     if reason:
         rollout.reason = reason
-    _record_wave(rollout, fleet(), actor=actor, source_ip=source_ip, how="promoted")
+    _record_wave(rollout, fleet(rollout.scope_id), actor=actor, source_ip=source_ip, how="promoted")
     return rollout
 
 
 @transaction.atomic
 def pause_rollout(
-    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+    scope_id: int, *, actor=None, source_ip=None, reason: str = "", version: int | None = None
 ) -> Rollout:
     """Hold the rollout where it is: started waves keep the new version, no new wave starts."""
-    rollout = _lock_latest(version)
+    rollout = _lock_latest(scope_id, version)
     if rollout.state != Rollout.ROLLING:
         raise _refuse(rollout, "pause")
     rollout.state = Rollout.PAUSED
@@ -437,12 +408,12 @@ def pause_rollout(
 
 @transaction.atomic
 def resume_rollout(
-    *, actor=None, source_ip=None, reason: str = "", version: int | None = None
+    scope_id: int, *, actor=None, source_ip=None, reason: str = "", version: int | None = None
 ) -> Rollout:
     """Let a paused rollout go on; the current wave's bake time counts from now, and the health
     gate counts the new version's hits from now (a halted rollout is over: it put everyone back
     on the previous content)."""
-    rollout = _lock_latest(version)
+    rollout = _lock_latest(scope_id, version)
     if rollout.state != Rollout.PAUSED:
         raise _refuse(rollout, "resume")
     rollout.state = Rollout.ROLLING
@@ -454,10 +425,11 @@ def resume_rollout(
     return rollout
 
 
-def rollout_to_abort(version: int | None = None) -> Rollout:
-    """The rollout an operator's abort ends: the latest, if it still splits the fleet (and is
-    the rollout of `version`, when given). apps.configs.actions.abort_rollout does the rest."""
-    rollout = get_latest_rollout()
+def rollout_to_abort(scope_id: int, version: int | None = None) -> Rollout:
+    """The rollout an operator's abort ends: the scope's latest, if it still splits the fleet
+    (and is the rollout of `version`, when given). apps.configs.actions.abort_rollout does the
+    rest."""
+    rollout = get_latest_rollout(scope_id)
     if rollout is None:
         raise NoRollout()
     _insist_on(rollout, version)

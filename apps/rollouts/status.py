@@ -17,14 +17,19 @@ from apps.rollouts.targets import target_version_expression, targets_new
 STALE_PERIODS = 3
 
 
-def get_latest_rollout() -> Rollout | None:
-    return Rollout.objects.select_related("created_by").order_by("-version").first()
+def get_latest_rollout(scope_id: int) -> Rollout | None:
+    return (
+        Rollout.objects.filter(scope_id=scope_id)
+        .select_related("created_by")
+        .order_by("-version")
+        .first()
+    )
 
 
-def fleet() -> list[dict]:
-    """The agents a rollout counts: every one not revoked."""
+def fleet(scope_id: int) -> list[dict]:
+    """The agents a rollout of a scope counts: every one of the scope not revoked."""
     return list(
-        Agent.objects.filter(revoked_at__isnull=True).values(
+        Agent.objects.filter(scope_id=scope_id, revoked_at__isnull=True).values(
             "id", "name", "hostname", "labels", "last_seen", "applied_version"
         )
     )
@@ -56,7 +61,7 @@ def stale_before(interval: int | None, now: datetime) -> datetime:
 def interval_of(rollout: Rollout) -> int | None:
     """The polling interval of the rollout's version: how often its agents should report."""
     return (
-        ConfigVersion.objects.filter(version=rollout.version)
+        ConfigVersion.objects.filter(scope_id=rollout.scope_id, version=rollout.version)
         .values_list("pooling_interval", flat=True)
         .first()
     )
@@ -65,7 +70,7 @@ def interval_of(rollout: Rollout) -> int | None:
 def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Progress:
     """Count the agents of the rollout's started waves, and which of them applied it."""
     now = now or timezone.now()
-    agents = fleet() if agents is None else agents
+    agents = fleet(rollout.scope_id) if agents is None else agents
     split = {"canary_labels": rollout.canary_labels, "cutoff": rollout.cutoff}
     finished = rollout.state == Rollout.COMPLETED
     stale_line = stale_before(interval_of(rollout), now)
@@ -89,10 +94,11 @@ def measure(rollout: Rollout, agents: list[dict] | None = None, now=None) -> Pro
 
 
 def agents_by_target(state: dict) -> dict[int, int]:
-    """How many agents (not revoked) the controller answers each version now, counted by the
-    database (one row per version, however large the fleet is at each scrape)."""
+    """How many agents (not revoked) of the state's scope the controller answers each version
+    now, counted by the database (one row per version, however large the fleet is at each
+    scrape)."""
     rows = (
-        Agent.objects.filter(revoked_at__isnull=True)
+        Agent.objects.filter(scope_id=state["scope"], revoked_at__isnull=True)
         .annotate(target=target_version_expression(state))
         .values("target")
         .annotate(agents=Count("pk"))

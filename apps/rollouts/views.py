@@ -5,9 +5,10 @@ from rest_framework.views import APIView
 from apps.accounts.roles import ANY_ROLE, OPERATOR
 from apps.configs import actions
 from apps.rollouts import services, status
+from apps.rollouts.errors import NoRollout
 from apps.rollouts.health import health_of
 from apps.rollouts.serializers import RolloutActionSerializer, RolloutSerializer
-from apps.scopes.views import ActsOnDefaultScope
+from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 
 NONE_YET = OpenApiResponse(description="No rollout has been started yet.")
@@ -23,7 +24,7 @@ def rollout_answer(rollout) -> Response:
     return Response(RolloutSerializer(rollout).data)
 
 
-class RolloutView(ActsOnDefaultScope, APIView):
+class RolloutView(ActsOnScope, APIView):
     role_rules = {"GET": ANY_ROLE}
 
     @extend_schema(
@@ -35,9 +36,9 @@ class RolloutView(ActsOnDefaultScope, APIView):
         },
     )
     def get(self, request):
-        rollout = status.get_latest_rollout()
+        rollout = status.get_latest_rollout(self.scope_id)
         if rollout is None:
-            raise services.NoRollout()
+            raise NoRollout()
         return rollout_answer(rollout)
 
 
@@ -48,11 +49,14 @@ ACTION_ERRORS = {
 }
 
 
-def _act(request, action) -> Response:
+def _act(view: ActsOnScope, request, action) -> Response:
     body = RolloutActionSerializer(data=request.data if request.body else {})
     body.is_valid(raise_exception=True)
     rollout = action(
-        actor=request.user, source_ip=client_ip(request), reason=body.validated_data["reason"]
+        scope_id=view.scope_id,
+        actor=request.user,
+        source_ip=client_ip(request),
+        reason=body.validated_data["reason"],
     )
     return rollout_answer(rollout)
 
@@ -67,7 +71,7 @@ def _schema(summary: str, description: str):
     )
 
 
-class RolloutPromoteView(ActsOnDefaultScope, APIView):
+class RolloutPromoteView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(
@@ -76,18 +80,18 @@ class RolloutPromoteView(ActsOnDefaultScope, APIView):
         "last wave, completes the rollout. Rolling or paused rollouts only.",
     )
     def post(self, request):
-        return _act(request, services.promote_rollout)
+        return _act(self, request, services.promote_rollout)
 
 
-class RolloutPauseView(ActsOnDefaultScope, APIView):
+class RolloutPauseView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema("Pause the rollout", "Started waves keep the new version; no new wave starts.")
     def post(self, request):
-        return _act(request, services.pause_rollout)
+        return _act(self, request, services.pause_rollout)
 
 
-class RolloutResumeView(ActsOnDefaultScope, APIView):
+class RolloutResumeView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(
@@ -97,10 +101,10 @@ class RolloutResumeView(ActsOnDefaultScope, APIView):
         "previous content; publish again instead.",
     )
     def post(self, request):
-        return _act(request, services.resume_rollout)
+        return _act(self, request, services.resume_rollout)
 
 
-class RolloutAbortView(ActsOnDefaultScope, APIView):
+class RolloutAbortView(ActsOnScope, APIView):
     role_rules = {"POST": OPERATOR}
 
     @_schema(
@@ -112,4 +116,4 @@ class RolloutAbortView(ActsOnDefaultScope, APIView):
         "entry says it bypassed approval, and why that is allowed.",
     )
     def post(self, request):
-        return _act(request, actions.abort_rollout)
+        return _act(self, request, actions.abort_rollout)

@@ -57,10 +57,16 @@ def get_environment(name: str) -> Environment:
 
 def get_scope(application: str, environment: str) -> Scope:
     """The scope of two names; UnknownApplication or UnknownEnvironment (404) says which name
-    is unknown."""
-    app, env = get_application(application), get_environment(environment)
-    scope, _ = Scope.objects.get_or_create(application=app, environment=env)
-    scope.application, scope.environment = app, env
+    is unknown. Every application is in every environment (each is made with its scopes)."""
+    scope = (
+        Scope.objects.select_related("application", "environment")
+        .filter(application__name=application, environment__name=environment)
+        .first()
+    )
+    if scope is None:
+        get_application(application)
+        get_environment(environment)
+        raise UnknownEnvironment(environment)
     return scope
 
 

@@ -22,7 +22,7 @@ def describe_scope(scope: Scope, now=None) -> dict:
         "environment": scope.environment.name,
         "current_version": config.version if config else 0,
         "rollout_state": rollout.state if rollout else None,
-        "agents": count_by_status(state_of(config), now or timezone.now(), agents),
+        "agents": count_by_status(state_of(config, scope.pk), now or timezone.now(), agents),
     }
 
 

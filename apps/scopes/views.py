@@ -23,12 +23,32 @@ from apps.scopes.status import describe_application
 from controller_site.request_info import client_ip
 
 
-class ActsOnDefaultScope:
-    """A view of the seed's routes (/config/admin, /agents, ...): it acts on the default scope,
-    and a role held there, as well as one held everywhere, allows it (HasRole)."""
+class ActsOnScope:
+    """A view of a scope's routes. Under /apps/{application}/envs/{environment}/ it acts on
+    that scope (404 naming an unknown application or environment); the seed's routes, with no
+    names in their path, act on the default scope. A role held in the scope, in its application
+    or its environment, or everywhere, allows it (HasRole)."""
+
+    scope_names: tuple[str | None, str | None] = (None, None)
+
+    def dispatch(self, request, *args, **kwargs):
+        # The names are the scope's, not the handler's arguments.
+        self.scope_names = (kwargs.pop("application", None), kwargs.pop("environment", None))
+        return super().dispatch(request, *args, **kwargs)
 
     def acting_scope(self):
-        return services.default_scope()
+        if not hasattr(self, "_acting_scope"):
+            application, environment = self.scope_names
+            self._acting_scope = (
+                services.default_scope()
+                if application is None
+                else services.get_scope(application, environment)
+            )
+        return self._acting_scope
+
+    @property
+    def scope_id(self) -> int:
+        return self.acting_scope().pk
 
 
 NAME_TAKEN = OpenApiResponse(description="The name is taken; nothing was changed.")

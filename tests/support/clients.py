@@ -22,6 +22,19 @@ def api_as(user) -> APIClient:
     return bearer(str(issue_tokens(user).access_token))
 
 
+def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
+    """A client of a new user holding `roles` everywhere (or a superuser); `client.user` is
+    the user."""
+    from apps.accounts.models import User
+    from apps.accounts.services import set_roles
+
+    user = User.objects.create_user(email=email, password=None, is_superuser=superuser)
+    set_roles(user, roles)
+    client = api_as(user)
+    client.user = user
+    return client
+
+
 class ServedAnswer:
     """An answer of the served stack, read as a test client's answer is read."""
 

@@ -2,6 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.agents.services import issue_registration_token
+from apps.scopes.services import get_scope
+from controller_site.errors import ServiceError
 from protocol.config_file import add_config_argument
 from protocol.labels import InvalidLabels, parse_label_pairs
 
@@ -20,12 +22,31 @@ class Command(BaseCommand):
             help="A label the agent registering with the token gets (repeatable).",
         )
         parser.add_argument(
+            "--application",
+            default=None,
+            help="The application of the agent's scope (default: DEFAULT_APPLICATION).",
+        )
+        parser.add_argument(
+            "--environment",
+            default=None,
+            help="The environment of the agent's scope (default: DEFAULT_ENVIRONMENT).",
+        )
+        parser.add_argument(
             "--allow-agent-labels",
             action="store_true",
             help="Also take the agent's own labels, except for names --label binds.",
         )
 
-    def handle(self, *args, ttl: int | None, label: list[str], allow_agent_labels: bool, **options):
+    def handle(
+        self,
+        *args,
+        ttl: int | None,
+        label: list[str],
+        allow_agent_labels: bool,
+        application: str | None,
+        environment: str | None,
+        **options,
+    ):
         if ttl is not None and not 60 <= ttl <= settings.REGISTRATION_TOKEN_MAX_TTL:
             raise CommandError(
                 f"--ttl must be between 60 and {settings.REGISTRATION_TOKEN_MAX_TTL} seconds."
@@ -34,8 +55,17 @@ class Command(BaseCommand):
             labels = parse_label_pairs(label)
         except InvalidLabels as exc:
             raise CommandError(f"--label: {exc}") from None
+        try:
+            scope = get_scope(
+                application or settings.DEFAULT_APPLICATION,
+                environment or settings.DEFAULT_ENVIRONMENT,
+            )
+        except ServiceError as exc:
+            raise CommandError(str(exc.detail)) from None
         token, record = issue_registration_token(
-            ttl=ttl, labels=labels, allow_agent_labels=allow_agent_labels
+            scope_id=scope.pk, ttl=ttl, labels=labels, allow_agent_labels=allow_agent_labels
         )
-        self.stderr.write(f"Expires at {record.expires_at.isoformat()}; shown only once.")
+        self.stderr.write(
+            f"For {scope}; expires at {record.expires_at.isoformat()}; shown only once."
+        )
         self.stdout.write(token)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from apps.rollouts import status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
+from apps.scopes.services import default_scope_id
 
 POLL_SECONDS = 1.0
 DEFAULT_TIMEOUT = 3600
@@ -50,7 +51,7 @@ class Command(BaseCommand):
         printed = None
         while True:
             close_old_connections()
-            rollout = status.get_latest_rollout()
+            rollout = status.get_latest_rollout(default_scope_id())
             if rollout is None:
                 self.stdout.write("No rollout has been started yet.")
                 raise SystemExit(1)

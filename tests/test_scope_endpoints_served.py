@@ -1,0 +1,89 @@
+"""The routes that make and change applications and environments, and a scope's twin of the seed's
+write route, against a real controller: garbage, a body over the cap, no credentials and an
+agent's token get a clear 4xx, and nothing is stored."""
+
+import pytest
+import requests
+
+from apps.agents.services import issue_registration_token, register_agent
+from apps.audit.models import AuditEntry
+from apps.configs.models import ConfigVersion
+from apps.scopes.models import Application, Environment
+from apps.scopes.services import create_application, default_scope
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.processes import start_controller
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+
+OVER_THE_CAP = b'{"description": "' + b"x" * (1024 * 1024 + 1) + b'"}'
+
+
+def stored() -> tuple:
+    return (
+        list(Application.objects.order_by("name").values_list("name", "description")),
+        list(Environment.objects.order_by("name").values_list("name", "approvals_required")),
+        ConfigVersion.objects.count(),
+        AuditEntry.objects.exclude(action=AuditEntry.LOGIN_SUCCEEDED).count(),
+    )
+
+
+@pytest.mark.bcrypt  # a controller process checks the admin's password
+def test_the_scope_routes_refuse_garbage_oversized_bodies_and_wrong_credentials(admin_user):
+    default_scope()
+    create_application("payments")
+    token, _ = issue_registration_token()
+    _, agent_token = register_agent(token=token, name="a", hostname="h")
+    controller, url = start_controller(redis_url=None)
+    try:
+        login = requests.post(
+            f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=10
+        )
+        admin = {"Authorization": f"Bearer {login.json()['access']}"}
+        as_json = {"Content-Type": "application/json"}
+        routes = [
+            ("POST", f"{url}/apps", {"name": "search"}),
+            ("PATCH", f"{url}/apps/payments", {"description": "Cards"}),
+            ("POST", f"{url}/envs", {"name": "staging"}),
+            (
+                "POST",
+                f"{url}/apps/payments/envs/production/config/admin",
+                {"config_url": "http://upstream.example/a", "pooling_interval": 30},
+            ),
+            # Last: from then on production's changes wait for two approvers.
+            ("PATCH", f"{url}/envs/production", {"approvals_required": 2}),
+        ]
+        before = stored()
+        for method, route, body in routes:
+            garbage = requests.request(
+                method, route, data=b"{not json", headers={**admin, **as_json}, timeout=10
+            )
+            assert garbage.status_code == 400, (route, garbage.text)
+            too_large = requests.request(
+                method, route, data=OVER_THE_CAP, headers={**admin, **as_json}, timeout=10
+            )
+            assert too_large.status_code == 413, route
+            anonymous = requests.request(method, route, json=body, timeout=10)
+            assert anonymous.status_code == 401, route
+            as_the_agent = requests.request(
+                method,
+                route,
+                json=body,
+                headers={"Authorization": f"Bearer {agent_token}"},
+                timeout=10,
+            )
+            assert as_the_agent.status_code == 401, route
+        bad_name = requests.post(
+            f"{url}/apps", json={"name": "Not A Slug!"}, headers=admin, timeout=10
+        )
+        assert bad_name.status_code == 400 and "name" in bad_name.json()
+        unknown = requests.patch(f"{url}/envs/nope", json={"order": 1}, headers=admin, timeout=10)
+        assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+        assert stored() == before
+        # The right credentials with a good body still work.
+        for method, route, body in routes:
+            answer = requests.request(method, route, json=body, headers=admin, timeout=10)
+            assert answer.status_code in (200, 201), (route, answer.text)
+        assert Application.objects.get(name="payments").description == "Cards"
+        assert ConfigVersion.objects.get().scope.application.name == "payments"
+    finally:
+        controller.stop()
