@@ -7,7 +7,7 @@ import requests
 
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.clients import admin_headers, assert_write_refused
 from tests.support.processes import start_controller
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
@@ -21,34 +21,18 @@ def test_the_label_routes_refuse_garbage_oversized_bodies_and_wrong_credentials(
     agent, agent_token = register_agent(token=token, name="a", hostname="h")
     controller, url = start_controller(redis_url=None)
     try:
-        login = requests.post(
-            f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=10
-        )
-        admin = {"Authorization": f"Bearer {login.json()['access']}"}
-        as_json = {"Content-Type": "application/json"}
+        admin = admin_headers(url)
         routes = [("POST", f"{url}/agent/admin"), ("PATCH", f"{url}/agents/{agent.pk}")]
         tokens_before = RegistrationToken.objects.count()
         for method, route in routes:
-            garbage = requests.request(
-                method, route, data=b"{not json", headers={**admin, **as_json}, timeout=10
-            )
-            assert garbage.status_code == 400, (route, garbage.text)
-            too_large = requests.request(
-                method, route, data=OVER_THE_CAP, headers={**admin, **as_json}, timeout=10
-            )
-            assert too_large.status_code == 413, route
-            anonymous = requests.request(
-                method, route, json={"labels": {"ring": "canary"}}, timeout=10
-            )
-            assert anonymous.status_code == 401, route
-            as_the_agent = requests.request(
+            assert_write_refused(
                 method,
                 route,
-                json={"labels": {"ring": "canary"}},
-                headers={"Authorization": f"Bearer {agent_token}"},
-                timeout=10,
+                {"labels": {"ring": "canary"}},
+                admin=admin,
+                agent_token=agent_token,
+                oversized=OVER_THE_CAP,
             )
-            assert as_the_agent.status_code == 401, route
         # Nothing was stored: no token issued, the agent's labels as the operator bound them.
         assert RegistrationToken.objects.count() == tokens_before
         assert Agent.objects.get(pk=agent.pk).labels == {"ring": "main"}

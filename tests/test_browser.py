@@ -101,7 +101,7 @@ def test_operator_tour_of_the_admin(page, live_server):
         page.fill("#id_pooling_interval", interval)
         page.click('input[value="Save as a new version"]')
         page.wait_for_selector("ul.messagelist")
-    assert "Version 2 is now current." in page.inner_text("ul.messagelist")
+    assert "Version 2 of default/production is now current." in page.inner_text("ul.messagelist")
     page.goto(f"{live_server.url}/admin/")
     assert page.inner_text("#current-version") == "2"
     assert page.inner_text("#current-interval") == "60 s"

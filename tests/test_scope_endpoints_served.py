@@ -10,7 +10,7 @@ from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.scopes.models import Application, Environment
 from apps.scopes.services import create_application, default_scope
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.clients import admin_headers, assert_write_refused
 from tests.support.processes import start_controller
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
@@ -35,11 +35,7 @@ def test_the_scope_routes_refuse_garbage_oversized_bodies_and_wrong_credentials(
     _, agent_token = register_agent(token=token, name="a", hostname="h")
     controller, url = start_controller(redis_url=None)
     try:
-        login = requests.post(
-            f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=10
-        )
-        admin = {"Authorization": f"Bearer {login.json()['access']}"}
-        as_json = {"Content-Type": "application/json"}
+        admin = admin_headers(url)
         routes = [
             ("POST", f"{url}/apps", {"name": "search"}),
             ("PATCH", f"{url}/apps/payments", {"description": "Cards"}),
@@ -54,24 +50,9 @@ def test_the_scope_routes_refuse_garbage_oversized_bodies_and_wrong_credentials(
         ]
         before = stored()
         for method, route, body in routes:
-            garbage = requests.request(
-                method, route, data=b"{not json", headers={**admin, **as_json}, timeout=10
+            assert_write_refused(
+                method, route, body, admin=admin, agent_token=agent_token, oversized=OVER_THE_CAP
             )
-            assert garbage.status_code == 400, (route, garbage.text)
-            too_large = requests.request(
-                method, route, data=OVER_THE_CAP, headers={**admin, **as_json}, timeout=10
-            )
-            assert too_large.status_code == 413, route
-            anonymous = requests.request(method, route, json=body, timeout=10)
-            assert anonymous.status_code == 401, route
-            as_the_agent = requests.request(
-                method,
-                route,
-                json=body,
-                headers={"Authorization": f"Bearer {agent_token}"},
-                timeout=10,
-            )
-            assert as_the_agent.status_code == 401, route
         bad_name = requests.post(
             f"{url}/apps", json={"name": "Not A Slug!"}, headers=admin, timeout=10
         )

@@ -9,7 +9,6 @@ import pytest
 
 from apps.accounts.models import User
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR
-from apps.accounts.services import grant_scoped_role
 from apps.agents.models import Agent, RegistrationToken
 from apps.audit.models import AuditEntry
 from apps.changes.models import ChangeRequest
@@ -17,9 +16,10 @@ from apps.configs import hub as hub_module
 from apps.configs.models import ConfigVersion
 from apps.configs.services import state_of
 from apps.rollouts.models import Rollout
-from apps.scopes.models import Application, Environment, Scope
+from apps.scopes.models import Environment, Scope
 from apps.scopes.services import create_application, create_environment, default_scope, get_scope
 from tests.support.clients import api_as, bearer
+from tests.support.scopes import user_with as scoped_user
 
 pytestmark = pytest.mark.django_db
 
@@ -46,20 +46,13 @@ def root(fleet):
     return api_as(user)
 
 
+def client_with(role: str, application: str | None = None, environment: str | None = None):
+    return api_as(scoped_user(role, application, environment))
+
+
 def scope_of(path: str) -> Scope:
     _, _, application, _, environment = path.split("/")
     return get_scope(application, environment)
-
-
-def user_with(role: str, application: str | None = None, environment: str | None = None):
-    user = User.objects.create_user(email=f"{role}-{application}-{environment}@example.com")
-    grant_scoped_role(
-        user,
-        role,
-        application=application and Application.objects.get(name=application),
-        environment=environment and Environment.objects.get(name=environment),
-    )
-    return api_as(user)
 
 
 def register(root, prefix: str = "", labels: dict | None = None, **body) -> tuple[str, str]:
@@ -150,7 +143,7 @@ def test_an_unknown_application_or_environment_is_404_naming_which(root, path, n
 
 
 def test_roles_of_one_scope_act_there_only(fleet):
-    editor = user_with(EDITOR, "payments", "staging")
+    editor = client_with(EDITOR, "payments", "staging")
     body = {"config_url": URL, "pooling_interval": 30}
 
     assert editor.post(f"{PAYMENTS_STAGING}/config/admin", body, "json").status_code == 201
@@ -162,7 +155,7 @@ def test_roles_of_one_scope_act_there_only(fleet):
         scope_of(PAYMENTS_STAGING).pk
     }
     # An editor of the whole application reads and writes each of its environments.
-    application_editor = user_with(EDITOR, "payments")
+    application_editor = client_with(EDITOR, "payments")
     answer = application_editor.post(f"{PAYMENTS_PRODUCTION}/config/admin", body, "json")
     assert answer.status_code == 201
     assert application_editor.get(f"{SEARCH_STAGING}/config/admin").status_code == 403
@@ -175,7 +168,7 @@ def test_a_change_request_is_decided_in_its_own_scope(root):
     body = {"config_url": URL, "pooling_interval": 30}
     # staging needs no approval: published at once.
     assert root.post(f"{PAYMENTS_STAGING}/config/admin", body, "json").status_code == 201
-    proposed = user_with(EDITOR, "payments").post(
+    proposed = client_with(EDITOR, "payments").post(
         f"{PAYMENTS_PRODUCTION}/config/admin", body, "json"
     )
     assert proposed.status_code == 202
@@ -194,12 +187,12 @@ def test_a_change_request_is_decided_in_its_own_scope(root):
         ).status_code
         == 404
     )
-    staging_approver = user_with(APPROVER, None, "staging")
+    staging_approver = client_with(APPROVER, None, "staging")
     path = f"{PAYMENTS_PRODUCTION}/config/admin/changes/{change_id}/approve"
     assert staging_approver.post(path, {}, "json").status_code == 403
     assert ChangeRequest.objects.get(pk=change_id).state == ChangeRequest.PENDING
 
-    approved = user_with(APPROVER, None, "production").post(path, {}, "json")
+    approved = client_with(APPROVER, None, "production").post(path, {}, "json")
     assert approved.status_code == 200, approved.content
     assert approved.json()["published_version"] == 1
     assert ConfigVersion.objects.filter(scope=scope_of(PAYMENTS_PRODUCTION)).count() == 1
@@ -276,7 +269,7 @@ def test_a_token_route_refuses_a_body_naming_another_scope_or_garbage(root):
 
 
 def test_an_operator_of_one_scope_issues_tokens_there_only(fleet):
-    operator = user_with(OPERATOR, "payments", "staging")
+    operator = client_with(OPERATOR, "payments", "staging")
     assert operator.post(f"{PAYMENTS_STAGING}/agent/admin", {}, "json").status_code == 201
     assert (
         operator.post(

@@ -14,7 +14,7 @@ from apps.configs.models import ConfigVersion
 from apps.scopes.models import Application, Environment
 from apps.scopes.services import create_application, create_environment, default_scope
 from tests.support.clients import api_as
-from tests.support.scopes import set_approvals
+from tests.support.scopes import set_approvals, user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -30,17 +30,6 @@ def fleet(publish):
     create_environment("staging", order=-10)
     create_application("payments")
     publish(URL, 30)
-
-
-def user_with(role: str, application: str | None = None, environment: str | None = None):
-    user = User.objects.create_user(email=f"{role}-{application}-{environment}@example.com")
-    grant_scoped_role(
-        user,
-        role,
-        application=application and Application.objects.get(name=application),
-        environment=environment and Environment.objects.get(name=environment),
-    )
-    return user
 
 
 def newest_url() -> str:

@@ -5,7 +5,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 
 from apps.accounts import services
-from apps.accounts.roles import ADMIN_PERMISSIONS, roles_of
+from apps.accounts.roles import ADMIN_PERMISSIONS, VIEWER, grants_of, roles_of
 from controller_site.request_info import client_ip
 
 # Set on the request when the throttle refused the attempt: the seconds to wait.
@@ -22,6 +22,11 @@ class RoleBackend(ModelBackend):
         granted: set[str] = set()
         for role in roles_of(user_obj):
             granted |= ADMIN_PERMISSIONS[role]
+        if grants_of(user_obj):
+            # A role in part of the fleet reads the admin's lists; what it may change there is
+            # asked per object, in its scope (has_role with the object's scope), never by these
+            # model-wide permissions.
+            granted |= ADMIN_PERMISSIONS[VIEWER]
         return granted
 
 

@@ -103,6 +103,17 @@ def has_role(user, role: str, scope=None) -> bool:
     )
 
 
+def has_role_somewhere(user, role: str) -> bool:
+    """Whether the user holds `role` everywhere or in some part of the fleet: what the admin
+    asks before offering an action whose object (a version, a rollout, an agent) decides the
+    scope, where has_role is asked again with it."""
+    if has_role(user, role):
+        return True
+    return role not in (ANY_ROLE, SUPERUSER) and any(
+        granted == role for granted, _, _ in grants_of(user)
+    )
+
+
 def role_needed_message(role: str) -> str:
     if role == ANY_ROLE:
         return f"This needs one of the roles {', '.join(ROLES)}."

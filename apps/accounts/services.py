@@ -33,8 +33,7 @@ def set_roles(
     user: User, roles, *, acting_user=None, source_ip: str | None = None
 ) -> tuple[list[str], list[str]]:
     """Make `roles` exactly the user's roles. Returns (added, removed), audited when either is
-    not empty. A user with a role may enter the admin (is_staff); one without none, unless a
-    superuser, who needs no role."""
+    not empty. A user with a role may enter the admin (_admit_to_admin)."""
     wanted = set(roles)
     for role in wanted - set(ROLES):
         raise UnknownRole(role)
@@ -45,11 +44,8 @@ def set_roles(
     removed = [role for role in ROLES if role in held - wanted]
     user.groups.add(*(groups[role] for role in added))
     user.groups.remove(*user.groups.filter(name__in=removed))
-    staff = bool(wanted) or user.is_superuser
-    if user.is_staff != staff:
-        user.is_staff = staff
-        user.save(update_fields=["is_staff"])
     user.__dict__.pop("_role_names", None)
+    _admit_to_admin(user, bool(wanted))
     if added or removed:
         record_event(
             AuditEntry.ROLES_CHANGED,
@@ -77,6 +73,18 @@ def scoped_grants(user: User) -> list[dict]:
             "role", "application__name", "environment__name"
         )
     ]
+
+
+def _admit_to_admin(user: User, global_roles: bool | None = None) -> None:
+    """A user with a role, everywhere or in part of the fleet, may enter the admin (is_staff);
+    one without none, unless a superuser, who needs no role. Each admin page then asks for the
+    role in the scope it acts on."""
+    if global_roles is None:
+        global_roles = user.groups.filter(name__in=ROLES).exists()
+    staff = global_roles or user.is_superuser or ScopedRole.objects.filter(user=user).exists()
+    if user.is_staff != staff:
+        user.is_staff = staff
+        user.save(update_fields=["is_staff"])
 
 
 def grant_scoped_role(
@@ -108,6 +116,7 @@ def grant_scoped_role(
                 target=f"user {user.email}",
                 detail={"added": [role], "removed": [], "scope": grant.scope_label},
             )
+        _admit_to_admin(user)
     user.__dict__.pop("_scoped_grants", None)
     return created
 
@@ -124,6 +133,7 @@ def take_scoped_role(grant: ScopedRole, *, acting_user=None, source_ip=None) -> 
                 target=f"user {grant.user.email}",
                 detail={"added": [], "removed": [grant.role], "scope": label},
             )
+        _admit_to_admin(grant.user)
     grant.user.__dict__.pop("_scoped_grants", None)
 
 
@@ -147,6 +157,7 @@ def take_scoped_roles(
                 target=f"user {user.email}",
                 detail={"added": [], "removed": removed, "scope": label},
             )
+        _admit_to_admin(user)
     user.__dict__.pop("_scoped_grants", None)
     return removed
 

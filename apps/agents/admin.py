@@ -8,11 +8,13 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from apps.accounts.roles import OPERATOR, has_role, role_needed_message
+from apps.accounts.roles import OPERATOR, has_role, has_role_somewhere, role_needed_message
 from apps.agents import services
 from apps.agents.models import Agent, AgentHits, RegistrationToken
 from apps.configs.services import get_current_state
 from apps.rollouts.targets import target_version_expression
+from apps.scopes.models import Scope
+from apps.scopes.services import default_scope
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
 
@@ -240,11 +242,22 @@ class AgentAdmin(admin.ModelAdmin):
         return False
 
     def has_revoke_permission(self, request) -> bool:
-        return has_role(request.user, OPERATOR)
+        """Offered to an operator of some scope; each agent's scope decides."""
+        return has_role_somewhere(request.user, OPERATOR)
 
     @admin.action(description="Revoke selected agents", permissions=["revoke"])
     def revoke_agents(self, request, queryset):
-        agents = list(queryset)
+        agents = list(queryset.select_related("scope__application", "scope__environment"))
+        elsewhere = sorted(
+            {str(a.scope) for a in agents if not has_role(request.user, OPERATOR, a.scope)}
+        )
+        if elsewhere:
+            self.message_user(
+                request,
+                f"{role_needed_message(OPERATOR)} in {', '.join(elsewhere)}: nothing was revoked.",
+                messages.ERROR,
+            )
+            return None
         if request.POST.get("confirmed") != "yes":
             return TemplateResponse(
                 request,
@@ -272,6 +285,15 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 class IssueTokenForm(forms.Form):
+    scope = forms.ModelChoiceField(
+        label="Application and environment",
+        queryset=Scope.objects.select_related("application", "environment").order_by(
+            "application__name", "environment__order", "environment__name"
+        ),
+        required=False,
+        help_text="The agent that registers with the token serves this scope (the default "
+        "scope when left empty).",
+    )
     ttl = forms.IntegerField(
         label="Lifetime (seconds)",
         min_value=60,
@@ -292,7 +314,16 @@ class IssueTokenForm(forms.Form):
 
 @admin.register(RegistrationToken)
 class RegistrationTokenAdmin(admin.ModelAdmin):
-    list_display = ["short_hash", "created_at", "expires_at", "used_at", "used_by", "created_by"]
+    list_display = [
+        "short_hash",
+        "scope",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "used_by",
+        "created_by",
+    ]
+    list_filter = ["scope"]
     readonly_fields = ["created_at", "expires_at", "used_at", "used_by", "created_by"]
     exclude = ["token_hash"]
     change_list_template = "admin/agents/registrationtoken/change_list.html"
@@ -309,7 +340,7 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         return False
 
     def has_issue_permission(self, request) -> bool:
-        return has_role(request.user, OPERATOR)
+        return has_role_somewhere(request.user, OPERATOR)
 
     def get_urls(self):
         return [
@@ -329,9 +360,13 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         if not self.has_issue_permission(request):
             raise PermissionDenied(role_needed_message(OPERATOR))
         token = record = None
-        form = IssueTokenForm(request.POST or None)
+        form = IssueTokenForm(request.POST or None, initial={"scope": default_scope()})
         if request.method == "POST" and form.is_valid():
+            scope = form.cleaned_data["scope"] or default_scope()
+            if not has_role(request.user, OPERATOR, scope):
+                raise PermissionDenied(f"{role_needed_message(OPERATOR)} in {scope}.")
             token, record = services.issue_registration_token(
+                scope_id=scope.pk,
                 actor=request.user,
                 ttl=form.cleaned_data["ttl"],
                 labels=form.cleaned_data["labels"],

@@ -8,7 +8,13 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.accounts.roles import APPROVER, EDITOR, has_role, role_needed_message
+from apps.accounts.roles import (
+    APPROVER,
+    EDITOR,
+    has_role,
+    has_role_somewhere,
+    role_needed_message,
+)
 from apps.changes import services
 from apps.changes.models import ChangeRequest
 from controller_site.admin_site import HistoryAdmin
@@ -106,10 +112,10 @@ class ChangeRequestAdmin(HistoryAdmin):
                 current_version=current_version,
                 diff=diff,
                 approvals=list(change.approvals.select_related("approver")),
-                approvals_required=services.approvals_required(),
-                can_approve=pending and not own and has_role(request.user, APPROVER),
+                approvals_required=services.approvals_required(change.scope_id),
+                can_approve=pending and not own and has_role(request.user, APPROVER, change.scope),
                 can_cancel=pending
-                and has_role(request.user, EDITOR)
+                and has_role(request.user, EDITOR, change.scope)
                 and (own or request.user.is_superuser),
             )
         return super().change_view(request, object_id, form_url, extra)
@@ -126,7 +132,10 @@ class ChangeRequestAdmin(HistoryAdmin):
         return self._decide(request, change_id, EDITOR, services.cancel_change, "actor")
 
     def _decide(self, request, change_id: int, role: str, decide, who: str):
-        if not has_role(request.user, role):
+        if not has_role_somewhere(request.user, role):
+            raise PermissionDenied(role_needed_message(role))
+        change = ChangeRequest.objects.select_related("scope").filter(pk=change_id).first()
+        if change is not None and not has_role(request.user, role, change.scope):
             raise PermissionDenied(role_needed_message(role))
         page = reverse("admin:changes_changerequest_change", args=[change_id])
         if request.method == "GET":
@@ -136,7 +145,11 @@ class ChangeRequestAdmin(HistoryAdmin):
         comment = request.POST.get("comment", "").strip()[:1000]
         try:
             change = decide(
-                change_id, comment=comment, source_ip=client_ip(request), **{who: request.user}
+                change_id,
+                scope_id=change.scope_id if change is not None else None,
+                comment=comment,
+                source_ip=client_ip(request),
+                **{who: request.user},
             )
         except ServiceError as exc:
             self.message_user(request, exc.detail, messages.ERROR)

@@ -2,18 +2,26 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
-from django.http import HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from apps.accounts.roles import EDITOR, OPERATOR, SUPERUSER, has_role, role_needed_message
+from apps.accounts.roles import (
+    EDITOR,
+    OPERATOR,
+    SUPERUSER,
+    has_role,
+    has_role_somewhere,
+    role_needed_message,
+)
 from apps.changes import services as changes
 from apps.configs import actions, preflight, services
 from apps.configs.errors import NoLiveAgent, PreflightFailed
 from apps.configs.models import ConfigVersion
 from apps.rollouts.errors import RolloutPlanNeedsDirectPublish
 from apps.rollouts.serializers import RolloutPlanSerializer
-from apps.scopes.services import default_scope_id
+from apps.scopes.models import Scope
+from apps.scopes.services import default_scope
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -195,11 +203,26 @@ class ConfigVersionAdmin(HistoryAdmin):
         return ", ".join(services.changed_fields(obj, previous)) or "nothing"
 
     def has_publish_permission(self, request) -> bool:
-        """Making a new version with the form."""
-        return has_role(request.user, EDITOR)
+        """Making a new version with the form, in some scope (the form's scope decides)."""
+        return has_role_somewhere(request.user, EDITOR)
 
     def has_rollback_permission(self, request) -> bool:
-        return has_role(request.user, OPERATOR)
+        """Offered to an operator of some scope; the version's scope decides."""
+        return has_role_somewhere(request.user, OPERATOR)
+
+    def acting_scope(self, request) -> Scope:
+        """The scope the change form acts on: `?scope=<id>`, or the default scope."""
+        wanted = request.GET.get("scope")
+        if wanted is None:
+            return default_scope()
+        scope = (
+            Scope.objects.select_related("application", "environment")
+            .filter(pk=int(wanted) if wanted.isdigit() else 0)
+            .first()
+        )
+        if scope is None:
+            raise Http404("No such scope.")
+        return scope
 
     # The change form ----------------------------------------------------------------------
 
@@ -220,12 +243,15 @@ class ConfigVersionAdmin(HistoryAdmin):
     def change_config_view(self, request):
         if not self.has_publish_permission(request):
             raise PermissionDenied(role_needed_message(EDITOR))
-        current = services.get_current_config(default_scope_id())
+        scope = self.acting_scope(request)
+        if not has_role(request.user, EDITOR, scope):
+            raise PermissionDenied(role_needed_message(EDITOR))
+        current = services.get_current_config(scope.pk)
         trial = None
         if request.method == "POST" and "_preflight" in request.POST:
             # Try the URL on a few agents' workers; nothing is saved.
             form = ConfigChangeForm(request.POST, offer_emergency=request.user.is_superuser)
-            trial = self._preflight(form, request.POST.get("config_url", ""))
+            trial = self._preflight(form, request.POST.get("config_url", ""), scope)
         elif request.method == "POST":
             emergency = "_emergency" in request.POST
             if emergency and not request.user.is_superuser:
@@ -245,6 +271,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                     outcome = changes.request_config_change(
                         request.user,
                         values,
+                        scope_id=scope.pk,
                         partial=current is not None,
                         plan=plan,
                         emergency=emergency,
@@ -261,7 +288,7 @@ class ConfigVersionAdmin(HistoryAdmin):
                     # A rollout in progress (409), or one with nothing to roll out from.
                     form.add_error(None, exc.detail)
                 else:
-                    return self._done(request, outcome, emergency)
+                    return self._done(request, outcome, emergency, scope)
         else:
             initial = (
                 {"config_url": current.config_url, "pooling_interval": current.pooling_interval}
@@ -271,37 +298,37 @@ class ConfigVersionAdmin(HistoryAdmin):
             form = ConfigChangeForm(initial=initial, offer_emergency=request.user.is_superuser)
         context = {
             **self.admin_site.each_context(request),
-            "title": "Change the configuration",
+            "title": f"Change the configuration of {scope}",
             "opts": self.model._meta,
             "form": form,
             "current": current,
             "preflight": trial,
-            "approvals_required": changes.approvals_required(),
+            "approvals_required": changes.approvals_required(scope.pk),
             # The way past review is offered only where there is review to bypass (and kept in
             # view when an emergency publish was tried, to show its errors).
             "offer_emergency": request.user.is_superuser
-            and (changes.approvals_required() or "_emergency" in request.POST),
+            and (changes.approvals_required(scope.pk) or "_emergency" in request.POST),
         }
         return TemplateResponse(request, "admin/configs/configversion/change_config.html", context)
 
-    def _preflight(self, form: ConfigChangeForm, config_url: str) -> dict | None:
+    def _preflight(self, form: ConfigChangeForm, config_url: str, scope: Scope) -> dict | None:
         try:
             check_config_url(config_url)
-            return preflight.run_preflight(config_url=config_url, scope_id=default_scope_id())
+            return preflight.run_preflight(config_url=config_url, scope_id=scope.pk)
         except InvalidConfig as exc:
             form.add_error(exc.field, exc.message)
         except NoLiveAgent as exc:
             form.add_error(None, exc.detail)
         return None
 
-    def _done(self, request, outcome: changes.ConfigChange, emergency: bool):
+    def _done(self, request, outcome: changes.ConfigChange, emergency: bool, scope: Scope):
         """Say what the change did, and go where it can be followed."""
         if outcome.change_request is not None:
             self.message_user(
                 request,
                 f"Change request #{outcome.change_request.pk} awaits approval; nothing is "
-                f"published until {changes.approvals_required()} approver(s) other than you "
-                "approve it.",
+                f"published until {changes.approvals_required(scope.pk)} approver(s) other than "
+                "you approve it.",
             )
             return HttpResponseRedirect(
                 reverse("admin:changes_changerequest_change", args=[outcome.change_request.pk])
@@ -320,8 +347,9 @@ class ConfigVersionAdmin(HistoryAdmin):
                 messages.WARNING,
             )
         else:
-            self.message_user(request, f"Version {version} is now current.")
-        return HttpResponseRedirect(reverse("admin:configs_configversion_changelist"))
+            self.message_user(request, f"Version {version} of {scope} is now current.")
+        versions = reverse("admin:configs_configversion_changelist")
+        return HttpResponseRedirect(f"{versions}?scope__id__exact={scope.pk}")
 
     # Rollback -------------------------------------------------------------------------------
 
@@ -332,7 +360,14 @@ class ConfigVersionAdmin(HistoryAdmin):
                 request, "Select exactly one version to roll back to.", messages.WARNING
             )
             return None
-        target = queryset.get()
+        target = queryset.select_related("scope__application", "scope__environment").get()
+        if not has_role(request.user, OPERATOR, target.scope):
+            self.message_user(
+                request,
+                f"{role_needed_message(OPERATOR)} in {target.scope}: nothing was rolled back.",
+                messages.ERROR,
+            )
+            return None
         if request.POST.get("confirmed") != "yes":
             current = services.get_current_config(target.scope_id)
             return TemplateResponse(

@@ -9,13 +9,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.accounts.roles import OPERATOR, has_role, role_needed_message
+from apps.accounts.roles import OPERATOR, has_role, has_role_somewhere, role_needed_message
 from apps.audit.models import AuditEntry
 from apps.configs import actions
 from apps.rollouts import services, status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
-from apps.scopes.services import default_scope_id
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -130,9 +129,11 @@ class RolloutAdmin(HistoryAdmin):
     def wave_of(self, obj: Rollout) -> str:
         return f"{obj.wave} of {obj.last_wave}"
 
-    def has_control_permission(self, request) -> bool:
-        # Steering a rollout is the operator's, like a rollback.
-        return has_role(request.user, OPERATOR)
+    def has_control_permission(self, request, rollout: Rollout | None = None) -> bool:
+        # Steering a rollout is the operator's, like a rollback: in the rollout's scope.
+        if rollout is None:
+            return has_role_somewhere(request.user, OPERATOR)
+        return has_role(request.user, OPERATOR, rollout.scope)
 
     def get_urls(self):
         return [
@@ -151,12 +152,16 @@ class RolloutAdmin(HistoryAdmin):
         progress = status.measure(rollout)
         waves = list(
             AuditEntry.objects.filter(
-                action=AuditEntry.ROLLOUT_WAVE_STARTED, detail__version=rollout.version
+                action=AuditEntry.ROLLOUT_WAVE_STARTED,
+                detail__version=rollout.version,
+                application=rollout.scope.application.name,
+                environment=rollout.scope.environment.name,
             ).order_by("at")
         )
-        latest = status.get_latest_rollout(default_scope_id())
+        latest = status.get_latest_rollout(rollout.scope_id)
         controls = []
-        if latest is not None and latest.pk == rollout.pk and self.has_control_permission(request):
+        allowed = self.has_control_permission(request, rollout)
+        if latest is not None and latest.pk == rollout.pk and allowed:
             controls = [
                 name for name, (_, states, _) in CONTROLS.items() if rollout.state in states
             ]
@@ -201,6 +206,8 @@ class RolloutAdmin(HistoryAdmin):
         if not self.has_control_permission(request):
             raise PermissionDenied(role_needed_message(OPERATOR))
         rollout = get_object_or_404(Rollout, pk=pk)
+        if not self.has_control_permission(request, rollout):
+            raise PermissionDenied(role_needed_message(OPERATOR))
         detail = reverse("admin:rollouts_rollout_change", args=[rollout.pk])
         control, _, explanation = CONTROLS[action]
         if request.method == "POST" and request.POST.get("confirmed") == "yes":

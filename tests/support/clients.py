@@ -35,6 +35,38 @@ def client_for(email: str, *roles: str, superuser: bool = False) -> APIClient:
     return client
 
 
+def admin_headers(url: str) -> dict[str, str]:
+    """The seeded admin's Authorization header, from POST /login on a running controller."""
+    import requests
+
+    from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    login = requests.post(
+        f"{url}/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, timeout=10
+    )
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access']}"}
+
+
+def assert_write_refused(
+    method: str, route: str, body: dict, *, admin: dict, agent_token: str, oversized: bytes
+) -> None:
+    """A running controller's write route answers garbage 400, a body over the cap 413, and no
+    credentials or an agent's token 401."""
+    import requests
+
+    as_json = {**admin, "Content-Type": "application/json"}
+    garbage = requests.request(method, route, data=b"{not json", headers=as_json, timeout=10)
+    assert garbage.status_code == 400, (route, garbage.text)
+    too_large = requests.request(method, route, data=oversized, headers=as_json, timeout=10)
+    assert too_large.status_code == 413, route
+    anonymous = requests.request(method, route, json=body, timeout=10)
+    assert anonymous.status_code == 401, route
+    agent = {"Authorization": f"Bearer {agent_token}"}
+    as_the_agent = requests.request(method, route, json=body, headers=agent, timeout=10)
+    assert as_the_agent.status_code == 401, route
+
+
 class ServedAnswer:
     """An answer of the served stack, read as a test client's answer is read."""
 

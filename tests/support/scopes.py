@@ -1,6 +1,7 @@
-"""The default scope's environment as tests set its rules."""
+"""The default scope's environment as tests set its rules, and users holding a role in part of
+the fleet."""
 
-from apps.scopes.models import Environment
+from apps.scopes.models import Application, Environment
 from apps.scopes.services import default_scope
 
 
@@ -13,3 +14,18 @@ def set_approvals(required: int) -> None:
 
 def set_default_rollout(plan: dict | None) -> None:
     Environment.objects.filter(pk=default_scope().environment_id).update(default_rollout=plan)
+
+
+def user_with(role: str, application: str | None = None, environment: str | None = None):
+    """A new user holding `role` in the named application, environment or both."""
+    from apps.accounts.models import User
+    from apps.accounts.services import grant_scoped_role
+
+    user = User.objects.create_user(email=f"{role}-{application}-{environment}@example.com")
+    grant_scoped_role(
+        user,
+        role,
+        application=application and Application.objects.get(name=application),
+        environment=environment and Environment.objects.get(name=environment),
+    )
+    return user
