@@ -15,12 +15,15 @@ connection, for a first request); an idle keep-alive connection is uvicorn's own
 import asyncio
 import logging
 import sys
+import time
 
 from django.conf import settings
 from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
+
+from apps.ops import metrics
 
 logger = logging.getLogger("apps.ops")
 
@@ -62,13 +65,30 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self.head_deadline = None
         if not self.transport.is_closing():
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-            logger.warning(
-                "closed the connection of %s: no whole request head within %s s "
-                "(CONTROLLER_HEADER_TIMEOUT)",
-                peer,
-                settings.CONTROLLER_HEADER_TIMEOUT,
-            )
             self.transport.close()
+            note_head_timeout(peer)
+
+
+# Closed connections are logged at most this often, with how many since the last line: a flood
+# of slow or idle connections, what the deadline is against, would otherwise write a line each.
+HEAD_TIMEOUT_LOG_SECONDS = 10.0
+_head_timeouts = {"unlogged": 0, "logged_at": -HEAD_TIMEOUT_LOG_SECONDS}
+
+
+def note_head_timeout(peer: str) -> None:
+    """Count one connection closed by the head deadline; log the count now and then."""
+    metrics.instruments().head_timeouts.inc()
+    _head_timeouts["unlogged"] += 1
+    now = time.monotonic()
+    if now - _head_timeouts["logged_at"] >= HEAD_TIMEOUT_LOG_SECONDS:
+        logger.warning(
+            "closed %s connection(s) with no whole request head within %s s "
+            "(CONTROLLER_HEADER_TIMEOUT), such as that of %s",
+            _head_timeouts["unlogged"],
+            settings.CONTROLLER_HEADER_TIMEOUT,
+            peer,
+        )
+        _head_timeouts.update(unlogged=0, logged_at=now)
 
 
 class ControllerWorker(UvicornWorker):

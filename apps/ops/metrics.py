@@ -67,6 +67,11 @@ def _instruments() -> SimpleNamespace:
             "CONTROLLER_MAX_WATCHES).",
             ["limit"],
         ),
+        head_timeouts=Counter(
+            "controller_head_timeouts",
+            "Connections closed because no whole request head arrived within "
+            "CONTROLLER_HEADER_TIMEOUT.",
+        ),
         notifications_sent=Counter(
             "controller_notifications_sent",
             "Change notifications sent to the watch hubs, by type (config, revoked).",

@@ -25,6 +25,7 @@ from tests.conftest import ADMIN_PASSWORD
 from tests.e2e.conftest import INTERNAL_KEY, Admin
 from tests.e2e.reliability import record
 from tests.e2e.security import record_attack
+from tests.support.metrics import sample
 from tests.support.processes import server_errors
 from tests.support.worker import config_body, signed_headers
 
@@ -500,7 +501,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
 
 
 def test_a_request_head_not_sent_in_time_is_closed(stack):
-    _, url = stack.controller(None, CONTROLLER_HEADER_TIMEOUT="1")
+    controller, url = stack.controller(None, CONTROLLER_HEADER_TIMEOUT="1")
     port = int(url.rsplit(":", 1)[1])
     started = time.monotonic()
     slow = []
@@ -522,6 +523,12 @@ def test_a_request_head_not_sent_in_time_is_closed(stack):
     assert elapsed < 8, elapsed
     # A client that sends its head in time is served as ever.
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    # Each closed connection is counted; the log says how many in one line per process and
+    # burst, not one line each.
+    metrics_text = requests.get(f"{url}/metrics", timeout=10).text
+    assert sample(metrics_text, "controller_head_timeouts_total") == len(closed)
+    lines = [line for line in controller.output().splitlines() if "no whole request head" in line]
+    assert 1 <= len(lines) <= 2, lines
     record_attack(
         "slow-request-head",
         "every connection was closed by the controller once CONTROLLER_HEADER_TIMEOUT (1 s "
