@@ -12,8 +12,8 @@ from apps.changes.services import propose_change
 from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
 from apps.scopes.models import Environment
-from apps.scopes.services import create_application, create_environment, default_scope, get_scope
-from tests.support.scopes import user_with
+from apps.scopes.services import default_scope
+from tests.support.scopes import make_two_by_two, user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -27,18 +27,19 @@ ISSUE = "/admin/agents/registrationtoken/issue/"
 @pytest.fixture
 def scopes():
     """payments and search in staging and production, each on its version 1."""
-    default_scope()
-    create_environment("staging", order=-10)
-    for application in ("payments", "search"):
-        create_application(application)
-    found = {
-        (app, env): get_scope(app, env)
-        for app in ("payments", "search")
-        for env in ("staging", "production")
-    }
+    found = make_two_by_two()
     for scope in found.values():
         publish_config(scope_id=scope.pk, config_url=f"{URL}/{scope.pk}", pooling_interval=30)
     return found
+
+
+def roll_back(client, version: ConfigVersion):
+    """The admin's rollback action on `version`, confirmed."""
+    return client.post(
+        VERSIONS,
+        {"action": "rollback_to_version", "_selected_action": [version.pk], "confirmed": "yes"},
+        follow=True,
+    )
 
 
 def versions_of(scope) -> list[int]:
@@ -81,29 +82,11 @@ def test_a_rollback_in_the_admin_needs_the_operator_role_in_the_version_s_scope(
     for scope in (payments, search):
         publish_config(scope_id=scope.pk, config_url=URL + "/2", pooling_interval=30)
     client.force_login(user_with(OPERATOR, "payments"))
-    first_of_search = ConfigVersion.objects.get(scope=search, version=1)
-    refused = client.post(
-        VERSIONS,
-        {
-            "action": "rollback_to_version",
-            "_selected_action": [first_of_search.pk],
-            "confirmed": "yes",
-        },
-        follow=True,
-    )
+    refused = roll_back(client, ConfigVersion.objects.get(scope=search, version=1))
     assert "in search/production: nothing was rolled back" in refused.content.decode()
     assert versions_of(search) == [1, 2]
 
-    first_of_payments = ConfigVersion.objects.get(scope=payments, version=1)
-    done = client.post(
-        VERSIONS,
-        {
-            "action": "rollback_to_version",
-            "_selected_action": [first_of_payments.pk],
-            "confirmed": "yes",
-        },
-        follow=True,
-    )
+    done = roll_back(client, ConfigVersion.objects.get(scope=payments, version=1))
     assert "Rolled back: version 3" in done.content.decode()
     assert versions_of(payments) == [1, 2, 3]
     assert ConfigVersion.objects.get(scope=payments, version=3).rolled_back_from == 1

@@ -17,8 +17,9 @@ from apps.configs.models import ConfigVersion
 from apps.configs.services import state_of
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Environment, Scope
-from apps.scopes.services import create_application, create_environment, default_scope, get_scope
+from apps.scopes.services import default_scope, get_scope
 from tests.support.clients import api_as, bearer
+from tests.support.scopes import make_two_by_two
 from tests.support.scopes import user_with as scoped_user
 
 pytestmark = pytest.mark.django_db
@@ -34,10 +35,7 @@ SEARCH_PRODUCTION = "/apps/search/envs/production"
 @pytest.fixture
 def fleet():
     """payments and search (and the default application) in staging and production."""
-    default_scope()
-    create_environment("staging", order=-10)
-    create_application("payments")
-    create_application("search")
+    make_two_by_two()
 
 
 @pytest.fixture

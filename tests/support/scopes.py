@@ -29,3 +29,18 @@ def user_with(role: str, application: str | None = None, environment: str | None
         environment=environment and Environment.objects.get(name=environment),
     )
     return user
+
+
+TWO_BY_TWO = [(app, env) for app in ("payments", "search") for env in ("staging", "production")]
+
+
+def make_two_by_two() -> dict:
+    """payments and search (and the default application) in staging and production:
+    {(application, environment): Scope}."""
+    from apps.scopes.services import create_application, create_environment, get_scope
+
+    default_scope()  # the migration made it; a transactional test before may have flushed it
+    create_environment("staging", order=-10)
+    for application in ("payments", "search"):
+        create_application(application)
+    return {names: get_scope(*names) for names in TWO_BY_TWO}
