@@ -6,6 +6,7 @@ roles per scope, and the watch hub waking one scope's watches only."""
 import asyncio
 
 import pytest
+from django.core.management import CommandError
 
 from apps.accounts.models import User
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR
@@ -379,3 +380,35 @@ def test_create_registration_token_issues_a_token_of_the_named_scope(fleet, caps
     with pytest.raises(CommandError, match="Application 'nope' does not exist"):
         call_command("create_registration_token", "--application", "nope")
     assert RegistrationToken.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the command closes old connections as it polls
+def test_rollout_status_reports_the_named_scope_s_rollout(root):
+    import io
+
+    from django.core.management import call_command
+
+    def rollout_status(*args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        try:
+            call_command("rollout_status", *args, stdout=out)
+        except SystemExit as exc:
+            return exc.code, out.getvalue()
+        except CommandError as exc:
+            return exc.returncode, str(exc)
+        raise AssertionError("rollout_status always exits with a status")
+
+    register(root, PAYMENTS_PRODUCTION)
+    body = {"config_url": URL, "pooling_interval": 30}
+    root.post(f"{PAYMENTS_PRODUCTION}/config/admin", body, "json")
+    plan = {"waves": [50, 100], "bake_seconds": 3600}
+    root.put(
+        f"{PAYMENTS_PRODUCTION}/config/admin", {"config_url": NEW_URL, "rollout": plan}, "json"
+    )
+
+    code, out = rollout_status("--application", "payments", "--environment", "production")
+    assert code == 1 and out.startswith("rollout of v2 (from v1): rolling")
+    # The default scope has none; an unknown name is bad usage, naming it.
+    assert rollout_status() == (1, "No rollout has been started yet.\n")
+    code, said = rollout_status("--application", "nope")
+    assert code == 2 and "Application 'nope' does not exist" in said

@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -31,7 +30,7 @@ from apps.agents.serializers import (
 )
 from apps.agents.tokens import bearer_token
 from apps.configs.services import get_current_state
-from apps.scopes.services import get_scope
+from apps.scopes.services import named_scope
 from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 from protocol.labels import InvalidLabels, parse_label_pairs
@@ -57,9 +56,9 @@ class RegistrationTokenView(ActsOnScope, APIView):
             application, environment = data.get("application"), data.get("environment")
             names = [name for name in (application, environment) if isinstance(name, str)]
             if names and self.scope_names[0] is None:
-                self._acting_scope = get_scope(
-                    application if isinstance(application, str) else settings.DEFAULT_APPLICATION,
-                    environment if isinstance(environment, str) else settings.DEFAULT_ENVIRONMENT,
+                self._acting_scope = named_scope(
+                    application if isinstance(application, str) else None,
+                    environment if isinstance(environment, str) else None,
                 )
         return super().acting_scope()
 

@@ -70,6 +70,16 @@ def get_scope(application: str, environment: str) -> Scope:
     return scope
 
 
+def named_scope(application: str | None, environment: str | None) -> Scope:
+    """The scope a command's options or a request's body name, each name the default's when left
+    out (the default scope, made if missing, when both are)."""
+    if application is None and environment is None:
+        return default_scope()
+    return get_scope(
+        application or settings.DEFAULT_APPLICATION, environment or settings.DEFAULT_ENVIRONMENT
+    )
+
+
 def create_application(
     name: str, *, description: str = "", actor=None, source_ip: str | None = None
 ) -> Application:

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.agents.services import issue_registration_token
-from apps.scopes.services import default_scope, get_scope
+from apps.scopes.services import named_scope
 from controller_site.errors import ServiceError
 from protocol.config_file import add_config_argument
 from protocol.labels import InvalidLabels, parse_label_pairs
@@ -56,14 +56,7 @@ class Command(BaseCommand):
         except InvalidLabels as exc:
             raise CommandError(f"--label: {exc}") from None
         try:
-            scope = (
-                default_scope()
-                if application is None and environment is None
-                else get_scope(
-                    application or settings.DEFAULT_APPLICATION,
-                    environment or settings.DEFAULT_ENVIRONMENT,
-                )
-            )
+            scope = named_scope(application, environment)
         except ServiceError as exc:
             raise CommandError(str(exc.detail)) from None
         token, record = issue_registration_token(

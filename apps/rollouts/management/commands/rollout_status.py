@@ -1,6 +1,7 @@
-"""`manage.py rollout_status [--wait] [--timeout SECONDS]`: a deploy pipeline's gate on a
-rollout. Exit 0 when it completed with every live agent on its version, 1 when it was halted or
-aborted, when it has not converged (without --wait) or when --timeout ran out, 2 on bad usage."""
+"""`manage.py rollout_status [--wait] [--timeout SECONDS] [--application APP] [--environment ENV]`:
+a deploy pipeline's gate on a scope's rollout (the default scope's unless named). Exit 0 when it
+completed with every live agent on its version, 1 when it was halted or aborted, when it has not
+converged (without --wait) or when --timeout ran out, 2 on bad usage (an unknown name too)."""
 
 import time
 
@@ -11,7 +12,8 @@ from django.utils import timezone
 from apps.rollouts import status
 from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
-from apps.scopes.services import default_scope_id
+from apps.scopes.services import named_scope
+from controller_site.errors import ServiceError
 
 POLL_SECONDS = 1.0
 DEFAULT_TIMEOUT = 3600
@@ -27,6 +29,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        parser.add_argument(
+            "--application",
+            default=None,
+            help="The application of the rollout's scope (default: DEFAULT_APPLICATION).",
+        )
+        parser.add_argument(
+            "--environment",
+            default=None,
+            help="The environment of the rollout's scope (default: DEFAULT_ENVIRONMENT).",
+        )
         parser.add_argument(
             "--wait",
             action="store_true",
@@ -47,11 +59,15 @@ class Command(BaseCommand):
             raise CommandError("--timeout goes with --wait.", returncode=2)
         if timeout is not None and timeout <= 0:
             raise CommandError("--timeout must be a positive number of seconds.", returncode=2)
+        try:
+            scope = named_scope(options["application"], options["environment"])
+        except ServiceError as exc:
+            raise CommandError(str(exc.detail), returncode=2) from None
         deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT)
         printed = None
         while True:
             close_old_connections()
-            rollout = status.get_latest_rollout(default_scope_id())
+            rollout = status.get_latest_rollout(scope.pk)
             if rollout is None:
                 self.stdout.write("No rollout has been started yet.")
                 raise SystemExit(1)
