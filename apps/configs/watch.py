@@ -70,7 +70,6 @@ STREAM_HEADERS = [
 WAIT_MAX = 60
 # Each one's name in the log.
 WHAT = {WATCH_PATH: "watch", STREAM_PATH: "stream"}
-TIMED_OUT = ("timeout", None)
 HUNG_UP = ("gone", None)
 
 
@@ -179,16 +178,16 @@ class Watches:
                     held = metrics.instruments().watches
                     held.inc()
                     # Up to wait/16 of jitter, so that many watches started together do not all
-                    # come back at the same instant. A timer rather than a task per request
-                    # keeps a wake-up cheap; a client that hangs up is noticed when its answer
-                    # is written.
-                    timer = loop.call_later(
-                        wait + random.uniform(0, wait / 16), settle, waiter.future, TIMED_OUT
+                    # come back at the same instant. A shared deadline rather than a task per
+                    # request keeps a wake-up cheap; a client that hangs up is noticed when its
+                    # answer is written.
+                    deadline = self.hub.deadlines.add(
+                        waiter.future, wait + random.uniform(0, wait / 16)
                     )
                     try:
                         outcome, news = await waiter.future
                     finally:
-                        timer.cancel()
+                        self.hub.deadlines.discard(deadline, waiter.future)
                         held.dec()
                         self.hub.held.release(waiter)
                 if outcome == "revoked":
@@ -280,11 +279,11 @@ class Watches:
                 waiter.future = loop.create_future()
                 if self.hub.latest_target_moved(waiter):
                     continue
-                timer = loop.call_later(KEEP_ALIVE_SECONDS, settle, waiter.future, TIMED_OUT)
+                deadline = self.hub.deadlines.add(waiter.future, KEEP_ALIVE_SECONDS)
                 try:
                     outcome, news = await waiter.future
                 finally:
-                    timer.cancel()
+                    self.hub.deadlines.discard(deadline, waiter.future)
                 if outcome == "timeout":
                     await send_chunk(send, KEEP_ALIVE)
                 elif outcome == "preflight":
