@@ -384,11 +384,14 @@ def test_the_dashboard_shows_every_application_in_every_environment(page, live_s
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#scope-matrix").screenshot(path=str(ARTIFACTS / "admin-matrix.png"))
 
-    # A cell leads to its scope's versions and to its agents, and to nothing of another scope.
+    # A cell leads to its scope's page and to its agents, and to nothing of another scope.
     page.click("#scope-search-staging a.version")
-    page.wait_for_selector("#result_list")
-    urls = page.locator("#result_list td.field-config_url").all_text_contents()
-    assert urls == [f"{URL}/find2", f"{URL}/find1"]
+    page.wait_for_selector("#scope-history")
+    assert page.inner_text("#scope-config-url") == f"{URL}/find2"
+    history = page.locator("#scope-history tbody tr").all_inner_texts()
+    assert len(history) == 2
+    assert f"{URL}/find1" in history[0] and f"{URL}/find2" in history[0]
+    assert f"{URL}/pay" not in page.content()
     page.go_back()
     page.click("#scope-search-staging a.agents")
     page.wait_for_selector("#result_list")

@@ -176,6 +176,8 @@ ADMIN_RULES = {
         "change": OPERATOR,
         "delete": NOBODY,
         "delete_selected": NOBODY,
+        # A scope's page: read, in that scope (tests/test_scope_page.py).
+        "scopes_scope": ANY_ROLE,
     },
     # An environment's rules decide how many approvers a change needs: a superuser's.
     "scopes.environment": {
@@ -605,6 +607,7 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
         "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
         "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",
+        "scopes_scope": f"{base}{obj}/envs/production/",
     }[page]
 
 

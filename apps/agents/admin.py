@@ -360,7 +360,10 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         if not self.has_issue_permission(request):
             raise PermissionDenied(role_needed_message(OPERATOR))
         token = record = None
-        form = IssueTokenForm(request.POST or None, initial={"scope": default_scope()})
+        # `?scope=<id>` (a scope's page) chooses the scope; the POST is checked as any other.
+        wanted = request.GET.get("scope", "")
+        initial = {"scope": int(wanted) if wanted.isdigit() else default_scope()}
+        form = IssueTokenForm(request.POST or None, initial=initial)
         if request.method == "POST" and form.is_valid():
             scope = form.cleaned_data["scope"] or default_scope()
             if not has_role(request.user, OPERATOR, scope):

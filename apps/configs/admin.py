@@ -1,7 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -151,14 +150,6 @@ class ConfigChangeForm(forms.Form):
         return checked.validated_data
 
 
-def _previous(field: str) -> Subquery:
-    return Subquery(
-        ConfigVersion.objects.filter(
-            scope=OuterRef("scope"), version=OuterRef("version") - 1
-        ).values(field)[:1]
-    )
-
-
 @admin.register(ConfigVersion)
 class ConfigVersionAdmin(HistoryAdmin):
     """Versions are history: nobody edits or deletes one; changes and rollbacks make a new
@@ -183,24 +174,11 @@ class ConfigVersionAdmin(HistoryAdmin):
 
     def get_queryset(self, request):
         # The previous version's fields ride along, so the changed column costs no query per row.
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("created_by")
-            .annotate(
-                previous_url=_previous("config_url"),
-                previous_interval=_previous("pooling_interval"),
-            )
-        )
+        return services.with_previous(super().get_queryset(request).select_related("created_by"))
 
     @admin.display(description="changed")
     def changed(self, obj: ConfigVersion) -> str:
-        previous = None
-        if getattr(obj, "previous_interval", None) is not None:
-            previous = ConfigVersion(
-                config_url=obj.previous_url, pooling_interval=obj.previous_interval
-            )
-        return ", ".join(services.changed_fields(obj, previous)) or "nothing"
+        return ", ".join(services.changed_fields(obj, services.previous_of(obj))) or "nothing"
 
     def has_publish_permission(self, request) -> bool:
         """Making a new version with the form, in some scope (the form's scope decides)."""

@@ -6,6 +6,7 @@ write is in apps.configs.actions."""
 import logging
 
 from django.core.cache import cache
+from django.db.models import OuterRef, QuerySet, Subquery
 
 from apps.configs import notifications
 from apps.configs.errors import NoConfigYet
@@ -160,4 +161,41 @@ def changed_fields(config: ConfigVersion, previous: ConfigVersion | None) -> lis
         field
         for field in ("config_url", "pooling_interval")
         if getattr(config, field) != getattr(previous, field)
+    ]
+
+
+def _previous(field: str) -> Subquery:
+    return Subquery(
+        ConfigVersion.objects.filter(
+            scope=OuterRef("scope"), version=OuterRef("version") - 1
+        ).values(field)[:1]
+    )
+
+
+def with_previous(versions: QuerySet) -> QuerySet:
+    """Versions with the previous version's content of their scope read in the same query, so
+    that a list of versions with what each changed costs no query per row (previous_of)."""
+    return versions.annotate(
+        previous_url=_previous("config_url"), previous_interval=_previous("pooling_interval")
+    )
+
+
+def previous_of(config: ConfigVersion) -> ConfigVersion | None:
+    """The previous version's content as with_previous read it; None for a first version."""
+    if getattr(config, "previous_interval", None) is None:
+        return None
+    return ConfigVersion(config_url=config.previous_url, pooling_interval=config.previous_interval)
+
+
+def diff_against_previous(config: ConfigVersion) -> list[dict]:
+    """The fields a version (read by with_previous) changed, each with its value before (None
+    for a first version) and after."""
+    previous = previous_of(config)
+    return [
+        {
+            "field": field,
+            "before": getattr(previous, field) if previous else None,
+            "after": getattr(config, field),
+        }
+        for field in changed_fields(config, previous)
     ]

@@ -99,6 +99,31 @@ def _seconds(rollout: Rollout, entry: AuditEntry) -> float:
     return max(0.0, (entry.at - rollout.started_at).total_seconds())
 
 
+def progress_context(rollout: Rollout, progress: status.Progress, waves: list[AuditEntry]) -> dict:
+    """The agents per state as bars and the chart of agents applied since the start, as the
+    rollout's page and its scope's page draw them (admin/rollouts/rollout/progress.html)."""
+    stale = sum(1 for agent in progress.agents if agent["stale"] and not agent["applied"])
+    bars = [
+        ("applied", progress.applied, "#2e7d32"),
+        ("applying", len(progress.waiting), "#1565c0"),
+        ("stale", stale, "#6d4c41"),
+        ("not yet targeted", progress.total - progress.targeted, "#9e9e9e"),
+    ]
+    return {
+        "progress": progress,
+        "bars": [
+            (label, count, colour, round(100 * count / max(progress.total, 1)))
+            for label, count, colour in bars
+        ],
+        "chart": progress_chart(rollout, progress.total, waves),
+    }
+
+
+def controls_of(rollout: Rollout) -> list[str]:
+    """The controls the rollout's state allows (whoever may use them)."""
+    return [name for name, (_, states, _) in CONTROLS.items() if rollout.state in states]
+
+
 @admin.register(Rollout)
 class RolloutAdmin(HistoryAdmin):
     """Rollouts are made by publishing with a plan; here they are watched and steered."""
@@ -150,47 +175,26 @@ class RolloutAdmin(HistoryAdmin):
             raise PermissionDenied
         rollout = get_object_or_404(Rollout, pk=object_id)
         progress = status.measure(rollout)
-        waves = list(
-            AuditEntry.objects.filter(
-                action=AuditEntry.ROLLOUT_WAVE_STARTED,
-                detail__version=rollout.version,
-                application=rollout.scope.application.name,
-                environment=rollout.scope.environment.name,
-            ).order_by("at")
-        )
+        waves = status.wave_starts(rollout)
         latest = status.get_latest_rollout(rollout.scope_id)
         controls = []
         allowed = self.has_control_permission(request, rollout)
         if latest is not None and latest.pk == rollout.pk and allowed:
-            controls = [
-                name for name, (_, states, _) in CONTROLS.items() if rollout.state in states
-            ]
-        stale = sum(1 for agent in progress.agents if agent["stale"] and not agent["applied"])
+            controls = controls_of(rollout)
         new_hits, previous_hits = health_of(rollout)
-        bars = [
-            ("applied", progress.applied, "#2e7d32"),
-            ("applying", len(progress.waiting), "#1565c0"),
-            ("stale", stale, "#6d4c41"),
-            ("not yet targeted", progress.total - progress.targeted, "#9e9e9e"),
-        ]
         context = {
             **self.admin_site.each_context(request),
             "title": f"Rollout of version {rollout.version}",
             "opts": self.model._meta,
             "rollout": rollout,
             "state_colour": STATE_COLOURS[rollout.state],
-            "progress": progress,
-            "bars": [
-                (label, count, colour, round(100 * count / max(progress.total, 1)))
-                for label, count, colour in bars
-            ],
+            **progress_context(rollout, progress, waves),
             "wave_plan": [
                 ("0", "canaries", ", ".join(f"{k}={v}" for k, v in rollout.canary_labels.items()))
             ]
             * bool(rollout.canary_labels)
             + [(str(k), f"{p}%", "of the others") for k, p in enumerate(rollout.waves, 1)],
             "wave_entries": waves,
-            "chart": progress_chart(rollout, progress.total, waves),
             "controls": controls,
             "health": [
                 (rollout.version, "new", new_hits),

@@ -9,6 +9,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from apps.agents.models import Agent
+from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import target_version_expression, targets_new
@@ -23,6 +24,18 @@ def get_latest_rollout(scope_id: int) -> Rollout | None:
         .select_related("created_by")
         .order_by("-version")
         .first()
+    )
+
+
+def wave_starts(rollout: Rollout) -> list[AuditEntry]:
+    """The audit entries of the rollout's started waves, in order: where its chart marks them."""
+    return list(
+        AuditEntry.objects.filter(
+            action=AuditEntry.ROLLOUT_WAVE_STARTED,
+            detail__version=rollout.version,
+            application=rollout.scope.application.name,
+            environment=rollout.scope.environment.name,
+        ).order_by("at")
     )
 
 

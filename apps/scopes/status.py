@@ -1,15 +1,23 @@
 """What each scope holds now: its current version, its rollout's state and its agents by status,
-as GET /apps/{app}, the application's admin page and the dashboard's matrix show them."""
+as GET /apps/{app}, the application's admin page and the dashboard's matrix show them; and all
+of one scope, as its own admin page shows it."""
 
-from django.db.models import Max
+from django.db.models import Case, IntegerField, Max, Value, When
 from django.utils import timezone
 
 from apps.agents.models import Agent
-from apps.agents.services import STATUSES, count_by_status
+from apps.agents.services import STATUSES, agent_status, count_by_status, status_condition
+from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
-from apps.configs.services import state_of
+from apps.configs.services import diff_against_previous, state_of, with_previous
 from apps.rollouts.models import Rollout
+from apps.rollouts.status import get_latest_rollout, measure, wave_starts
 from apps.scopes.models import Application, Environment, Scope
+
+# How much of each list a scope's page shows; each links to the whole list, filtered by scope.
+PAGE_VERSIONS = 20
+PAGE_CHANGES = 20
+PAGE_AGENTS = 50
 
 
 def describe_scope(scope: Scope, now=None) -> dict:
@@ -86,3 +94,66 @@ def matrix(now=None) -> dict:
             cells.append(cell)
         rows.append({"application": application, "cells": cells})
     return {"environments": environments, "rows": rows}
+
+
+def describe_scope_page(scope: Scope, now=None) -> dict:
+    """A scope's admin page: its newest versions, each with what it changed from the one before
+    (the first is the current config); its latest rollout with where it stands among the agents
+    and its waves' starts; its change requests, pending first; its agents by status, and the
+    first of them, those that need a look (behind, then stale) first. The number of queries is
+    the same however long the history or large the fleet."""
+    now = now or timezone.now()
+    versions = list(
+        with_previous(ConfigVersion.objects.filter(scope=scope))
+        .select_related("created_by")
+        .order_by("-version")[:PAGE_VERSIONS]
+    )
+    for version in versions:
+        version.diff = diff_against_previous(version)
+    config = versions[0] if versions else None
+    state = state_of(config, scope.pk)
+    agents = Agent.objects.filter(scope=scope)
+    rollout = get_latest_rollout(scope.pk)
+    progress = waves = None
+    if rollout is not None:
+        rollout.scope = scope  # its names, for the waves' audit entries
+        progress = measure(rollout, now=now)
+        waves = wave_starts(rollout)
+    pending_first = Case(
+        When(state=ChangeRequest.PENDING, then=Value(0)),
+        default=Value(1),
+        output_field=IntegerField(),
+    )
+    changes = (
+        ChangeRequest.objects.filter(scope=scope)
+        .select_related("author")
+        .order_by(pending_first, "-created_at", "-id")[:PAGE_CHANGES]
+    )
+    attention = Case(
+        *(
+            When(status_condition(status, state, now), then=Value(rank))
+            for rank, status in enumerate(("behind", "stale", "in_sync"))
+        ),
+        default=Value(3),
+        output_field=IntegerField(),
+    )
+    listed = list(
+        agents.annotate(attention=attention).order_by("attention", "name", "created_at")[
+            :PAGE_AGENTS
+        ]
+    )
+    for agent in listed:
+        agent.status = agent_status(agent, state, now)
+    counts = count_by_status(state, now, agents)
+    return {
+        "config": config,
+        "versions": versions,
+        "rollout": rollout,
+        "progress": progress,
+        "waves": waves,
+        "changes": list(changes),
+        "agent_counts": counts,
+        "agent_total": sum(counts.values()),
+        "agents": listed,
+        "limits": {"versions": PAGE_VERSIONS, "changes": PAGE_CHANGES, "agents": PAGE_AGENTS},
+    }
