@@ -76,6 +76,7 @@ def _make_version(
     if_match: str | None = None,
     change: ChangeRequest | None = None,
     rollback: Rollback | None = None,
+    update: bool = False,
 ) -> tuple[ConfigVersion, bool]:
     """Make the given content current in a scope. Returns (config, created); identical content
     is a no-op,
@@ -88,7 +89,7 @@ def _make_version(
     newest. `change`, an approved change request, must still be based on the newest version
     (else BaseVersionGone) and its author is the new version's creator; every other pending
     request becomes stale. `rollback` ends the rollout splitting the fleet instead of being
-    refused by it."""
+    refused by it. `update` refuses (NoConfigYet) to make a scope's first version."""
     if config_url is not None:
         config_url = check_config_url(config_url)
     if pooling_interval is not None:
@@ -97,7 +98,7 @@ def _make_version(
         try:
             with transaction.atomic():
                 newest = lock_newest(scope_id)
-                if newest is None and (config_url is None or pooling_interval is None):
+                if newest is None and (update or config_url is None or pooling_interval is None):
                     raise NoConfigYet()
                 current_version = newest.version if newest else 0
                 if change is not None and change.base_version != current_version:
@@ -188,11 +189,8 @@ def update_config(
 ) -> tuple[ConfigVersion, bool]:
     """Change some fields of the current config of a scope (the default scope when None); a
     field left out keeps its value."""
-    scope_id = scope_id or default_scope_id()
-    if not ConfigVersion.objects.filter(scope_id=scope_id).exists():
-        raise NoConfigYet()
     return _make_version(
-        scope_id,
+        scope_id or default_scope_id(),
         changes.get("config_url"),
         changes.get("pooling_interval"),
         action=AuditEntry.CONFIG_UPDATED,
@@ -200,6 +198,7 @@ def update_config(
         source_ip=source_ip,
         plan=rollout,
         if_match=if_match,
+        update=True,
     )
 
 
