@@ -2,12 +2,10 @@
 halts a rollout and puts everyone back on the previous content (or pauses it), exactly once; and
 a plan's pre-flight refuses a URL before anything is stored."""
 
-import io
 import threading
 from functools import partial
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -23,6 +21,7 @@ from apps.configs.models import ConfigVersion
 from apps.ops import metrics
 from apps.rollouts.models import Rollout
 from tests.conftest import SentPreflights
+from tests.support.commands import rollout_status
 from tests.support.fleet import make_fleet, served
 from tests.support.metrics import DEFAULT_SCOPE, sample
 
@@ -49,15 +48,6 @@ def report(agent: Agent, version: int, ok: int, failed: int) -> None:
 
 def stops(state: str) -> float:
     return metrics.instruments().rollouts_halted.labels(state)._value.get()
-
-
-def rollout_status() -> tuple[int, str]:
-    out = io.StringIO()
-    try:
-        call_command("rollout_status", stdout=out)
-    except SystemExit as exc:
-        return exc.code, out.getvalue()
-    raise AssertionError("rollout_status always exits with a status")
 
 
 # The plan -----------------------------------------------------------------------------------

@@ -1,13 +1,11 @@
 """Staged rollouts through the API: plans, per-agent targets, waves, the operator's controls."""
 
-import io
 import re
 import threading
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
@@ -24,6 +22,7 @@ from apps.rollouts import services
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, target_of, target_version_expression
 from tests.support.clients import api_as, bearer
+from tests.support.commands import rollout_status
 from tests.support.fleet import make_fleet, served
 from tests.support.metrics import DEFAULT_SCOPE, sample
 from tests.support.scopes import set_approvals
@@ -667,17 +666,6 @@ def test_concurrent_advances_start_each_wave_once():
     assert Rollout.objects.get().state == "completed"
     assert [e.detail["wave"] for e in wave_entries()] == [0, 1, 2]
     assert AuditEntry.objects.filter(action=AuditEntry.ROLLOUT_COMPLETED).count() == 1
-
-
-def rollout_status(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    try:
-        call_command("rollout_status", *args, stdout=out)
-    except SystemExit as exc:
-        return exc.code, out.getvalue()
-    except CommandError as exc:
-        return exc.returncode, str(exc)
-    raise AssertionError("rollout_status always exits with a status")
 
 
 @pytest.mark.django_db(transaction=True)

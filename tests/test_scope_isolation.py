@@ -20,6 +20,7 @@ from apps.rollouts.models import Rollout
 from apps.scopes.models import Environment, Scope
 from apps.scopes.services import default_scope, get_scope
 from tests.support.clients import api_as, bearer
+from tests.support.commands import rollout_status
 from tests.support.scopes import make_two_by_two
 from tests.support.scopes import user_with as scoped_user
 
@@ -370,7 +371,7 @@ def test_the_hub_wakes_only_the_changed_scope_s_watches():
 
 
 def test_create_registration_token_issues_a_token_of_the_named_scope(fleet, capsys):
-    from django.core.management import CommandError, call_command
+    from django.core.management import call_command
 
     call_command("create_registration_token", "--application", "search", "--environment", "staging")
     token = capsys.readouterr().out.strip()
@@ -384,20 +385,6 @@ def test_create_registration_token_issues_a_token_of_the_named_scope(fleet, caps
 
 @pytest.mark.django_db(transaction=True)  # the command closes old connections as it polls
 def test_rollout_status_reports_the_named_scope_s_rollout(root):
-    import io
-
-    from django.core.management import call_command
-
-    def rollout_status(*args: str) -> tuple[int, str]:
-        out = io.StringIO()
-        try:
-            call_command("rollout_status", *args, stdout=out)
-        except SystemExit as exc:
-            return exc.code, out.getvalue()
-        except CommandError as exc:
-            return exc.returncode, str(exc)
-        raise AssertionError("rollout_status always exits with a status")
-
     register(root, PAYMENTS_PRODUCTION)
     body = {"config_url": URL, "pooling_interval": 30}
     root.post(f"{PAYMENTS_PRODUCTION}/config/admin", body, "json")

@@ -140,14 +140,17 @@ class Stack:
         *,
         register: bool = True,
         allow_agent_labels: bool | None = None,
+        registration_token: str | None = None,
         **env: str,
     ) -> Process:
         """An agent whose state lives in tmp_path/<name>; `register` gives it a fresh
-        registration token (a restarted agent reuses its stored credentials instead). The
-        token takes the agent's own labels (AGENT_LABELS) unless `allow_agent_labels` is
-        False."""
+        registration token of the default scope, or `registration_token` when given (a
+        restarted agent reuses its stored credentials instead). The fresh token takes the
+        agent's own labels (AGENT_LABELS) unless `allow_agent_labels` is False."""
         allow = "AGENT_LABELS" in env if allow_agent_labels is None else allow_agent_labels
-        token = issue_registration_token(allow_agent_labels=allow)[0] if register else None
+        token = registration_token
+        if token is None and register:
+            token = issue_registration_token(allow_agent_labels=allow)[0]
         return self._keep(
             start_agent(
                 controller_url,

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from apps.scopes.services import default_scope
-from tests.e2e.conftest import INTERNAL_KEY, Admin, worker_version
-from tests.support.processes import start_agent, wait_until
+from tests.e2e.conftest import Admin, worker_version
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -59,15 +59,12 @@ def test_four_scopes_on_one_controller_each_reach_their_own_worker_only(
         assert issued.status_code == 201, issued.text
         workers[scope] = stack.worker(WORKER_BLOCK_PRIVATE_UPSTREAMS="0")[1]
         agent_dirs[scope] = tmp_path / "-".join(scope)
-        stack._keep(
-            start_agent(
-                url,
-                [workers[scope]],
-                agent_dirs[scope],
-                internal_key=INTERNAL_KEY,
-                registration_token=issued.json()["registration_token"],
-                AGENT_HEARTBEAT_SECONDS="1",
-            )
+        stack.agent(
+            url,
+            [workers[scope]],
+            "-".join(scope),
+            registration_token=issued.json()["registration_token"],
+            AGENT_HEARTBEAT_SECONDS="1",
         )
     # Every worker holds its own scope's version 1: the same number, four contents.
     wait_until(
