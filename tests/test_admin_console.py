@@ -197,6 +197,22 @@ def test_agents_list_has_badges_and_filters_by_status(operator, publish):
     assert [str(a) for a in only_sync.context["cl"].result_list] == ["fresh"]
 
 
+def test_the_filtered_agents_list_reads_each_scope_s_state_once(operator, publish, monkeypatch):
+    from apps.agents import admin as agents_admin
+
+    publish(URL, 30)
+    make_agent("fresh", applied_version=1, last_seen=timezone.now())
+    reads = []
+    real = agents_admin.get_current_state
+    monkeypatch.setattr(
+        agents_admin, "get_current_state", lambda scope_id: reads.append(scope_id) or real(scope_id)
+    )
+    page = operator.get("/admin/agents/agent/?status=in_sync")
+    assert [str(a) for a in page.context["cl"].result_list] == ["fresh"]
+    # The status filter and the target column judge by the same read.
+    assert len(reads) == 1
+
+
 def test_revoke_action_confirms_then_revokes(operator):
     agent = make_agent("edge")
     ask = operator.post(

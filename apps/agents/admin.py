@@ -1,6 +1,7 @@
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.template.response import TemplateResponse
@@ -38,15 +39,21 @@ class StatusFilter(admin.SimpleListFilter):
             return queryset
         now = timezone.now()
         condition = Q(pk__in=[])
-        for scope_id, state in scope_states().items():
+        for scope_id, state in scope_states(request).items():
             condition |= Q(scope_id=scope_id) & services.status_condition(self.value(), state, now)
         return queryset.filter(condition)
 
 
-def scope_states() -> dict[int, dict]:
-    """The served state of every scope with an agent: each agent is judged by its own."""
-    scope_ids = Agent.objects.order_by().values_list("scope_id", flat=True).distinct()
-    return {scope_id: get_current_state(scope_id) for scope_id in scope_ids}
+def scope_states(request) -> dict[int, dict]:
+    """The served state of every scope with an agent: each agent is judged by its own. Read
+    once per request: the status filter and the list's target column both need them, and the
+    two must judge by the same states."""
+    states = getattr(request, "_agent_scope_states", None)
+    if states is None:
+        scope_ids = Agent.objects.order_by().values_list("scope_id", flat=True).distinct()
+        states = {scope_id: get_current_state(scope_id) for scope_id in scope_ids}
+        request._agent_scope_states = states
+    return states
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -115,6 +122,17 @@ class AgentForm(forms.ModelForm):
         )
 
 
+class AgentChangeList(ChangeList):
+    """The agents' list, each row given its scope's served state as the filter read it: the
+    status column then costs no read of its own per row."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        states = scope_states(request)
+        for agent in self.result_list:
+            agent.served_state = states.get(agent.scope_id)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     form = AgentForm
@@ -156,9 +174,13 @@ class AgentAdmin(admin.ModelAdmin):
                 source_ip=client_ip(request),
             )
 
+    def get_changelist(self, request, **kwargs):
+        return AgentChangeList
+
     @admin.display(description="status")
     def status_badge(self, obj: Agent) -> str:
-        status = services.agent_status(obj, get_current_state(obj.scope_id))
+        state = getattr(obj, "served_state", None) or get_current_state(obj.scope_id)
+        status = services.agent_status(obj, state)
         return format_html(
             '<span class="agent-status status-{}" style="background:{};color:#fff;'
             'padding:2px 8px;border-radius:10px;white-space:nowrap">{}</span>',
@@ -178,7 +200,7 @@ class AgentAdmin(admin.ModelAdmin):
                 target=Case(
                     *(
                         When(scope_id=scope_id, then=target_version_expression(state))
-                        for scope_id, state in scope_states().items()
+                        for scope_id, state in scope_states(request).items()
                     ),
                     default=Value(0),
                     output_field=IntegerField(),
