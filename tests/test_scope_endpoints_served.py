@@ -1,12 +1,14 @@
-"""The routes that make and change applications and environments, and a scope's twin of the seed's
-write route, against a real controller: garbage, a body over the cap, no credentials and an
+"""The routes that make and change applications and environments, and the scoped twins of the
+seed's write routes, against a real controller: garbage, a body over the cap, no credentials and an
 agent's token get a clear 4xx, and nothing is stored."""
 
 import pytest
 import requests
 
+from apps.agents.models import RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
+from apps.changes.models import ChangeRequest
 from apps.configs.models import ConfigVersion
 from apps.scopes.models import Application, Environment
 from apps.scopes.services import create_application, default_scope
@@ -66,5 +68,37 @@ def test_the_scope_routes_refuse_garbage_oversized_bodies_and_wrong_credentials(
             assert answer.status_code in (200, 201), (route, answer.text)
         assert Application.objects.get(name="payments").description == "Cards"
         assert ConfigVersion.objects.get().scope.application.name == "payments"
+    finally:
+        controller.stop()
+
+
+@pytest.mark.bcrypt  # a controller process checks the admin's password
+def test_every_scoped_write_with_a_body_refuses_garbage_and_wrong_credentials(admin_user):
+    """The scoped twins of the seed's write routes are the same views behind another prefix;
+    served by a real controller, each refuses as its seed route does and stores nothing."""
+    default_scope()
+    create_application("payments")
+    token, _ = issue_registration_token()
+    _, agent_token = register_agent(token=token, name="a", hostname="h")
+    controller, url = start_controller(redis_url=None)
+    try:
+        admin = admin_headers(url)
+        scoped = f"{url}/apps/payments/envs/production"
+        content = {"config_url": "http://upstream.example/a", "pooling_interval": 30}
+        made = requests.post(f"{scoped}/config/admin", json=content, headers=admin, timeout=10)
+        assert made.status_code == 201, made.text
+        routes = [
+            ("PUT", f"{scoped}/config/admin", {"pooling_interval": 45}),
+            ("POST", f"{scoped}/config/admin/rollback", {"version": 1}),
+            ("POST", f"{scoped}/config/admin/preflight", {"config_url": content["config_url"]}),
+            ("POST", f"{scoped}/agent/admin", {"labels": {"tier": "canary"}}),
+        ]
+        before = (stored(), RegistrationToken.objects.count(), ChangeRequest.objects.count())
+        for method, route, body in routes:
+            assert_write_refused(
+                method, route, body, admin=admin, agent_token=agent_token, oversized=OVER_THE_CAP
+            )
+        after = (stored(), RegistrationToken.objects.count(), ChangeRequest.objects.count())
+        assert after == before
     finally:
         controller.stop()
