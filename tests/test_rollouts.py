@@ -718,11 +718,21 @@ class TestStatusAndMetrics:
         assert gauge(text, "controller_rollout_version") == 2
         assert gauge(text, "controller_agents_by_target_version", version="2") == 2
         assert gauge(text, "controller_agents_by_target_version", version="1") == 4
+        rollout = Rollout.objects.get()
+        started = gauge(text, "controller_rollout_wave_started_timestamp_seconds")
+        assert started == pytest.approx(rollout.wave_started_at.timestamp())
+        # No wave timeout in the plan: the bake time and an hour.
+        assert gauge(text, "controller_rollout_wave_allowed_seconds") == rollout.bake_seconds + 3600
         # Wave 1: half the others by their hash.
+        bake(600)
         assert admin_api.post("/config/admin/rollout/promote").status_code == 200
         text = api.get("/metrics").content.decode()
         assert gauge(text, "controller_agents_by_target_version", version="2") == 4
         assert gauge(text, "controller_agents_by_target_version", version="1") == 2
+        # The wave's clock starts again (the bake above moved the first wave's start back).
+        assert gauge(text, "controller_rollout_wave_started_timestamp_seconds") == pytest.approx(
+            Rollout.objects.get().wave_started_at.timestamp()
+        )
 
 
 @pytest.mark.django_db(transaction=True)

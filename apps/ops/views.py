@@ -112,6 +112,18 @@ class DatabaseStateCollector:
             "Each scope's rollout's newest started wave: 0 the canaries, k the k-th wave.",
             labels=names,
         )
+        wave_started = GaugeMetricFamily(
+            "controller_rollout_wave_started_timestamp_seconds",
+            "When each scope's rollout's newest wave started (Unix time); 0 before the first.",
+            labels=names,
+        )
+        wave_allowed = GaugeMetricFamily(
+            "controller_rollout_wave_allowed_seconds",
+            "How long each scope's rollout's plan gives a wave from its start: the bake time "
+            "plus the wave timeout, or plus WAVE_ALLOWED_WITHOUT_TIMEOUT seconds when the plan "
+            "sets none; 0 before the first rollout.",
+            labels=names,
+        )
         targets = GaugeMetricFamily(
             "controller_agents_by_target_version",
             "Agents not revoked of each scope, by the version the controller answers them now.",
@@ -134,13 +146,26 @@ class DatabaseStateCollector:
                 states.add_metric([*named, state], running)
             rollout_version.add_metric(named, rollout.version if rollout else 0)
             wave.add_metric(named, rollout.wave if rollout else 0)
+            wave_started.add_metric(named, rollout.wave_started_at.timestamp() if rollout else 0)
+            wave_allowed.add_metric(named, wave_allowed_seconds(rollout) if rollout else 0)
             for target, count in sorted(scope["targets"].items()):
                 targets.add_metric([*named, str(target)], count)
             if scope["health"] is not None:
                 for which, counted in zip(("new", "previous"), scope["health"], strict=True):
                     hits.add_metric([*named, which, "ok"], counted.ok)
                     hits.add_metric([*named, which, "failed"], counted.failed)
-        yield from (version, agents, states, rollout_version, wave, targets, hits)
+        yield from (version, agents, states, rollout_version, wave, wave_started, wave_allowed)
+        yield from (targets, hits)
+
+
+# A plan without a wave timeout waits as long as its agents take; for the alert on a rollout
+# stuck in a wave (deploy/prometheus/alerts.yml) such a wave is given an hour after its bake.
+WAVE_ALLOWED_WITHOUT_TIMEOUT = 3600
+
+
+def wave_allowed_seconds(rollout: Rollout) -> int:
+    """How long the rollout's plan gives one wave from its start."""
+    return rollout.bake_seconds + (rollout.wave_timeout_seconds or WAVE_ALLOWED_WITHOUT_TIMEOUT)
 
 
 def read_scopes() -> list[dict]:

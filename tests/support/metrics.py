@@ -1,6 +1,10 @@
-"""Reading one sample out of a Prometheus text exposition."""
+"""Reading one sample out of a Prometheus text exposition, and which metrics the processes
+export."""
 
 import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The labels of the default scope's per-scope gauges.
 DEFAULT_SCOPE = {"application": "default", "environment": "production"}
@@ -20,3 +24,19 @@ def sample(text: str, name: str, **labels: str) -> float | None:
         if all(found.get(key) == wanted for key, wanted in labels.items()):
             return float(value)
     return None
+
+
+def unexported(expression: str) -> list[str]:
+    """The controller's, worker's and agent's metrics that a PromQL `expression` names but no
+    process defines (by its name, as prometheus_client is given it)."""
+    sources = "".join(
+        path.read_text()
+        for folder in ("apps", "agent", "worker")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    named = re.findall(r"\b((?:controller|worker|agent)_[a-z_]+)", expression)
+    return [
+        metric
+        for metric in named
+        if f'"{re.sub(r"_(total|bucket|sum|count)$", "", metric)}"' not in sources
+    ]
