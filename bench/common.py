@@ -110,7 +110,7 @@ def reset_state() -> None:
 def make_agents(count: int) -> list[str]:
     """Create `count` agents directly (registration is measured elsewhere); returns tokens."""
     from apps.agents.models import Agent
-    from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
+    from controller_site.tokens import AGENT_PREFIX, hash_token, new_token
 
     tokens = [new_token(AGENT_PREFIX) for _ in range(count)]
     Agent.objects.bulk_create(

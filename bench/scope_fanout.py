@@ -44,10 +44,10 @@ SMALL_CHANGES = 5
 def make_fleet(scopes: int, per_scope: int, big: int) -> dict[str, list[str]]:
     """The applications and their agents, each scope on its version 1: {application: tokens}."""
     from apps.agents.models import Agent
-    from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
     from apps.configs.actions import publish_config
     from apps.scopes.models import Application
     from apps.scopes.services import create_application, default_scope, get_scope
+    from controller_site.tokens import AGENT_PREFIX, hash_token, new_token
 
     reset_state()
     environment = default_scope().environment.name

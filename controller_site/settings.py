@@ -281,6 +281,8 @@ if os.environ.get("NUM_PROXIES", "0").strip() not in ("", "0"):
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First: a pipeline's `dcs_` token would otherwise be refused as a malformed JWT.
+        "apps.accounts.auth.ApiTokenAuthentication",
         "apps.accounts.auth.AdminJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.accounts.token_views import TokenListView, TokenView
 from apps.accounts.views import LoginView, LogoutView, RefreshView
 from apps.agents.views import (
     AgentListView,
@@ -73,6 +74,8 @@ SCOPE_PREFIX = "apps/<str:application>/envs/<str:environment>/"
 
 urlpatterns = [
     path("login", LoginView.as_view(), name="login"),
+    path("tokens", TokenListView.as_view(), name="tokens"),
+    path("tokens/<int:token_id>", TokenView.as_view(), name="token"),
     path("login/refresh", RefreshView.as_view(), name="login-refresh"),
     path("logout", LogoutView.as_view(), name="logout"),
     *(path(route, view.as_view(), name=name) for route, view, name in SCOPED),

@@ -7,9 +7,9 @@ from django.utils import timezone
 
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
-from apps.agents.tokens import hash_token
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
+from controller_site.tokens import hash_token
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apps.agents import auth as agent_auth
 from apps.agents.models import Agent
-from apps.agents.tokens import AGENT_PREFIX, hash_token
+from controller_site.tokens import AGENT_PREFIX, hash_token
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import agent_status, issue_registration_token, revoke_agent
-from apps.agents.tokens import hash_token
+from controller_site.tokens import hash_token
 from tests.support.clients import ServedClient, bearer
 
 pytestmark = pytest.mark.django_db

@@ -4,7 +4,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.agents.models import RegistrationToken
-from apps.agents.tokens import hash_token
+from controller_site.tokens import hash_token
 from tests.support.processes import ROOT, base_env, manage
 from tests.support.processes import test_database_url as database_url
 

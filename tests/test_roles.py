@@ -6,6 +6,7 @@ decision about who may use it.
 """
 
 import importlib
+from datetime import timedelta
 
 import pytest
 from django.apps import apps as django_apps
@@ -13,11 +14,21 @@ from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
-from apps.accounts.models import ScopedRole, User
-from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR, OPERATOR, ROLES, VIEWER, has_role
+from apps.accounts.models import ApiToken, ScopedRole, User
+from apps.accounts.roles import (
+    ANY_ROLE,
+    APPROVER,
+    EDITOR,
+    OPERATOR,
+    ROLES,
+    VIEWER,
+    has_role,
+    roles_of,
+)
 from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
@@ -45,6 +56,10 @@ API_RULES = {
     ("login", "POST"): PUBLIC,
     ("login-refresh", "POST"): PUBLIC,
     ("logout", "POST"): PUBLIC,
+    # Anyone with a role makes tokens for themselves, never beyond what they hold.
+    ("tokens", "GET"): ANY_ROLE,
+    ("tokens", "POST"): ANY_ROLE,
+    ("token", "DELETE"): ANY_ROLE,
     ("config-admin", "GET"): ANY_ROLE,
     ("config-admin", "POST"): EDITOR,
     ("config-admin", "PUT"): EDITOR,
@@ -134,6 +149,16 @@ ADMIN_RULES = {
         "delete": NOBODY,
         "delete_selected": NOBODY,
         "revoke_agents": OPERATOR,
+    },
+    # Each person's own tokens: made on the issue page, revoked by the action, never edited.
+    "accounts.apitoken": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "revoke_api_tokens": ANY_ROLE,
+        "accounts_apitoken_issue": ANY_ROLE,
     },
     "agents.registrationtoken": {
         "view": ANY_ROLE,
@@ -292,7 +317,24 @@ def calls(world, user) -> dict:
     own = ChangeRequest.objects.create(
         base_version=2, config_url=URL, pooling_interval=75, author=user
     ).pk
+    # A token of the caller's own, in a role the caller holds (a superuser: any).
+    # (None for an anonymous caller, who is refused before any token is looked up.)
+    role = (roles_of(user) or [VIEWER])[0]
+    token = (
+        0
+        if user is None
+        else ApiToken.objects.create(
+            name="own",
+            user=user,
+            role=role,
+            token_hash=f"own-{user.pk}",
+            expires_at=timezone.now() + timedelta(days=1),
+        ).pk
+    )
     seed = {
+        ("tokens", "GET"): ("get", "/tokens", None),
+        ("tokens", "POST"): ("post", "/tokens", {"name": "ci", "role": role}),
+        ("token", "DELETE"): ("delete", f"/tokens/{token}", None),
         ("config-admin", "GET"): ("get", "/config/admin", None),
         ("config-admin", "POST"): (
             "post",
@@ -366,6 +408,7 @@ def stored_state() -> tuple:
         Approval.objects.count(),
         list(Application.objects.values_list("name", "description")),
         list(Environment.objects.values_list("name", "approvals_required")),
+        list(ApiToken.objects.order_by("id").values_list("id", "revoked_at")),
     )
 
 
@@ -381,7 +424,7 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     before = stored_state()
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
-        assert answer.status_code in (200, 201), answer.content
+        assert answer.status_code in (200, 201, 204), answer.content
         if route == "config-preflight":
             # A pre-flight asks the agents and stores nothing.
             assert stored_state() == before
@@ -579,6 +622,13 @@ def admin_objects(world, admin_user):
         "configs.configversion": ConfigVersion.objects.get(version=1),
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
+        "accounts.apitoken": ApiToken.objects.create(
+            name="ci",
+            user=admin_user,
+            role=VIEWER,
+            token_hash="admin-page",
+            expires_at=timezone.now() + timedelta(days=1),
+        ),
         "audit.auditentry": AuditEntry.objects.first(),
         # A record of a rollout, made directly: publishing one would make the change stale.
         "rollouts.rollout": Rollout.objects.create(
@@ -603,6 +653,7 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "auth_user_password_change": f"{base}{obj.pk}/password/",
         "configs_configversion_change_config": f"{base}change-config/",
         "agents_registrationtoken_issue": f"{base}issue/",
+        "accounts_apitoken_issue": f"{base}issue/",
         "rollouts_rollout_control": f"{base}{obj.pk}/control/pause/",
         "changes_changerequest_approve": f"{base}{obj.pk}/approve/",
         "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
@@ -626,7 +677,7 @@ def test_each_role_sees_exactly_the_admin_pages_its_rule_allows(
     client.force_login(make_user(holder))
     obj = admin_objects[label]
     for page, rule in ADMIN_RULES[label].items():
-        if page in ("delete_selected", "rollback_to_version", "revoke_agents"):
+        if page in ("delete_selected", "rollback_to_version", "revoke_agents", "revoke_api_tokens"):
             continue  # actions: below
         path = admin_path(label, page, obj)
         answer = client.post(path, {}) if page == "change" else client.get(path)
@@ -642,7 +693,7 @@ ACTIONS = [
     (label, action)
     for label, rules in sorted(ADMIN_RULES.items())
     for action in rules
-    if action in ("delete_selected", "rollback_to_version", "revoke_agents")
+    if action in ("delete_selected", "rollback_to_version", "revoke_agents", "revoke_api_tokens")
 ]
 
 

@@ -15,12 +15,12 @@ from apps.agents.services import (
     record_heartbeat,
     revoke_agent,
 )
-from apps.agents.tokens import AGENT_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.configs.models import ConfigVersion
 from apps.rollouts import services
 from apps.rollouts.models import Rollout
 from apps.rollouts.targets import agent_key, target_of, target_version_expression
+from controller_site.tokens import AGENT_PREFIX, hash_token, new_token
 from tests.support.clients import api_as, bearer
 from tests.support.commands import rollout_status
 from tests.support.fleet import make_fleet, served

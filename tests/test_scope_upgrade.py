@@ -9,8 +9,8 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.scopes.services import forget_default_scope
+from controller_site.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from tests.support.clients import bearer
 
 # The newest migration of each app before scopes came in.

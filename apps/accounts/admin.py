@@ -1,12 +1,18 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
 
-from apps.accounts.models import ScopedRole, User
-from apps.accounts.roles import ROLE_DESCRIPTIONS, ROLES
+from apps.accounts.api_tokens import TokenRefused, issue_api_token, revoke_api_token
+from apps.accounts.models import ApiToken, ScopedRole, User
+from apps.accounts.roles import ANY_ROLE, ROLE_DESCRIPTIONS, ROLES, role_needed_message
 from apps.accounts.services import grant_scoped_role, set_roles, take_scoped_role
+from apps.scopes.models import Application, Environment
 from controller_site.request_info import client_ip
 
 # The roles are fixed groups whose powers are defined in code (apps.accounts.roles); editing a
@@ -127,3 +133,128 @@ class ScopedRoleAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for grant in queryset:
             take_scoped_role(grant, acting_user=request.user, source_ip=client_ip(request))
+
+
+class IssueApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it: `deploy-payments`, say.")
+    role = forms.ChoiceField(
+        choices=[(role, f"{role}: {ROLE_DESCRIPTIONS[role]}") for role in ROLES]
+    )
+    application = forms.ModelChoiceField(
+        queryset=Application.objects.order_by("name"),
+        required=False,
+        help_text="Empty: every application.",
+    )
+    environment = forms.ModelChoiceField(
+        queryset=Environment.objects.order_by("order", "name"),
+        required=False,
+        help_text="Empty: every environment.",
+    )
+    expires_at = forms.DateTimeField(
+        required=False, help_text="At most a year ahead; in 90 days when left empty."
+    )
+
+
+class OwnTokensChangeList(ChangeList):
+    """The list, and so what its actions act on: the caller's own tokens, or a superuser's
+    everyone's."""
+
+    def get_queryset(self, request, exclude_parameters=None):
+        tokens = (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .select_related("user", "application", "environment")
+        )
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """A person's own tokens (a superuser's list holds everyone's): made on their own page,
+    which shows the secret once, and revoked by an action; never edited or deleted, so that
+    the audit log's "token NAME of USER" can always be looked up."""
+
+    list_display = [
+        "name",
+        "user",
+        "role",
+        "scope_label",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = ["role"]
+    exclude = ["token_hash"]
+    readonly_fields = [field.name for field in ApiToken._meta.fields if field.name != "token_hash"]
+    actions = ["revoke_api_tokens"]
+    change_list_template = "admin/accounts/apitoken/change_list.html"
+
+    def get_changelist(self, request, **kwargs):
+        return OwnTokensChangeList
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.user_id != request.user.pk and not request.user.is_superuser:
+            return False
+        return super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request) -> bool:
+        return False  # made on the issue page, which shows the secret once
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_revoke_permission(self, request) -> bool:
+        return self.has_view_permission(request)
+
+    def get_urls(self):
+        issue = self.admin_site.admin_view(self.issue_view)
+        return [path("issue/", issue, name="accounts_apitoken_issue"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_issue": self.has_view_permission(request), **(extra_context or {})}
+        return super().changelist_view(request, extra)
+
+    def issue_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied(role_needed_message(ANY_ROLE))
+        form = IssueApiTokenForm(request.POST or None)
+        token = secret = None
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                token, secret = issue_api_token(
+                    creator=request.user,
+                    user=request.user,
+                    name=data["name"],
+                    role=data["role"],
+                    application=data["application"],
+                    environment=data["environment"],
+                    expires_at=data["expires_at"],
+                    source_ip=client_ip(request),
+                )
+            except TokenRefused as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, "API token made. Copy it now.", messages.SUCCESS)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Make an API token",
+            "opts": self.model._meta,
+            "form": form,
+            "token": token,
+            "secret": secret,
+        }
+        # The admin view wrapper marks the answer never-cache: the secret is not kept.
+        return TemplateResponse(request, "admin/accounts/apitoken/issue.html", context)
+
+    @admin.action(description="Revoke selected API tokens", permissions=["revoke"])
+    def revoke_api_tokens(self, request, queryset):
+        # The queryset is the caller's own tokens (OwnTokensChangeList), or any for a superuser.
+        tokens = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
+        for token in tokens:
+            revoke_api_token(token, actor=request.user, source_ip=client_ip(request))
+        self.message_user(request, f"Revoked {len(tokens)} API token(s).", messages.SUCCESS)

@@ -112,3 +112,45 @@ class ScopedRole(models.Model):
         application = self.application.name if self.application_id else "*"
         environment = self.environment.name if self.environment_id else "*"
         return f"{application}/{environment}"
+
+
+class ApiToken(models.Model):
+    """A token a pipeline uses on the admin API instead of a person's password: one role, in
+    the whole fleet or part of it, never more than its user holds at the time of each call,
+    until it expires or is revoked. Only its SHA-256 is stored."""
+
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    role = models.CharField(max_length=16, choices=[(role, role) for role in ROLES])
+    application = models.ForeignKey(
+        "scopes.Application", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    environment = models.ForeignKey(
+        "scopes.Environment", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_token"
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user})"
+
+    @property
+    def scope_label(self) -> str:
+        """`payments/staging`, `payments/*`, `*/production` or `*/*`."""
+        application = self.application.name if self.application_id else "*"
+        environment = self.environment.name if self.environment_id else "*"
+        return f"{application}/{environment}"
+
+    def is_usable(self, now) -> bool:
+        return self.revoked_at is None and self.expires_at > now and self.user.is_active

@@ -35,6 +35,8 @@ _READ = frozenset(
         "audit.view_auditentry",
         "scopes.view_application",
         "scopes.view_environment",
+        # Everyone with a role makes and revokes API tokens of their own (never beyond it).
+        "accounts.view_apitoken",
     }
 )
 ADMIN_PERMISSIONS = {

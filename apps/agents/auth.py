@@ -14,7 +14,7 @@ from rest_framework import authentication, exceptions, permissions
 from rest_framework.views import APIView
 
 from apps.agents.models import Agent
-from apps.agents.tokens import AGENT_PREFIX, bearer_token, hash_token
+from controller_site.tokens import AGENT_PREFIX, bearer_token, hash_token
 
 # A process remembers each token's agent for AGENT_AUTH_CACHE_SECONDS, so a busy poller costs
 # no query per request while a revocation still takes effect within that time everywhere.

@@ -17,7 +17,6 @@ from rest_framework import status
 from apps.agents.auth import forget_agent
 from apps.agents.labels import ignore_reported_labels
 from apps.agents.models import Agent, AgentHits, RegistrationToken
-from apps.agents.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.configs.notifications import publish_labels, publish_revocation
@@ -27,6 +26,7 @@ from apps.rollouts.health import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
 from apps.scopes.services import default_scope_id, scope_names
 from controller_site.errors import ServiceError
+from controller_site.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from protocol.labels import MAX_LABELS
 
 logger = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from apps.agents.serializers import (
     RegistrationTokenSerializer,
     TokenQuerySerializer,
 )
-from apps.agents.tokens import bearer_token
 from apps.configs.services import get_current_state
 from apps.scopes.services import named_scope
 from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
+from controller_site.tokens import bearer_token
 from protocol.labels import InvalidLabels, parse_label_pairs
 
 

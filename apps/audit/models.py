@@ -53,6 +53,8 @@ class AuditEntry(models.Model):
     APPLICATION_CHANGED = "application.changed"
     ENVIRONMENT_CREATED = "environment.created"
     ENVIRONMENT_CHANGED = "environment.changed"
+    API_TOKEN_ISSUED = "api_token.issued"  # noqa: S105 - an action name, not a secret
+    API_TOKEN_REVOKED = "api_token.revoked"  # noqa: S105 - an action name, not a secret
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -87,6 +89,8 @@ class AuditEntry(models.Model):
         (APPLICATION_CHANGED, "Application changed"),
         (ENVIRONMENT_CREATED, "Environment created"),
         (ENVIRONMENT_CHANGED, "Environment changed"),
+        (API_TOKEN_ISSUED, "API token issued"),
+        (API_TOKEN_REVOKED, "API token revoked"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -10,11 +10,16 @@ _TARGET_MAX = AuditEntry._meta.get_field("target").max_length
 
 
 def actor_label(actor) -> str:
-    """How an entry names who acted: an admin's email, `agent:<id>`, or `system`."""
+    """How an entry names who acted: an admin's email, `token NAME of EMAIL`, `agent:<id>`, or
+    `system`."""
     if actor is None:
         return SYSTEM_ACTOR
     if isinstance(actor, str):
         return actor[:_ACTOR_MAX]
+    # A user acting through an API token: "token NAME of EMAIL" (apps.accounts.api_tokens).
+    named = getattr(actor, "audit_name", None)
+    if named:
+        return named[:_ACTOR_MAX]
     email = getattr(actor, "email", None)
     if email:
         return email

@@ -21,7 +21,6 @@ from apps.agents.auth import (
 )
 from apps.agents.heartbeats import HeartbeatRecorder, InvalidHeartbeat, check_heartbeat
 from apps.agents.labels import ignore_reported_labels
-from apps.agents.tokens import bearer_token
 from apps.configs.answers import UNAUTHORIZED, UNAVAILABLE
 from apps.configs.asgi import (
     TOO_LARGE,
@@ -38,6 +37,7 @@ from apps.configs.models import ConfigVersion
 from apps.configs.serializers import ConfigSerializer
 from apps.configs.services import read_for_agent
 from controller_site.errors import is_database_failure
+from controller_site.tokens import bearer_token
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from django.http import QueryDict
 
 from apps.agents.auth import active_agent, remembered_agent, token_digest, touch_last_seen
 from apps.agents.models import Agent
-from apps.agents.tokens import bearer_token
 from apps.configs.answers import (
     KEEP_ALIVE,
     REPLACED,
@@ -54,6 +53,7 @@ from apps.configs.waiters import Waiter
 from apps.ops import metrics
 from apps.rollouts.targets import target_of
 from controller_site.errors import is_database_failure
+from controller_site.tokens import bearer_token
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""Secrets handed to agents: random, shown once, stored only as SHA-256."""
+"""Secrets the controller hands out (agents' and registration tokens, pipelines' API tokens):
+random, shown once, stored only as SHA-256."""
 
 import hashlib
 import secrets
 
 REGISTRATION_PREFIX = "reg_"
 AGENT_PREFIX = "agt_"
+API_TOKEN_PREFIX = "dcs_"  # noqa: S105 - a prefix, not a secret
 
 
 def new_token(prefix: str) -> str:
