@@ -25,6 +25,7 @@ from apps.configs.views import (
     ConfigAdminView,
     ConfigAgentView,
     ConfigHistoryView,
+    ConfigPromoteView,
     ConfigRollbackView,
     ConfigStreamView,
     ConfigVersionView,
@@ -39,6 +40,7 @@ from apps.rollouts.views import (
     RolloutView,
 )
 from apps.scopes.views import (
+    ApplicationCompareView,
     ApplicationListView,
     ApplicationView,
     EnvironmentListView,
@@ -54,6 +56,7 @@ SCOPED = [
     ("config/admin", ConfigAdminView, "config-admin"),
     ("config/admin/history", ConfigHistoryView, "config-history"),
     ("config/admin/rollback", ConfigRollbackView, "config-rollback"),
+    ("config/admin/promote", ConfigPromoteView, "config-promote"),
     ("config/admin/rollout", RolloutView, "rollout"),
     ("config/admin/rollout/promote", RolloutPromoteView, "rollout-promote"),
     ("config/admin/rollout/pause", RolloutPauseView, "rollout-pause"),
@@ -92,6 +95,11 @@ urlpatterns = [
     path("audit", AuditLogView.as_view(), name="audit"),
     path("apps", ApplicationListView.as_view(), name="applications"),
     path("apps/<str:application>", ApplicationView.as_view(), name="application"),
+    path(
+        "apps/<str:application>/compare",
+        ApplicationCompareView.as_view(),
+        name="application-compare",
+    ),
     path("envs", EnvironmentListView.as_view(), name="environments"),
     path("envs/<str:environment>", EnvironmentView.as_view(), name="environment"),
     path("healthz", healthz, name="healthz"),

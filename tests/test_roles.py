@@ -35,9 +35,11 @@ from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
 from apps.changes.models import Approval, ChangeRequest
 from apps.changes.services import propose_change
+from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
-from apps.scopes.models import Application, Environment
+from apps.scopes.models import Application, Environment, Scope
+from apps.scopes.services import create_environment
 from controller_site.urls import SCOPED
 from tests.support.clients import api_as
 
@@ -65,6 +67,7 @@ API_RULES = {
     ("config-admin", "PUT"): EDITOR,
     ("config-history", "GET"): ANY_ROLE,
     ("config-rollback", "POST"): OPERATOR,
+    ("config-promote", "POST"): EDITOR,
     ("config-preflight", "POST"): EDITOR,
     ("config-version", "GET"): AGENT,
     ("config-agent", "GET"): AGENT,
@@ -79,6 +82,7 @@ API_RULES = {
     ("agent-revoke", "POST"): OPERATOR,
     ("audit", "GET"): ANY_ROLE,
     ("applications", "GET"): ANY_ROLE,
+    ("application-compare", "GET"): ANY_ROLE,
     ("applications", "POST"): OPERATOR,
     ("application", "GET"): ANY_ROLE,
     ("application", "PATCH"): OPERATOR,
@@ -308,6 +312,11 @@ def world(publish):
     token, _ = issue_registration_token()
     agent, _ = register_agent(token=token, name="victim")
     author = make_user(EDITOR, "author@example.com")
+    # Another environment with a version, to promote from and compare with.
+    qa = create_environment("qa", order=-5)
+    publish_config(
+        scope_id=Scope.objects.get(environment=qa).pk, config_url=URL + "/qa", pooling_interval=50
+    )
     return {"agent": agent, "change": propose_change(author=author, pooling_interval=60)}
 
 
@@ -344,6 +353,12 @@ def calls(world, user) -> dict:
         ("config-admin", "PUT"): ("put", "/config/admin", {"pooling_interval": 90}),
         ("config-history", "GET"): ("get", "/config/admin/history", None),
         ("config-rollback", "POST"): ("post", "/config/admin/rollback", {"version": 1}),
+        ("config-promote", "POST"): ("post", "/config/admin/promote", {"from_environment": "qa"}),
+        ("application-compare", "GET"): (
+            "get",
+            "/apps/default/compare?from=qa&to=production",
+            None,
+        ),
         ("config-preflight", "POST"): (
             "post",
             "/config/admin/preflight",
@@ -619,7 +634,9 @@ def admin_objects(world, admin_user):
         "accounts.scopedrole": ScopedRole.objects.create(
             user=admin_user, role=VIEWER, environment=Environment.objects.get(name="production")
         ),
-        "configs.configversion": ConfigVersion.objects.get(version=1),
+        "configs.configversion": ConfigVersion.objects.get(
+            version=1, scope__environment__name="production"
+        ),
         "agents.agent": world["agent"],
         "agents.registrationtoken": record,
         "accounts.apitoken": ApiToken.objects.create(
@@ -729,7 +746,9 @@ def test_an_action_that_is_not_offered_changes_nothing_when_posted(client, world
         "/admin/configs/configversion/",
         {
             "action": "rollback_to_version",
-            "_selected_action": [ConfigVersion.objects.get(version=1).pk],
+            "_selected_action": [
+                ConfigVersion.objects.get(version=1, scope__environment__name="production").pk
+            ],
             "confirmed": "yes",
         },
     )

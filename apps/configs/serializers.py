@@ -215,3 +215,49 @@ class VersionQuerySerializer(serializers.Serializer):
 class StaleVersionSerializer(serializers.Serializer):
     detail = serializers.CharField()
     current_version = serializers.IntegerField(help_text="The newest version now.")
+
+
+class PromoteSerializer(serializers.Serializer):
+    from_environment = serializers.CharField(
+        max_length=63, help_text="The environment of the same application to take the content from."
+    )
+    version = serializers.IntegerField(
+        required=False, min_value=1, help_text="Its version to take; its current one when left out."
+    )
+    rollout = RolloutPlanSerializer(
+        required=False,
+        help_text="Roll the promoted version out in stages; the target environment's default "
+        "plan applies when left out.",
+    )
+
+
+class CompareSideSerializer(serializers.Serializer):
+    environment = serializers.CharField()
+    version = serializers.IntegerField(allow_null=True)
+    config_url = serializers.CharField(allow_null=True)
+    pooling_interval = serializers.IntegerField(allow_null=True)
+
+
+def compare_serializer():
+    """The answer of GET /apps/{app}/compare, for the schema ("from" is a keyword in Python)."""
+    from drf_spectacular.utils import inline_serializer
+
+    return inline_serializer(
+        "Comparison",
+        fields={
+            "application": serializers.CharField(),
+            "from": CompareSideSerializer(),
+            "to": CompareSideSerializer(),
+            "fields": inline_serializer(
+                "ComparedField",
+                fields={
+                    "field": serializers.CharField(),
+                    "from": serializers.JSONField(),
+                    "to": serializers.JSONField(),
+                },
+                many=True,
+            ),
+            "differences": serializers.ListField(child=serializers.CharField()),
+            "same": serializers.BooleanField(),
+        },
+    )

@@ -15,7 +15,7 @@ from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
 from apps.changes import services as changes
 from apps.changes.serializers import ChangeRequestSerializer
-from apps.configs import actions, preflight, services, watch
+from apps.configs import actions, preflight, promotion, services, watch
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
 from apps.configs.serializers import (
@@ -27,12 +27,14 @@ from apps.configs.serializers import (
     PreflightAnswerSerializer,
     PreflightFailedSerializer,
     PreflightSerializer,
+    PromoteSerializer,
     RollbackSerializer,
     StaleVersionSerializer,
     VersionQuerySerializer,
     VersionStateSerializer,
 )
 from apps.rollouts.targets import target_of
+from apps.scopes.services import get_scope
 from apps.scopes.views import ActsOnScope
 from controller_site.request_info import client_ip
 
@@ -409,3 +411,37 @@ class ConfigAgentView(AgentEndpoint):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         config = ConfigVersion.objects.get(scope_id=request.user.scope_id, version=version)
         return Response(ConfigSerializer(config).data, headers={"ETag": etag})
+
+
+class ConfigPromoteView(ActsOnScope, APIView):
+    role_rules = {"POST": EDITOR}
+
+    @extend_schema(
+        tags=["config"],
+        summary="Promote a version from another environment",
+        description="Takes the content of a version of the same application in `from_environment` "
+        "(its current one unless `version` says) and changes this scope to it, as POST "
+        "/config/admin would: 201 with a new version, 200 when the content is already current, "
+        "202 with a change request where this environment needs approvals; the environment's "
+        "default rollout plan applies unless `rollout` names one. Reading the source needs a "
+        "role there too.",
+        request=PromoteSerializer,
+        responses={
+            201: AdminConfigSerializer,
+            200: AdminConfigSerializer,
+            202: CHANGE_PROPOSED,
+            404: OpenApiResponse(description="Unknown environment or version, or none yet."),
+            409: ROLLOUT_ACTIVE,
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        serializer = PromoteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        target = self.acting_scope()
+        source = get_scope(target.application.name, data["from_environment"])
+        values = promotion.promotion_content(request.user, source, target, data.get("version"))
+        if "rollout" in data:
+            values["rollout"] = data["rollout"]
+        return _write(request, target.pk, values, partial=False)

@@ -4,12 +4,20 @@ Any role reads them. An operator (or a superuser) makes applications and changes
 description; environments are a superuser's: their rules decide how many approvers a change
 needs, and an operator who could lower them would pass review by themselves."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.roles import ANY_ROLE, OPERATOR, SUPERUSER
+from apps.configs import promotion
+from apps.configs.serializers import compare_serializer
 from apps.scopes import services
 from apps.scopes.models import Application, Environment
 from apps.scopes.serializers import (
@@ -171,3 +179,31 @@ class EnvironmentView(APIView):
             found, actor=request.user, source_ip=client_ip(request), **body.validated_data
         )
         return Response(EnvironmentSerializer(found).data)
+
+
+class ApplicationCompareView(APIView):
+    role_rules = {"GET": ANY_ROLE}
+
+    @extend_schema(
+        tags=["scopes"],
+        summary="Compare two environments of an application",
+        description="Their current configurations field by field: `differences` names the "
+        "fields that differ. Needs a role in both scopes.",
+        parameters=[
+            OpenApiParameter("from", str, required=True, description="An environment's name."),
+            OpenApiParameter("to", str, required=True, description="An environment's name."),
+        ],
+        responses={200: compare_serializer(), 400: OpenApiResponse(), 404: UNKNOWN},
+    )
+    def get(self, request, application: str):
+        names = [request.query_params.get(side, "").strip() for side in ("from", "to")]
+        missing = {
+            side: ["Name an environment."]
+            for side, name in zip(("from", "to"), names, strict=True)
+            if not name
+        }
+        if missing:
+            raise ValidationError(missing)
+        found = services.get_application(application)
+        source, target = (services.get_scope(found.name, name) for name in names)
+        return Response(promotion.compare(request.user, source, target))
