@@ -47,6 +47,7 @@ def private_address_of(host: str, port: int) -> str | None:
     except (socket.gaierror, UnicodeError):
         return None
     for *_, peer in found:
-        if is_private_address(peer[0]):
-            return peer[0]
+        address = str(peer[0])
+        if is_private_address(address):
+            return address
     return None

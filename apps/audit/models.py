@@ -53,6 +53,11 @@ class AuditEntry(models.Model):
     APPLICATION_CHANGED = "application.changed"
     ENVIRONMENT_CREATED = "environment.created"
     ENVIRONMENT_CHANGED = "environment.changed"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name
+    WEBHOOK_DISABLED = "webhook.disabled"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -87,6 +92,11 @@ class AuditEntry(models.Model):
         (APPLICATION_CHANGED, "Application changed"),
         (ENVIRONMENT_CREATED, "Environment created"),
         (ENVIRONMENT_CHANGED, "Environment changed"),
+        (WEBHOOK_CREATED, "Webhook created"),
+        (WEBHOOK_CHANGED, "Webhook changed"),
+        (WEBHOOK_DELETED, "Webhook deleted"),
+        (WEBHOOK_SECRET_ROTATED, "Webhook secret rotated"),
+        (WEBHOOK_DISABLED, "Webhook disabled after failing"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
