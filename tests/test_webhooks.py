@@ -85,6 +85,23 @@ def test_an_operator_adds_a_webhook_and_sees_its_secret_once(operator, receiver)
     assert entry.actor == "operator@example.com" and "secret" not in entry.detail
 
 
+def test_the_audit_log_never_shows_a_webhooks_path_or_credentials(operator):
+    # A chat service's incoming-webhook URL is a credential; the audit log is every role's.
+    url = "https://user:pw@hooks.example/services/T0/B0/XYZsecret?token=abc"
+    created = operator.post("/webhooks", {"url": url, "events": ["*"]}, format="json")
+    webhook = created.json()["id"]
+    operator.patch(f"/webhooks/{webhook}", {"url": url.replace("XYZ", "QRS")}, format="json")
+    operator.delete(f"/webhooks/{webhook}")
+    entries = AuditEntry.objects.filter(action__startswith="webhook.")
+    assert entries.count() == 3
+    for entry in entries:
+        written = json.dumps(entry.detail) + entry.target
+        assert "secret" not in written and "pw" not in written and "abc" not in written
+        assert "https://hooks.example/…" in written
+    changed = entries.get(action=AuditEntry.WEBHOOK_CHANGED).detail
+    assert changed["before"]["url"] != changed["after"]["url"]
+
+
 @pytest.mark.parametrize(
     "url",
     [

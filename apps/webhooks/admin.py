@@ -33,6 +33,7 @@ class OperatorActions:
 class WebhookEndpointAdmin(OperatorActions, admin.ModelAdmin):
     list_display = [
         "__str__",
+        "url",
         "event_list",
         "applications",
         "environments",

@@ -178,7 +178,8 @@ def send(endpoint: WebhookEndpoint, delivery: Delivery) -> Attempt:
     except requests.Timeout:
         return Attempt(None, f"no answer within {TIMEOUT_SECONDS} s")
     except requests.RequestException as exc:
-        return Attempt(None, f"no answer: {type(exc).__name__}: {exc}"[:500])
+        # The kind only: requests' messages repeat the URL, whose path may be a credential.
+        return Attempt(None, f"no answer: {type(exc).__name__}")
     finally:
         session.close()
     return Attempt(status, "" if 200 <= status < 300 else f"answered {status}")

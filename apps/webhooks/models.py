@@ -2,9 +2,20 @@
 transaction of the change that caused the event (apps/webhooks/events.py), and sent by the
 delivery job (apps/webhooks/delivery.py) once that transaction has committed."""
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+def shown_url(url: str) -> str:
+    """The URL as the audit log and the logs show it: its scheme and host only. A webhook URL's
+    path often is a credential itself (a chat service's incoming-webhook URL), and the audit log
+    is read by every role, where the endpoints are an operator's alone."""
+    parts = urlsplit(url)
+    rest = "/…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{rest}"
 
 
 class WebhookEndpoint(models.Model):
@@ -43,7 +54,7 @@ class WebhookEndpoint(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
-        return f"webhook #{self.pk} {self.url}"
+        return f"webhook #{self.pk} {shown_url(self.url)}"
 
 
 class Delivery(models.Model):

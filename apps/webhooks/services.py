@@ -2,6 +2,7 @@
 audited in its transaction), sent a test event, and a delivery sent again. The same functions
 serve the API and the admin."""
 
+import hashlib
 from datetime import timedelta
 
 from django.db import transaction
@@ -12,7 +13,7 @@ from apps.audit.services import actor_label, record_event
 from apps.webhooks.delivery import refused_address
 from apps.webhooks.errors import RefusedWebhookURL, UnknownWebhook
 from apps.webhooks.events import enqueue, new_event, wake_after_commit
-from apps.webhooks.models import Delivery, WebhookEndpoint
+from apps.webhooks.models import Delivery, WebhookEndpoint, shown_url
 from apps.webhooks.signing import new_secret
 
 # After a rotation the old secret signs too, for this long: receivers switch within it.
@@ -37,7 +38,14 @@ def get_endpoint(pk) -> WebhookEndpoint:
 
 
 def _audited(endpoint: WebhookEndpoint) -> dict:
-    return {field: getattr(endpoint, field) for field in AUDITED_FIELDS}
+    fields = {field: getattr(endpoint, field) for field in AUDITED_FIELDS}
+    # The URL with a hash of the whole, so that a change of its hidden part still shows.
+    fields["url"] = f"{shown_url(endpoint.url)} (sha256 {_digest(endpoint.url)})"
+    return fields
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def create_endpoint(*, actor=None, source_ip: str | None = None, **fields) -> tuple:
