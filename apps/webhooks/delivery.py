@@ -82,16 +82,14 @@ def claim_endpoints(now: datetime, limit: int) -> list[tuple[int, str]]:
     """Up to `limit` enabled endpoints whose oldest pending delivery is due and that no pass
     holds, leased to a new pass: [(endpoint id, the pass's token)]. Another process claiming at
     the same moment skips the rows locked here rather than wait for them."""
-    if limit <= 0:
+    if limit <= 0 or not _claimable(WebhookEndpoint.objects, now).exists():
+        # Most seconds nothing is due: a plain read, no locking transaction (on SQLite, a
+        # transaction takes the database's write lock).
         return []
-    oldest = Delivery.objects.filter(endpoint=OuterRef("pk"), state=Delivery.PENDING).order_by("id")
     token = uuid.uuid4().hex
     with transaction.atomic():
         claimed = list(
-            WebhookEndpoint.objects.select_for_update(skip_locked=True)
-            .annotate(head_due=Subquery(oldest.values("next_attempt_at")[:1]))
-            .filter(enabled=True, head_due__lte=now)
-            .exclude(claimed_until__gt=now)
+            _claimable(WebhookEndpoint.objects.select_for_update(skip_locked=True), now)
             .order_by("id")
             .values_list("pk", flat=True)[:limit]
         )
@@ -100,6 +98,15 @@ def claim_endpoints(now: datetime, limit: int) -> list[tuple[int, str]]:
                 claimed_by=token, claimed_until=now + LEASE
             )
     return [(pk, token) for pk in claimed]
+
+
+def _claimable(endpoints, now: datetime):
+    oldest = Delivery.objects.filter(endpoint=OuterRef("pk"), state=Delivery.PENDING).order_by("id")
+    return (
+        endpoints.annotate(head_due=Subquery(oldest.values("next_attempt_at")[:1]))
+        .filter(enabled=True, head_due__lte=now)
+        .exclude(claimed_until__gt=now)
+    )
 
 
 def _renew(endpoint_id: int, token: str, now: datetime) -> bool:
