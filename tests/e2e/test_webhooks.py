@@ -92,10 +92,7 @@ def test_a_send_cut_by_a_sigkill_is_sent_again_after_its_lease_with_the_same_id(
     admin = Admin(url)
     add_webhook(admin, receiver.url())
     publish(admin, 1)
-    wait_until(
-        lambda: Delivery.objects.filter(endpoint__claimed_by__gt="").exists(),
-        message="the delivery in flight",
-    )
+    wait_until(lambda: receiver.begun.get("/hook"), message="the first try in flight")
     first.stop(signal.SIGKILL)
     stack.controller(redis_url, **LOCAL)
     # At least once: the cut try reached the receiver too, and the restarted controller sends

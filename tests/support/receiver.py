@@ -42,6 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {name.lower(): value for name, value in self.headers.items()}
         status, delay = receiver.next_answer(self.path)
+        receiver.begun[self.path] = receiver.begun.get(self.path, 0) + 1
         if delay:
             time.sleep(delay)
         receiver.keep(self.path, Received(time.monotonic(), headers, body))
@@ -57,6 +58,8 @@ class Receiver:
     def __init__(self) -> None:
         self.script: dict[str, list[int]] = {}
         self.delays: dict[str, float] = {}
+        # POSTs read whole, by path, counted before their answer's delay.
+        self.begun: dict[str, int] = {}
         self._received: dict[str, list[Received]] = {}
         self._lock = threading.Lock()
         self.arrived = threading.Condition(self._lock)
