@@ -591,3 +591,12 @@ def test_the_admin_lists_endpoints_and_deliveries_and_sends_tests_and_again(
 def test_emit_refuses_an_unknown_event_type(db):
     with pytest.raises(ValueError, match="unknown event type"):
         emit("config.publishd", {}, None)
+
+
+def test_a_try_whose_endpoint_was_deleted_meanwhile_records_nothing(receiver, publish):
+    endpoint, _ = endpoint_for(receiver.url())
+    publish()
+    delivery, endpoint_id = Delivery.objects.get(), endpoint.pk
+    endpoint.delete()
+    assert job.record(endpoint_id, delivery, job.Attempt(200), timezone.now()) is False
+    assert not Delivery.objects.exists()

@@ -203,7 +203,10 @@ def record(endpoint_id: int, delivery: Delivery, attempt: Attempt, now: datetime
         "last_error": attempt.error,
     }
     with transaction.atomic():
-        endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint_id)
+        endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
+        if endpoint is None:
+            # Deleted during the try, with its deliveries: nothing left to record.
+            return False
         if attempt.ok:
             Delivery.objects.filter(pk=delivery.pk).update(
                 state=Delivery.DELIVERED, delivered_at=now, **tried
@@ -256,7 +259,9 @@ def deliver_endpoint(endpoint_id: int, token: str, clock) -> int:
         for _ in range(PASS_LIMIT):
             if not _renew(endpoint_id, token, clock()):
                 break
-            endpoint = WebhookEndpoint.objects.get(pk=endpoint_id)
+            endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+            if endpoint is None:
+                break
             head = (
                 Delivery.objects.filter(endpoint_id=endpoint_id, state=Delivery.PENDING)
                 .order_by("id")

@@ -48,7 +48,9 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def create_endpoint(*, actor=None, source_ip: str | None = None, **fields) -> tuple:
+def create_endpoint(
+    *, actor=None, source_ip: str | None = None, **fields
+) -> tuple[WebhookEndpoint, str]:
     """A new endpoint with a new secret: (endpoint, secret). The secret is not shown again."""
     check_url(fields["url"])
     secret = new_secret()
