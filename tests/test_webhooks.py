@@ -5,6 +5,7 @@ test's control. The end-to-end runs with controller processes are in tests/e2e/t
 
 import base64
 import json
+import threading
 import time
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from apps.accounts.roles import APPROVER, EDITOR, OPERATOR, VIEWER
 from apps.audit.models import AuditEntry
 from apps.configs.actions import abort_rollout, halt_rollout, publish_config, rollback_config
-from apps.ops.jobs import Job, JobRunner
+from apps.ops.jobs import JOBS, Job, JobRunner
 from apps.ops.wake import run_soon
 from apps.rollouts.models import Rollout
 from apps.rollouts.services import pause_rollout, promote_rollout, resume_rollout
@@ -600,3 +601,27 @@ def test_a_try_whose_endpoint_was_deleted_meanwhile_records_nothing(receiver, pu
     endpoint.delete()
     assert job.record(endpoint_id, delivery, job.Attempt(200), timezone.now()) is False
     assert not Delivery.objects.exists()
+
+
+def test_a_pass_stops_when_the_runner_stops_and_lets_its_endpoint_go(receiver, publish):
+    endpoint, _ = endpoint_for(receiver.url())
+    publish()
+    publish(URL + "/2")
+    ((endpoint_id, token),) = job.claim_endpoints(timezone.now(), 10)
+    stopping = threading.Event()
+    stopping.set()
+    assert job.deliver_endpoint(endpoint_id, token, timezone.now, stopping) == 0
+    assert receiver.received() == []
+    # Released at once: the next pass, in any process, goes on without waiting for the lease.
+    assert WebhookEndpoint.objects.get().claimed_until is None
+    assert deliver() == 1 and len(receiver.received()) == 2
+
+
+def test_a_stopping_runner_tells_the_delivery_pool():
+    (delivery_job,) = [each for each in JOBS if each.name == job.DELIVERY_JOB]
+    assert delivery_job.stop is job.stop_deliveries
+    runner = JobRunner(jobs=(Job("deliver", lambda: 3600.0, lambda: None, job.stop_deliveries),))
+    runner.start()
+    runner.halt()
+    assert job.POOL.stopping.is_set()
+    job.POOL.stopping.clear()

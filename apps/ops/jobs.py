@@ -29,7 +29,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from apps.ops.wake import RUNNERS
 from apps.rollouts.services import advance_rollouts
-from apps.webhooks.delivery import DELIVERY_JOB, deliver_due
+from apps.webhooks.delivery import DELIVERY_JOB, deliver_due, stop_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class Job:
     name: str
     every: Callable[[], float]
     step: Callable[[], object]
+    # Called when the runner stops, for a job whose steps leave work running on other threads
+    # (the webhook deliveries): it lets that work end after what is in progress.
+    stop: Callable[[], object] | None = None
 
 
 JOBS: tuple[Job, ...] = (
@@ -52,7 +55,7 @@ JOBS: tuple[Job, ...] = (
     # complete it after the last, pause it when a wave times out (apps/rollouts/services.py).
     Job("advance rollouts", lambda: settings.ROLLOUT_TICK_SECONDS, advance_rollouts),
     # Send the webhook outbox's due deliveries and retries (apps/webhooks/delivery.py).
-    Job(DELIVERY_JOB, lambda: settings.WEBHOOKS_TICK_SECONDS, deliver_due),
+    Job(DELIVERY_JOB, lambda: settings.WEBHOOKS_TICK_SECONDS, deliver_due, stop_deliveries),
 )
 
 
@@ -115,6 +118,9 @@ class JobRunner:
                 self._bell.wait(min(wait, MAX_WAIT_SECONDS))
         finally:
             RUNNERS.discard(self)
+            for job in self.jobs:
+                if job.stop is not None:
+                    job.stop()
             connection.close()
 
     def start(self) -> None:

@@ -250,13 +250,17 @@ def _disable(endpoint: WebhookEndpoint, failing_since: datetime, attempt: Attemp
     logger.warning("webhook #%s disabled: %s", endpoint.pk, reason)
 
 
-def deliver_endpoint(endpoint_id: int, token: str, clock) -> int:
+def deliver_endpoint(
+    endpoint_id: int, token: str, clock, stopping: threading.Event | None = None
+) -> int:
     """One pass over a claimed endpoint: its due deliveries in order, until one fails (those
-    after it wait behind it: order is kept), none is due, or the claim is lost. `clock()` is
-    the time now. Returns how many were delivered."""
+    after it wait behind it: order is kept), none is due, the claim is lost or `stopping` is
+    set. `clock()` is the time now. Returns how many were delivered."""
     delivered = 0
     try:
         for _ in range(PASS_LIMIT):
+            if stopping is not None and stopping.is_set():
+                break
             if not _renew(endpoint_id, token, clock()):
                 break
             endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
@@ -300,6 +304,9 @@ class DeliveryPool:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self.busy = 0
+        # Set when the process's job runner stops: each pass ends after the try in progress
+        # and lets its endpoint go, for another process to go on with at once.
+        self.stopping = threading.Event()
 
     def free(self) -> int:
         with self._lock:
@@ -312,12 +319,14 @@ class DeliveryPool:
                     settings.WEBHOOKS_DELIVERY_THREADS, thread_name_prefix="webhooks"
                 )
             self.busy += 1
+            # A runner submits again: it runs (a test may stop one runner and start another).
+            self.stopping.clear()
         self._executor.submit(self._run, endpoint_id, token, clock)
 
     def _run(self, endpoint_id: int, token: str, clock) -> None:
         try:
             close_old_connections()
-            deliver_endpoint(endpoint_id, token, clock)
+            deliver_endpoint(endpoint_id, token, clock, self.stopping)
         except Exception:  # noqa: BLE001 - the lease runs out and another pass tries again
             logger.exception("webhook #%s: the delivery pass failed", endpoint_id)
         finally:
@@ -327,6 +336,11 @@ class DeliveryPool:
 
 
 POOL = DeliveryPool()
+
+
+def stop_deliveries() -> None:
+    """The job runner stops: the passes in progress end after their current try."""
+    POOL.stopping.set()
 
 
 def deliver_due(now: datetime | None = None, *, inline: bool = False) -> int:
