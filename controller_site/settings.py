@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.changes",
     "apps.rollouts",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -281,7 +282,6 @@ if os.environ.get("NUM_PROXIES", "0").strip() not in ("", "0"):
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # First: a pipeline's `dcs_` token would otherwise be refused as a malformed JWT.
         "apps.accounts.auth.ApiTokenAuthentication",
         "apps.accounts.auth.AdminJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -390,9 +390,14 @@ REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # a deployment that runs them apart (`manage.py run_jobs`). How often each checks whether a
 # rolling rollout can start its next wave.
 CONTROLLER_RUN_JOBS = env_bool("CONTROLLER_RUN_JOBS", True)
-ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0)
-if ROLLOUT_TICK_SECONDS <= 0:
-    raise ImproperlyConfigured(f"ROLLOUT_TICK_SECONDS must be positive: {ROLLOUT_TICK_SECONDS}")
+ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0, positive=True)
+# Webhooks (apps/webhooks): endpoints at private, loopback or link-local addresses are refused,
+# as the worker refuses such upstreams (`make run` turns it off for local receivers). The
+# delivery job looks for due deliveries this often (a commit that wrote some wakes it at once),
+# and sends to this many endpoints at a time per process.
+WEBHOOKS_BLOCK_PRIVATE_URLS = env_bool("WEBHOOKS_BLOCK_PRIVATE_URLS", True)
+WEBHOOKS_TICK_SECONDS = env_float("WEBHOOKS_TICK_SECONDS", 1.0, positive=True)
+WEBHOOKS_DELIVERY_THREADS = env_int("WEBHOOKS_DELIVERY_THREADS", 4, minimum=1)
 # How long a process trusts its own memory of an agent token before asking the database again:
 # this bounds how long a revoked token keeps working.
 AGENT_AUTH_CACHE_SECONDS = env_float("AGENT_AUTH_CACHE_SECONDS", 1.0)
@@ -414,11 +419,7 @@ CONTROLLER_ACCESS_LOG = env_bool("CONTROLLER_ACCESS_LOG", True)
 FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # A connection that has not sent a whole request head this many seconds after it opened (or
 # after the first byte of a later request on it) is closed: half-sent heads hold no sockets.
-CONTROLLER_HEADER_TIMEOUT = env_float("CONTROLLER_HEADER_TIMEOUT", 10.0)
-if CONTROLLER_HEADER_TIMEOUT <= 0:
-    raise ImproperlyConfigured(
-        f"CONTROLLER_HEADER_TIMEOUT must be positive: {CONTROLLER_HEADER_TIMEOUT}"
-    )
+CONTROLLER_HEADER_TIMEOUT = env_float("CONTROLLER_HEADER_TIMEOUT", 10.0, positive=True)
 # Watches and event streams held at once. Per agent token, in each process: a newer one ends the
 # agent's oldest (0: no cap, for benchmarks that share one token among many clients). Per
 # process: past it a new one is refused with 503; a 20,000-agent fleet on two processes holds

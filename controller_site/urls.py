@@ -46,6 +46,12 @@ from apps.scopes.views import (
     EnvironmentListView,
     EnvironmentView,
 )
+from apps.webhooks.views import (
+    WebhookListView,
+    WebhookRotateSecretView,
+    WebhookTestView,
+    WebhookView,
+)
 
 handler403 = "apps.accounts.views.permission_denied"
 handler500 = "controller_site.errors.server_error"
@@ -102,6 +108,14 @@ urlpatterns = [
     ),
     path("envs", EnvironmentListView.as_view(), name="environments"),
     path("envs/<str:environment>", EnvironmentView.as_view(), name="environment"),
+    path("webhooks", WebhookListView.as_view(), name="webhooks"),
+    path("webhooks/<int:webhook_id>", WebhookView.as_view(), name="webhook"),
+    path(
+        "webhooks/<int:webhook_id>/rotate-secret",
+        WebhookRotateSecretView.as_view(),
+        name="webhook-rotate-secret",
+    ),
+    path("webhooks/<int:webhook_id>/test", WebhookTestView.as_view(), name="webhook-test"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),

@@ -103,13 +103,19 @@ class SettingsReader:
             raise self.error(f"{name} must be at least {minimum}: {value!r}")
         return self.record(name, source, value)
 
-    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
+    def float(
+        self, name: builtins.str, default: builtins.float, positive: builtins.bool = False
+    ) -> builtins.float:
         source, value = self._lookup(name, "float", default)
         if source == "env":
             try:
                 value = float(value)
             except ValueError:
                 raise self.error(f"{name} must be a number: {value!r}") from None
+        if positive and not value > 0:
+            if source == "file":
+                raise self.file.error(name, f"must be positive, got {value}")
+            raise self.error(f"{name} must be positive: {value}")
         return self.record(name, source, value)
 
     def list(

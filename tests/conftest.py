@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from apps.agents import auth as agent_auth
 from apps.configs.agent_calls import config_body
 from apps.scopes.services import forget_default_scope
+from tests.support.receiver import Receiver
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import KEY, WorkerProcess
 
@@ -158,6 +159,13 @@ def sent_preflights(monkeypatch) -> SentPreflights:
 def upstream():
     """The upstream stub a config_url points at (tests.support.upstream lists its paths)."""
     with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on 127.0.0.1 (tests.support.receiver)."""
+    with Receiver() as server:
         yield server
 
 

@@ -40,6 +40,8 @@ from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Application, Environment, Scope
 from apps.scopes.services import create_environment
+from apps.webhooks.models import Delivery, WebhookEndpoint
+from apps.webhooks.services import create_endpoint, send_test_event
 from controller_site.urls import SCOPED
 from tests.support.clients import api_as
 
@@ -101,6 +103,14 @@ API_RULES = {
     ("change-approve", "POST"): APPROVER,
     ("change-reject", "POST"): APPROVER,
     ("change-cancel", "POST"): EDITOR,
+    # A webhook receives news of every scope it asks for, and its URL names an outside system.
+    ("webhooks", "GET"): OPERATOR,
+    ("webhooks", "POST"): OPERATOR,
+    ("webhook", "GET"): OPERATOR,
+    ("webhook", "PATCH"): OPERATOR,
+    ("webhook", "DELETE"): OPERATOR,
+    ("webhook-rotate-secret", "POST"): OPERATOR,
+    ("webhook-test", "POST"): OPERATOR,
     ("healthz", "GET"): PUBLIC,
     ("readyz", "GET"): PUBLIC,
     ("metrics", "GET"): PUBLIC,
@@ -216,6 +226,24 @@ ADMIN_RULES = {
         "delete": NOBODY,
         "delete_selected": NOBODY,
     },
+    # Made, changed and deleted through the API only (its answer holds the secret); the admin
+    # lists them and their deliveries for an operator, who may send a test event or send again.
+    "webhooks.webhookendpoint": {
+        "view": OPERATOR,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "send_test_event": OPERATOR,
+    },
+    "webhooks.delivery": {
+        "view": OPERATOR,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "send_again": OPERATOR,
+    },
     # Read-only in simplejwt's own admin.
     "token_blacklist.outstandingtoken": {
         "view": SUPERUSER,
@@ -233,6 +261,15 @@ ADMIN_RULES = {
     },
 }
 STANDARD_PAGES = ("view", "add", "change", "delete")
+# The admin actions offered on a list's selected rows, as opposed to pages.
+LIST_ACTIONS = (
+    "delete_selected",
+    "rollback_to_version",
+    "revoke_agents",
+    "send_test_event",
+    "send_again",
+    "revoke_api_tokens",
+)
 
 
 def allowed(rule: str, holder: str) -> bool:
@@ -317,11 +354,17 @@ def world(publish):
     publish_config(
         scope_id=Scope.objects.get(environment=qa).pk, config_url=URL + "/qa", pooling_interval=50
     )
-    return {"agent": agent, "change": propose_change(author=author, pooling_interval=60)}
+    webhook, _ = create_endpoint(url="https://hooks.example/x", events=["*"])
+    return {
+        "agent": agent,
+        "change": propose_change(author=author, pooling_interval=60),
+        "webhook": webhook,
+    }
 
 
 def calls(world, user) -> dict:
     change = world["change"].pk
+    webhook = world["webhook"].pk
     # Only its author cancels a request: the caller's own.
     own = ChangeRequest.objects.create(
         base_version=2, config_url=URL, pooling_interval=75, author=user
@@ -388,6 +431,17 @@ def calls(world, user) -> dict:
         ("change-approve", "POST"): ("post", f"/config/admin/changes/{change}/approve", {}),
         ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
         ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
+        ("webhooks", "GET"): ("get", "/webhooks", None),
+        ("webhooks", "POST"): (
+            "post",
+            "/webhooks",
+            {"url": "https://hooks.example/new", "events": ["config.published"]},
+        ),
+        ("webhook", "GET"): ("get", f"/webhooks/{webhook}", None),
+        ("webhook", "PATCH"): ("patch", f"/webhooks/{webhook}", {"description": "chat"}),
+        ("webhook", "DELETE"): ("delete", f"/webhooks/{webhook}", None),
+        ("webhook-rotate-secret", "POST"): ("post", f"/webhooks/{webhook}/rotate-secret", None),
+        ("webhook-test", "POST"): ("post", f"/webhooks/{webhook}/test", None),
     }
     # The twins act on the default scope too, the world's.
     twins = {
@@ -424,6 +478,8 @@ def stored_state() -> tuple:
         list(Application.objects.values_list("name", "description")),
         list(Environment.objects.values_list("name", "approvals_required")),
         list(ApiToken.objects.order_by("id").values_list("id", "revoked_at")),
+        list(WebhookEndpoint.objects.values_list("url", "description", "secret")),
+        Delivery.objects.count(),
     )
 
 
@@ -439,7 +495,7 @@ def test_each_role_may_call_exactly_the_endpoints_its_rule_allows(world, endpoin
     before = stored_state()
     answer = getattr(api_as(user), method)(path, body, format="json")
     if allowed(rule, holder):
-        assert answer.status_code in (200, 201, 204), answer.content
+        assert answer.status_code in (200, 201, 202, 204), answer.content
         if route == "config-preflight":
             # A pre-flight asks the agents and stores nothing.
             assert stored_state() == before
@@ -654,6 +710,8 @@ def admin_objects(world, admin_user):
         "changes.changerequest": world["change"],
         "scopes.application": Application.objects.get(name="default"),
         "scopes.environment": Environment.objects.get(name="production"),
+        "webhooks.webhookendpoint": world["webhook"],
+        "webhooks.delivery": send_test_event(world["webhook"]),
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
         "token_blacklist.blacklistedtoken": BlacklistedToken.objects.first(),
     }
@@ -694,7 +752,7 @@ def test_each_role_sees_exactly_the_admin_pages_its_rule_allows(
     client.force_login(make_user(holder))
     obj = admin_objects[label]
     for page, rule in ADMIN_RULES[label].items():
-        if page in ("delete_selected", "rollback_to_version", "revoke_agents", "revoke_api_tokens"):
+        if page in LIST_ACTIONS:
             continue  # actions: below
         path = admin_path(label, page, obj)
         answer = client.post(path, {}) if page == "change" else client.get(path)
@@ -710,7 +768,7 @@ ACTIONS = [
     (label, action)
     for label, rules in sorted(ADMIN_RULES.items())
     for action in rules
-    if action in ("delete_selected", "rollback_to_version", "revoke_agents", "revoke_api_tokens")
+    if action in LIST_ACTIONS
 ]
 
 

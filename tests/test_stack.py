@@ -88,6 +88,8 @@ def test_run_stack_serves_hit_from_the_configured_url_and_a_second_run_reuses_ev
         assert "(the ADMIN_PASSWORD you set)" in output
         # The local demo fetches a local upstream, so it says it let the worker do so.
         assert "WORKER_BLOCK_PRIVATE_UPSTREAMS is off for this local demo" in output
+        # And let the controller send webhooks to local receivers.
+        assert "WEBHOOKS_BLOCK_PRIVATE_URLS is off for this local demo" in output
 
         assert login(controller, WRONG_PASSWORD).status_code == 401
         answer = login(controller)
@@ -95,6 +97,14 @@ def test_run_stack_serves_hit_from_the_configured_url_and_a_second_run_reuses_ev
         tokens = answer.json()
         secrets_seen += [tokens["access"], tokens["refresh"]]
         admin = {"Authorization": f"Bearer {tokens['access']}"}
+        local_hook = requests.post(
+            f"{controller}/webhooks",
+            json={"url": "http://127.0.0.1:9/hook", "events": ["*"], "enabled": False},
+            headers=admin,
+            timeout=10,
+        )
+        assert local_hook.status_code == 201, local_hook.text
+        secrets_seen.append(local_hook.json()["secret"])
         created = requests.post(
             f"{controller}/config/admin",
             json={"config_url": upstream.url("/text"), "pooling_interval": 30},

@@ -11,11 +11,12 @@ import time
 import pycurl
 import pytest
 
+from protocol.addresses import is_private_address
 from tests.support.processes import dead_port
 from tests.support.upstream import UpstreamServer
 from tests.support.worker import KEY, call, config_body, push
 from worker.app import WorkerApp
-from worker.upstream import UpstreamClient, is_private_address
+from worker.upstream import UpstreamClient
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ thread has its own curl handle, since a handle must not be used by two threads a
 keeps its connections, so a connection to the upstream is opened once per thread and reused.
 """
 
-import ipaddress
 import logging
 import math
 import socket
@@ -16,6 +15,8 @@ from urllib.parse import urlsplit
 
 import certifi
 import pycurl
+
+from protocol.addresses import PRIVATE_KINDS, is_private_address
 
 logger = logging.getLogger(__name__)
 
@@ -47,34 +48,6 @@ class UpstreamResponse(NamedTuple):
     status: int
     body: bytes
     content_type: str | None
-
-
-# IPv6 ranges that carry an IPv4 address inside (6to4, Teredo, NAT64, IPv4-compatible) or are
-# not for public unicast: a 2002:7f00:1:: would otherwise reach 127.0.0.1 through a 6to4 relay.
-# Refused whole, whatever the address inside.
-BLOCKED_V6 = tuple(
-    ipaddress.ip_network(net)
-    for net in ("2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48", "::/96", "fc00::/7")
-)
-
-
-def is_private_address(address: str) -> bool:
-    """True for any address that is not a public unicast one (private, loopback, reserved...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif any(ip in net for net in BLOCKED_V6):
-            return True
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-        or not ip.is_global
-    )
 
 
 def without_query(url: str) -> str:
@@ -211,8 +184,8 @@ class UpstreamClient:
             # asked (a pre-flight's caller), who should not learn where the network leads.
             logger.warning("upstream %s: connection to %s refused (non-public)", shown, refused)
             return UpstreamBlocked(
-                f"upstream {shown} resolves to a private address (private, loopback, "
-                "link-local or reserved), refused by WORKER_BLOCK_PRIVATE_UPSTREAMS"
+                f"upstream {shown} resolves to a private address ({PRIVATE_KINDS}), refused "
+                "by WORKER_BLOCK_PRIVATE_UPSTREAMS"
             )
         if body.too_large or code == pycurl.E_FILESIZE_EXCEEDED:
             return UpstreamTooLarge(

@@ -51,6 +51,9 @@ ADMIN_PERMISSIONS = {
         "agents.delete_registrationtoken",
         "scopes.add_application",
         "scopes.change_application",
+        # Webhooks are an operator's alone: their URLs and deliveries name outside systems.
+        "webhooks.view_webhookendpoint",
+        "webhooks.view_delivery",
     },
 }
 

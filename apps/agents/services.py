@@ -25,6 +25,7 @@ from apps.ops import metrics
 from apps.rollouts.health import evaluate_rollout_health
 from apps.rollouts.targets import target_of, target_version_expression, targets_new
 from apps.scopes.services import default_scope_id, scope_names
+from apps.webhooks.events import emit
 from controller_site.errors import ServiceError
 from controller_site.tokens import AGENT_PREFIX, REGISTRATION_PREFIX, hash_token, new_token
 from protocol.labels import MAX_LABELS
@@ -146,14 +147,16 @@ def register_agent(
         }
         if left_out:
             detail["labels_left_out"] = left_out
+        scope = scope_names(agent.scope_id)
         record_event(
             AuditEntry.AGENT_REGISTERED,
             actor=agent,
             source_ip=source_ip,
             target=f"agent {agent.pk}",
-            scope=scope_names(agent.scope_id),
+            scope=scope,
             detail=detail,
         )
+        emit("agent.registered", {"agent": str(agent.pk), **detail}, scope)
     logger.info("agent %s registered (name=%r, hostname=%r)", agent.pk, name, hostname)
     if left_out:
         logger.warning(
@@ -404,14 +407,17 @@ def revoke_agent(agent: Agent, *, actor=None, source_ip: str | None = None) -> b
             revoked_at=timezone.now()
         )
         if revoked:
-            record_event(
+            scope, detail = scope_names(agent.scope_id), {"name": agent.name}
+            detail["hostname"] = agent.hostname
+            entry = record_event(
                 AuditEntry.AGENT_REVOKED,
                 actor=actor,
                 source_ip=source_ip,
                 target=f"agent {agent.pk}",
-                scope=scope_names(agent.scope_id),
-                detail={"name": agent.name, "hostname": agent.hostname},
+                scope=scope,
+                detail=detail,
             )
+            emit("agent.revoked", {"agent": str(agent.pk), "actor": entry.actor, **detail}, scope)
             # Cut the watch it may be holding, in every controller process.
             transaction.on_commit(partial(publish_revocation, agent.pk))
     forget_agent(agent)

@@ -55,6 +55,11 @@ class AuditEntry(models.Model):
     ENVIRONMENT_CHANGED = "environment.changed"
     API_TOKEN_ISSUED = "api_token.issued"  # noqa: S105 - an action name, not a secret
     API_TOKEN_REVOKED = "api_token.revoked"  # noqa: S105 - an action name, not a secret
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name
+    WEBHOOK_DISABLED = "webhook.disabled"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -91,6 +96,11 @@ class AuditEntry(models.Model):
         (ENVIRONMENT_CHANGED, "Environment changed"),
         (API_TOKEN_ISSUED, "API token issued"),
         (API_TOKEN_REVOKED, "API token revoked"),
+        (WEBHOOK_CREATED, "Webhook created"),
+        (WEBHOOK_CHANGED, "Webhook changed"),
+        (WEBHOOK_DELETED, "Webhook deleted"),
+        (WEBHOOK_SECRET_ROTATED, "Webhook secret rotated"),
+        (WEBHOOK_DISABLED, "Webhook disabled after failing"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

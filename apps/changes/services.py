@@ -34,6 +34,7 @@ from apps.configs.preflight import preflight_before_publish
 from apps.configs.services import content_of, get_current_config, if_match_allows, lock_newest
 from apps.rollouts.errors import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
 from apps.scopes.services import default_scope_id, scope_names
+from apps.webhooks.events import emit
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -173,13 +174,20 @@ def propose_change(
             rollout=rollout,
             author=author,
         )
-        record_event(
+        scope = scope_names(change.scope_id)
+        detail = {"current": content_of(newest), "proposed": content_of_change(change)}
+        entry = record_event(
             AuditEntry.CHANGE_PROPOSED,
             actor=author,
             source_ip=source_ip,
             target=str(change),
-            scope=scope_names(change.scope_id),
-            detail={"current": content_of(newest), "proposed": content_of_change(change)},
+            scope=scope,
+            detail=detail,
+        )
+        emit(
+            "change_request.opened",
+            {"change_request": change.pk, "author": entry.actor, "rollout": rollout, **detail},
+            scope,
         )
     logger.info("change request %s proposed by %s", change.pk, author)
     return change
@@ -240,15 +248,28 @@ def approve_change(
             if current != change.base_version:
                 raise ChangeIsStale(change, current)
             Approval.objects.create(change_request=change, approver=approver, comment=comment)
-            record_event(
+            scope = scope_names(change.scope_id)
+            detail = {"comment": comment, "approvals": change.approvals.count()}
+            entry = record_event(
                 AuditEntry.CHANGE_APPROVED,
                 actor=approver,
                 source_ip=source_ip,
                 target=str(change),
-                scope=scope_names(change.scope_id),
-                detail={"comment": comment, "approvals": change.approvals.count()},
+                scope=scope,
+                detail=detail,
             )
-            if change.approvals.count() >= approvals_required(change.scope_id):
+            required = approvals_required(change.scope_id)
+            emit(
+                "change_request.approved",
+                {
+                    "change_request": change.pk,
+                    "approver": entry.actor,
+                    "approvals_required": required,
+                    **detail,
+                },
+                scope,
+            )
+            if detail["approvals"] >= required:
                 _publish(change, approver=approver, source_ip=source_ip)
     except (ChangeIsStale, BaseVersionGone) as exc:
         _make_stale(change_id, exc.current_version, actor=approver, source_ip=source_ip)
@@ -315,14 +336,18 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
     change.decided_at = timezone.now()
     change.decision_comment = comment
     change.save(update_fields=["state", "decided_by", "decided_at", "decision_comment"])
-    record_event(
+    scope = scope_names(change.scope_id)
+    entry = record_event(
         _CLOSING_ACTIONS[state],
         actor=by,
         source_ip=source_ip,
         target=str(change),
-        scope=scope_names(change.scope_id),
+        scope=scope,
         detail={"comment": comment},
     )
+    if state == ChangeRequest.REJECTED:
+        data = {"change_request": change.pk, "approver": entry.actor, "comment": comment}
+        emit("change_request.rejected", data, scope)
 
 
 def recent_bypasses(limit: int = 20):

@@ -30,6 +30,7 @@ from apps.rollouts.services import (
     start_rollout,
 )
 from apps.scopes.services import default_scope_id, policy_of, scope_names
+from apps.webhooks.events import emit
 from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
@@ -134,14 +135,16 @@ def _make_version(
                 made_stale = ChangeRequest.objects.make_stale(scope_id, config.version, keep=change)
                 if made_stale:
                     audited["made_stale"] = made_stale
-                record_event(
+                scope = scope_names(scope_id)
+                entry = record_event(
                     action,
                     actor=actor,
                     source_ip=source_ip,
                     target=f"config v{config.version}",
-                    scope=scope_names(scope_id),
+                    scope=scope,
                     detail={**audited, **(detail or {})},
                 )
+                emit(*_event_of(config, newest, entry, change, rollback), scope)
                 if plan is not None:
                     start_rollout(config, newest, plan, actor=actor, source_ip=source_ip)
                 transaction.on_commit(partial(announce_config, config))
@@ -151,6 +154,22 @@ def _make_version(
                 raise
             logger.info("version race on attempt %s, retrying", attempt)
     raise AssertionError("unreachable")
+
+
+def _event_of(config, newest, entry, change, rollback) -> tuple[str, dict]:
+    """The webhook event of a new version: its content and the one it replaced, who made it
+    and how (the audit action: created, updated, emergency, rolled back)."""
+    data = {
+        "version": config.version,
+        "previous": content_of(newest),
+        "content": content_of(config),
+        "actor": entry.actor,
+        "action": entry.action,
+        "change_request": change.pk if change else None,
+    }
+    if rollback is None:
+        return "config.published", data
+    return "config.rolled_back", {**data, "rolled_back_to": rollback.version}
 
 
 def publish_config(

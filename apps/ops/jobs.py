@@ -11,6 +11,11 @@ controllers; running both is safe, only wasted).
 What each serving process must do for itself is not here: its memory of agent tokens is swept
 of revoked agents, and its held watches are cut, by its watch hub (apps/configs/hub.py), since
 no other process can do that in its place.
+
+A change that leaves work for a job (an event in the webhook outbox) calls `run_soon`
+(apps/ops/wake.py) after its
+commit: the job then runs at once on this process's runner instead of at its next period, and
+the period stays the safety net for work left by a process that died.
 """
 
 import logging
@@ -22,7 +27,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
+from apps.ops.wake import RUNNERS
 from apps.rollouts.services import advance_rollouts
+from apps.webhooks.delivery import DELIVERY_JOB, deliver_due, stop_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +45,17 @@ class Job:
     name: str
     every: Callable[[], float]
     step: Callable[[], object]
+    # Called when the runner stops, for a job whose steps leave work running on other threads
+    # (the webhook deliveries): it lets that work end after what is in progress.
+    stop: Callable[[], object] | None = None
 
 
 JOBS: tuple[Job, ...] = (
     # Start a rolling rollout's next wave when the current one is applied and has baked,
     # complete it after the last, pause it when a wave times out (apps/rollouts/services.py).
     Job("advance rollouts", lambda: settings.ROLLOUT_TICK_SECONDS, advance_rollouts),
+    # Send the webhook outbox's due deliveries and retries (apps/webhooks/delivery.py).
+    Job(DELIVERY_JOB, lambda: settings.WEBHOOKS_TICK_SECONDS, deliver_due, stop_deliveries),
 )
 
 
@@ -57,6 +69,14 @@ class JobRunner:
         self.due = dict.fromkeys((job.name for job in jobs), 0.0)
         self.failing: set[str] = set()
         self._thread: threading.Thread | None = None
+        # Rung by `wake` (and by a stop): the wait between two looks at the jobs ends at once.
+        self._bell = threading.Event()
+
+    def wake(self, name: str) -> None:
+        """Make the job `name` due now and end the runner's wait."""
+        if name in self.due:
+            self.due[name] = 0.0
+            self._bell.set()
 
     def run_due(self) -> float:
         """Run every job that is due, once; the seconds until the next one is."""
@@ -64,8 +84,9 @@ class JobRunner:
             if self.stop.is_set():
                 break
             if time.monotonic() >= self.due[job.name]:
-                self._run(job)
+                # Set before the step, so that a wake during the step is kept.
                 self.due[job.name] = time.monotonic() + job.every()
+                self._run(job)
         return max(0.0, min(self.due.values()) - time.monotonic())
 
     def _run(self, job: Job) -> None:
@@ -86,13 +107,20 @@ class JobRunner:
 
     def run(self) -> None:
         """Run the jobs until `stop` is set; the step in progress finishes first."""
+        RUNNERS.add(self)
         try:
             while not self.stop.is_set():
                 # A connection broken or past its age is replaced before the next step.
                 close_old_connections()
+                # Cleared before the step: a wake during it ends the wait that follows.
+                self._bell.clear()
                 wait = self.run_due()
-                self.stop.wait(min(wait, MAX_WAIT_SECONDS))
+                self._bell.wait(min(wait, MAX_WAIT_SECONDS))
         finally:
+            RUNNERS.discard(self)
+            for job in self.jobs:
+                if job.stop is not None:
+                    job.stop()
             connection.close()
 
     def start(self) -> None:
@@ -104,6 +132,7 @@ class JobRunner:
     def halt(self, timeout: float = 5.0) -> None:
         """Stop the thread, letting the step in progress finish (within `timeout`)."""
         self.stop.set()
+        self._bell.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

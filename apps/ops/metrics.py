@@ -108,6 +108,13 @@ def _instruments() -> SimpleNamespace:
             "(every agent put back on the previous content) or paused (auto_rollback off).",
             ["state"],
         ),
+        webhook_deliveries=Counter(
+            "controller_webhook_deliveries",
+            "Webhook delivery tries, by outcome: delivered (a 2xx answer), failed (anything "
+            "else; retried later), abandoned (pending deliveries given up when their endpoint "
+            "was disabled after three days of failures).",
+            ["outcome"],
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from apps.rollouts.health import health_of
 from apps.rollouts.models import Rollout
 from apps.rollouts.status import agents_by_target
 from apps.scopes.models import Scope
+from apps.webhooks.delivery import OUTCOMES, outbox_age_seconds
 
 # The agents' statuses the collector counts, in the order they are reported.
 STATUS_NAMES = ("active", "stale", "never_seen", "revoked")
@@ -75,6 +76,7 @@ class DatabaseStateCollector:
     def collect(self):
         try:
             scopes = read_scopes()
+            outbox_age = outbox_age_seconds()
         except DatabaseError as exc:
             logger.warning("metrics: database unavailable: %s", exc)
             yield GaugeMetricFamily(
@@ -156,6 +158,11 @@ class DatabaseStateCollector:
                     hits.add_metric([*named, which, "failed"], counted.failed)
         yield from (version, agents, states, rollout_version, wave, wave_started, wave_allowed)
         yield from (targets, hits)
+        yield GaugeMetricFamily(
+            "controller_webhook_outbox_age_seconds",
+            "Seconds since the oldest webhook delivery still pending was written; 0 when none is.",
+            value=outbox_age,
+        )
 
 
 # A plan without a wave timeout waits as long as its agents take; for the alert on a rollout
@@ -225,7 +232,9 @@ def render() -> bytes:
         MultiProcessCollector(counted)
     else:
         counted = REGISTRY
-    instruments()  # so that the metrics show (at zero) before their first event
+    made = instruments()  # so that the metrics show (at zero) before their first event
+    for outcome in OUTCOMES:
+        made.webhook_deliveries.labels(outcome)
     state = CollectorRegistry(auto_describe=False)
     state.register(DatabaseStateCollector())
     return render_registry(counted) + render_registry(state)

@@ -32,6 +32,7 @@ from apps.rollouts.models import Rollout
 from apps.rollouts.status import Progress, fleet, get_latest_rollout, measure
 from apps.rollouts.targets import agent_key, is_canary
 from apps.scopes.services import scope_names
+from apps.webhooks.events import emit
 
 logger = logging.getLogger(__name__)
 
@@ -356,16 +357,33 @@ def _refuse(rollout: Rollout, what: str) -> RolloutConflict:
     )
 
 
+# The rollout's audit actions that are webhook events of the same name (a promote is told as
+# the wave it starts, or the completion).
+EVENTS = {
+    AuditEntry.ROLLOUT_STARTED,
+    AuditEntry.ROLLOUT_WAVE_STARTED,
+    AuditEntry.ROLLOUT_PAUSED,
+    AuditEntry.ROLLOUT_RESUMED,
+    AuditEntry.ROLLOUT_COMPLETED,
+    AuditEntry.ROLLOUT_HALTED,
+    AuditEntry.ROLLOUT_ABORTED,
+}
+
+
 def _audit(rollout: Rollout, action: str, *, actor=None, source_ip=None, **detail) -> None:
-    """One audit entry about the rollout, naming its version and wave."""
-    record_event(
+    """One audit entry about the rollout, naming its version and wave, and its webhook event."""
+    scope = scope_names(rollout.scope_id)
+    detail = {"version": rollout.version, "wave": rollout.wave, **detail}
+    entry = record_event(
         action,
         actor=actor,
         source_ip=source_ip,
         target=f"rollout v{rollout.version}",
-        scope=scope_names(rollout.scope_id),
-        detail={"version": rollout.version, "wave": rollout.wave, **detail},
+        scope=scope,
+        detail=detail,
     )
+    if action in EVENTS:
+        emit(action, {**detail, "actor": entry.actor}, scope)
 
 
 @transaction.atomic

@@ -66,6 +66,11 @@ class Command(BaseCommand):
         if local_upstreams:
             # The local demo fetches local URLs; a deployed worker refuses them by default.
             worker_env["WORKER_BLOCK_PRIVATE_UPSTREAMS"] = "0"
+        controller_env = dict(env)
+        local_webhooks = not os.environ.get("WEBHOOKS_BLOCK_PRIVATE_URLS", "").strip()
+        if local_webhooks:
+            # Likewise for webhook receivers run on this machine.
+            controller_env["WEBHOOKS_BLOCK_PRIVATE_URLS"] = "0"
         agent_env = dict(env)
         registration_token = self._registration_token_if_needed(state_dir)
         if registration_token:
@@ -74,7 +79,7 @@ class Command(BaseCommand):
         agent_args = ["--controller-url", controller_url, "--worker-url", worker_url]
         stack = Stack(
             [
-                Child("controller", ["run_controller", "--bind", controller_bind], env),
+                Child("controller", ["run_controller", "--bind", controller_bind], controller_env),
                 Child("worker", ["run_worker", "--bind", worker_bind], worker_env),
                 Child("agent", ["run_agent", *agent_args, "--state-dir", state_dir], agent_env),
             ],
@@ -92,6 +97,11 @@ class Command(BaseCommand):
             stack.say(
                 "run_stack: WORKER_BLOCK_PRIVATE_UPSTREAMS is off for this local demo, so /hit "
                 "may fetch local and private addresses; it is on by default everywhere else."
+            )
+        if local_webhooks:
+            stack.say(
+                "run_stack: WEBHOOKS_BLOCK_PRIVATE_URLS is off for this local demo, so webhooks "
+                "may be sent to local and private addresses; it is on by default everywhere else."
             )
         try:
             stack.start(controller, f"{controller_url}/healthz")
