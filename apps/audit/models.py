@@ -53,6 +53,11 @@ class AuditEntry(models.Model):
     APPLICATION_CHANGED = "application.changed"
     ENVIRONMENT_CREATED = "environment.created"
     ENVIRONMENT_CHANGED = "environment.changed"
+    SCHEDULED_CREATED = "scheduled.created"
+    SCHEDULED_CANCELLED = "scheduled.cancelled"
+    SCHEDULED_STALE = "scheduled.stale"
+    SCHEDULED_EXPIRED = "scheduled.expired"
+    SCHEDULED_FAILED = "scheduled.failed"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -87,6 +92,11 @@ class AuditEntry(models.Model):
         (APPLICATION_CHANGED, "Application changed"),
         (ENVIRONMENT_CREATED, "Environment created"),
         (ENVIRONMENT_CHANGED, "Environment changed"),
+        (SCHEDULED_CREATED, "Change scheduled"),
+        (SCHEDULED_CANCELLED, "Scheduled change cancelled"),
+        (SCHEDULED_STALE, "Scheduled change went stale"),
+        (SCHEDULED_EXPIRED, "Scheduled change expired unapproved"),
+        (SCHEDULED_FAILED, "Scheduled change refused at its time"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

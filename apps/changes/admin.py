@@ -27,6 +27,8 @@ STATE_COLOURS = {
     ChangeRequest.REJECTED: "#b71c1c",
     ChangeRequest.CANCELLED: "#6d6d6d",
     ChangeRequest.STALE: "#6d4c41",
+    ChangeRequest.APPROVED: "#1565c0",
+    ChangeRequest.EXPIRED: "#6d4c41",
 }
 
 

@@ -19,7 +19,7 @@ from apps.changes.errors import (
     NotYourDecision,
     UnknownChange,
 )
-from apps.changes.models import Approval, ChangeRequest
+from apps.changes.models import Approval, ChangeRequest, ScheduledChange
 from apps.configs.actions import (
     approvals_required,
     current_policy,
@@ -74,10 +74,8 @@ def request_config_change(
         raise RolloutPlanNeedsDirectPublish()
     scope_id = scope_id or default_scope_id()
     policy = current_policy(scope_id)
-    if plan is None and not emergency and policy.default_rollout is not None:
-        # The environment's rule; the first version has nothing to roll out from, and an
-        # emergency goes to everyone at once.
-        plan = policy.default_rollout if get_current_config(scope_id) is not None else None
+    if not emergency:
+        plan = plan_of_change(scope_id, plan)
     if plan is not None and plan.get("preflight"):
         config_url = values.get("config_url")
         preflight_before_publish(
@@ -121,6 +119,16 @@ def request_config_change(
     return ConfigChange(config, created)
 
 
+def plan_of_change(scope_id: int, plan: dict | None) -> dict | None:
+    """The rollout plan a change (not an emergency) is published with: its own, else its
+    environment's default; the first version has nothing to roll out from, and an emergency
+    goes to everyone at once."""
+    default = current_policy(scope_id).default_rollout
+    if plan is None and default is not None:
+        return default if get_current_config(scope_id) is not None else None
+    return plan
+
+
 def content_of_change(change: ChangeRequest) -> dict:
     return {
         "base_version": change.base_version,
@@ -145,26 +153,21 @@ def propose_change(
     current version, for approvers to decide.
     A field left as None keeps the current value; `partial` (a PUT) needs a current version.
     Returns None when the proposal equals the current configuration: nothing to decide."""
-    if config_url is not None:
-        config_url = check_config_url(config_url)
-    if pooling_interval is not None:
-        pooling_interval = check_pooling_interval(pooling_interval)
     with transaction.atomic():
         # Under the writers' lock, so a publish cannot slip between reading the base version
         # and storing the request (it would not see this request to make it stale).
         scope_id = scope_id or default_scope_id()
-        newest = lock_newest(scope_id)
-        if newest is None and (partial or config_url is None or pooling_interval is None):
-            raise NoConfigYet()
-        current = newest.version if newest else 0
-        if if_match is not None and not if_match_allows(if_match, current):
-            raise StaleVersion(current)
-        if rollout is not None and newest is None:
-            raise NothingToRollOutFrom()
-        url = newest.config_url if config_url is None else config_url
-        interval = newest.pooling_interval if pooling_interval is None else pooling_interval
-        if newest is not None and newest.same_content(url, interval):
+        proposal = merge_with_current(
+            scope_id,
+            config_url,
+            pooling_interval,
+            partial=partial,
+            rollout=rollout,
+            if_match=if_match,
+        )
+        if proposal is None:
             return None
+        newest, url, interval = proposal
         change = ChangeRequest.objects.create(
             scope_id=scope_id,
             base_version=newest.version if newest else 0,
@@ -183,6 +186,46 @@ def propose_change(
         )
     logger.info("change request %s proposed by %s", change.pk, author)
     return change
+
+
+def merge_with_current(
+    scope_id: int,
+    config_url: str | None,
+    pooling_interval: int | None,
+    *,
+    partial: bool,
+    rollout: dict | None,
+    if_match: str | None,
+) -> tuple[ConfigVersion | None, str, int] | None:
+    """A change that waits (a change request, a scheduled change) decided against a scope's
+    newest version, taken under the writers' lock (the caller's transaction holds it): (that
+    version or None, the whole content, a field left as None filled in from it). None when the
+    content equals the current one: nothing to wait for. Refused as a publish would be: a PUT
+    without a version, a stale If-Match, a plan with nothing to roll out from."""
+    if config_url is not None:
+        config_url = check_config_url(config_url)
+    if pooling_interval is not None:
+        pooling_interval = check_pooling_interval(pooling_interval)
+    newest = lock_newest(scope_id)
+    if newest is None and (partial or config_url is None or pooling_interval is None):
+        raise NoConfigYet()
+    current = newest.version if newest else 0
+    if if_match is not None and not if_match_allows(if_match, current):
+        raise StaleVersion(current)
+    if rollout is not None and newest is None:
+        raise NothingToRollOutFrom()
+    url = newest.config_url if config_url is None else config_url
+    interval = newest.pooling_interval if pooling_interval is None else pooling_interval
+    if newest is not None and newest.same_content(url, interval):
+        return None
+    return newest, url, interval
+
+
+def scheduled_change_decided(scheduled: ScheduledChange) -> None:
+    """The one place a scheduled change's outcome (published, stale, expired, cancelled or
+    failed) is told beyond the audit log, called in the transaction that decided it, beside its
+    audit entry: what must leave with the decision, or not at all, is written here."""
+    logger.info("%s of %s is %s", scheduled, scheduled.scope_id, scheduled.state)
 
 
 def _locked_pending(change_id, scope_id: int | None) -> ChangeRequest:
@@ -249,7 +292,14 @@ def approve_change(
                 detail={"comment": comment, "approvals": change.approvals.count()},
             )
             if change.approvals.count() >= approvals_required(change.scope_id):
-                _publish(change, approver=approver, source_ip=source_ip)
+                if hasattr(change, "schedule"):
+                    # Published at its time by the scheduled changes' job, not now.
+                    change.state = ChangeRequest.APPROVED
+                    change.decided_by = approver
+                    change.decided_at = timezone.now()
+                    change.save(update_fields=["state", "decided_by", "decided_at"])
+                else:
+                    _publish(change, approver=approver, source_ip=source_ip)
     except (ChangeIsStale, BaseVersionGone) as exc:
         _make_stale(change_id, exc.current_version, actor=approver, source_ip=source_ip)
         if isinstance(exc, BaseVersionGone):
@@ -323,6 +373,19 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
         scope=scope_names(change.scope_id),
         detail={"comment": comment},
     )
+    scheduled = (
+        ScheduledChange.objects.select_for_update()
+        .filter(change_request=change, state=ScheduledChange.SCHEDULED)
+        .first()
+    )
+    if scheduled is not None:
+        # Its request is decided against: nothing will be published at its time.
+        scheduled.state = ScheduledChange.CANCELLED
+        scheduled.decided_by = by
+        scheduled.decided_at = change.decided_at
+        scheduled.reason = f"its change request was {state}"
+        scheduled.save(update_fields=["state", "decided_by", "decided_at", "reason"])
+        scheduled_change_decided(scheduled)
 
 
 def recent_bypasses(limit: int = 20):

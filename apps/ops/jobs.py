@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
+from apps.changes.scheduling import publish_due_changes
 from apps.rollouts.services import advance_rollouts
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ JOBS: tuple[Job, ...] = (
     # Start a rolling rollout's next wave when the current one is applied and has baked,
     # complete it after the last, pause it when a wave times out (apps/rollouts/services.py).
     Job("advance rollouts", lambda: settings.ROLLOUT_TICK_SECONDS, advance_rollouts),
+    # Publish each scheduled change when its time comes, or find it stale or expired
+    # (apps/changes/scheduling.py).
+    Job(
+        "publish scheduled changes",
+        lambda: settings.SCHEDULED_TICK_SECONDS,
+        publish_due_changes,
+    ),
 )
 
 

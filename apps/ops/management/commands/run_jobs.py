@@ -17,7 +17,10 @@ logger = logging.getLogger("apps.ops")
 
 
 class Command(BaseCommand):
-    help = "Run the controller's periodic jobs (rollout waves) until SIGTERM or SIGINT."
+    help = (
+        "Run the controller's periodic jobs (rollout waves, scheduled changes) until SIGTERM "
+        "or SIGINT."
+    )
 
     def add_arguments(self, parser):
         add_config_argument(parser)
