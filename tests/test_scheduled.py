@@ -205,9 +205,7 @@ def test_the_scoped_twin_schedules_in_its_scope_and_another_scopes_editor_is_403
     scopes = make_two_by_two()
     staging = "/apps/payments/envs/staging"
     editor = api_as(user_with(EDITOR, "payments", "staging"))
-    body = schedule(
-        editor, f"{staging}/config/admin", "post", config_url=URL, pooling_interval=30
-    )
+    body = schedule(editor, f"{staging}/config/admin", "post", config_url=URL, pooling_interval=30)
     assert body["url"] == f"{staging}/config/admin/scheduled/{body['id']}"
     assert ScheduledChange.objects.get().scope == scopes[("payments", "staging")]
     assert editor.get(f"{staging}/config/admin/scheduled").json()["count"] == 1
