@@ -6,6 +6,7 @@ decision about who may use it.
 """
 
 import importlib
+from datetime import timedelta
 
 import pytest
 from django.apps import apps as django_apps
@@ -13,6 +14,7 @@ from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
@@ -22,11 +24,12 @@ from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
-from apps.changes.models import Approval, ChangeRequest
+from apps.changes.models import Approval, ChangeRequest, ScheduledChange
 from apps.changes.services import propose_change
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Application, Environment
+from apps.scopes.services import default_scope
 from controller_site.urls import SCOPED
 from tests.support.clients import api_as
 
@@ -82,6 +85,11 @@ API_RULES = {
     ("change-approve", "POST"): APPROVER,
     ("change-reject", "POST"): APPROVER,
     ("change-cancel", "POST"): EDITOR,
+    ("scheduled-changes", "GET"): ANY_ROLE,
+    ("scheduled-change", "GET"): ANY_ROLE,
+    # Any role reaches it; only its author or an operator of its scope cancels it (403 for
+    # others, tests/test_scheduled.py): each caller here cancels their own.
+    ("scheduled-change-cancel", "POST"): ANY_ROLE,
     ("healthz", "GET"): PUBLIC,
     ("readyz", "GET"): PUBLIC,
     ("metrics", "GET"): PUBLIC,
@@ -162,6 +170,16 @@ ADMIN_RULES = {
         "changes_changerequest_reject": APPROVER,
         "changes_changerequest_cancel": EDITOR,
     },
+    # Made with publish_at on the API, decided by the job; the action cancels each row its
+    # author or an operator of its scope selected (others are told, and it stays).
+    "changes.scheduledchange": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "cancel_scheduled_changes": ANY_ROLE,
+    },
     "audit.auditentry": {
         "view": ANY_ROLE,
         "add": NOBODY,
@@ -204,6 +222,12 @@ ADMIN_RULES = {
     },
 }
 STANDARD_PAGES = ("view", "add", "change", "delete")
+ACTION_NAMES = (
+    "delete_selected",
+    "rollback_to_version",
+    "revoke_agents",
+    "cancel_scheduled_changes",
+)
 
 
 def allowed(rule: str, holder: str) -> bool:
@@ -292,6 +316,14 @@ def calls(world, user) -> dict:
     own = ChangeRequest.objects.create(
         base_version=2, config_url=URL, pooling_interval=75, author=user
     ).pk
+    scheduled = ScheduledChange.objects.create(
+        scope=default_scope(),
+        publish_at=timezone.now() + timedelta(hours=1),
+        base_version=2,
+        config_url=URL,
+        pooling_interval=75,
+        author=user,
+    ).pk
     seed = {
         ("config-admin", "GET"): ("get", "/config/admin", None),
         ("config-admin", "POST"): (
@@ -331,6 +363,13 @@ def calls(world, user) -> dict:
         ("change-approve", "POST"): ("post", f"/config/admin/changes/{change}/approve", {}),
         ("change-reject", "POST"): ("post", f"/config/admin/changes/{change}/reject", {}),
         ("change-cancel", "POST"): ("post", f"/config/admin/changes/{own}/cancel", {}),
+        ("scheduled-changes", "GET"): ("get", "/config/admin/scheduled", None),
+        ("scheduled-change", "GET"): ("get", f"/config/admin/scheduled/{scheduled}", None),
+        ("scheduled-change-cancel", "POST"): (
+            "post",
+            f"/config/admin/scheduled/{scheduled}/cancel",
+            {},
+        ),
     }
     # The twins act on the default scope too, the world's.
     twins = {
@@ -363,6 +402,7 @@ def stored_state() -> tuple:
         list(Agent.objects.values_list("labels", flat=True)),
         list(Rollout.objects.values_list("version", "state", "wave")),
         list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
+        list(ScheduledChange.objects.order_by("id").values_list("id", "state")),
         Approval.objects.count(),
         list(Application.objects.values_list("name", "description")),
         list(Environment.objects.values_list("name", "approvals_required")),
@@ -585,6 +625,13 @@ def admin_objects(world, admin_user):
             version=2, previous_version=1, waves=[100], state=Rollout.COMPLETED
         ),
         "changes.changerequest": world["change"],
+        "changes.scheduledchange": ScheduledChange.objects.create(
+            scope=default_scope(),
+            publish_at=timezone.now() + timedelta(hours=1),
+            base_version=2,
+            config_url=URL,
+            pooling_interval=75,
+        ),
         "scopes.application": Application.objects.get(name="default"),
         "scopes.environment": Environment.objects.get(name="production"),
         "token_blacklist.outstandingtoken": OutstandingToken.objects.first(),
@@ -626,7 +673,7 @@ def test_each_role_sees_exactly_the_admin_pages_its_rule_allows(
     client.force_login(make_user(holder))
     obj = admin_objects[label]
     for page, rule in ADMIN_RULES[label].items():
-        if page in ("delete_selected", "rollback_to_version", "revoke_agents"):
+        if page in ACTION_NAMES:
             continue  # actions: below
         path = admin_path(label, page, obj)
         answer = client.post(path, {}) if page == "change" else client.get(path)
@@ -642,7 +689,7 @@ ACTIONS = [
     (label, action)
     for label, rules in sorted(ADMIN_RULES.items())
     for action in rules
-    if action in ("delete_selected", "rollback_to_version", "revoke_agents")
+    if action in ACTION_NAMES
 ]
 
 

@@ -386,3 +386,41 @@ def test_two_runners_at_the_same_time_publish_it_once():
     assert versions() == [(1, URL), (2, NEW_URL)]
     assert ScheduledChange.objects.get().state == "published"
     assert AuditEntry.objects.filter(detail__has_key="scheduled_change").count() == 1
+
+
+# The admin --------------------------------------------------------------------------------
+
+
+def cancel_in_the_admin(client, user, scheduled: dict):
+    client.force_login(user)
+    return client.post(
+        "/admin/changes/scheduledchange/",
+        {"action": "cancel_scheduled_changes", "_selected_action": [scheduled["id"]]},
+        follow=True,
+    )
+
+
+def test_the_admin_lists_them_and_cancels_for_the_author_only(client, editor, v1):
+    scheduled = schedule(editor, config_url=NEW_URL)
+    other = client_for("other@example.com", EDITOR).user
+    client.force_login(other)
+    listing = client.get("/admin/changes/scheduledchange/?state__exact=scheduled")
+    assert listing.status_code == 200
+    assert NEW_URL in listing.content.decode()
+    refused = cancel_in_the_admin(client, other, scheduled)
+    assert "Only its author or an operator" in refused.content.decode()
+    assert ScheduledChange.objects.get().state == "scheduled"
+    done = cancel_in_the_admin(client, editor.user, scheduled)
+    assert "Cancelled 1 scheduled change" in done.content.decode()
+    assert ScheduledChange.objects.get().state == "cancelled"
+    assert audited(AuditEntry.SCHEDULED_CANCELLED)[0].actor == "editor@example.com"
+
+
+def test_the_scope_page_shows_the_changes_to_come(client, editor, v1):
+    scheduled = schedule(editor, config_url=NEW_URL)
+    client.force_login(editor.user)
+    page = client.get("/admin/scopes/application/default/envs/production/").content.decode()
+    assert f'id="scope-scheduled-{scheduled["id"]}"' in page
+    cancel(editor, scheduled)
+    page = client.get("/admin/scopes/application/default/envs/production/").content.decode()
+    assert f'id="scope-scheduled-{scheduled["id"]}"' not in page
