@@ -169,7 +169,10 @@ class ConfigAdminView(ActsOnScope, APIView):
         "change request, and nothing is published until approvers approve it; a superuser's "
         '`"emergency": true` with a `reason` publishes at once all the same. With `rollout` '
         "(a direct publish only), the version reaches the agents in stages (see GET "
-        "/config/admin/rollout). 409 while a rollout is rolling or paused.",
+        "/config/admin/rollout). 409 while a rollout is rolling or paused. With `publish_at`: "
+        "202 with a scheduled change, published at that time by the controller (see GET "
+        "/config/admin/scheduled); in a scope needing approvals its change request must be "
+        "approved before then, or it expires.",
         request=ConfigWriteSerializer,
         parameters=[IF_MATCH],
         responses={
@@ -191,8 +194,8 @@ class ConfigAdminView(ActsOnScope, APIView):
         tags=["config"],
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed. "
-        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match "
-        "and 409 as for POST.",
+        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match, "
+        "409 and `publish_at` as for POST.",
         request=ConfigWriteSerializer(partial=True),
         parameters=[IF_MATCH],
         responses={
