@@ -351,6 +351,7 @@ def test_a_rollout_in_progress_at_its_time_refuses_it(editor, v1):
     (failed,) = at_its_time(scheduled)
     assert failed.state == "failed"
     assert "rollout" in failed.reason
+    assert not ChangeRequest.objects.exists()
     (entry,) = audited(AuditEntry.SCHEDULED_FAILED)
     assert entry.detail["reason"] == failed.reason
     assert versions() == [(1, URL), (2, URL)]
@@ -424,3 +425,22 @@ def test_the_scope_page_shows_the_changes_to_come(client, editor, v1):
     cancel(editor, scheduled)
     page = client.get("/admin/scopes/application/default/envs/production/").content.decode()
     assert f'id="scope-scheduled-{scheduled["id"]}"' not in page
+
+
+def test_an_approved_change_refused_at_its_time_closes_its_request(editor, approvals):
+    scheduled = schedule(editor, config_url=NEW_URL)
+    approver = client_for("approver@example.com", APPROVER)
+    path = f"/config/admin/changes/{scheduled['change_request']}/approve"
+    assert approver.post(path, {}, format="json").status_code == 200
+    Rollout.objects.create(
+        scope=ScheduledChange.objects.get().scope,
+        version=1,
+        previous_version=1,
+        waves=[50, 100],
+        state=Rollout.ROLLING,
+    )
+    (failed,) = at_its_time(scheduled)
+    assert failed.state == "failed"
+    change = ChangeRequest.objects.get()
+    assert (change.state, change.decision_comment) == ("cancelled", failed.reason)
+    assert versions() == [(1, URL)]

@@ -232,7 +232,11 @@ def publish_due_change(pk: int, change_request_id: int | None) -> ScheduledChang
             return scheduled
         if change is not None and change.state != ChangeRequest.APPROVED:
             # Made stale by a publish since (rejected and cancelled ones cancel it at once).
-            _stale(scheduled, f"its change request is {change.state}")
+            _stale(
+                scheduled,
+                f"its base version {scheduled.base_version} is no longer current: its change "
+                f"request is {change.state}",
+            )
             return scheduled
         try:
             config = publish_scheduled_change(scheduled)
@@ -246,6 +250,8 @@ def publish_due_change(pk: int, change_request_id: int | None) -> ScheduledChang
             )
             return scheduled
         except ServiceError as exc:
+            # Its request is closed with it, rather than left approved for a time that is gone.
+            _close_request(change, ChangeRequest.CANCELLED, comment=exc.detail)
             _decide(
                 scheduled, ScheduledChange.FAILED, AuditEntry.SCHEDULED_FAILED, reason=exc.detail
             )
