@@ -2,7 +2,9 @@
 admin both call, publishes it at once (to everyone, or by a rollout plan), publishes a
 superuser's emergency, or opens a change request while approvals are required; and the change
 requests' approving, rejecting and cancelling. The versions themselves are made by
-apps.configs.actions, under the same lock as every other writer."""
+apps.configs.actions, under the same lock as every other writer. Changes scheduled for a time
+are apps.changes.scheduling's; what they share with change requests is here (a change decided
+against the current version, its plan, where an outcome is told)."""
 
 import logging
 from dataclasses import dataclass
