@@ -388,13 +388,13 @@ REGISTRATION_TOKEN_TTL = env_int("REGISTRATION_TOKEN_TTL", 3600, minimum=1)
 REGISTRATION_TOKEN_MAX_TTL = 7 * 24 * 3600
 # The periodic jobs (apps/ops/jobs.py) run in every controller process unless this is off, for
 # a deployment that runs them apart (`manage.py run_jobs`). How often each checks whether a
-# rolling rollout can start its next wave.
+# rolling rollout can start its next wave, and whether a scheduled change's time has come.
 CONTROLLER_RUN_JOBS = env_bool("CONTROLLER_RUN_JOBS", True)
 ROLLOUT_TICK_SECONDS = env_float("ROLLOUT_TICK_SECONDS", 1.0, positive=True)
-# Webhooks (apps/webhooks): endpoints at private, loopback or link-local addresses are refused,
-# as the worker refuses such upstreams (`make run` turns it off for local receivers). The
-# delivery job looks for due deliveries this often (a commit that wrote some wakes it at once),
-# and sends to this many endpoints at a time per process.
+SCHEDULED_TICK_SECONDS = env_float("SCHEDULED_TICK_SECONDS", 0.5, positive=True)
+# Webhooks (apps/webhooks): private, loopback and link-local endpoints are refused as the worker's
+# upstreams are (`make run` allows them); the delivery job's period (a commit wakes it at once),
+# and how many endpoints one process sends to at a time.
 WEBHOOKS_BLOCK_PRIVATE_URLS = env_bool("WEBHOOKS_BLOCK_PRIVATE_URLS", True)
 WEBHOOKS_TICK_SECONDS = env_float("WEBHOOKS_TICK_SECONDS", 1.0, positive=True)
 WEBHOOKS_DELIVERY_THREADS = env_int("WEBHOOKS_DELIVERY_THREADS", 4, minimum=1)

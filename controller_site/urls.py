@@ -16,9 +16,12 @@ from apps.audit.views import AuditLogView
 from apps.changes.views import (
     ApproveChangeView,
     CancelChangeView,
+    CancelScheduledView,
     ChangeDetailView,
     ChangeListView,
     RejectChangeView,
+    ScheduledDetailView,
+    ScheduledListView,
 )
 from apps.configs.views import (
     AgentPreflightResultView,
@@ -74,6 +77,13 @@ SCOPED = [
     ("config/admin/changes/<int:change_id>/approve", ApproveChangeView, "change-approve"),
     ("config/admin/changes/<int:change_id>/reject", RejectChangeView, "change-reject"),
     ("config/admin/changes/<int:change_id>/cancel", CancelChangeView, "change-cancel"),
+    ("config/admin/scheduled", ScheduledListView, "scheduled-changes"),
+    ("config/admin/scheduled/<int:scheduled_id>", ScheduledDetailView, "scheduled-change"),
+    (
+        "config/admin/scheduled/<int:scheduled_id>/cancel",
+        CancelScheduledView,
+        "scheduled-change-cancel",
+    ),
     ("agent/admin", RegistrationTokenView, "registration-token"),
     ("agents", AgentListView, "agents"),
     ("agents/<uuid:agent_id>", AgentView, "agent"),

@@ -102,6 +102,7 @@ def test_with_approvals_on_an_editors_put_is_a_pending_request_and_publishes_not
         "decided_at": None,
         "comment": "",
         "published_version": None,
+        "publish_at": None,
     }
     assert versions() == [(1, URL, 30)]
     # The agents are still told version 1.

@@ -33,13 +33,13 @@ from apps.accounts.services import issue_tokens, set_roles
 from apps.agents.models import Agent, RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
-from apps.changes.models import Approval, ChangeRequest
+from apps.changes.models import Approval, ChangeRequest, ScheduledChange
 from apps.changes.services import propose_change
 from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Application, Environment, Scope
-from apps.scopes.services import create_environment
+from apps.scopes.services import create_environment, default_scope
 from apps.webhooks.models import Delivery, WebhookEndpoint
 from apps.webhooks.services import create_endpoint, send_test_event
 from controller_site.urls import SCOPED
@@ -111,6 +111,11 @@ API_RULES = {
     ("webhook", "DELETE"): OPERATOR,
     ("webhook-rotate-secret", "POST"): OPERATOR,
     ("webhook-test", "POST"): OPERATOR,
+    ("scheduled-changes", "GET"): ANY_ROLE,
+    ("scheduled-change", "GET"): ANY_ROLE,
+    # Any role reaches it; only its author or an operator of its scope cancels it (403 for
+    # others, tests/test_scheduled.py): each caller here cancels their own.
+    ("scheduled-change-cancel", "POST"): ANY_ROLE,
     ("healthz", "GET"): PUBLIC,
     ("readyz", "GET"): PUBLIC,
     ("metrics", "GET"): PUBLIC,
@@ -201,6 +206,16 @@ ADMIN_RULES = {
         "changes_changerequest_reject": APPROVER,
         "changes_changerequest_cancel": EDITOR,
     },
+    # Made with publish_at on the API, decided by the job; the action cancels each row its
+    # author or an operator of its scope selected (others are told, and it stays).
+    "changes.scheduledchange": {
+        "view": ANY_ROLE,
+        "add": NOBODY,
+        "change": NOBODY,
+        "delete": NOBODY,
+        "delete_selected": NOBODY,
+        "cancel_scheduled_changes": ANY_ROLE,
+    },
     "audit.auditentry": {
         "view": ANY_ROLE,
         "add": NOBODY,
@@ -269,6 +284,7 @@ LIST_ACTIONS = (
     "send_test_event",
     "send_again",
     "revoke_api_tokens",
+    "cancel_scheduled_changes",
 )
 
 
@@ -383,6 +399,14 @@ def calls(world, user) -> dict:
             expires_at=timezone.now() + timedelta(days=1),
         ).pk
     )
+    scheduled = ScheduledChange.objects.create(
+        scope=default_scope(),
+        publish_at=timezone.now() + timedelta(hours=1),
+        base_version=2,
+        config_url=URL,
+        pooling_interval=75,
+        author=user,
+    ).pk
     seed = {
         ("tokens", "GET"): ("get", "/tokens", None),
         ("tokens", "POST"): ("post", "/tokens", {"name": "ci", "role": role}),
@@ -442,6 +466,13 @@ def calls(world, user) -> dict:
         ("webhook", "DELETE"): ("delete", f"/webhooks/{webhook}", None),
         ("webhook-rotate-secret", "POST"): ("post", f"/webhooks/{webhook}/rotate-secret", None),
         ("webhook-test", "POST"): ("post", f"/webhooks/{webhook}/test", None),
+        ("scheduled-changes", "GET"): ("get", "/config/admin/scheduled", None),
+        ("scheduled-change", "GET"): ("get", f"/config/admin/scheduled/{scheduled}", None),
+        ("scheduled-change-cancel", "POST"): (
+            "post",
+            f"/config/admin/scheduled/{scheduled}/cancel",
+            {},
+        ),
     }
     # The twins act on the default scope too, the world's.
     twins = {
@@ -474,6 +505,7 @@ def stored_state() -> tuple:
         list(Agent.objects.values_list("labels", flat=True)),
         list(Rollout.objects.values_list("version", "state", "wave")),
         list(ChangeRequest.objects.order_by("id").values_list("id", "state")),
+        list(ScheduledChange.objects.order_by("id").values_list("id", "state")),
         Approval.objects.count(),
         list(Application.objects.values_list("name", "description")),
         list(Environment.objects.values_list("name", "approvals_required")),
@@ -708,6 +740,13 @@ def admin_objects(world, admin_user):
             version=2, previous_version=1, waves=[100], state=Rollout.COMPLETED
         ),
         "changes.changerequest": world["change"],
+        "changes.scheduledchange": ScheduledChange.objects.create(
+            scope=default_scope(),
+            publish_at=timezone.now() + timedelta(hours=1),
+            base_version=2,
+            config_url=URL,
+            pooling_interval=75,
+        ),
         "scopes.application": Application.objects.get(name="default"),
         "scopes.environment": Environment.objects.get(name="production"),
         "webhooks.webhookendpoint": world["webhook"],

@@ -340,7 +340,8 @@ def test_every_event_is_written_where_its_change_happens(db, admin_user):
     revoke_agent(agent, actor=admin_user)
 
     written = set(outbox())
-    assert written == set(SUBSCRIBABLE)
+    # A scheduled change's outcomes are written by the scheduled changes' job (test_scheduled.py).
+    assert written == {event for event in SUBSCRIBABLE if not event.startswith("scheduled_change.")}
     halted = Delivery.objects.get(event_type="rollout.halted")
     data = json.loads(halted.body)["data"]
     assert data["version"] == rollout.version and data["hits"] == numbers["hits"]

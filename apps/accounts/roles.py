@@ -30,6 +30,7 @@ _READ = frozenset(
         "configs.view_configversion",
         "rollouts.view_rollout",
         "changes.view_changerequest",
+        "changes.view_scheduledchange",
         "agents.view_agent",
         "agents.view_registrationtoken",
         "audit.view_auditentry",

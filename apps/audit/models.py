@@ -60,6 +60,11 @@ class AuditEntry(models.Model):
     WEBHOOK_DELETED = "webhook.deleted"
     WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name
     WEBHOOK_DISABLED = "webhook.disabled"
+    SCHEDULED_CREATED = "scheduled.created"
+    SCHEDULED_CANCELLED = "scheduled.cancelled"
+    SCHEDULED_STALE = "scheduled.stale"
+    SCHEDULED_EXPIRED = "scheduled.expired"
+    SCHEDULED_FAILED = "scheduled.failed"
     ACTIONS = [
         (LOGIN_SUCCEEDED, "Login succeeded"),
         (LOGIN_FAILED, "Login failed"),
@@ -101,6 +106,11 @@ class AuditEntry(models.Model):
         (WEBHOOK_DELETED, "Webhook deleted"),
         (WEBHOOK_SECRET_ROTATED, "Webhook secret rotated"),
         (WEBHOOK_DISABLED, "Webhook disabled after failing"),
+        (SCHEDULED_CREATED, "Change scheduled"),
+        (SCHEDULED_CANCELLED, "Scheduled change cancelled"),
+        (SCHEDULED_STALE, "Scheduled change went stale"),
+        (SCHEDULED_EXPIRED, "Scheduled change expired unapproved"),
+        (SCHEDULED_FAILED, "Scheduled change refused at its time"),
     ]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)

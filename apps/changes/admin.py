@@ -1,6 +1,6 @@
 """Change requests in the admin: the list, each request's page with its diff against the current
 version, and the approve, reject and cancel buttons, through the same service functions as the
-API."""
+API; and the scheduled changes' list, with its cancel action."""
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -9,14 +9,15 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from apps.accounts.roles import (
+    ANY_ROLE,
     APPROVER,
     EDITOR,
     has_role,
     has_role_somewhere,
     role_needed_message,
 )
-from apps.changes import services
-from apps.changes.models import ChangeRequest
+from apps.changes import scheduling, services
+from apps.changes.models import ChangeRequest, ScheduledChange
 from controller_site.admin_site import HistoryAdmin
 from controller_site.errors import ServiceError
 from controller_site.request_info import client_ip
@@ -27,6 +28,8 @@ STATE_COLOURS = {
     ChangeRequest.REJECTED: "#b71c1c",
     ChangeRequest.CANCELLED: "#6d6d6d",
     ChangeRequest.STALE: "#6d4c41",
+    ChangeRequest.APPROVED: "#1565c0",
+    ChangeRequest.EXPIRED: "#6d4c41",
 }
 
 
@@ -162,3 +165,93 @@ class ChangeRequestAdmin(HistoryAdmin):
             message = f"{change} is {change.state}."
         self.message_user(request, message)
         return HttpResponseRedirect(page)
+
+
+SCHEDULED_COLOURS = {
+    ScheduledChange.SCHEDULED: "#1565c0",
+    ScheduledChange.PUBLISHED: "#2e7d32",
+    ScheduledChange.STALE: "#6d4c41",
+    ScheduledChange.CANCELLED: "#6d6d6d",
+    ScheduledChange.EXPIRED: "#6d4c41",
+    ScheduledChange.FAILED: "#b71c1c",
+}
+
+
+@admin.register(ScheduledChange)
+class ScheduledChangeAdmin(HistoryAdmin):
+    """Scheduled changes are made with `publish_at` on the API and decided by the job; here they
+    are seen, and cancelled by their author or an operator of their scope."""
+
+    list_display = [
+        "__str__",
+        "scope",
+        "state_badge",
+        "publish_at",
+        "author",
+        "base_version",
+        "config_url",
+        "pooling_interval",
+        "change_request",
+        "published_version",
+    ]
+    list_filter = ["state", "scope"]
+    search_fields = ["config_url", "author__email"]
+    fields = [
+        "state_badge",
+        "scope",
+        "publish_at",
+        "author",
+        "created_at",
+        "base_version",
+        "config_url",
+        "pooling_interval",
+        "rollout",
+        "change_request",
+        "decided_by",
+        "decided_at",
+        "reason",
+        "published_version",
+    ]
+    readonly_fields = fields
+    actions = ["cancel_scheduled_changes"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("author", "change_request", "scope__application", "scope__environment")
+        )
+
+    @admin.display(description="state")
+    def state_badge(self, obj: ScheduledChange) -> str:
+        return format_html(
+            '<span class="scheduled-state state-{}" style="background:{};color:#fff;'
+            'padding:2px 8px;border-radius:10px">{}</span>',
+            obj.state,
+            SCHEDULED_COLOURS[obj.state],
+            obj.state,
+        )
+
+    def has_cancel_permission(self, request) -> bool:
+        """Offered to whoever reads the list: each change's author and its scope's operators
+        are the ones it cancels for (the service decides, row by row)."""
+        return has_role_somewhere(request.user, ANY_ROLE)
+
+    @admin.action(description="Cancel selected scheduled changes", permissions=["cancel"])
+    def cancel_scheduled_changes(self, request, queryset):
+        cancelled, refused = 0, []
+        for scheduled in queryset:
+            try:
+                scheduling.cancel_scheduled_change(
+                    scheduled.pk,
+                    scope_id=scheduled.scope_id,
+                    actor=request.user,
+                    source_ip=client_ip(request),
+                )
+                cancelled += 1
+            except ServiceError as exc:
+                refused.append(f"{scheduled}: {exc.detail}")
+        if cancelled:
+            self.message_user(request, f"Cancelled {cancelled} scheduled change(s).")
+        if refused:
+            self.message_user(request, " ".join(refused), messages.ERROR)

@@ -1,9 +1,9 @@
-"""Why a change request cannot be approved, rejected or cancelled; answered by the API's
-exception handler and shown as messages in the admin."""
+"""Why a change request cannot be approved, rejected or cancelled, or a scheduled change cannot
+be cancelled; answered by the API's exception handler and shown as messages in the admin."""
 
 from rest_framework import status
 
-from apps.accounts.roles import SUPERUSER, role_needed_message
+from apps.accounts.roles import OPERATOR, SUPERUSER, role_needed_message
 from controller_site.errors import NotFoundError, ServiceError
 
 
@@ -59,3 +59,29 @@ class EmergencyNeedsSuperuser(ServiceError):
 
     def body(self) -> dict:
         return {"detail": self.detail, "required_role": SUPERUSER}
+
+
+class UnknownScheduledChange(NotFoundError):
+    def __init__(self, scheduled_id) -> None:
+        super().__init__(f"Scheduled change {scheduled_id} does not exist.")
+
+
+class ScheduledChangeDecided(ServiceError):
+    """Published, stale, cancelled, expired or failed already: nothing left to cancel."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self, scheduled) -> None:
+        super().__init__(f"Scheduled change {scheduled.pk} is {scheduled.state}, not scheduled.")
+
+
+class NotYourScheduledChange(ServiceError):
+    """Cancelling someone else's scheduled change without being an operator of its scope."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+
+    def __init__(self) -> None:
+        super().__init__("Only its author or an operator of its scope cancels a scheduled change.")
+
+    def body(self) -> dict:
+        return {"detail": self.detail, "required_role": OPERATOR}

@@ -1,6 +1,8 @@
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.changes.models import Approval, ChangeRequest
+from apps.changes.models import Approval, ChangeRequest, ScheduledChange
 
 
 class ApprovalSerializer(serializers.ModelSerializer):
@@ -28,6 +30,14 @@ class ChangeRequestSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="What the approver who rejected it, or the author who cancelled it, said.",
     )
+    publish_at = serializers.DateTimeField(
+        source="schedule.publish_at",
+        read_only=True,
+        allow_null=True,
+        help_text="A scheduled change's time: approved before it, the change is published then "
+        "(`approved` meanwhile); still pending then, it is `expired`. Null: published at the "
+        "last approval.",
+    )
 
     class Meta:
         model = ChangeRequest
@@ -45,6 +55,7 @@ class ChangeRequestSerializer(serializers.ModelSerializer):
             "decided_at",
             "comment",
             "published_version",
+            "publish_at",
         ]
         read_only_fields = fields
 
@@ -83,3 +94,66 @@ class ChangeQuerySerializer(serializers.Serializer):
 class StaleChangeSerializer(serializers.Serializer):
     detail = serializers.CharField()
     current_version = serializers.IntegerField()
+
+
+class ScheduledChangeSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField(help_text="This scheduled change's own route.")
+    author = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
+    decided_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
+    rollout = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="The rollout plan the version is published with; null: every agent at once.",
+    )
+    base_version = serializers.IntegerField(
+        read_only=True,
+        help_text="The version current when it was scheduled (0: none yet). If another version "
+        "is current at its time, it is `stale` and nothing is published.",
+    )
+    reason = serializers.CharField(
+        read_only=True,
+        help_text="Why it was not published: stale, expired, failed, or the canceller's comment.",
+    )
+
+    class Meta:
+        model = ScheduledChange
+        fields = [
+            "id",
+            "url",
+            "state",
+            "publish_at",
+            "base_version",
+            "config_url",
+            "pooling_interval",
+            "rollout",
+            "author",
+            "change_request",
+            "created_at",
+            "decided_at",
+            "decided_by",
+            "reason",
+            "published_version",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField())
+    def get_url(self, scheduled: ScheduledChange) -> str:
+        return scheduled_url(scheduled)
+
+
+def scheduled_url(scheduled: ScheduledChange) -> str:
+    """Under its scope's names, so that it is the same from whichever route it was made."""
+    return reverse(
+        "scoped-scheduled-change",
+        kwargs={
+            "application": scheduled.scope.application.name,
+            "environment": scheduled.scope.environment.name,
+            "scheduled_id": scheduled.pk,
+        },
+    )
+
+
+class ScheduledQuerySerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=[value for value, _ in ScheduledChange.STATES], required=False
+    )

@@ -2,7 +2,9 @@
 admin both call, publishes it at once (to everyone, or by a rollout plan), publishes a
 superuser's emergency, or opens a change request while approvals are required; and the change
 requests' approving, rejecting and cancelling. The versions themselves are made by
-apps.configs.actions, under the same lock as every other writer."""
+apps.configs.actions, under the same lock as every other writer. Changes scheduled for a time
+are apps.changes.scheduling's; what they share with change requests is here (a change decided
+against the current version, its plan, where an outcome is told)."""
 
 import logging
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from apps.changes.errors import (
     NotYourDecision,
     UnknownChange,
 )
-from apps.changes.models import Approval, ChangeRequest
+from apps.changes.models import Approval, ChangeRequest, ScheduledChange
 from apps.configs.actions import (
     approvals_required,
     current_policy,
@@ -75,10 +77,8 @@ def request_config_change(
         raise RolloutPlanNeedsDirectPublish()
     scope_id = scope_id or default_scope_id()
     policy = current_policy(scope_id)
-    if plan is None and not emergency and policy.default_rollout is not None:
-        # The environment's rule; the first version has nothing to roll out from, and an
-        # emergency goes to everyone at once.
-        plan = policy.default_rollout if get_current_config(scope_id) is not None else None
+    if not emergency:
+        plan = plan_of_change(scope_id, plan)
     if plan is not None and plan.get("preflight"):
         config_url = values.get("config_url")
         preflight_before_publish(
@@ -122,6 +122,16 @@ def request_config_change(
     return ConfigChange(config, created)
 
 
+def plan_of_change(scope_id: int, plan: dict | None) -> dict | None:
+    """The rollout plan a change (not an emergency) is published with: its own, else its
+    environment's default; the first version has nothing to roll out from, and an emergency
+    goes to everyone at once."""
+    default = current_policy(scope_id).default_rollout
+    if plan is None and default is not None:
+        return default if get_current_config(scope_id) is not None else None
+    return plan
+
+
 def content_of_change(change: ChangeRequest) -> dict:
     return {
         "base_version": change.base_version,
@@ -146,26 +156,21 @@ def propose_change(
     current version, for approvers to decide.
     A field left as None keeps the current value; `partial` (a PUT) needs a current version.
     Returns None when the proposal equals the current configuration: nothing to decide."""
-    if config_url is not None:
-        config_url = check_config_url(config_url)
-    if pooling_interval is not None:
-        pooling_interval = check_pooling_interval(pooling_interval)
     with transaction.atomic():
         # Under the writers' lock, so a publish cannot slip between reading the base version
         # and storing the request (it would not see this request to make it stale).
         scope_id = scope_id or default_scope_id()
-        newest = lock_newest(scope_id)
-        if newest is None and (partial or config_url is None or pooling_interval is None):
-            raise NoConfigYet()
-        current = newest.version if newest else 0
-        if if_match is not None and not if_match_allows(if_match, current):
-            raise StaleVersion(current)
-        if rollout is not None and newest is None:
-            raise NothingToRollOutFrom()
-        url = newest.config_url if config_url is None else config_url
-        interval = newest.pooling_interval if pooling_interval is None else pooling_interval
-        if newest is not None and newest.same_content(url, interval):
+        proposal = merge_with_current(
+            scope_id,
+            config_url,
+            pooling_interval,
+            partial=partial,
+            rollout=rollout,
+            if_match=if_match,
+        )
+        if proposal is None:
             return None
+        newest, url, interval = proposal
         change = ChangeRequest.objects.create(
             scope_id=scope_id,
             base_version=newest.version if newest else 0,
@@ -191,6 +196,63 @@ def propose_change(
         )
     logger.info("change request %s proposed by %s", change.pk, author)
     return change
+
+
+def merge_with_current(
+    scope_id: int,
+    config_url: str | None,
+    pooling_interval: int | None,
+    *,
+    partial: bool,
+    rollout: dict | None,
+    if_match: str | None,
+) -> tuple[ConfigVersion | None, str, int] | None:
+    """A change that waits (a change request, a scheduled change) decided against a scope's
+    newest version, taken under the writers' lock (the caller's transaction holds it): (that
+    version or None, the whole content, a field left as None filled in from it). None when the
+    content equals the current one: nothing to wait for. Refused as a publish would be: a PUT
+    without a version, a stale If-Match, a plan with nothing to roll out from."""
+    if config_url is not None:
+        config_url = check_config_url(config_url)
+    if pooling_interval is not None:
+        pooling_interval = check_pooling_interval(pooling_interval)
+    newest = lock_newest(scope_id)
+    if newest is None and (partial or config_url is None or pooling_interval is None):
+        raise NoConfigYet()
+    current = newest.version if newest else 0
+    if if_match is not None and not if_match_allows(if_match, current):
+        raise StaleVersion(current)
+    if rollout is not None and newest is None:
+        raise NothingToRollOutFrom()
+    url = newest.config_url if config_url is None else config_url
+    interval = newest.pooling_interval if pooling_interval is None else pooling_interval
+    if newest is not None and newest.same_content(url, interval):
+        return None
+    return newest, url, interval
+
+
+def scheduled_change_decided(scheduled: ScheduledChange) -> None:
+    """The one place a scheduled change's outcome (published, stale, expired, cancelled or
+    failed) is told beyond the audit log, called in the transaction that decided it, beside its
+    audit entry: what must leave with the decision, or not at all, is written here (the
+    webhooks' `scheduled_change.<state>` event)."""
+    logger.info("%s of %s is %s", scheduled, scheduled.scope_id, scheduled.state)
+    decided_by = scheduled.decided_by
+    data = {
+        "scheduled_change": scheduled.pk,
+        "state": scheduled.state,
+        "publish_at": scheduled.publish_at.isoformat(),
+        "base_version": scheduled.base_version,
+        "content": {
+            "config_url": scheduled.config_url,
+            "pooling_interval": scheduled.pooling_interval,
+        },
+        "change_request": scheduled.change_request_id,
+        "published_version": scheduled.published_version,
+        "reason": scheduled.reason,
+        "decided_by": decided_by.email if decided_by is not None else "system",
+    }
+    emit(f"scheduled_change.{scheduled.state}", data, scope_names(scheduled.scope_id))
 
 
 def _locked_pending(change_id, scope_id: int | None) -> ChangeRequest:
@@ -270,7 +332,14 @@ def approve_change(
                 scope,
             )
             if detail["approvals"] >= required:
-                _publish(change, approver=approver, source_ip=source_ip)
+                if hasattr(change, "schedule"):
+                    # Published at its time by the scheduled changes' job, not now.
+                    change.state = ChangeRequest.APPROVED
+                    change.decided_by = approver
+                    change.decided_at = timezone.now()
+                    change.save(update_fields=["state", "decided_by", "decided_at"])
+                else:
+                    _publish(change, approver=approver, source_ip=source_ip)
     except (ChangeIsStale, BaseVersionGone) as exc:
         _make_stale(change_id, exc.current_version, actor=approver, source_ip=source_ip)
         if isinstance(exc, BaseVersionGone):
@@ -348,6 +417,19 @@ def _close(change: ChangeRequest, state: str, *, by, comment: str, source_ip: st
     if state == ChangeRequest.REJECTED:
         data = {"change_request": change.pk, "approver": entry.actor, "comment": comment}
         emit("change_request.rejected", data, scope)
+    scheduled = (
+        ScheduledChange.objects.select_for_update()
+        .filter(change_request=change, state=ScheduledChange.SCHEDULED)
+        .first()
+    )
+    if scheduled is not None:
+        # Its request is decided against: nothing will be published at its time.
+        scheduled.state = ScheduledChange.CANCELLED
+        scheduled.decided_by = by
+        scheduled.decided_at = change.decided_at
+        scheduled.reason = f"its change request was {state}"
+        scheduled.save(update_fields=["state", "decided_by", "decided_at", "reason"])
+        scheduled_change_decided(scheduled)
 
 
 def recent_bypasses(limit: int = 20):

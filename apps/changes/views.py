@@ -5,15 +5,18 @@ from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR
-from apps.changes import services
-from apps.changes.errors import UnknownChange
-from apps.changes.models import ChangeRequest
+from apps.accounts.permissions import forbidden
+from apps.accounts.roles import ANY_ROLE, APPROVER, EDITOR, OPERATOR
+from apps.changes import scheduling, services
+from apps.changes.errors import UnknownChange, UnknownScheduledChange
+from apps.changes.models import ChangeRequest, ScheduledChange
 from apps.changes.serializers import (
     ChangeQuerySerializer,
     ChangeRequestDetailSerializer,
     ChangeRequestSerializer,
     DecisionSerializer,
+    ScheduledChangeSerializer,
+    ScheduledQuerySerializer,
     StaleChangeSerializer,
 )
 from apps.scopes.views import ActsOnScope
@@ -36,9 +39,9 @@ def _detail(change: ChangeRequest) -> dict:
 
 
 def _queryset():
-    return ChangeRequest.objects.select_related("author", "decided_by").prefetch_related(
-        "approvals__approver"
-    )
+    return ChangeRequest.objects.select_related(
+        "author", "decided_by", "schedule"
+    ).prefetch_related("approvals__approver")
 
 
 @extend_schema_view(
@@ -151,3 +154,87 @@ class CancelChangeView(ActsOnScope, APIView):
         return _decided(
             self, request, change_id, partial(services.cancel_change, actor=request.user)
         )
+
+
+def _scheduled():
+    return ScheduledChange.objects.select_related(
+        "author", "decided_by", "scope__application", "scope__environment"
+    )
+
+
+@extend_schema_view(
+    get=extend_schema(
+        tags=["changes"],
+        summary="Scheduled changes",
+        description="Changes made with `publish_at`, the next to be published first, then those "
+        "decided (published, stale, cancelled, expired, failed).",
+        parameters=[ScheduledQuerySerializer],
+        responses={
+            200: ScheduledChangeSerializer(many=True),
+            400: OpenApiResponse(description="Unknown state."),
+        },
+    )
+)
+class ScheduledListView(ActsOnScope, generics.ListAPIView):
+    serializer_class = ScheduledChangeSerializer
+    role_rules = {"GET": ANY_ROLE}
+
+    def get_queryset(self):
+        query = ScheduledQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        scheduled = _scheduled().filter(scope_id=self.scope_id)
+        if "state" in query.validated_data:
+            scheduled = scheduled.filter(state=query.validated_data["state"])
+        return scheduled.order_by("publish_at", "id")
+
+
+NO_SCHEDULED = OpenApiResponse(description="No such scheduled change in this scope.")
+
+
+class ScheduledDetailView(ActsOnScope, APIView):
+    role_rules = {"GET": ANY_ROLE}
+
+    @extend_schema(
+        tags=["changes"],
+        summary="One scheduled change",
+        responses={200: ScheduledChangeSerializer, 404: NO_SCHEDULED},
+    )
+    def get(self, request, scheduled_id: int):
+        scheduled = _scheduled().filter(pk=scheduled_id, scope_id=self.scope_id).first()
+        if scheduled is None:
+            raise UnknownScheduledChange(scheduled_id)
+        return Response(ScheduledChangeSerializer(scheduled).data)
+
+
+class CancelScheduledView(ActsOnScope, APIView):
+    # Any role reaches the service, which lets the author or an operator of the scope cancel.
+    role_rules = {"POST": ANY_ROLE}
+
+    @extend_schema(
+        tags=["changes"],
+        summary="Cancel a scheduled change",
+        description="By its author or an operator of its scope (403 for anyone else), before "
+        "its time; its change request, if any, is cancelled with it. Audited.",
+        request=DecisionSerializer,
+        responses={
+            200: ScheduledChangeSerializer,
+            400: OpenApiResponse(description="Bad comment."),
+            403: forbidden(OPERATOR),
+            404: NO_SCHEDULED,
+            409: OpenApiResponse(
+                description="Not scheduled any more: published, stale, cancelled, expired or "
+                "failed."
+            ),
+        },
+    )
+    def post(self, request, scheduled_id: int):
+        body = DecisionSerializer(data=request.data if request.body else {})
+        body.is_valid(raise_exception=True)
+        scheduled = scheduling.cancel_scheduled_change(
+            scheduled_id,
+            scope_id=self.scope_id,
+            actor=request.user,
+            comment=body.validated_data["comment"],
+            source_ip=client_ip(request),
+        )
+        return Response(ScheduledChangeSerializer(_scheduled().get(pk=scheduled.pk)).data)

@@ -1,6 +1,8 @@
 """Every way a configuration version is made: a publish (at once or by a rollout plan), an
 emergency, an approved change request, a rollback, a rollout's abort and the health gate's halt.
 
+A scheduled change is published at its time by the same path (publish_scheduled_change).
+
 Each one is a call of `_make_version`: one transaction under the writers' lock that checks what
 was asked against the newest version, lets the rollout in progress refuse the publish (or ends
 it, for a rollback), makes the version, writes its audit entry, starts the plan's rollout, and
@@ -17,7 +19,7 @@ from django.db import IntegrityError, transaction
 from apps.audit.models import AuditEntry
 from apps.audit.services import record_event
 from apps.changes.errors import EmergencyNeedsSuperuser
-from apps.changes.models import ChangeRequest
+from apps.changes.models import ChangeRequest, ScheduledChange
 from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion, UnknownVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.services import announce_config, content_of, if_match_allows, lock_newest
@@ -273,10 +275,11 @@ def publish_emergency(
 
 
 def publish_change_request(
-    change: ChangeRequest, *, approver, source_ip: str | None = None
+    change: ChangeRequest, *, approver, source_ip: str | None = None, detail: dict | None = None
 ) -> ConfigVersion:
     """The last approval of `change` publishes its content (with its rollout plan), in the
-    approval's transaction; BaseVersionGone when a newer version was published meanwhile."""
+    approval's transaction (or, for a scheduled one, the job's at its time, with no approver);
+    BaseVersionGone when a newer version was published meanwhile."""
     config, _ = _make_version(
         change.scope_id,
         change.config_url,
@@ -293,7 +296,30 @@ def publish_change_request(
                 a.approver.email if a.approver else None
                 for a in change.approvals.select_related("approver")
             ],
+            **(detail or {}),
         },
+    )
+    return config
+
+
+def publish_scheduled_change(scheduled: ScheduledChange) -> ConfigVersion:
+    """A scheduled change at its time: its content with its plan, through its approved change
+    request when it has one, else as its author's publish. Its base version must still be the
+    newest (BaseVersionGone, StaleVersion otherwise), and a rollout in progress refuses it as it
+    refuses any publish."""
+    detail = {"scheduled_change": scheduled.pk, "publish_at": scheduled.publish_at.isoformat()}
+    if scheduled.change_request is not None:
+        return publish_change_request(scheduled.change_request, approver=None, detail=detail)
+    config, _ = _make_version(
+        scheduled.scope_id,
+        scheduled.config_url,
+        scheduled.pooling_interval,
+        action=AuditEntry.CONFIG_UPDATED if scheduled.base_version else AuditEntry.CONFIG_CREATED,
+        actor=scheduled.author,
+        plan=scheduled.rollout,
+        # The base version, checked as a client's If-Match is.
+        if_match=f'"{scheduled.base_version}"',
+        detail=detail,
     )
     return config
 

@@ -1,3 +1,7 @@
+from datetime import timedelta
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -44,6 +48,42 @@ class JsonBooleanField(serializers.BooleanField):
         return data
 
 
+# How far ahead a change may be scheduled: further out, the base version it is decided against
+# is all but sure to be gone by then.
+SCHEDULE_HORIZON = timedelta(days=90)
+
+
+@extend_schema_field({"type": "string", "format": "date-time"})
+class PublishAtField(serializers.Field):
+    """A time to come, in ISO 8601 with its offset: a time without one would be read in the
+    controller's zone, which the client may not know."""
+
+    def to_internal_value(self, data):
+        try:
+            when = parse_datetime(data) if isinstance(data, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            raise serializers.ValidationError(
+                "Must be a time in ISO 8601, for example 2030-01-31T09:00:00+01:00."
+            )
+        if when.tzinfo is None:
+            raise serializers.ValidationError(
+                "Must carry its offset from UTC, for example +01:00 or Z."
+            )
+        now = timezone.now()
+        if when <= now:
+            raise serializers.ValidationError("Must be in the future.")
+        if when > now + SCHEDULE_HORIZON:
+            raise serializers.ValidationError(
+                f"Must be at most {SCHEDULE_HORIZON.days} days ahead."
+            )
+        return when
+
+    def to_representation(self, value):
+        return value.isoformat()
+
+
 class ConfigWriteSerializer(serializers.Serializer):
     config_url = ConfigUrlField(help_text="Absolute http or https URL, at most 2048 characters.")
     pooling_interval = PoolingIntervalField(
@@ -66,7 +106,26 @@ class ConfigWriteSerializer(serializers.Serializer):
         "every agent at once.",
     )
 
+    publish_at = PublishAtField(
+        required=False,
+        help_text="Publish at this time (ISO 8601 with its offset, in the future, at most 90 "
+        "days ahead) instead of now: the answer is 202 with the scheduled change.",
+    )
+
     def validate(self, attrs):
+        if "publish_at" in attrs and attrs.get("emergency"):
+            raise serializers.ValidationError(
+                {"publish_at": ["An emergency publishes now; it cannot be scheduled."]}
+            )
+        if "publish_at" in attrs and attrs.get("rollout", {}).get("preflight"):
+            raise serializers.ValidationError(
+                {
+                    "publish_at": [
+                        "A scheduled change cannot ask for a pre-flight: nobody would see its "
+                        "answer. Run POST /config/admin/preflight before scheduling it."
+                    ]
+                }
+            )
         if attrs.get("emergency") and not attrs.get("reason", "").strip():
             raise serializers.ValidationError({"reason": ["An emergency publish needs a reason."]})
         if "reason" in attrs and not attrs.get("emergency"):

@@ -3,6 +3,7 @@ import json
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
+    PolymorphicProxySerializer,
     extend_schema,
     extend_schema_view,
 )
@@ -13,8 +14,13 @@ from rest_framework.views import APIView
 
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR
 from apps.agents.auth import AgentEndpoint
+from apps.changes import scheduling
 from apps.changes import services as changes
-from apps.changes.serializers import ChangeRequestSerializer
+from apps.changes.serializers import (
+    ChangeRequestSerializer,
+    ScheduledChangeSerializer,
+    scheduled_url,
+)
 from apps.configs import actions, preflight, promotion, services, watch
 from apps.configs.errors import NoConfigYet
 from apps.configs.models import ConfigVersion
@@ -43,8 +49,14 @@ ERRORS = {
 }
 
 CHANGE_PROPOSED = OpenApiResponse(
-    ChangeRequestSerializer,
-    description="Approvals are required: a pending change request; nothing is published yet.",
+    PolymorphicProxySerializer(
+        component_name="Accepted",
+        serializers=[ChangeRequestSerializer, ScheduledChangeSerializer],
+        resource_type_field_name=None,
+    ),
+    description="Nothing is published yet. Approvals are required: a pending change request. "
+    "With `publish_at`: the scheduled change (in a scope needing approvals, its "
+    "`change_request` is to be approved before its time); `Location` names it.",
 )
 
 
@@ -79,11 +91,36 @@ def _written(config: ConfigVersion, created: bool) -> Response:
     )
 
 
+def _scheduled(request, scope_id: int, values: dict, *, partial: bool, plan, when) -> Response:
+    """A change with `publish_at`: 202 with the scheduled change; the current config (200) when
+    it equals the current one."""
+    scheduled = scheduling.schedule_config_change(
+        request.user,
+        values,
+        publish_at=when,
+        scope_id=scope_id,
+        partial=partial,
+        plan=plan,
+        if_match=request.headers.get("If-Match"),
+        source_ip=client_ip(request),
+    )
+    if scheduled is None:
+        config = services.get_current_config(scope_id)
+        return Response(AdminConfigSerializer(config).data, headers={"ETag": f'"{config.version}"'})
+    return Response(
+        ScheduledChangeSerializer(scheduled).data,
+        status=status.HTTP_202_ACCEPTED,
+        headers={"Location": scheduled_url(scheduled)},
+    )
+
+
 def _write(request, scope_id: int, values: dict, *, partial: bool) -> Response:
     """POST (`partial` False) and PUT: a superuser's emergency publishes at once; with approvals
     required, a change request (202) that publishes nothing yet; otherwise a publish."""
     plan, emergency = values.pop("rollout", None), values.pop("emergency", False)
-    reason = values.pop("reason", "")
+    reason, publish_at = values.pop("reason", ""), values.pop("publish_at", None)
+    if publish_at is not None:
+        return _scheduled(request, scope_id, values, partial=partial, plan=plan, when=publish_at)
     outcome = changes.request_config_change(
         request.user,
         values,
@@ -134,7 +171,10 @@ class ConfigAdminView(ActsOnScope, APIView):
         "change request, and nothing is published until approvers approve it; a superuser's "
         '`"emergency": true` with a `reason` publishes at once all the same. With `rollout` '
         "(a direct publish only), the version reaches the agents in stages (see GET "
-        "/config/admin/rollout). 409 while a rollout is rolling or paused.",
+        "/config/admin/rollout). 409 while a rollout is rolling or paused. With `publish_at`: "
+        "202 with a scheduled change, published at that time by the controller (see GET "
+        "/config/admin/scheduled); in a scope needing approvals its change request must be "
+        "approved before then, or it expires.",
         request=ConfigWriteSerializer,
         parameters=[IF_MATCH],
         responses={
@@ -156,8 +196,8 @@ class ConfigAdminView(ActsOnScope, APIView):
         tags=["config"],
         summary="Change the configuration",
         description="Any subset of the fields. A new version only when something changed. "
-        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match "
-        "and 409 as for POST.",
+        "With approvals required, 202 with a change request, as for POST. `rollout`, If-Match, "
+        "409 and `publish_at` as for POST.",
         request=ConfigWriteSerializer(partial=True),
         parameters=[IF_MATCH],
         responses={

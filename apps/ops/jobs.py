@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
+from apps.changes.scheduling import publish_due_changes
 from apps.ops.wake import RUNNERS
 from apps.rollouts.services import advance_rollouts
 from apps.webhooks.delivery import DELIVERY_JOB, deliver_due, stop_deliveries
@@ -56,6 +57,13 @@ JOBS: tuple[Job, ...] = (
     Job("advance rollouts", lambda: settings.ROLLOUT_TICK_SECONDS, advance_rollouts),
     # Send the webhook outbox's due deliveries and retries (apps/webhooks/delivery.py).
     Job(DELIVERY_JOB, lambda: settings.WEBHOOKS_TICK_SECONDS, deliver_due, stop_deliveries),
+    # Publish each scheduled change when its time comes, or find it stale or expired
+    # (apps/changes/scheduling.py).
+    Job(
+        "publish scheduled changes",
+        lambda: settings.SCHEDULED_TICK_SECONDS,
+        publish_due_changes,
+    ),
 )
 
 

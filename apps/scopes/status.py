@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.services import STATUSES, agent_status, count_by_status, status_condition
-from apps.changes.models import ChangeRequest
+from apps.changes.models import ChangeRequest, ScheduledChange
 from apps.configs.models import ConfigVersion
 from apps.configs.services import diff_against_previous, state_of, with_previous
 from apps.rollouts.models import Rollout
@@ -99,7 +99,8 @@ def matrix(now=None) -> dict:
 def describe_scope_page(scope: Scope, now=None) -> dict:
     """A scope's admin page: its newest versions, each with what it changed from the one before
     (the first is the current config); its latest rollout with where it stands among the agents
-    and its waves' starts; its change requests, pending first; its agents by status, and the
+    and its waves' starts; its change requests, pending first; its scheduled changes still to
+    come; its agents by status, and the
     first of them, those that need a look (behind, then stale) first. The number of queries is
     the same however long the history or large the fleet."""
     now = now or timezone.now()
@@ -152,6 +153,12 @@ def describe_scope_page(scope: Scope, now=None) -> dict:
         "progress": progress,
         "waves": waves,
         "changes": list(changes),
+        # What will be published here next, soonest first.
+        "scheduled": list(
+            ScheduledChange.objects.filter(scope=scope, state=ScheduledChange.SCHEDULED)
+            .select_related("author", "change_request")
+            .order_by("publish_at", "id")[:PAGE_CHANGES]
+        ),
         "agent_counts": counts,
         "agent_total": sum(counts.values()),
         "agents": listed,

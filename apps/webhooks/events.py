@@ -36,6 +36,13 @@ EVENT_TYPES = (
     "change_request.rejected",
     "agent.registered",
     "agent.revoked",
+    # A change scheduled for a time (apps.changes.scheduling), decided: published at its time,
+    # or not (stale, expired unapproved, cancelled, or refused at its time by a rollout).
+    "scheduled_change.published",
+    "scheduled_change.stale",
+    "scheduled_change.expired",
+    "scheduled_change.cancelled",
+    "scheduled_change.failed",
     "webhook.test",
 )
 ALL_EVENTS = "*"

@@ -18,8 +18,8 @@ logger = logging.getLogger("apps.ops")
 
 class Command(BaseCommand):
     help = (
-        "Run the controller's periodic jobs (rollout waves, webhook deliveries) until SIGTERM "
-        "or SIGINT."
+        "Run the controller's periodic jobs (rollout waves, webhook deliveries, scheduled "
+        "changes) until SIGTERM or SIGINT."
     )
 
     def add_arguments(self, parser):
