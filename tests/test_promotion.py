@@ -135,3 +135,51 @@ def test_promotion_and_comparison_need_a_role_in_both_scopes(root):
         api_as(viewer).post(f"{PRODUCTION}/config/admin/promote", promote, "json").status_code
         == 403
     )
+
+
+def test_the_application_page_shows_environments_side_by_side_and_promotes(root, client):
+    from apps.scopes.models import Application
+
+    payments = Application.objects.get(name="payments")
+    editor = user_with("editor", "payments", None)
+    client.force_login(editor)
+    page = client.get(f"/admin/scopes/application/{payments.pk}/change/")
+    assert page.status_code == 200
+    rows = {row["environment"]: row for row in page.context["environments"]}
+    # staging comes before production: production's fields differ from it, and may take it.
+    assert rows["staging"]["config_url"] == TESTED["config_url"]
+    assert rows["production"]["differs"] == ["config_url", "pooling_interval"]
+    assert rows["production"]["promote_from"] == "staging"
+    html = page.content.decode()
+    assert 'class="field-config_url differs"' in html and "Promote from staging" in html
+    promoted = client.post(
+        "/admin/scopes/application/payments/envs/production/promote/", {"from": "staging"}
+    )
+    assert promoted.status_code == 302
+    assert (current("production").version, current("production").config_url) == (
+        2,
+        TESTED["config_url"],
+    )
+    after = client.get(f"/admin/scopes/application/{payments.pk}/change/", follow=True)
+    assert "version 2 published" in after.content.decode()
+    assert {row["environment"]: row for row in after.context["environments"]}["production"][
+        "promote_from"
+    ] is None
+
+
+def test_the_promote_button_obeys_the_roles(root, client):
+    from apps.scopes.models import Application
+
+    payments = Application.objects.get(name="payments")
+    # An editor of production alone may not read staging: no button, and a forged POST is
+    # refused with nothing changed.
+    client.force_login(user_with("editor", "payments", "production"))
+    page = client.get(f"/admin/scopes/application/{payments.pk}/change/")
+    rows = {row["environment"]: row for row in page.context["environments"]}
+    assert rows["production"]["promote_from"] is None
+    path = "/admin/scopes/application/payments/envs/production/promote/"
+    refused = client.post(path, {"from": "staging"}, follow=True)
+    assert "Not promoted" in refused.content.decode() and current("production").version == 1
+    client.force_login(user_with("viewer", "payments", None))
+    assert client.post(path, {"from": "staging"}).status_code == 403
+    assert current("production").version == 1

@@ -232,6 +232,9 @@ ADMIN_RULES = {
         "delete_selected": NOBODY,
         # A scope's page: read, in that scope (tests/test_scope_page.py).
         "scopes_scope": ANY_ROLE,
+        # Promote the environment before's content (tests/test_promotion.py); a GET changes
+        # nothing and leads back to the application's page.
+        "scopes_promote": EDITOR,
     },
     # An environment's rules decide how many approvers a change needs: a superuser's.
     "scopes.environment": {
@@ -773,6 +776,7 @@ def admin_path(label: str, page: str, obj=None) -> str:
         "changes_changerequest_reject": f"{base}{obj.pk}/reject/",
         "changes_changerequest_cancel": f"{base}{obj.pk}/cancel/",
         "scopes_scope": f"{base}{obj}/envs/production/",
+        "scopes_promote": f"{base}{obj}/envs/production/promote/",
     }[page]
 
 

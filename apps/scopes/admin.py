@@ -3,25 +3,64 @@ functions as the API (so that each is present in every scope at once, and audite
 scope's page, where everything of one application in one environment meets."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
 
 from apps.accounts.roles import ANY_ROLE, EDITOR, OPERATOR, has_role, role_needed_message
 from apps.agents.admin import BADGE_COLOURS
 from apps.agents.services import STATUSES
 from apps.changes.admin import STATE_COLOURS as CHANGE_COLOURS
+from apps.changes.services import request_config_change
+from apps.configs import promotion
 from apps.rollouts.admin import STATE_COLOURS as ROLLOUT_COLOURS
 from apps.rollouts.admin import controls_of, progress_context
 from apps.rollouts.serializers import RolloutPlanSerializer
 from apps.scopes import services
-from apps.scopes.models import Application, Environment
+from apps.scopes.models import Application, Environment, Scope
 from apps.scopes.status import describe_application, describe_scope_page
-from controller_site.errors import NotFoundError
+from controller_site.errors import NotFoundError, ServiceError
 from controller_site.request_info import client_ip
+
+
+def side_by_side(user, application: Application) -> list[dict]:
+    """The application's environments in their order, each with its current content, which of
+    its fields differ from the environment before it, and whether `user` may promote that one's
+    content into it (an editor here who may read there, when they differ)."""
+    rows = describe_application(application)
+    scopes = {
+        scope.environment.name: scope
+        for scope in Scope.objects.filter(application=application).select_related("environment")
+    }
+    previous = None
+    for row in rows:
+        row["scope_url"] = reverse(
+            "admin:scopes_scope", args=[application.name, row["environment"]]
+        )
+        row["agent_counts"] = [row["agents"][status] for status in STATUSES]
+        row["differs"] = []
+        row["promote_from"] = None
+        if previous is not None:
+            row["differs"] = [
+                field
+                for field in ("config_url", "pooling_interval")
+                if row[field] != previous[field]
+            ]
+            here, there = scopes.get(row["environment"]), scopes.get(previous["environment"])
+            if (
+                row["differs"]
+                and previous["current_version"]
+                and here is not None
+                and there is not None
+                and has_role(user, EDITOR, here)
+                and has_role(user, ANY_ROLE, there)
+            ):
+                row["promote_from"] = previous["environment"]
+        previous = row
+    return rows
 
 
 class NoDeleteAdmin(admin.ModelAdmin):
@@ -43,30 +82,50 @@ class ApplicationAdmin(NoDeleteAdmin):
     def get_readonly_fields(self, request, obj=None):
         return (*super().get_readonly_fields(request, obj), "environments")
 
+    change_form_template = "admin/scopes/application/change_form.html"
+
     @admin.display(description="In each environment")
     def environments(self, obj) -> str:
         if obj is None or obj.pk is None:
             return "Present in every environment once made."
-        rows = format_html_join(
-            "",
-            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td>'
-            "<td>{} in sync, {} behind, {} stale, {} revoked</td></tr>",
-            (
-                (
-                    reverse("admin:scopes_scope", args=[obj.name, scope["environment"]]),
-                    scope["environment"],
-                    scope["current_version"] or "none yet",
-                    scope["rollout_state"] or "—",
-                    *(scope["agents"][status] for status in STATUSES),
-                )
-                for scope in describe_application(obj)
-            ),
-        )
-        return format_html(
-            '<table id="application-scopes"><thead><tr><th>Environment</th><th>Version</th>'
-            "<th>Rollout</th><th>Agents</th></tr></thead><tbody>{}</tbody></table>",
-            rows,
-        )
+        return "Side by side below."
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        application = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if application is not None:
+            extra["environments"] = side_by_side(request.user, application)
+        return super().change_view(request, object_id, form_url, extra)
+
+    def promote_view(self, request, application: str, environment: str):
+        """The "promote" button: the environment before this one's current content, through
+        the same change as the API's promote (the target's approvals and default rollout)."""
+        try:
+            target = services.get_scope(application, environment)
+        except NotFoundError as exc:
+            raise Http404(exc.detail) from None
+        if not has_role(request.user, EDITOR, target):
+            raise PermissionDenied(f"{role_needed_message(EDITOR).rstrip('.')} in {target}.")
+        back = redirect(reverse("admin:scopes_application_change", args=[target.application_id]))
+        if request.method != "POST":
+            return back  # the button posts; a link followed here changes nothing
+        try:
+            source = services.get_scope(application, request.POST.get("from", ""))
+            values = promotion.promotion_content(request.user, source, target, None)
+            outcome = request_config_change(
+                request.user, values, scope_id=target.pk, source_ip=client_ip(request)
+            )
+        except ServiceError as exc:
+            self.message_user(request, f"Not promoted: {exc.detail}", messages.ERROR)
+        else:
+            if outcome.change_request is not None:
+                said = f"change request #{outcome.change_request.pk} opened: it needs approval"
+            elif outcome.created:
+                said = f"version {outcome.config.version} published"
+            else:
+                said = "already current: nothing changed"
+            self.message_user(request, f"Promoted {source} to {target}: {said}.", messages.SUCCESS)
+        return back
 
     def get_urls(self):
         return [
@@ -74,6 +133,11 @@ class ApplicationAdmin(NoDeleteAdmin):
                 "<str:application>/envs/<str:environment>/",
                 self.admin_site.admin_view(self.scope_view),
                 name="scopes_scope",
+            ),
+            path(
+                "<str:application>/envs/<str:environment>/promote/",
+                self.admin_site.admin_view(self.promote_view),
+                name="scopes_promote",
             ),
             *super().get_urls(),
         ]

@@ -29,6 +29,8 @@ def describe_scope(scope: Scope, now=None) -> dict:
     return {
         "environment": scope.environment.name,
         "current_version": config.version if config else 0,
+        "config_url": config.config_url if config else None,
+        "pooling_interval": config.pooling_interval if config else None,
         "rollout_state": rollout.state if rollout else None,
         "agents": count_by_status(state_of(config, scope.pk), now or timezone.now(), agents),
     }
@@ -50,6 +52,8 @@ def describe_application(application: Application) -> list[dict]:
                 {
                     "environment": environment.name,
                     "current_version": 0,
+                    "config_url": None,
+                    "pooling_interval": None,
                     "rollout_state": None,
                     "agents": empty,
                 }
