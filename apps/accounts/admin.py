@@ -13,6 +13,7 @@ from apps.accounts.models import ApiToken, ScopedRole, User
 from apps.accounts.roles import ANY_ROLE, ROLE_DESCRIPTIONS, ROLES, role_needed_message
 from apps.accounts.services import grant_scoped_role, set_roles, take_scoped_role
 from apps.scopes.models import Application, Environment
+from controller_site.admin_site import HistoryAdmin
 from controller_site.request_info import client_ip
 
 # The roles are fixed groups whose powers are defined in code (apps.accounts.roles); editing a
@@ -169,9 +170,10 @@ class OwnTokensChangeList(ChangeList):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(HistoryAdmin):
     """A person's own tokens (a superuser's list holds everyone's): made on their own page,
-    which shows the secret once, and revoked by an action; never edited or deleted, so that
+    which shows the secret once (never on the add page), and revoked by an action; never
+    edited or deleted, so that
     the audit log's "token NAME of USER" can always be looked up."""
 
     list_display = [
@@ -197,15 +199,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if obj is not None and obj.user_id != request.user.pk and not request.user.is_superuser:
             return False
         return super().has_view_permission(request, obj)
-
-    def has_add_permission(self, request) -> bool:
-        return False  # made on the issue page, which shows the secret once
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_revoke_permission(self, request) -> bool:
         return self.has_view_permission(request)

@@ -8,29 +8,21 @@ from django.utils.html import format_html, format_html_join
 from apps.accounts.roles import OPERATOR, has_role
 from apps.webhooks import services
 from apps.webhooks.models import Delivery, WebhookEndpoint
+from controller_site.admin_site import HistoryAdmin
 
 # How many of an endpoint's latest deliveries its page lists.
 RECENT_DELIVERIES = 20
 
 
-class OperatorActions:
+class OperatorActions(HistoryAdmin):
     """Read-only pages; the actions are an operator's."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_send_permission(self, request) -> bool:
         return has_role(request.user, OPERATOR)
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(OperatorActions, admin.ModelAdmin):
+class WebhookEndpointAdmin(OperatorActions):
     list_display = [
         "__str__",
         "url",
@@ -110,7 +102,7 @@ class WebhookEndpointAdmin(OperatorActions, admin.ModelAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(OperatorActions, admin.ModelAdmin):
+class DeliveryAdmin(OperatorActions):
     list_display = [
         "event_type",
         "endpoint",
