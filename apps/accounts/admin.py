@@ -173,8 +173,7 @@ class OwnTokensChangeList(ChangeList):
 class ApiTokenAdmin(HistoryAdmin):
     """A person's own tokens (a superuser's list holds everyone's): made on their own page,
     which shows the secret once (never on the add page), and revoked by an action; never
-    edited or deleted, so that
-    the audit log's "token NAME of USER" can always be looked up."""
+    edited or deleted, so that the audit log's "token NAME of USER" can always be looked up."""
 
     list_display = [
         "name",
