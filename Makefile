@@ -20,10 +20,12 @@ KEY_ENV := INTERNAL_KEY=$${INTERNAL_KEY:-$$(cat $(VAR_DIR)/internal_key)}
 help: ## Show the available commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The dcsctl command (dcsctl/, pyproject.toml's scripts); the rest runs from the checkout.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pinned requirements

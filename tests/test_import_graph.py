@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.processes import ROOT
 
-PACKAGES = ("apps", "agent", "worker", "protocol", "controller_site")
+PACKAGES = ("apps", "agent", "worker", "protocol", "controller_site", "dcsctl")
 
 
 def module_name(path: Path, root: Path) -> str:

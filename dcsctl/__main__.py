@@ -1,0 +1,3 @@
+from dcsctl.main import run
+
+run()

@@ -1,0 +1,199 @@
+"""dcsctl, the command line for pipelines, against a real controller with API tokens: changes in
+the token's scope, one line and exit 1 for a refusal, exit 2 for bad usage, `rollout --wait`
+following a rollout to its end, promotion, and the login file."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apps.accounts.api_tokens import issue_api_token
+from apps.accounts.models import User
+from apps.configs.actions import halt_rollout, publish_config
+from apps.rollouts.models import Rollout
+from apps.scopes.models import Environment
+from apps.scopes.services import get_scope
+from tests.support.scopes import make_two_by_two, user_with
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = "http://upstream.example/a"
+
+
+def dcsctl(*args: str, url: str | None = None, token: str | None = None, home=None):
+    """Run the command as a pipeline would; (exit status, stdout, stderr)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DCS_")}
+    if url:
+        env["DCS_URL"] = url
+    if token:
+        env["DCS_TOKEN"] = token
+    if home is not None:
+        env["XDG_CONFIG_HOME"] = str(home)
+    done = subprocess.run(
+        [sys.executable, "-m", "dcsctl", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def fleet(stack):
+    make_two_by_two()
+    for environment in ("staging", "production"):
+        scope = get_scope("payments", environment)
+        publish_config(scope_id=scope.pk, config_url=URL, pooling_interval=30)
+    _, url = stack.controller(None)
+    return url
+
+
+def token_for(role: str, application=None, environment=None) -> str:
+    user = user_with(role, application, environment)
+    scope_objects = {
+        "application": get_scope("payments", "staging").application if application else None,
+        "environment": Environment.objects.get(name=environment) if environment else None,
+    }
+    return issue_api_token(creator=user, user=user, name="ci", role=role, **scope_objects)[1]
+
+
+def test_the_command_imports_no_django():
+    probe = "import sys, dcsctl.main; print(any(m.startswith('django') for m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_a_scoped_token_changes_its_scope_and_is_refused_elsewhere_in_one_line(fleet):
+    token = token_for("editor", "payments", "staging")
+    code, out, err = dcsctl(
+        "set", "payments/staging", "pooling_interval=45", url=fleet, token=token
+    )
+    assert (code, out.strip(), err) == (0, "payments/staging: v2 published", "")
+    code, out, _ = dcsctl("get", "payments/staging", "--output", "json", url=fleet, token=token)
+    assert code == 0 and json.loads(out)["pooling_interval"] == 45
+    code, out, err = dcsctl(
+        "set", "payments/production", "pooling_interval=45", url=fleet, token=token
+    )
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "403" in err and "Traceback" not in err
+    code, out, _ = dcsctl("history", "payments/staging", url=fleet, token=token)
+    assert code == 0 and out.splitlines()[0].startswith("v2 ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("set", "payments"),
+        ("set", "payments/staging", "colour=blue"),
+        ("rollout", "status", "payments/staging", "--wait", "--timeout", "-1"),
+        ("frobnicate",),
+        (),
+    ],
+)
+def test_bad_usage_exits_2(fleet, args):
+    code, _, err = dcsctl(*args, url=fleet, token="dcs_unused")
+    assert code == 2 and "Traceback" not in err
+
+
+def test_a_revoked_or_unknown_token_is_refused_at_once(fleet):
+    token = token_for("viewer", "payments", None)
+    assert dcsctl("get", "payments/staging", url=fleet, token=token)[0] == 0
+    from apps.accounts.models import ApiToken
+
+    ApiToken.objects.update(revoked_at="2026-01-01T00:00:00Z")
+    code, _, err = dcsctl("get", "payments/staging", url=fleet, token=token)
+    assert code == 1 and "401" in err
+    code, _, err = dcsctl("get", "payments/staging", url=fleet)
+    assert code == 2 and "no API token" in err
+
+
+def test_rollout_wait_exits_0_when_completed_and_1_when_halted(fleet, tmp_path):
+    token = token_for("operator", "payments", "production")
+    editor = token_for("editor", "payments", "production")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("waves: [100]\n")
+    code, out, _ = dcsctl(
+        "set",
+        "payments/production",
+        f"config_url={URL}/2",
+        "--rollout",
+        str(plan),
+        url=fleet,
+        token=editor,
+    )
+    assert code == 0, out
+    code, out, _ = dcsctl(
+        "rollout",
+        "promote",
+        "payments/production",
+        "--wait",
+        "--timeout",
+        "20",
+        url=fleet,
+        token=token,
+    )
+    assert code == 0 and "completed" in out.splitlines()[-1]
+    code, out, _ = dcsctl(
+        "set",
+        "payments/production",
+        f"config_url={URL}/3",
+        "--rollout",
+        str(plan),
+        url=fleet,
+        token=editor,
+    )
+    assert code == 0, out
+    numbers = {"reason": "failure rate 0.90 over 30 hits", "hits": {}, "previous_hits": {}}
+    halt_rollout(Rollout.objects.get(version=3), numbers)
+    code, out, _ = dcsctl(
+        "rollout",
+        "status",
+        "payments/production",
+        "--wait",
+        "--timeout",
+        "10",
+        url=fleet,
+        token=token,
+    )
+    assert code == 1 and "halted" in out
+
+
+def test_promote_shows_the_difference_and_follows_the_target_s_approvals(fleet):
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    token = issue_api_token(creator=root, user=root, name="ci", role="editor")[1]
+    assert (
+        dcsctl("set", "payments/staging", f"config_url={URL}/new", url=fleet, token=token)[0] == 0
+    )
+    code, out, err = dcsctl(
+        "promote", "payments", "--from", "staging", "--to", "production", url=fleet, token=token
+    )
+    assert code == 0, err
+    assert f"config_url: {URL} -> {URL}/new" in out and "payments/production: v2 published" in out
+    Environment.objects.filter(name="production").update(approvals_required=1)
+    dcsctl("set", "payments/staging", "pooling_interval=90", url=fleet, token=token)
+    code, out, _ = dcsctl(
+        "promote", "payments", "--from", "staging", "--to", "production", url=fleet, token=token
+    )
+    assert code == 0 and "change request #1 opened" in out
+
+
+def test_login_keeps_the_url_and_token_for_this_user_only(fleet, tmp_path):
+    token = token_for("viewer", "payments", None)
+    code, out, _ = dcsctl("--url", fleet, "--token", token, "login", home=tmp_path)
+    assert code == 0, out
+    kept = tmp_path / "dcs" / "config.yaml"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    code, out, _ = dcsctl("get", "payments/staging", home=tmp_path)
+    assert code == 0 and out.startswith("payments/staging v1")
+    assert dcsctl("--url", fleet, "--token", "dcs_nope", "login", home=tmp_path / "other")[0] == 1
+    assert not (tmp_path / "other" / "dcs" / "config.yaml").exists()
