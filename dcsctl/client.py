@@ -91,6 +91,20 @@ class Controller:
             raise Failed(f"{method} {path}: {answer.status_code} {reason_of(data, answer)}")
         return answer.status_code, data
 
+    def listed(self, path: str) -> list:
+        """Every item of a list route, page after page (the API pages its lists)."""
+        _, page = self.call("GET", path)
+        if isinstance(page, list):
+            return page
+        items = list(page.get("results", []))
+        while page.get("next"):
+            following = str(page["next"])
+            if not following.startswith(self.url):
+                raise Failed(f"the controller's next page is elsewhere: {following}")
+            _, page = self.call("GET", following[len(self.url) :])
+            items.extend(page.get("results", []))
+        return items
+
 
 def reason_of(data, answer) -> str:
     """The controller's explanation: its `detail`, or each field's first message."""

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import yaml
 
+from dcsctl import fleet
 from dcsctl.client import Controller, Failed, write_config
 
 FIELDS = ("config_url", "pooling_interval")
@@ -48,7 +49,7 @@ def get(controller: Controller, args) -> int:
         _, config = controller.call("GET", scope_path(args.scope) + "/config/admin")
         show(args, config, [config_line(args.scope, config)])
         return 0
-    _, applications = controller.call("GET", "/apps")
+    applications = controller.listed("/apps")
     every = []
     for application in applications:
         _, detail = controller.call("GET", f"/apps/{quote(application['name'], safe='')}")
@@ -65,8 +66,7 @@ def get(controller: Controller, args) -> int:
 
 
 def history(controller: Controller, args) -> int:
-    _, page = controller.call("GET", scope_path(args.scope) + "/config/admin/history")
-    entries = page.get("results", page) if isinstance(page, dict) else page
+    entries = controller.listed(scope_path(args.scope) + "/config/admin/history")
     show(
         args,
         entries,
@@ -139,8 +139,7 @@ def rollback(controller: Controller, args) -> int:
 
 
 def agents(controller: Controller, args) -> int:
-    _, page = controller.call("GET", scope_path(args.scope) + "/agents")
-    listed = page.get("results", page) if isinstance(page, dict) else page
+    listed = controller.listed(scope_path(args.scope) + "/agents")
     show(
         args,
         listed,
@@ -217,6 +216,67 @@ def promote(controller: Controller, args) -> int:
     return 0
 
 
+def export_fleet(controller: Controller, args) -> int:
+    if args.only and args.only.count("/") > 1:
+        raise Failed(f"{args.only!r}: name APPLICATION or APPLICATION/ENVIRONMENT", 2)
+    print(fleet.export(controller, args.only), end="")
+    return 0
+
+
+def diff(controller: Controller, args) -> int:
+    """Exit 0 when apply would change nothing, 1 when it would (the changes printed), 2 on any
+    error, as `kubectl diff`."""
+    try:
+        steps = fleet.plan_steps(controller, fleet.read_desired(args.file))
+    except Failed as exc:
+        raise Failed(str(exc), 2) from None
+    for step in steps:
+        print(step.line)
+    return 1 if steps else 0
+
+
+def apply(controller: Controller, args) -> int:
+    steps = fleet.plan_steps(controller, fleet.read_desired(args.file))
+    if not steps:
+        print("nothing to change")
+        return 0
+    rolling = []
+    for step in steps:
+        print(step.line)
+        try:
+            status, data = controller.call(step.method, step.path, step.body, step.headers)
+        except Failed as exc:
+            if " 412 " in str(exc):
+                raise Failed(
+                    f"{step.scope} changed on the controller since this diff was read: run "
+                    "`dcsctl diff` again"
+                ) from None
+            raise
+        if step.scope is None:
+            continue
+        if status == 202:
+            where = fleet.prefix(*step.scope.split("/"))
+            link = f"{controller.url}{where}/config/admin/changes/{data['id']}"
+            print(f"  change request #{data['id']} opened, waiting for approval: {link}")
+        else:
+            print(f"  {step.scope}: v{data['version']} published")
+            rolling.append(step.scope)
+    if not args.wait:
+        return 0
+    outcome = 0
+    for scope in rolling:
+        path = scope_path(scope) + "/config/admin/rollout"
+        try:
+            _, current = controller.call("GET", path)
+        except Failed:
+            continue  # published to every agent at once: no rollout to follow
+        if current["state"] in SUCCEEDED | STOPPED:
+            continue
+        args.scope = scope
+        outcome = max(outcome, wait_for(controller, args, path, current))
+    return outcome
+
+
 def login(args) -> int:
     controller = Controller.from_options(args.url, args.token)
     controller.call("GET", "/apps")  # refused (one line) unless the token is good there
@@ -260,6 +320,16 @@ def parser() -> argparse.ArgumentParser:
     take.add_argument("--from", dest="source", required=True)
     take.add_argument("--to", dest="target", required=True)
     take.add_argument("--version", type=int, default=None)
+    command(
+        "export", export_fleet, "Every application, environment and configuration as YAML."
+    ).add_argument("only", nargs="?", help="APPLICATION or APPLICATION/ENVIRONMENT")
+    command("diff", diff, "What apply would change (exit 1 when something).").add_argument(
+        "-f", "--file", required=True, help="The fleet's YAML (- for stdin)."
+    )
+    put = command("apply", apply, "Make the controller hold what the file says.")
+    put.add_argument("-f", "--file", required=True, help="The fleet's YAML (- for stdin).")
+    put.add_argument("--wait", action="store_true", help="Follow the rollouts it starts.")
+    put.add_argument("--timeout", type=float, default=None, help="Give up after S seconds.")
     commands.add_parser("login", help="Check and keep --url and --token.").set_defaults(
         handler=None
     )
@@ -281,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except Failed as exc:
         print(f"dcsctl: {exc}", file=sys.stderr)
         return exc.status
+    except (KeyError, TypeError, ValueError) as exc:
+        # An answer of another shape than this dcsctl knows: a controller of another release.
+        print(f"dcsctl: unexpected answer from the controller ({exc!r})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 1
 

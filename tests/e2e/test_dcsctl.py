@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from apps.accounts.api_tokens import issue_api_token
 from apps.accounts.models import User
+from apps.changes.models import ChangeRequest
 from apps.configs.actions import halt_rollout, publish_config
 from apps.rollouts.models import Rollout
 from apps.scopes.models import Environment
@@ -184,7 +186,7 @@ def test_promote_shows_the_difference_and_follows_the_target_s_approvals(fleet):
     code, out, _ = dcsctl(
         "promote", "payments", "--from", "staging", "--to", "production", url=fleet, token=token
     )
-    assert code == 0 and "change request #1 opened" in out
+    assert code == 0 and f"change request #{ChangeRequest.objects.get().pk} opened" in out
 
 
 def test_login_keeps_the_url_and_token_for_this_user_only(fleet, tmp_path):
@@ -197,3 +199,61 @@ def test_login_keeps_the_url_and_token_for_this_user_only(fleet, tmp_path):
     assert code == 0 and out.startswith("payments/staging v1")
     assert dcsctl("--url", fleet, "--token", "dcs_nope", "login", home=tmp_path / "other")[0] == 1
     assert not (tmp_path / "other" / "dcs" / "config.yaml").exists()
+
+
+def test_export_edit_diff_apply_and_apply_again_changes_nothing(fleet, tmp_path):
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    token = issue_api_token(creator=root, user=root, name="ci", role="editor")[1]
+    code, exported, _ = dcsctl("export", url=fleet, token=token)
+    assert code == 0
+    document = yaml.safe_load(exported)
+    assert [env["name"] for env in document["environments"]] == ["staging", "production"]
+    payments = next(app for app in document["applications"] if app["name"] == "payments")
+    assert payments["environments"]["staging"] == {
+        "version": 1,
+        "config_url": URL,
+        "pooling_interval": 30,
+    }
+    payments["environments"]["staging"]["pooling_interval"] = 60
+    edited = tmp_path / "fleet.yaml"
+    edited.write_text("# reviewed in a pull request\n" + yaml.safe_dump(document, sort_keys=False))
+    code, out, _ = dcsctl("diff", "-f", str(edited), url=fleet, token=token)
+    assert (code, out) == (1, "~ payments/staging pooling_interval: 30 -> 60\n")
+    code, out, err = dcsctl("apply", "-f", str(edited), url=fleet, token=token)
+    assert code == 0 and "payments/staging: v2 published" in out, err
+    assert dcsctl("diff", "-f", str(edited), url=fleet, token=token)[:2] == (0, "")
+    code, out, _ = dcsctl("apply", "-f", str(edited), url=fleet, token=token)
+    assert (code, out) == (0, "nothing to change\n")
+    assert dcsctl("get", "payments/staging", url=fleet, token=token)[1].startswith(
+        "payments/staging v2:"
+    )
+    # Production needs an approver: apply opens a change request and says where.
+    Environment.objects.filter(name="production").update(approvals_required=1)
+    # (The file says so too: an environment's rules are a superuser's, not this token's.)
+    document["environments"][1]["approvals_required"] = 1
+    payments["environments"]["production"]["config_url"] = URL + "/next"
+    edited.write_text(yaml.safe_dump(document, sort_keys=False))
+    code, out, _ = dcsctl("apply", "-f", str(edited), url=fleet, token=token)
+    assert code == 0
+    change = ChangeRequest.objects.get()
+    assert f"{fleet}/apps/payments/envs/production/config/admin/changes/{change.pk}" in out
+    assert dcsctl("get", "payments/production", url=fleet, token=token)[1].startswith(
+        "payments/production v1:"
+    )
+
+
+def test_diff_exits_2_on_a_bad_file_and_apply_refuses_what_the_token_may_not(fleet, tmp_path):
+    token = token_for("editor", "payments", "staging")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications: {payments: 1}\n")
+    code, _, err = dcsctl("diff", "-f", str(bad), url=fleet, token=token)
+    assert code == 2 and "a list of mappings" in err
+    elsewhere = tmp_path / "production.yaml"
+    elsewhere.write_text(
+        "applications:\n"
+        "  - name: payments\n"
+        "    environments:\n"
+        "      production: {pooling_interval: 90}\n"
+    )
+    code, out, err = dcsctl("apply", "-f", str(elsewhere), url=fleet, token=token)
+    assert code == 1 and "403" in err and err.count("\n") == 1
