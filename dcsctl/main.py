@@ -204,9 +204,17 @@ def promote(controller: Controller, args) -> int:
     application = quote(args.application, safe="")
     query = f"from={quote(args.source, safe='')}&to={quote(args.target, safe='')}"
     _, compared = controller.call("GET", f"/apps/{application}/compare?{query}")
-    for field in compared["fields"]:
-        if field["from"] != field["to"]:
-            print(f"  {field['field']}: {field['to']} -> {field['from']}")
+    taken = compared["from"]
+    if args.version is not None:
+        # That version's content, not the source's current one.
+        source = scope_path(f"{args.application}/{args.source}") + "/config/admin/history"
+        found = [v for v in controller.listed(source) if v["version"] == args.version]
+        if not found:
+            raise Failed(f"{args.application}/{args.source} has no version {args.version}")
+        taken = found[0]
+    for name in FIELDS:
+        if taken[name] != compared["to"][name]:
+            print(f"  {name}: {compared['to'][name]} -> {taken[name]}")
     body: dict = {"from_environment": args.source}
     if args.version is not None:
         body["version"] = args.version
@@ -243,15 +251,7 @@ def apply(controller: Controller, args) -> int:
     rolling = []
     for step in steps:
         print(step.line)
-        try:
-            status, data = controller.call(step.method, step.path, step.body, step.headers)
-        except Failed as exc:
-            if " 412 " in str(exc):
-                raise Failed(
-                    f"{step.scope} changed on the controller since this diff was read: run "
-                    "`dcsctl diff` again"
-                ) from None
-            raise
+        status, data = fleet.apply_step(controller, step)
         if step.scope is None:
             continue
         if status == 202:

@@ -257,3 +257,71 @@ def test_diff_exits_2_on_a_bad_file_and_apply_refuses_what_the_token_may_not(fle
     )
     code, out, err = dcsctl("apply", "-f", str(elsewhere), url=fleet, token=token)
     assert code == 1 and "403" in err and err.count("\n") == 1
+
+
+def test_apply_refuses_a_scope_changed_since_its_diff_was_read(fleet):
+    from dcsctl.client import Controller, Failed
+    from dcsctl.fleet import apply_step, plan_steps
+
+    token = token_for("editor", "payments", "staging")
+    controller = Controller(fleet, token)
+    desired = {
+        "applications": [
+            {"name": "payments", "environments": {"staging": {"pooling_interval": 60}}}
+        ]
+    }
+    (step,) = plan_steps(controller, desired)
+    # Someone changes the scope between the diff and the apply.
+    assert dcsctl("set", "payments/staging", "pooling_interval=90", url=fleet, token=token)[0] == 0
+    with pytest.raises(Failed, match="payments/staging changed on the controller since"):
+        apply_step(controller, step)
+    code, out, _ = dcsctl("get", "payments/staging", url=fleet, token=token)
+    assert "pooling_interval=90" in out
+
+
+def test_promote_a_named_version_shows_that_version_s_difference(fleet):
+    root = User.objects.create_superuser(email="root@example.com", password=None)
+    token = issue_api_token(creator=root, user=root, name="ci", role="editor")[1]
+    dcsctl("set", "payments/staging", f"config_url={URL}/v2", url=fleet, token=token)
+    dcsctl("set", "payments/staging", f"config_url={URL}/v3", url=fleet, token=token)
+    code, out, err = dcsctl(
+        "promote",
+        "payments",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+        "--version",
+        "2",
+        url=fleet,
+        token=token,
+    )
+    assert code == 0, err
+    assert f"config_url: {URL} -> {URL}/v2" in out
+    code, out, _ = dcsctl("get", "payments/production", url=fleet, token=token)
+    assert f"config_url={URL}/v2 " in out
+    code, _, err = dcsctl(
+        "promote",
+        "payments",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+        "--version",
+        "9",
+        url=fleet,
+        token=token,
+    )
+    assert code == 1 and "no version 9" in err
+
+
+def test_a_scoped_token_exports_and_diffs_its_part_of_the_fleet(fleet, tmp_path):
+    token = token_for("editor", "payments", "staging")
+    code, out, err = dcsctl("export", url=fleet, token=token)
+    assert code == 0
+    payments = next(a for a in yaml.safe_load(out)["applications"] if a["name"] == "payments")
+    assert set(payments["environments"]) == {"staging"}
+    assert "not readable with this token: " in err and "payments/production" in err
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(out)
+    assert dcsctl("diff", "-f", str(mine), url=fleet, token=token)[:2] == (0, "")
