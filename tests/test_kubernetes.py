@@ -572,3 +572,30 @@ def test_network_policies_let_through_only_the_listed_paths(overlay):
         for intruder in (worker, stranger, migrate):
             assert not _allowed(policies, redis, intruder, 6379, "Ingress"), intruder
         assert not _allowed(policies, postgres, worker, 5432, "Ingress")
+
+
+def test_the_webhooks_egress_component_opens_public_https_to_the_controller_and_jobs_only():
+    # An overlay of the operator's: production with the component added.
+    overlay = rendered_tree() / "overlays" / "production-with-webhooks"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "kustomization.yaml").write_text(
+        "resources:\n  - ../production\ncomponents:\n  - ../../components/webhooks-egress\n"
+    )
+    result = kustomize(overlay)
+    assert result.returncode == 0, result.stderr
+    policies = [
+        doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "NetworkPolicy"
+    ]
+    controller = _pod("production", **{"app.kubernetes.io/component": "controller"})
+    jobs = _pod("production", **{"app.kubernetes.io/component": "periodic-jobs"})
+    migrate = _pod("production", **{"app.kubernetes.io/component": "migrate"})
+    public, private = {"ip": "203.0.113.5"}, {"ip": "10.1.2.3"}
+    for pod in (controller, jobs):
+        assert _allowed(policies, pod, public, 443, "Egress"), pod
+        assert not _allowed(policies, pod, private, 443, "Egress"), pod
+        assert not _allowed(policies, pod, public, 80, "Egress"), pod
+    assert not _allowed(policies, migrate, public, 443, "Egress")
+    # Without the component, the production overlay keeps the controller off the internet.
+    assert not _allowed(
+        list(objects("production", "NetworkPolicy").values()), controller, public, 443, "Egress"
+    )
