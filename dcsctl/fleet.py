@@ -15,7 +15,7 @@ environment needs approvals, its default rollout plan, If-Match against what the
 
 Only what the document names is compared: an application or environment it leaves out is left
 as it is, and nothing is ever deleted. `version` under a scope, which export writes, is for the
-reader; apply ignores it."""
+reader; apply ignores it. `rollout` under a scope is the plan its change goes out with."""
 
 import sys
 from dataclasses import dataclass, field
@@ -207,9 +207,14 @@ def scope_steps(application: str, environment: str, content: dict, live: dict) -
     if not changed:
         return []
     lines = [f"~ {scope} {key}: {current[key]} -> {value}" for key, value in changed.items()]
+    body = dict(changed)
+    if content.get("rollout") is not None:
+        # The plan this change goes out with (else the environment's default plan applies).
+        body["rollout"] = content["rollout"]
+        lines[-1] += " (rolled out in stages)"
     # If-Match: what the diff read must still be current when the change is made.
     headers = {"If-Match": f'"{current["version"]}"'}
-    return [Step("\n".join(lines), "PUT", path, changed, headers, scope)]
+    return [Step("\n".join(lines), "PUT", path, body, headers, scope)]
 
 
 def apply_step(controller: Controller, step: Step) -> tuple[int, dict]:

@@ -325,3 +325,25 @@ def test_a_scoped_token_exports_and_diffs_its_part_of_the_fleet(fleet, tmp_path)
     mine = tmp_path / "mine.yaml"
     mine.write_text(out)
     assert dcsctl("diff", "-f", str(mine), url=fleet, token=token)[:2] == (0, "")
+
+
+def test_apply_wait_follows_the_rollout_of_a_plan_given_in_the_file(fleet, tmp_path):
+    token = token_for("editor", "payments", "staging")
+    document = tmp_path / "fleet.yaml"
+    document.write_text(
+        "applications:\n"
+        "  - name: payments\n"
+        "    environments:\n"
+        "      staging:\n"
+        f"        config_url: {URL}/staged\n"
+        "        rollout: {waves: [100], bake_seconds: 0}\n"
+    )
+    code, out, err = dcsctl("diff", "-f", str(document), url=fleet, token=token)
+    assert code == 1 and "(rolled out in stages)" in out
+    code, out, err = dcsctl(
+        "apply", "-f", str(document), "--wait", "--timeout", "30", url=fleet, token=token
+    )
+    assert code == 0, out + err
+    assert "completed" in out.splitlines()[-1]
+    rollout = Rollout.objects.get(scope__environment__name="staging")
+    assert (rollout.version, rollout.state) == (2, "completed")
