@@ -34,7 +34,9 @@ def _with_secret(endpoint: WebhookEndpoint, secret: str, status_code: int) -> Re
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["webhooks"], summary="Webhook endpoints", responses={403: forbidden(OPERATOR)}
+        tags=["webhooks"],
+        summary="Webhook endpoints",
+        responses={200: WebhookSerializer(many=True), 403: forbidden(OPERATOR)},
     ),
     post=extend_schema(
         tags=["webhooks"],
