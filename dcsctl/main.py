@@ -227,7 +227,10 @@ def promote(controller: Controller, args) -> int:
 def export_fleet(controller: Controller, args) -> int:
     if args.only and args.only.count("/") > 1:
         raise Failed(f"{args.only!r}: name APPLICATION or APPLICATION/ENVIRONMENT", 2)
-    print(fleet.export(controller, args.only), end="")
+    if args.output == "json":
+        print(json.dumps(fleet.read_live(controller, args.only), indent=2))
+    else:
+        print(fleet.export(controller, args.only), end="")
     return 0
 
 
@@ -238,8 +241,15 @@ def diff(controller: Controller, args) -> int:
         steps = fleet.plan_steps(controller, fleet.read_desired(args.file))
     except Failed as exc:
         raise Failed(str(exc), 2) from None
-    for step in steps:
-        print(step.line)
+    if args.output == "json":
+        changes = [
+            {"change": step.line, "method": step.method, "path": step.path, "body": step.body}
+            for step in steps
+        ]
+        print(json.dumps(changes, indent=2))
+    else:
+        for step in steps:
+            print(step.line)
     return 1 if steps else 0
 
 

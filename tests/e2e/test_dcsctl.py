@@ -219,6 +219,12 @@ def test_export_edit_diff_apply_and_apply_again_changes_nothing(fleet, tmp_path)
     edited.write_text("# reviewed in a pull request\n" + yaml.safe_dump(document, sort_keys=False))
     code, out, _ = dcsctl("diff", "-f", str(edited), url=fleet, token=token)
     assert (code, out) == (1, "~ payments/staging pooling_interval: 30 -> 60\n")
+    code, out, _ = dcsctl("diff", "-f", str(edited), "--output", "json", url=fleet, token=token)
+    (change,) = json.loads(out)
+    assert code == 1 and (change["method"], change["body"]) == ("PUT", {"pooling_interval": 60})
+    code, out, _ = dcsctl("export", "payments/staging", "--output", "json", url=fleet, token=token)
+    exported_json = json.loads(out)["applications"][0]["environments"]["staging"]
+    assert code == 0 and exported_json["pooling_interval"] == 30
     code, out, err = dcsctl("apply", "-f", str(edited), url=fleet, token=token)
     assert code == 0 and "payments/staging: v2 published" in out, err
     assert dcsctl("diff", "-f", str(edited), url=fleet, token=token)[:2] == (0, "")
