@@ -15,9 +15,11 @@ TIMEOUT_SECONDS = 15
 class Failed(Exception):
     """What to print (one line) and the exit status."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, http_status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # The controller's answer, when it refused: callers tell a 404 or a 412 by it.
+        self.http_status = http_status
 
 
 def config_path() -> Path:
@@ -88,7 +90,10 @@ class Controller:
         except ValueError:
             data = {}
         if answer.status_code >= 400:
-            raise Failed(f"{method} {path}: {answer.status_code} {reason_of(data, answer)}")
+            raise Failed(
+                f"{method} {path}: {answer.status_code} {reason_of(data, answer)}",
+                http_status=answer.status_code,
+            )
         return answer.status_code, data
 
     def listed(self, path: str) -> list:

@@ -64,7 +64,7 @@ def read_live(controller: Controller, only: str | None = None) -> dict:
             try:
                 current = current_config(controller, application["name"], env["name"])
             except Failed as exc:
-                if " 403 " not in str(exc):
+                if exc.http_status != 403:
                     raise
                 skipped.append(f"{application['name']}/{env['name']}")
                 continue
@@ -95,7 +95,7 @@ def current_config(controller: Controller, application: str, environment: str) -
     try:
         _, config = controller.call("GET", prefix(application, environment) + "/config/admin")
     except Failed as exc:
-        if " 404 " in str(exc):  # no version yet
+        if exc.http_status == 404:  # no version yet
             return None
         raise
     return {"version": config["version"], **{key: config[key] for key in CONTENT}}
@@ -223,7 +223,7 @@ def apply_step(controller: Controller, step: Step) -> tuple[int, dict]:
     try:
         return controller.call(step.method, step.path, step.body, step.headers)
     except Failed as exc:
-        if " 412 " in str(exc):
+        if exc.http_status == 412:
             raise Failed(
                 f"{step.scope} changed on the controller since this diff was read: run "
                 "`dcsctl diff` again"

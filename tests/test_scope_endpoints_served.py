@@ -1,22 +1,26 @@
-"""The routes that make and change applications and environments, and the scoped twins of the
-seed's write routes, against a real controller: garbage, a body over the cap, no credentials and an
-agent's token get a clear 4xx, and nothing is stored."""
+"""The routes that make and change applications and environments, the scoped twins of the seed's
+write routes, promotion, scheduling, API tokens and webhooks, against a real controller: garbage,
+a body over the cap, no credentials and an agent's token get a clear 4xx, and nothing is
+stored."""
 
 import pytest
 import requests
 
+from apps.accounts.models import ApiToken
 from apps.agents.models import RegistrationToken
 from apps.agents.services import issue_registration_token, register_agent
 from apps.audit.models import AuditEntry
-from apps.changes.models import ChangeRequest
+from apps.changes.models import ChangeRequest, ScheduledChange
 from apps.configs.models import ConfigVersion
 from apps.scopes.models import Application, Environment
 from apps.scopes.services import create_application, default_scope
+from apps.webhooks.models import WebhookEndpoint
 from tests.support.clients import admin_headers, assert_write_refused
 from tests.support.processes import start_controller
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
+LATER = "2030-01-31T09:00:00+01:00"
 OVER_THE_CAP = b'{"description": "' + b"x" * (1024 * 1024 + 1) + b'"}'
 
 
@@ -92,13 +96,32 @@ def test_every_scoped_write_with_a_body_refuses_garbage_and_wrong_credentials(ad
             ("POST", f"{scoped}/config/admin/rollback", {"version": 1}),
             ("POST", f"{scoped}/config/admin/preflight", {"config_url": content["config_url"]}),
             ("POST", f"{scoped}/agent/admin", {"labels": {"tier": "canary"}}),
+            ("POST", f"{scoped}/config/admin/promote", {"from_environment": "production"}),
+            ("PUT", f"{scoped}/config/admin", {"pooling_interval": 45, "publish_at": LATER}),
+            # The routes outside the scopes added beside them: tokens and webhooks.
+            ("POST", f"{url}/tokens", {"name": "ci", "role": "viewer"}),
+            ("POST", f"{url}/webhooks", {"url": "https://hooks.example/x", "events": ["*"]}),
         ]
-        before = (stored(), RegistrationToken.objects.count(), ChangeRequest.objects.count())
+        before = (
+            stored(),
+            RegistrationToken.objects.count(),
+            ChangeRequest.objects.count(),
+            ApiToken.objects.count(),
+            WebhookEndpoint.objects.count(),
+            ScheduledChange.objects.count(),
+        )
         for method, route, body in routes:
             assert_write_refused(
                 method, route, body, admin=admin, agent_token=agent_token, oversized=OVER_THE_CAP
             )
-        after = (stored(), RegistrationToken.objects.count(), ChangeRequest.objects.count())
+        after = (
+            stored(),
+            RegistrationToken.objects.count(),
+            ChangeRequest.objects.count(),
+            ApiToken.objects.count(),
+            WebhookEndpoint.objects.count(),
+            ScheduledChange.objects.count(),
+        )
         assert after == before
     finally:
         controller.stop()

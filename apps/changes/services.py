@@ -33,7 +33,13 @@ from apps.configs.actions import (
 from apps.configs.errors import BaseVersionGone, NoConfigYet, StaleVersion
 from apps.configs.models import ConfigVersion
 from apps.configs.preflight import preflight_before_publish
-from apps.configs.services import content_of, get_current_config, if_match_allows, lock_newest
+from apps.configs.services import (
+    CONTENT_FIELDS,
+    content_of,
+    get_current_config,
+    if_match_allows,
+    lock_newest,
+)
 from apps.rollouts.errors import NothingToRollOutFrom, RolloutPlanNeedsDirectPublish
 from apps.scopes.services import default_scope_id, scope_names
 from apps.webhooks.events import emit
@@ -41,7 +47,7 @@ from protocol.rules import check_config_url, check_pooling_interval
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("config_url", "pooling_interval")
+FIELDS = CONTENT_FIELDS
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,10 @@ request_config_change: the target environment's approvals and default rollout pl
 from apps.accounts.roles import ANY_ROLE, has_role
 from apps.configs.errors import NoConfigYet, UnknownVersion
 from apps.configs.models import ConfigVersion
+from apps.configs.services import CONTENT_FIELDS as FIELDS
 from apps.configs.services import get_current_config
 from apps.scopes.models import Scope
 from controller_site.errors import ServiceError
-
-FIELDS = ("config_url", "pooling_interval")
 
 
 class SameEnvironment(ServiceError):

@@ -154,14 +154,14 @@ def if_match_allows(header: str, version: int) -> bool:
     return f'"{version}"' in candidates
 
 
+# What a config holds, beside its version: what a change sets, and what versions are compared by.
+CONTENT_FIELDS = ("config_url", "pooling_interval")
+
+
 def changed_fields(config: ConfigVersion, previous: ConfigVersion | None) -> list[str]:
     if previous is None:
         return ["config_url", "pooling_interval"]
-    return [
-        field
-        for field in ("config_url", "pooling_interval")
-        if getattr(config, field) != getattr(previous, field)
-    ]
+    return [field for field in CONTENT_FIELDS if getattr(config, field) != getattr(previous, field)]
 
 
 def _previous(field: str) -> Subquery:

@@ -44,11 +44,7 @@ def side_by_side(user, application: Application) -> list[dict]:
         row["differs"] = []
         row["promote_from"] = None
         if previous is not None:
-            row["differs"] = [
-                field
-                for field in ("config_url", "pooling_interval")
-                if row[field] != previous[field]
-            ]
+            row["differs"] = [field for field in promotion.FIELDS if row[field] != previous[field]]
             here, there = scopes.get(row["environment"]), scopes.get(previous["environment"])
             if (
                 row["differs"]
