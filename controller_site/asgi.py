@@ -1,10 +1,13 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controller_site.settings")
+django.setup(set_prefix=False)
 
-django_application = get_asgi_application()
+from controller_site.request_threads import SyncChainASGIHandler  # noqa: E402
+
+django_application = SyncChainASGIHandler()
 
 # Imported after Django is set up: the watch endpoint uses models and settings.
 from django.conf import settings  # noqa: E402

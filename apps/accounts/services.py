@@ -285,7 +285,3 @@ def end_session(refresh: RefreshToken) -> None:
     EndedSession.objects.filter(ends_at__lt=now).delete()
     lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
     EndedSession.objects.get_or_create(session=session, defaults={"ends_at": now + lifetime})
-
-
-def session_ended(session: str | None) -> bool:
-    return bool(session) and EndedSession.objects.filter(session=session).exists()

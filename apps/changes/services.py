@@ -84,7 +84,7 @@ def request_config_change(
     scope_id = scope_id or default_scope_id()
     policy = current_policy(scope_id)
     if not emergency:
-        plan = plan_of_change(scope_id, plan)
+        plan = plan_of_change(scope_id, plan, policy)
     if plan is not None and plan.get("preflight"):
         config_url = values.get("config_url")
         preflight_before_publish(
@@ -128,11 +128,12 @@ def request_config_change(
     return ConfigChange(config, created)
 
 
-def plan_of_change(scope_id: int, plan: dict | None) -> dict | None:
+def plan_of_change(scope_id: int, plan: dict | None, policy=None) -> dict | None:
     """The rollout plan a change (not an emergency) is published with: its own, else its
-    environment's default; the first version has nothing to roll out from, and an emergency
-    goes to everyone at once."""
-    default = current_policy(scope_id).default_rollout
+    environment's default (from `policy`, the scope's policy when the caller has read it
+    already); the first version has nothing to roll out from, and an emergency goes to everyone
+    at once."""
+    default = (policy or current_policy(scope_id)).default_rollout
     if plan is None and default is not None:
         return default if get_current_config(scope_id) is not None else None
     return plan

@@ -149,7 +149,7 @@ def _make_version(
                 emit(*_event_of(config, newest, entry, change, rollback), scope)
                 if plan is not None:
                     start_rollout(config, newest, plan, actor=actor, source_ip=source_ip)
-                transaction.on_commit(partial(announce_config, config))
+                transaction.on_commit(partial(announce_config, config, rollout=plan is not None))
                 return config, True
         except IntegrityError:
             if attempt == PUBLISH_ATTEMPTS:

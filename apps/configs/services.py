@@ -49,12 +49,17 @@ def answer_of(config: ConfigVersion | None) -> ConfigState:
     )
 
 
+def whole_state(config: ConfigVersion | None, scope_id: int) -> dict:
+    """The served state of a scope whose newest version no rollout splits: everyone gets it."""
+    return {**answer_of(config), "revision": 0, "rollout": None, "scope": scope_id}
+
+
 def state_of(config: ConfigVersion | None, scope_id: int) -> dict:
     """The served state of a scope: the newest version's answer, the revision of its rollout
     (so that a newer state of the same version is told from an older one), and, while a rollout
     splits the fleet, what decides who still gets the previous version (apps.rollouts.targets).
     """
-    state = {**answer_of(config), "revision": 0, "rollout": None, "scope": scope_id}
+    state = whole_state(config, scope_id)
     rollout = (
         Rollout.objects.filter(scope_id=config.scope_id, version=config.version).first()
         if config
@@ -106,15 +111,25 @@ def read_for_agent(if_none_match: str | None, agent) -> tuple[int, str, bool]:
 def announce_current_state(scope_id: int) -> dict:
     """Runs after a commit that changed what some agent of a scope is answered (a new version, a
     rollout's wave): refresh the scope's cached state and wake everyone watching it."""
-    state = state_of(get_current_config(scope_id), scope_id)
-    cache.set(state_key(scope_id), state, timeout=CURRENT_STATE_TIMEOUT)
+    return announce(state_of(get_current_config(scope_id), scope_id))
+
+
+def announce(state: dict) -> dict:
+    cache.set(state_key(state["scope"]), state, timeout=CURRENT_STATE_TIMEOUT)
     notifications.publish(state)
     return state
 
 
-def announce_config(config: ConfigVersion) -> None:
-    """Runs after the commit of a new version."""
-    announce_current_state(config.scope_id)
+def announce_config(config: ConfigVersion, *, rollout: bool) -> None:
+    """Runs after the commit of a new version. One that goes to everyone at once (no `rollout`)
+    is the scope's whole state, so it is announced as it was written rather than read back: two
+    queries less on every change. A newer version can be announced first only if it was
+    written whole between this commit and this call, and then, as when a read races it, the
+    hubs keep the newest state they are told of and CURRENT_STATE_TIMEOUT bounds the cache."""
+    if rollout:
+        announce_current_state(config.scope_id)
+    else:
+        announce(whole_state(config, config.scope_id))
     logger.info(
         "config version %s published: %s every %ss",
         config.version,
