@@ -3,10 +3,15 @@ and how soon are all their reports recorded?
 
     python -m bench.convergence --agents 1000 10000 20000 [--workers 2] [--fetch]
                                 [--per-process 10000]
+    python -m bench.convergence --agents 50000 --workers 4
 
-Starts `run_controller` (PostgreSQL, Redis) on a free port and creates N agents with distinct
-tokens. Client processes (one per `--per-process` agents: a process may hold only as many
-connections as it may open files) behave like N agents: each agent holds
+Starts `run_controller --workers W` (PostgreSQL, Redis) on a free port and creates N agents with
+distinct tokens. Each controller process holds about N / W of the watches (the kernel shares the
+connections out, see apps/ops/listeners.py), and may hold only as many as it may open files: a
+run that would take one past that is refused, naming the --workers it needs. Client processes
+(one per `--per-process` agents, for the same reason) behave like N agents, each connecting from
+a loopback address of its own (127.0.0.2, 127.0.0.3, ...), since one source address has only
+the ephemeral ports (about 28,000) for its connections to the controller. Each agent holds
 `GET /config/version?version=1&wait=60` on a keep-alive connection of its own; when the answer
 comes, the agent holds the new content if the answer carries it, and otherwise fetches
 `GET /config/agent` with `If-None-Match` on the same connection, as the agent does with a
@@ -24,9 +29,13 @@ go to docs/bench/convergence.json (see bench/results.py).
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
+import resource
+import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -63,8 +72,9 @@ def request(method: str, path: str, token: str, extra: str = "", body: bytes = b
 class Fleet:
     """The agents of one client process; each moment is noted on the monotonic clock."""
 
-    def __init__(self, port: int, fetch: bool, ramp: int = 500) -> None:
+    def __init__(self, port: int, fetch: bool, ramp: int = 500, source: str = "127.0.0.1") -> None:
         self.port = port
+        self.source = source
         self.fetch = fetch
         self.told: list[float] = []
         self.holding: list[float] = []
@@ -78,7 +88,9 @@ class Fleet:
         async with self.semaphore:
             for attempt in range(3):
                 try:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port, local_addr=(self.source, 0)
+                    )
                     break
                 except OSError as exc:
                     # Refused or reset while thousands connect at once: again after a
@@ -138,15 +150,16 @@ class Fleet:
             self.errors.append(f"no answer within {CLIENT_TIMEOUT_SECONDS} s")
 
 
-def client(port: int, tokens: list[str], fetch: bool, ramp: int, out) -> None:
-    """One client process: its agents' moments and errors, sent back through `out`."""
+def client(port: int, source: str, tokens: list[str], fetch: bool, ramp: int, out) -> None:
+    """One client process, connecting from `source`: its agents' moments and errors, sent back
+    through `out`."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    fleet = Fleet(port, fetch, ramp)
+    fleet = Fleet(port, fetch, ramp, source)
     asyncio.run(fleet.run(tokens))
     out.send(
         {
@@ -160,6 +173,12 @@ def client(port: int, tokens: list[str], fetch: bool, ramp: int, out) -> None:
     out.close()
 
 
+def source_address(index: int) -> str:
+    """The loopback address client process `index` connects from: one each, so that none runs
+    out of ephemeral ports (Linux answers on all of 127.0.0.0/8)."""
+    return f"127.0.0.{2 + index}"
+
+
 def start_clients(port: int, tokens: list[str], fetch: bool, per_process: int) -> list:
     """Client processes of at most `per_process` agents each; returns (process, pipe) pairs.
     Forked before any event loop runs in this process."""
@@ -170,7 +189,14 @@ def start_clients(port: int, tokens: list[str], fetch: bool, per_process: int) -
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
             target=client,
-            args=(port, tokens[first : first + per_process], fetch, 500 // processes, sender),
+            args=(
+                port,
+                source_address(len(clients)),
+                tokens[first : first + per_process],
+                fetch,
+                500 // processes,
+                sender,
+            ),
             daemon=True,
         )
         process.start()
@@ -226,9 +252,14 @@ async def held_watches(count: int, timeout: float) -> int:
 
 async def change(count: int, url: str, headers: dict, pid: int) -> tuple:
     """Once every watch is held (or after five minutes, the missing ones then count as not
-    converged): the change. Returns (when the PUT was sent, watches held, the controller's RSS
-    while holding, seconds until every report was recorded)."""
+    converged): the change. Returns (when the PUT was sent, watches held, the connections each
+    controller process holds, the controller's RSS while holding, seconds until every report was
+    recorded)."""
+    from tests.support.processes import connections_per_process
+
     held = await held_watches(count, timeout=300)
+    port = int(url.rsplit(":", 1)[1])
+    per_process = sorted(connections_per_process(pid, port).values(), reverse=True)
     rss_held = rss_kib(pid)
     sent = time.monotonic()
     response = await asyncio.to_thread(
@@ -239,7 +270,7 @@ async def change(count: int, url: str, headers: dict, pid: int) -> tuple:
         timeout=30,
     )
     assert response.status_code == 200, response.text
-    return sent, held, rss_held, await all_reported(count, sent)
+    return sent, held, per_process, rss_held, await all_reported(count, sent)
 
 
 def samples_ms(moments: list[float], sent: float) -> list[float]:
@@ -295,7 +326,7 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
     clients = start_clients(port, tokens, fetch, per_process)
     try:
         load = [round(v, 2) for v in os.getloadavg()]
-        sent, held, rss_held, recorded = asyncio.run(
+        sent, held, per_process, rss_held, recorded = asyncio.run(
             change(count, url, headers, controller.popen.pid)
         )
         fleet = gather_clients(clients)
@@ -310,6 +341,8 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
         "client_processes": len(clients),
         "fetch": fetch,
         "held_before_change": held,
+        # Connections each controller process held then: how evenly the kernel shared them out.
+        "held_per_process": per_process,
         "converged": len(fleet["holding"]),
         "errors": len(fleet["errors"]),
         "first_errors": fleet["errors"][:5],
@@ -325,7 +358,8 @@ def run(count: int, workers: int, fetch: bool, per_process: int) -> dict:
     }
     print(
         f"N={count} ({'fetch after the answer' if fetch else 'content in the answer'}, "
-        f"{len(clients)} client process(es)): holding {len(fleet['holding'])}/{count}, errors "
+        f"{len(clients)} client process(es), connections per controller process {per_process}): "
+        f"holding {len(fleet['holding'])}/{count}, errors "
         f"{len(fleet['errors'])}, fetched {fleet['fetched']}; "
         f"told: {describe([t - sent for t in fleet['told']] or [0])}; "
         f"holding: {describe([t - sent for t in fleet['holding']] or [0])}; heartbeats answered: "
@@ -353,15 +387,45 @@ def main() -> None:
         help="agents per client process (each holds one connection per agent)",
     )
     args = parser.parse_args()
+    refuse_what_cannot_connect(parser, args)
     setup_many_connections()
     started = results.start()
     runs = [run(count, args.workers, args.fetch, args.per_process) for count in args.agents]
     results.save("convergence", {"runs": runs}, started)
 
 
+# What the machine allows: a controller process holds one socket per watch, a client process
+# one per agent, and each is limited to its hard limit on open files (run_controller and the
+# clients raise their soft limit to it). A controller process keeps a fifth of it for the rest
+# (database, Redis, files) and for an uneven share.
+CONTROLLER_FILE_SHARE = 0.8
+CLIENT_SPARE_FILES = 100
+
+
+def refuse_what_cannot_connect(parser: argparse.ArgumentParser, args) -> None:
+    """Stop with a message, before anything starts, a run that would run out of open files in
+    one of its processes or of ephemeral ports on a client's source address."""
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if files == resource.RLIM_INFINITY:
+        files = sys.maxsize
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if args.per_process > min(files - CLIENT_SPARE_FILES, high - low + 1):
+        parser.error(
+            f"--per-process {args.per_process}: a client process may open {files} files, and "
+            f"has {high - low + 1} ephemeral ports on its source address"
+        )
+    for count in args.agents:
+        needed = math.ceil(count / (files * CONTROLLER_FILE_SHARE))
+        if args.workers < needed:
+            parser.error(
+                f"--agents {count} needs --workers {needed} or more: each controller process "
+                f"holds about {count // args.workers} watches and may open {files} files"
+            )
+
+
 # Rendering (docs/PERFORMANCE.md) ---------------------------------------------------------------
 
-HOLDING_MAX_MS = {1000: 150, 10000: 1000, 20000: 2500}
+HOLDING_MAX_MS = {1000: 150, 10000: 1000, 20000: 2500, 50000: 2500}
 HOLDING_P99_MS = {10000: 750}
 REPORTS_WITHIN_S = 3
 REPORTS_TARGET_UP_TO = 10000

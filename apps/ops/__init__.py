@@ -1,8 +1,8 @@
 """Running the controller and the processes around it, and watching them run.
 
 - processes: the management commands that start the controller, the worker, the agent and the
-  whole local stack (management/commands/, stack.py), gunicorn under a command (serving.py)
-  and its worker class (gunicorn_worker.py);
+  whole local stack (management/commands/, stack.py), gunicorn under a command (serving.py),
+  its worker class (gunicorn_worker.py) and a listening socket per worker (listeners.py);
 - probes: /healthz and /readyz (views.py);
 - metrics: the instruments (metrics.py) and the /metrics scrape with its database collector
   (views.py);

@@ -10,6 +10,9 @@ half of one and then nothing holds its connection (and a file descriptor) until 
 a few thousand such clients exhaust the process. HeadTimeoutProtocol closes a connection whose
 head is not complete within CONTROLLER_HEADER_TIMEOUT seconds of its first byte (of the
 connection, for a first request); an idle keep-alive connection is uvicorn's own timeout's.
+
+Each worker listens on a socket of its own, so that the kernel shares connections out among
+the processes evenly (listeners.py).
 """
 
 import asyncio
@@ -24,6 +27,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from apps.ops import metrics
+from apps.ops.listeners import own_listeners
 
 logger = logging.getLogger("apps.ops")
 
@@ -97,6 +101,11 @@ class ControllerWorker(UvicornWorker):
         "http": HeadTimeoutProtocol,
         "timeout_graceful_shutdown": 10,
     }
+
+    def init_process(self) -> None:
+        # Before gunicorn's set-up, which takes these sockets as the ones to serve from.
+        self.sockets = own_listeners(self.sockets)
+        super().init_process()
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

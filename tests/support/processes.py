@@ -185,6 +185,33 @@ def listens_on(pid: int, port: int) -> bool:
     return False
 
 
+def connections_per_process(pid: int, port: int) -> dict[int, int]:
+    """Established connections to `port` that each process of `pid`'s tree holds (their server
+    ends): how the processes of a server share its clients."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address HEX_IP:HEX_PORT, state 01 = ESTABLISHED, inode in field 9
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for each in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            held = sum(1 for fd in Path(f"/proc/{each}/fd").iterdir() if _link(fd) in inodes)
+            if held:
+                counts[each] = held
+    return counts
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def start_listening(
     start, port: int | None, health_path: str, name: str, timeout: float
 ) -> tuple["Process", str]:

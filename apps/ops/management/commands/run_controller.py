@@ -5,6 +5,7 @@ import shutil
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.ops.listeners import stop_listening
 from apps.ops.serving import (
     GunicornApplication,
     enable_multiprocess_metrics,
@@ -83,4 +84,7 @@ def gunicorn_options(bind: str, workers: int) -> dict:
         "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
         "proc_name": "dcs-controller",
         "child_exit": mark_metrics_process_dead,
+        # Each worker listens on a socket of its own (SO_REUSEPORT), so that the kernel shares
+        # the connections out evenly; the arbiter's stays bound, holding the port.
+        "when_ready": stop_listening,
     }
