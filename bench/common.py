@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: a bench database, agents, a controller, a tiny HTTP client."""
 
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
@@ -118,6 +119,22 @@ def make_agents(count: int) -> list[str]:
         batch_size=2000,
     )
     return tokens
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the controller's workers), as
+    the kernel counts it."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):  # the process has already gone
+        pids += [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    ticks = os.sysconf("SC_CLK_TCK")
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def describe(values: list[float]) -> str:

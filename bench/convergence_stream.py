@@ -32,7 +32,14 @@ import os
 import time
 
 from bench import results
-from bench.common import controller_with_agents, describe, exchange, rss_kib, setup_many_connections
+from bench.common import (
+    controller_with_agents,
+    cpu_seconds,
+    describe,
+    exchange,
+    rss_kib,
+    setup_many_connections,
+)
 from bench.convergence import (
     CLIENT_TIMEOUT_SECONDS,
     KNOWN,
@@ -43,7 +50,6 @@ from bench.convergence import (
     samples_ms,
     spread,
 )
-from bench.heartbeats import cpu_seconds
 
 MODES = ("watch", "stream")
 SPREADS = ("holding", "answered")

@@ -31,7 +31,7 @@ from pathlib import Path
 import requests
 
 from bench import results
-from bench.common import controller_with_agents, setup_django
+from bench.common import controller_with_agents, cpu_seconds, setup_django
 
 REPORT = json.dumps(
     {"applied_version": 1, "workers": [{"url": "http://127.0.0.1:8082", "ok": True, "version": 1}]}
@@ -53,20 +53,6 @@ function request()
   return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[(i %% #tokens) + 1]})
 end
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (the controller's workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    total = 0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
 
 
 def recorded(url: str) -> int:

@@ -15,7 +15,6 @@ docs/bench/worker_hit.json (see bench/results.py).
 """
 
 import argparse
-import contextlib
 import http.client
 import json
 import multiprocessing
@@ -36,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench import results  # noqa: E402
+from bench.common import cpu_seconds  # noqa: E402
 from bench.results import percentile  # noqa: E402
 from protocol import signing  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
@@ -210,21 +210,6 @@ def push_config(worker_port: int, url: str) -> None:
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"push failed: {response.status} {response.read()!r}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children, as the kernel counts it."""
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):  # the process has already gone
-        pids += [
-            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ]
-    ticks = os.sysconf("SC_CLK_TCK")
-    for each in pids:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def run_layout(layout: str, args, upstream_port: int, cpus: list[int]) -> dict:

@@ -75,7 +75,34 @@ def test_a_missed_target_is_not_called_met():
     figures = copy.deepcopy(results.load("propagation")["figures"])
     figures["watch_s"] = [0.5] * 50
     (row, *_) = propagation.summary(figures)
-    assert row[3] == "**not met**" and row[2] == "500 ms"
+    assert row[0].endswith("(max of 50)")
+    assert row[3] == "**not met**" and row[2] == "500.0 ms"
+
+
+def test_the_admin_write_is_judged_on_its_median_and_p99():
+    quick = [0.004] * 150 + [0.009] * 50
+    rows = {row[0]: row[1:] for row in propagation.summary({"put_s": quick})}
+    put = "a change's `PUT /config/admin` (p50 / p99 of 200)"
+    assert rows[put] == ("≤ 5 ms / ≤ 10 ms", "4.0 ms / 9.0 ms", "met")
+    slow_tail = [0.004] * 150 + [0.012] * 50
+    rows = {row[0]: row[1:] for row in propagation.summary({"put_s": slow_tail})}
+    assert rows[put] == ("≤ 5 ms / ≤ 10 ms", "4.0 ms / 12.0 ms", "**not met**")
+
+
+def test_idle_cpu_is_judged_up_to_10000_watches_and_reported_beyond():
+    figures = copy.deepcopy(results.load("convergence")["figures"])
+    run = max(figures["runs"], key=lambda run: run["agents"])
+    quiet = dict(run, agents=10000, idle_seconds=60, idle_cpu_share=0.049)
+    busy = dict(quiet, idle_cpu_share=0.051)
+    large = dict(busy, agents=50000)
+    key = "held watches between changes: controller CPU, share of one core (60 s)"
+    for each, expected in (
+        (quiet, ("≤ 5%", "4.9%", "met")),
+        (busy, ("≤ 5%", "5.1%", "**not met**")),
+        (large, ("(report)", "5.1%", "")),
+    ):
+        rows = {row[0]: row[1:] for row in convergence.summary({"runs": [each]})}
+        assert rows[f"{each['agents']:,} {key}"] == expected
 
 
 def test_a_run_of_50000_agents_is_judged_on_its_max_errors_and_memory():
