@@ -491,7 +491,8 @@ def render(figures: dict) -> str:
         lines.append(
             f"| {run['agents']:,} | "
             + ("fetch after it (`--fetch`)" if run["fetch"] else "carries the content")
-            + f" | {run['workers']} | {run['client_processes']} | {run.get('held_before_change', run['agents']):,} | "
+            + f" | {run['workers']} | {run['client_processes']} | "
+            f"{run.get('held_before_change', run['agents']):,} | "
             f"{run['converged']:,} / {run['errors']:,} | "
             f"{_ms(run['told_ms'], 'p99')} | {_ms(run['holding_ms'], 'p50')} | "
             f"**{_ms(run['holding_ms'], 'p99')}** | **{_ms(run['holding_ms'], 'max')}** | "
