@@ -236,7 +236,9 @@ def test_reports_a_failed_write_could_not_store_are_kept_for_the_next_window():
         return {}
 
     async def scenario():
-        recorder = HeartbeatRecorder(write=write, lookup=lookup, flush_seconds=30, batch_size=10)
+        recorder = HeartbeatRecorder(
+            write=write, lookup=lookup, touch=lookup, flush_seconds=30, batch_size=10
+        )
         recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 3, 1)]})
         recorder.add("a", {"applied_version": 1, "workers": [], "hits": [hit(1, 4, 0)]})
         recorder.add("b", {"applied_version": 1, "workers": []})

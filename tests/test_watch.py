@@ -8,14 +8,17 @@ import time
 import pytest
 import requests
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 
+from apps.agents.auth import forget_last_seen
 from apps.agents.models import Agent
 from apps.agents.services import issue_registration_token, register_agent, revoke_agent
 from apps.configs import front, notifications, watch
 from apps.configs import hub as hub_module
 from apps.configs.actions import publish_config
 from apps.configs.models import ConfigVersion
+from apps.configs.services import state_key
 from tests.support.processes import (
     restart_redis,
     server_errors,
@@ -453,3 +456,116 @@ def test_redis_stopped_while_watches_are_held_still_delivers_the_next_change(
         for process in (first, second, redis):
             if process is not None:
                 process.stop()
+
+
+@pytest.mark.redis
+def test_with_redis_subscribed_a_watch_is_answered_from_the_hub_without_a_read(agent_token):
+    """Once a scope's state has been read with Redis subscribed, the next watches of that scope
+    answer from the hub: no thread, no query, no cache read. Their agent's contact is still
+    written, with the next batch."""
+    publish_config(config_url=URL, pooling_interval=30)
+    agent = Agent.objects.get()
+
+    async def scenario():
+        app = front.WatchEndpoint(fallback=None)
+        await app.hub.start()
+        app.heartbeats.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not app.hub.trusting:
+                assert time.monotonic() < deadline, "the hub never subscribed"
+                await asyncio.sleep(0.01)
+            assert app.hub.trusted_latest(agent.scope_id) is None
+            first = await call(app, agent_token, "version=0&wait=5")
+            assert app.hub.trusted_latest(agent.scope_id)["version"] == 1
+            # The cached state now says something else: only the hub can answer the next watch
+            # as it should.
+            await asyncio.to_thread(cache.set, state_key(agent.scope_id), {"broken": True})
+            await asyncio.to_thread(
+                closing_connection(lambda: Agent.objects.filter(pk=agent.pk).update(last_seen=None))
+            )
+            # As if the agent had not been seen lately, so that this contact is written.
+            forget_last_seen([str(agent.pk)])
+            reads = []
+            real = watch._touch_and_read
+
+            async def counted(agent):
+                reads.append(agent.pk)
+                return await real(agent)
+
+            watch._touch_and_read = counted
+            try:
+                second = await call(app, agent_token, "version=0&wait=5")
+            finally:
+                watch._touch_and_read = real
+            await app.heartbeats.flush()
+            return first, second, reads
+        finally:
+            await app.heartbeats.stop()
+            await app.hub.stop()
+
+    first, second, reads = asyncio.run(scenario())
+    assert first[:2] == second[:2] == (200, content(1, 30))
+    assert reads == []
+    assert Agent.objects.get().last_seen is not None
+
+
+@pytest.mark.redis
+def test_losing_redis_stops_the_hub_answering_without_a_read(agent_token):
+    publish_config(config_url=URL, pooling_interval=30)
+    agent = Agent.objects.get()
+
+    async def scenario():
+        app = front.WatchEndpoint(fallback=None)
+        await app.hub.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not app.hub.trusting:
+                assert time.monotonic() < deadline, "the hub never subscribed"
+                await asyncio.sleep(0.01)
+            await call(app, agent_token, "version=0&wait=5")
+            trusted = app.hub.trusted_latest(agent.scope_id) is not None
+            # What the listener does when its connection fails: a new subscription is needed,
+            # and what was heard before it can no longer be trusted.
+            app.hub.redis_healthy = app.hub.trusting = False
+            app.hub.generation += 1
+            after_loss = app.hub.trusted_latest(agent.scope_id)
+            # A read made now, before a subscription, is not trusted once one comes either.
+            point = app.hub.trust_point()
+            app.hub.trusting = True
+            app.hub.heard_in(agent.scope_id, point)
+            after_untrusted_read = app.hub.trusted_latest(agent.scope_id)
+            return trusted, after_loss, after_untrusted_read
+        finally:
+            await app.hub.stop()
+
+    trusted, after_loss, after_untrusted_read = asyncio.run(scenario())
+    assert trusted
+    assert after_loss is None
+    assert after_untrusted_read is None
+
+
+def test_contacts_noted_between_batches_are_written_in_one_statement():
+    from apps.agents.heartbeats import HeartbeatRecorder
+
+    touched: list[list[str]] = []
+
+    async def touch(agent_ids):
+        touched.append(sorted(agent_ids))
+
+    async def nothing(*args):
+        return {}
+
+    async def scenario():
+        recorder = HeartbeatRecorder(
+            write=nothing, lookup=nothing, touch=touch, flush_seconds=30, batch_size=2
+        )
+        for agent_id in ("a", "b", "a", "c"):
+            recorder.note_seen(agent_id)
+        await recorder.flush()
+        return recorder.seen
+
+    left = asyncio.run(scenario())
+    assert left == set()
+    assert sorted(sum(touched, [])) == ["a", "b", "c"]
+    assert all(len(batch) <= 2 for batch in touched)

@@ -167,13 +167,31 @@ def forget_agent(agent: Agent) -> None:
 
 def touch_last_seen(agent: Agent) -> None:
     """Record contact, writing to the database at most every AGENT_LAST_SEEN_WRITE_SECONDS."""
+    if last_seen_due(agent):
+        Agent.objects.filter(pk=agent.pk).update(last_seen=timezone.now())
+
+
+def last_seen_due(agent: Agent) -> bool:
+    """Whether a contact of the agent now is to be written as its last_seen (at most every
+    AGENT_LAST_SEEN_WRITE_SECONDS); when it is, the caller writes it."""
     key = str(agent.pk)
     now = clock()
     last = _last_seen_written.get(key)
     if last is not None and now - last < settings.AGENT_LAST_SEEN_WRITE_SECONDS:
-        return
+        return False
     _last_seen_written[key] = now
-    Agent.objects.filter(pk=agent.pk).update(last_seen=timezone.now())
+    return True
+
+
+def forget_last_seen(agent_ids: list[str]) -> None:
+    """Their last contact was not written after all: the next one is."""
+    for agent_id in agent_ids:
+        _last_seen_written.pop(agent_id, None)
+
+
+def write_last_seen(agent_ids: list[str]) -> None:
+    """The contacts queued by the ASGI front (HeartbeatRecorder.note_seen), in one statement."""
+    Agent.objects.filter(pk__in=agent_ids).update(last_seen=timezone.now())
 
 
 def note_last_seen_queued(agent_id: str) -> None:

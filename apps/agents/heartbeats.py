@@ -19,6 +19,7 @@ from django.core.validators import URLValidator
 from django.db import DatabaseError
 from django.utils import timezone
 
+from apps.agents.auth import forget_last_seen
 from apps.agents.models import Agent
 from apps.ops import metrics
 from protocol.labels import InvalidLabels, check_labels
@@ -178,19 +179,24 @@ class HeartbeatRecorder:
     """This process's reports waiting to be written, and the task that writes them in batches.
 
     `write(batch)` stores {agent_id: Report} in one statement and `lookup(digests)` returns
-    {digest: Agent or None} in one query; both run off the event loop (the ASGI front passes
-    them in, wrapped for a worker thread with a database connection)."""
+    {digest: Agent or None} in one query; `touch(agent_ids)` writes the last_seen of agents
+    whose contact was noted (note_seen) in one statement; all run off the event loop (the ASGI
+    front passes them in, wrapped for a worker thread with a database connection)."""
 
     def __init__(
         self,
         *,
         write: Callable[[dict], Awaitable[None]],
         lookup: Callable[[list[str]], Awaitable[dict]],
+        touch: Callable[[list[str]], Awaitable[None]],
         flush_seconds: float,
         batch_size: int,
     ) -> None:
         self.write = write
         self.lookup = lookup
+        self.touch = touch
+        # Agents whose contact is to be written as their last_seen, with the next batch.
+        self.seen: set[str] = set()
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
         # The latest report per agent: two reports in one window are one write (their hits,
@@ -236,6 +242,11 @@ class HeartbeatRecorder:
             # A full batch does not wait for the window to end.
             self._early = asyncio.create_task(self._flush_early())
 
+    def note_seen(self, agent_id: str) -> None:
+        """The agent called: its last_seen is written with the next batch (within
+        flush_seconds), together with every other one's."""
+        self.seen.add(agent_id)
+
     async def _every_window(self) -> None:
         while True:
             await asyncio.sleep(self.flush_seconds)
@@ -275,6 +286,16 @@ class HeartbeatRecorder:
                     raise
                 self.recorded += len(batch)
                 metrics.instruments().heartbeats_recorded.inc(len(batch))
+            while self.seen:
+                seen = list(self.seen)[: self.batch_size]
+                self.seen.difference_update(seen)
+                try:
+                    await self.touch(seen)
+                except DatabaseError as exc:
+                    # Dropped, not retried: the agent's next contact is written again.
+                    logger.warning("could not record %s agents' last contact: %s", len(seen), exc)
+                    forget_last_seen(seen)
+                    return
 
     def _keep(self, batch: dict) -> None:
         # Back in the queue, unless a newer report of the same agent arrived meanwhile.

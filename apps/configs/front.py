@@ -18,7 +18,7 @@ import time
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
 
-from apps.agents.auth import find_agents
+from apps.agents.auth import find_agents, write_last_seen
 from apps.agents.heartbeats import HeartbeatRecorder
 from apps.agents.services import record_heartbeats
 from apps.configs.agent_calls import CONFIG_PATH, HEARTBEAT_PATH, serve_config, take_heartbeat
@@ -30,6 +30,7 @@ from apps.ops.jobs import JobRunner
 
 _record_heartbeats = with_database(record_heartbeats)
 _find_agents = with_database(find_agents)
+_write_last_seen = with_database(write_last_seen)
 
 
 class WatchEndpoint:
@@ -42,10 +43,13 @@ class WatchEndpoint:
         self.heartbeats = HeartbeatRecorder(
             write=_record_heartbeats,
             lookup=_find_agents,
+            touch=_write_last_seen,
             flush_seconds=settings.HEARTBEAT_FLUSH_SECONDS,
             batch_size=settings.HEARTBEAT_BATCH_SIZE,
         )
-        self.watches = Watches(self.hub, self.heartbeats.find, self._ensure_started)
+        self.watches = Watches(
+            self.hub, self.heartbeats.find, self.heartbeats.note_seen, self._ensure_started
+        )
         self.jobs = JobRunner()
 
     @markcoroutinefunction

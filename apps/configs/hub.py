@@ -96,6 +96,13 @@ class Hub:
         # The newest state heard of each scope.
         self.latest: dict[int, ServedState] = {}
         self.redis_healthy = False
+        # Whether `latest` can answer a watch without a read (trusted_latest): counted in Redis
+        # subscriptions, bumped when one starts or is lost; `trusting` once the read that
+        # follows a subscription is done; and, per scope, the subscription in which its state
+        # was last read or told, with Redis subscribed throughout.
+        self.generation = 0
+        self.trusting = False
+        self.heard: dict[int, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         # Pre-flight requests for agents holding no watch here, by agent id, until they expire.
@@ -164,6 +171,29 @@ class Hub:
         state = self.latest.get(scope_id)
         return state if state is not None else state_of(None, scope_id)
 
+    def trusted_latest(self, scope_id: int) -> ServedState | None:
+        """The newest state of a scope when it is the current one without reading it again:
+        read (or told) since Redis was last subscribed, which it has stayed, so that every
+        change since has been told here too, with no recheck of the database pending. None
+        otherwise: the caller reads it. Between changes every agent watches again each minute
+        or so, and a read each (a thread, the cache) was most of what a quiet fleet cost."""
+        if not self.trusting or self.recheck_requested:
+            return None
+        if self.heard.get(scope_id) != self.generation:
+            return None
+        return self.latest.get(scope_id)
+
+    def trust_point(self) -> int | None:
+        """Taken before reading a state: the subscription it is read in, None when a read now
+        could not be trusted (Redis not subscribed)."""
+        return self.generation if self.trusting else None
+
+    def heard_in(self, scope_id: int, point: int | None) -> None:
+        """A state of the scope was read since `point` (trust_point) and advanced here: trusted
+        while the subscription it was read in lasts."""
+        if point is not None and point == self.generation and self.trusting:
+            self.heard[scope_id] = point
+
     # Delivery ---------------------------------------------------------------------------
 
     def deliver_threadsafe(self, message: dict) -> None:
@@ -189,6 +219,7 @@ class Hub:
             }
             if isinstance(state["version"], int) and isinstance(state["revision"], int):
                 self.advance(state)
+                self.heard_in(state["scope"], self.trust_point())
         elif message.get("type") == "revoked":
             self.cut(message.get("agent_id"))
         elif message.get("type") == "preflight":
@@ -294,10 +325,14 @@ class Hub:
                 if not self.redis_healthy:
                     logger.info("watch hub subscribed to %s", settings.NOTIFY_CHANNEL)
                 self.redis_healthy = True
+                self.generation += 1
                 delay = 0.2
                 # A change, or a revocation, may have been published while we were not
                 # subscribed.
                 await self._read_database_once()
+                # The subscription has had a database round trip's time to take effect: from
+                # now on a state read is kept current by what Redis tells.
+                self.trusting = True
                 try:
                     await self._cut_revoked_waiters()
                 except DatabaseError as exc:
@@ -317,6 +352,8 @@ class Hub:
                         DB_RECHECK_SECONDS,
                     )
                 self.redis_healthy = False
+                self.trusting = False
+                self.generation += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
             finally:

@@ -18,7 +18,13 @@ from collections.abc import Awaitable, Callable
 from django.db import DatabaseError
 from django.http import QueryDict
 
-from apps.agents.auth import active_agent, remembered_agent, token_digest, touch_last_seen
+from apps.agents.auth import (
+    active_agent,
+    last_seen_due,
+    remembered_agent,
+    token_digest,
+    touch_last_seen,
+)
 from apps.agents.models import Agent
 from apps.configs.answers import (
     KEEP_ALIVE,
@@ -86,9 +92,10 @@ class Watches:
     token digest in batches (the heartbeat recorder's); `start` starts the hub when no
     lifespan did."""
 
-    def __init__(self, hub: Hub, find, start: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, hub: Hub, find, note_seen, start: Callable[[], Awaitable[None]]) -> None:
         self.hub = hub
         self.find = find
+        self.note_seen = note_seen
         self.start = start
 
     async def authenticate_and_read(self, token: str | None) -> tuple[Agent | None, dict | None]:
@@ -105,7 +112,18 @@ class Watches:
         agent = active_agent(agent, digest)
         if agent is None:
             return None, None
-        return agent, await _touch_and_read(agent)
+        state = self.hub.trusted_latest(agent.scope_id)
+        if state is not None:
+            # Nothing to read, and the contact is written with the next heartbeat batch: no
+            # hop to a thread, no query, no cache read.
+            if last_seen_due(agent):
+                self.note_seen(str(agent.pk))
+            return agent, state
+        point = self.hub.trust_point()
+        state = await _touch_and_read(agent)
+        self.hub.advance(state)
+        self.hub.heard_in(agent.scope_id, point)
+        return agent, state
 
     async def admit(self, waiter: Waiter, scope, send, bad_query) -> tuple[ServedState | None, int]:
         """Authenticate the agent of a subscribed `waiter` and read the served state:
