@@ -61,7 +61,7 @@ STATED = (
     "1,000 agents all holding the content within 150 ms; 10,000 within 500 ms, no error; 20,000 "
     "held watches all converging, no error, max ≤ 2.5 s; 50,000 on 4 processes likewise; at most "
     "16 KiB per held watch; every report after a change recorded within 3 s; 10,000 held watches "
-    "costing the controller at most 5% of one core between changes.",
+    "adding at most 5% of one core to the controller's CPU between changes.",
     "for 60 seconds in which the agents",  # the benchmark's --idle
     "when their wait runs out",
     "agent reporting every 10 s keeps one warm within the controller's 75 s keep-alive",
