@@ -106,19 +106,7 @@ class ServedClient:
             headers.append(
                 (name.removeprefix("HTTP_").replace("_", "-").lower().encode(), value.encode())
             )
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        scope = http_scope("GET", path, query, headers)
         # The served stack (the body limit in front of the watch endpoint in front of Django),
         # rebuilt with a hub of its own for this event loop.
         watch = application.app
@@ -144,3 +132,20 @@ class ServedClient:
         start = next(m for m in sent if m["type"] == "http.response.start")
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
         return ServedAnswer(start["status"], start.get("headers", []), body)
+
+
+def http_scope(method: str, path: str, query: str, headers: list) -> dict:
+    """The ASGI scope of a plain HTTP request from 127.0.0.1, as a server would make it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
