@@ -96,10 +96,8 @@ class Hub:
         # The newest state heard of each scope.
         self.latest: dict[int, ServedState] = {}
         self.redis_healthy = False
-        # Whether `latest` can answer a watch without a read (trusted_latest): counted in Redis
-        # subscriptions, bumped when one starts or is lost; `trusting` once the read that
-        # follows a subscription is done; and, per scope, the subscription in which its state
-        # was last read or told, with Redis subscribed throughout.
+        # For trusted_latest: Redis subscriptions, counted as they start and end; `trusting`
+        # once the read after one is done; per scope, the one its state was last heard in.
         self.generation = 0
         self.trusting = False
         self.heard: dict[int, int] = {}
@@ -172,25 +170,21 @@ class Hub:
         return state if state is not None else state_of(None, scope_id)
 
     def trusted_latest(self, scope_id: int) -> ServedState | None:
-        """The newest state of a scope when it is the current one without reading it again:
-        read (or told) since Redis was last subscribed, which it has stayed, so that every
-        change since has been told here too, with no recheck of the database pending. None
-        otherwise: the caller reads it. Between changes every agent watches again each minute
-        or so, and a read each (a thread, the cache) was most of what a quiet fleet cost."""
-        if not self.trusting or self.recheck_requested:
-            return None
-        if self.heard.get(scope_id) != self.generation:
-            return None
-        return self.latest.get(scope_id)
+        """A scope's newest state if it is current without a read (None: read it): read or told
+        within this Redis subscription, so every change since was told too, no recheck pending.
+        Between changes every agent watches again each minute or so, and a read each (a
+        thread, the cache) was most of what a quiet fleet cost."""
+        if self.trusting and not self.recheck_requested:
+            if self.heard.get(scope_id) == self.generation:
+                return self.latest.get(scope_id)
+        return None
 
     def trust_point(self) -> int | None:
-        """Taken before reading a state: the subscription it is read in, None when a read now
-        could not be trusted (Redis not subscribed)."""
+        """Taken before reading a state: its subscription; None if Redis is not subscribed."""
         return self.generation if self.trusting else None
 
     def heard_in(self, scope_id: int, point: int | None) -> None:
-        """A state of the scope was read since `point` (trust_point) and advanced here: trusted
-        while the subscription it was read in lasts."""
+        """A state read since `point` (trust_point) was advanced here: trusted for as long."""
         if point is not None and point == self.generation and self.trusting:
             self.heard[scope_id] = point
 
