@@ -174,10 +174,8 @@ class Hub:
         within this Redis subscription, so every change since was told too, no recheck pending.
         Between changes every agent watches again each minute or so, and a read each (a
         thread, the cache) was most of what a quiet fleet cost."""
-        if self.trusting and not self.recheck_requested:
-            if self.heard.get(scope_id) == self.generation:
-                return self.latest.get(scope_id)
-        return None
+        heard = self.trusting and self.heard.get(scope_id) == self.generation
+        return self.latest.get(scope_id) if heard and not self.recheck_requested else None
 
     def trust_point(self) -> int | None:
         """Taken before reading a state: its subscription; None if Redis is not subscribed."""
@@ -324,8 +322,7 @@ class Hub:
                 # A change, or a revocation, may have been published while we were not
                 # subscribed.
                 await self._read_database_once()
-                # The subscription has had a database round trip's time to take effect: from
-                # now on a state read is kept current by what Redis tells.
+                # The subscription had a database read's time to take effect: trust from now.
                 self.trusting = True
                 try:
                     await self._cut_revoked_waiters()
