@@ -102,26 +102,22 @@ def test_every_scoped_write_with_a_body_refuses_garbage_and_wrong_credentials(ad
             ("POST", f"{url}/tokens", {"name": "ci", "role": "viewer"}),
             ("POST", f"{url}/webhooks", {"url": "https://hooks.example/x", "events": ["*"]}),
         ]
-        before = (
-            stored(),
-            RegistrationToken.objects.count(),
-            ChangeRequest.objects.count(),
-            ApiToken.objects.count(),
-            WebhookEndpoint.objects.count(),
-            ScheduledChange.objects.count(),
-        )
+
+        def everything_stored() -> tuple:
+            return (
+                stored(),
+                RegistrationToken.objects.count(),
+                ChangeRequest.objects.count(),
+                ApiToken.objects.count(),
+                WebhookEndpoint.objects.count(),
+                ScheduledChange.objects.count(),
+            )
+
+        before = everything_stored()
         for method, route, body in routes:
             assert_write_refused(
                 method, route, body, admin=admin, agent_token=agent_token, oversized=OVER_THE_CAP
             )
-        after = (
-            stored(),
-            RegistrationToken.objects.count(),
-            ChangeRequest.objects.count(),
-            ApiToken.objects.count(),
-            WebhookEndpoint.objects.count(),
-            ScheduledChange.objects.count(),
-        )
-        assert after == before
+        assert everything_stored() == before
     finally:
         controller.stop()

@@ -171,8 +171,8 @@ class Watches:
                 if state is None:
                     status = refused_with
                     return
-                self.hub.advance(state)
-                # A notification may have outrun the cache refresh: trust the newer of the two.
+                # authenticate_and_read advanced the hub with what it read; a notification may
+                # have outrun the cache refresh: trust the newer of the two.
                 # At the same stamp the hub's copy is the one kept, shared by every watch.
                 latest = self.hub.latest_of(waiter.scope_id)
                 if stamp(latest) >= stamp(state):
@@ -252,7 +252,6 @@ class Watches:
                 if not self.hub.held.hold(waiter):
                     status = await respond(send, *WATCHES_FULL)
                     return
-                self.hub.advance(state)
                 state = None
                 start = {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
                 await send(start)
